@@ -1,0 +1,102 @@
+"""What a question returns: the answer, the blocks read (with gate scores and sources), the memory
+after each step, timings by phase and token counts; ``to_dict`` gives the CLI's JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SelectedBlock:
+    """A block the reasoner read, where it comes from, and the gate's score for it."""
+
+    index: int
+    score: float
+    document_id: str
+    char_start: int
+    char_end: int
+    text: str
+    fallback: bool = False  # read because nothing passed the threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "score": round(self.score, 6),
+            "doc": self.document_id,
+            "start": self.char_start,
+            "end": self.char_end,
+            "fallback": self.fallback,
+            "text": self.text,
+        }
+
+
+@dataclass(frozen=True)
+class GateScore:
+    """One gate verdict of the scan: block, score against the threshold, memory step it was judged at."""
+
+    index: int
+    score: float
+    relevant: bool
+    memory_step: int
+
+
+@dataclass
+class Answer:
+    """The result of one question."""
+
+    question: str
+    text: str
+    mode: str  # "lychee", "memagent" or "full_context"
+    blocks: list[SelectedBlock] = field(default_factory=list)
+    memory_steps: list[str] = field(default_factory=list)  # initial memory, then after each update
+    gate_scores: list[GateScore] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    token_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def memory(self) -> str:
+        """The working memory the answer was written from."""
+        return self.memory_steps[-1] if self.memory_steps else ""
+
+    def __str__(self) -> str:
+        return self.text
+
+    def to_dict(self, include_scores: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "question": self.question,
+            "answer": self.text,
+            "mode": self.mode,
+            "blocks": [block.to_dict() for block in self.blocks],
+            "memory": self.memory_steps,
+            "timings": {name: round(value, 4) for name, value in self.timings.items()},
+            "tokens": self.token_counts,
+        }
+        if include_scores:
+            data["gate_scores"] = [
+                {"index": s.index, "score": round(s.score, 6), "relevant": s.relevant, "memory_step": s.memory_step}
+                for s in self.gate_scores
+            ]
+        return data
+
+
+class AnswerStream:
+    """Iterate to receive the answer text as it is generated; ``answer`` holds the full Answer afterwards."""
+
+    def __init__(self, pieces: Iterator[str], finish: Callable[[], Answer]):
+        self._pieces = pieces
+        self._finish = finish
+        self._answer: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._pieces
+        self._answer = self._finish()
+
+    @property
+    def answer(self) -> Answer:
+        if self._answer is None:
+            for _ in self:
+                pass
+        assert self._answer is not None
+        return self._answer

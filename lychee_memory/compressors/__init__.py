@@ -1,0 +1,46 @@
+"""Compressors: one interface (``Compressor``), chosen by ``CompressorSettings.kind``."""
+
+from __future__ import annotations
+
+from ..config import CompressorSettings
+from ..errors import ConfigurationError
+from ..model_loading import LoadedModel
+from .base import Compressor, slots_for
+from .beacon import BeaconCompressor
+from .selection import AttentionCompressor, KeyNormCompressor, NoCompression
+
+COMPRESSORS = {
+    "none": NoCompression,
+    "key_norm": KeyNormCompressor,
+    "attention": AttentionCompressor,
+    "beacon": BeaconCompressor,
+}
+
+
+def build_compressor(settings: CompressorSettings, loaded: LoadedModel) -> Compressor:
+    """The compressor named by ``settings.kind`` (which must already be resolved from "auto")."""
+    if settings.kind == "none":
+        return NoCompression()
+    if settings.kind == "key_norm":
+        return KeyNormCompressor(ratio=settings.ratio)
+    if settings.kind == "attention":
+        return AttentionCompressor(
+            ratio=settings.ratio,
+            observation_window=settings.observation_window,
+            pooling_kernel=settings.pooling_kernel,
+        )
+    if settings.kind == "beacon":
+        return BeaconCompressor.for_model(loaded, ratio=settings.ratio, window=settings.beacon_window)
+    raise ConfigurationError(f"compressor kind {settings.kind!r} must be resolved before building")
+
+
+__all__ = [
+    "COMPRESSORS",
+    "AttentionCompressor",
+    "BeaconCompressor",
+    "Compressor",
+    "KeyNormCompressor",
+    "NoCompression",
+    "build_compressor",
+    "slots_for",
+]

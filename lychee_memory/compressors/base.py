@@ -1,0 +1,48 @@
+"""The compressor interface: a batch of chunks in, one MemoryBlock per chunk out."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from ..blocks import MemoryBlock, SourceSpan
+from ..chunking import Chunk
+from ..model_loading import LoadedModel
+
+
+def slots_for(tokens: int, ratio: int) -> int:
+    """Memory slots for a chunk of ``tokens`` tokens at ``ratio``: ceil(tokens / ratio), at least one."""
+    return max(1, math.ceil(tokens / ratio))
+
+
+def span_of(chunk: Chunk) -> SourceSpan:
+    return SourceSpan(
+        document_id=chunk.document_id,
+        document_index=chunk.document_index,
+        char_start=chunk.char_start,
+        char_end=chunk.char_end,
+        token_start=chunk.token_start,
+        token_end=chunk.token_end,
+        text=chunk.text,
+    )
+
+
+class Compressor(ABC):
+    """Turns each chunk, on its own, into a block of per-layer KV memory slots."""
+
+    name: ClassVar[str]
+    ratio: int
+
+    @abstractmethod
+    def compress(self, loaded: LoadedModel, chunks: list[Chunk]) -> list[MemoryBlock]:
+        """Compress chunks independently (batching is an optimisation, never a change in result)."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """The settings that determine the blocks' KV: part of a stored block's identity."""
+
+    @property
+    def trained(self) -> bool:
+        """Whether the compressor's memory comes from learned weights (then the reasoner reads KV)."""
+        return False

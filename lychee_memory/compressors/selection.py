@@ -1,0 +1,224 @@
+"""Training-free compressors for any causal LM: keep a scored subset of a chunk's own KV.
+
+One forward over the chunk gives every layer's keys and values (post-RoPE, at the chunk's positions);
+a scoring rule ranks the positions per layer and KV head, and the top ceil(L / ratio) are kept in
+position order. Prompts read the block continuing at position L, as if the chunk had been there.
+
+- ``none``: keep everything (ratio 1), the reference and ablation.
+- ``key_norm``: keep the keys with the smallest L2 norm (low-norm keys draw the most attention).
+- ``attention``: keep what the chunk's last ``observation_window`` queries attend to most, averaged
+  over the window and the query heads sharing a KV head, smoothed over neighbouring positions.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from ..blocks import MemoryBlock
+from ..chunking import Chunk
+from ..model_loading import LoadedModel
+from .base import Compressor, slots_for, span_of
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in the half-split layout used by Llama/Qwen2; cos/sin broadcast over heads."""
+    return x * cos + rotate_half(x) * sin
+
+
+@dataclass
+class _ChunkForward:
+    """Per-layer KV of a batch of chunks plus, when asked, the queries of each chunk's tail."""
+
+    keys: list[torch.Tensor]  # per layer [B, H_kv, T, D]
+    values: list[torch.Tensor]
+    window_queries: list[torch.Tensor] | None  # per layer [B, H_q, W, D], post-RoPE
+    window_index: torch.Tensor | None  # [B, W] positions of the window queries
+    window_valid: torch.Tensor | None  # [B, W] False where a short row has fewer than W tokens
+
+
+@torch.inference_mode()
+def run_chunks(loaded: LoadedModel, sequences: list[list[int]], window: int | None) -> _ChunkForward:
+    """One batched forward over right-padded sequences, returning KV and (optionally) tail queries."""
+    device = loaded.device
+    lengths = torch.tensor([len(seq) for seq in sequences], device=device)
+    total = int(lengths.max())
+    input_ids = torch.full((len(sequences), total), loaded.tokenizer.pad_token_id, dtype=torch.long, device=device)
+    for row, seq in enumerate(sequences):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
+    padded = bool((lengths < total).any())
+    attention_mask = (torch.arange(total, device=device)[None, :] < lengths[:, None]).long() if padded else None
+
+    captured: list[torch.Tensor] = []
+    window_index = window_valid = None
+    hooks = []
+    if window is not None:
+        # Each row's window is its own last min(window, length) tokens; shorter rows mark the rest invalid.
+        width = min(window, total)
+        window_index = lengths[:, None] - width + torch.arange(width, device=device)[None, :]  # [B, W]
+        window_valid = window_index >= 0
+        window_index = window_index.clamp(min=0)
+
+        def capture(module, args, kwargs, output):
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            cos, sin = kwargs["position_embeddings"]
+            gather = window_index[:, :, None].expand(-1, -1, hidden.shape[-1])
+            tail = hidden.gather(1, gather)
+            query = module.q_proj(tail).view(tail.shape[0], tail.shape[1], -1, module.head_dim)
+            if hasattr(module, "q_norm"):
+                query = module.q_norm(query)
+            query = query.transpose(1, 2)
+            index = window_index[:, :, None].expand(-1, -1, cos.shape[-1])
+            cos_tail = cos.expand(len(sequences), -1, -1).gather(1, index)[:, None]
+            sin_tail = sin.expand(len(sequences), -1, -1).gather(1, index)[:, None]
+            captured.append(apply_rope(query, cos_tail, sin_tail))
+
+        for layer in loaded.model.get_decoder().layers:
+            hooks.append(layer.self_attn.register_forward_hook(capture, with_kwargs=True))
+    cache = DynamicCache(config=loaded.model.config)
+    try:
+        loaded.model.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    keys = [layer.keys for layer in cache.layers]
+    values = [layer.values for layer in cache.layers]
+    return _ChunkForward(keys, values, captured if window is not None else None, window_index, window_valid)
+
+
+class SelectionCompressor(Compressor):
+    """Shared machinery: forward, score positions per layer/head, keep the top ceil(L/ratio)."""
+
+    needs_window_queries: ClassVar[bool] = False
+    observation_window: int = 0
+
+    @abstractmethod
+    def score(
+        self, keys: torch.Tensor, queries: torch.Tensor | None, length: int, row: int, forward: _ChunkForward
+    ) -> torch.Tensor:
+        """Scores [H_kv, length] for one row and layer; higher is kept first."""
+
+    def compress(self, loaded: LoadedModel, chunks: list[Chunk]) -> list[MemoryBlock]:
+        start_ids = _sequence_start_ids(loaded)
+        sequences = [start_ids + list(chunk.token_ids) for chunk in chunks]
+        forward = run_chunks(loaded, sequences, self.observation_window if self.needs_window_queries else None)
+        blocks = []
+        for row, chunk in enumerate(chunks):
+            length = len(sequences[row])
+            budget = slots_for(len(chunk), self.ratio)
+            layer_keys, layer_values, layer_positions = [], [], []
+            for layer in range(len(forward.keys)):
+                keys = forward.keys[layer][row, :, :length]
+                values = forward.values[layer][row, :, :length]
+                if budget >= len(chunk):
+                    kept = torch.arange(length, device=keys.device).expand(keys.shape[0], -1)
+                else:
+                    queries = forward.window_queries[layer][row] if forward.window_queries is not None else None
+                    scores = self.score(keys, queries, length, row, forward).float()
+                    scores[:, : len(start_ids)] = float("inf")  # a BOS attention sink is always kept
+                    kept = scores.topk(budget + len(start_ids), dim=-1).indices.sort(dim=-1).values
+                index = kept[:, :, None].expand(-1, -1, keys.shape[-1])
+                layer_keys.append(keys.gather(1, index))
+                layer_values.append(values.gather(1, index))
+                layer_positions.append(kept)
+            stacked_keys = torch.stack(layer_keys)
+            blocks.append(
+                MemoryBlock(
+                    keys=stacked_keys,
+                    values=torch.stack(layer_values),
+                    valid=torch.ones(stacked_keys.shape[2], dtype=torch.bool),
+                    slot_positions=torch.stack(layer_positions).to(device="cpu", dtype=torch.int32),
+                    next_position=length,
+                    keys_rotated=True,
+                    token_ids=torch.tensor(chunk.token_ids, dtype=torch.int32),
+                    span=span_of(chunk),
+                    compressor=self.name,
+                )
+            )
+        return blocks
+
+
+def _sequence_start_ids(loaded: LoadedModel) -> list[int]:
+    probe = loaded.tokenizer("a").input_ids
+    plain = loaded.tokenizer("a", add_special_tokens=False).input_ids
+    return list(probe[: len(probe) - len(plain)]) if probe[-len(plain) :] == plain else []
+
+
+@dataclass
+class NoCompression(SelectionCompressor):
+    """Raw KV of the chunk (ratio 1): the reference every compressor is compared against."""
+
+    name: ClassVar[str] = "none"
+    ratio: int = 1
+
+    def __post_init__(self) -> None:
+        self.ratio = 1
+
+    def score(self, keys, queries, length, row, forward):
+        return keys.new_zeros(keys.shape[0], length)  # never consulted: ratio 1 keeps every position
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.name, "ratio": 1}
+
+
+@dataclass
+class KeyNormCompressor(SelectionCompressor):
+    """Keep the lowest-norm keys per layer and KV head."""
+
+    name: ClassVar[str] = "key_norm"
+    ratio: int = 4
+
+    def score(self, keys, queries, length, row, forward):
+        return -keys.float().norm(dim=-1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.name, "ratio": self.ratio}
+
+
+@dataclass
+class AttentionCompressor(SelectionCompressor):
+    """Keep the positions the chunk's tail queries attend to most (SnapKV-style observation window)."""
+
+    name: ClassVar[str] = "attention"
+    needs_window_queries: ClassVar[bool] = True
+    ratio: int = 4
+    observation_window: int = 32
+    pooling_kernel: int = 5
+
+    def score(self, keys, queries, length, row, forward):
+        assert queries is not None and forward.window_index is not None
+        kv_heads, head_dim = keys.shape[0], keys.shape[-1]
+        group = queries.shape[0] // kv_heads
+        grouped = queries.float().view(kv_heads, group, -1, head_dim)  # [H_kv, G, W, D]
+        logits = torch.einsum("hgwd,htd->hgwt", grouped, keys.float()) * head_dim**-0.5
+        valid = forward.window_valid[row]
+        query_positions = forward.window_index[row][valid]
+        logits = logits[:, :, valid]
+        causal = torch.arange(length, device=keys.device)[None, :] <= query_positions[:, None]  # [W, T]
+        logits = logits.masked_fill(~causal, float("-inf"))
+        weights = logits.softmax(dim=-1).mean(dim=(1, 2))  # [H_kv, T]
+        if self.pooling_kernel > 1:
+            weights = F.avg_pool1d(weights[:, None], self.pooling_kernel, stride=1, padding=self.pooling_kernel // 2)[
+                :, 0
+            ]
+        return weights
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.name,
+            "ratio": self.ratio,
+            "observation_window": self.observation_window,
+            "pooling_kernel": self.pooling_kernel,
+        }

@@ -1,0 +1,258 @@
+"""Validated configuration for every stage: model, chunking, compressor, gate, reasoner, prompts.
+
+Fields left at "auto" (or None) are resolved per model once it is loaded (see ``resolve_for_model``),
+so one config file works for the embedded 135M default and for a 7B checkpoint on a GPU.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigurationError
+
+CompressorKind = Literal["auto", "beacon", "attention", "key_norm", "none"]
+GateRuleName = Literal["auto", "query_likelihood", "prompt", "all"]
+ReadMode = Literal["auto", "kv", "text"]
+DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+AttentionName = Literal["auto", "sdpa", "eager", "flash_attention_2"]
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Settings):
+    """Which weights to load and where to run them."""
+
+    spec: str = Field("smollm2-135m", min_length=1, description="alias, local HF dir, GGUF file, or cached hub id")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    dtype: DtypeName = Field("auto", description="auto = bfloat16 on GPU, float32 on CPU")
+    attention: AttentionName = Field("auto", description="attention kernel for the model's own forwards")
+    cache_converted_gguf: bool = Field(
+        True, description="keep a float copy of a GGUF model in the cache dir so later loads skip dequantisation"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {value!r}")
+        return value
+
+
+class ChunkingSettings(_Settings):
+    """How documents are cut into chunks before compression."""
+
+    chunk_tokens: int | None = Field(
+        None, ge=1, description="tokens per chunk; None = the model's default (4096, or 1024 for small models)"
+    )
+    boundary_lookback: float = Field(
+        0.125,
+        ge=0.0,
+        lt=1.0,
+        description="fraction of a chunk searched backwards for a paragraph or sentence end to cut at",
+    )
+
+
+class CompressorSettings(_Settings):
+    """Which compressor turns a chunk into a memory block, and how hard it compresses."""
+
+    kind: CompressorKind = "auto"
+    ratio: int = Field(4, ge=1, description="raw tokens per memory slot")
+    observation_window: int = Field(32, ge=1, description="attention compressor: tail tokens whose queries vote")
+    pooling_kernel: int = Field(5, ge=1, description="attention compressor: smoothing width over positions (odd)")
+    beacon_window: int = Field(2048, ge=1, description="beacon: raw tokens per compression window")
+    beacon_stride: int = Field(2048, ge=1, description="beacon: must equal the window in interleave mode")
+    ingest_batch_size: int | None = Field(None, ge=1, description="chunks per forward; None = 1 on CPU, 4 on GPU")
+
+    @field_validator("pooling_kernel")
+    @classmethod
+    def _odd_kernel(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"pooling_kernel must be odd so it is centred on a position, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_beacon_geometry(self) -> CompressorSettings:
+        if self.beacon_window != self.beacon_stride:
+            raise ValueError(
+                f"beacon_window ({self.beacon_window}) must equal beacon_stride ({self.beacon_stride}) "
+                "with interleaved memory tokens"
+            )
+        return self
+
+
+class GateSettings(_Settings):
+    """Which blocks the reasoner reads: scoring rule, threshold and budget."""
+
+    rule: GateRuleName = "auto"
+    threshold: float | None = Field(
+        None, description="a block is relevant when its score reaches this; None = rule default"
+    )
+    baseline: Literal["no_block", "median"] = Field(
+        "no_block", description="query likelihood: gain over the prompt without any block, or over the median block"
+    )
+    memory_weight: float = Field(0.5, ge=0.0, description="query likelihood: weight of the working-memory tokens")
+    max_relevant_blocks: int = Field(8, ge=1, description="budget of blocks the reasoner reads per question")
+    fallback_blocks: int = Field(1, ge=0, description="top-scoring blocks read when none passes the threshold")
+    batch_size: int = Field(8, ge=1, description="blocks scored in one batched forward")
+
+
+class ReasonerSettings(_Settings):
+    """How the reasoner reads a block and writes working memory and answers."""
+
+    read_mode: ReadMode = Field("auto", description="kv = compressed KV prefix, text = re-read source text")
+    max_memory_tokens: int = Field(1024, ge=1, description="cap on the working memory written per update")
+    max_answer_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy decoding")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+
+
+DEFAULT_UPDATE_TEMPLATE = (
+    "The above is a newly provided section of a long document. You are reading the document section by "
+    "section to solve the problem below, and you keep notes in a memory.\n"
+    "<problem> {question} </problem>\n"
+    "<previous_memory> {memory} </previous_memory>\n"
+    "Rewrite the memory: keep what still helps with the problem and add the facts from this section that "
+    "help, quoting names, numbers and codes exactly. Be brief.\n"
+    "Updated memory:"
+)
+DEFAULT_FINAL_TEMPLATE = (
+    "You have read a long document section by section and kept notes in a memory. "
+    "Solve the problem using the memory.\n"
+    "<problem> {question} </problem>\n"
+    "<memory> {memory} </memory>\n"
+    "Answer with the answer only, quoting names, numbers and codes exactly.\n"
+    "Your answer:"
+)
+DEFAULT_RELEVANCE_TEMPLATE = (
+    "The above is a section of a long document.\n"
+    "<problem> {question} </problem>\n"
+    "<memory> {memory} </memory>\n"
+    "Does the section above contain information that helps solve the problem, given the memory? "
+    "Answer yes or no.\nAnswer:"
+)
+DEFAULT_QUERY_LIKELIHOOD_TEMPLATE = "\n\nNotes: {memory}\nQuestion: {question}"
+DEFAULT_FULL_CONTEXT_TEMPLATE = (
+    "{document}\n\nAnswer the question using the document above.\n"
+    "Question: {question}\n"
+    "Answer with the answer only, quoting names, numbers and codes exactly.\nAnswer:"
+)
+
+
+def _placeholders(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+class PromptSettings(_Settings):
+    """Prompt templates; the defaults follow the released checkpoint's update and answer prompts."""
+
+    initial_memory: str = "No previous memory"
+    update: str = DEFAULT_UPDATE_TEMPLATE
+    final: str = DEFAULT_FINAL_TEMPLATE
+    relevance: str = DEFAULT_RELEVANCE_TEMPLATE
+    query_likelihood: str = DEFAULT_QUERY_LIKELIHOOD_TEMPLATE
+    full_context: str = DEFAULT_FULL_CONTEXT_TEMPLATE
+    use_chat_template: bool = Field(True, description="wrap prompts in the tokenizer's chat template when it has one")
+
+    @model_validator(mode="after")
+    def _check_placeholders(self) -> PromptSettings:
+        required = {
+            "update": {"question", "memory"},
+            "final": {"question", "memory"},
+            "relevance": {"question", "memory"},
+            "query_likelihood": {"question", "memory"},
+            "full_context": {"document", "question"},
+        }
+        for field, names in required.items():
+            found = _placeholders(getattr(self, field))
+            if found != names:
+                raise ValueError(
+                    f"prompt template {field!r} must use exactly the placeholders "
+                    f"{sorted('{' + n + '}' for n in names)}, found {sorted('{' + n + '}' for n in found)}"
+                )
+        return self
+
+
+class BaselineSettings(_Settings):
+    """Settings of the comparison modes that run in the same engine."""
+
+    memagent_chunk_tokens: int = Field(5000, ge=1, description="raw-text chunk per MemAgent memory update")
+
+
+class EngineConfig(_Settings):
+    """Everything the engine needs; build it with ``EngineConfig.from_kwargs`` for flat options."""
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+    compressor: CompressorSettings = Field(default_factory=CompressorSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    reasoner: ReasonerSettings = Field(default_factory=ReasonerSettings)
+    prompts: PromptSettings = Field(default_factory=PromptSettings)
+    baselines: BaselineSettings = Field(default_factory=BaselineSettings)
+    show_progress: bool = True
+
+    @classmethod
+    def from_kwargs(cls, base: EngineConfig | None = None, **options: Any) -> EngineConfig:
+        """Build a config from flat options (``ratio=8, gate="prompt"``) or section dicts (``gate={...}``)."""
+        data = (base or cls()).model_dump()
+        for name, value in options.items():
+            if name in _NAME_SHORTCUTS and isinstance(value, str):
+                value = {_NAME_SHORTCUTS[name]: value}
+            if name in FLAT_OPTIONS:
+                section, field = FLAT_OPTIONS[name]
+                data[section][field] = value
+            elif name in data and isinstance(data[name], dict):
+                if isinstance(value, BaseModel):
+                    value = value.model_dump()
+                if not isinstance(value, dict):
+                    raise ConfigurationError(
+                        f"option {name!r} expects a mapping of settings, got {type(value).__name__}"
+                    )
+                data[name].update(value)
+            elif name in data:
+                data[name] = value
+            else:
+                known = sorted(set(FLAT_OPTIONS) | set(data))
+                raise ConfigurationError(f"unknown option {name!r}; known options: {', '.join(known)}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise ConfigurationError(_describe_validation_error(error)) from None
+
+
+FLAT_OPTIONS: dict[str, tuple[str, str]] = {
+    "spec": ("model", "spec"),
+    "device": ("model", "device"),
+    "dtype": ("model", "dtype"),
+    "attention": ("model", "attention"),
+    "chunk_tokens": ("chunking", "chunk_tokens"),
+    "ratio": ("compressor", "ratio"),
+    "observation_window": ("compressor", "observation_window"),
+    "ingest_batch_size": ("compressor", "ingest_batch_size"),
+    "threshold": ("gate", "threshold"),
+    "max_relevant_blocks": ("gate", "max_relevant_blocks"),
+    "gate_batch_size": ("gate", "batch_size"),
+    "read_mode": ("reasoner", "read_mode"),
+    "max_memory_tokens": ("reasoner", "max_memory_tokens"),
+    "max_answer_tokens": ("reasoner", "max_answer_tokens"),
+    "temperature": ("reasoner", "temperature"),
+    "top_p": ("reasoner", "top_p"),
+    "seed": ("reasoner", "seed"),
+    "memagent_chunk_tokens": ("baselines", "memagent_chunk_tokens"),
+}
+# "compressor" and "gate" also accept a plain name: compressor="key_norm", gate="prompt".
+_NAME_SHORTCUTS = {"compressor": "kind", "gate": "rule"}
+
+
+def _describe_validation_error(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        location = ".".join(str(piece) for piece in item["loc"]) or "config"
+        parts.append(f"{location}: {item['msg']}")
+    return "invalid configuration: " + "; ".join(parts)

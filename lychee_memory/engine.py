@@ -1,0 +1,380 @@
+"""The engine: documents -> chunks -> blocks -> bank -> (gate, reasoner) -> answer.
+
+``LycheeMemory.from_pretrained(spec, **options)`` loads a model and resolves every "auto" setting for it;
+``ingest`` builds a bank, ``ask``/``ask_many``/``stream`` answer over it. The MemAgent and full-context
+baselines run in the same engine, on the same model and prompts, for honest comparisons.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Literal
+
+from tqdm.auto import tqdm
+
+from .answer import Answer, AnswerStream, GateScore, SelectedBlock
+from .blocks import MemoryBank, MemoryBlock
+from .chunking import chunk_documents
+from .compressors import Compressor, build_compressor
+from .config import EngineConfig
+from .documents import Document, DocumentInput, load_documents
+from .errors import BankMismatchError, ConfigurationError, ContextTooLongError, EmptyQuestionError
+from .gate import GateRule, GateScan, ScanState, build_rule
+from .model_loading import LoadedModel, load_model
+from .prompts import PromptBuilder
+from .reasoner import Reasoner, UpdateRequest
+
+Mode = Literal["lychee", "memagent", "full_context"]
+Source = MemoryBank | DocumentInput | Iterable[DocumentInput]
+
+SMALL_MODEL_WINDOW = 16384  # models with a shorter context window default to 1024-token chunks
+SMALL_MODEL_CHUNK_TOKENS = 1024
+DEFAULT_CHUNK_TOKENS = 4096
+
+
+def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
+    """Replace every "auto"/None setting by the value that works best for this model, and validate."""
+    resolved = config.model_copy(deep=True)
+    compressor = resolved.compressor
+    if compressor.kind == "auto":
+        compressor.kind = "beacon" if loaded.has_trained_memory else "attention"
+    if compressor.kind == "none":
+        compressor.ratio = 1
+    if resolved.chunking.chunk_tokens is None:
+        small = loaded.context_window < SMALL_MODEL_WINDOW
+        resolved.chunking.chunk_tokens = SMALL_MODEL_CHUNK_TOKENS if small else DEFAULT_CHUNK_TOKENS
+    chunk_tokens = resolved.chunking.chunk_tokens
+    if chunk_tokens > loaded.context_window:
+        raise ContextTooLongError(
+            f"chunk size {chunk_tokens} tokens exceeds the model's context window of {loaded.context_window} tokens; "
+            "choose a smaller chunk_tokens"
+        )
+    if compressor.kind == "beacon":
+        if compressor.beacon_window % compressor.ratio:
+            raise ConfigurationError(
+                f"compression ratio {compressor.ratio} does not divide the beacon window {compressor.beacon_window}; "
+                "choose a ratio that divides it (e.g. 2, 4, 8)"
+            )
+    elif chunk_tokens % compressor.ratio:
+        raise ConfigurationError(
+            f"compression ratio {compressor.ratio} does not divide the chunk window of {chunk_tokens} tokens; "
+            "choose a ratio that divides it (e.g. 2, 4, 8)"
+        )
+    if resolved.gate.rule == "auto":
+        resolved.gate.rule = "query_likelihood"
+    if resolved.reasoner.read_mode == "auto":
+        trained = compressor.kind == "beacon" and loaded.has_trained_memory
+        resolved.reasoner.read_mode = "kv" if trained or compressor.kind == "none" else "text"
+    return resolved
+
+
+class LycheeMemory:
+    """Compressed-memory question answering over long documents."""
+
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None):
+        self.loaded = loaded
+        self.config = resolve_config(config or EngineConfig(), loaded)
+        self.prompts = PromptBuilder(loaded.tokenizer, self.config.prompts)
+        self.compressor: Compressor = build_compressor(self.config.compressor, loaded)
+        self.rule: GateRule = build_rule(self.config.gate, self.config.prompts, loaded.tokenizer)
+        self.threshold = (
+            self.config.gate.threshold if self.config.gate.threshold is not None else self.rule.default_threshold
+        )
+        self.reasoner = Reasoner(
+            loaded, self.prompts, self.config.reasoner, self.config.reasoner.read_mode, self.config.gate.batch_size
+        )
+        self._check_prompt_budget()
+
+    @classmethod
+    def from_pretrained(
+        cls, spec: str | None = None, *, config: EngineConfig | None = None, **options: Any
+    ) -> LycheeMemory:
+        """Load ``spec`` (alias, local dir, GGUF file, cached hub id) with options such as ``ratio=8``.
+
+        Options are flat names (see ``EngineConfig.from_kwargs``) or section dicts; ``config`` is a base.
+        """
+        if spec is not None:
+            options["spec"] = spec
+        engine_config = EngineConfig.from_kwargs(config, **options)
+        return cls(load_model(engine_config.model), engine_config)
+
+    # Building memory ---------------------------------------------------------------------------------
+
+    @property
+    def chunk_tokens(self) -> int:
+        assert self.config.chunking.chunk_tokens is not None
+        return self.config.chunking.chunk_tokens
+
+    def _progress(self, total: int, description: str, show: bool | None) -> tqdm:
+        enabled = self.config.show_progress if show is None else show
+        return tqdm(total=total, desc=description, unit="block", disable=not enabled, leave=False, dynamic_ncols=True)
+
+    def compress_documents(self, documents: Sequence[Document], show_progress: bool | None = None) -> list[MemoryBlock]:
+        """Chunk and compress documents, one block per chunk, in document order."""
+        chunks = chunk_documents(
+            list(documents), self.loaded.tokenizer, self.chunk_tokens, self.config.chunking.boundary_lookback
+        )
+        batch_size = self.config.compressor.ingest_batch_size or (4 if self.loaded.device.type == "cuda" else 1)
+        blocks: list[MemoryBlock] = []
+        with self._progress(len(chunks), "compressing", show_progress) as bar:
+            for start in range(0, len(chunks), batch_size):
+                group = chunks[start : start + batch_size]
+                blocks.extend(self.compressor.compress(self.loaded, group))
+                bar.update(len(group))
+        return blocks
+
+    def ingest(
+        self,
+        documents: DocumentInput | Iterable[DocumentInput],
+        *,
+        name: str | None = None,
+        show_progress: bool | None = None,
+    ) -> MemoryBank:
+        """Compress documents into a new in-memory bank (text = str, file = pathlib.Path)."""
+        docs = load_documents(documents)
+        blocks = self.compress_documents(docs, show_progress)
+        return MemoryBank.from_blocks(
+            docs, blocks, self.loaded.fingerprint(), self.compressor.describe(), self.chunk_tokens, name=name
+        )
+
+    def check_bank(self, bank: MemoryBank) -> None:
+        """Refuse a bank built by another model or compressor: its KV would be silently wrong."""
+        if bank.model_fingerprint != self.loaded.fingerprint():
+            raise BankMismatchError(
+                f"bank {bank.name or '(unnamed)'} was built with another model or dtype "
+                f"(fingerprint {bank.model_fingerprint}, this engine {self.loaded.fingerprint()}); rebuild it with this model"
+            )
+        if bank.compressor != self.compressor.describe():
+            raise BankMismatchError(
+                f"bank {bank.name or '(unnamed)'} was built with compressor {bank.compressor}, "
+                f"this engine uses {self.compressor.describe()}; rebuild it or load the engine with the bank's settings"
+            )
+
+    # Asking ------------------------------------------------------------------------------------------
+
+    def ask(self, question: str, source: Source, *, mode: Mode = "lychee", show_progress: bool | None = None) -> Answer:
+        """Answer one question over a bank, or over documents (ingested first, timed as "ingest")."""
+        return self.ask_many([question], source, mode=mode, show_progress=show_progress)[0]
+
+    def ask_many(
+        self, questions: Sequence[str], source: Source, *, mode: Mode = "lychee", show_progress: bool | None = None
+    ) -> list[Answer]:
+        """Answer several questions over one source; scans and generations are batched across questions."""
+        if isinstance(questions, str):
+            raise TypeError("ask_many takes a list of questions; use ask() for one")
+        questions = [self._check_question(q) for q in questions]
+        if mode == "memagent":
+            from .baselines import run_memagent
+
+            return run_memagent(self, questions, self._documents_of(source), show_progress)
+        if mode == "full_context":
+            from .baselines import run_full_context
+
+            return run_full_context(self, questions, self._documents_of(source))
+        if mode != "lychee":
+            raise ConfigurationError(f"unknown mode {mode!r}: use 'lychee', 'memagent' or 'full_context'")
+        bank, ingest_seconds = self._bank_of(source, show_progress)
+        states, scan = self._scan(questions, bank, show_progress)
+        started = time.perf_counter()
+        generations = self.reasoner.answer(questions, [s.memory for s in states])
+        answer_seconds = time.perf_counter() - started
+        return [
+            self._build_answer(
+                state, bank, scan, generation.text, ingest_seconds, answer_seconds, len(generation.token_ids)
+            )
+            for state, generation in zip(states, generations)
+        ]
+
+    def stream(self, question: str, source: Source, *, show_progress: bool | None = None) -> AnswerStream:
+        """Gate and reason, then stream the final answer text; ``.answer`` holds the Answer afterwards."""
+        question = self._check_question(question)
+        state_box: dict[str, Any] = {}
+
+        def pieces() -> Iterator[str]:
+            bank, ingest_seconds = self._bank_of(source, show_progress)
+            (state,), scan = self._scan([question], bank, show_progress)
+            started = time.perf_counter()
+            decode = self.reasoner.answer_stream(question, state.memory)
+            for _, piece in decode:
+                yield piece
+            assert decode.results is not None
+            generation = decode.results[0]
+            state_box["answer"] = self._build_answer(
+                state,
+                bank,
+                scan,
+                generation.text,
+                ingest_seconds,
+                time.perf_counter() - started,
+                len(generation.token_ids),
+            )
+
+        return AnswerStream(pieces(), lambda: state_box["answer"])
+
+    # Internals ---------------------------------------------------------------------------------------
+
+    def _check_question(self, question: str) -> str:
+        if not isinstance(question, str):
+            raise EmptyQuestionError(f"the question must be a string, got {type(question).__name__}")
+        if not question.strip():
+            raise EmptyQuestionError("the question is empty: ask something about the documents")
+        question = question.strip()
+        needed = (
+            len(self.prompts.final_prompt(question, ""))
+            + self.config.reasoner.max_memory_tokens
+            + self.config.reasoner.max_answer_tokens
+        )
+        if needed > self.loaded.context_window:
+            tokens = len(self.prompts.encode_text(question))
+            raise ContextTooLongError(
+                f"the question is {tokens} tokens; with the answer prompt, the memory budget "
+                f"({self.config.reasoner.max_memory_tokens}) and the answer budget ({self.config.reasoner.max_answer_tokens}) "
+                f"it needs {needed} tokens, more than the model's context window of {self.loaded.context_window}"
+            )
+        return question
+
+    def _check_prompt_budget(self) -> None:
+        """The longest update prompt plus its generated memory must fit the model's window."""
+        memory = self.config.reasoner.max_memory_tokens
+        overhead = len(self.prompts.update_prompt("", "", "" if self.config.reasoner.read_mode == "text" else None))
+        slots = (
+            self.chunk_tokens
+            if self.config.reasoner.read_mode == "text"
+            else self.chunk_tokens // self.compressor.ratio
+        )
+        needed = slots + overhead + 2 * memory
+        if needed > self.loaded.context_window:
+            raise ContextTooLongError(
+                f"a {self.config.reasoner.read_mode}-mode memory update needs about {needed} tokens "
+                f"({slots} for the chunk, {overhead} of prompt, {memory} of previous and {memory} of new memory), "
+                f"more than the model's context window of {self.loaded.context_window}; lower chunk_tokens or max_memory_tokens"
+            )
+
+    def _documents_of(self, source: Source) -> list[Document]:
+        if isinstance(source, MemoryBank):
+            return list(source.documents)
+        return load_documents(source)
+
+    def _bank_of(self, source: Source, show_progress: bool | None) -> tuple[MemoryBank, float]:
+        if isinstance(source, MemoryBank):
+            self.check_bank(source)
+            return source, 0.0
+        started = time.perf_counter()
+        bank = self.ingest(source, show_progress=show_progress)
+        return bank, time.perf_counter() - started
+
+    def _scan(
+        self, questions: list[str], bank: MemoryBank, show_progress: bool | None
+    ) -> tuple[list[ScanState], GateScan]:
+        states = [ScanState(question, self.config.prompts.initial_memory) for question in questions]
+        with self._progress(len(bank) * len(questions), "scanning", show_progress) as bar:
+            scan = GateScan(self.loaded, self.prompts, self.rule, self.config.gate, self.threshold, progress=bar.update)
+            scan.run(bank, states, self._updater(bank))
+        return states, scan
+
+    def _updater(self, bank: MemoryBank) -> Callable[[list[tuple[ScanState, int]]], list[str]]:
+        kv_mode = self.reasoner.read_mode == "kv"
+
+        def update(hits: list[tuple[ScanState, int]]) -> list[str]:
+            requests = [
+                UpdateRequest(
+                    state.question,
+                    state.memory,
+                    block=bank.block(index) if kv_mode else None,
+                    section=None if kv_mode else bank.spans[index].text,
+                )
+                for state, index in hits
+            ]
+            generations = self.reasoner.update(requests)
+            for (state, _), generation in zip(hits, generations):
+                state.reasoner_prompt_tokens += generation.prompt_tokens
+                state.memory_tokens += len(generation.token_ids)
+            return [generation.text for generation in generations]
+
+        return update
+
+    def _build_answer(
+        self,
+        state: ScanState,
+        bank: MemoryBank,
+        scan: GateScan,
+        text: str,
+        ingest_seconds: float,
+        answer_seconds: float,
+        answer_tokens: int,
+    ) -> Answer:
+        blocks = []
+        for index in state.selected:
+            decision = next(d for d in reversed(state.decisions) if d.index == index)
+            span = bank.spans[index]
+            blocks.append(
+                SelectedBlock(
+                    index,
+                    decision.score,
+                    span.document_id,
+                    span.char_start,
+                    span.char_end,
+                    span.text,
+                    decision.fallback,
+                )
+            )
+        query_seconds = scan.timings.gate_seconds + scan.timings.reason_seconds + answer_seconds
+        counts = {
+            "reasoner_prompt_tokens": state.reasoner_prompt_tokens,
+            "memory_tokens": state.memory_tokens,
+            "document_tokens": bank.num_tokens,
+            "memory_slots": bank.num_slots,
+            "blocks": len(bank),
+            "blocks_read": len(state.selected),
+            "gate_rows": scan.timings.gate_rows,
+            "answer_tokens": answer_tokens,
+        }
+        return Answer(
+            question=state.question,
+            text=text,
+            mode="lychee",
+            blocks=blocks,
+            memory_steps=list(state.memories),
+            gate_scores=[GateScore(d.index, d.score, d.relevant, d.memory_step) for d in state.decisions],
+            timings={
+                "load_model": self.loaded.load_seconds,
+                "ingest": ingest_seconds,
+                "gate": scan.timings.gate_seconds,
+                "reason": scan.timings.reason_seconds,
+                "answer": answer_seconds,
+                "query": query_seconds,
+            },
+            token_counts=counts,
+        )
+
+    def info(self) -> dict[str, Any]:
+        """What is loaded and how it is configured (the CLI's ``lychee info``)."""
+        config = self.loaded.model.config
+        return {
+            "model": {
+                "spec": self.loaded.resolved.spec,
+                "source": str(self.loaded.resolved.path / self.loaded.resolved.gguf_file)
+                if self.loaded.resolved.gguf_file
+                else str(self.loaded.resolved.path or self.loaded.resolved.spec),
+                "family": self.loaded.family,
+                "layers": config.num_hidden_layers,
+                "hidden_size": config.hidden_size,
+                "kv_heads": config.num_key_value_heads,
+                "context_window": self.loaded.context_window,
+                "device": str(self.loaded.device),
+                "dtype": str(self.loaded.dtype).removeprefix("torch."),
+                "attention": self.loaded.attention,
+                "trained_memory_weights": self.loaded.has_trained_memory,
+                "fingerprint": self.loaded.fingerprint(),
+                "load_seconds": round(self.loaded.load_seconds, 3),
+            },
+            "compressor": self.compressor.describe(),
+            "chunk_tokens": self.chunk_tokens,
+            "gate": {
+                "rule": self.rule.name,
+                "threshold": self.threshold,
+                **self.config.gate.model_dump(exclude={"rule", "threshold"}),
+            },
+            "reasoner": self.config.reasoner.model_dump(),
+        }

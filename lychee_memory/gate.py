@@ -1,0 +1,342 @@
+"""The gate: which memory blocks the reasoner reads, judged against the question and the working memory.
+
+Rules (one interface, chosen by ``GateSettings.rule``):
+
+- ``query_likelihood``: mean log-probability of the question tokens (plus, once the memory holds notes,
+  of the memory tokens, weighted) placed after the block's KV, minus the same without any block (or
+  minus the median block). A block that makes the question and notes likely is about them.
+- ``prompt``: probability of "yes" when the model is asked, after the block's KV, whether the block
+  helps with the question given the memory (for instruct 7B models and a trained gate).
+- ``all``: every block is relevant (MemAgent behaviour).
+
+The scan is state-aware: blocks are judged in document order against the current memory; after the
+reasoner updates the memory on a relevant block, later blocks are judged against the new memory. Blocks
+are scored in batches against the current memory and the scan jumps to the first relevant one, which
+gives exactly the decisions of a block-by-block scan (the batch only computes ahead).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from lychee_memory.kernels import token_logprobs
+
+from .blocks import MemoryBank, MemoryBlock
+from .config import GateSettings
+from .kv_prefix import PromptRow, logits_of, prefill
+from .model_loading import LoadedModel
+from .prompts import PromptBuilder
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score one block (or no block, for a baseline) for one question under one memory."""
+
+    question: str
+    memory: str
+    block: MemoryBlock | None
+
+
+class GateRule(ABC):
+    """A scoring rule: higher means more relevant; a block passes when score - baseline >= threshold."""
+
+    name: ClassVar[str]
+    default_threshold: ClassVar[float]
+    needs_model: ClassVar[bool] = True
+
+    @abstractmethod
+    def score(self, loaded: LoadedModel, prompts: PromptBuilder, requests: list[ScoreRequest]) -> list[float]:
+        """Scores of all requests, computed in one batched forward."""
+
+    def uses_block_free_baseline(self, settings: GateSettings) -> bool:
+        """Whether the rule's baseline is the score without any block (else 0 or the median)."""
+        return False
+
+
+class QueryLikelihoodRule(GateRule):
+    """How much the block raises the likelihood of the question (and of the notes in memory)."""
+
+    name = "query_likelihood"
+    default_threshold = 0.5
+
+    def __init__(self, memory_weight: float, initial_memory: str, template: str):
+        self.memory_weight = memory_weight
+        self.initial_memory = initial_memory
+        self.template = template
+
+    def uses_block_free_baseline(self, settings: GateSettings) -> bool:
+        return settings.baseline == "no_block"
+
+    def score(self, loaded, prompts, requests):
+        rows, spans = [], []
+        for request in requests:
+            segmented = prompts.segments(self.template, question=request.question, memory=request.memory)
+            ids = segmented.token_ids
+            offset = 0
+            if request.block is None and prompts.sequence_start_ids:
+                ids = prompts.sequence_start_ids + ids
+                offset = len(prompts.sequence_start_ids)
+            rows.append(PromptRow(ids, request.block))
+            question_span = tuple(i + offset for i in segmented.spans["question"])
+            memory_span = tuple(i + offset for i in segmented.spans["memory"])
+            weight = self.memory_weight if request.memory != self.initial_memory else 0.0
+            spans.append((question_span, memory_span, weight))
+        batch, hidden = prefill(loaded, rows)
+        width = hidden.shape[1]
+        # Predict token t of row r from the hidden state just before it (prompts are left-padded).
+        predictor_rows, predictor_cols, targets, owners = [], [], [], []
+        for row, ((q_start, q_end), (m_start, m_end), weight) in enumerate(spans):
+            pad = width - batch.prompt_lengths[row]
+            for part, (start, end) in enumerate(((q_start, q_end), (m_start, m_end))):
+                if part == 1 and weight == 0.0:
+                    continue
+                for position in range(max(start, 1), end):
+                    predictor_rows.append(row)
+                    predictor_cols.append(pad + position - 1)
+                    targets.append(rows[row].prompt_ids[position])
+                    owners.append((row, part))
+        device = hidden.device
+        selected = hidden[torch.tensor(predictor_rows, device=device), torch.tensor(predictor_cols, device=device)]
+        head = loaded.model.get_output_embeddings()
+        logprobs = token_logprobs(selected, head.weight, torch.tensor(targets, device=device), head.bias).tolist()
+        sums = [[0.0, 0.0] for _ in requests]
+        counts = [[0, 0] for _ in requests]
+        for (row, part), value in zip(owners, logprobs):
+            sums[row][part] += value
+            counts[row][part] += 1
+        scores = []
+        for row, (_, _, weight) in enumerate(spans):
+            question_mean = sums[row][0] / max(1, counts[row][0])
+            memory_mean = sums[row][1] / counts[row][1] if counts[row][1] else 0.0
+            scores.append(question_mean + weight * memory_mean)
+        return scores
+
+
+class PromptRule(GateRule):
+    """Probability that the model answers "yes" to: does this section help with the problem?"""
+
+    name = "prompt"
+    default_threshold = 0.5
+
+    def __init__(self, tokenizer):
+        self.yes_ids = _first_token_ids(tokenizer, [" yes", "yes", " Yes", "Yes", " YES"])
+        self.no_ids = _first_token_ids(tokenizer, [" no", "no", " No", "No", " NO"])
+
+    def score(self, loaded, prompts, requests):
+        rows = [PromptRow(prompts.relevance_prompt(r.question, r.memory), r.block) for r in requests]
+        _, hidden = prefill(loaded, rows)
+        probabilities = logits_of(loaded, hidden[:, -1]).softmax(dim=-1)
+        yes = probabilities[:, self.yes_ids].sum(dim=-1)
+        no = probabilities[:, self.no_ids].sum(dim=-1)
+        return (yes / (yes + no).clamp_min(1e-12)).tolist()
+
+
+class AllRule(GateRule):
+    """Every block is relevant: the reasoner reads all of them (MemAgent behaviour)."""
+
+    name = "all"
+    default_threshold = 0.0
+    needs_model = False
+
+    def score(self, loaded, prompts, requests):
+        return [1.0] * len(requests)
+
+
+def _first_token_ids(tokenizer, words: list[str]) -> list[int]:
+    ids = {tokenizer(word, add_special_tokens=False).input_ids[0] for word in words}
+    return sorted(ids)
+
+
+def build_rule(settings: GateSettings, prompt_settings, tokenizer) -> GateRule:
+    if settings.rule == "query_likelihood":
+        return QueryLikelihoodRule(
+            settings.memory_weight, prompt_settings.initial_memory, prompt_settings.query_likelihood
+        )
+    if settings.rule == "prompt":
+        return PromptRule(tokenizer)
+    if settings.rule == "all":
+        return AllRule()
+    raise ValueError(f"gate rule {settings.rule!r} must be resolved before building")
+
+
+# The scan ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GateDecision:
+    """The gate's verdict on one block during one question's scan."""
+
+    index: int
+    score: float  # gain over the baseline, compared with the threshold
+    relevant: bool
+    memory_step: int  # how many memory updates had happened when the block was judged
+    fallback: bool = False
+
+
+@dataclass
+class ScanState:
+    """One question's progress through the bank."""
+
+    question: str
+    memory: str
+    cursor: int = 0
+    selected: list[int] = field(default_factory=list)
+    decisions: list[GateDecision] = field(default_factory=list)
+    memories: list[str] = field(default_factory=list)
+    baseline: float | None = None
+    done: bool = False
+    reasoner_prompt_tokens: int = 0
+    memory_tokens: int = 0
+
+
+@dataclass
+class ScanTimings:
+    gate_seconds: float = 0.0
+    reason_seconds: float = 0.0
+    gate_rows: int = 0
+
+
+MemoryUpdater = Callable[[list[tuple[ScanState, int]]], list[str]]
+
+
+class GateScan:
+    """Runs the state-aware scan of several questions over one bank, batching across blocks and questions."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        prompts: PromptBuilder,
+        rule: GateRule,
+        settings: GateSettings,
+        threshold: float,
+        progress: Callable[[int], None] | None = None,
+    ):
+        self.loaded = loaded
+        self.prompts = prompts
+        self.rule = rule
+        self.settings = settings
+        self.threshold = threshold
+        self.progress = progress
+        self.timings = ScanTimings()
+
+    @property
+    def _median_baseline(self) -> bool:
+        return self.rule.name == "query_likelihood" and self.settings.baseline == "median"
+
+    def run(self, bank: MemoryBank, states: list[ScanState], update: MemoryUpdater) -> list[ScanState]:
+        """Scan until every question reached the end of the bank or its budget; ``update`` writes memory."""
+        total = len(bank)
+        first_pass: list[dict[int, float]] = [{} for _ in states]  # gains under the initial memory
+        for state in states:
+            state.memories.append(state.memory)
+            state.done = total == 0
+        while active := [i for i, state in enumerate(states) if not state.done]:
+            plan = {i: self._next_indices(states[i], total) for i in active}
+            scores = self._score(bank, states, plan)
+            hits: list[tuple[ScanState, int]] = []
+            advanced = 0
+            for i in active:
+                state, indices = states[i], plan[i]
+                hit = None
+                for index, gain in zip(indices, self._gains(state, scores[i])):
+                    relevant = gain >= self.threshold
+                    state.decisions.append(GateDecision(index, gain, relevant, len(state.selected)))
+                    if not state.selected:
+                        first_pass[i][index] = gain
+                    if relevant:
+                        hit = index
+                        break
+                new_cursor = indices[-1] + 1 if hit is None else hit + 1
+                advanced += new_cursor - state.cursor
+                state.cursor = new_cursor
+                if hit is not None:
+                    hits.append((state, hit))
+            if self.progress:
+                self.progress(advanced)
+            if hits:
+                self._apply(hits, update)
+            for i in active:
+                state = states[i]
+                if state.cursor >= total or len(state.selected) >= self.settings.max_relevant_blocks:
+                    state.done = True
+        self._fallback(states, first_pass, update)
+        return states
+
+    def _next_indices(self, state: ScanState, total: int) -> list[int]:
+        """A batch from the cursor; with a median baseline, every remaining block (the median needs them)."""
+        stop = total if self._median_baseline else min(total, state.cursor + self.settings.batch_size)
+        return list(range(state.cursor, stop))
+
+    def _score(self, bank: MemoryBank, states: list[ScanState], plan: dict[int, list[int]]) -> dict[int, list[float]]:
+        """Raw scores per planned block, batched across questions; fills in missing block-free baselines."""
+        keys: list[tuple[int, int | None]] = []
+        for i, indices in plan.items():
+            if self.rule.uses_block_free_baseline(self.settings) and states[i].baseline is None:
+                keys.append((i, None))
+            keys.extend((i, index) for index in indices)
+        values: dict[tuple[int, int | None], float] = {}
+        started = time.perf_counter()
+        step = self.settings.batch_size if self.rule.needs_model else max(1, len(keys))
+        for start in range(0, len(keys), step):
+            part = keys[start : start + step]
+            requests = [
+                ScoreRequest(
+                    states[i].question,
+                    states[i].memory,
+                    bank.block(index) if index is not None and self.rule.needs_model else None,
+                )
+                for i, index in part
+            ]
+            values.update(zip(part, self.rule.score(self.loaded, self.prompts, requests)))
+            self.timings.gate_rows += len(part) if self.rule.needs_model else 0
+        self.timings.gate_seconds += time.perf_counter() - started
+        for i in plan:
+            if (i, None) in values:
+                states[i].baseline = values[(i, None)]
+        return {i: [values[(i, index)] for index in indices] for i, indices in plan.items()}
+
+    def _gains(self, state: ScanState, raw: list[float]) -> list[float]:
+        if self._median_baseline:
+            base = statistics.median(raw)
+        elif self.rule.uses_block_free_baseline(self.settings):
+            base = state.baseline if state.baseline is not None else 0.0
+        else:
+            base = 0.0
+        return [value - base for value in raw]
+
+    def _apply(self, hits: list[tuple[ScanState, int]], update: MemoryUpdater) -> None:
+        started = time.perf_counter()
+        memories = update(hits)
+        self.timings.reason_seconds += time.perf_counter() - started
+        for (state, index), memory in zip(hits, memories):
+            state.selected.append(index)
+            state.memory = memory
+            state.memories.append(memory)
+            state.baseline = None  # the memory changed: the block-free baseline must be recomputed
+
+    def _fallback(self, states: list[ScanState], first_pass: list[dict[int, float]], update: MemoryUpdater) -> None:
+        """Questions where no block passed read their top-scoring block(s) instead of answering blind."""
+        if self.settings.fallback_blocks == 0:
+            return
+        chosen: list[list[int]] = []
+        for state, gains in zip(states, first_pass):
+            if state.selected or not gains:
+                chosen.append([])
+                continue
+            best = sorted(sorted(gains, key=lambda index: (-gains[index], index))[: self.settings.fallback_blocks])
+            for decision in state.decisions:
+                if decision.index in best:
+                    decision.fallback = True
+            chosen.append(best)
+        # One round per fallback rank, so a question's memory is updated in document order.
+        for rank in range(self.settings.fallback_blocks):
+            round_ = [(state, picks[rank]) for state, picks in zip(states, chosen) if len(picks) > rank]
+            if round_:
+                self._apply(round_, update)

@@ -1,0 +1,107 @@
+"""The reasoner: rewrites the working memory from one relevant block, and answers from memory alone.
+
+Two read modes: ``kv`` puts the block's compressed KV before the update prompt (the paper; right for a
+trained compressor), ``text`` puts the block's source text in the prompt at full fidelity (right for
+training-free compression, which loses exact names and numbers on small models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .blocks import MemoryBlock
+from .config import ReasonerSettings
+from .generation import DecodeStream, DecodingSettings, Generation, TokenCallback, generate
+from .kv_prefix import PromptRow
+from .model_loading import LoadedModel
+from .prompts import PromptBuilder
+
+
+@dataclass(frozen=True)
+class UpdateRequest:
+    """Rewrite ``memory`` for ``question`` after reading ``block`` (KV mode) or ``section`` (text mode)."""
+
+    question: str
+    memory: str
+    block: MemoryBlock | None = None
+    section: str | None = None
+
+
+class Reasoner:
+    """Writes working memory and answers with the engine's model and prompt templates."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        prompts: PromptBuilder,
+        settings: ReasonerSettings,
+        read_mode: str,
+        batch_size: int = 8,
+    ):
+        if read_mode not in ("kv", "text"):
+            raise ValueError(f"read mode must be resolved to 'kv' or 'text', got {read_mode!r}")
+        self.loaded = loaded
+        self.prompts = prompts
+        self.settings = settings
+        self.read_mode = read_mode
+        self.batch_size = batch_size
+
+    def _decoding(self, max_new_tokens: int) -> DecodingSettings:
+        return DecodingSettings(
+            max_new_tokens=max_new_tokens,
+            temperature=self.settings.temperature,
+            top_p=self.settings.top_p,
+            seed=self.settings.seed,
+        )
+
+    def update_row(self, request: UpdateRequest) -> PromptRow:
+        if self.read_mode == "kv":
+            if request.block is None:
+                raise ValueError("kv read mode needs the block")
+            return PromptRow(self.prompts.update_prompt(request.question, request.memory, None), request.block)
+        if request.section is None:
+            raise ValueError("text read mode needs the section text")
+        return PromptRow(self.prompts.update_prompt(request.question, request.memory, request.section), None)
+
+    def update(self, requests: list[UpdateRequest]) -> list[Generation]:
+        """New memories, one per request; an empty generation keeps the previous memory."""
+        results: list[Generation] = []
+        for start in range(0, len(requests), self.batch_size):
+            part = requests[start : start + self.batch_size]
+            rows = [self.update_row(request) for request in part]
+            for request, generation in zip(
+                part, generate(self.loaded, rows, self._decoding(self.settings.max_memory_tokens))
+            ):
+                if not generation.text:
+                    generation.text = request.memory
+                results.append(generation)
+        return results
+
+    def answer(
+        self, questions: list[str], memories: list[str], on_text: TokenCallback | None = None
+    ) -> list[Generation]:
+        """Final answers from memory alone (no block); ``on_text(row, piece)`` streams them."""
+        rows = [PromptRow(self.prompts.final_prompt(question, memory)) for question, memory in zip(questions, memories)]
+        results: list[Generation] = []
+        for start in range(0, len(rows), self.batch_size):
+            callback = None
+            if on_text is not None:
+                offset = start
+
+                def callback(row: int, piece: str, offset: int = offset) -> None:
+                    on_text(row + offset, piece)
+
+            results.extend(
+                generate(
+                    self.loaded,
+                    rows[start : start + self.batch_size],
+                    self._decoding(self.settings.max_answer_tokens),
+                    callback,
+                )
+            )
+        return results
+
+    def answer_stream(self, question: str, memory: str) -> DecodeStream:
+        """The final answer of one question as a stream of text pieces."""
+        row = PromptRow(self.prompts.final_prompt(question, memory))
+        return DecodeStream(self.loaded, [row], self._decoding(self.settings.max_answer_tokens))
