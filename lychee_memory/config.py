@@ -65,8 +65,7 @@ class CompressorSettings(_Settings):
     ratio: int = Field(4, ge=1, description="raw tokens per memory slot")
     observation_window: int = Field(32, ge=1, description="attention compressor: tail tokens whose queries vote")
     pooling_kernel: int = Field(5, ge=1, description="attention compressor: smoothing width over positions (odd)")
-    beacon_window: int = Field(2048, ge=1, description="beacon: raw tokens per compression window")
-    beacon_stride: int = Field(2048, ge=1, description="beacon: must equal the window in interleave mode")
+    beacon_window: int = Field(2048, ge=1, description="beacon: raw tokens per compression window (= stride)")
     ingest_batch_size: int | None = Field(None, ge=1, description="chunks per forward; None = 1 on CPU, 4 on GPU")
 
     @field_validator("pooling_kernel")
@@ -75,15 +74,6 @@ class CompressorSettings(_Settings):
         if value % 2 == 0:
             raise ValueError(f"pooling_kernel must be odd so it is centred on a position, got {value}")
         return value
-
-    @model_validator(mode="after")
-    def _check_beacon_geometry(self) -> CompressorSettings:
-        if self.beacon_window != self.beacon_stride:
-            raise ValueError(
-                f"beacon_window ({self.beacon_window}) must equal beacon_stride ({self.beacon_stride}) "
-                "with interleaved memory tokens"
-            )
-        return self
 
 
 class GateSettings(_Settings):
@@ -234,6 +224,7 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "chunk_tokens": ("chunking", "chunk_tokens"),
     "ratio": ("compressor", "ratio"),
     "observation_window": ("compressor", "observation_window"),
+    "beacon_window": ("compressor", "beacon_window"),
     "ingest_batch_size": ("compressor", "ingest_batch_size"),
     "threshold": ("gate", "threshold"),
     "max_relevant_blocks": ("gate", "max_relevant_blocks"),

@@ -17,6 +17,7 @@ from .answer import Answer, AnswerStream, GateScore, SelectedBlock
 from .blocks import MemoryBank, MemoryBlock
 from .chunking import chunk_documents
 from .compressors import Compressor, build_compressor
+from .compressors.beacon import BeaconSettings
 from .config import EngineConfig
 from .documents import Document, DocumentInput, load_documents
 from .errors import BankMismatchError, ConfigurationError, ContextTooLongError, EmptyQuestionError
@@ -41,6 +42,9 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
         compressor.kind = "beacon" if loaded.has_trained_memory else "attention"
     if compressor.kind == "none":
         compressor.ratio = 1
+    if compressor.kind == "beacon" and loaded.has_trained_memory:
+        checkpoint = BeaconSettings.from_checkpoint_config(loaded.memory_config)
+        compressor.ratio, compressor.beacon_window = checkpoint.ratio, checkpoint.window
     if resolved.chunking.chunk_tokens is None:
         small = loaded.context_window < SMALL_MODEL_WINDOW
         resolved.chunking.chunk_tokens = SMALL_MODEL_CHUNK_TOKENS if small else DEFAULT_CHUNK_TOKENS

@@ -53,6 +53,12 @@ class _Detokenizer:
         delta, self.emitted = text[self.emitted :], len(text)
         return delta
 
+    def flush(self) -> str:
+        """Whatever is still held back once the row is finished."""
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        delta, self.emitted = text[self.emitted :], len(text)
+        return delta
+
 
 def _choose_tokens(logits: torch.Tensor, settings: DecodingSettings, generator: torch.Generator | None) -> torch.Tensor:
     if settings.temperature <= 0.0:
@@ -112,6 +118,9 @@ class DecodeStream:
             hidden = decoder_forward(loaded, tokens[:, None], positions[:, None], kv_valid, batch.cache)
             positions = positions + 1
             logits = logits_of(loaded, hidden[:, -1])
+        for row, detokenizer in enumerate(detokenizers):
+            if piece := detokenizer.flush():
+                yield row, piece
         self.results = [
             Generation(
                 token_ids=outputs[row],

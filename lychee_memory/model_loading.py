@@ -296,8 +296,10 @@ def _load_gguf(resolved: ResolvedSpec, settings: ModelSettings, attention: str):
         resolved.path, gguf_file=resolved.gguf_file, dtype=torch.float32, attn_implementation=attention
     )
     tokenizer = AutoTokenizer.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
+    # The weights are dequantised floats now: drop the GGUF quantizer so the model saves as plain safetensors.
     if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config  # weights are dequantised floats now
+        del model.config.quantization_config
+    model.hf_quantizer = None
     if settings.cache_converted_gguf:
         try:
             converted.parent.mkdir(parents=True, exist_ok=True)

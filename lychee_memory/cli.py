@@ -1,0 +1,249 @@
+"""The ``lychee`` command: ask questions over documents, ingest them, and show what is installed.
+
+    lychee ask PATH... --question Q [--json]
+    lychee ingest PATH...
+    lychee info
+
+Errors the library raises on purpose are printed as one line and exit with status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import LycheeError
+
+EXIT_USAGE = 2
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument("--model", default=None, help="model spec: smollm2-135m (default), a local HF dir, a .gguf file, or a cached hub id")
+    group.add_argument("--config", type=Path, default=None, help="JSON file with an EngineConfig (options below override it)")
+    group.add_argument("--compressor", choices=["auto", "beacon", "attention", "key_norm", "none"], default=None)
+    group.add_argument("--ratio", type=int, default=None, help="raw tokens per memory slot (default 4)")
+    group.add_argument("--chunk-tokens", type=int, default=None, help="tokens per chunk (default: per model)")
+    group.add_argument("--gate", choices=["auto", "query_likelihood", "prompt", "all"], default=None)
+    group.add_argument("--threshold", type=float, default=None, help="gate threshold (default: per rule)")
+    group.add_argument("--max-blocks", type=int, default=None, help="budget of relevant blocks per question")
+    group.add_argument("--read-mode", choices=["auto", "kv", "text"], default=None, help="reasoner reads the block's KV or its text")
+    group.add_argument("--max-memory-tokens", type=int, default=None)
+    group.add_argument("--max-answer-tokens", type=int, default=None)
+    group.add_argument("--temperature", type=float, default=None, help="0 = greedy (default)")
+    group.add_argument("--seed", type=int, default=None)
+    group.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
+    group.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None)
+    group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+_OPTION_NAMES = {
+    "model": "spec",
+    "compressor": "compressor",
+    "ratio": "ratio",
+    "chunk_tokens": "chunk_tokens",
+    "gate": "gate",
+    "threshold": "threshold",
+    "max_blocks": "max_relevant_blocks",
+    "read_mode": "read_mode",
+    "max_memory_tokens": "max_memory_tokens",
+    "max_answer_tokens": "max_answer_tokens",
+    "temperature": "temperature",
+    "seed": "seed",
+    "device": "device",
+    "dtype": "dtype",
+}
+
+
+def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = {name: getattr(args, attribute) for attribute, name in _OPTION_NAMES.items() if getattr(args, attribute) is not None}
+    if args.no_progress:
+        options["show_progress"] = False
+    return options
+
+
+def _load_engine(args: argparse.Namespace):
+    from .config import EngineConfig
+    from .engine import LycheeMemory
+
+    base = None
+    if args.config is not None:
+        try:
+            base = EngineConfig.model_validate_json(args.config.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise LycheeError(f"cannot read config file {str(args.config)!r}: {error.strerror or error}") from None
+        except ValueError as error:
+            raise LycheeError(f"config file {str(args.config)!r} is not a valid engine config: {error}") from None
+    return LycheeMemory.from_pretrained(config=base, **_engine_options(args))
+
+
+def _paths(values: list[str]) -> list[Path]:
+    return [Path(value) for value in values]
+
+
+def _command_ask(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    from .documents import load_documents
+
+    documents = load_documents(_paths(args.paths))  # fail on bad files before loading a model
+    engine = _load_engine(args)
+    mode = args.mode.replace("-", "_")
+    if args.json or mode != "lychee":
+        answer = engine.ask(args.question, documents, mode=mode)
+        if not args.json:
+            print(answer.text)
+    else:
+        stream = engine.stream(args.question, documents)
+        for piece in stream:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        answer = stream.answer
+    answer.timings["total"] = time.perf_counter() - started
+    if args.json:
+        data = answer.to_dict(include_scores=args.scores)
+        if not args.show_text:
+            for block in data["blocks"]:
+                block.pop("text", None)
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return 0
+    if args.show_memory:
+        print("\nWorking memory:\n" + answer.memory, file=sys.stderr)
+    if answer.blocks:
+        print("\nSources:", file=sys.stderr)
+        for block in answer.blocks[:10]:
+            note = " (fallback: nothing passed the gate)" if block.fallback else ""
+            print(f"  block {block.index}: {block.document_id} chars {block.char_start}-{block.char_end}, score {block.score:.3f}{note}", file=sys.stderr)
+        if len(answer.blocks) > 10:
+            print(f"  ... and {len(answer.blocks) - 10} more", file=sys.stderr)
+    phases = " | ".join(f"{name} {seconds:.2f}s" for name, seconds in answer.timings.items())
+    print(f"Timings: {phases}", file=sys.stderr)
+    return 0
+
+
+def _command_ingest(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    from .documents import load_documents
+
+    documents = load_documents(_paths(args.paths))
+    engine = _load_engine(args)
+    ingest_started = time.perf_counter()
+    bank = engine.ingest(documents)
+    summary = bank.summary()
+    summary["timings"] = {
+        "load_model": round(engine.loaded.load_seconds, 4),
+        "ingest": round(time.perf_counter() - ingest_started, 4),
+        "total": round(time.perf_counter() - started, 4),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"{summary['documents']} document(s), {summary['tokens']} tokens -> {summary['blocks']} blocks, "
+            f"{summary['slots']} memory slots ({summary['compression']}x), {summary['resident_bytes'] / 2**20:.1f} MiB "
+            f"in {summary['timings']['ingest']:.1f}s"
+        )
+    return 0
+
+
+def _command_info(args: argparse.Namespace) -> int:
+    import importlib.metadata
+
+    import torch
+
+    from .kernels._triton_support import triton_importable
+    from .model_loading import cache_root, known_aliases, resolve_spec
+
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    try:
+        import flash_attn  # noqa: F401
+
+        flash = True
+    except ImportError:
+        flash = False
+    info: dict[str, Any] = {
+        "versions": {name: version(name) for name in ("lychee-memory", "torch", "transformers", "llama-index-core", "langchain-core")},
+        "hardware": {
+            "cuda": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cpu_threads": torch.get_num_threads(),
+            "triton": triton_importable(),
+            "flash_attn": flash,
+        },
+        "cache_dir": str(cache_root()),
+        "aliases": known_aliases(),
+    }
+    spec = args.model or "smollm2-135m"
+    resolved = resolve_spec(spec)
+    info["model_spec"] = {"spec": spec, "kind": resolved.kind, "path": str(resolved.path / resolved.gguf_file) if resolved.gguf_file else str(resolved.path)}
+    if not args.no_load:
+        info["engine"] = _load_engine(args).info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print_tree(info)
+    return 0
+
+
+def _print_tree(data: dict[str, Any], indent: int = 0) -> None:
+    for key, value in data.items():
+        if isinstance(value, dict):
+            print(" " * indent + f"{key}:")
+            _print_tree(value, indent + 2)
+        else:
+            print(" " * indent + f"{key}: {value}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lychee", description="Question answering over long documents with compressed KV memory.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ask = commands.add_parser("ask", help="answer a question over documents")
+    ask.add_argument("paths", nargs="+", help="text files (UTF-8) or directories of them")
+    ask.add_argument("--question", "-q", required=True)
+    ask.add_argument("--json", action="store_true", help="print one JSON object (answer, blocks, timings, memory)")
+    ask.add_argument("--mode", choices=["lychee", "memagent", "full-context"], default="lychee", help="lychee (default) or a baseline")
+    ask.add_argument("--scores", action="store_true", help="with --json: include every gate score of the scan")
+    ask.add_argument("--show-text", action="store_true", help="with --json: include each block's source text")
+    ask.add_argument("--show-memory", action="store_true", help="print the final working memory")
+    _add_engine_options(ask)
+    ask.set_defaults(handler=_command_ask)
+
+    ingest = commands.add_parser("ingest", help="compress documents into memory blocks")
+    ingest.add_argument("paths", nargs="+")
+    ingest.add_argument("--json", action="store_true")
+    _add_engine_options(ingest)
+    ingest.set_defaults(handler=_command_ingest)
+
+    info = commands.add_parser("info", help="show versions, hardware, the resolved model and its defaults")
+    info.add_argument("--json", action="store_true")
+    info.add_argument("--no-load", action="store_true", help="do not load the model (skip the resolved defaults)")
+    _add_engine_options(info)
+    info.set_defaults(handler=_command_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except LycheeError as error:
+        print(f"lychee: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("lychee: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
