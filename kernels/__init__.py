@@ -3,8 +3,19 @@
 Installed as ``lychee_memory.kernels``. Each public function picks the Triton kernel when the tensors
 are on a CUDA device and Triton imports, and the torch reference otherwise (or when
 ``LYCHEE_DISABLE_TRITON=1``). Set ``TRITON_INTERPRET=1`` before import to run the kernels on a CPU.
+``register_triton_attention()`` makes the attention kernel available to transformers as "lychee_triton".
 """
 
+from .hf_attention import ATTENTION_NAME, lychee_triton_attention_forward, register_triton_attention
+from .prefix_attention import prefix_attention, prefix_attention_reference
 from .token_logprobs import token_logprobs, token_logprobs_reference
 
-__all__ = ["token_logprobs", "token_logprobs_reference"]
+__all__ = [
+    "ATTENTION_NAME",
+    "lychee_triton_attention_forward",
+    "prefix_attention",
+    "prefix_attention_reference",
+    "register_triton_attention",
+    "token_logprobs",
+    "token_logprobs_reference",
+]

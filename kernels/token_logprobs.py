@@ -10,9 +10,23 @@ from __future__ import annotations
 
 import torch
 
-from ._triton_support import use_triton
+from ._triton_support import run_triton_or_reference, use_triton
 
 _REFERENCE_ROWS_PER_CHUNK = 256
+
+
+def check_logprob_shapes(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None
+) -> None:
+    """Raise ValueError unless hidden is [N, H], weight [V, H], targets [N] and bias [V] or None."""
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"expected hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} and {tuple(weight.shape)}"
+        )
+    if targets.shape != hidden.shape[:1]:
+        raise ValueError(f"expected targets [{hidden.shape[0]}], got {tuple(targets.shape)}")
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"expected bias [{weight.shape[0]}], got {tuple(bias.shape)}")
 
 
 def token_logprobs_reference(
@@ -34,11 +48,20 @@ def token_logprobs_reference(
 def token_logprobs(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Dispatch to the Triton kernel for CUDA tensors, else the torch reference."""
+    """Dispatch to the Triton kernel for CUDA tensors, else the torch reference.
+
+    If the Triton path raises once (import, compile or launch error), a warning is logged and the
+    reference serves every later call of the process. Bad shapes raise ValueError before either path.
+    """
+    check_logprob_shapes(hidden, weight, targets, bias)
     if hidden.shape[0] > 0 and use_triton(hidden):
-        try:
+
+        def triton_call() -> torch.Tensor:
             from .token_logprobs_triton import token_logprobs_triton
-        except ImportError:
-            return token_logprobs_reference(hidden, weight, targets, bias)
-        return token_logprobs_triton(hidden, weight, targets, bias)
+
+            return token_logprobs_triton(hidden, weight, targets, bias)
+
+        return run_triton_or_reference(
+            "token_logprobs", triton_call, lambda: token_logprobs_reference(hidden, weight, targets, bias)
+        )
     return token_logprobs_reference(hidden, weight, targets, bias)

@@ -23,15 +23,23 @@ EXIT_USAGE = 2
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
-    group.add_argument("--model", default=None, help="model spec: smollm2-135m (default), a local HF dir, a .gguf file, or a cached hub id")
-    group.add_argument("--config", type=Path, default=None, help="JSON file with an EngineConfig (options below override it)")
+    group.add_argument(
+        "--model",
+        default=None,
+        help="model spec: smollm2-135m (default), a local HF dir, a .gguf file, or a cached hub id",
+    )
+    group.add_argument(
+        "--config", type=Path, default=None, help="JSON file with an EngineConfig (options below override it)"
+    )
     group.add_argument("--compressor", choices=["auto", "beacon", "attention", "key_norm", "none"], default=None)
     group.add_argument("--ratio", type=int, default=None, help="raw tokens per memory slot (default 4)")
     group.add_argument("--chunk-tokens", type=int, default=None, help="tokens per chunk (default: per model)")
     group.add_argument("--gate", choices=["auto", "query_likelihood", "prompt", "all"], default=None)
     group.add_argument("--threshold", type=float, default=None, help="gate threshold (default: per rule)")
     group.add_argument("--max-blocks", type=int, default=None, help="budget of relevant blocks per question")
-    group.add_argument("--read-mode", choices=["auto", "kv", "text"], default=None, help="reasoner reads the block's KV or its text")
+    group.add_argument(
+        "--read-mode", choices=["auto", "kv", "text"], default=None, help="reasoner reads the block's KV or its text"
+    )
     group.add_argument("--max-memory-tokens", type=int, default=None)
     group.add_argument("--max-answer-tokens", type=int, default=None)
     group.add_argument("--temperature", type=float, default=None, help="0 = greedy (default)")
@@ -60,7 +68,11 @@ _OPTION_NAMES = {
 
 
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    options = {name: getattr(args, attribute) for attribute, name in _OPTION_NAMES.items() if getattr(args, attribute) is not None}
+    options = {
+        name: getattr(args, attribute)
+        for attribute, name in _OPTION_NAMES.items()
+        if getattr(args, attribute) is not None
+    }
     if args.no_progress:
         options["show_progress"] = False
     return options
@@ -117,7 +129,10 @@ def _command_ask(args: argparse.Namespace) -> int:
         print("\nSources:", file=sys.stderr)
         for block in answer.blocks[:10]:
             note = " (fallback: nothing passed the gate)" if block.fallback else ""
-            print(f"  block {block.index}: {block.document_id} chars {block.char_start}-{block.char_end}, score {block.score:.3f}{note}", file=sys.stderr)
+            print(
+                f"  block {block.index}: {block.document_id} chars {block.char_start}-{block.char_end}, score {block.score:.3f}{note}",
+                file=sys.stderr,
+            )
         if len(answer.blocks) > 10:
             print(f"  ... and {len(answer.blocks) - 10} more", file=sys.stderr)
     phases = " | ".join(f"{name} {seconds:.2f}s" for name, seconds in answer.timings.items())
@@ -171,7 +186,10 @@ def _command_info(args: argparse.Namespace) -> int:
     except ImportError:
         flash = False
     info: dict[str, Any] = {
-        "versions": {name: version(name) for name in ("lychee-memory", "torch", "transformers", "llama-index-core", "langchain-core")},
+        "versions": {
+            name: version(name)
+            for name in ("lychee-memory", "torch", "transformers", "llama-index-core", "langchain-core")
+        },
         "hardware": {
             "cuda": torch.cuda.is_available(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -184,7 +202,11 @@ def _command_info(args: argparse.Namespace) -> int:
     }
     spec = args.model or "smollm2-135m"
     resolved = resolve_spec(spec)
-    info["model_spec"] = {"spec": spec, "kind": resolved.kind, "path": str(resolved.path / resolved.gguf_file) if resolved.gguf_file else str(resolved.path)}
+    info["model_spec"] = {
+        "spec": spec,
+        "kind": resolved.kind,
+        "path": str(resolved.path / resolved.gguf_file) if resolved.gguf_file else str(resolved.path),
+    }
     if not args.no_load:
         info["engine"] = _load_engine(args).info()
     if args.json:
@@ -204,14 +226,21 @@ def _print_tree(data: dict[str, Any], indent: int = 0) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lychee", description="Question answering over long documents with compressed KV memory.")
+    parser = argparse.ArgumentParser(
+        prog="lychee", description="Question answering over long documents with compressed KV memory."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     ask = commands.add_parser("ask", help="answer a question over documents")
     ask.add_argument("paths", nargs="+", help="text files (UTF-8) or directories of them")
     ask.add_argument("--question", "-q", required=True)
     ask.add_argument("--json", action="store_true", help="print one JSON object (answer, blocks, timings, memory)")
-    ask.add_argument("--mode", choices=["lychee", "memagent", "full-context"], default="lychee", help="lychee (default) or a baseline")
+    ask.add_argument(
+        "--mode",
+        choices=["lychee", "memagent", "full-context"],
+        default="lychee",
+        help="lychee (default) or a baseline",
+    )
     ask.add_argument("--scores", action="store_true", help="with --json: include every gate score of the scan")
     ask.add_argument("--show-text", action="store_true", help="with --json: include each block's source text")
     ask.add_argument("--show-memory", action="store_true", help="print the final working memory")

@@ -18,7 +18,7 @@ CompressorKind = Literal["auto", "beacon", "attention", "key_norm", "none"]
 GateRuleName = Literal["auto", "query_likelihood", "prompt", "all"]
 ReadMode = Literal["auto", "kv", "text"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
-AttentionName = Literal["auto", "sdpa", "eager", "flash_attention_2"]
+AttentionName = Literal["auto", "sdpa", "eager", "flash_attention_2", "triton"]
 
 
 class _Settings(BaseModel):
@@ -31,7 +31,10 @@ class ModelSettings(_Settings):
     spec: str = Field("smollm2-135m", min_length=1, description="alias, local HF dir, GGUF file, or cached hub id")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     dtype: DtypeName = Field("auto", description="auto = bfloat16 on GPU, float32 on CPU")
-    attention: AttentionName = Field("auto", description="attention kernel for the model's own forwards")
+    attention: AttentionName = Field(
+        "auto",
+        description="attention for the model's forwards; triton = lychee's GQA prefix kernel (torch fallback off GPU)",
+    )
     cache_converted_gguf: bool = Field(
         True, description="keep a float copy of a GGUF model in the cache dir so later loads skip dequantisation"
     )

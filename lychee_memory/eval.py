@@ -25,7 +25,9 @@ def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
     """The dataset directory: ``path``, else $LYCHEE_DATA_DIR; raises a DocumentError naming what is missing."""
     chosen = path or os.environ.get("LYCHEE_DATA_DIR")
     if not chosen:
-        raise DocumentError("no dataset directory: pass --data DIR or set LYCHEE_DATA_DIR (it holds hotpotqa/ and squad/)")
+        raise DocumentError(
+            "no dataset directory: pass --data DIR or set LYCHEE_DATA_DIR (it holds hotpotqa/ and squad/)"
+        )
     directory = Path(chosen).expanduser()
     if not directory.is_dir():
         raise DocumentError(f"dataset directory {str(directory)!r} does not exist")
@@ -75,7 +77,11 @@ def load_squad_paragraphs(directory: Path) -> list[tuple[str, str]]:
     if not path.is_file():
         raise DocumentError(f"SQuAD file {str(path)!r} not found")
     data = json.loads(path.read_text(encoding="utf-8"))["data"]
-    return [(article["title"].replace("_", " "), paragraph["context"]) for article in data for paragraph in article["paragraphs"]]
+    return [
+        (article["title"].replace("_", " "), paragraph["context"])
+        for article in data
+        for paragraph in article["paragraphs"]
+    ]
 
 
 def format_paragraph(index: int, title: str, text: str) -> str:
@@ -95,7 +101,9 @@ class QASample:
 def ruler_hqa_sample(row: dict, pool: list[dict], n_documents: int, seed: int) -> QASample:
     """RULER-HQA style: the question's own 10 paragraphs plus random dev paragraphs, shuffled and numbered."""
     rng = random.Random(seed)
-    own = [(title, "".join(sentences)) for title, sentences in zip(row["context"]["title"], row["context"]["sentences"])]
+    own = [
+        (title, "".join(sentences)) for title, sentences in zip(row["context"]["title"], row["context"]["sentences"])
+    ]
     others = [
         (title, "".join(sentences))
         for other in pool
@@ -158,7 +166,9 @@ def needle_document(
         if total >= target_tokens:
             break
     else:
-        raise DocumentError(f"the paragraph pool holds only about {total} tokens, fewer than the {target_tokens} asked for")
+        raise DocumentError(
+            f"the paragraph pool holds only about {total} tokens, fewer than the {target_tokens} asked for"
+        )
     position = min(len(chosen) - 1, max(0, round(depth * (len(chosen) - 1))))
     title, text = chosen[position]
     chosen[position] = (title, text + " " + needle.fact)

@@ -234,6 +234,10 @@ def resolve_attention(requested: str, device: torch.device) -> str:
             raise UnsupportedModelError(
                 "attention 'flash_attention_2' requested but flash-attn is not installed (pip install lychee-memory[gpu])"
             ) from None
+    if requested == "triton":
+        from lychee_memory.kernels import register_triton_attention
+
+        return register_triton_attention()
     return "sdpa" if requested == "auto" else requested
 
 

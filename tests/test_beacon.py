@@ -32,7 +32,9 @@ def write_checkpoint(directory, family: str, with_bias: bool, extra_config: dict
             tensors[f"{prefix}.weight"] = torch.randn(base.shape, generator=generator) * 0.08
             if with_bias:
                 tensors[f"{prefix}.bias"] = torch.randn(base.shape[0], generator=generator) * 0.05
-    tensors["model.lychee_memory_embed_tokens.weight"] = torch.randn(1, model.config.hidden_size, generator=generator) * 0.5
+    tensors["model.lychee_memory_embed_tokens.weight"] = (
+        torch.randn(1, model.config.hidden_size, generator=generator) * 0.5
+    )
     save_file(tensors, str(directory / "lychee_memory.safetensors"))
     config = json.loads((directory / "config.json").read_text())
     config.update(
@@ -97,7 +99,12 @@ def hand_beacon(model, memory_tensors, tokens, window, ratio):
                 sequence.append(None)  # a memory token
         is_memory = [item is None for item in sequence]
         hidden = torch.stack(
-            [state["model.lychee_memory_embed_tokens.weight"][0] if item is None else state["model.embed_tokens.weight"][item] for item in sequence]
+            [
+                state["model.lychee_memory_embed_tokens.weight"][0]
+                if item is None
+                else state["model.embed_tokens.weight"][item]
+                for item in sequence
+            ]
         )
         positions = torch.arange(previous, previous + len(sequence))
         for layer in range(config.num_hidden_layers):
@@ -106,7 +113,11 @@ def hand_beacon(model, memory_tensors, tokens, window, ratio):
             rows = {"q": [], "k": [], "v": []}
             for position, x in enumerate(normed):
                 for name in "qkv":
-                    source = f"{prefix}.self_attn.lychee_memory_{name}_proj" if is_memory[position] else f"{prefix}.self_attn.{name}_proj"
+                    source = (
+                        f"{prefix}.self_attn.lychee_memory_{name}_proj"
+                        if is_memory[position]
+                        else f"{prefix}.self_attn.{name}_proj"
+                    )
                     rows[name].append(linear(state, source, x))
             query = torch.stack(rows["q"]).view(len(sequence), heads, head_dim)
             key = torch.stack(rows["k"]).view(len(sequence), kv_heads, head_dim)
@@ -183,6 +194,13 @@ def test_unsupported_checkpoint_settings_are_refused(tmp_path, setting, value, m
 
 def test_model_without_memory_weights_warns_that_beacon_is_untrained():
     with pytest.warns(UserWarning, match="untrained"):
-        engine = LycheeMemory.from_pretrained("tiny-random-qwen2", compressor="beacon", beacon_window=16, chunk_tokens=32, max_memory_tokens=8, show_progress=False)
+        engine = LycheeMemory.from_pretrained(
+            "tiny-random-qwen2",
+            compressor="beacon",
+            beacon_window=16,
+            chunk_tokens=32,
+            max_memory_tokens=8,
+            show_progress=False,
+        )
     assert not engine.compressor.trained
     assert engine.config.reasoner.read_mode == "text", "an untrained compressor re-reads the text"

@@ -36,7 +36,9 @@ def plain_forward_kv(loaded, token_ids: list[int]):
     with torch.no_grad():
         output = loaded.model(torch.tensor([token_ids]), use_cache=True)
     cache = output.past_key_values
-    return torch.stack([layer.keys[0] for layer in cache.layers]), torch.stack([layer.values[0] for layer in cache.layers])
+    return torch.stack([layer.keys[0] for layer in cache.layers]), torch.stack(
+        [layer.values[0] for layer in cache.layers]
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(SELECTION))
@@ -92,7 +94,9 @@ def test_attention_compressor_matches_eager_attention_weights(family):
     eager, _ = build_tiny_model(family, attention="eager")
     tokens = random_tokens(40, seed=4)
     window, kernel = 8, 5
-    block = AttentionCompressor(ratio=4, observation_window=window, pooling_kernel=kernel).compress(loaded, [make_chunk(tokens)])[0]
+    block = AttentionCompressor(ratio=4, observation_window=window, pooling_kernel=kernel).compress(
+        loaded, [make_chunk(tokens)]
+    )[0]
     with torch.no_grad():
         output = eager(torch.tensor([tokens]), output_attentions=True)
     kv_heads = loaded.config.num_key_value_heads

@@ -55,7 +55,11 @@ def test_greedy_generation_after_block_matches_transformers_generate(family):
     ours = generate(loaded, [PromptRow(prompt, block)], DecodingSettings(max_new_tokens=10))[0]
     with torch.no_grad():
         reference = loaded.model.generate(
-            torch.tensor([chunk + prompt]), max_new_tokens=10, do_sample=False, eos_token_id=loaded.stop_token_ids, pad_token_id=0
+            torch.tensor([chunk + prompt]),
+            max_new_tokens=10,
+            do_sample=False,
+            eos_token_id=loaded.stop_token_ids,
+            pad_token_id=0,
         )[0, len(chunk) + len(prompt) :].tolist()
     stop = set(loaded.stop_token_ids)
     expected = []
@@ -79,7 +83,12 @@ def test_batched_generation_equals_rows_alone(family):
 def test_streamed_pieces_join_to_the_final_text(family):
     loaded = _loaded(family)
     pieces: list[str] = []
-    result = generate(loaded, [PromptRow(random_tokens(5, seed=15))], DecodingSettings(max_new_tokens=12), lambda _, p: pieces.append(p))[0]
+    result = generate(
+        loaded,
+        [PromptRow(random_tokens(5, seed=15))],
+        DecodingSettings(max_new_tokens=12),
+        lambda _, p: pieces.append(p),
+    )[0]
     assert "".join(pieces).strip() == result.text
 
 

@@ -1,0 +1,170 @@
+"""The gate: rule scores against independent computations, and the batched state-aware scan against a
+block-by-block scan (same decisions, same scores), across questions, budgets and fallbacks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lychee_memory.compressors import NoCompression
+from lychee_memory.gate import QueryLikelihoodRule, ScoreRequest
+
+from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, _loaded, make_engine
+from .test_compressors import make_chunk, random_tokens
+
+QUESTION = "What is the access code for the east pier storage shed?"
+
+
+def full_logprobs(model, token_ids: list[int]) -> torch.Tensor:
+    """log p(token t | tokens < t) for t >= 1, from an ordinary forward with full logits."""
+    with torch.no_grad():
+        logits = model(torch.tensor([token_ids])).logits[0].float()
+    return torch.log_softmax(logits[:-1], dim=-1).gather(1, torch.tensor(token_ids[1:])[:, None]).squeeze(1)
+
+
+@pytest.mark.parametrize("memory", ["No previous memory", "The code is in the harbour notes."])
+def test_query_likelihood_equals_mean_logprob_from_full_logits(family, memory):
+    engine = make_engine(family, compressor="none")
+    loaded = engine.loaded
+    rule = QueryLikelihoodRule(0.5, "No previous memory", engine.config.prompts.query_likelihood)
+    chunk = random_tokens(30, seed=21)
+    block = NoCompression().compress(loaded, [make_chunk(chunk)])[0]
+    scores = rule.score(
+        loaded, engine.prompts, [ScoreRequest(QUESTION, memory, block), ScoreRequest(QUESTION, memory, None)]
+    )
+    segmented = engine.prompts.segments(engine.config.prompts.query_likelihood, question=QUESTION, memory=memory)
+
+    def reference(prefix: list[int]) -> float:
+        logprobs = full_logprobs(loaded.model, prefix + segmented.token_ids)
+        offset = len(prefix) - 1  # logprobs[i] scores token i + 1 of the whole sequence
+        (q_start, q_end), (m_start, m_end) = segmented.spans["question"], segmented.spans["memory"]
+        question = logprobs[offset + q_start : offset + q_end].mean().item()
+        notes = logprobs[offset + m_start : offset + m_end].mean().item() if memory != "No previous memory" else 0.0
+        return question + 0.5 * notes
+
+    assert scores[0] == pytest.approx(reference(chunk), abs=1e-4)
+    assert scores[1] == pytest.approx(reference(engine.prompts.sequence_start_ids), abs=1e-4)
+
+
+def _threshold_passing(engine, bank, count: int) -> float:
+    """A threshold that lets about ``count`` blocks pass under the initial memory."""
+    threshold, fallback = engine.threshold, engine.config.gate.fallback_blocks
+    engine.threshold, engine.config.gate.fallback_blocks = math.inf, 0
+    try:
+        gains = sorted((score.score for score in engine.ask(QUESTION, bank).gate_scores), reverse=True)
+    finally:
+        engine.threshold, engine.config.gate.fallback_blocks = threshold, fallback
+    return (gains[count - 1] + gains[count]) / 2
+
+
+def _low_score_of_full_scan(engine, bank) -> float:
+    """The 30th percentile of the scores of a scan that reads every block: most blocks pass it, some fail."""
+    threshold, engine.threshold = engine.threshold, -math.inf
+    try:
+        scores = sorted(score.score for score in engine.ask(QUESTION, bank).gate_scores)
+    finally:
+        engine.threshold = threshold
+    return scores[int(len(scores) * 0.3)]
+
+
+@pytest.mark.parametrize("rule", ["query_likelihood", "prompt"])
+@pytest.mark.parametrize("batch_size", [3, 16])
+def test_batched_scan_equals_block_by_block_scan(family, rule, batch_size):
+    sequential = make_engine(
+        family, gate={"rule": rule, "batch_size": 1}, compressor="key_norm", chunk_tokens=48, max_relevant_blocks=50
+    )
+    bank = sequential.ingest([FACTS_DOCUMENT, SECOND_DOCUMENT])
+    threshold = _low_score_of_full_scan(sequential, bank)
+    sequential.threshold = threshold
+    batched = make_engine(
+        family,
+        gate={"rule": rule, "batch_size": batch_size},
+        compressor="key_norm",
+        chunk_tokens=48,
+        max_relevant_blocks=50,
+    )
+    batched.threshold = threshold
+    one, many = sequential.ask(QUESTION, bank), batched.ask(QUESTION, bank)
+    assert len(one.blocks) >= 2, "the scan must update memory at least twice for this test to mean anything"
+    assert [b.index for b in one.blocks] == [b.index for b in many.blocks]
+    assert [(s.index, s.relevant, s.memory_step) for s in one.gate_scores] == [
+        (s.index, s.relevant, s.memory_step) for s in many.gate_scores
+    ]
+    for a, b in zip(one.gate_scores, many.gate_scores, strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+    assert one.memory_steps == many.memory_steps
+
+
+def test_later_blocks_are_judged_against_the_updated_memory(family):
+    engine = make_engine(family, compressor="key_norm", chunk_tokens=32, max_relevant_blocks=50)
+    bank = engine.ingest([FACTS_DOCUMENT])
+    engine.threshold = _threshold_passing(engine, bank, 3)
+    answer = engine.ask(QUESTION, bank)
+    steps = [s.memory_step for s in answer.gate_scores]
+    assert steps == sorted(steps) and steps[-1] == len(answer.blocks)
+    judged_after_update = [s for s in answer.gate_scores if s.memory_step > 0]
+    assert judged_after_update and all(s.index > answer.blocks[0].index for s in judged_after_update)
+    assert len(answer.memory_steps) == len(answer.blocks) + 1
+
+
+def test_questions_scanned_together_decide_like_each_alone(family):
+    engine = make_engine(family, compressor="key_norm", chunk_tokens=32, max_relevant_blocks=50)
+    bank = engine.ingest([FACTS_DOCUMENT, SECOND_DOCUMENT])
+    engine.threshold = _threshold_passing(engine, bank, 3)
+    questions = [QUESTION, "Who is the head gardener at Kestrel Hall?", "Which ship anchored in the bay?"]
+    together = engine.ask_many(questions, bank)
+    for question, answer in zip(questions, together, strict=True):
+        alone = engine.ask(question, bank)
+        assert [b.index for b in alone.blocks] == [b.index for b in answer.blocks]
+        assert [(s.index, s.relevant) for s in alone.gate_scores] == [(s.index, s.relevant) for s in answer.gate_scores]
+        assert alone.text == answer.text
+
+
+def test_budget_stops_the_scan(family):
+    engine = make_engine(family, compressor="key_norm", chunk_tokens=32, max_relevant_blocks=2, threshold=-math.inf)
+    bank = engine.ingest([FACTS_DOCUMENT])
+    answer = engine.ask(QUESTION, bank)
+    assert [b.index for b in answer.blocks] == [0, 1]
+    assert max(s.index for s in answer.gate_scores) < len(bank) - 1
+
+
+@pytest.mark.parametrize("fallback", [1, 2])
+def test_nothing_passing_reads_the_top_scoring_blocks(family, fallback):
+    engine = make_engine(
+        family,
+        compressor="key_norm",
+        chunk_tokens=32,
+        threshold=math.inf,
+        gate={"rule": "query_likelihood", "fallback_blocks": fallback},
+    )
+    bank = engine.ingest([FACTS_DOCUMENT])
+    answer = engine.ask(QUESTION, bank)
+    ranked = sorted(answer.gate_scores, key=lambda s: (-s.score, s.index))
+    assert [b.index for b in answer.blocks] == sorted(s.index for s in ranked[:fallback])
+    assert all(b.fallback for b in answer.blocks)
+    assert len(answer.gate_scores) == len(bank), "every block was judged under the initial memory"
+
+
+def test_all_gate_reads_every_block_in_order(family):
+    engine = make_engine(family, compressor="key_norm", chunk_tokens=32, gate="all", max_relevant_blocks=1000)
+    bank = engine.ingest([FACTS_DOCUMENT])
+    answer = engine.ask(QUESTION, bank)
+    assert [b.index for b in answer.blocks] == list(range(len(bank)))
+    assert len(answer.memory_steps) == len(bank) + 1
+
+
+def test_median_baseline_scan_is_consistent(family):
+    engine = make_engine(
+        family,
+        compressor="key_norm",
+        chunk_tokens=32,
+        gate={"rule": "query_likelihood", "baseline": "median"},
+        threshold=0.0,
+    )
+    bank = engine.ingest([FACTS_DOCUMENT])
+    answer = engine.ask(QUESTION, bank)
+    first = [s for s in answer.gate_scores if s.memory_step == 0]
+    assert first[0].index == 0
+    assert answer.blocks, "half the blocks reach the median"

@@ -1,0 +1,274 @@
+"""Kernels: torch references and dispatchers in process, Triton kernels under the interpreter in a subprocess.
+
+The Triton checks live in ``kernel_checks.py`` because TRITON_INTERPRET=1 must be set before triton is
+imported; one subprocess runs them all and each check is reported as its own test here. Every
+comparison is against an independent formula (full log_softmax, explicit-softmax attention).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from lychee_memory.kernels import (
+    ATTENTION_NAME,
+    lychee_triton_attention_forward,
+    prefix_attention,
+    prefix_attention_reference,
+    register_triton_attention,
+    token_logprobs,
+    token_logprobs_reference,
+)
+
+from .kernel_checks import (
+    ATTENTION_CASES,
+    CHECKS,
+    LOGPROB_CASES,
+    LogprobCase,
+    blocked_rows_are_zero,
+    compare_tiny_llama,
+    naive_attention,
+    naive_token_logprobs,
+)
+
+CHECK_SCRIPT = Path(__file__).with_name("kernel_checks.py")
+# The package re-exports functions under their module names; these are the modules.
+token_logprobs_module = importlib.import_module("lychee_memory.kernels.token_logprobs")
+prefix_attention_module = importlib.import_module("lychee_memory.kernels.prefix_attention")
+triton_support = importlib.import_module("lychee_memory.kernels._triton_support")
+
+# The reference rounds bf16/fp16 logits to the input dtype before the float32 softmax.
+REFERENCE_LOGPROB_CASES = {
+    **LOGPROB_CASES,
+    "fp32_more_rows_than_a_reference_chunk": LogprobCase(rows=300, hidden_size=32, vocab_size=100, with_bias=True),
+}
+
+
+def _reference_tolerance(case: LogprobCase) -> float:
+    return case.tolerance if case.dtype == torch.float32 else 3e-2
+
+
+# ---------------------------------------------------------------------------------------------------
+# token_logprobs
+
+
+@pytest.mark.parametrize("name", list(REFERENCE_LOGPROB_CASES))
+def test_token_logprobs_reference_matches_full_log_softmax(name: str) -> None:
+    case = REFERENCE_LOGPROB_CASES[name]
+    hidden, weight, targets, bias = case.tensors()
+    actual = token_logprobs_reference(hidden.contiguous(), weight, targets, bias)
+    expected = naive_token_logprobs(hidden, weight, targets, bias)
+    assert actual.dtype == torch.float32
+    assert (actual - expected).abs().max().item() <= _reference_tolerance(case)
+
+
+def test_token_logprobs_of_no_rows_is_empty() -> None:
+    out = token_logprobs(torch.zeros(0, 8), torch.randn(10, 8), torch.zeros(0, dtype=torch.long))
+    assert out.shape == (0,) and out.dtype == torch.float32
+
+
+def test_token_logprobs_dispatcher_takes_the_reference_for_cpu_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    reference = token_logprobs_module.token_logprobs_reference
+    monkeypatch.setattr(
+        token_logprobs_module, "token_logprobs_reference", lambda *args: calls.append(1) or reference(*args)
+    )
+    hidden, weight, targets, bias = LOGPROB_CASES["fp32_bias_tiny"].tensors()
+    actual = token_logprobs(hidden, weight, targets, bias)
+    assert calls == [1]
+    assert (actual - naive_token_logprobs(hidden, weight, targets, bias)).abs().max().item() <= 1e-4
+
+
+def _failing_triton_module(name: str, function: str, calls: list[int]) -> types.ModuleType:
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("simulated Triton compile error")
+
+    module = types.ModuleType(name)
+    setattr(module, function, broken)
+    return module
+
+
+def test_token_logprobs_falls_back_for_good_after_a_triton_failure(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+    name = "lychee_memory.kernels.token_logprobs_triton"
+    monkeypatch.setitem(sys.modules, name, _failing_triton_module(name, "token_logprobs_triton", calls))
+    monkeypatch.setattr(token_logprobs_module, "use_triton", lambda tensor: True)
+    monkeypatch.setattr(triton_support, "_failed_kernels", set())
+    hidden, weight, targets, bias = LOGPROB_CASES["fp32_bias_tiny"].tensors()
+    expected = naive_token_logprobs(hidden, weight, targets, bias)
+    with caplog.at_level(logging.WARNING, logger="lychee_memory.kernels"):
+        first = token_logprobs(hidden, weight, targets, bias)
+        second = token_logprobs(hidden, weight, targets, bias)
+    assert calls == [1], "the failed kernel must not be tried again"
+    assert len([record for record in caplog.records if "token_logprobs" in record.getMessage()]) == 1
+    assert triton_support.triton_failed("token_logprobs")
+    for result in (first, second):
+        assert (result - expected).abs().max().item() <= 1e-4
+
+
+# ---------------------------------------------------------------------------------------------------
+# prefix_attention
+
+
+@pytest.mark.parametrize("name", list(ATTENTION_CASES))
+def test_prefix_attention_reference_matches_naive_attention(name: str) -> None:
+    case = ATTENTION_CASES[name]
+    query, key, value, mask, scaling, is_causal = case.tensors()
+    actual = prefix_attention_reference(query, key, value, mask, scaling, is_causal)
+    expected = naive_attention(query, key, value, mask, scaling, is_causal)
+    assert actual.dtype == query.dtype and actual.shape == query.shape
+    assert not actual.isnan().any()
+    assert blocked_rows_are_zero(case, actual)
+    assert (actual.float() - expected).abs().max().item() <= case.tolerance
+
+
+def test_prefix_attention_dispatcher_takes_the_reference_for_cpu_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    reference = prefix_attention_module.prefix_attention_reference
+    monkeypatch.setattr(
+        prefix_attention_module, "prefix_attention_reference", lambda *args: calls.append(1) or reference(*args)
+    )
+    query, key, value, mask, scaling, is_causal = ATTENTION_CASES["additive_middle_padding_gqa2"].tensors()
+    actual = prefix_attention(query, key, value, mask, scaling, is_causal)
+    assert calls == [1]
+    assert (actual - naive_attention(query, key, value, mask, scaling)).abs().max().item() <= 1e-4
+
+
+def test_prefix_attention_falls_back_for_good_after_a_triton_failure(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+    name = "lychee_memory.kernels.prefix_attention_triton"
+    monkeypatch.setitem(sys.modules, name, _failing_triton_module(name, "prefix_attention_triton", calls))
+    monkeypatch.setattr(prefix_attention_module, "use_triton", lambda tensor: True)
+    monkeypatch.setattr(triton_support, "_failed_kernels", set())
+    query, key, value, mask, scaling, is_causal = ATTENTION_CASES["causal_prefix_gqa4_d64"].tensors()
+    expected = naive_attention(query, key, value, mask, scaling, is_causal)
+    with caplog.at_level(logging.WARNING, logger="lychee_memory.kernels"):
+        results = [prefix_attention(query, key, value, mask, scaling, is_causal) for _ in range(2)]
+    assert calls == [1]
+    assert len([record for record in caplog.records if "prefix_attention" in record.getMessage()]) == 1
+    for result in results:
+        assert (result - expected).abs().max().item() <= 1e-4
+
+
+def test_bad_shapes_raise_without_disabling_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefix_attention_module, "use_triton", lambda tensor: True)
+    monkeypatch.setattr(token_logprobs_module, "use_triton", lambda tensor: True)
+    monkeypatch.setattr(triton_support, "_failed_kernels", set())
+    query, key, value = torch.randn(1, 3, 4, 16), torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16)
+    with pytest.raises(ValueError, match="multiple"):
+        prefix_attention(query, key, value)
+    with pytest.raises(ValueError, match="mask"):
+        prefix_attention(torch.randn(1, 4, 4, 16), key, value, torch.zeros(1, 1, 4, 5))
+    with pytest.raises(ValueError, match="targets"):
+        token_logprobs(torch.randn(3, 8), torch.randn(10, 8), torch.zeros(2, dtype=torch.long))
+    assert not triton_support.triton_failed("prefix_attention")
+    assert not triton_support.triton_failed("token_logprobs")
+
+
+# ---------------------------------------------------------------------------------------------------
+# transformers integration
+
+
+def test_register_triton_attention_is_idempotent() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    assert register_triton_attention() == ATTENTION_NAME == "lychee_triton"
+    assert register_triton_attention() == ATTENTION_NAME
+    assert AttentionInterface._global_mapping[ATTENTION_NAME] is lychee_triton_attention_forward
+    assert AttentionMaskInterface._global_mapping[ATTENTION_NAME] is sdpa_mask
+
+
+def test_importing_the_kernels_registers_nothing() -> None:
+    code = (
+        "import lychee_memory.kernels\n"
+        "from transformers import AttentionInterface\n"
+        "assert 'lychee_triton' not in AttentionInterface._global_mapping\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("query_length", "key_length", "mask_kind"),
+    [(6, 6, None), (1, 9, None), (4, 12, None), (4, 12, "bool"), (4, 12, "additive")],
+    ids=["prefill", "decode", "empty_static_cache_prefill", "bool_mask", "additive_mask"],
+)
+def test_attention_forward_reads_masks_like_transformers_sdpa(
+    query_length: int, key_length: int, mask_kind: str | None
+) -> None:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 2, True
+    generator = torch.Generator().manual_seed(3)
+    # transformers hands over [B, H, L, D] views of [B, L, H, D] projections
+    query = torch.randn(2, query_length, 4, 16, generator=generator).transpose(1, 2)
+    key = torch.randn(2, key_length, 2, 16, generator=generator).transpose(1, 2)
+    value = torch.randn(2, key_length, 2, 16, generator=generator).transpose(1, 2)
+    mask = None
+    if mask_kind is not None:
+        allowed = torch.rand(2, 1, query_length, key_length, generator=generator) > 0.3
+        allowed[..., -1] = True
+        mask = allowed if mask_kind == "bool" else torch.zeros(allowed.shape).masked_fill(~allowed, -1e30)
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
+    actual, weights = lychee_triton_attention_forward(module, query, key, value, mask, scaling=0.25)
+    assert weights is None and actual.shape == expected.shape == (2, query_length, 4, 16)
+    assert (actual - expected).abs().max().item() <= 1e-5
+
+
+def test_attention_features_beyond_the_kernel_go_to_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    sdpa_module = importlib.import_module("transformers.integrations.sdpa_attention")
+    calls: list[dict] = []
+    monkeypatch.setattr(sdpa_module, "sdpa_attention_forward", lambda *args, **kwargs: (calls.append(kwargs), None))
+    module = torch.nn.Module()
+    query, key = torch.randn(1, 4, 3, 16), torch.randn(1, 2, 3, 16)
+    lychee_triton_attention_forward(module, query, key, key, None, dropout=0.1)
+    lychee_triton_attention_forward(module, query, key, key, None, softcap=30.0)
+    lychee_triton_attention_forward(module, query, key, key, None, position_bias=torch.zeros(1, 4, 3, 3))
+    assert len(calls) == 3
+    output, weights = lychee_triton_attention_forward(module, query, key, key, None)
+    assert len(calls) == 3 and weights is None and output.shape == (1, 3, 4, 16)
+
+
+def test_tiny_llama_lychee_triton_on_cpu_matches_sdpa() -> None:
+    """On CPU tensors "lychee_triton" runs the torch reference; logits equal those of "sdpa"."""
+    assert compare_tiny_llama() <= 1e-4
+
+
+# ---------------------------------------------------------------------------------------------------
+# Triton kernels under the interpreter
+
+
+@pytest.fixture(scope="module")
+def triton_check_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    pytest.importorskip("triton")
+    results_path = tmp_path_factory.mktemp("kernel_checks") / "results.json"
+    completed = subprocess.run(
+        [sys.executable, str(CHECK_SCRIPT), "--json", str(results_path)],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if not results_path.exists():
+        pytest.fail(f"kernel checks crashed (rc {completed.returncode}):\n{completed.stdout}\n{completed.stderr}")
+    return json.loads(results_path.read_text())
+
+
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_triton_kernel_under_interpreter(check: str, triton_check_results: dict[str, dict]) -> None:
+    result = triton_check_results[check]
+    assert result["ok"], result.get("error")
