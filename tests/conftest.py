@@ -27,7 +27,7 @@ SECOND_DOCUMENT = (
 ) * 4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _loaded(family: str):
     from lychee_memory.config import ModelSettings
     from lychee_memory.model_loading import load_model

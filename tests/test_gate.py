@@ -11,7 +11,7 @@ import torch
 from lychee_memory.compressors import NoCompression
 from lychee_memory.gate import QueryLikelihoodRule, ScoreRequest
 
-from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, _loaded, make_engine
+from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
 from .test_compressors import make_chunk, random_tokens
 
 QUESTION = "What is the access code for the east pier storage shed?"
