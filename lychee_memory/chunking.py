@@ -49,14 +49,13 @@ def _cut_strength(text: str, offsets: list[tuple[int, int]], boundary: int) -> i
     start = offsets[boundary][0]
     if start < offsets[boundary - 1][1]:
         return _NONE  # the two tokens share characters (a split multi-byte character)
-    before = text[max(0, start - 3) : start]
-    token_text = text[start : offsets[boundary][1]]
-    if "\n\n" in before or (before.endswith("\n") and token_text.startswith("\n")):
+    before = text[max(0, start - 4) : start].replace("\r", "").rstrip(" \t")
+    if before.endswith("\n\n"):
         return _PARAGRAPH
     if before.endswith("\n"):
         return _LINE
-    stripped = before.rstrip(" \t")
-    if stripped and stripped[-1] in ".!?" and (before != stripped or token_text[:1].isspace()):
+    token_text = text[start : offsets[boundary][1]]
+    if before and before[-1] in ".!?" and (text[start - 1 : start].isspace() or token_text[:1].isspace()):
         return _SENTENCE
     return _NONE
 

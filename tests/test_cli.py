@@ -1,0 +1,90 @@
+"""The lychee command in real subprocesses: JSON output, progress off, clean errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import FACTS_DOCUMENT
+
+TINY = ["--model", "tiny-random-llama", "--chunk-tokens", "64", "--max-memory-tokens", "8", "--max-answer-tokens", "6"]
+
+
+def lychee(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lychee_memory.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.fixture
+def document(tmp_path):
+    path = tmp_path / "harbour.txt"
+    path.write_text(FACTS_DOCUMENT, encoding="utf-8")
+    return path
+
+
+def test_ask_json_has_answer_blocks_and_timings(document):
+    result = lychee("ask", str(document), "--question", "What is the code?", "--json", "--no-progress", *TINY)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert isinstance(data["answer"], str)
+    assert data["blocks"] and {"index", "score", "doc", "start", "end"} <= set(data["blocks"][0])
+    assert data["blocks"][0]["doc"] == str(document)
+    timings = data["timings"]
+    assert {"load_model", "ingest", "gate", "reason", "answer", "query", "total"} <= set(timings)
+    assert timings["total"] >= timings["load_model"] + timings["ingest"]
+
+
+def test_ask_streams_text_and_reports_sources(document):
+    result = lychee("ask", str(document), "-q", "What is the code?", *TINY)
+    assert result.returncode == 0, result.stderr
+    assert "Sources:" in result.stderr and "Timings:" in result.stderr
+
+
+def test_ingest_reports_the_bank(document):
+    result = lychee("ingest", str(document), "--json", "--no-progress", *TINY)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["blocks"] >= 2 and data["compression"] > 3
+
+
+def test_info_without_loading():
+    result = lychee("info", "--no-load", "--json", "--model", "tiny-random-qwen2")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["model_spec"]["kind"] == "tiny" and "torch" in data["versions"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["ask", "{missing}", "-q", "why?"], "does not exist"),
+        (["ask", "{document}", "-q", "  "], "question is empty"),
+        (["ask", "{empty}", "-q", "why?"], "empty"),
+        (["ask", "{latin1}", "-q", "why?"], "not UTF-8"),
+        (["ask", "{document}", "-q", "why?", "--model", "nowhere/at-all"], "cannot resolve model spec"),
+        (["ask", "{document}", "-q", "why?", "--chunk-tokens", "100000"], "context window"),
+        (["ask", "{document}", "-q", "why?", "--ratio", "3"], "does not divide"),
+        (["ask", "{document}", "-q", "why " * 5000], "question is"),
+    ],
+)
+def test_bad_input_exits_2_without_traceback(tmp_path, document, args, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9".encode("latin-1"))
+    values = {
+        "missing": str(tmp_path / "missing.txt"),
+        "document": str(document),
+        "empty": str(empty),
+        "latin1": str(latin1),
+    }
+    filled = [arg.format(**values) for arg in args]
+    model = [] if "--model" in filled else ["--model", "tiny-random-llama"]
+    result = lychee(*filled, *model, "--no-progress")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr

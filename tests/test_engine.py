@@ -1,0 +1,178 @@
+"""The engine's public API end to end on tiny models: answers, modes, streaming, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lychee_memory import (
+    BankMismatchError,
+    ConfigurationError,
+    ContextTooLongError,
+    DocumentError,
+    EmptyQuestionError,
+    LycheeMemory,
+    ModelNotFoundError,
+)
+
+from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
+
+QUESTION = "What is the access code for the east pier storage shed?"
+
+
+def test_answer_carries_blocks_memory_timings_and_counts(family):
+    engine = make_engine(family)
+    bank = engine.ingest([FACTS_DOCUMENT, SECOND_DOCUMENT])
+    answer = engine.ask(QUESTION, bank)
+    assert answer.mode == "lychee" and isinstance(answer.text, str)
+    assert answer.blocks, "at least the fallback block is read"
+    for block in answer.blocks:
+        span = bank.spans[block.index]
+        assert (block.document_id, block.char_start, block.char_end) == (
+            span.document_id,
+            span.char_start,
+            span.char_end,
+        )
+        assert bank.document(block.document_id).text[block.char_start : block.char_end] == block.text
+    assert answer.memory_steps[0] == "No previous memory"
+    assert len(answer.memory_steps) == len(answer.blocks) + 1
+    assert {"load_model", "ingest", "gate", "reason", "answer", "query"} <= set(answer.timings)
+    assert answer.timings["query"] == pytest.approx(
+        answer.timings["gate"] + answer.timings["reason"] + answer.timings["answer"]
+    )
+    assert answer.token_counts["document_tokens"] == bank.num_tokens
+    data = json.loads(json.dumps(answer.to_dict(include_scores=True)))
+    assert {"answer", "blocks", "timings", "memory", "gate_scores"} <= set(data)
+    assert {"index", "score", "doc", "start", "end"} <= set(data["blocks"][0])
+
+
+def test_asking_over_documents_ingests_first():
+    engine = make_engine()
+    answer = engine.ask(QUESTION, [FACTS_DOCUMENT])
+    assert answer.timings["ingest"] > 0
+
+
+def test_ask_many_matches_ask():
+    engine = make_engine()
+    bank = engine.ingest([FACTS_DOCUMENT])
+    questions = [QUESTION, "Which ship anchored in the bay?"]
+    assert [a.text for a in engine.ask_many(questions, bank)] == [engine.ask(q, bank).text for q in questions]
+    with pytest.raises(TypeError):
+        engine.ask_many(QUESTION, bank)
+
+
+def test_stream_yields_the_answer_text():
+    engine = make_engine()
+    bank = engine.ingest([FACTS_DOCUMENT])
+    stream = engine.stream(QUESTION, bank)
+    pieces = list(stream)
+    assert "".join(pieces).strip() == stream.answer.text
+    assert stream.answer.text == engine.ask(QUESTION, bank).text
+
+
+def test_text_and_kv_read_modes_differ_in_what_the_reasoner_reads():
+    text_mode = make_engine(read_mode="text", threshold=-1e9, max_relevant_blocks=1)
+    kv_mode = make_engine(read_mode="kv", threshold=-1e9, max_relevant_blocks=1)
+    bank = text_mode.ingest([FACTS_DOCUMENT])
+    read_text = text_mode.ask(QUESTION, bank).token_counts["reasoner_prompt_tokens"]
+    read_kv = kv_mode.ask(QUESTION, bank).token_counts["reasoner_prompt_tokens"]
+    assert read_text - read_kv >= bank.spans[0].token_end - bank.spans[0].token_start - 4
+
+
+def test_memagent_mode_reads_every_raw_chunk():
+    engine = make_engine(memagent_chunk_tokens=50)
+    answer = engine.ask(QUESTION, [FACTS_DOCUMENT], mode="memagent")
+    assert answer.mode == "memagent"
+    assert len(answer.blocks) == answer.token_counts["blocks"] and len(answer.memory_steps) == len(answer.blocks) + 1
+    assert all(len(block.text) > 0 for block in answer.blocks)
+
+
+def test_full_context_mode_and_its_limit():
+    engine = make_engine()
+    assert engine.ask(QUESTION, [SECOND_DOCUMENT], mode="full_context").mode == "full_context"
+    with pytest.raises(ContextTooLongError, match="full-context"):
+        engine.ask(QUESTION, [FACTS_DOCUMENT * 8], mode="full_context")
+
+
+def test_one_token_document_works():
+    engine = make_engine()
+    bank = engine.ingest(["A"])
+    assert len(bank) == 1 and bank.num_tokens == 1
+    assert isinstance(engine.ask(QUESTION, bank).text, str)
+
+
+def test_triton_attention_option_gives_the_same_answer_on_cpu():
+    reference = make_engine()
+    bank = reference.ingest([FACTS_DOCUMENT])
+    triton = LycheeMemory.from_pretrained(
+        "tiny-random-llama",
+        attention="triton",
+        chunk_tokens=64,
+        max_memory_tokens=12,
+        max_answer_tokens=6,
+        show_progress=False,
+    )
+    assert triton.loaded.attention == "lychee_triton"
+    first, second = reference.ask(QUESTION, bank), triton.ask(QUESTION, bank)
+    assert [b.index for b in first.blocks] == [b.index for b in second.blocks]
+    assert first.text == second.text
+
+
+# Bad input -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("question", ["", "   \n", None, 42])
+def test_empty_or_non_text_question(question):
+    engine = make_engine()
+    with pytest.raises(EmptyQuestionError):
+        engine.ask(question, [FACTS_DOCUMENT])
+
+
+def test_question_longer_than_the_window():
+    engine = make_engine()
+    with pytest.raises(ContextTooLongError, match="question"):
+        engine.ask("why " * 5000, [FACTS_DOCUMENT])
+
+
+def test_chunk_beyond_the_window():
+    with pytest.raises(ContextTooLongError, match="context window"):
+        make_engine(chunk_tokens=10_000)
+
+
+def test_ratio_that_does_not_divide_the_window():
+    with pytest.raises(ConfigurationError, match="does not divide"):
+        make_engine(chunk_tokens=64, ratio=3)
+    with pytest.raises(ConfigurationError, match="does not divide"):
+        make_engine(compressor="beacon", ratio=3)
+
+
+def test_update_that_cannot_fit_the_window():
+    with pytest.raises(ContextTooLongError, match="lower chunk_tokens or max_memory_tokens"):
+        make_engine(chunk_tokens=2048, max_memory_tokens=1500)
+
+
+def test_unknown_model_spec_says_what_was_tried(tmp_path):
+    with pytest.raises(ModelNotFoundError) as error:
+        LycheeMemory.from_pretrained("no-such-org/no-such-model")
+    message = str(error.value)
+    assert "Tried" in message and "alias" in message and "local path" in message and "Hugging Face cache" in message
+    with pytest.raises(ModelNotFoundError, match="gguf"):
+        LycheeMemory.from_pretrained(str(tmp_path))
+
+
+def test_empty_and_missing_documents():
+    engine = make_engine()
+    with pytest.raises(DocumentError, match="empty"):
+        engine.ingest([""])
+    with pytest.raises(DocumentError, match="no documents"):
+        engine.ingest([])
+
+
+def test_bank_from_another_compressor_or_model_is_refused():
+    key_norm = make_engine(compressor="key_norm")
+    bank = key_norm.ingest([FACTS_DOCUMENT])
+    with pytest.raises(BankMismatchError, match="compressor"):
+        make_engine(compressor="attention").ask(QUESTION, bank)
+    with pytest.raises(BankMismatchError, match="another model"):
+        make_engine("qwen2", compressor="key_norm").ask(QUESTION, bank)
