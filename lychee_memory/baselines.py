@@ -105,11 +105,14 @@ def run_full_context(engine: LycheeMemory, questions: list[str], documents: list
             f"full-context mode needs {longest} prompt tokens plus {budget} answer tokens, more than the model's "
             f"context window of {engine.loaded.context_window}; use the lychee or memagent mode for this corpus"
         )
+    reasoner = engine.config.reasoner
     settings = DecodingSettings(
         max_new_tokens=budget,
-        temperature=engine.config.reasoner.temperature,
-        top_p=engine.config.reasoner.top_p,
-        seed=engine.config.reasoner.seed,
+        temperature=reasoner.temperature,
+        top_p=reasoner.top_p,
+        seed=reasoner.seed,
+        stop_strings=tuple(reasoner.stop_strings),
+        repeat_ngram=reasoner.repeat_ngram,
     )
     started = time.perf_counter()
     generations = []

@@ -65,10 +65,11 @@ class CompressorSettings(_Settings):
     """Which compressor turns a chunk into a memory block, and how hard it compresses."""
 
     kind: CompressorKind = "auto"
-    ratio: int = Field(4, ge=1, description="raw tokens per memory slot")
+    ratio: int | None = Field(None, ge=1, description="raw tokens per memory slot; None = 4 (1 for none)")
     observation_window: int = Field(32, ge=1, description="attention compressor: tail tokens whose queries vote")
     pooling_kernel: int = Field(5, ge=1, description="attention compressor: smoothing width over positions (odd)")
     beacon_window: int = Field(2048, ge=1, description="beacon: raw tokens per compression window (= stride)")
+    key_norm_keep: Literal["low", "high"] = Field("low", description="key_norm: keep the lowest or the highest norms")
     ingest_batch_size: int | None = Field(None, ge=1, description="chunks per forward; None = 1 on CPU, 4 on GPU")
 
     @field_validator("pooling_kernel")
@@ -104,6 +105,10 @@ class ReasonerSettings(_Settings):
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy decoding")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
+    stop_strings: list[str] = Field(default_factory=list, description="memory and answers end before any of these")
+    repeat_ngram: int = Field(
+        16, ge=0, description="stop a generation whose last n tokens repeat an earlier n-gram (a loop); 0 = off"
+    )
 
 
 DEFAULT_UPDATE_TEMPLATE = (
@@ -130,7 +135,8 @@ DEFAULT_RELEVANCE_TEMPLATE = (
     "Does the section above contain information that helps solve the problem, given the memory? "
     "Answer yes or no.\nAnswer:"
 )
-DEFAULT_QUERY_LIKELIHOOD_TEMPLATE = "\n\nNotes: {memory}\nQuestion: {question}"
+DEFAULT_QUERY_LIKELIHOOD_TEMPLATE = "\n\nQuestion: {question}"
+DEFAULT_QUERY_LIKELIHOOD_MEMORY_TEMPLATE = "\n\nNotes: {memory}\nQuestion: {question}"
 DEFAULT_FULL_CONTEXT_TEMPLATE = (
     "{document}\n\nAnswer the question using the document above.\n"
     "Question: {question}\n"
@@ -149,7 +155,12 @@ class PromptSettings(_Settings):
     update: str = DEFAULT_UPDATE_TEMPLATE
     final: str = DEFAULT_FINAL_TEMPLATE
     relevance: str = DEFAULT_RELEVANCE_TEMPLATE
-    query_likelihood: str = DEFAULT_QUERY_LIKELIHOOD_TEMPLATE
+    query_likelihood: str = Field(
+        DEFAULT_QUERY_LIKELIHOOD_TEMPLATE, description="text scored after a block while the memory is still empty"
+    )
+    query_likelihood_memory: str = Field(
+        DEFAULT_QUERY_LIKELIHOOD_MEMORY_TEMPLATE, description="text scored after a block once the memory holds notes"
+    )
     full_context: str = DEFAULT_FULL_CONTEXT_TEMPLATE
     use_chat_template: bool = Field(True, description="wrap prompts in the tokenizer's chat template when it has one")
 
@@ -159,7 +170,8 @@ class PromptSettings(_Settings):
             "update": {"question", "memory"},
             "final": {"question", "memory"},
             "relevance": {"question", "memory"},
-            "query_likelihood": {"question", "memory"},
+            "query_likelihood": {"question"},
+            "query_likelihood_memory": {"question", "memory"},
             "full_context": {"document", "question"},
         }
         for field, names in required.items():
@@ -238,6 +250,7 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "temperature": ("reasoner", "temperature"),
     "top_p": ("reasoner", "top_p"),
     "seed": ("reasoner", "seed"),
+    "stop_strings": ("reasoner", "stop_strings"),
     "memagent_chunk_tokens": ("baselines", "memagent_chunk_tokens"),
 }
 # "compressor" and "gate" also accept a plain name: compressor="key_norm", gate="prompt".

@@ -18,36 +18,54 @@ from .blocks import MemoryBank, MemoryBlock
 from .chunking import chunk_documents
 from .compressors import Compressor, build_compressor
 from .compressors.beacon import BeaconSettings
-from .config import EngineConfig
+from .config import EngineConfig, PromptSettings
 from .documents import Document, DocumentInput, load_documents
 from .errors import BankMismatchError, ConfigurationError, ContextTooLongError, EmptyQuestionError
-from .gate import GateRule, GateScan, ScanState, build_rule
+from .gate import RULES, GateRule, GateScan, ScanState, build_rule
 from .model_loading import LoadedModel, load_model
+from .presets import preset_for
 from .prompts import PromptBuilder
 from .reasoner import Reasoner, UpdateRequest
 
 Mode = Literal["lychee", "memagent", "full_context"]
 Source = MemoryBank | DocumentInput | Iterable[DocumentInput]
 
+DEFAULT_RATIO = 4
 SMALL_MODEL_WINDOW = 16384  # models with a shorter context window default to 1024-token chunks
 SMALL_MODEL_CHUNK_TOKENS = 1024
 DEFAULT_CHUNK_TOKENS = 4096
 
 
 def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
-    """Replace every "auto"/None setting by the value that works best for this model, and validate."""
+    """Replace every "auto"/None setting by the value that works best for this model, and validate.
+
+    Order: a trained checkpoint decides the compressor; a measured preset (``presets.py``) fills what the
+    user left open; generic defaults fill the rest.
+    """
     resolved = config.model_copy(deep=True)
+    preset = preset_for(loaded.config)
     compressor = resolved.compressor
     if compressor.kind == "auto":
-        compressor.kind = "beacon" if loaded.has_trained_memory else "attention"
+        if loaded.has_trained_memory:
+            compressor.kind = "beacon"
+        elif preset is not None and preset.compressor is not None and compressor.ratio is None:
+            compressor.kind = preset.compressor
+        else:
+            compressor.kind = "attention"
     if compressor.kind == "none":
         compressor.ratio = 1
-    if compressor.kind == "beacon" and loaded.has_trained_memory:
+    elif compressor.kind == "beacon" and loaded.has_trained_memory:
         checkpoint = BeaconSettings.from_checkpoint_config(loaded.memory_config)
         compressor.ratio, compressor.beacon_window = checkpoint.ratio, checkpoint.window
+    elif compressor.ratio is None:
+        compressor.ratio = DEFAULT_RATIO
     if resolved.chunking.chunk_tokens is None:
-        small = loaded.context_window < SMALL_MODEL_WINDOW
-        resolved.chunking.chunk_tokens = SMALL_MODEL_CHUNK_TOKENS if small else DEFAULT_CHUNK_TOKENS
+        if preset is not None and preset.chunk_tokens is not None:
+            resolved.chunking.chunk_tokens = min(preset.chunk_tokens, loaded.context_window)
+        elif loaded.context_window < SMALL_MODEL_WINDOW:
+            resolved.chunking.chunk_tokens = SMALL_MODEL_CHUNK_TOKENS
+        else:
+            resolved.chunking.chunk_tokens = DEFAULT_CHUNK_TOKENS
     chunk_tokens = resolved.chunking.chunk_tokens
     if chunk_tokens > loaded.context_window:
         raise ContextTooLongError(
@@ -67,9 +85,25 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
         )
     if resolved.gate.rule == "auto":
         resolved.gate.rule = "query_likelihood"
+    if resolved.gate.threshold is None:
+        measured = preset.thresholds.get((compressor.kind, resolved.gate.rule)) if preset else None
+        resolved.gate.threshold = measured if measured is not None else RULES[resolved.gate.rule].default_threshold
+    if preset is not None:
+        defaults = PromptSettings()
+        for field_name, template in preset.prompts.items():
+            if getattr(resolved.prompts, field_name) == getattr(defaults, field_name):
+                setattr(resolved.prompts, field_name, template)
+        if not resolved.reasoner.stop_strings and preset.stop_strings:
+            resolved.reasoner.stop_strings = list(preset.stop_strings)
     if resolved.reasoner.read_mode == "auto":
         trained = compressor.kind == "beacon" and loaded.has_trained_memory
-        resolved.reasoner.read_mode = "kv" if trained or compressor.kind == "none" else "text"
+        if preset is not None and preset.read_mode is not None and compressor.kind == preset.compressor:
+            resolved.reasoner.read_mode = preset.read_mode
+        else:
+            # A trained compressor's KV is what its reasoner learned to read. Anything else is re-read as
+            # text inside the chat turn: compression loses exact names and numbers, and even raw KV sits
+            # outside the chat turn of an instruct model (measured on SmolLM2, see presets.py).
+            resolved.reasoner.read_mode = "kv" if trained else "text"
     return resolved
 
 
@@ -82,9 +116,8 @@ class LycheeMemory:
         self.prompts = PromptBuilder(loaded.tokenizer, self.config.prompts)
         self.compressor: Compressor = build_compressor(self.config.compressor, loaded)
         self.rule: GateRule = build_rule(self.config.gate, self.config.prompts, loaded.tokenizer)
-        self.threshold = (
-            self.config.gate.threshold if self.config.gate.threshold is not None else self.rule.default_threshold
-        )
+        assert self.config.gate.threshold is not None
+        self.threshold = self.config.gate.threshold
         self.reasoner = Reasoner(
             loaded, self.prompts, self.config.reasoner, self.config.reasoner.read_mode, self.config.gate.batch_size
         )

@@ -61,15 +61,21 @@ class GateRule(ABC):
 
 
 class QueryLikelihoodRule(GateRule):
-    """How much the block raises the likelihood of the question (and of the notes in memory)."""
+    """How much the block raises the likelihood of the question (and of the notes in memory).
+
+    While the memory is still the initial placeholder only the question is scored (``template``); once it
+    holds notes, the memory tokens are scored too, weighted by ``memory_weight`` (``memory_template``), so
+    a block that continues a chain already in memory (hop 2 after hop 1) gains.
+    """
 
     name = "query_likelihood"
-    default_threshold = 0.5
+    default_threshold = 1.0  # nats of mean log-probability gained over the block-free prompt
 
-    def __init__(self, memory_weight: float, initial_memory: str, template: str):
+    def __init__(self, memory_weight: float, initial_memory: str, template: str, memory_template: str):
         self.memory_weight = memory_weight
         self.initial_memory = initial_memory
         self.template = template
+        self.memory_template = memory_template
 
     def uses_block_free_baseline(self, settings: GateSettings) -> bool:
         return settings.baseline == "no_block"
@@ -77,7 +83,11 @@ class QueryLikelihoodRule(GateRule):
     def score(self, loaded, prompts, requests):
         rows, spans = [], []
         for request in requests:
-            segmented = prompts.segments(self.template, question=request.question, memory=request.memory)
+            with_memory = request.memory != self.initial_memory
+            if with_memory:
+                segmented = prompts.segments(self.memory_template, question=request.question, memory=request.memory)
+            else:
+                segmented = prompts.segments(self.template, question=request.question)
             ids = segmented.token_ids
             offset = 0
             if request.block is None and prompts.sequence_start_ids:
@@ -85,8 +95,8 @@ class QueryLikelihoodRule(GateRule):
                 offset = len(prompts.sequence_start_ids)
             rows.append(PromptRow(ids, request.block))
             question_span = tuple(i + offset for i in segmented.spans["question"])
-            memory_span = tuple(i + offset for i in segmented.spans["memory"])
-            weight = self.memory_weight if request.memory != self.initial_memory else 0.0
+            memory_span = tuple(i + offset for i in segmented.spans.get("memory", (0, 0)))
+            weight = self.memory_weight if with_memory else 0.0
             spans.append((question_span, memory_span, weight))
         batch, hidden = prefill(loaded, rows)
         width = hidden.shape[1]
@@ -154,10 +164,16 @@ def _first_token_ids(tokenizer, words: list[str]) -> list[int]:
     return sorted(ids)
 
 
+RULES: dict[str, type[GateRule]] = {"query_likelihood": QueryLikelihoodRule, "prompt": PromptRule, "all": AllRule}
+
+
 def build_rule(settings: GateSettings, prompt_settings, tokenizer) -> GateRule:
     if settings.rule == "query_likelihood":
         return QueryLikelihoodRule(
-            settings.memory_weight, prompt_settings.initial_memory, prompt_settings.query_likelihood
+            settings.memory_weight,
+            prompt_settings.initial_memory,
+            prompt_settings.query_likelihood,
+            prompt_settings.query_likelihood_memory,
         )
     if settings.rule == "prompt":
         return PromptRule(tokenizer)

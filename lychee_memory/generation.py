@@ -25,6 +25,8 @@ class DecodingSettings:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    stop_strings: tuple[str, ...] = ()  # the text ends before the first of these
+    repeat_ngram: int = 0  # stop when the last n tokens repeat an earlier n-gram (0 = off)
 
 
 @dataclass
@@ -33,31 +35,71 @@ class Generation:
 
     token_ids: list[int]
     text: str
-    stopped: bool  # True when a stop token ended it, False when it hit max_new_tokens
+    stopped: bool  # True when a stop token, stop string or repetition ended it; False at max_new_tokens
     prompt_tokens: int
 
 
-class _Detokenizer:
-    """Incremental decoding of one row, emitting only complete characters."""
+class _RowDecoder:
+    """Incremental text of one row: emits complete characters, never any part of a stop string, and
+    notices stop strings and degenerate repetition loops."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, stop_strings: tuple[str, ...], repeat_ngram: int):
         self.tokenizer = tokenizer
+        self.stop_strings = tuple(s for s in stop_strings if s)
+        self.repeat_ngram = repeat_ngram
         self.ids: list[int] = []
         self.emitted = 0
+        self.final_text: str | None = None
+        self._seen_ngrams: set[tuple[int, ...]] = set()
+
+    @property
+    def done(self) -> bool:
+        return self.final_text is not None
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        if self.repeat_ngram and len(self.ids) >= self.repeat_ngram:
+            ngram = tuple(self.ids[-self.repeat_ngram :])
+            if ngram in self._seen_ngrams:
+                # The model is looping: keep the text before the repeated span began.
+                self.final_text = self._text(self.ids[: -self.repeat_ngram])
+                return self._emit_final()
+            self._seen_ngrams.add(ngram)
+        text = self._text(self.ids)
+        for stop in self.stop_strings:
+            found = text.find(stop)
+            if found >= 0:
+                self.final_text = text[:found]
+                return self._emit_final()
+        safe = len(text)
         if text.endswith("\ufffd"):
             return ""  # a multi-byte character is still incomplete
-        delta, self.emitted = text[self.emitted :], len(text)
+        if self.repeat_ngram:  # the last n tokens may yet turn out to start a loop: hold them back
+            safe = len(self._text(self.ids[: -self.repeat_ngram])) if len(self.ids) > self.repeat_ngram else 0
+        for stop in self.stop_strings:  # hold back a tail that may be the start of a stop string
+            for size in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:size]):
+                    safe = min(safe, len(text) - size)
+                    break
+        if safe <= self.emitted:
+            return ""
+        delta, self.emitted = text[self.emitted : safe], safe
+        return delta
+
+    def _emit_final(self) -> str:
+        assert self.final_text is not None
+        delta = self.final_text[self.emitted :]
+        self.emitted = max(self.emitted, len(self.final_text))
         return delta
 
     def flush(self) -> str:
         """Whatever is still held back once the row is finished."""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
-        delta, self.emitted = text[self.emitted :], len(text)
-        return delta
+        if self.final_text is None:
+            self.final_text = self._text(self.ids)
+        return self._emit_final()
 
 
 def _choose_tokens(logits: torch.Tensor, settings: DecodingSettings, generator: torch.Generator | None) -> torch.Tensor:
@@ -95,7 +137,7 @@ class DecodeStream:
         finished = torch.zeros(size, dtype=torch.bool, device=loaded.device)
         stopped = [False] * size
         outputs: list[list[int]] = [[] for _ in range(size)]
-        detokenizers = [_Detokenizer(loaded.tokenizer) for _ in range(size)]
+        decoders = [_RowDecoder(loaded.tokenizer, settings.stop_strings, settings.repeat_ngram) for _ in range(size)]
         kv_valid, positions = batch.kv_valid, batch.next_positions.clone()
         pad = torch.full((size,), loaded.tokenizer.pad_token_id, device=loaded.device)
         for step in range(settings.max_new_tokens):
@@ -107,9 +149,12 @@ class DecodeStream:
                     continue
                 token = int(tokens[row])
                 outputs[row].append(token)
-                piece = detokenizers[row].push(token)
+                piece = decoders[row].push(token)
                 if piece:
                     yield row, piece
+                if decoders[row].done:
+                    stopped[row] = True
+                    is_stop[row] = True
             finished |= is_stop
             if bool(finished.all()) or step == settings.max_new_tokens - 1:
                 break
@@ -118,13 +163,13 @@ class DecodeStream:
             hidden = decoder_forward(loaded, tokens[:, None], positions[:, None], kv_valid, batch.cache)
             positions = positions + 1
             logits = logits_of(loaded, hidden[:, -1])
-        for row, detokenizer in enumerate(detokenizers):
-            if piece := detokenizer.flush():
+        for row, decoder in enumerate(decoders):
+            if piece := decoder.flush():
                 yield row, piece
         self.results = [
             Generation(
                 token_ids=outputs[row],
-                text=loaded.tokenizer.decode(outputs[row], skip_special_tokens=True).strip(),
+                text=(decoders[row].final_text or "").strip(),
                 stopped=stopped[row],
                 prompt_tokens=batch.prompt_lengths[row],
             )

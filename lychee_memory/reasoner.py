@@ -52,6 +52,8 @@ class Reasoner:
             temperature=self.settings.temperature,
             top_p=self.settings.top_p,
             seed=self.settings.seed,
+            stop_strings=tuple(self.settings.stop_strings),
+            repeat_ngram=self.settings.repeat_ngram,
         )
 
     def update_row(self, request: UpdateRequest) -> PromptRow:

@@ -10,6 +10,7 @@ import torch
 
 from lychee_memory.compressors import NoCompression
 from lychee_memory.gate import QueryLikelihoodRule, ScoreRequest
+from lychee_memory.generation import Generation
 
 from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
 from .test_compressors import make_chunk, random_tokens
@@ -28,18 +29,22 @@ def full_logprobs(model, token_ids: list[int]) -> torch.Tensor:
 def test_query_likelihood_equals_mean_logprob_from_full_logits(family, memory):
     engine = make_engine(family, compressor="none")
     loaded = engine.loaded
-    rule = QueryLikelihoodRule(0.5, "No previous memory", engine.config.prompts.query_likelihood)
+    templates = engine.config.prompts
+    rule = QueryLikelihoodRule(0.5, "No previous memory", templates.query_likelihood, templates.query_likelihood_memory)
     chunk = random_tokens(30, seed=21)
     block = NoCompression().compress(loaded, [make_chunk(chunk)])[0]
     scores = rule.score(
         loaded, engine.prompts, [ScoreRequest(QUESTION, memory, block), ScoreRequest(QUESTION, memory, None)]
     )
-    segmented = engine.prompts.segments(engine.config.prompts.query_likelihood, question=QUESTION, memory=memory)
+    if memory == "No previous memory":
+        segmented = engine.prompts.segments(templates.query_likelihood, question=QUESTION)
+    else:
+        segmented = engine.prompts.segments(templates.query_likelihood_memory, question=QUESTION, memory=memory)
 
     def reference(prefix: list[int]) -> float:
         logprobs = full_logprobs(loaded.model, prefix + segmented.token_ids)
         offset = len(prefix) - 1  # logprobs[i] scores token i + 1 of the whole sequence
-        (q_start, q_end), (m_start, m_end) = segmented.spans["question"], segmented.spans["memory"]
+        (q_start, q_end), (m_start, m_end) = segmented.spans["question"], segmented.spans.get("memory", (0, 0))
         question = logprobs[offset + q_start : offset + q_end].mean().item()
         notes = logprobs[offset + m_start : offset + m_end].mean().item() if memory != "No previous memory" else 0.0
         return question + 0.5 * notes
@@ -48,22 +53,31 @@ def test_query_likelihood_equals_mean_logprob_from_full_logits(family, memory):
     assert scores[1] == pytest.approx(reference(engine.prompts.sequence_start_ids), abs=1e-4)
 
 
-def _threshold_passing(engine, bank, count: int) -> float:
-    """A threshold that lets about ``count`` blocks pass under the initial memory."""
-    threshold, fallback = engine.threshold, engine.config.gate.fallback_blocks
-    engine.threshold, engine.config.gate.fallback_blocks = math.inf, 0
-    try:
-        gains = sorted((score.score for score in engine.ask(QUESTION, bank).gate_scores), reverse=True)
-    finally:
-        engine.threshold, engine.config.gate.fallback_blocks = threshold, fallback
-    return (gains[count - 1] + gains[count]) / 2
+def _scripted_memory(*engines):
+    """Replace the (random-model) reasoner with a deterministic note writer: the scan is what is tested."""
+
+    def update(requests):
+        return [
+            Generation(
+                token_ids=[0],
+                text=f"{request.memory.split(';')[-1]}; notes on the harbour and the pier",
+                stopped=True,
+                prompt_tokens=1,
+            )
+            for request in requests
+        ]
+
+    for engine in engines:
+        engine.reasoner.update = update
 
 
 def _low_score_of_full_scan(engine, bank) -> float:
     """The 30th percentile of the scores of a scan that reads every block: most blocks pass it, some fail."""
     threshold, engine.threshold = engine.threshold, -math.inf
     try:
-        scores = sorted(score.score for score in engine.ask(QUESTION, bank).gate_scores)
+        judged = engine.ask(QUESTION, bank).gate_scores
+        # Scores after the first update (judged with notes in memory) set the bar for most of the scan.
+        scores = sorted(score.score for score in judged if score.memory_step > 0)
     finally:
         engine.threshold = threshold
     return scores[int(len(scores) * 0.3)]
@@ -76,6 +90,7 @@ def test_batched_scan_equals_block_by_block_scan(family, rule, batch_size):
         family, gate={"rule": rule, "batch_size": 1}, compressor="key_norm", chunk_tokens=48, max_relevant_blocks=50
     )
     bank = sequential.ingest([FACTS_DOCUMENT, SECOND_DOCUMENT])
+    _scripted_memory(sequential)
     threshold = _low_score_of_full_scan(sequential, bank)
     sequential.threshold = threshold
     batched = make_engine(
@@ -86,6 +101,7 @@ def test_batched_scan_equals_block_by_block_scan(family, rule, batch_size):
         max_relevant_blocks=50,
     )
     batched.threshold = threshold
+    _scripted_memory(batched)
     one, many = sequential.ask(QUESTION, bank), batched.ask(QUESTION, bank)
     assert len(one.blocks) >= 2, "the scan must update memory at least twice for this test to mean anything"
     assert [b.index for b in one.blocks] == [b.index for b in many.blocks]
@@ -100,10 +116,14 @@ def test_batched_scan_equals_block_by_block_scan(family, rule, batch_size):
 def test_later_blocks_are_judged_against_the_updated_memory(family):
     engine = make_engine(family, compressor="key_norm", chunk_tokens=32, max_relevant_blocks=50)
     bank = engine.ingest([FACTS_DOCUMENT])
-    engine.threshold = _threshold_passing(engine, bank, 3)
+    _scripted_memory(engine)
+    engine.threshold = _low_score_of_full_scan(engine, bank)
     answer = engine.ask(QUESTION, bank)
+    assert len(answer.blocks) >= 2
     steps = [s.memory_step for s in answer.gate_scores]
-    assert steps == sorted(steps) and steps[-1] == len(answer.blocks)
+    assert steps == sorted(steps) and steps[-1] <= len(answer.blocks)
+    for decision in answer.gate_scores:  # each block was judged with every earlier hit already in memory
+        assert decision.memory_step == sum(block.index < decision.index for block in answer.blocks)
     judged_after_update = [s for s in answer.gate_scores if s.memory_step > 0]
     assert judged_after_update and all(s.index > answer.blocks[0].index for s in judged_after_update)
     assert len(answer.memory_steps) == len(answer.blocks) + 1
@@ -112,7 +132,8 @@ def test_later_blocks_are_judged_against_the_updated_memory(family):
 def test_questions_scanned_together_decide_like_each_alone(family):
     engine = make_engine(family, compressor="key_norm", chunk_tokens=32, max_relevant_blocks=50)
     bank = engine.ingest([FACTS_DOCUMENT, SECOND_DOCUMENT])
-    engine.threshold = _threshold_passing(engine, bank, 3)
+    _scripted_memory(engine)
+    engine.threshold = _low_score_of_full_scan(engine, bank)
     questions = [QUESTION, "Who is the head gardener at Kestrel Hall?", "Which ship anchored in the bay?"]
     together = engine.ask_many(questions, bank)
     for question, answer in zip(questions, together, strict=True):

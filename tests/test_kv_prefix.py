@@ -97,3 +97,34 @@ def test_seeded_sampling_is_reproducible(family):
     rows = [PromptRow(random_tokens(5, seed=16))]
     settings = DecodingSettings(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=123)
     assert generate(loaded, rows, settings)[0].token_ids == generate(loaded, rows, settings)[0].token_ids
+
+
+def test_stop_strings_end_the_text_and_never_stream(family):
+    loaded = _loaded(family)
+    rows = [PromptRow(random_tokens(5, seed=17))]
+    free = generate(loaded, rows, DecodingSettings(max_new_tokens=24))[0].text
+    stop = free[len(free) // 2 : len(free) // 2 + 3]
+    assert len(stop) == 3
+    pieces: list[str] = []
+    cut = generate(
+        loaded, rows, DecodingSettings(max_new_tokens=24, stop_strings=(stop,)), lambda _, p: pieces.append(p)
+    )[0]
+    assert cut.stopped and cut.text == free[: free.find(stop)].strip()
+    assert stop not in "".join(pieces) and "".join(pieces).strip() == cut.text
+
+
+def test_repetition_loop_is_cut_before_the_repeat():
+    from lychee_memory.generation import _RowDecoder
+    from lychee_memory.testing import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    loop = tokenizer("the keeper, the code, ", add_special_tokens=False).input_ids
+    decoder = _RowDecoder(tokenizer, (), repeat_ngram=4)
+    streamed = ""
+    for token in loop * 3:
+        streamed += decoder.push(token)
+        if decoder.done:
+            break
+    assert decoder.done and len(decoder.ids) == len(loop) + 4
+    assert decoder.final_text == tokenizer.decode(loop, skip_special_tokens=True).lstrip()
+    assert streamed + decoder.flush() == decoder.final_text

@@ -18,11 +18,13 @@ COMPRESSORS = {
 
 
 def build_compressor(settings: CompressorSettings, loaded: LoadedModel) -> Compressor:
-    """The compressor named by ``settings.kind`` (which must already be resolved from "auto")."""
+    """The compressor named by ``settings.kind`` (kind and ratio must already be resolved)."""
+    if settings.kind != "none" and settings.ratio is None:
+        raise ConfigurationError("the compression ratio must be resolved before building a compressor")
     if settings.kind == "none":
         return NoCompression()
     if settings.kind == "key_norm":
-        return KeyNormCompressor(ratio=settings.ratio)
+        return KeyNormCompressor(ratio=settings.ratio, keep=settings.key_norm_keep)
     if settings.kind == "attention":
         return AttentionCompressor(
             ratio=settings.ratio,

@@ -110,13 +110,19 @@ class SelectionCompressor(Compressor):
     ) -> torch.Tensor:
         """Scores [H_kv, length] for one row and layer; higher is kept first."""
 
+    def observation_suffix(self, loaded: LoadedModel) -> list[int]:
+        """Tokens appended after the chunk whose queries vote (their own KV is dropped); none by default."""
+        return []
+
     def compress(self, loaded: LoadedModel, chunks: list[Chunk]) -> list[MemoryBlock]:
         start_ids = _sequence_start_ids(loaded)
-        sequences = [start_ids + list(chunk.token_ids) for chunk in chunks]
-        forward = run_chunks(loaded, sequences, self.observation_window if self.needs_window_queries else None)
+        suffix = self.observation_suffix(loaded)
+        sequences = [start_ids + list(chunk.token_ids) + suffix for chunk in chunks]
+        window = (len(suffix) or self.observation_window) if self.needs_window_queries else None
+        forward = run_chunks(loaded, sequences, window)
         blocks = []
         for row, chunk in enumerate(chunks):
-            length = len(sequences[row])
+            length = len(sequences[row]) - len(suffix)
             budget = slots_for(len(chunk), self.ratio)
             layer_keys, layer_values, layer_positions = [], [], []
             for layer in range(len(forward.keys)):
@@ -175,16 +181,22 @@ class NoCompression(SelectionCompressor):
 
 @dataclass
 class KeyNormCompressor(SelectionCompressor):
-    """Keep the lowest-norm keys per layer and KV head."""
+    """Keep the lowest-norm keys per layer and KV head (or the highest, with keep="high")."""
 
     name: ClassVar[str] = "key_norm"
     ratio: int = 4
+    keep: str = "low"
+
+    def __post_init__(self) -> None:
+        if self.keep not in ("low", "high"):
+            raise ValueError(f"key_norm keep must be 'low' or 'high', got {self.keep!r}")
 
     def score(self, keys, queries, length, row, forward):
-        return -keys.float().norm(dim=-1)
+        norms = keys.float().norm(dim=-1)
+        return norms if self.keep == "high" else -norms
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.name, "ratio": self.ratio}
+        return {"kind": self.name, "ratio": self.ratio, "keep": self.keep}
 
 
 @dataclass
@@ -196,6 +208,13 @@ class AttentionCompressor(SelectionCompressor):
     ratio: int = 4
     observation_window: int = 32
     pooling_kernel: int = 5
+    observation_prompt: str | None = None
+
+    def observation_suffix(self, loaded: LoadedModel) -> list[int]:
+        """With an observation prompt, its tokens (after the chunk) are the voters instead of the chunk's tail."""
+        if not self.observation_prompt:
+            return []
+        return list(loaded.tokenizer(self.observation_prompt, add_special_tokens=False).input_ids)
 
     def score(self, keys, queries, length, row, forward):
         assert queries is not None and forward.window_index is not None
@@ -221,4 +240,5 @@ class AttentionCompressor(SelectionCompressor):
             "ratio": self.ratio,
             "observation_window": self.observation_window,
             "pooling_kernel": self.pooling_kernel,
+            "observation_prompt": self.observation_prompt,
         }
