@@ -112,7 +112,7 @@ def _plot(results: dict[str, list[dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4))
-    for offset, (name, rows) in enumerate(results.items()):
+    for offset, rows in enumerate(results.values()):
         x = [offset + 0.1 * (i - len(rows) / 2) for i in range(len(rows))]
         axis.scatter(
             x,
