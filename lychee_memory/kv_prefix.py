@@ -118,14 +118,19 @@ def prepare_batch(loaded: LoadedModel, rows: list[PromptRow], extra_capacity: in
     if prompt_length == 0:
         raise ValueError("every batch needs at least one prompt token")
     capacity = prefix_length + prompt_length + extra_capacity
-    key_buffers = torch.zeros(num_layers, batch, kv_heads, capacity, head_dim, device=device, dtype=dtype)
-    value_buffers = torch.zeros_like(key_buffers)
+    # Uninitialised except the padded slots, which are zeroed: masked attention gives them weight 0, and
+    # 0 * garbage could still be NaN. Capacity past the prefix is written before it is ever read.
+    key_buffers = torch.empty(num_layers, batch, kv_heads, capacity, head_dim, device=device, dtype=dtype)
+    value_buffers = torch.empty_like(key_buffers)
     kv_valid = torch.zeros(batch, prefix_length + prompt_length, dtype=torch.bool, device=device)
     input_ids = torch.full((batch, prompt_length), loaded.tokenizer.pad_token_id, dtype=torch.long)
     positions = torch.zeros(batch, prompt_length, dtype=torch.long)
     next_positions = torch.zeros(batch, dtype=torch.long)
     for index, row in enumerate(rows):
         start = 0
+        filled = row.block.num_slots if row.block is not None else 0
+        key_buffers[:, index, :, filled:prefix_length] = 0
+        value_buffers[:, index, :, filled:prefix_length] = 0
         if row.block is not None:
             block = row.block
             if block.num_layers != num_layers or block.keys.shape[1] != kv_heads or block.keys.shape[3] != head_dim:
