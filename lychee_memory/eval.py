@@ -173,3 +173,97 @@ def needle_document(
     title, text = chosen[position]
     chosen[position] = (title, text + " " + needle.fact)
     return "\n\n".join(format_paragraph(i + 1, title, text) for i, (title, text) in enumerate(chosen))
+
+
+# Running an evaluation ---------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    """One question's outcome."""
+
+    sample_id: str
+    question: str
+    answers: list[str]
+    prediction: str
+    correct: bool
+    blocks_read: int
+    query_seconds: float
+
+
+@dataclass
+class EvalReport:
+    """Accuracy and timing over a set of samples."""
+
+    benchmark: str
+    mode: str
+    results: list[EvalResult]
+
+    @property
+    def accuracy(self) -> float:
+        return sum(r.correct for r in self.results) / max(1, len(self.results))
+
+    def to_dict(self) -> dict:
+        return {
+            "benchmark": self.benchmark,
+            "mode": self.mode,
+            "samples": len(self.results),
+            "sub_em": round(self.accuracy, 4),
+            "mean_query_seconds": round(sum(r.query_seconds for r in self.results) / max(1, len(self.results)), 3),
+            "results": [r.__dict__ for r in self.results],
+        }
+
+
+def ruler_hqa_samples(directory: Path, n_documents: int, limit: int | None, seed: int = 0) -> list[QASample]:
+    """RULER-HQA samples built from the HotpotQA dev file, ``n_documents`` paragraphs each."""
+    rows = load_hotpot(directory)
+    chosen = rows[:limit] if limit else rows
+    return [ruler_hqa_sample(row, rows, n_documents, seed + index) for index, row in enumerate(chosen)]
+
+
+def evaluate(
+    engine, samples: Sequence[QASample], mode: str = "lychee", benchmark: str = "ruler-hqa", progress=None
+) -> EvalReport:
+    """Answer every sample with ``engine`` in ``mode`` and score it with sub_em."""
+    results = []
+    for sample in samples:
+        answer = engine.ask(sample.question, [sample.context], mode=mode)
+        results.append(
+            EvalResult(
+                sample_id=sample.sample_id,
+                question=sample.question,
+                answers=sample.answers,
+                prediction=answer.text,
+                correct=sub_em(answer.text, sample.answers),
+                blocks_read=len(answer.blocks),
+                query_seconds=answer.timings.get("query", 0.0),
+            )
+        )
+        if progress is not None:
+            progress(1)
+    return EvalReport(benchmark, mode, results)
+
+
+REFERENCE_FILE = Path("hotpotqa") / "lycheememory_reference_samples.json"
+
+
+def reference_samples(directory: Path) -> list[QASample]:
+    """The RULER-HQA rows exactly as the reference implementation built them (50 documents each)."""
+    path = directory / REFERENCE_FILE
+    if not path.is_file():
+        raise DocumentError(f"reference samples file {str(path)!r} not found")
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    samples = []
+    for row in rows:
+        truth = row["reward_model"]["ground_truth"]
+        answers = truth if isinstance(truth, list) else [truth]
+        info = row.get("extra_info", {})
+        samples.append(
+            QASample(
+                info.get("question") or row["prompt"][0]["content"],
+                answers,
+                row["context"],
+                f"reference-{info.get('index', len(samples))}",
+            )
+        )
+    return samples
