@@ -341,7 +341,11 @@ def load_model(settings: ModelSettings) -> LoadedModel:
 
             assert resolved.path is not None
             try:
-                model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype, attn_implementation=attention)
+                # On a GPU, load straight onto it: a 7B checkpoint never has to fit in CPU memory twice.
+                placement = {"device_map": str(device)} if device.type == "cuda" else {}
+                model = AutoModelForCausalLM.from_pretrained(
+                    resolved.path, dtype=dtype, attn_implementation=attention, **placement
+                )
                 tokenizer = AutoTokenizer.from_pretrained(resolved.path)
             except (OSError, ValueError, KeyError) as error:
                 raise ModelNotFoundError(f"could not load model from {str(resolved.path)!r}: {error}") from error
