@@ -84,9 +84,15 @@ class Answer:
 class AnswerStream:
     """Iterate to receive the answer text as it is generated; ``answer`` holds the full Answer afterwards."""
 
-    def __init__(self, pieces: Iterator[str], finish: Callable[[], Answer]):
+    def __init__(
+        self,
+        pieces: Iterator[str],
+        finish: Callable[[], Answer],
+        scan: Callable[[], list[SelectedBlock]] | None = None,
+    ):
         self._pieces = pieces
         self._finish = finish
+        self._scan = scan
         self._answer: Answer | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -100,3 +106,10 @@ class AnswerStream:
                 pass
         assert self._answer is not None
         return self._answer
+
+    @property
+    def blocks(self) -> list[SelectedBlock]:
+        """The blocks the gate selected; runs only the scan if no answer text was generated yet."""
+        if self._answer is not None or self._scan is None:
+            return self.answer.blocks
+        return self._scan()

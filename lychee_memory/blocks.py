@@ -8,13 +8,17 @@ whose keys are cached before RoPE and read unrotated, as the released checkpoint
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .documents import Document
+from .errors import DocumentNotFoundError
+
+if TYPE_CHECKING:
+    from .store import MemoryStore
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,8 @@ class MemoryBank:
     """The ordered memory blocks of one or many documents, plus what built them.
 
     Blocks are held in memory, or fetched one at a time through ``loader`` (a store-backed bank), so a
-    scan over a large bank never needs all of its KV resident at once.
+    scan over a large bank never needs all of its KV resident at once. A store-backed bank knows its
+    ``store`` and the content keys of its blocks (``block_keys``); ``name`` is then its name in the store.
     """
 
     documents: list[Document]
@@ -106,6 +111,8 @@ class MemoryBank:
     name: str | None = None
     _blocks: list[MemoryBlock | None] = field(default_factory=list, repr=False)
     loader: Callable[[int], MemoryBlock] | None = field(default=None, repr=False)
+    store: MemoryStore | None = field(default=None, repr=False, compare=False)
+    block_keys: list[str] = field(default_factory=list, repr=False)
 
     @classmethod
     def from_blocks(
@@ -151,6 +158,32 @@ class MemoryBank:
                 return document
         raise KeyError(document_id)
 
+    def without_documents(self, document_ids: Iterable[str]) -> MemoryBank:
+        """An in-memory bank without these documents (blocks shared, spans renumbered).
+
+        Raises DocumentNotFoundError for an id the bank does not hold. A store-backed bank is changed in
+        its store instead (``LycheeMemory.remove_documents``).
+        """
+        removed = {document_ids} if isinstance(document_ids, str) else set(document_ids)
+        present = {document.id for document in self.documents}
+        missing = sorted(removed - present)
+        if missing:
+            raise DocumentNotFoundError(
+                f"bank {self.name or '(unnamed)'} holds no document with id {missing[0]!r} "
+                f"(documents: {', '.join(sorted(present))})"
+            )
+        documents = [document for document in self.documents if document.id not in removed]
+        renumbered = {document.id: index for index, document in enumerate(documents)}
+        blocks = []
+        for index, span in enumerate(self.spans):
+            if span.document_id in removed:
+                continue
+            block = self.block(index)
+            blocks.append(replace(block, span=replace(span, document_index=renumbered[span.document_id])))
+        return MemoryBank.from_blocks(
+            documents, blocks, self.model_fingerprint, self.compressor, self.chunk_tokens, name=self.name
+        )
+
     @property
     def num_tokens(self) -> int:
         return sum(span.token_end - span.token_start for span in self.spans)
@@ -174,4 +207,5 @@ class MemoryBank:
             "compressor": self.compressor,
             "chunk_tokens": self.chunk_tokens,
             "resident_bytes": self.resident_nbytes(),
+            "store": str(self.store.path) if self.store is not None else None,
         }

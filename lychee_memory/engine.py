@@ -7,6 +7,7 @@ baselines run in the same engine, on the same model and prompts, for honest comp
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from .model_loading import LoadedModel, load_model
 from .presets import preset_for
 from .prompts import PromptBuilder
 from .reasoner import Reasoner, UpdateRequest
+from .store import MemoryStore, as_store
 
 Mode = Literal["lychee", "memagent", "full_context"]
 Source = MemoryBank | DocumentInput | Iterable[DocumentInput]
@@ -147,12 +149,17 @@ class LycheeMemory:
         enabled = self.config.show_progress if show is None else show
         return tqdm(total=total, desc=description, unit="block", disable=not enabled, leave=False, dynamic_ncols=True)
 
+    @property
+    def ingest_batch_size(self) -> int:
+        """Chunks compressed per forward: the configured value, else 4 on CUDA and 1 elsewhere."""
+        return self.config.compressor.ingest_batch_size or (4 if self.loaded.device.type == "cuda" else 1)
+
     def compress_documents(self, documents: Sequence[Document], show_progress: bool | None = None) -> list[MemoryBlock]:
         """Chunk and compress documents, one block per chunk, in document order."""
         chunks = chunk_documents(
             list(documents), self.loaded.tokenizer, self.chunk_tokens, self.config.chunking.boundary_lookback
         )
-        batch_size = self.config.compressor.ingest_batch_size or (4 if self.loaded.device.type == "cuda" else 1)
+        batch_size = self.ingest_batch_size
         blocks: list[MemoryBlock] = []
         with self._progress(len(chunks), "compressing", show_progress) as bar:
             for start in range(0, len(chunks), batch_size):
@@ -166,14 +173,63 @@ class LycheeMemory:
         documents: DocumentInput | Iterable[DocumentInput],
         *,
         name: str | None = None,
+        store: MemoryStore | str | os.PathLike[str] | None = None,
+        bank: str | None = None,
         show_progress: bool | None = None,
     ) -> MemoryBank:
-        """Compress documents into a new in-memory bank (text = str, file = pathlib.Path)."""
+        """Compress documents into a bank (text = str, file = pathlib.Path).
+
+        Without ``store``/``bank`` the bank lives in memory. With them, the documents are added to bank
+        ``bank`` of ``store`` (default store when only ``bank`` is given): only chunks not stored yet are
+        compressed, a document whose id is already in the bank replaces it, the manifest is written last and
+        atomically, and the returned bank is lazy (blocks read from disk when used).
+        """
         docs = load_documents(documents)
-        blocks = self.compress_documents(docs, show_progress)
-        return MemoryBank.from_blocks(
-            docs, blocks, self.loaded.fingerprint(), self.compressor.describe(), self.chunk_tokens, name=name
-        )
+        if store is None and bank is None:
+            blocks = self.compress_documents(docs, show_progress)
+            return MemoryBank.from_blocks(
+                docs, blocks, self.loaded.fingerprint(), self.compressor.describe(), self.chunk_tokens, name=name
+            )
+        if bank is not None and name is not None and bank != name:
+            raise ConfigurationError(f"name={name!r} and bank={bank!r} disagree; give the bank name once, as bank=")
+        bank_name = bank if bank is not None else name
+        if bank_name is None:
+            raise ConfigurationError("ingesting into a store needs a bank name: ingest(documents, store=..., bank='name')")
+        return as_store(store).add_documents(self, docs, bank_name, show_progress=show_progress)
+
+    def open_bank(
+        self, name: str, store: MemoryStore | str | os.PathLike[str] | None = None, *, recompress: bool = False
+    ) -> MemoryBank:
+        """A stored bank, lazily loaded, for this engine (default store when ``store`` is None).
+
+        Raises BankNotFoundError when there is no such bank, and BankMismatchError when it was built with
+        another model, dtype or compressor, unless ``recompress`` rebuilds it from its stored text with
+        this engine (under the same name).
+        """
+        target = as_store(store)
+        info = target.bank_info(name)
+        if info.model_fingerprint != self.loaded.fingerprint() or info.compressor != self.compressor.describe():
+            if recompress:
+                return target.recompress_bank(self, name)
+            with_model = info.model_spec or "an unrecorded model"
+            raise BankMismatchError(
+                f"bank {name!r} in store {str(target.path)!r} was built with {with_model} "
+                f"(fingerprint {info.model_fingerprint}, compressor {info.compressor}); this engine has fingerprint "
+                f"{self.loaded.fingerprint()} and compressor {self.compressor.describe()}. Load the engine with the "
+                "bank's model and settings, or pass recompress=True (CLI: --recompress) to rebuild the bank"
+            )
+        return target.load_bank(name, dtype=self.loaded.dtype, device=self.loaded.device)
+
+    def remove_documents(self, bank: MemoryBank, document_ids: Iterable[str]) -> MemoryBank:
+        """The bank without these documents; a store-backed bank's manifest is rewritten (blocks stay until gc).
+
+        Raises DocumentNotFoundError for an id the bank does not hold.
+        """
+        if bank.store is not None and bank.name is not None:
+            return bank.store.remove_documents(
+                bank.name, document_ids, dtype=self.loaded.dtype, device=self.loaded.device
+            )
+        return bank.without_documents(document_ids)
 
     def check_bank(self, bank: MemoryBank) -> None:
         """Refuse a bank built by another model or compressor: its KV would be silently wrong."""
@@ -223,14 +279,46 @@ class LycheeMemory:
             for state, generation in zip(states, generations)
         ]
 
-    def stream(self, question: str, source: Source, *, show_progress: bool | None = None) -> AnswerStream:
-        """Gate and reason, then stream the final answer text; ``.answer`` holds the Answer afterwards."""
+    def select(
+        self, question: str, source: Source, *, k: int | None = None, show_progress: bool | None = None
+    ) -> list[SelectedBlock]:
+        """The blocks the gate selects for a question, without writing the final answer (for retrievers).
+
+        Runs the state-aware scan with its memory updates (hop 2 is judged against the notes of hop 1).
+        ``k`` keeps at most k blocks: the k best by gate score among those read, still in reading order.
+        """
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ConfigurationError(f"k must be a positive number of blocks, got {k!r}")
         question = self._check_question(question)
+        bank, _ = self._bank_of(source, show_progress)
+        (state,), _ = self._scan([question], bank, show_progress)
+        blocks = self._selected_blocks(state, bank)
+        if k is not None and len(blocks) > k:
+            best = set(sorted(range(len(blocks)), key=lambda position: -blocks[position].score)[:k])
+            blocks = [block for position, block in enumerate(blocks) if position in best]
+        return blocks
+
+    def stream(self, question: str, source: Source, *, show_progress: bool | None = None) -> AnswerStream:
+        """Gate and reason, then stream the final answer text; ``.answer`` holds the Answer afterwards.
+
+        ``.blocks`` runs the scan alone when iteration has not started, so sources can be shown first.
+        """
+        question = self._check_question(question)
+        scanned: dict[str, Any] = {}
         state_box: dict[str, Any] = {}
 
+        def scan_once() -> list[SelectedBlock]:
+            if not scanned:
+                bank, ingest_seconds = self._bank_of(source, show_progress)
+                (state,), scan = self._scan([question], bank, show_progress)
+                blocks = self._selected_blocks(state, bank)
+                scanned.update(bank=bank, ingest_seconds=ingest_seconds, state=state, scan=scan, blocks=blocks)
+            return scanned["blocks"]
+
         def pieces() -> Iterator[str]:
-            bank, ingest_seconds = self._bank_of(source, show_progress)
-            (state,), scan = self._scan([question], bank, show_progress)
+            scan_once()
+            bank, ingest_seconds = scanned["bank"], scanned["ingest_seconds"]
+            state, scan = scanned["state"], scanned["scan"]
             started = time.perf_counter()
             decode = self.reasoner.answer_stream(question, state.memory)
             for _, piece in decode:
@@ -247,7 +335,7 @@ class LycheeMemory:
                 len(generation.token_ids),
             )
 
-        return AnswerStream(pieces(), lambda: state_box["answer"])
+        return AnswerStream(pieces(), lambda: state_box["answer"], scan_once)
 
     # Internals ---------------------------------------------------------------------------------------
 
@@ -331,6 +419,19 @@ class LycheeMemory:
 
         return update
 
+    def _selected_blocks(self, state: ScanState, bank: MemoryBank) -> list[SelectedBlock]:
+        """The blocks a scan read, in reading order, with the gate score that selected each."""
+        blocks = []
+        for index in state.selected:
+            decision = next(d for d in reversed(state.decisions) if d.index == index)
+            span = bank.spans[index]
+            blocks.append(
+                SelectedBlock(
+                    index, decision.score, span.document_id, span.char_start, span.char_end, span.text, decision.fallback
+                )
+            )
+        return blocks
+
     def _build_answer(
         self,
         state: ScanState,
@@ -341,21 +442,7 @@ class LycheeMemory:
         answer_seconds: float,
         answer_tokens: int,
     ) -> Answer:
-        blocks = []
-        for index in state.selected:
-            decision = next(d for d in reversed(state.decisions) if d.index == index)
-            span = bank.spans[index]
-            blocks.append(
-                SelectedBlock(
-                    index,
-                    decision.score,
-                    span.document_id,
-                    span.char_start,
-                    span.char_end,
-                    span.text,
-                    decision.fallback,
-                )
-            )
+        blocks = self._selected_blocks(state, bank)
         query_seconds = scan.timings.gate_seconds + scan.timings.reason_seconds + answer_seconds
         counts = {
             "reasoner_prompt_tokens": state.reasoner_prompt_tokens,

@@ -56,3 +56,14 @@ class BankMismatchError(StoreError):
 
 class StoreFullError(StoreError):
     """The disk or the store's size limit is full; nothing already stored was changed."""
+
+
+class CorruptDocumentError(StoreError):
+    """A document's stored text is missing or fails its checksum; names the bank and document."""
+
+
+class DocumentNotFoundError(LycheeError, KeyError):
+    """A bank holds no document with the given id."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else "document not found"

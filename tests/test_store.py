@@ -1,0 +1,673 @@
+"""Persistent banks: bit-exact round trips, incremental ingest, damage and repair, crashes, concurrency.
+
+References are computed independently of the store: blocks straight from the engine's compressor, chunk
+counts from the chunker, corruption written with sqlite3 and plain file writes, crashes and concurrent
+writers as real processes.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import warnings
+import weakref
+from pathlib import Path
+
+import diskcache.core
+import pytest
+import torch
+
+from lychee_memory import (
+    BankMismatchError,
+    BankNotFoundError,
+    ConfigurationError,
+    CorruptBlockError,
+    CorruptDocumentError,
+    Document,
+    DocumentNotFoundError,
+    LycheeMemory,
+    MemoryStore,
+    StoreError,
+    StoreFullError,
+)
+from lychee_memory.chunking import chunk_documents
+from lychee_memory.cli import main
+from lychee_memory.config import EngineConfig, ModelSettings
+from lychee_memory.kv_prefix import PromptRow, logits_of, prefill
+from lychee_memory.model_loading import load_model
+
+from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+QUESTION = "What is the access code for the east pier storage shed?"
+FLOAT_STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def numbered_document(count: int, tag: str = "") -> str:
+    """Paragraphs that differ from each other, so every chunk (and block) is distinct."""
+    return "\n\n".join(
+        f"Entry {tag}{index}: the tide table for pier {index} lists {index * 37 % 101} boats and code {index * 7919}."
+        for index in range(count)
+    )
+
+
+def reference_blocks(engine: LycheeMemory, documents: list[Document]):
+    return engine.compress_documents(documents)
+
+
+def chunk_count(engine: LycheeMemory, documents: list[Document]) -> int:
+    return len(chunk_documents(documents, engine.loaded.tokenizer, engine.chunk_tokens))
+
+
+def assert_same_block(stored, expected, storage_dtype: torch.dtype | None = None) -> None:
+    """Stored equals computed bit for bit, after the storage dtype's own rounding."""
+    keys, values = expected.keys, expected.values
+    if storage_dtype is not None:
+        keys, values = keys.to(storage_dtype).to(keys.dtype), values.to(storage_dtype).to(values.dtype)
+    assert stored.keys.dtype == expected.keys.dtype
+    assert torch.equal(stored.keys, keys) and torch.equal(stored.values, values)
+    assert torch.equal(stored.valid, expected.valid.cpu())
+    assert torch.equal(stored.slot_positions, expected.slot_positions.cpu())
+    assert torch.equal(stored.token_ids, expected.token_ids.cpu())
+    assert (stored.next_position, stored.keys_rotated, stored.compressor) == (
+        expected.next_position,
+        expected.keys_rotated,
+        expected.compressor,
+    )
+    assert stored.span == expected.span
+
+
+def count_compressed(engine: LycheeMemory) -> list[int]:
+    """Wrap the engine's compressor so every compressed chunk is counted."""
+    counter = [0]
+    compress = engine.compressor.compress
+
+    def counting(loaded, chunks):
+        counter[0] += len(chunks)
+        return compress(loaded, chunks)
+
+    engine.compressor.compress = counting
+    return counter
+
+
+def corrupt_item(store: MemoryStore, key: str, delete: bool = False) -> None:
+    """Flip one byte of a stored value (or delete its row) with sqlite3 and file writes, not the store's API."""
+    database = sqlite3.connect(store.path / "cache" / "cache.db")
+    with database:
+        ((filename, value),) = database.execute("SELECT filename, value FROM Cache WHERE key = ?", (key,)).fetchall()
+        if delete:
+            database.execute("DELETE FROM Cache WHERE key = ?", (key,))
+        elif filename is not None:
+            path = store.path / "cache" / filename
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0x55
+            path.write_bytes(bytes(data))
+        else:
+            data = bytearray(value)
+            data[len(data) // 2] ^= 0x55
+            database.execute("UPDATE Cache SET value = ? WHERE key = ?", (bytes(data), key))
+    database.close()
+
+
+def documents() -> list[Document]:
+    return [Document.from_text(FACTS_DOCUMENT, id="facts"), Document.from_text(SECOND_DOCUMENT, id="garden")]
+
+
+# Round trips --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("storage", ["float32", "bfloat16", "float16"])
+def test_stored_blocks_equal_computed_blocks_bit_for_bit(tmp_path, storage):
+    engine = make_engine()
+    docs = documents()
+    bank = engine.ingest(docs, store=MemoryStore(tmp_path, block_dtype=storage), bank="harbour")
+    expected = reference_blocks(engine, docs)
+    reopened = engine.open_bank("harbour", MemoryStore(tmp_path))  # a fresh store object, as a new session
+    assert len(bank) == len(reopened) == len(expected)
+    assert bank.resident_nbytes() == 0, "a store-backed bank reads blocks lazily"
+    for index, block in enumerate(expected):
+        assert_same_block(bank.block(index), block, FLOAT_STORAGE[storage])
+        assert_same_block(reopened.block(index), block, FLOAT_STORAGE[storage])
+    assert [d.text for d in reopened.documents] == [d.text for d in docs]
+    assert reopened.spans == [block.span for block in expected]
+
+
+@pytest.mark.parametrize("storage", ["float32", "bfloat16"])
+def test_bfloat16_engine_gets_its_own_dtype_back(tmp_path, storage):
+    loaded = load_model(ModelSettings(spec="tiny-random-llama", dtype="bfloat16"))
+    engine = LycheeMemory(
+        loaded, EngineConfig.from_kwargs(spec="tiny-random-llama", chunk_tokens=64, show_progress=False)
+    )
+    docs = [Document.from_text(SECOND_DOCUMENT, id="garden")]
+    bank = engine.ingest(docs, store=MemoryStore(tmp_path, block_dtype=storage), bank="garden")
+    for index, block in enumerate(reference_blocks(engine, docs)):
+        assert block.keys.dtype == torch.bfloat16
+        assert_same_block(bank.block(index), block)
+
+
+@pytest.mark.parametrize("compressor", ["none", "key_norm", "beacon"])
+def test_every_compressor_round_trips(tmp_path, compressor):
+    options = {"beacon_window": 16} if compressor == "beacon" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny model has no trained beacon weights, and says so
+        engine = make_engine("qwen2", compressor=compressor, **options)
+    docs = [Document.from_text(SECOND_DOCUMENT, id="garden")]
+    bank = engine.ingest(docs, store=MemoryStore(tmp_path, block_dtype="float32"), bank="garden")
+    for index, block in enumerate(reference_blocks(engine, docs)):
+        assert_same_block(bank.block(index), block)
+
+
+def test_answers_over_a_stored_bank_equal_answers_over_the_same_bank_in_memory(tmp_path):
+    engine = make_engine(read_mode="kv")
+    docs = [Document.from_text(FACTS_DOCUMENT, id="facts")]
+    in_memory = engine.ingest(docs)
+    stored = engine.ingest(docs, store=MemoryStore(tmp_path, block_dtype="float32"), bank="harbour")
+    expected, answer = engine.ask(QUESTION, in_memory), engine.ask(QUESTION, stored)
+    assert answer.text == expected.text
+    assert [(s.index, s.score) for s in answer.gate_scores] == [(s.index, s.score) for s in expected.gate_scores]
+    many = engine.ask_many([QUESTION, "Which ship anchored in the bay?"], stored)
+    assert many[0].text == expected.text
+    stream = engine.stream(QUESTION, stored)
+    assert "".join(stream) == expected.text
+
+
+def test_a_query_keeps_only_a_batch_of_blocks_in_memory(tmp_path):
+    batch = 4
+    engine = make_engine(read_mode="kv", gate_batch_size=batch, threshold=1e9)  # scan all, then read the fallback
+    bank = engine.ingest(documents(), store=MemoryStore(tmp_path), bank="harbour")
+    assert len(bank) > 4 * batch
+    alive, peak, loads = [0], [0], [0]
+    load = bank.loader
+
+    def tracking(index):
+        block = load(index)
+        loads[0] += 1
+        alive[0] += 1
+        peak[0] = max(peak[0], alive[0])
+        weakref.finalize(block, lambda: alive.__setitem__(0, alive[0] - 1))
+        return block
+
+    bank.loader = tracking
+    engine.ask(QUESTION, bank)
+    assert loads[0] >= len(bank), "every block was scored, each read from the store"
+    assert peak[0] <= 2 * batch, f"{peak[0]} blocks were alive at once; a lazy scan holds about one batch"
+    assert bank.resident_nbytes() == 0
+
+
+# Incremental ingest ------------------------------------------------------------------------------------
+
+
+def test_ingest_compresses_only_chunks_not_stored_yet(tmp_path):
+    engine = make_engine()
+    store = MemoryStore(tmp_path)
+    compressed = count_compressed(engine)
+    facts = Document.from_text(FACTS_DOCUMENT, id="facts")
+    garden = Document.from_text(SECOND_DOCUMENT, id="garden")
+
+    first = engine.ingest([facts], store=store, bank="harbour")
+    assert compressed[0] == chunk_count(engine, [facts]) == store.last_ingest.compressed
+    blocks_after_first = store.usage().blocks
+
+    again = engine.ingest([facts], store=store, bank="harbour")
+    assert compressed[0] == chunk_count(engine, [facts]), "an unchanged document compresses nothing"
+    assert again.block_keys == first.block_keys and store.last_ingest.reused == len(first)
+
+    compressed[0] = 0
+    both = engine.ingest([garden], store=store, bank="harbour")
+    assert compressed[0] == chunk_count(engine, [garden])
+    assert [d.id for d in both.documents] == ["facts", "garden"]
+    assert len(both) == chunk_count(engine, [facts, garden])
+
+    compressed[0] = 0
+    engine.ingest([facts], store=store, bank="copy")
+    assert compressed[0] == 0, "identical chunks in another bank are stored once"
+    assert store.usage().blocks == blocks_after_first + chunk_count(engine, [garden])
+
+    compressed[0] = 0
+    extra = "\n\nA late notice: the lighthouse lamp is now green, by order of the council."
+    changed = Document.from_text(FACTS_DOCUMENT + extra, id="facts")
+    old_chunks = {c.token_ids for c in chunk_documents([facts], engine.loaded.tokenizer, engine.chunk_tokens)}
+    new_chunks = {c.token_ids for c in chunk_documents([changed], engine.loaded.tokenizer, engine.chunk_tokens)}
+    replaced = engine.ingest([changed], store=store, bank="harbour")
+    assert compressed[0] == len(new_chunks - old_chunks) > 0
+    assert [d.id for d in replaced.documents] == ["facts", "garden"], "a document with a known id is replaced in place"
+    assert replaced.documents[0].text == changed.text
+    for index, block in enumerate(reference_blocks(engine, [changed, garden])):
+        assert_same_block(replaced.block(index), block, torch.bfloat16)
+
+
+def test_remove_documents_from_stored_and_in_memory_banks(tmp_path):
+    engine = make_engine()
+    store = MemoryStore(tmp_path)
+    docs = documents()
+    stored = engine.ingest(docs, store=store, bank="harbour")
+    in_memory = engine.ingest(docs)
+    garden_only = reference_blocks(engine, [docs[1]])
+    for bank, storage in (
+        (engine.remove_documents(stored, ["facts"]), torch.bfloat16),
+        (engine.remove_documents(in_memory, ["facts"]), None),
+    ):
+        assert [d.id for d in bank.documents] == ["garden"]
+        assert len(bank) == len(garden_only)
+        for index, block in enumerate(garden_only):
+            assert_same_block(bank.block(index), block, storage)
+        engine.ask(QUESTION, bank)
+    assert [d.id for d in engine.open_bank("harbour", store).documents] == ["garden"]
+    with pytest.raises(DocumentNotFoundError, match="nowhere"):
+        engine.remove_documents(stored, ["nowhere"])
+    with pytest.raises(DocumentNotFoundError, match="nowhere"):
+        engine.remove_documents(in_memory, ["nowhere"])
+
+
+# Managing banks ----------------------------------------------------------------------------------------
+
+
+def test_list_rename_delete_and_collect_garbage(tmp_path):
+    engine = make_engine()
+    store = MemoryStore(tmp_path)
+    facts, garden = documents()
+    engine.ingest([facts], store=store, bank="harbour")
+    engine.ingest([facts, garden], store=store, bank="both")
+    info = {bank.name: bank for bank in store.list_banks()}
+    assert set(info) == {"harbour", "both"}
+    assert info["both"].documents == ("facts", "garden")
+    assert info["both"].blocks == chunk_count(engine, [facts, garden])
+    assert info["harbour"].tokens == len(engine.loaded.tokenizer(FACTS_DOCUMENT, add_special_tokens=False).input_ids)
+    assert info["harbour"].model_fingerprint == engine.loaded.fingerprint()
+    assert info["harbour"].compressor == engine.compressor.describe()
+
+    with pytest.raises(StoreError, match="already exists"):
+        store.rename_bank("harbour", "both")
+    with pytest.raises(BankNotFoundError, match="nowhere"):
+        store.rename_bank("nowhere", "elsewhere")
+    with pytest.raises(BankNotFoundError, match="nowhere"):
+        store.delete_bank("nowhere")
+    with pytest.raises(BankNotFoundError):
+        engine.open_bank("nowhere", store)
+    store.rename_bank("harbour", "pier")
+    assert store.has_bank("pier") and not store.has_bank("harbour")
+    engine.ask(QUESTION, engine.open_bank("pier", store))
+
+    store.delete_bank("both")
+    usage = store.usage()
+    assert usage.unreferenced_blocks == chunk_count(engine, [garden]), "facts' blocks are still used by 'pier'"
+    report = store.gc()
+    assert report.removed_blocks == chunk_count(engine, [garden]) and report.removed_texts == 1
+    assert store.usage().unreferenced_blocks == 0
+    assert store.verify().ok
+    engine.ask(QUESTION, engine.open_bank("pier", store))
+
+    with store._writing_blocks(), pytest.raises(StoreError, match="busy"):
+        store.gc()  # an ingest in flight has blocks no manifest names yet
+
+
+def test_store_never_evicts_and_never_pickles(tmp_path):
+    engine = make_engine()
+    store = MemoryStore(tmp_path)
+    engine.ingest(documents(), store=store, bank="harbour")
+    database = sqlite3.connect(tmp_path / "cache" / "cache.db")
+    settings = dict(database.execute("SELECT key, value FROM Settings").fetchall())
+    modes = {mode for (mode,) in database.execute("SELECT DISTINCT mode FROM Cache")}
+    raw_keys = {raw for (raw,) in database.execute("SELECT DISTINCT raw FROM Cache")}
+    database.close()
+    assert settings["eviction_policy"] == "none"
+    assert settings["size_limit"] >= 2**60
+    assert modes <= {diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY}, "values are plain bytes, never pickles"
+    assert raw_keys == {1}, "keys are plain strings, never pickles"
+
+
+def test_default_store_lives_under_the_cache_directory():
+    engine = make_engine()
+    engine.ingest([SECOND_DOCUMENT], bank="garden")
+    store = MemoryStore()
+    assert store.path == Path(os.environ["LYCHEE_CACHE_DIR"]) / "stores" / "default"
+    assert store.has_bank("garden")
+    assert len(engine.open_bank("garden")) == len(engine.ingest([SECOND_DOCUMENT]))
+
+
+def test_bad_store_input_is_refused_clearly(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("milk", encoding="utf-8")
+    with pytest.raises(StoreError, match="not a lychee-memory store"):
+        MemoryStore(tmp_path / "notes")
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    with pytest.raises(StoreError, match="is a file"):
+        MemoryStore(tmp_path / "file")
+    with pytest.raises(ConfigurationError, match="block dtype"):
+        MemoryStore(tmp_path / "store", block_dtype="int4")
+    engine = make_engine()
+    with pytest.raises(ConfigurationError, match="bank name"):
+        engine.ingest([SECOND_DOCUMENT], store=tmp_path / "store", bank="")
+    with pytest.raises(ConfigurationError, match="bank name"):
+        engine.ingest([SECOND_DOCUMENT], store=tmp_path / "store")
+
+
+# Damage and repair -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "missing"])
+def test_damaged_block_is_named_and_repaired_from_the_stored_text(tmp_path, damage):
+    engine = make_engine()
+    store = MemoryStore(tmp_path, block_dtype="float32")
+    docs = documents()
+    bank = engine.ingest(docs, store=store, bank="harbour")
+    expected = reference_blocks(engine, docs)
+    victim = 3
+    corrupt_item(store, "block:" + bank.block_keys[victim], delete=damage == "missing")
+
+    with pytest.raises(CorruptBlockError, match=rf"bank 'harbour' block {victim} \(document 'facts'"):
+        bank.block(victim)
+    with pytest.raises(CorruptBlockError, match="harbour"):
+        engine.ask(QUESTION, bank, mode="lychee")
+    report = store.verify()
+    assert not report.ok
+    assert [(p.bank, p.kind, p.block_index, p.document_id) for p in report.problems] == [
+        ("harbour", "block", victim, "facts")
+    ]
+    # No engine given: repair rebuilds one from the settings the bank recorded.
+    repaired = store.verify(repair=True, engine=engine if damage == "missing" else None)
+    assert repaired.ok and repaired.problems[0].repaired
+    assert store.verify().ok and not store.verify().problems
+    reopened = engine.open_bank("harbour", store)
+    for index, block in enumerate(expected):
+        assert_same_block(reopened.block(index), block)
+    engine.ask(QUESTION, reopened)
+
+
+def test_damaged_document_text_is_reported_and_not_served(tmp_path):
+    engine = make_engine()
+    store = MemoryStore(tmp_path)
+    engine.ingest(documents(), store=store, bank="harbour")
+    manifest = store._manifest("harbour")
+    corrupt_item(store, "text:" + manifest.documents[1].text_key)
+    report = store.verify(repair=True, engine=engine)
+    assert [(p.kind, p.document_id, p.repaired) for p in report.problems] == [("document", "garden", False)]
+    with pytest.raises(CorruptDocumentError, match="garden"):
+        engine.open_bank("harbour", store)
+
+
+def test_damaged_manifest_is_reported(tmp_path):
+    engine = make_engine()
+    store = MemoryStore(tmp_path)
+    engine.ingest(documents(), store=store, bank="harbour")
+    engine.ingest([SECOND_DOCUMENT], store=store, bank="garden")
+    corrupt_item(store, "bank:harbour")
+    with pytest.raises(StoreError, match="manifest of bank 'harbour'"):
+        engine.open_bank("harbour", store)
+    assert [(p.bank, p.kind) for p in store.verify().problems] == [("harbour", "manifest")]
+    engine.ask(QUESTION, engine.open_bank("garden", store))
+    with pytest.raises(StoreError, match="harbour"):
+        store.gc()  # cannot know what a damaged manifest references, so nothing is collected
+
+
+# Model and compressor mismatch -------------------------------------------------------------------------
+
+
+def test_another_model_or_compressor_is_refused_or_recompresses(tmp_path):
+    engine = make_engine()
+    store = MemoryStore(tmp_path, block_dtype="float32")
+    docs = documents()
+    engine.ingest(docs, store=store, bank="harbour")
+    other_model = make_engine("qwen2")
+    other_compressor = make_engine(compressor="key_norm")
+    for other in (other_model, other_compressor):
+        with pytest.raises(BankMismatchError, match="recompress"):
+            other.open_bank("harbour", store)
+        with pytest.raises(BankMismatchError, match="harbour"):
+            other.ingest([SECOND_DOCUMENT], store=store, bank="harbour")
+    assert store.bank_info("harbour").model_fingerprint == engine.loaded.fingerprint(), "nothing changed"
+
+    rebuilt = other_compressor.open_bank("harbour", store, recompress=True)
+    info = store.bank_info("harbour")
+    assert info.compressor == other_compressor.compressor.describe() and info.documents == ("facts", "garden")
+    for index, block in enumerate(reference_blocks(other_compressor, docs)):
+        assert_same_block(rebuilt.block(index), block)
+    with pytest.raises(BankMismatchError):
+        engine.open_bank("harbour", store)
+    with pytest.raises(BankMismatchError):
+        engine.ask(QUESTION, rebuilt)  # a bank object from another engine is refused at ask time too
+
+
+# Quantisation ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_int8_blocks_stay_within_the_stated_tolerance(tmp_path, family):
+    """Stated tolerance: every element within half its int8 step (max |x| / 254 of its key channel or value
+    slot); next-token logits after the block within 5 % of the logits' standard deviation, same argmax."""
+    engine = make_engine(family, compressor="none")
+    docs = [Document.from_text(FACTS_DOCUMENT, id="facts")]
+    quantised = engine.ingest(docs, store=MemoryStore(tmp_path / "int8", block_dtype="int8"), bank="harbour")
+    bf16 = engine.ingest(docs, store=MemoryStore(tmp_path / "bf16"), bank="harbour")
+    prompt = engine.prompts.encode_text("Question: " + QUESTION)
+    for index, block in enumerate(reference_blocks(engine, docs)):
+        stored = quantised.block(index)
+        key_step = block.keys.abs().amax(dim=2, keepdim=True) / 127
+        value_step = block.values.abs().amax(dim=3, keepdim=True) / 127
+        assert ((stored.keys - block.keys).abs() <= key_step / 2 * (1 + 1e-5) + 1e-7).all()
+        assert ((stored.values - block.values).abs() <= value_step / 2 * (1 + 1e-5) + 1e-7).all()
+        assert not torch.equal(stored.keys, block.keys), "int8 really quantised"
+        logits = {}
+        for label, candidate in (("fp32", block), ("int8", stored)):
+            _, hidden = prefill(engine.loaded, [PromptRow(prompt, candidate)])
+            logits[label] = logits_of(engine.loaded, hidden[:, -1])[0]
+        error = (logits["int8"] - logits["fp32"]).abs().max() / logits["fp32"].std()
+        assert error <= 0.05, f"block {index}: logit error {error:.4f} of the logit spread"
+        assert logits["int8"].argmax() == logits["fp32"].argmax()
+    assert quantised.store.bank_info("harbour").stored_bytes < 0.75 * bf16.store.bank_info("harbour").stored_bytes
+
+
+# Full disk ---------------------------------------------------------------------------------------------
+
+
+def test_size_limit_is_a_clear_error_that_changes_no_bank(tmp_path):
+    engine = make_engine()
+    store = MemoryStore(tmp_path)
+    engine.ingest([SECOND_DOCUMENT], store=store, bank="garden")
+    limited = MemoryStore(tmp_path, size_limit_bytes=store.usage().bytes + 20_000)
+    with pytest.raises(StoreFullError, match="limit"):
+        engine.ingest([numbered_document(60)], store=limited, bank="garden")
+    with pytest.raises(StoreFullError):
+        engine.ingest([numbered_document(60)], store=limited, bank="tides")
+    assert store.bank_names() == ["garden"] and store.bank_info("garden").documents == (
+        Document.content_id(SECOND_DOCUMENT),
+    )
+    assert store.verify().ok
+    engine.ask(QUESTION, engine.open_bank("garden", store))
+    engine.ingest([numbered_document(60)], store=store, bank="tides")  # usable again once there is room
+    assert store.verify().ok
+
+
+def test_full_disk_is_a_clear_error_that_leaves_no_half_written_files(tmp_path, monkeypatch):
+    engine = make_engine(compressor="none", chunk_tokens=512)  # blocks over 32 KB live in value files
+    store = MemoryStore(tmp_path, block_dtype="float32")
+    engine.ingest([SECOND_DOCUMENT], store=store, bank="garden")
+    real_open = open
+
+    class FillingFile(io.FileIO):
+        def write(self, data):
+            super().write(bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def opening(path, mode="r", *args, **kwargs):
+        if "x" in mode:
+            return FillingFile(path, "xb")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(diskcache.core, "open", opening, raising=False)
+    with pytest.raises(StoreFullError, match="disk .* is full"):
+        engine.ingest([FACTS_DOCUMENT], store=store, bank="garden")
+    monkeypatch.undo()
+
+    database = sqlite3.connect(tmp_path / "cache" / "cache.db")
+    indexed = {name for (name,) in database.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
+    database.close()
+    on_disk = {
+        str(path.relative_to(tmp_path / "cache")) for path in (tmp_path / "cache").rglob("*.val") if path.is_file()
+    }
+    assert on_disk == indexed, "no half-written value file is left behind"
+    assert store.bank_info("garden").documents == (Document.content_id(SECOND_DOCUMENT),)
+    assert store.verify().ok
+    engine.ask(QUESTION, engine.open_bank("garden", store))
+    engine.ingest([FACTS_DOCUMENT], store=store, bank="garden")
+    assert len(store.bank_info("garden").documents) == 2
+
+
+# Crashes and concurrent writers (real processes) -------------------------------------------------------
+
+
+def start_worker(store: Path, bank: str, document: Path, identifier: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.store_worker", str(store), bank, str(document), "--id", identifier, *extra],
+        cwd=REPOSITORY,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
+    )
+
+
+def read_until(process: subprocess.Popen, wanted: str) -> None:
+    for line in process.stdout:
+        if line.strip() == wanted:
+            return
+    raise AssertionError(f"worker ended before {wanted!r}: {process.stderr.read()}")
+
+
+def test_kill_9_during_ingest_leaves_every_bank_consistent(tmp_path):
+    engine = make_engine()
+    store = MemoryStore(tmp_path / "store")
+    engine.ingest([FACTS_DOCUMENT], store=store, bank="harbour")
+    engine.ingest([Document.from_text(SECOND_DOCUMENT, id="garden")], store=store, bank="grow")
+    big = Document.from_text(numbered_document(80), id="tides")
+    (tmp_path / "tides.txt").write_text(big.text, encoding="utf-8")
+    total = chunk_count(engine, [big])
+
+    worker = start_worker(tmp_path / "store", "grow", tmp_path / "tides.txt", "tides", "--delay", "0.3")
+    try:
+        read_until(worker, "compressed 6")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=60)
+    finally:
+        worker.kill()
+    assert worker.returncode == -signal.SIGKILL
+
+    reopened = MemoryStore(tmp_path / "store")
+    assert reopened.bank_names() == ["grow", "harbour"]
+    assert reopened.bank_info("grow").documents == ("garden",), "the interrupted ingest changed nothing"
+    assert reopened.verify().ok
+    usage = reopened.usage()
+    assert 5 <= usage.unreferenced_blocks < total, "blocks written before the kill are kept, unreferenced"
+    for name, text in (("harbour", FACTS_DOCUMENT), ("grow", SECOND_DOCUMENT)):
+        bank = engine.open_bank(name, reopened)
+        for index, block in enumerate(reference_blocks(engine, [Document.from_text(text, id=bank.documents[0].id)])):
+            assert_same_block(bank.block(index), block, torch.bfloat16)
+        engine.ask(QUESTION, bank)
+
+    compressed = count_compressed(engine)
+    resumed = engine.ingest([big], store=reopened, bank="grow")
+    assert compressed[0] == total - usage.unreferenced_blocks, "a rerun compresses only what the crash lost"
+    assert [d.id for d in resumed.documents] == ["garden", "tides"]
+    assert reopened.verify().ok and reopened.usage().unreferenced_blocks == 0
+
+
+def test_two_processes_ingesting_into_one_bank_corrupt_nothing(tmp_path):
+    engine = make_engine()
+    shared = numbered_document(12, "shared-")
+    first = Document.from_text(shared + "\n\n" + numbered_document(30, "first-"), id="first")
+    second = Document.from_text(shared + "\n\n" + numbered_document(30, "second-"), id="second")
+    for document in (first, second):
+        (tmp_path / f"{document.id}.txt").write_text(document.text, encoding="utf-8")
+    MemoryStore(tmp_path / "store")
+    go = tmp_path / "go"
+    workers = [
+        start_worker(
+            tmp_path / "store", "together", tmp_path / f"{d.id}.txt", d.id, "--delay", "0.05", "--start-when", str(go)
+        )
+        for d in (first, second)
+    ]
+    try:
+        for worker in workers:
+            read_until(worker, "ready")
+        go.touch()
+        for worker in workers:
+            _, errors = worker.communicate(timeout=300)
+            assert worker.returncode == 0, errors
+    finally:
+        for worker in workers:
+            worker.kill()
+
+    store = MemoryStore(tmp_path / "store")
+    bank = engine.open_bank("together", store)
+    assert sorted(d.id for d in bank.documents) == ["first", "second"], "both additions survive"
+    ordered = sorted([first, second], key=lambda d: [x.id for x in bank.documents].index(d.id))
+    for index, block in enumerate(reference_blocks(engine, ordered)):
+        assert_same_block(bank.block(index), block, torch.bfloat16)
+    report = store.verify()
+    assert report.ok and report.blocks_checked == len(set(bank.block_keys))
+    usage = store.usage()
+    assert usage.blocks == len(set(bank.block_keys)) < len(bank), "shared chunks are stored once"
+    assert usage.unreferenced_blocks == 0
+    engine.ask(QUESTION, bank)
+
+
+# Command line ------------------------------------------------------------------------------------------
+
+TINY = ["--model", "tiny-random-llama", "--chunk-tokens", "64", "--max-memory-tokens", "8", "--max-answer-tokens", "6"]
+
+
+def lychee(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lychee_memory.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_ingests_once_asks_in_a_fresh_process_and_manages_the_store(tmp_path, capsys):
+    document = tmp_path / "harbour.txt"
+    document.write_text(FACTS_DOCUMENT, encoding="utf-8")
+    store = str(tmp_path / "store")
+    first = lychee("ingest", str(document), "--store", store, "--bank", "harbour", "--json", "--no-progress", *TINY)
+    assert first.returncode == 0, first.stderr
+    second = lychee("ingest", str(document), "--store", store, "--bank", "harbour", "--json", "--no-progress", *TINY)
+    assert second.returncode == 0, second.stderr
+    first_report, second_report = json.loads(first.stdout)["stored"], json.loads(second.stdout)["stored"]
+    assert first_report["compressed"] == first_report["chunks"] > 0
+    assert second_report["compressed"] == 0 and second_report["reused"] == first_report["chunks"]
+
+    asked = lychee("ask", "--store", store, "--bank", "harbour", "-q", QUESTION, "--json", "--no-progress", *TINY)
+    assert asked.returncode == 0, asked.stderr
+    answer = json.loads(asked.stdout)
+    assert answer["blocks"] and answer["blocks"][0]["doc"] == str(document)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        status = main(list(args))
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    status, out, _ = run("store", "ls", "--store", store, "--json")
+    assert status == 0 and [bank["name"] for bank in json.loads(out)["banks"]] == ["harbour"]
+    status, out, _ = run("store", "verify", "--store", store, "--json")
+    assert status == 0 and json.loads(out)["ok"]
+    assert run("store", "mv", "harbour", "pier", "--store", store)[0] == 0
+    status, out, _ = run("store", "du", "--store", store, "--json")
+    assert json.loads(out)["banks"] == 1 and json.loads(out)["blocks"] == first_report["chunks"]
+    corrupt_item(MemoryStore(store), "block:" + MemoryStore(store)._manifest("pier").documents[0].blocks[2].key)
+    status, out, _ = run("store", "verify", "--store", store)
+    assert status == 1 and "DAMAGED: bank 'pier' block 2" in out
+    for args, message in (
+        (["store", "rm", "nowhere", "--store", store], "no bank named 'nowhere'"),
+        (["ask", "--store", store, "--bank", "nowhere", "-q", "why?"], "no bank named 'nowhere'"),
+        (["ask", "-q", "why?"], "--bank"),
+        (["ingest", str(document), "--store", store], "--bank"),
+    ):
+        status, _, error = run(*args)
+        assert status == 2 and message in error
+    assert run("store", "rm", "pier", "--store", store)[0] == 0
+    status, out, _ = run("store", "gc", "--store", store, "--json")
+    assert json.loads(out)["removed_blocks"] == first_report["chunks"]
