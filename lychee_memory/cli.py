@@ -1,7 +1,9 @@
 """The ``lychee`` command: ask questions over documents, ingest them, and show what is installed.
 
     lychee ask PATH... --question Q [--json]
-    lychee ingest PATH...
+    lychee ask --store DIR --bank NAME --question Q [--json]
+    lychee ingest PATH... [--store DIR --bank NAME]
+    lychee store ls|du|rm|mv|gc|verify [--repair] [--store DIR]
     lychee info
 
 Errors the library raises on purpose are printed as one line and exit with status 2, no traceback.
@@ -19,6 +21,7 @@ from typing import Any
 from .errors import LycheeError
 
 EXIT_USAGE = 2
+EXIT_DAMAGED = 1  # `lychee store verify` found damage it did not repair
 
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -97,12 +100,36 @@ def _paths(values: list[str]) -> list[Path]:
     return [Path(value) for value in values]
 
 
+def _open_store(args: argparse.Namespace, block_dtype: str | None = None):
+    from .store import MemoryStore
+
+    if block_dtype is None:
+        return MemoryStore(args.store)
+    return MemoryStore(args.store, block_dtype=block_dtype)
+
+
 def _command_ask(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     from .documents import load_documents
 
-    documents = load_documents(_paths(args.paths))  # fail on bad files before loading a model
+    if not args.paths and args.bank is None:
+        raise LycheeError("give document paths to read, or --bank NAME (with --store DIR) to ask a stored bank")
+    if args.store is not None and args.bank is None:
+        raise LycheeError("--store needs --bank NAME: which bank of the store to ask")
+    documents = load_documents(_paths(args.paths)) if args.paths else None  # fail on bad files before loading
+    store = _open_store(args) if args.bank is not None else None
+    if store is not None and documents is None and not store.has_bank(args.bank):
+        store.bank_info(args.bank)  # raises BankNotFoundError listing the banks, before loading a model
     engine = _load_engine(args)
+    if store is not None:
+        ingest_started = time.perf_counter()
+        if documents is not None:
+            if store.has_bank(args.bank) and args.recompress:
+                engine.open_bank(args.bank, store, recompress=True)
+            documents = engine.ingest(documents, store=store, bank=args.bank)
+        else:
+            documents = engine.open_bank(args.bank, store, recompress=args.recompress)
+        ingest_seconds = time.perf_counter() - ingest_started
     mode = args.mode.replace("-", "_")
     if args.json or mode != "lychee":
         answer = engine.ask(args.question, documents, mode=mode)
@@ -115,6 +142,8 @@ def _command_ask(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         sys.stdout.write("\n")
         answer = stream.answer
+    if store is not None:
+        answer.timings["ingest"] = ingest_seconds  # opening (or adding to) the stored bank
     answer.timings["total"] = time.perf_counter() - started
     if args.json:
         data = answer.to_dict(include_scores=args.scores)
@@ -144,18 +173,36 @@ def _command_ingest(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     from .documents import load_documents
 
+    if args.store is not None and args.bank is None:
+        raise LycheeError("--store needs --bank NAME: the bank to add the documents to")
     documents = load_documents(_paths(args.paths))
+    store = _open_store(args, args.block_dtype) if args.bank is not None else None
     engine = _load_engine(args)
     ingest_started = time.perf_counter()
-    bank = engine.ingest(documents)
+    if store is not None:
+        if args.recompress and store.has_bank(args.bank):
+            engine.open_bank(args.bank, store, recompress=True)
+        bank = engine.ingest(documents, store=store, bank=args.bank)
+    else:
+        bank = engine.ingest(documents)
     summary = bank.summary()
     summary["timings"] = {
         "load_model": round(engine.loaded.load_seconds, 4),
         "ingest": round(time.perf_counter() - ingest_started, 4),
         "total": round(time.perf_counter() - started, 4),
     }
+    if store is not None and store.last_ingest is not None:
+        summary["stored"] = store.last_ingest.to_dict()
+        summary["stored_bytes"] = store.bank_info(args.bank).stored_bytes
     if args.json:
         print(json.dumps(summary, indent=2))
+    elif store is not None:
+        report = summary["stored"]
+        print(
+            f"bank {args.bank!r} in {store.path}: {summary['documents']} document(s), {summary['tokens']} tokens, "
+            f"{summary['blocks']} blocks, {summary['stored_bytes'] / 2**20:.1f} MiB stored; this ingest compressed "
+            f"{report['compressed']} new block(s) and reused {report['reused']} in {summary['timings']['ingest']:.1f}s"
+        )
     else:
         print(
             f"{summary['documents']} document(s), {summary['tokens']} tokens -> {summary['blocks']} blocks, "
@@ -163,6 +210,75 @@ def _command_ingest(args: argparse.Namespace) -> int:
             f"in {summary['timings']['ingest']:.1f}s"
         )
     return 0
+
+
+def _command_store(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    action = args.store_command
+    if action == "ls":
+        banks = store.list_banks()
+        if args.json:
+            print(json.dumps({"store": str(store.path), "banks": [bank.to_dict() for bank in banks]}, indent=2))
+        elif not banks:
+            print(f"no banks in {store.path}")
+        else:
+            for bank in banks:
+                print(
+                    f"{bank.name}\t{len(bank.documents)} document(s)\t{bank.tokens} tokens\t{bank.blocks} blocks\t"
+                    f"{bank.stored_bytes / 2**20:.1f} MiB\t{bank.compressor.get('kind')}\t"
+                    f"{bank.model_spec or bank.model_fingerprint}\t{bank.created:%Y-%m-%d %H:%M}"
+                )
+        return 0
+    if action == "du":
+        usage = store.usage()
+        if args.json:
+            print(json.dumps(usage.to_dict(), indent=2))
+        else:
+            print(f"{usage.path}: {usage.bytes / 2**20:.1f} MiB in {usage.blocks} blocks, {usage.banks} bank(s)")
+            for name, size in sorted(usage.bank_bytes.items()):
+                print(f"  {name}: {size / 2**20:.1f} MiB")
+            print(
+                f"  unreferenced: {usage.unreferenced_blocks} block(s), {usage.unreferenced_bytes / 2**20:.1f} MiB "
+                "(freed by `lychee store gc`)"
+            )
+        return 0
+    if action == "rm":
+        for name in args.names:
+            store.bank_info(name)  # every name must exist before anything is deleted
+        for name in args.names:
+            store.delete_bank(name)
+        if not args.json:
+            print(f"deleted {len(args.names)} bank(s); run `lychee store gc` to free their blocks")
+        else:
+            print(json.dumps({"deleted": args.names}))
+        return 0
+    if action == "mv":
+        store.rename_bank(args.old, args.new)
+        print(json.dumps({"renamed": [args.old, args.new]}) if args.json else f"renamed {args.old!r} to {args.new!r}")
+        return 0
+    if action == "gc":
+        report = store.gc()
+        if args.json:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            print(
+                f"removed {report.removed_blocks} block(s) and {report.removed_texts} text(s), "
+                f"freed {report.freed_bytes / 2**20:.1f} MiB"
+            )
+        return 0
+    report = store.verify(repair=args.repair)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for problem in report.problems:
+            status = "repaired" if problem.repaired else "DAMAGED"
+            where = f"block {problem.block_index}" if problem.block_index is not None else problem.kind
+            print(f"{status}: bank {problem.bank!r} {where} (document {problem.document_id!r}): {problem.reason}")
+        print(
+            f"checked {report.banks} bank(s), {report.documents_checked} document(s), {report.blocks_checked} "
+            f"block(s): {'ok' if report.ok else f'{len(report.unrepaired)} problem(s) remain'}"
+        )
+    return 0 if report.ok else EXIT_DAMAGED
 
 
 def _command_info(args: argparse.Namespace) -> int:
@@ -225,6 +341,12 @@ def _print_tree(data: dict[str, Any], indent: int = 0) -> None:
             print(" " * indent + f"{key}: {value}")
 
 
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("persistent bank")
+    group.add_argument("--store", default=None, help="store directory (default: the user cache's default store)")
+    group.add_argument("--bank", default=None, help="bank name in the store: reused, and created or extended")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lychee", description="Question answering over long documents with compressed KV memory."
@@ -232,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     ask = commands.add_parser("ask", help="answer a question over documents")
-    ask.add_argument("paths", nargs="+", help="text files (UTF-8) or directories of them")
+    ask.add_argument(
+        "paths", nargs="*", help="text files (UTF-8) or directories of them; optional with --bank (added to it)"
+    )
     ask.add_argument("--question", "-q", required=True)
     ask.add_argument("--json", action="store_true", help="print one JSON object (answer, blocks, timings, memory)")
     ask.add_argument(
@@ -244,14 +368,52 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--scores", action="store_true", help="with --json: include every gate score of the scan")
     ask.add_argument("--show-text", action="store_true", help="with --json: include each block's source text")
     ask.add_argument("--show-memory", action="store_true", help="print the final working memory")
+    _add_store_options(ask)
+    ask.add_argument(
+        "--recompress", action="store_true", help="rebuild the bank if another model or compressor built it"
+    )
     _add_engine_options(ask)
     ask.set_defaults(handler=_command_ask)
 
     ingest = commands.add_parser("ingest", help="compress documents into memory blocks")
     ingest.add_argument("paths", nargs="+")
     ingest.add_argument("--json", action="store_true")
+    _add_store_options(ingest)
+    ingest.add_argument(
+        "--block-dtype",
+        choices=["float32", "bfloat16", "float16", "int8"],
+        default="bfloat16",
+        help="how new blocks are stored (default bfloat16; int8 with per-channel/per-slot scales)",
+    )
+    ingest.add_argument(
+        "--recompress", action="store_true", help="rebuild the bank first if another model or compressor built it"
+    )
     _add_engine_options(ingest)
     ingest.set_defaults(handler=_command_ingest)
+
+    store = commands.add_parser("store", help="list, measure, delete, rename, collect and verify stored banks")
+    actions = store.add_subparsers(dest="store_command", required=True)
+    for action, description in (
+        ("ls", "list the banks"),
+        ("du", "disk use: total, per bank, and what gc would free"),
+        ("rm", "delete banks (their blocks stay until gc)"),
+        ("mv", "rename a bank"),
+        ("gc", "delete blocks and texts no bank references"),
+        ("verify", "check every checksum; --repair recompresses damaged blocks from the stored text"),
+    ):
+        sub = actions.add_parser(action, help=description)
+        sub.add_argument("--store", default=None, help="store directory (default: the user cache's default store)")
+        sub.add_argument("--json", action="store_true")
+        if action == "rm":
+            sub.add_argument("names", nargs="+", metavar="NAME")
+        elif action == "mv":
+            sub.add_argument("old", metavar="OLD")
+            sub.add_argument("new", metavar="NEW")
+        elif action == "verify":
+            sub.add_argument(
+                "--repair", action="store_true", help="recompress damaged blocks with the settings the bank recorded"
+            )
+    store.set_defaults(handler=_command_store)
 
     info = commands.add_parser("info", help="show versions, hardware, the resolved model and its defaults")
     info.add_argument("--json", action="store_true")
