@@ -1,0 +1,9 @@
+"""Thin adapters that put lychee-memory inside other frameworks; the engine never imports them.
+
+- ``lychee_memory.integrations.llama_index``: ``LycheeQueryEngine``, ``LycheeRetriever``, ``LycheeIndex``
+  (install ``lychee-memory[llama-index]``).
+- ``lychee_memory.integrations.langchain``: ``LycheeReader``, ``LycheeRetriever``
+  (install ``lychee-memory[langchain]``).
+
+Each subpackage imports its framework; importing this package imports neither.
+"""

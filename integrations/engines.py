@@ -1,0 +1,70 @@
+"""Which engine an adapter runs, and running it: one call at a time per engine, async calls off the loop.
+
+An adapter takes ``model`` as a ``LycheeMemory`` (used as given), a model spec (loaded once per process
+and shared, so two adapters on the default model do not load it twice) or None (the embedded default).
+The engine is synchronous and CPU/GPU-heavy, so calls from several threads are serialised per engine and
+the async adapters run it in a worker thread, leaving the event loop free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TypeVar
+
+from lychee_memory import LycheeMemory
+from lychee_memory.config import ModelSettings
+
+ModelChoice = LycheeMemory | str | None
+"""An engine, a model spec (``"smollm2-135m"``, a local dir, a .gguf file, ``"tiny-random-llama"``) or None."""
+
+DEFAULT_MODEL = ModelSettings().spec
+
+Result = TypeVar("Result")
+
+_engines_by_spec: dict[str, LycheeMemory] = {}
+_loading = threading.Lock()
+_locks: weakref.WeakKeyDictionary[LycheeMemory, threading.RLock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def resolve_engine(model: ModelChoice = None) -> LycheeMemory:
+    """The engine for ``model``: an engine as given, a spec loaded once per process, None = embedded default."""
+    if isinstance(model, LycheeMemory):
+        return model
+    if model is None:
+        model = DEFAULT_MODEL
+    if not isinstance(model, str):
+        raise TypeError(
+            f"model must be a LycheeMemory engine or a model spec string such as {DEFAULT_MODEL!r}, "
+            f"got {type(model).__name__}"
+        )
+    if not model.strip():
+        raise ValueError(f"model spec is empty: pass a spec such as {DEFAULT_MODEL!r} or a LycheeMemory engine")
+    with _loading:
+        engine = _engines_by_spec.get(model)
+        if engine is None:
+            engine = _engines_by_spec[model] = LycheeMemory.from_pretrained(model, show_progress=False)
+    return engine
+
+
+def engine_lock(engine: LycheeMemory) -> threading.RLock:
+    """The lock that serialises calls into one engine (re-entrant, so nested adapter calls do not deadlock)."""
+    with _locks_guard:
+        lock = _locks.get(engine)
+        if lock is None:
+            lock = _locks[engine] = threading.RLock()
+    return lock
+
+
+def call_engine(engine: LycheeMemory, function: Callable[[], Result]) -> Result:
+    """Run ``function`` (a call into ``engine``) while holding the engine's lock."""
+    with engine_lock(engine):
+        return function()
+
+
+async def call_engine_async(engine: LycheeMemory, function: Callable[[], Result]) -> Result:
+    """Run ``function`` in a worker thread so the event loop stays free; context variables follow it."""
+    return await asyncio.to_thread(call_engine, engine, function)
