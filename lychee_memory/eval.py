@@ -1,40 +1,35 @@
-"""Evaluation helpers: the sub_em metric, RULER-HQA samples, and needle-in-a-haystack documents.
+"""Evaluation: every method on the same samples, model and machine, scored with MemAgent's sub_em plus EM
+and F1, with gate diagnostics, per-sample JSONL, a markdown table and plots (``lychee eval``).
 
-Datasets are read at run time from a directory given by the caller or ``LYCHEE_DATA_DIR`` (HotpotQA
-dev and SQuAD v2 dev subsets, CC BY-SA 4.0); nothing from them ships with the package.
+Methods are named on the command line: ``lychee`` (the engine's defaults for the model), ``lychee:KEY=VALUE,...``
+(engine options, e.g. ``lychee:compressor=attention,ratio=4``), ``lychee-variants`` (each compressor and each
+gate), ``memagent``, ``full-context`` (skipped where the context does not fit the window) and ``rag``
+(``rag:top_k=8,chunk_tokens=256``: LlamaIndex VectorStoreIndex over a local MiniLM, the same LLM answering).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import random
 import re
 import string
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
-from .errors import DocumentError
+from tqdm.auto import tqdm
 
-HOTPOT_FILE = Path("hotpotqa") / "hotpot_dev_distractor_q0-59.json"
-SQUAD_FILE = Path("squad") / "squad_dev_v2_subset.json"
+from .answer import Answer
+from .errors import ConfigurationError, ContextTooLongError
+from .tasks import QASample, build_samples, data_dir
 
-
-def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
-    """The dataset directory: ``path``, else $LYCHEE_DATA_DIR; raises a DocumentError naming what is missing."""
-    chosen = path or os.environ.get("LYCHEE_DATA_DIR")
-    if not chosen:
-        raise DocumentError(
-            "no dataset directory: pass --data DIR or set LYCHEE_DATA_DIR (it holds hotpotqa/ and squad/)"
-        )
-    directory = Path(chosen).expanduser()
-    if not directory.is_dir():
-        raise DocumentError(f"dataset directory {str(directory)!r} does not exist")
-    return directory
+MethodKind = Literal["lychee", "memagent", "full-context", "rag"]
+DEFAULT_METHODS = "lychee,memagent,full-context,rag"
 
 
-# Metric ------------------------------------------------------------------------------------------------
+# Metrics ---------------------------------------------------------------------------------------------------
 
 
 def normalize_answer(text: str) -> str:
@@ -61,209 +56,402 @@ def sub_em(prediction: str, gold: str | Sequence[str]) -> bool:
     return False
 
 
-# Data --------------------------------------------------------------------------------------------------
+def exact_match(prediction: str, gold: str | Sequence[str]) -> bool:
+    """Normalised prediction equals a normalised gold answer (empty never matches)."""
+    golds = [gold] if isinstance(gold, str) else list(gold)
+    predicted = normalize_answer(prediction)
+    return bool(predicted) and any(predicted == normalize_answer(answer) for answer in golds)
 
 
-def load_hotpot(directory: Path) -> list[dict]:
-    path = directory / HOTPOT_FILE
-    if not path.is_file():
-        raise DocumentError(f"HotpotQA file {str(path)!r} not found")
-    return json.loads(path.read_text(encoding="utf-8"))
+def f1_score(prediction: str, gold: str | Sequence[str]) -> float:
+    """SQuAD token F1 against the best-matching gold answer."""
+    golds = [gold] if isinstance(gold, str) else list(gold)
+    predicted = normalize_answer(prediction).split()
+    best = 0.0
+    for answer in golds:
+        expected = normalize_answer(answer).split()
+        common = sum((Counter(predicted) & Counter(expected)).values())
+        if common:
+            precision, recall = common / len(predicted), common / len(expected)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
 
 
-def load_squad_paragraphs(directory: Path) -> list[tuple[str, str]]:
-    """(title, paragraph) pairs of the SQuAD subset, in file order."""
-    path = directory / SQUAD_FILE
-    if not path.is_file():
-        raise DocumentError(f"SQuAD file {str(path)!r} not found")
-    data = json.loads(path.read_text(encoding="utf-8"))["data"]
-    return [
-        (article["title"].replace("_", " "), paragraph["context"])
-        for article in data
-        for paragraph in article["paragraphs"]
-    ]
+def evidence_recall_precision(
+    read: Sequence[tuple[int, int]], evidence: Sequence[tuple[int, int]]
+) -> tuple[float | None, float | None]:
+    """Recall: share of evidence spans overlapped by a block read; precision: share of blocks read that
+    overlap any evidence. None where undefined (no evidence recorded, or nothing read)."""
+
+    def overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
+        return a[0] < b[1] and b[0] < a[1]
+
+    recall = sum(any(overlaps(e, r) for r in read) for e in evidence) / len(evidence) if evidence else None
+    precision = sum(any(overlaps(r, e) for e in evidence) for r in read) / len(read) if read and evidence else None
+    return recall, precision
 
 
-def format_paragraph(index: int, title: str, text: str) -> str:
-    return f"Document {index}:\n{title}\n{text}"
-
-
-@dataclass(frozen=True)
-class QASample:
-    """A question, its gold answers, and the document text to answer it from."""
-
-    question: str
-    answers: list[str]
-    context: str
-    sample_id: str
-
-
-def ruler_hqa_sample(row: dict, pool: list[dict], n_documents: int, seed: int) -> QASample:
-    """RULER-HQA style: the question's own 10 paragraphs plus random dev paragraphs, shuffled and numbered."""
-    rng = random.Random(seed)
-    own = [
-        (title, "".join(sentences)) for title, sentences in zip(row["context"]["title"], row["context"]["sentences"])
-    ]
-    others = [
-        (title, "".join(sentences))
-        for other in pool
-        if other is not row
-        for title, sentences in zip(other["context"]["title"], other["context"]["sentences"])
-    ]
-    rng.shuffle(others)
-    paragraphs = own + others[: max(0, n_documents - len(own))]
-    rng.shuffle(paragraphs)
-    context = "\n\n".join(format_paragraph(i + 1, title, text) for i, (title, text) in enumerate(paragraphs))
-    return QASample(row["question"], [row["answer"]], context, f"hotpot-{row.get('_id', seed)}-{n_documents}")
+# Methods ---------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Needle:
-    """A planted fact and the question that only it answers."""
+class Method:
+    """One way of answering: its label in reports, its kind, and its options."""
 
-    fact: str
-    question: str
-    answer: str
-
-
-NEEDLES = [
-    Needle(
-        "Harbourmaster's note: the access code for the east pier storage shed is 58213.",
-        "What is the access code for the east pier storage shed?",
-        "58213",
-    ),
-    Needle(
-        "Ship registry entry: the research vessel that carried the Arvel survey team was named the Silver Heron.",
-        "What was the name of the research vessel that carried the Arvel survey team?",
-        "Silver Heron",
-    ),
-    Needle(
-        "Archive memo: the quarterly review of the Tollan bridge project was moved to the city of Marrowgate.",
-        "To which city was the quarterly review of the Tollan bridge project moved?",
-        "Marrowgate",
-    ),
-    Needle(
-        "Staff bulletin: the new head gardener at Kestrel Hall is a botanist named Odile Fenwick.",
-        "Who is the new head gardener at Kestrel Hall?",
-        "Odile Fenwick",
-    ),
-]
+    label: str
+    kind: MethodKind
+    options: dict[str, Any] = field(default_factory=dict)
 
 
-def needle_document(
-    paragraphs: list[tuple[str, str]], tokenizer, target_tokens: int, needle: Needle, depth: float, seed: int
-) -> str:
-    """A haystack of numbered paragraphs of about ``target_tokens`` tokens with the needle at ``depth`` (0..1)."""
-    rng = random.Random(seed)
-    order = list(range(len(paragraphs)))
-    rng.shuffle(order)
-    chosen, total = [], 0
-    for index in order:
-        title, text = paragraphs[index]
-        piece = format_paragraph(len(chosen) + 1, title, text)
-        total += len(tokenizer(piece, add_special_tokens=False, verbose=False).input_ids) + 2
-        chosen.append((title, text))
-        if total >= target_tokens:
-            break
-    else:
-        raise DocumentError(
-            f"the paragraph pool holds only about {total} tokens, fewer than the {target_tokens} asked for"
-        )
-    position = min(len(chosen) - 1, max(0, round(depth * (len(chosen) - 1))))
-    title, text = chosen[position]
-    chosen[position] = (title, text + " " + needle.fact)
-    return "\n\n".join(format_paragraph(i + 1, title, text) for i, (title, text) in enumerate(chosen))
+def _option_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
 
 
-# Running an evaluation ---------------------------------------------------------------------------------
+def parse_methods(text: str) -> list[Method]:
+    """``"lychee,memagent,rag:top_k=8"`` -> methods; options follow a colon as comma-free ``key=value`` pairs
+    separated by ``;`` or ``,`` inside one method (``lychee:compressor=attention;ratio=8``)."""
+    methods: list[Method] = []
+    kinds: dict[str, MethodKind] = {
+        "lychee": "lychee",
+        "memagent": "memagent",
+        "full-context": "full-context",
+        "full_context": "full-context",
+        "rag": "rag",
+    }
+    pending = [item.strip() for item in re.split(r",(?![^:,]*=)", text) if item.strip()]
+    for item in pending:
+        if item == "lychee-variants":
+            for compressor in ("none", "attention", "key_norm"):
+                methods.append(Method(f"lychee:compressor={compressor}", "lychee", {"compressor": compressor}))
+            methods.append(Method("lychee:gate=prompt", "lychee", {"gate": "prompt"}))
+            continue
+        name, _, option_text = item.partition(":")
+        if name not in kinds:
+            raise ConfigurationError(
+                f"unknown method {name!r}; choose from lychee, lychee:KEY=VALUE, lychee-variants, memagent, "
+                "full-context, rag"
+            )
+        options = {}
+        for pair in filter(None, re.split(r"[;,]", option_text)):
+            key, equals, value = pair.partition("=")
+            if not equals or not key.strip():
+                raise ConfigurationError(f"method option {pair!r} in {item!r} is not KEY=VALUE")
+            options[key.strip()] = _option_value(value.strip())
+        if kinds[name] in ("memagent", "full-context") and options:
+            raise ConfigurationError(f"{name} takes engine options through --option, not {item!r}")
+        methods.append(Method(item, kinds[name], options))
+    if not methods:
+        raise ConfigurationError("no methods given")
+    labels = [method.label for method in methods]
+    if len(set(labels)) != len(labels):
+        raise ConfigurationError(f"a method is named twice in {text!r}")
+    return methods
+
+
+class MethodRunner:
+    """Engines for every method over one loaded model (the weights are loaded once per process)."""
+
+    def __init__(self, model: str | None, engine_options: dict[str, Any] | None = None):
+        from .config import EngineConfig
+        from .engine import LycheeMemory
+        from .model_loading import load_model
+
+        self._options = dict(engine_options or {})
+        self._options.setdefault("show_progress", False)
+        base = EngineConfig.from_kwargs(None, **({"spec": model} if model else {}), **self._options)
+        self._model = model
+        self.loaded = load_model(base.model)
+        self.engine = LycheeMemory(self.loaded, base)
+        self._engines: dict[str, Any] = {}
+        self._rags: dict[str, Any] = {}
+
+    def engine_for(self, method: Method):
+        """The engine that runs ``method`` (lychee variants get their own settings, others the base)."""
+        from .config import EngineConfig
+        from .engine import LycheeMemory
+
+        if method.kind != "lychee" or not method.options:
+            return self.engine
+        if method.label not in self._engines:
+            options = {**self._options, **method.options}
+            config = EngineConfig.from_kwargs(None, **({"spec": self._model} if self._model else {}), **options)
+            self._engines[method.label] = LycheeMemory(self.loaded, config)
+        return self._engines[method.label]
+
+    def rag_for(self, method: Method):
+        from .rag import RagBaseline
+
+        if method.label not in self._rags:
+            self._rags[method.label] = RagBaseline(self.engine, **method.options)
+        return self._rags[method.label]
 
 
 @dataclass
-class EvalResult:
-    """One question's outcome."""
+class SampleResult:
+    """One method's outcome on one sample."""
 
+    method: str
+    task: str
+    context_tokens: int
+    target_tokens: int
     sample_id: str
     question: str
     answers: list[str]
-    prediction: str
-    correct: bool
-    blocks_read: int
-    query_seconds: float
-
-
-@dataclass
-class EvalReport:
-    """Accuracy and timing over a set of samples."""
-
-    benchmark: str
-    mode: str
-    results: list[EvalResult]
+    prediction: str = ""
+    sub_em: bool = False
+    exact_match: bool = False
+    f1: float = 0.0
+    ingest_seconds: float = 0.0
+    query_seconds: float = 0.0
+    blocks: int = 0
+    blocks_read: int = 0
+    gate_recall: float | None = None
+    gate_precision: float | None = None
+    tokens: dict[str, int] = field(default_factory=dict)
+    skipped: str | None = None  # why the method could not run on this sample (e.g. it does not fit)
 
     @property
-    def accuracy(self) -> float:
-        return sum(r.correct for r in self.results) / max(1, len(self.results))
-
-    def to_dict(self) -> dict:
-        return {
-            "benchmark": self.benchmark,
-            "mode": self.mode,
-            "samples": len(self.results),
-            "sub_em": round(self.accuracy, 4),
-            "mean_query_seconds": round(sum(r.query_seconds for r in self.results) / max(1, len(self.results)), 3),
-            "results": [r.__dict__ for r in self.results],
-        }
+    def cold_seconds(self) -> float:
+        return self.ingest_seconds + self.query_seconds
 
 
-def ruler_hqa_samples(directory: Path, n_documents: int, limit: int | None, seed: int = 0) -> list[QASample]:
-    """RULER-HQA samples built from the HotpotQA dev file, ``n_documents`` paragraphs each."""
-    rows = load_hotpot(directory)
-    chosen = rows[:limit] if limit else rows
-    return [ruler_hqa_sample(row, rows, n_documents, seed + index) for index, row in enumerate(chosen)]
+def run_method(
+    runner: MethodRunner, method: Method, sample: QASample, task: str, target_tokens: int, context_tokens: int
+) -> SampleResult:
+    """Answer one sample with one method and score it."""
+    result = SampleResult(
+        method.label, task, context_tokens, target_tokens, sample.sample_id, sample.question, sample.answers
+    )
+    answer: Answer
+    try:
+        if method.kind == "lychee":
+            engine = runner.engine_for(method)
+            started = time.perf_counter()
+            bank = engine.ingest([sample.context])
+            result.ingest_seconds = time.perf_counter() - started
+            answer = engine.ask(sample.question, bank)
+            result.blocks = len(bank)
+        elif method.kind == "rag":
+            rag = runner.rag_for(method)
+            index = rag.build([sample.context])
+            result.ingest_seconds = index.build_seconds
+            answer = rag.ask(sample.question, index)
+            result.blocks = answer.token_counts.get("blocks", 0)
+        else:
+            mode = "memagent" if method.kind == "memagent" else "full_context"
+            answer = runner.engine.ask(sample.question, [sample.context], mode=mode)
+            result.blocks = answer.token_counts.get("blocks", 1)
+    except ContextTooLongError as error:
+        result.skipped = str(error)
+        return result
+    result.prediction = answer.text
+    result.sub_em = sub_em(answer.text, sample.answers)
+    result.exact_match = exact_match(answer.text, sample.answers)
+    result.f1 = round(f1_score(answer.text, sample.answers), 4)
+    result.query_seconds = answer.timings.get("query", 0.0)
+    read = [(block.char_start, block.char_end) for block in answer.blocks]
+    result.blocks_read = len(read) if method.kind != "full-context" else 1
+    if method.kind == "full-context":
+        read = [(0, len(sample.context))]
+    result.gate_recall, result.gate_precision = evidence_recall_precision(read, sample.evidence)
+    result.tokens = dict(answer.token_counts)
+    return result
 
 
-def evaluate(
-    engine, samples: Sequence[QASample], mode: str = "lychee", benchmark: str = "ruler-hqa", progress=None
-) -> EvalReport:
-    """Answer every sample with ``engine`` in ``mode`` and score it with sub_em."""
-    results = []
-    for sample in samples:
-        answer = engine.ask(sample.question, [sample.context], mode=mode)
-        results.append(
-            EvalResult(
-                sample_id=sample.sample_id,
-                question=sample.question,
-                answers=sample.answers,
-                prediction=answer.text,
-                correct=sub_em(answer.text, sample.answers),
-                blocks_read=len(answer.blocks),
-                query_seconds=answer.timings.get("query", 0.0),
-            )
+# Reports ---------------------------------------------------------------------------------------------------
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def summarize(results: Sequence[SampleResult]) -> list[dict[str, Any]]:
+    """One row per (method, length): accuracy, latency and gate diagnostics averaged over samples that ran."""
+    groups: dict[tuple[str, int], list[SampleResult]] = {}
+    for result in results:
+        groups.setdefault((result.method, result.target_tokens), []).append(result)
+    rows = []
+    for (method, target), group in groups.items():
+        ran = [r for r in group if r.skipped is None]
+        rows.append(
+            {
+                "method": method,
+                "task": group[0].task,
+                "target_tokens": target,
+                "context_tokens": round(sum(r.context_tokens for r in group) / len(group)),
+                "samples": len(group),
+                "skipped": len(group) - len(ran),
+                "sub_em": _mean([float(r.sub_em) for r in ran]),
+                "exact_match": _mean([float(r.exact_match) for r in ran]),
+                "f1": _mean([r.f1 for r in ran]),
+                "query_seconds": _mean([r.query_seconds for r in ran]),
+                "cold_seconds": _mean([r.cold_seconds for r in ran]),
+                "blocks": _mean([float(r.blocks) for r in ran]),
+                "blocks_read": _mean([float(r.blocks_read) for r in ran]),
+                "gate_recall": _mean([r.gate_recall for r in ran]),
+                "gate_precision": _mean([r.gate_precision for r in ran]),
+            }
         )
-        if progress is not None:
-            progress(1)
-    return EvalReport(benchmark, mode, results)
+    return rows
 
 
-REFERENCE_FILE = Path("hotpotqa") / "lycheememory_reference_samples.json"
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The summary as a markdown table (``-`` where a value is undefined or the method was skipped)."""
+
+    def show(value: Any, kind: str) -> str:
+        if value is None:
+            return "-"
+        if kind == "pct":
+            return f"{100 * value:.1f}"
+        if kind == "s":
+            return f"{value:.2f}"
+        if kind == "f":
+            return f"{value:.1f}"
+        return str(value)
+
+    columns = [
+        ("method", "method", ""),
+        ("context tokens", "context_tokens", ""),
+        ("n", "samples", ""),
+        ("skipped", "skipped", ""),
+        ("sub_em %", "sub_em", "pct"),
+        ("EM %", "exact_match", "pct"),
+        ("F1 %", "f1", "pct"),
+        ("query s (warm)", "query_seconds", "s"),
+        ("cold s", "cold_seconds", "s"),
+        ("blocks read / blocks", None, ""),
+        ("gate recall %", "gate_recall", "pct"),
+        ("gate precision %", "gate_precision", "pct"),
+    ]
+    lines = [
+        "| " + " | ".join(title for title, _, _ in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for row in sorted(rows, key=lambda r: (r["target_tokens"], r["method"])):
+        cells = []
+        for _, key, kind in columns:
+            if key is None:
+                cells.append(f"{show(row['blocks_read'], 'f')} / {show(row['blocks'], 'f')}")
+            else:
+                cells.append(show(row[key], kind))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
-def reference_samples(directory: Path) -> list[QASample]:
-    """The RULER-HQA rows exactly as the reference implementation built them (50 documents each)."""
-    path = directory / REFERENCE_FILE
-    if not path.is_file():
-        raise DocumentError(f"reference samples file {str(path)!r} not found")
-    rows = json.loads(path.read_text(encoding="utf-8"))
-    samples = []
-    for row in rows:
-        truth = row["reward_model"]["ground_truth"]
-        answers = truth if isinstance(truth, list) else [truth]
-        info = row.get("extra_info", {})
-        samples.append(
-            QASample(
-                info.get("question") or row["prompt"][0]["content"],
-                answers,
-                row["context"],
-                f"reference-{info.get('index', len(samples))}",
+def plot_rows(rows: Sequence[dict[str, Any]], key: str, ylabel: str, title: str, path: Path, log: bool = False) -> None:
+    """One line per method of ``key`` against context length, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        points = sorted((r["context_tokens"], r[key]) for r in rows if r["method"] == method and r[key] is not None)
+        if points:
+            axis.plot(
+                [x for x, _ in points],
+                [100 * y if key in ("sub_em", "exact_match", "f1") else y for _, y in points],
+                marker="o",
+                label=method,
             )
-        )
-    return samples
+    axis.set_xscale("log")
+    if log:
+        axis.set_yscale("log")
+    axis.set_xlabel("context tokens (log scale)")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+@dataclass
+class EvalRun:
+    """What ``lychee eval`` produced: every sample's result, the summary rows and the files written."""
+
+    results: list[SampleResult]
+    rows: list[dict[str, Any]]
+    files: dict[str, Path]
+
+
+def run_eval(
+    task: str,
+    lengths: Sequence[int],
+    *,
+    n: int = 8,
+    methods: Sequence[Method] | str = DEFAULT_METHODS,
+    model: str | None = None,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    seed: int = 0,
+    engine_options: dict[str, Any] | None = None,
+    show_progress: bool = True,
+    on_result: Callable[[SampleResult], None] | None = None,
+) -> EvalRun:
+    """Build ``n`` samples of ``task`` per length, run every method on each, and write the reports.
+
+    Files in ``out``: ``samples.jsonl`` (one line per method and sample, written as each finishes),
+    ``summary.json``, ``summary.md``, ``accuracy_vs_length.png`` and ``latency_vs_length.png``.
+    """
+    chosen = parse_methods(methods) if isinstance(methods, str) else list(methods)
+    if not lengths:
+        raise ConfigurationError("no context lengths given")
+    source = data_dir(data)
+    runner = MethodRunner(model, engine_options)
+    tokenizer = runner.loaded.tokenizer
+    directory = Path(out) if out is not None else Path("eval-results") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    directory.mkdir(parents=True, exist_ok=True)
+    per_sample = directory / "samples.jsonl"
+    per_sample.write_text("")
+    groups = [(target, build_samples(task, tokenizer, target, n, source, seed)) for target in lengths]
+    if source.is_file():  # a published file: its own contexts, one group
+        groups = groups[:1]
+    results: list[SampleResult] = []
+    total = sum(len(samples) for _, samples in groups) * len(chosen)
+    with tqdm(total=total, desc=f"eval {task}", unit="answer", disable=not show_progress, dynamic_ncols=True) as bar:
+        for target, samples in groups:
+            for sample in samples:
+                tokens = len(tokenizer(sample.context, add_special_tokens=False, verbose=False).input_ids)
+                for method in chosen:
+                    bar.set_postfix_str(f"{method.label} @ {tokens} tokens")
+                    result = run_method(runner, method, sample, task, target, tokens)
+                    results.append(result)
+                    with per_sample.open("a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(asdict(result)) + "\n")
+                    if on_result is not None:
+                        on_result(result)
+                    bar.update(1)
+    rows = summarize(results)
+    files = {"samples": per_sample}
+    files["summary_json"] = directory / "summary.json"
+    files["summary_json"].write_text(
+        json.dumps({"task": task, "model": runner.loaded.resolved.spec, "rows": rows}, indent=2)
+    )
+    files["summary_md"] = directory / "summary.md"
+    files["summary_md"].write_text(f"# {task} on {runner.loaded.resolved.spec}\n\n{markdown_table(rows)}")
+    files["accuracy_plot"] = directory / "accuracy_vs_length.png"
+    plot_rows(rows, "sub_em", "sub_em, %", f"{task}: accuracy vs context length", files["accuracy_plot"])
+    files["latency_plot"] = directory / "latency_vs_length.png"
+    plot_rows(
+        rows,
+        "query_seconds",
+        "seconds per query (warm, log)",
+        f"{task}: latency vs context length",
+        files["latency_plot"],
+        log=True,
+    )
+    return EvalRun(results, rows, files)

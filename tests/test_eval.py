@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from lychee_memory.errors import DocumentError
+from lychee_memory.errors import ConfigurationError, DocumentError
 from lychee_memory.eval import (
-    NEEDLES,
-    data_dir,
-    evaluate,
-    needle_document,
+    evidence_recall_precision,
+    exact_match,
+    f1_score,
     normalize_answer,
-    reference_samples,
-    ruler_hqa_sample,
+    parse_methods,
+    run_eval,
     sub_em,
 )
+from lychee_memory.tasks import (
+    NEEDLES,
+    TokenCounter,
+    build_samples,
+    data_dir,
+    needle_document,
+    parse_lengths,
+    published_samples,
+    reference_samples,
+    ruler_hqa_at_length,
+    ruler_hqa_sample,
+)
 from lychee_memory.testing import build_tiny_tokenizer
-
-from .conftest import make_engine
 
 
 @pytest.mark.parametrize(
@@ -55,6 +65,7 @@ def _hotpot_rows(count: int) -> list[dict]:
                 "question": f"Question {index}?",
                 "answer": f"answer {index}",
                 "context": {"title": titles, "sentences": sentences},
+                "supporting_facts": {"title": titles[:2], "sent_id": [0, 0]},
             }
         )
     return rows
@@ -70,6 +81,11 @@ def test_ruler_hqa_sample_holds_its_own_paragraphs_plus_distractors():
         assert f"\nTitle 0-{k}\nSentence about Title 0-{k}. More." in sample.context
     assert sample.answers == ["answer 0"]
     assert ruler_hqa_sample(rows[0], rows, 30, seed=1).context == sample.context, "seeded: reproducible"
+    evidence = sorted(
+        (sample.context[start:end] for start, end in sample.evidence), key=lambda text: text.split("\n")[1]
+    )
+    assert len(evidence) == 2 and evidence[0].endswith("\nTitle 0-0\nSentence about Title 0-0. More.")
+    assert evidence[1].endswith("\nTitle 0-1\nSentence about Title 0-1. More.")
 
 
 def test_needle_document_places_the_fact_and_reaches_the_size():
@@ -85,17 +101,9 @@ def test_needle_document_places_the_fact_and_reaches_the_size():
         needle_document(paragraphs[:3], tokenizer, 3000, needle, 0.5, 3)
 
 
-def test_evaluate_scores_every_sample():
-    engine = make_engine()
-    rows = _hotpot_rows(4)
-    samples = [ruler_hqa_sample(row, rows, 12, seed=i) for i, row in enumerate(rows[:2])]
-    report = evaluate(engine, samples)
-    assert len(report.results) == 2 and 0.0 <= report.accuracy <= 1.0
-    assert report.to_dict()["samples"] == 2
-
-
 def test_data_dir_errors_are_specific(tmp_path, monkeypatch):
     monkeypatch.delenv("LYCHEE_DATA_DIR", raising=False)
+    monkeypatch.setattr("lychee_memory.tasks.default_data_places", lambda: [tmp_path])
     with pytest.raises(DocumentError, match="LYCHEE_DATA_DIR"):
         data_dir(None)
     with pytest.raises(DocumentError, match="does not exist"):
@@ -111,3 +119,230 @@ def test_our_ruler_hqa_format_matches_the_reference_samples():
     assert reference and all(sample.context.count("Document ") >= 50 for sample in reference)
     first = reference[0].context.split("\n\n")[0]
     assert first.startswith("Document 1:\n") and first.count("\n") == 2
+
+
+# Metrics and specs ---------------------------------------------------------------------------------------
+
+
+def test_exact_match_and_f1_follow_squad():
+    assert exact_match("The Silver Heron.", "silver heron") and not exact_match("the Silver Heron ship", "Silver Heron")
+    assert not exact_match("", "")
+    assert f1_score("the Silver Heron ship", "Silver Heron") == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
+    assert f1_score("nothing alike", ["Silver Heron", "nothing"]) == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert f1_score("", "yes") == 0.0
+
+
+def test_evidence_recall_and_precision_count_overlaps():
+    evidence = [(100, 150), (400, 420)]
+    assert evidence_recall_precision([(0, 120), (200, 300)], evidence) == (0.5, 0.5)
+    assert evidence_recall_precision([(0, 1000)], evidence) == (1.0, 1.0)
+    assert evidence_recall_precision([], evidence) == (0.0, None)
+    assert evidence_recall_precision([(0, 10)], []) == (None, None)
+
+
+def test_lengths_and_methods_parse_or_fail_clearly():
+    assert parse_lengths("7k, 14k,28000,1.5k") == [7000, 14000, 28000, 1500]
+    with pytest.raises(ConfigurationError, match="cannot read context length"):
+        parse_lengths("7k,lots")
+    methods = parse_methods("lychee,lychee:compressor=attention;ratio=8,memagent,rag:top_k=2,full-context")
+    assert [m.kind for m in methods] == ["lychee", "lychee", "memagent", "rag", "full-context"]
+    assert methods[1].options == {"compressor": "attention", "ratio": 8} and methods[3].options == {"top_k": 2}
+    assert parse_methods("lychee:compressor=key_norm,ratio=4,rag")[0].options == {"compressor": "key_norm", "ratio": 4}
+    assert len(parse_methods("lychee-variants")) == 4
+    for bad, message in (
+        ("vector", "unknown method"),
+        ("lychee:ratio", "KEY=VALUE"),
+        ("rag,rag", "twice"),
+        ("memagent:x=1", "--option"),
+    ):
+        with pytest.raises(ConfigurationError, match=message):
+            parse_methods(bad)
+
+
+# Samples -------------------------------------------------------------------------------------------------
+
+
+def _squad_file(directory: Path, paragraphs: int = 200) -> None:
+    articles = [
+        {
+            "title": f"Article_{a}",
+            "paragraphs": [
+                {"context": f"Paragraph {a}-{p} describes the weather and the harvest in the valley town {a}. " * 3}
+                for p in range(paragraphs // 10)
+            ],
+        }
+        for a in range(10)
+    ]
+    (directory / "squad").mkdir(parents=True, exist_ok=True)
+    (directory / "squad" / "squad_dev_v2_subset.json").write_text(json.dumps({"data": articles}))
+
+
+def _data(tmp_path: Path) -> Path:
+    _squad_file(tmp_path)
+    (tmp_path / "hotpotqa").mkdir()
+    (tmp_path / "hotpotqa" / "hotpot_dev_distractor_q0-59.json").write_text(json.dumps(_hotpot_rows(6)))
+    return tmp_path
+
+
+def test_ruler_hqa_by_length_reaches_the_length_and_keeps_its_gold(tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    data = _data(tmp_path)
+    samples = build_samples("ruler-hqa", tokenizer, 2000, n=2, data=data, seed=3)
+    assert [s.answers for s in samples] == [["answer 0"], ["answer 1"]]
+    for index, sample in enumerate(samples):
+        tokens = len(tokenizer(sample.context).input_ids)
+        assert 1940 <= tokens < 2600, "about the length asked for"
+        for k in range(10):
+            assert f"\nTitle {index}-{k}\n" in sample.context
+        assert len(sample.evidence) == 2
+        assert all(sample.context[a:b].startswith("Document ") for a, b in sample.evidence)
+    assert build_samples("ruler-hqa", tokenizer, 2000, n=2, data=data, seed=3) == samples
+    with pytest.raises(DocumentError, match="holds only"):
+        ruler_hqa_at_length(_hotpot_rows(1)[0], [], TokenCounter(tokenizer), 50_000, 0, "x")
+
+
+@pytest.mark.parametrize("family,facts", [("needle", 1), ("needle-multikey", 4), ("needle-twohop", 2)])
+def test_needle_families_plant_their_facts_and_answer_from_them(tmp_path, family, facts):
+    tokenizer = build_tiny_tokenizer()
+    data = _data(tmp_path)
+    samples = build_samples(family, tokenizer, 1500, n=3, data=data, seed=1)
+    assert len({s.question for s in samples}) == 3, "each sample asks something else"
+    for sample in samples:
+        assert len(sample.evidence) == facts
+        planted = [sample.context[a:b] for a, b in sample.evidence]
+        assert all(sample.context.count(fact) == 1 for fact in planted)
+        assert any(sample.answers[0] in fact for fact in planted)
+        if family == "needle-twohop":
+            person = sample.question.split("where ")[1].removesuffix(" works?")
+            hop_one = next(fact for fact in planted if person in fact)
+            company = hop_one.split(" at ")[1].rstrip(".")
+            assert any(company in fact and sample.answers[0] in fact for fact in planted)
+        assert len(tokenizer(sample.context).input_ids) >= 1450
+    assert build_samples(family, tokenizer, 1500, n=3, data=data, seed=1) == samples
+    assert build_samples(family, tokenizer, 1500, n=3, data=data, seed=2) != samples
+
+
+def test_published_ruler_hqa_files_are_read_in_both_formats(tmp_path):
+    memagent = [{"context": "Document 1:\nA\nText.", "input": "Who?", "answers": ["Ann"], "index": 7}]
+    (tmp_path / "eval_50.json").write_text(json.dumps(memagent))
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(row) for row in memagent * 2))
+    samples = published_samples(tmp_path / "eval_50.json")
+    assert samples[0].question == "Who?" and samples[0].answers == ["Ann"] and samples[0].sample_id == "eval_50-7"
+    assert len(published_samples(tmp_path / "rows.jsonl")) == 2
+    (tmp_path / "bad.json").write_text(json.dumps([{"context": "x"}]))
+    with pytest.raises(DocumentError, match="neither"):
+        published_samples(tmp_path / "bad.json")
+    with pytest.raises(DocumentError, match="not found"):
+        published_samples(tmp_path / "missing.json")
+
+
+# Running -------------------------------------------------------------------------------------------------
+
+
+def test_eval_runs_every_method_and_writes_reports(tmp_path):
+    data = _data(tmp_path / "data")
+    out = tmp_path / "out"
+    run = run_eval(
+        "needle",
+        [600, 4500],
+        n=2,
+        methods="lychee,lychee:compressor=key_norm;ratio=2,memagent,full-context,rag:top_k=2;chunk_tokens=128",
+        model="tiny-random-llama",
+        data=data,
+        out=out,
+        engine_options={"chunk_tokens": 128, "max_memory_tokens": 12, "max_answer_tokens": 6},
+        show_progress=False,
+    )
+    assert len(run.results) == 2 * 2 * 5
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 20 and json.loads(lines[0])["method"] == "lychee"
+    rows = {(row["method"], row["target_tokens"]): row for row in run.rows}
+    assert set(rows) == {
+        (m, t)
+        for m in (
+            "lychee",
+            "lychee:compressor=key_norm;ratio=2",
+            "memagent",
+            "full-context",
+            "rag:top_k=2;chunk_tokens=128",
+        )
+        for t in (600, 4500)
+    }
+    memagent = rows[("memagent", 4500)]
+    assert memagent["gate_recall"] == 1.0, "MemAgent reads every chunk, so it reads the evidence"
+    lychee = rows[("lychee", 4500)]
+    assert lychee["blocks"] > 1 and 1 <= lychee["blocks_read"] <= lychee["blocks"]
+    assert lychee["cold_seconds"] > lychee["query_seconds"] > 0
+    full = rows[("full-context", 4500)]
+    assert full["skipped"] == 2 and full["sub_em"] is None, "the tiny model's window is 4096 tokens"
+    assert rows[("full-context", 600)]["skipped"] == 0
+    rag = rows[("rag:top_k=2;chunk_tokens=128", 4500)]
+    assert rag["blocks_read"] == 2 and rag["blocks"] > 2 and rag["cold_seconds"] > rag["query_seconds"]
+    for result in run.results:
+        assert result.sub_em == sub_em(result.prediction, result.answers)
+    table = (out / "summary.md").read_text()
+    assert "| full-context | " in table and table.count("\n") >= 10
+    for name in ("accuracy_vs_length.png", "latency_vs_length.png", "summary.json"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_bench_measures_each_method_in_its_own_process_and_reports_ratios(tmp_path):
+    from lychee_memory.bench import ratio_table, run_bench
+
+    data = _data(tmp_path / "data")
+    run = run_bench(
+        [900],
+        methods="lychee,memagent,full-context",
+        model="tiny-random-qwen2",
+        data=data,
+        engine_options={"chunk_tokens": 128, "max_memory_tokens": 12, "max_answer_tokens": 6},
+        out=tmp_path / "out",
+        json_path=tmp_path / "rows.json",
+        show_progress=False,
+    )
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert rows == run.rows and len(rows) == 6
+    for row in rows:
+        assert {"method", "context_tokens", "phase", "seconds", "peak_mb", "accuracy"} <= set(row)
+        assert row["seconds"] > 0 and row["peak_mb"] > 50 and row["context_tokens"] >= 850
+    lychee = {row["phase"]: row for row in rows if row["method"] == "lychee"}
+    assert lychee["cold"]["seconds"] > lychee["warm"]["seconds"]
+    assert lychee["cold"]["tokens_prefilled"] >= lychee["warm"]["tokens_prefilled"] + 850, "ingest reads every token"
+    memagent = {row["phase"]: row for row in rows if row["method"] == "memagent"}
+    assert memagent["cold"]["seconds"] == memagent["warm"]["seconds"], "nothing to build ahead"
+    expected = memagent["warm"]["seconds"] / lychee["warm"]["seconds"]
+    assert f"{expected:.1f}x" in ratio_table(rows)
+    assert (tmp_path / "out" / "bench.png").stat().st_size > 0
+
+
+def test_cli_eval_and_bench(tmp_path, capsys):
+    from lychee_memory.cli import main
+
+    data = _data(tmp_path / "data")
+    common = ["--model", "tiny-random-llama", "--data", str(data), "--no-progress", "--chunk-tokens", "128"]
+    status = main(
+        [
+            "eval",
+            "needle-twohop",
+            "--lengths",
+            "700",
+            "--n",
+            "1",
+            "--methods",
+            "lychee",
+            "--out",
+            str(tmp_path / "e"),
+            *common,
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert status == 0 and "| lychee |" in printed and (tmp_path / "e" / "summary.md").is_file()
+    for arguments, message in (
+        (["eval", "needle", "--lengths", "7k,lots", *common], "cannot read context length"),
+        (["eval", "needle", "--methods", "vector", *common], "unknown method"),
+        (["eval", "needle", "--n", "0", *common], "--n must be at least 1"),
+        (["bench", "--lengths", "0", *common], "at least one token"),
+        (["eval", "ruler-hqa", "--model", "tiny-random-llama", "--data", str(tmp_path / "nowhere")], "does not exist"),
+    ):
+        assert main(arguments) == 2
+        assert message in capsys.readouterr().err

@@ -1,0 +1,452 @@
+"""Evaluation tasks: RULER-HQA-style samples and generated needle families, at any context length.
+
+Datasets are read at run time from a directory given by the caller or ``LYCHEE_DATA_DIR`` (HotpotQA dev
+and SQuAD v2 dev subsets, CC BY-SA 4.0), or from a published RULER-HQA file; nothing from them ships with
+the package. Every sample records where its evidence sits (character spans of the gold paragraphs or
+planted facts) so the gate's recall and precision can be measured, and every builder is deterministic for
+a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError, DocumentError
+
+HOTPOT_FILE = Path("hotpotqa") / "hotpot_dev_distractor_q0-59.json"
+SQUAD_FILE = Path("squad") / "squad_dev_v2_subset.json"
+REFERENCE_FILE = Path("hotpotqa") / "lycheememory_reference_samples.json"
+TASKS = ("ruler-hqa", "needle", "needle-multikey", "needle-twohop")
+
+Tokenizer = Any  # a Hugging Face tokenizer: called as tokenizer(text, add_special_tokens=False).input_ids
+
+
+def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
+    """The dataset directory: ``path``, else $LYCHEE_DATA_DIR, else ``shared/data`` next to or above the
+    current directory; raises a DocumentError naming what is missing."""
+    chosen = path or os.environ.get("LYCHEE_DATA_DIR")
+    if not chosen:
+        for parent in default_data_places():
+            for candidate in (parent / "shared" / "data", parent / "data"):
+                if (candidate / HOTPOT_FILE).is_file() or (candidate / SQUAD_FILE).is_file():
+                    return candidate
+        raise DocumentError(
+            "no dataset directory: pass --data DIR or set LYCHEE_DATA_DIR (it holds hotpotqa/ and squad/)"
+        )
+    directory = Path(chosen).expanduser()
+    if not directory.exists():
+        raise DocumentError(f"dataset path {str(directory)!r} does not exist")
+    return directory
+
+
+def default_data_places() -> list[Path]:
+    """Where the shared data is looked for when no directory is given: the working directory, the
+    project, and their parents (each may hold ``shared/data`` or ``data``)."""
+    return list(dict.fromkeys([Path.cwd(), *Path.cwd().parents, *Path(__file__).resolve().parents]))
+
+
+def parse_lengths(text: str) -> list[int]:
+    """``"7k,14k,28k"`` -> [7000, 14000, 28000] tokens; plain numbers are tokens."""
+    lengths = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(k|m)?", item)
+        if not match:
+            raise ConfigurationError(f"cannot read context length {item!r}: use tokens like 7k, 14k, 28000")
+        value = float(match.group(1)) * {"k": 1_000, "m": 1_000_000, None: 1}[match.group(2)]
+        if value < 1:
+            raise ConfigurationError(f"context length {item!r} must be at least one token")
+        lengths.append(int(value))
+    if not lengths:
+        raise ConfigurationError("no context lengths given")
+    return lengths
+
+
+@dataclass(frozen=True)
+class QASample:
+    """A question, its gold answers, the document text to answer it from, and where the evidence sits."""
+
+    question: str
+    answers: list[str]
+    context: str
+    sample_id: str
+    evidence: list[tuple[int, int]] = field(default_factory=list)  # character spans in ``context``
+
+
+# Sources ---------------------------------------------------------------------------------------------------
+
+
+def load_hotpot(directory: Path) -> list[dict]:
+    path = directory / HOTPOT_FILE
+    if not path.is_file():
+        raise DocumentError(f"HotpotQA file {str(path)!r} not found")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_squad_paragraphs(directory: Path) -> list[tuple[str, str]]:
+    """(title, paragraph) pairs of the SQuAD subset, in file order."""
+    path = directory / SQUAD_FILE
+    if not path.is_file():
+        raise DocumentError(f"SQuAD file {str(path)!r} not found")
+    data = json.loads(path.read_text(encoding="utf-8"))["data"]
+    return [
+        (article["title"].replace("_", " "), paragraph["context"])
+        for article in data
+        for paragraph in article["paragraphs"]
+    ]
+
+
+def format_paragraph(index: int, title: str, text: str) -> str:
+    return f"Document {index}:\n{title}\n{text}"
+
+
+def _join_paragraphs(paragraphs: Sequence[tuple[str, str]], marked: set[int]) -> tuple[str, list[tuple[int, int]]]:
+    """Numbered paragraphs joined by blank lines, and the character spans of the ``marked`` ones."""
+    pieces, spans, offset = [], [], 0
+    for position, (title, text) in enumerate(paragraphs):
+        piece = format_paragraph(position + 1, title, text)
+        if position in marked:
+            spans.append((offset, offset + len(piece)))
+        pieces.append(piece)
+        offset += len(piece) + 2
+    return "\n\n".join(pieces), spans
+
+
+class TokenCounter:
+    """Token counts of paragraphs under one tokenizer, cached: samples at many lengths reuse them."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def __call__(self, title: str, text: str) -> int:
+        key = (title, text)
+        if key not in self._counts:
+            piece = format_paragraph(999, title, text)
+            self._counts[key] = len(self.tokenizer(piece, add_special_tokens=False, verbose=False).input_ids) + 2
+        return self._counts[key]
+
+
+# RULER-HQA --------------------------------------------------------------------------------------------------
+
+
+def _hotpot_paragraphs(row: dict) -> list[tuple[str, str]]:
+    return [
+        (title, "".join(sentences)) for title, sentences in zip(row["context"]["title"], row["context"]["sentences"])
+    ]
+
+
+def ruler_hqa_sample(row: dict, pool: list[dict], n_documents: int, seed: int) -> QASample:
+    """RULER-HQA by document count: the question's own 10 paragraphs plus random dev paragraphs, shuffled."""
+    rng = random.Random(seed)
+    own = _hotpot_paragraphs(row)
+    others = [paragraph for other in pool if other is not row for paragraph in _hotpot_paragraphs(other)]
+    rng.shuffle(others)
+    paragraphs = own + others[: max(0, n_documents - len(own))]
+    rng.shuffle(paragraphs)
+    gold = _gold_positions(row, paragraphs)
+    context, spans = _join_paragraphs(paragraphs, gold)
+    return QASample(row["question"], [row["answer"]], context, f"hotpot-{row.get('_id', seed)}-{n_documents}", spans)
+
+
+def _gold_positions(row: dict, paragraphs: Sequence[tuple[str, str]]) -> set[int]:
+    own = dict(_hotpot_paragraphs(row))
+    titles = set(row.get("supporting_facts", {}).get("title", []))
+    return {i for i, (title, text) in enumerate(paragraphs) if title in titles and own.get(title) == text}
+
+
+def ruler_hqa_at_length(
+    row: dict,
+    distractors: Sequence[tuple[str, str]],
+    count: TokenCounter,
+    target_tokens: int,
+    seed: int,
+    sample_id: str,
+) -> QASample:
+    """RULER-HQA by length: the question's own paragraphs plus shuffled distractors until ``target_tokens``."""
+    rng = random.Random(seed)
+    paragraphs = _hotpot_paragraphs(row)
+    own_titles = {title for title, _ in paragraphs}
+    total = sum(count(title, text) for title, text in paragraphs)
+    order = list(range(len(distractors)))
+    rng.shuffle(order)
+    for index in order:
+        if total >= target_tokens:
+            break
+        title, text = distractors[index]
+        if title in own_titles:
+            continue
+        paragraphs.append((title, text))
+        total += count(title, text)
+    if total < target_tokens * 0.95:
+        raise DocumentError(
+            f"the distractor pool holds only about {total} tokens, fewer than the {target_tokens} asked for"
+        )
+    rng.shuffle(paragraphs)
+    context, spans = _join_paragraphs(paragraphs, _gold_positions(row, paragraphs))
+    return QASample(row["question"], [row["answer"]], context, sample_id, spans)
+
+
+def ruler_hqa_samples(
+    directory: Path, tokenizer: Tokenizer, target_tokens: int, n: int | None, seed: int = 0
+) -> list[QASample]:
+    """RULER-HQA-style samples at ``target_tokens``: HotpotQA questions, distractors from HotpotQA and SQuAD."""
+    rows = load_hotpot(directory)
+    chosen = rows[:n] if n else rows
+    count = TokenCounter(tokenizer)
+    samples = []
+    for index, row in enumerate(chosen):
+        own = {title for title, _ in _hotpot_paragraphs(row)}
+        distractors = [p for other in rows if other is not row for p in _hotpot_paragraphs(other) if p[0] not in own]
+        squad_path = directory / SQUAD_FILE
+        if squad_path.is_file():
+            distractors += load_squad_paragraphs_cached(directory)
+        samples.append(
+            ruler_hqa_at_length(
+                row, distractors, count, target_tokens, seed + index, f"hotpot-{index}-{target_tokens // 1000}k"
+            )
+        )
+    return samples
+
+
+_SQUAD_CACHE: dict[Path, list[tuple[str, str]]] = {}
+
+
+def load_squad_paragraphs_cached(directory: Path) -> list[tuple[str, str]]:
+    if directory not in _SQUAD_CACHE:
+        _SQUAD_CACHE[directory] = load_squad_paragraphs(directory)
+    return _SQUAD_CACHE[directory]
+
+
+def published_samples(path: Path, n: int | None = None) -> list[QASample]:
+    """Rows of a published RULER-HQA file (MemAgent format: ``context``, ``input``, ``answers``; JSON or JSONL)
+    or of the reference-implementation format (``context``, ``reward_model.ground_truth``, ``extra_info``)."""
+    if not path.is_file():
+        raise DocumentError(f"RULER-HQA file {str(path)!r} not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        loaded = json.loads(text)
+        rows = loaded if isinstance(loaded, list) else loaded.get("data", [loaded])
+    except json.JSONDecodeError:
+        try:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as error:
+            raise DocumentError(f"{str(path)!r} is neither JSON nor JSON lines: {error}") from None
+    samples = []
+    for position, row in enumerate(rows[:n] if n else rows):
+        if not isinstance(row, dict) or "context" not in row:
+            raise DocumentError(f"row {position} of {str(path)!r} has no 'context' field")
+        if "input" in row:
+            question, answers = row["input"], row.get("answers", row.get("outputs", []))
+        elif "reward_model" in row:
+            info = row.get("extra_info", {})
+            question = info.get("question") or row["prompt"][0]["content"]
+            answers = row["reward_model"]["ground_truth"]
+        else:
+            raise DocumentError(
+                f"row {position} of {str(path)!r} has neither 'input'/'answers' (MemAgent) nor 'reward_model' fields"
+            )
+        answers = [answers] if isinstance(answers, str) else list(answers)
+        samples.append(QASample(question, answers, row["context"], f"{path.stem}-{row.get('index', position)}"))
+    return samples
+
+
+def reference_samples(directory: Path) -> list[QASample]:
+    """The RULER-HQA rows exactly as the reference implementation built them (50 documents each)."""
+    return published_samples(directory / REFERENCE_FILE)
+
+
+# Needles ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Needle:
+    """A planted fact and the question that only it answers."""
+
+    fact: str
+    question: str
+    answer: str
+
+
+NEEDLES = [
+    Needle(
+        "Harbourmaster's note: the access code for the east pier storage shed is 58213.",
+        "What is the access code for the east pier storage shed?",
+        "58213",
+    ),
+    Needle(
+        "Ship registry entry: the research vessel that carried the Arvel survey team was named the Silver Heron.",
+        "What was the name of the research vessel that carried the Arvel survey team?",
+        "Silver Heron",
+    ),
+    Needle(
+        "Archive memo: the quarterly review of the Tollan bridge project was moved to the city of Marrowgate.",
+        "To which city was the quarterly review of the Tollan bridge project moved?",
+        "Marrowgate",
+    ),
+    Needle(
+        "Staff bulletin: the new head gardener at Kestrel Hall is a botanist named Odile Fenwick.",
+        "Who is the new head gardener at Kestrel Hall?",
+        "Odile Fenwick",
+    ),
+]
+
+# Invented words for generated needles, so no answer can come from a model's prior knowledge.
+_PLACE_ADJECTIVES = "amber northern copper eastern hollow silver western granite quiet southern iron upper".split()
+_PLACE_NOUNS = "warehouse boathouse archive vault workshop gatehouse depot cellar tower pavilion".split()
+_FIRST_NAMES = "Odile Tamsin Brannoc Ilse Corwin Maelis Idris Saoirse Lucan Perrin Ysolde Anwen".split()
+_LAST_NAMES = "Fenwick Varga Holloway Kestrel Marrow Quell Ashdown Brightwater Calloway Dunmore".split()
+_COMPANIES = "Velmora Tessaline Orvane Quintara Halvex Brisco Marlowe Dovetail Kirrin Solace".split()
+_CITIES = "Marrowgate Tollan Vesper Harrowmere Caldris Ostrava Linmouth Pellgrave Durnholm Ashcombe".split()
+
+
+def _code(rng: random.Random) -> str:
+    return str(rng.randint(10_000, 99_999))
+
+
+def single_needle(rng: random.Random) -> tuple[list[str], str, str]:
+    """One access code for one named place."""
+    place = f"{rng.choice(_PLACE_ADJECTIVES)} {rng.choice(_PLACE_NOUNS)}"
+    code = _code(rng)
+    return (
+        [f"Security note: the access code for the {place} is {code}."],
+        (f"What is the access code for the {place}?"),
+        code,
+    )
+
+
+def multikey_needle(rng: random.Random, keys: int = 4) -> tuple[list[str], str, str]:
+    """Several access codes for places with similar names; the question asks for one of them."""
+    adjectives = rng.sample(_PLACE_ADJECTIVES, keys)
+    noun = rng.choice(_PLACE_NOUNS)
+    codes = [_code(rng) for _ in range(keys)]
+    facts = [f"Security note: the access code for the {a} {noun} is {c}." for a, c in zip(adjectives, codes)]
+    asked = rng.randrange(keys)
+    return facts, f"What is the access code for the {adjectives[asked]} {noun}?", codes[asked]
+
+
+def twohop_needle(rng: random.Random) -> tuple[list[str], str, str]:
+    """Two chained facts: a person's employer, then where that employer is based."""
+    person = f"{rng.choice(_FIRST_NAMES)} {rng.choice(_LAST_NAMES)}"
+    company = f"{rng.choice(_COMPANIES)} {rng.choice(['Shipping', 'Instruments', 'Textiles', 'Foundry'])}"
+    city = rng.choice(_CITIES)
+    facts = [
+        f"Personnel record: {person} works as an engineer at {company}.",
+        f"Company register: {company} has its headquarters in the city of {city}.",
+    ]
+    return facts, f"In which city is the headquarters of the company where {person} works?", city
+
+
+NEEDLE_FAMILIES: dict[str, Callable[[random.Random], tuple[list[str], str, str]]] = {
+    "needle": single_needle,
+    "needle-multikey": multikey_needle,
+    "needle-twohop": twohop_needle,
+}
+
+
+def haystack_with_facts(
+    paragraphs: Sequence[tuple[str, str]],
+    count: TokenCounter,
+    target_tokens: int,
+    facts: Sequence[str],
+    rng: random.Random,
+) -> tuple[str, list[tuple[int, int]]]:
+    """Shuffled numbered paragraphs of about ``target_tokens`` tokens, each fact appended to its own paragraph
+    at a random depth; returns the text and the facts' character spans."""
+    order = list(range(len(paragraphs)))
+    rng.shuffle(order)
+    chosen, total = [], 0
+    for index in order:
+        chosen.append(paragraphs[index])
+        total += count(*paragraphs[index])
+        if total >= target_tokens and len(chosen) >= len(facts):
+            break
+    else:
+        raise DocumentError(
+            f"the paragraph pool holds only about {total} tokens, fewer than the {target_tokens} asked for"
+        )
+    positions = sorted(rng.sample(range(len(chosen)), len(facts)))
+    shuffled_facts = list(facts)
+    rng.shuffle(shuffled_facts)  # a chained fact may come before or after the one it depends on
+    for position, fact in zip(positions, shuffled_facts):
+        title, text = chosen[position]
+        chosen[position] = (title, f"{text} {fact}")
+    context, _ = _join_paragraphs(chosen, set())
+    spans = []
+    for fact in facts:
+        start = context.index(fact)
+        spans.append((start, start + len(fact)))
+    return context, spans
+
+
+def needle_samples(
+    family: str, paragraphs: Sequence[tuple[str, str]], tokenizer: Tokenizer, target_tokens: int, n: int, seed: int = 0
+) -> list[QASample]:
+    """``n`` generated samples of a needle family at ``target_tokens``, deterministic for ``seed``."""
+    if family not in NEEDLE_FAMILIES:
+        raise ConfigurationError(f"unknown needle family {family!r}; choose from {', '.join(NEEDLE_FAMILIES)}")
+    count = TokenCounter(tokenizer)
+    samples = []
+    for index in range(n):
+        rng = random.Random(f"{family}-{seed}-{index}-{target_tokens}")
+        facts, question, answer = NEEDLE_FAMILIES[family](rng)
+        context, spans = haystack_with_facts(paragraphs, count, target_tokens, facts, rng)
+        samples.append(QASample(question, [answer], context, f"{family}-{index}-{target_tokens // 1000}k", spans))
+    return samples
+
+
+def needle_document(
+    paragraphs: list[tuple[str, str]], tokenizer: Tokenizer, target_tokens: int, needle: Needle, depth: float, seed: int
+) -> str:
+    """A haystack of numbered paragraphs of about ``target_tokens`` tokens with the needle at ``depth`` (0..1)."""
+    rng = random.Random(seed)
+    order = list(range(len(paragraphs)))
+    rng.shuffle(order)
+    count = TokenCounter(tokenizer)
+    chosen, total = [], 0
+    for index in order:
+        chosen.append(paragraphs[index])
+        total += count(*paragraphs[index])
+        if total >= target_tokens:
+            break
+    else:
+        raise DocumentError(
+            f"the paragraph pool holds only about {total} tokens, fewer than the {target_tokens} asked for"
+        )
+    position = min(len(chosen) - 1, max(0, round(depth * (len(chosen) - 1))))
+    title, text = chosen[position]
+    chosen[position] = (title, text + " " + needle.fact)
+    return _join_paragraphs(chosen, set())[0]
+
+
+def build_samples(
+    task: str,
+    tokenizer: Tokenizer,
+    target_tokens: int,
+    n: int,
+    data: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> list[QASample]:
+    """The samples of ``task`` at one length. ``data`` is the dataset directory, or for ruler-hqa a published
+    RULER-HQA file (then the file's own contexts are used and ``target_tokens`` is ignored)."""
+    if task not in TASKS:
+        raise ConfigurationError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    if n < 1:
+        raise ConfigurationError(f"--n must be at least 1, got {n}")
+    source = data_dir(data)
+    if task == "ruler-hqa":
+        if source.is_file():
+            return published_samples(source, n)
+        return ruler_hqa_samples(source, tokenizer, target_tokens, n, seed)
+    if source.is_file():
+        raise DocumentError(
+            f"the {task} task builds its haystack from a dataset directory, not the file {str(source)!r}"
+        )
+    return needle_samples(task, load_squad_paragraphs_cached(source), tokenizer, target_tokens, n, seed)
