@@ -194,7 +194,9 @@ class LycheeMemory:
             raise ConfigurationError(f"name={name!r} and bank={bank!r} disagree; give the bank name once, as bank=")
         bank_name = bank if bank is not None else name
         if bank_name is None:
-            raise ConfigurationError("ingesting into a store needs a bank name: ingest(documents, store=..., bank='name')")
+            raise ConfigurationError(
+                "ingesting into a store needs a bank name: ingest(documents, store=..., bank='name')"
+            )
         return as_store(store).add_documents(self, docs, bank_name, show_progress=show_progress)
 
     def open_bank(
@@ -427,7 +429,13 @@ class LycheeMemory:
             span = bank.spans[index]
             blocks.append(
                 SelectedBlock(
-                    index, decision.score, span.document_id, span.char_start, span.char_end, span.text, decision.fallback
+                    index,
+                    decision.score,
+                    span.document_id,
+                    span.char_start,
+                    span.char_end,
+                    span.text,
+                    decision.fallback,
                 )
             )
         return blocks
