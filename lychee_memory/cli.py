@@ -51,6 +51,12 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=None)
     group.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
     group.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None)
+    group.add_argument(
+        "--attention",
+        choices=["auto", "sdpa", "eager", "flash_attention_2", "triton"],
+        default=None,
+        help="attention for the model's forwards (flash_attention_2 needs flash-attn; triton falls back to torch on CPU)",
+    )
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -69,6 +75,7 @@ _OPTION_NAMES = {
     "seed": "seed",
     "device": "device",
     "dtype": "dtype",
+    "attention": "attention",
 }
 
 

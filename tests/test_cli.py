@@ -88,3 +88,12 @@ def test_bad_input_exits_2_without_traceback(tmp_path, document, args, message):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+def test_engine_flags_map_to_engine_options():
+    from lychee_memory.cli import _engine_options, build_parser
+
+    args = build_parser().parse_args(
+        ["ask", "doc.txt", "-q", "Why?", "--attention", "eager", "--ratio", "8", "--max-blocks", "3", "--no-progress"]
+    )
+    assert _engine_options(args) == {"attention": "eager", "ratio": 8, "max_relevant_blocks": 3, "show_progress": False}
