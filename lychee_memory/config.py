@@ -201,6 +201,11 @@ class EngineConfig(_Settings):
     prompts: PromptSettings = Field(default_factory=PromptSettings)
     baselines: BaselineSettings = Field(default_factory=BaselineSettings)
     show_progress: bool = True
+    use_presets: bool = Field(
+        True,
+        description="fill settings left open from the model's measured preset (presets.py); False keeps the "
+        "generic defaults (release-style prompts), e.g. for a MemAgent baseline as released",
+    )
 
     @classmethod
     def from_kwargs(cls, base: EngineConfig | None = None, **options: Any) -> EngineConfig:

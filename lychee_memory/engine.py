@@ -45,7 +45,7 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
     user left open; generic defaults fill the rest.
     """
     resolved = config.model_copy(deep=True)
-    preset = preset_for(loaded.config)
+    preset = preset_for(loaded.config) if config.use_presets else None
     compressor = resolved.compressor
     if compressor.kind == "auto":
         if loaded.has_trained_memory:

@@ -3,7 +3,7 @@ and F1, with gate diagnostics, per-sample JSONL, a markdown table and plots (``l
 
 Methods are named on the command line: ``lychee`` (the engine's defaults for the model), ``lychee:KEY=VALUE,...``
 (engine options, e.g. ``lychee:compressor=attention,ratio=4``), ``lychee-variants`` (each compressor and each
-gate), ``memagent``, ``full-context`` (skipped where the context does not fit the window) and ``rag``
+gate), ``memagent`` (``memagent:use_presets=false``: the released prompts, memories up to 1024 tokens), ``full-context`` (skipped where the context does not fit the window) and ``rag``
 (``rag:top_k=8,chunk_tokens=256``: LlamaIndex VectorStoreIndex over a local MiniLM, the same LLM answering).
 """
 
@@ -147,8 +147,6 @@ def parse_methods(text: str) -> list[Method]:
             if not equals or not key.strip():
                 raise ConfigurationError(f"method option {pair!r} in {item!r} is not KEY=VALUE")
             options[key.strip()] = _option_value(value.strip())
-        if kinds[name] in ("memagent", "full-context") and options:
-            raise ConfigurationError(f"{name} takes engine options through --option, not {item!r}")
         methods.append(Method(item, kinds[name], options))
     if not methods:
         raise ConfigurationError("no methods given")
@@ -176,11 +174,11 @@ class MethodRunner:
         self._rags: dict[str, Any] = {}
 
     def engine_for(self, method: Method):
-        """The engine that runs ``method`` (lychee variants get their own settings, others the base)."""
+        """The engine that runs ``method``: the base engine, or one with the method's own settings."""
         from .config import EngineConfig
         from .engine import LycheeMemory
 
-        if method.kind != "lychee" or not method.options:
+        if not method.options:
             return self.engine
         if method.label not in self._engines:
             options = {**self._options, **method.options}
@@ -249,7 +247,7 @@ def run_method(
             result.blocks = answer.token_counts.get("blocks", 0)
         else:
             mode = "memagent" if method.kind == "memagent" else "full_context"
-            answer = runner.engine.ask(sample.question, [sample.context], mode=mode)
+            answer = runner.engine_for(method).ask(sample.question, [sample.context], mode=mode)
             result.blocks = answer.token_counts.get("blocks", 1)
     except ContextTooLongError as error:
         result.skipped = str(error)

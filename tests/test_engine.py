@@ -176,3 +176,17 @@ def test_bank_from_another_compressor_or_model_is_refused():
         make_engine(compressor="attention").ask(QUESTION, bank)
     with pytest.raises(BankMismatchError, match="another model"):
         make_engine("qwen2", compressor="key_norm").ask(QUESTION, bank)
+
+
+def test_measured_presets_fill_open_settings_unless_turned_off(monkeypatch):
+    from lychee_memory import presets
+
+    smollm2 = presets.PRESETS[0]
+    monkeypatch.setattr("lychee_memory.engine.preset_for", lambda config: smollm2)
+    with_preset = make_engine(chunk_tokens=None)
+    assert with_preset.config.compressor.kind == smollm2.compressor
+    assert with_preset.config.reasoner.stop_strings == list(smollm2.stop_strings)
+    generic = make_engine(chunk_tokens=None, use_presets=False)
+    assert generic.config.compressor.kind == "attention" and generic.config.compressor.ratio == 4
+    assert generic.config.reasoner.stop_strings == []
+    assert generic.config.prompts.update != with_preset.config.prompts.update == smollm2.prompts["update"]
