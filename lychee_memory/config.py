@@ -106,6 +106,13 @@ class ReasonerSettings(_Settings):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
     stop_strings: list[str] = Field(default_factory=list, description="memory and answers end before any of these")
+    focus_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="text read mode: re-read only the window of this many tokens of a relevant block that makes the "
+        "question most likely (plus a margin), for small models that lose a fact in a long section; 0 = the whole "
+        "block; None = per model (presets.py), else the whole block",
+    )
     repeat_ngram: int = Field(
         16, ge=0, description="stop a generation whose last n tokens repeat an earlier n-gram (a loop); 0 = off"
     )
@@ -256,6 +263,7 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "top_p": ("reasoner", "top_p"),
     "seed": ("reasoner", "seed"),
     "stop_strings": ("reasoner", "stop_strings"),
+    "focus_tokens": ("reasoner", "focus_tokens"),
     "memagent_chunk_tokens": ("baselines", "memagent_chunk_tokens"),
 }
 # "compressor" and "gate" also accept a plain name: compressor="key_norm", gate="prompt".

@@ -7,6 +7,7 @@ baselines run in the same engine, on the same model and prompts, for honest comp
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,11 +23,11 @@ from .compressors.beacon import BeaconSettings
 from .config import EngineConfig, PromptSettings
 from .documents import Document, DocumentInput, load_documents
 from .errors import BankMismatchError, ConfigurationError, ContextTooLongError, EmptyQuestionError
-from .gate import RULES, GateRule, GateScan, ScanState, build_rule
+from .gate import RULES, GateRule, GateScan, QueryLikelihoodRule, ScanState, ScoreRequest, build_rule
 from .model_loading import LoadedModel, load_model
 from .presets import preset_for
 from .prompts import PromptBuilder
-from .reasoner import Reasoner, UpdateRequest
+from .reasoner import Reasoner, UpdateRequest, focus_windows
 from .store import MemoryStore, as_store
 
 Mode = Literal["lychee", "memagent", "full_context"]
@@ -97,6 +98,10 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
                 setattr(resolved.prompts, field_name, template)
         if not resolved.reasoner.stop_strings and preset.stop_strings:
             resolved.reasoner.stop_strings = list(preset.stop_strings)
+        if resolved.reasoner.focus_tokens is None and preset.focus_tokens is not None:
+            resolved.reasoner.focus_tokens = preset.focus_tokens
+    if resolved.reasoner.focus_tokens is None:
+        resolved.reasoner.focus_tokens = 0
     if resolved.reasoner.read_mode == "auto":
         trained = compressor.kind == "beacon" and loaded.has_trained_memory
         if preset is not None and preset.read_mode is not None and compressor.kind == preset.compressor:
@@ -404,14 +409,15 @@ class LycheeMemory:
         kv_mode = self.reasoner.read_mode == "kv"
 
         def update(hits: list[tuple[ScanState, int]]) -> list[str]:
+            sections = [None] * len(hits) if kv_mode else self._focused_sections(hits, bank)
             requests = [
                 UpdateRequest(
                     state.question,
                     state.memory,
                     block=bank.block(index) if kv_mode else None,
-                    section=None if kv_mode else bank.spans[index].text,
+                    section=section,
                 )
-                for state, index in hits
+                for (state, index), section in zip(hits, sections)
             ]
             generations = self.reasoner.update(requests)
             for (state, _), generation in zip(hits, generations):
@@ -420,6 +426,44 @@ class LycheeMemory:
             return [generation.text for generation in generations]
 
         return update
+
+    def _focused_sections(self, hits: list[tuple[ScanState, int]], bank: MemoryBank) -> list[str]:
+        """The text the reasoner re-reads for each hit: the whole block, or with ``focus_tokens`` the window
+        (plus a margin of an eighth of it each side) under which the question and notes are most likely."""
+        focus = self.config.reasoner.focus_tokens or 0
+        texts = [bank.spans[index].text for _, index in hits]
+        if focus <= 0:
+            return texts
+        windows = [focus_windows(self.loaded.tokenizer, text, focus) for text in texts]
+        requests, owners = [], []
+        for row, ((state, _), choices) in enumerate(zip(hits, windows)):
+            if len(choices) > 1:
+                for choice in choices:
+                    requests.append(ScoreRequest(state.question, state.memory, None, prefix_ids=choice.token_ids))
+                    owners.append(row)
+        if not requests:
+            return texts
+        rule = self.rule if isinstance(self.rule, QueryLikelihoodRule) else self._focus_rule
+        step = self.config.gate.batch_size
+        scores = [
+            s
+            for start in range(0, len(requests), step)
+            for s in rule.score(self.loaded, self.prompts, requests[start : start + step])
+        ]
+        sections = list(texts)
+        for row, choices in enumerate(windows):
+            if len(choices) > 1:
+                row_scores = [score for owner, score in zip(owners, scores) if owner == row]
+                best = choices[max(range(len(choices)), key=row_scores.__getitem__)]
+                sections[row] = texts[row][best.char_start : best.char_end]
+        return sections
+
+    @functools.cached_property
+    def _focus_rule(self) -> QueryLikelihoodRule:
+        settings = self.config.gate.model_copy(update={"rule": "query_likelihood"})
+        rule = build_rule(settings, self.config.prompts, self.loaded.tokenizer)
+        assert isinstance(rule, QueryLikelihoodRule)
+        return rule
 
     def _selected_blocks(self, state: ScanState, bank: MemoryBank) -> list[SelectedBlock]:
         """The blocks a scan read, in reading order, with the gate score that selected each."""

@@ -42,6 +42,7 @@ class ScoreRequest:
     question: str
     memory: str
     block: MemoryBlock | None
+    prefix_ids: tuple[int, ...] = ()  # without a block: token ids read before the prompt (a window of text)
 
 
 class GateRule(ABC):
@@ -90,9 +91,10 @@ class QueryLikelihoodRule(GateRule):
                 segmented = prompts.segments(self.template, question=request.question)
             ids = segmented.token_ids
             offset = 0
-            if request.block is None and prompts.sequence_start_ids:
-                ids = prompts.sequence_start_ids + ids
-                offset = len(prompts.sequence_start_ids)
+            if request.block is None:
+                lead = list(prompts.sequence_start_ids) + list(request.prefix_ids)
+                ids = lead + ids
+                offset = len(lead)
             rows.append(PromptRow(ids, request.block))
             question_span = tuple(i + offset for i in segmented.spans["question"])
             memory_span = tuple(i + offset for i in segmented.spans.get("memory", (0, 0)))
