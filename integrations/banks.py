@@ -17,11 +17,23 @@ from pathlib import Path
 from lychee_memory import Document, DocumentError, LycheeMemory, MemoryBank, MemoryStore
 from lychee_memory.store import as_store
 
+from .engines import ModelChoice, resolve_engine
+
 StoreChoice = MemoryStore | str | os.PathLike[str] | None
 """A MemoryStore, the directory of one, or None (the default store, when a bank name is given)."""
 
 BankChoice = MemoryBank | str | None
 """A MemoryBank, or the name of a bank in the store."""
+
+
+def engine_for_bank(bank: object, model: ModelChoice, where_banks_come_from: str) -> LycheeMemory:
+    """The engine for ``model``, once ``bank`` is known to be a MemoryBank built by that engine's model and
+    compressor: an adapter never serves KV another model computed."""
+    if not isinstance(bank, MemoryBank):
+        raise TypeError(f"bank must be a MemoryBank ({where_banks_come_from}), got {type(bank).__name__}")
+    engine = resolve_engine(model)
+    engine.check_bank(bank)
+    return engine
 
 
 def prepare_bank(

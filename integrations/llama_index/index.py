@@ -29,7 +29,7 @@ from llama_index.core.storage.storage_context import StorageContext
 
 from lychee_memory import Document, DocumentNotFoundError, LycheeMemory, MemoryBank, MemoryStore
 
-from ..banks import BankChoice, StoreChoice, add_documents, prepare_bank, save_bank
+from ..banks import BankChoice, StoreChoice, add_documents, engine_for_bank, prepare_bank, save_bank
 from ..engines import ModelChoice, call_engine, resolve_engine
 from .nodes import LlamaIndexDocumentInput, block_node_id, to_lychee_documents
 from .query_engine import LycheeQueryEngine
@@ -53,15 +53,9 @@ class LycheeIndex(BaseManagedIndex):
         callback_manager: CallbackManager | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(bank, MemoryBank):
-            raise TypeError(
-                f"bank must be a MemoryBank (or use LycheeIndex.from_documents / from_persist_dir), "
-                f"got {type(bank).__name__}"
-            )
+        self._engine = engine_for_bank(bank, model, "or use LycheeIndex.from_documents / from_persist_dir")
         if kwargs.get("storage_context") is not None:
             raise ValueError(_NO_STORAGE_CONTEXT)
-        self._engine = resolve_engine(model)
-        self._engine.check_bank(bank)
         self._bank = bank
         super().__init__(
             index_struct=IndexDict(),

@@ -29,7 +29,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, QueryType
 
 from lychee_memory import Answer, AnswerStream, LycheeMemory, MemoryBank, SelectedBlock
 
-from ..banks import BankChoice, StoreChoice, prepare_bank
+from ..banks import BankChoice, StoreChoice, engine_for_bank, prepare_bank
 from ..engines import ModelChoice, call_engine, call_engine_async, resolve_engine
 from ..streaming import iterate_engine, iterate_engine_async, trimmed
 from .nodes import LlamaIndexDocumentInput, blocks_to_nodes, to_lychee_documents
@@ -63,13 +63,7 @@ class LycheeQueryEngine(BaseQueryEngine):
         show_progress: bool | None = None,
         callback_manager: CallbackManager | None = None,
     ) -> None:
-        if not isinstance(bank, MemoryBank):
-            raise TypeError(
-                f"bank must be a MemoryBank (from engine.ingest, or use LycheeQueryEngine.from_documents), "
-                f"got {type(bank).__name__}"
-            )
-        self._engine = resolve_engine(model)
-        self._engine.check_bank(bank)
+        self._engine = engine_for_bank(bank, model, "from engine.ingest, or use LycheeQueryEngine.from_documents")
         self._bank = bank
         self._streaming = streaming
         self._show_progress = show_progress

@@ -15,7 +15,8 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from lychee_memory import LycheeMemory, MemoryBank
 
-from ..engines import ModelChoice, call_engine, call_engine_async, resolve_engine
+from ..banks import engine_for_bank
+from ..engines import ModelChoice, call_engine, call_engine_async
 from .nodes import blocks_to_nodes
 
 
@@ -36,12 +37,9 @@ class LycheeRetriever(BaseRetriever):
         verbose: bool = False,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(bank, MemoryBank):
-            raise TypeError(f"bank must be a MemoryBank (from engine.ingest or LycheeIndex), got {type(bank).__name__}")
+        self._engine = engine_for_bank(bank, model, "from engine.ingest or LycheeIndex")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ValueError(f"k must be a positive number of blocks or None, got {k!r}")
-        self._engine = resolve_engine(model)
-        self._engine.check_bank(bank)
         self._bank = bank
         self._k = k
         self._show_progress = show_progress
