@@ -48,7 +48,7 @@ class Answer:
 
     question: str
     text: str
-    mode: str  # "lychee", "memagent" or "full_context"
+    mode: str  # "lychee", "memagent", "full_context" or "rag"
     blocks: list[SelectedBlock] = field(default_factory=list)
     memory_steps: list[str] = field(default_factory=list)  # initial memory, then after each update
     gate_scores: list[GateScore] = field(default_factory=list)
