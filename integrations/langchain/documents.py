@@ -13,8 +13,11 @@ from typing import Any
 
 from langchain_core.documents import Document as LangChainDocument
 
-from lychee_memory import Document, DocumentError, MemoryBank, SelectedBlock
+from lychee_memory import Document, DocumentError, LycheeMemory, MemoryBank, MemoryStore, SelectedBlock
 from lychee_memory.documents import load_documents
+
+from ..banks import prepare_bank
+from ..engines import call_engine, resolve_engine
 
 LangChainDocumentInput = LangChainDocument | Document | str | os.PathLike[str]
 """A LangChain Document, a lychee Document, a text, or a path to a text file."""
@@ -73,3 +76,22 @@ def block_to_document(block: SelectedBlock, bank: MemoryBank) -> LangChainDocume
     return LangChainDocument(
         page_content=block.text, metadata=metadata, id=f"{block.document_id}#{block.char_start}-{block.char_end}"
     )
+
+
+def bank_from_documents(
+    documents: Iterable[LangChainDocumentInput],
+    model: LycheeMemory | str | None,
+    store: MemoryStore | str | os.PathLike[str] | None,
+    bank: str | None,
+    show_progress: bool | None,
+) -> tuple[LycheeMemory, MemoryBank]:
+    """The engine for ``model`` and a bank of ``documents`` compressed now (added to bank ``bank`` of
+    ``store`` when named), for the adapters' ``from_documents``."""
+    engine = resolve_engine(model)
+    memory = call_engine(
+        engine,
+        lambda: prepare_bank(
+            engine, to_lychee_documents(documents), store=store, bank=bank, show_progress=show_progress
+        ),
+    )
+    return engine, memory

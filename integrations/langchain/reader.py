@@ -25,7 +25,7 @@ from lychee_memory import AnswerStream, Document, EmptyQuestionError, LycheeMemo
 from ..banks import prepare_bank
 from ..engines import call_engine, call_engine_async, resolve_engine
 from ..streaming import iterate_engine, iterate_engine_async, trimmed
-from .documents import LangChainDocumentInput, to_lychee_documents
+from .documents import LangChainDocumentInput, bank_from_documents, to_lychee_documents
 
 ReaderInput = str | dict[str, Any]
 """A question, or ``{"question": ..., "documents": [...]}``, or ``{"question": ..., "bank": ...}``."""
@@ -71,13 +71,7 @@ class LycheeReader(RunnableSerializable[ReaderInput, str]):
         show_progress: bool | None = None,
     ) -> LycheeReader:
         """A reader over a bank built from ``documents`` now (kept as bank ``bank`` of ``store`` if named)."""
-        engine = resolve_engine(model)
-        memory = call_engine(
-            engine,
-            lambda: prepare_bank(
-                engine, to_lychee_documents(documents), store=store, bank=bank, show_progress=show_progress
-            ),
-        )
+        engine, memory = bank_from_documents(documents, model, store, bank, show_progress)
         return cls(model=engine, bank=memory, store=_store_path(store), show_progress=show_progress)
 
     @property

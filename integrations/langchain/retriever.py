@@ -21,7 +21,7 @@ from lychee_memory import LycheeMemory, MemoryBank, MemoryStore
 
 from ..banks import prepare_bank
 from ..engines import call_engine, call_engine_async, resolve_engine
-from .documents import LangChainDocumentInput, block_to_document, to_lychee_documents
+from .documents import LangChainDocumentInput, bank_from_documents, block_to_document
 
 
 class LycheeRetriever(BaseRetriever):
@@ -62,13 +62,7 @@ class LycheeRetriever(BaseRetriever):
         show_progress: bool | None = None,
     ) -> LycheeRetriever:
         """A retriever over a bank built from ``documents`` now (kept as bank ``bank`` of ``store`` if named)."""
-        engine = resolve_engine(model)
-        memory = call_engine(
-            engine,
-            lambda: prepare_bank(
-                engine, to_lychee_documents(documents), store=store, bank=bank, show_progress=show_progress
-            ),
-        )
+        engine, memory = bank_from_documents(documents, model, store, bank, show_progress)
         return cls(model=engine, bank=memory, k=k, show_progress=show_progress)
 
     @property
