@@ -61,17 +61,26 @@ def iterate_engine(engine: LycheeMemory, pieces: Iterable[str]) -> Iterator[str]
         _close(iterator)
 
 
+_PIECES_AHEAD = 4  # pieces a streaming worker may produce before the consumer takes them
 _PIECE, _DONE, _FAILED = "piece", "done", "failed"
 
 
 async def iterate_engine_async(engine: LycheeMemory, pieces: Iterable[str]) -> AsyncIterator[str]:
     """Iterate ``pieces`` in a worker thread and yield them on the event loop as they arrive.
 
-    Leaving the loop early (``break``, cancellation) tells the worker to stop after its current piece.
+    Leaving the loop early (``break``, cancellation) tells the worker to stop after its current piece; the
+    worker never runs more than a few pieces ahead of the consumer, so it cannot race to the end unread.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
     stop = threading.Event()
+    room = threading.Semaphore(_PIECES_AHEAD)
+
+    def wait_for_room() -> bool:
+        while not room.acquire(timeout=0.05):
+            if stop.is_set():
+                return False
+        return not stop.is_set()
 
     def hand_over(kind: str, value: object) -> None:
         try:
@@ -84,7 +93,7 @@ async def iterate_engine_async(engine: LycheeMemory, pieces: Iterable[str]) -> A
         try:
             with engine_lock(engine):
                 for piece in iterator:
-                    if stop.is_set():
+                    if not wait_for_room():
                         break
                     hand_over(_PIECE, piece)
         except BaseException as error:  # handed to the consumer, which raises it
@@ -106,6 +115,7 @@ async def iterate_engine_async(engine: LycheeMemory, pieces: Iterable[str]) -> A
                 assert isinstance(value, BaseException)
                 raise value
             assert isinstance(value, str)
+            room.release()
             yield value
     finally:
         stop.set()

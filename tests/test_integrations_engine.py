@@ -120,7 +120,7 @@ async def test_async_iteration_runs_in_one_worker_thread_and_stops_early():
     await asyncio.sleep(0.05)
     assert received == ["0", "1", "2"]
     assert len(set(threads)) == 1 and threads[0] != threading.current_thread().name
-    assert len(produced) < 1000  # the worker stopped after the consumer left
+    assert len(produced) <= 3 + 4 + 1  # at most a few pieces ahead, and it stopped after the consumer left
     assert engine_lock(engine).acquire(timeout=1)  # and released the engine
     engine_lock(engine).release()
 
