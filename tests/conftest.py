@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import os
+from collections.abc import AsyncIterator
 
 import pytest
 import torch
@@ -59,3 +62,28 @@ def engine_factory():
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Keep converted models and default stores of a test run out of the user's cache."""
     monkeypatch.setenv("LYCHEE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "lychee-cache"))
+
+
+class LoopTicks:
+    """How many times the event loop got to run a 2 ms timer: a body that blocks the loop lets few through."""
+
+    count: int = 0
+
+
+@contextlib.asynccontextmanager
+async def loop_ticks() -> AsyncIterator[LoopTicks]:
+    """Count event-loop ticks while the body runs (tests that async calls leave the loop free)."""
+    ticks = LoopTicks()
+    running = True
+
+    async def ticker() -> None:
+        while running:
+            await asyncio.sleep(0.002)
+            ticks.count += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        yield ticks
+    finally:
+        running = False
+        await task

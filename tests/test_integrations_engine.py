@@ -11,7 +11,7 @@ from lychee_memory.integrations.streaming import iterate_engine, iterate_engine_
 
 from lychee_memory import ConfigurationError, EmptyQuestionError
 
-from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
+from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, loop_ticks, make_engine
 
 QUESTION = "What is the access code for the east pier storage shed?"
 
@@ -79,26 +79,14 @@ def test_resolve_engine_shares_engines_by_spec_and_checks_types(engine):
 
 
 async def test_async_engine_calls_leave_the_event_loop_free(engine):
-    ticks = 0
-    running = True
-
-    async def ticker():
-        nonlocal ticks
-        while running:
-            await asyncio.sleep(0.002)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-
     def slow_call() -> str:
         threading.Event().wait(0.3)  # stands in for a long engine call
         return threading.current_thread().name
 
-    thread_name = await call_engine_async(engine, slow_call)
-    running = False
-    await task
+    async with loop_ticks() as ticks:
+        thread_name = await call_engine_async(engine, slow_call)
     assert thread_name != threading.current_thread().name
-    assert ticks >= 20
+    assert ticks.count >= 20
 
 
 async def test_async_iteration_runs_in_one_worker_thread_and_stops_early():

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from lychee_memory import ConfigurationError, DocumentError, EmptyQuestionError, MemoryStore
 
-from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
+from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, loop_ticks, make_engine
 
 QUESTION = "What is the access code for the east pier storage shed?"
 
@@ -135,22 +135,11 @@ def test_reader_composes_after_a_parallel_step_with_a_real_retriever(engine, exp
 
 async def test_reader_async_paths_stream_and_keep_the_loop_free(engine, bank, expected):
     reader = LycheeReader(model=engine, bank=bank)
-    ticks = 0
-    running = True
-
-    async def ticker():
-        nonlocal ticks
-        while running:
-            await asyncio.sleep(0.002)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-    answer = await reader.ainvoke(QUESTION)
-    pieces = [piece async for piece in reader.astream(QUESTION)]
-    running = False
-    await task
+    async with loop_ticks() as ticks:
+        answer = await reader.ainvoke(QUESTION)
+        pieces = [piece async for piece in reader.astream(QUESTION)]
     assert answer == expected.text and "".join(pieces) == expected.text and len(pieces) >= 2
-    assert ticks >= 20, f"the event loop ticked only {ticks} times"
+    assert ticks.count >= 20, f"the event loop ticked only {ticks.count} times"
     assert await reader.abatch([QUESTION, QUESTION]) == [expected.text, expected.text]
 
     chain = {"question": RunnablePassthrough(), "documents": RunnableLambda(lambda _: documents())} | LycheeReader(

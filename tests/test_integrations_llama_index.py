@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import llama_index.core.instrumentation as instrument
@@ -22,7 +21,7 @@ from lychee_memory.integrations.llama_index import LycheeIndex, LycheeQueryEngin
 
 from lychee_memory import BankNotFoundError, DocumentError, EmptyQuestionError, MemoryStore
 
-from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
+from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, loop_ticks, make_engine
 
 QUESTION = "What is the access code for the east pier storage shed?"
 KEEPER = "The lighthouse keeper of Arvel is called Bram Otter. He rows to the tower every evening.\n\n" * 2
@@ -95,23 +94,12 @@ def test_streaming_response_has_sources_first_and_the_same_text(engine, query_en
 
 
 async def test_aquery_runs_off_the_event_loop_and_streams_asynchronously(engine, query_engine):
-    ticks = 0
-    running = True
-
-    async def ticker():
-        nonlocal ticks
-        while running:
-            await asyncio.sleep(0.002)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-    response = await query_engine.aquery(QUESTION)
-    running = False
-    await task
+    async with loop_ticks() as ticks:
+        response = await query_engine.aquery(QUESTION)
     expected = engine.ask(QUESTION, query_engine.bank)
     assert isinstance(response, Response) and response.response == expected.text
     assert_nodes_match_blocks(response.source_nodes, expected.blocks, query_engine.bank)
-    assert ticks >= 20, f"the event loop ticked only {ticks} times during aquery"
+    assert ticks.count >= 20, f"the event loop ticked only {ticks.count} times during aquery"
 
     streaming = LycheeQueryEngine(query_engine.bank, engine, streaming=True)
     streamed = await streaming.aquery(QUESTION)
