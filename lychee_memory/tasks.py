@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,51 @@ class TokenCounter:
         return self._counts[key]
 
 
+class PoolRepeatWarning(UserWarning):
+    """A haystack needed more tokens than its paragraph pool holds, so paragraphs repeat in it."""
+
+
+def draw_paragraphs(
+    pool: Sequence[tuple[str, str]],
+    count: TokenCounter,
+    target_tokens: int,
+    rng: random.Random,
+    *,
+    start_tokens: int = 0,
+    at_least: int = 0,
+    keep: Callable[[tuple[str, str]], bool] | None = None,
+) -> list[tuple[str, str]]:
+    """Paragraphs of ``pool`` in random order until they hold ``target_tokens`` (counting ``start_tokens``
+    already placed) and number ``at_least``. A pool smaller than the target is drawn again in a fresh order,
+    with a :class:`PoolRepeatWarning`: every paragraph appears once before any appears twice, so a 224K
+    haystack can be built from a ~120K-token dataset subset."""
+    chosen: list[tuple[str, str]] = []
+    total, passes = start_tokens, 0
+    while total < target_tokens or len(chosen) < at_least:
+        order = list(range(len(pool)))
+        rng.shuffle(order)
+        passes += 1
+        added = 0
+        for index in order:
+            if keep is not None and not keep(pool[index]):
+                continue
+            chosen.append(pool[index])
+            total += count(*pool[index])
+            added += 1
+            if total >= target_tokens and len(chosen) >= at_least:
+                break
+        if added == 0:
+            raise DocumentError(f"the paragraph pool has no usable paragraph for a {target_tokens}-token haystack")
+        if passes == 1 and (total < target_tokens or len(chosen) < at_least):
+            warnings.warn(
+                f"the paragraph pool holds only about {total - start_tokens} tokens, fewer than the "
+                f"{target_tokens} asked for: its paragraphs repeat, each pass in a fresh order",
+                PoolRepeatWarning,
+                stacklevel=3,
+            )
+    return chosen
+
+
 # RULER-HQA --------------------------------------------------------------------------------------------------
 
 
@@ -174,21 +220,10 @@ def ruler_hqa_at_length(
     rng = random.Random(seed)
     paragraphs = _hotpot_paragraphs(row)
     own_titles = {title for title, _ in paragraphs}
-    total = sum(count(title, text) for title, text in paragraphs)
-    order = list(range(len(distractors)))
-    rng.shuffle(order)
-    for index in order:
-        if total >= target_tokens:
-            break
-        title, text = distractors[index]
-        if title in own_titles:
-            continue
-        paragraphs.append((title, text))
-        total += count(title, text)
-    if total < target_tokens * 0.95:
-        raise DocumentError(
-            f"the distractor pool holds only about {total} tokens, fewer than the {target_tokens} asked for"
-        )
+    own_tokens = sum(count(title, text) for title, text in paragraphs)
+    paragraphs += draw_paragraphs(
+        distractors, count, target_tokens, rng, start_tokens=own_tokens, keep=lambda p: p[0] not in own_titles
+    )
     rng.shuffle(paragraphs)
     context, spans = _join_paragraphs(paragraphs, _gold_positions(row, paragraphs))
     return QASample(row["question"], [row["answer"]], context, sample_id, spans)
@@ -360,18 +395,7 @@ def haystack_with_facts(
 ) -> tuple[str, list[tuple[int, int]]]:
     """Shuffled numbered paragraphs of about ``target_tokens`` tokens, each fact appended to its own paragraph
     at a random depth; returns the text and the facts' character spans."""
-    order = list(range(len(paragraphs)))
-    rng.shuffle(order)
-    chosen, total = [], 0
-    for index in order:
-        chosen.append(paragraphs[index])
-        total += count(*paragraphs[index])
-        if total >= target_tokens and len(chosen) >= len(facts):
-            break
-    else:
-        raise DocumentError(
-            f"the paragraph pool holds only about {total} tokens, fewer than the {target_tokens} asked for"
-        )
+    chosen = draw_paragraphs(paragraphs, count, target_tokens, rng, at_least=len(facts))
     positions = sorted(rng.sample(range(len(chosen)), len(facts)))
     shuffled_facts = list(facts)
     rng.shuffle(shuffled_facts)  # a chained fact may come before or after the one it depends on
@@ -407,19 +431,7 @@ def needle_document(
 ) -> str:
     """A haystack of numbered paragraphs of about ``target_tokens`` tokens with the needle at ``depth`` (0..1)."""
     rng = random.Random(seed)
-    order = list(range(len(paragraphs)))
-    rng.shuffle(order)
-    count = TokenCounter(tokenizer)
-    chosen, total = [], 0
-    for index in order:
-        chosen.append(paragraphs[index])
-        total += count(*paragraphs[index])
-        if total >= target_tokens:
-            break
-    else:
-        raise DocumentError(
-            f"the paragraph pool holds only about {total} tokens, fewer than the {target_tokens} asked for"
-        )
+    chosen = draw_paragraphs(paragraphs, TokenCounter(tokenizer), target_tokens, rng)
     position = min(len(chosen) - 1, max(0, round(depth * (len(chosen) - 1))))
     title, text = chosen[position]
     chosen[position] = (title, text + " " + needle.fact)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,11 @@ from lychee_memory.eval import (
 )
 from lychee_memory.tasks import (
     NEEDLES,
+    PoolRepeatWarning,
     TokenCounter,
     build_samples,
     data_dir,
+    draw_paragraphs,
     needle_document,
     parse_lengths,
     published_samples,
@@ -197,8 +200,36 @@ def test_ruler_hqa_by_length_reaches_the_length_and_keeps_its_gold(tmp_path):
         assert len(sample.evidence) == 2
         assert all(sample.context[a:b].startswith("Document ") for a, b in sample.evidence)
     assert build_samples("ruler-hqa", tokenizer, 2000, n=2, data=data, seed=3) == samples
-    with pytest.raises(DocumentError, match="holds only"):
+    with pytest.raises(DocumentError, match="no usable paragraph"):
         ruler_hqa_at_length(_hotpot_rows(1)[0], [], TokenCounter(tokenizer), 50_000, 0, "x")
+
+
+def test_a_pool_smaller_than_the_target_repeats_every_paragraph_before_any_twice(recwarn):
+    tokenizer = build_tiny_tokenizer()
+    count = TokenCounter(tokenizer)
+    pool = [(f"T{i}", f"Paragraph number {i} about the river.") for i in range(30)]
+    pool_tokens = sum(count(*paragraph) for paragraph in pool)
+    rng = random.Random(5)
+    small = draw_paragraphs(pool, count, pool_tokens // 2, rng)
+    assert len(set(small)) == len(small) and not recwarn.list, "below the pool size: no repeats, no warning"
+    with pytest.warns(PoolRepeatWarning, match="repeat"):
+        drawn = draw_paragraphs(pool, count, int(pool_tokens * 2.5), random.Random(5))
+    assert sum(count(*paragraph) for paragraph in drawn) >= pool_tokens * 2.5
+    assert sorted(drawn[:30]) == sorted(pool) and sorted(drawn[30:60]) == sorted(pool), "whole passes first"
+    assert drawn[:30] != drawn[30:60], "each pass in a fresh order"
+    with pytest.raises(DocumentError, match="no usable paragraph"):
+        draw_paragraphs(pool, count, 100, rng, keep=lambda paragraph: False)
+
+
+def test_ruler_hqa_past_its_pool_keeps_one_copy_of_each_gold_paragraph(tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    data = _data(tmp_path)
+    with pytest.warns(PoolRepeatWarning):
+        sample = build_samples("ruler-hqa", tokenizer, 60_000, n=1, data=data, seed=0)[0]
+    assert len(tokenizer(sample.context).input_ids) >= 58_500
+    for k in range(10):
+        assert sample.context.count(f"\nTitle 0-{k}\n") == 1, "the question's own paragraphs are never repeated"
+    assert len(sample.evidence) == 2
 
 
 @pytest.mark.parametrize("family,facts", [("needle", 1), ("needle-multikey", 4), ("needle-twohop", 2)])
@@ -219,6 +250,10 @@ def test_needle_families_plant_their_facts_and_answer_from_them(tmp_path, family
             assert any(company in fact and sample.answers[0] in fact for fact in planted)
         assert len(tokenizer(sample.context).input_ids) >= 1450
     assert build_samples(family, tokenizer, 1500, n=3, data=data, seed=1) == samples
+    with pytest.warns(PoolRepeatWarning):
+        (long,) = build_samples(family, tokenizer, 40_000, n=1, data=data, seed=1)
+    assert len(tokenizer(long.context).input_ids) >= 39_000
+    assert all(long.context.count(long.context[a:b]) == 1 for a, b in long.evidence), "each fact planted once"
     assert build_samples(family, tokenizer, 1500, n=3, data=data, seed=2) != samples
 
 
