@@ -62,6 +62,8 @@ def worker(request: dict[str, Any]) -> list[dict[str, Any]]:
                 {
                     "method": method.label,
                     "kind": method.kind,
+                    "task": request["task"],
+                    "model": runner.loaded.resolved.spec,
                     "context_tokens": results[0].context_tokens,
                     "target_tokens": request["length"],
                     "phase": phase,
@@ -81,6 +83,8 @@ def worker(request: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "method": method.label,
                 "kind": method.kind,
+                "task": request["task"],
+                "model": runner.loaded.resolved.spec,
                 "context_tokens": round(sum(r.context_tokens for r in ran) / len(ran)),
                 "target_tokens": request["length"],
                 "phase": phase,
@@ -141,7 +145,25 @@ def ratio_table(rows: Sequence[dict[str, Any]]) -> str:
             f"{row['peak_mb']:>8.0f} {row['accuracy']:>5.2f} {row['tokens_prefilled']:>9} {row['tokens_generated']:>9} "
             f"{ratios[0]:>12} {ratios[1]:>12}"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + growth_lines(rows))
+
+
+def growth_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """How much each method's warm time grows from the shortest to the longest length it ran at."""
+    lines = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        points = sorted(
+            (r["context_tokens"], r["seconds"])
+            for r in rows
+            if r["method"] == method and r["phase"] == "warm" and r.get("seconds") is not None
+        )
+        if len(points) >= 2 and points[0][1] > 0:
+            (short, first), (long, last) = points[0], points[-1]
+            lines.append(
+                f"warm growth {method}: {first:.2f} s at {short} tokens -> {last:.2f} s at {long} tokens "
+                f"= {last / first:.1f}x for {long / short:.1f}x the context"
+            )
+    return [""] + lines if lines else []
 
 
 def plot_bench(rows: Sequence[dict[str, Any]], path: Path) -> None:

@@ -6,6 +6,7 @@
     lychee store ls|du|rm|mv|gc|verify [--repair] [--store DIR]
     lychee eval ruler-hqa|needle|needle-multikey|needle-twohop --lengths 7k,14k [--n N] [--methods ...]
     lychee bench [--quick] [--lengths 7k,28k] [--methods ...] [--json PATH]
+    lychee report RUN_DIR... [--out DIR]
     lychee info
 
 Errors the library raises on purpose are printed as one line and exit with status 2, no traceback.
@@ -402,6 +403,17 @@ def _command_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_report(args: argparse.Namespace) -> int:
+    from .report import format_report, merge_runs
+
+    out = args.out or str(Path("reports") / time.strftime("%Y%m%d-%H%M%S"))
+    report = merge_runs(args.runs, out)
+    print(format_report(report))
+    for name, path in report.files.items():
+        print(f"{name:>26}: {path}")
+    return 0
+
+
 def _print_tree(data: dict[str, Any], indent: int = 0) -> None:
     for key, value in data.items():
         if isinstance(value, dict):
@@ -517,6 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sample-seed", type=int, default=0)
     _add_engine_options(bench)
     bench.set_defaults(handler=_command_bench)
+
+    report = commands.add_parser(
+        "report", help="merge several eval and bench runs (a ladder run in pieces) into one set of tables and plots"
+    )
+    report.add_argument("runs", nargs="+", help="eval or bench output directories, samples.jsonl or bench JSON files")
+    report.add_argument("--out", default=None, help="a new output directory (default reports/TIME)")
+    report.set_defaults(handler=_command_report)
 
     info = commands.add_parser("info", help="show versions, hardware, the resolved model and its defaults")
     info.add_argument("--json", action="store_true")

@@ -433,14 +433,18 @@ def run_eval(
                     if on_result is not None:
                         on_result(result)
                     bar.update(1)
+    rows, files = write_eval_reports(directory, task, runner.loaded.resolved.spec, results)
+    return EvalRun(results, rows, {"samples": per_sample, **files})
+
+
+def write_eval_reports(
+    directory: Path, task: str, model: str, results: Sequence[SampleResult]
+) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    """Summarise ``results`` into ``summary.json``, ``summary.md`` and the accuracy and latency PNGs."""
     rows = summarize(results)
-    files = {"samples": per_sample}
-    files["summary_json"] = directory / "summary.json"
-    files["summary_json"].write_text(
-        json.dumps({"task": task, "model": runner.loaded.resolved.spec, "rows": rows}, indent=2)
-    )
-    files["summary_md"] = directory / "summary.md"
-    files["summary_md"].write_text(f"# {task} on {runner.loaded.resolved.spec}\n\n{markdown_table(rows)}")
+    files = {"summary_json": directory / "summary.json", "summary_md": directory / "summary.md"}
+    files["summary_json"].write_text(json.dumps({"task": task, "model": model, "rows": rows}, indent=2))
+    files["summary_md"].write_text(f"# {task} on {model}\n\n{markdown_table(rows)}")
     files["accuracy_plot"] = directory / "accuracy_vs_length.png"
     plot_rows(rows, "sub_em", "sub_em, %", f"{task}: accuracy vs context length", files["accuracy_plot"])
     files["latency_plot"] = directory / "latency_vs_length.png"
@@ -452,4 +456,4 @@ def run_eval(
         files["latency_plot"],
         log=True,
     )
-    return EvalRun(results, rows, files)
+    return rows, files

@@ -339,6 +339,7 @@ def test_bench_measures_each_method_in_its_own_process_and_reports_ratios(tmp_pa
     assert rows == run.rows and len(rows) == 6
     for row in rows:
         assert {"method", "context_tokens", "phase", "seconds", "peak_mb", "accuracy"} <= set(row)
+        assert row["task"] == "needle" and row["model"] == "tiny-random-qwen2", "rows say what they measured"
         assert row["seconds"] > 0 and row["peak_mb"] > 50 and row["context_tokens"] >= 850
     lychee = {row["phase"]: row for row in rows if row["method"] == "lychee"}
     assert lychee["cold"]["seconds"] > lychee["warm"]["seconds"]
