@@ -100,8 +100,9 @@ def test_needle_document_places_the_fact_and_reaches_the_size():
     assert len(tokenizer(text).input_ids) >= 3000
     position = text.index(needle.fact) / len(text)
     assert 0.3 < position < 0.7
-    with pytest.raises(DocumentError, match="holds only"):
-        needle_document(paragraphs[:3], tokenizer, 3000, needle, 0.5, 3)
+    with pytest.warns(PoolRepeatWarning, match="holds only"):
+        repeated = needle_document(paragraphs[:3], tokenizer, 3000, needle, 0.5, 3)
+    assert repeated.count(needle.fact) == 1 and len(tokenizer(repeated).input_ids) >= 2900
 
 
 def test_data_dir_errors_are_specific(tmp_path, monkeypatch):
