@@ -17,7 +17,8 @@ from .errors import ConfigurationError, DocumentError
 from .eval import SampleResult, markdown_table, write_eval_reports
 
 _SAMPLE_FIELDS = {item.name for item in fields(SampleResult)}
-_BENCH_KEYS = ("method", "kind", "target_tokens", "phase")
+_BENCH_KEYS = ("method", "kind", "target_tokens", "context_tokens", "phase")
+_MEASURED_KEYS = ("seconds", "peak_mb", "accuracy", "tokens_prefilled", "tokens_generated")  # rows that ran
 
 
 @dataclass
@@ -56,12 +57,15 @@ def _read_samples(path: Path) -> EvalPiece:
         try:
             data = json.loads(line)
             results.append(SampleResult(**{key: value for key, value in data.items() if key in _SAMPLE_FIELDS}))
-        except (json.JSONDecodeError, TypeError) as error:
+        except (json.JSONDecodeError, TypeError, AttributeError) as error:  # not JSON, not an object, missing keys
             raise DocumentError(f"{path}:{number} is not a line of an eval samples.jsonl ({error})") from error
     model = None
     summary = path.parent / "summary.json"
     if summary.is_file():
-        model = json.loads(summary.read_text(encoding="utf-8")).get("model")
+        try:
+            model = json.loads(summary.read_text(encoding="utf-8")).get("model")
+        except (json.JSONDecodeError, AttributeError) as error:
+            raise DocumentError(f"{summary} is not an eval summary.json ({error})") from error
     return EvalPiece(path, model, results)
 
 
@@ -70,8 +74,17 @@ def _read_bench(path: Path) -> BenchPiece:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise DocumentError(f"{path} is not JSON ({error})") from error
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and all(k in r for k in _BENCH_KEYS) for r in rows):
-        raise DocumentError(f"{path} is not a bench.json: expected a list of rows with {', '.join(_BENCH_KEYS)}")
+
+    def complete(row: Any) -> bool:
+        if not isinstance(row, dict) or not all(key in row for key in _BENCH_KEYS):
+            return False
+        return row.get("seconds") is None or all(key in row for key in _MEASURED_KEYS)
+
+    if not isinstance(rows, list) or not all(complete(row) for row in rows):
+        raise DocumentError(
+            f"{path} is not a bench.json: expected a list of rows with {', '.join(_BENCH_KEYS)} "
+            f"(and {', '.join(_MEASURED_KEYS)} where the run was measured)"
+        )
     return BenchPiece(path, rows)
 
 

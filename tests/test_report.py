@@ -146,6 +146,19 @@ def test_bad_runs_are_named_in_the_error(tmp_path):
     (tmp_path / "rows.json").write_text(json.dumps([{"method": "lychee"}]))
     with pytest.raises(DocumentError, match="not a bench.json"):
         merge_runs([tmp_path / "rows.json"], tmp_path / "out")
+    unmeasured = _bench_row("lychee", "lychee", 7000, "warm", 1.0)
+    del unmeasured["peak_mb"]
+    (tmp_path / "partial.json").write_text(json.dumps([unmeasured]))
+    with pytest.raises(DocumentError, match="not a bench.json"):
+        merge_runs([tmp_path / "partial.json"], tmp_path / "out")
+    not_an_object = _eval_run(tmp_path / "numbers", [_answer("lychee", 7000, "s0", True, 1.0)])
+    (not_an_object / "samples.jsonl").write_text("42\n")
+    with pytest.raises(DocumentError, match=r"samples.jsonl:1 "):
+        merge_runs([not_an_object], tmp_path / "out")
+    bad_summary = _eval_run(tmp_path / "bad-summary", [_answer("lychee", 7000, "s0", True, 1.0)])
+    (bad_summary / "summary.json").write_text("[1, 2]")
+    with pytest.raises(DocumentError, match="not an eval summary.json"):
+        merge_runs([bad_summary], tmp_path / "out")
 
 
 def test_cli_report_prints_the_merged_tables(tmp_path, capsys):
