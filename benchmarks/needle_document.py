@@ -18,7 +18,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=os.environ.get("LYCHEE_DATA_DIR"))
     parser.add_argument("--tokens", type=int, default=30000)
-    parser.add_argument("--needle", type=int, default=0, help="index into lychee_memory.tasks.NEEDLES")
+    parser.add_argument("--needle", type=int, default=0, help="index into lychee_memory.eval.tasks.NEEDLES")
     parser.add_argument("--depth", type=float, default=0.55, help="where the fact goes, 0 = start, 1 = end")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--model", default="smollm2-135m", help="whose tokenizer counts the tokens")
@@ -27,7 +27,7 @@ def main() -> None:
 
     from lychee_memory.config import ModelSettings
     from lychee_memory.model_loading import load_model
-    from lychee_memory.tasks import NEEDLES, data_dir, load_squad_paragraphs, needle_document
+    from lychee_memory.eval.tasks import NEEDLES, data_dir, load_squad_paragraphs, needle_document
 
     tokenizer = load_model(ModelSettings(spec=args.model)).tokenizer
     needle = NEEDLES[args.needle]

@@ -30,7 +30,7 @@ def worker(args: argparse.Namespace) -> dict:
     """One measurement in this process: load, build the document, run one mode."""
     from lychee_memory import LycheeMemory
     from lychee_memory.eval import sub_em
-    from lychee_memory.tasks import NEEDLES, data_dir, load_squad_paragraphs, needle_document
+    from lychee_memory.eval.tasks import NEEDLES, data_dir, load_squad_paragraphs, needle_document
 
     options = json.loads(args.options)
     engine = LycheeMemory.from_pretrained(args.model, show_progress=False, **options)

@@ -54,7 +54,7 @@ def run_cli(arguments: list[str], label: str) -> dict[str, Any]:
 
 
 def build_documents(args: argparse.Namespace, work: Path, tokenizer) -> dict[str, Any]:
-    from lychee_memory.tasks import NEEDLES, data_dir, load_squad_paragraphs, needle_document
+    from lychee_memory.eval.tasks import NEEDLES, data_dir, load_squad_paragraphs, needle_document
 
     paragraphs = load_squad_paragraphs(data_dir(args.data))
     needle, other = NEEDLES[1], NEEDLES[2]
@@ -73,7 +73,7 @@ def build_documents(args: argparse.Namespace, work: Path, tokenizer) -> dict[str
 
 def squad_questions(directory: Path, document: str, limit: int) -> list[tuple[str, list[str]]]:
     """Answerable SQuAD questions whose paragraph is inside ``document``."""
-    from lychee_memory.tasks import SQUAD_FILE
+    from lychee_memory.eval.tasks import SQUAD_FILE
 
     data = json.loads((directory / SQUAD_FILE).read_text(encoding="utf-8"))["data"]
     chosen = []
@@ -236,7 +236,7 @@ def main() -> None:
         sys.exit(f"{TIME_BINARY} is needed to measure child peak RSS")
 
     from lychee_memory import LycheeMemory
-    from lychee_memory.tasks import data_dir
+    from lychee_memory.eval.tasks import data_dir
 
     work = args.work or Path(tempfile.mkdtemp(prefix="lychee-store-benchmark-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -351,8 +351,8 @@ def _evaluation_options(args: argparse.Namespace) -> tuple[str | None, dict[str,
 
 
 def _command_eval(args: argparse.Namespace) -> int:
-    from .eval import run_eval
-    from .tasks import parse_lengths
+    from .eval.runner import run_eval
+    from .eval.tasks import parse_lengths
 
     model, options = _evaluation_options(args)
     run = run_eval(
@@ -374,8 +374,8 @@ def _command_eval(args: argparse.Namespace) -> int:
 
 
 def _command_bench(args: argparse.Namespace) -> int:
-    from .bench import QUICK_LENGTHS, QUICK_METHODS, run_bench
-    from .tasks import parse_lengths
+    from .eval.bench import QUICK_LENGTHS, QUICK_METHODS, run_bench
+    from .eval.tasks import parse_lengths
 
     model, options = _evaluation_options(args)
     if args.quick:
@@ -404,7 +404,7 @@ def _command_bench(args: argparse.Namespace) -> int:
 
 
 def _command_report(args: argparse.Namespace) -> int:
-    from .report import format_report, merge_runs
+    from .eval.report import format_report, merge_runs
 
     out = args.out or str(Path("reports") / time.strftime("%Y%m%d-%H%M%S"))
     report = merge_runs(args.runs, out)

@@ -19,7 +19,7 @@ from lychee_memory.eval import (
     run_eval,
     sub_em,
 )
-from lychee_memory.tasks import (
+from lychee_memory.eval.tasks import (
     NEEDLES,
     PoolRepeatWarning,
     TokenCounter,
@@ -107,7 +107,7 @@ def test_needle_document_places_the_fact_and_reaches_the_size():
 
 def test_data_dir_errors_are_specific(tmp_path, monkeypatch):
     monkeypatch.delenv("LYCHEE_DATA_DIR", raising=False)
-    monkeypatch.setattr("lychee_memory.tasks.default_data_places", lambda: [tmp_path])
+    monkeypatch.setattr("lychee_memory.eval.tasks.default_data_places", lambda: [tmp_path])
     with pytest.raises(DocumentError, match="LYCHEE_DATA_DIR"):
         data_dir(None)
     with pytest.raises(DocumentError, match="does not exist"):
@@ -323,7 +323,7 @@ def test_eval_runs_every_method_and_writes_reports(tmp_path):
 
 
 def test_bench_measures_each_method_in_its_own_process_and_reports_ratios(tmp_path):
-    from lychee_memory.bench import ratio_table, run_bench
+    from lychee_memory.eval.bench import ratio_table, run_bench
 
     data = _data(tmp_path / "data")
     run = run_bench(

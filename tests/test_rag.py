@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lychee_memory import ConfigurationError, ContextTooLongError, EmptyQuestionError, ModelNotFoundError
-from lychee_memory.rag import (
+from lychee_memory.eval.rag import (
     EMBEDDING_MAX_TOKENS,
     EMBEDDING_MODEL_ENV,
     RagBaseline,

@@ -10,7 +10,7 @@ import pytest
 
 from lychee_memory.cli import main
 from lychee_memory.errors import ConfigurationError, DocumentError
-from lychee_memory.report import merge_runs
+from lychee_memory.eval.report import merge_runs
 
 
 def _answer(method: str, target: int, sample: str, hit: bool, seconds: float, **extra) -> dict:

@@ -12,9 +12,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .bench import plot_bench, ratio_table
-from .errors import ConfigurationError, DocumentError
-from .eval import SampleResult, markdown_table, write_eval_reports
+from ..errors import ConfigurationError, DocumentError
+from .bench import ratio_table
+from .plots import plot_bench
+from .runner import SampleResult, markdown_table, write_eval_reports
 
 _SAMPLE_FIELDS = {item.name for item in fields(SampleResult)}
 _BENCH_KEYS = ("method", "kind", "target_tokens", "context_tokens", "phase")

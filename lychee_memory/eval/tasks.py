@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError, DocumentError
+from ..errors import ConfigurationError, DocumentError
 
 HOTPOT_FILE = Path("hotpotqa") / "hotpot_dev_distractor_q0-59.json"
 SQUAD_FILE = Path("squad") / "squad_dev_v2_subset.json"

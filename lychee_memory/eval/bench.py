@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError
-from .eval import DEFAULT_METHODS, Method, MethodRunner, parse_methods, run_method
+from ..errors import ConfigurationError
+from .plots import plot_bench
+from .runner import DEFAULT_METHODS, Method, MethodRunner, parse_methods, run_method
 from .tasks import build_samples, data_dir
 
 QUICK_LENGTHS = [7_000]
@@ -106,7 +107,7 @@ def worker(request: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _run_worker(request: dict[str, Any]) -> list[dict[str, Any]]:
-    command = [sys.executable, "-m", "lychee_memory.bench", "--worker", json.dumps(request)]
+    command = [sys.executable, "-m", "lychee_memory.eval.bench", "--worker", json.dumps(request)]
     completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if completed.returncode != 0:
         raise RuntimeError(
@@ -166,44 +167,6 @@ def growth_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [""] + lines if lines else []
 
 
-def plot_bench(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Seconds per query against context length, one line per method and phase (log-log)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for method in dict.fromkeys(r["method"] for r in rows):
-        for phase, style in (("warm", "-"), ("cold", "--")):
-            points = sorted(
-                (r["context_tokens"], r["seconds"], r["peak_mb"])
-                for r in rows
-                if r["method"] == method and r["phase"] == phase and r.get("seconds") is not None
-            )
-            kind = next(r["kind"] for r in rows if r["method"] == method)
-            if not points or (phase == "cold" and kind in ("memagent", "full-context")):
-                continue
-            label = method if kind in ("memagent", "full-context") else f"{method} ({phase})"
-            line = time_axis.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=label)
-            if phase == "warm":
-                memory_axis.plot(
-                    [p[0] for p in points], [p[2] for p in points], marker="o", color=line[0].get_color(), label=method
-                )
-    for axis, ylabel in ((time_axis, "seconds per query (log)"), (memory_axis, "peak memory, MB")):
-        axis.set_xscale("log")
-        axis.set_xlabel("context tokens (log scale)")
-        axis.set_ylabel(ylabel)
-        axis.grid(True, alpha=0.3)
-        axis.legend(fontsize=8)
-    time_axis.set_yscale("log")
-    time_axis.set_title("query time vs context length (model load excluded)")
-    memory_axis.set_title("peak memory of the process")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
 def run_bench(
     lengths: Sequence[int],
     *,
@@ -256,7 +219,7 @@ def run_bench(
 def _worker_main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "--worker":
         print(
-            "usage: python -m lychee_memory.bench --worker REQUEST_JSON (internal; use `lychee bench`)", file=sys.stderr
+            "usage: python -m lychee_memory.eval.bench --worker REQUEST_JSON (internal; use `lychee bench`)", file=sys.stderr
         )
         return 2
     print(json.dumps(worker(json.loads(argv[1]))))

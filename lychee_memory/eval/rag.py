@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .answer import Answer, SelectedBlock
-from .blocks import MemoryBank
-from .chunking import Chunk, chunk_documents
-from .documents import Document, DocumentInput, load_documents
-from .errors import ConfigurationError, ContextTooLongError, EmptyQuestionError, ModelNotFoundError
-from .generation import DecodingSettings, generate
-from .kv_prefix import PromptRow
+from ..answer import Answer, SelectedBlock
+from ..blocks import MemoryBank
+from ..chunking import Chunk, chunk_documents
+from ..documents import Document, DocumentInput, load_documents
+from ..errors import ConfigurationError, ContextTooLongError, EmptyQuestionError, ModelNotFoundError
+from ..generation import DecodingSettings, generate
+from ..kv_prefix import PromptRow
 
 if TYPE_CHECKING:
-    from .engine import LycheeMemory
+    from ..engine import LycheeMemory
 
 __all__ = [
     "EMBEDDING_MODEL_ENV",

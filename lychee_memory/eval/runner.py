@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-import string
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,74 +19,14 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from .answer import Answer
-from .errors import ConfigurationError, ContextTooLongError
+from ..answer import Answer
+from ..errors import ConfigurationError, ContextTooLongError
+from .metrics import evidence_recall_precision, exact_match, f1_score, sub_em
+from .plots import plot_rows
 from .tasks import QASample, build_samples, data_dir
 
 MethodKind = Literal["lychee", "memagent", "full-context", "rag"]
 DEFAULT_METHODS = "lychee,memagent,full-context,rag"
-
-
-# Metrics ---------------------------------------------------------------------------------------------------
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lowercase, drop punctuation and articles, collapse whitespace."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def sub_em(prediction: str, gold: str | Sequence[str]) -> bool:
-    """A hit when a normalised gold answer is contained in the prediction or vice versa.
-
-    An empty prediction (or one that normalises to nothing) never counts, though "" is inside every string.
-    """
-    golds = [gold] if isinstance(gold, str) else list(gold)
-    predicted = normalize_answer(prediction)
-    if not predicted:
-        return False
-    for answer in golds:
-        expected = normalize_answer(answer)
-        if expected and (expected in predicted or predicted in expected):
-            return True
-    return False
-
-
-def exact_match(prediction: str, gold: str | Sequence[str]) -> bool:
-    """Normalised prediction equals a normalised gold answer (empty never matches)."""
-    golds = [gold] if isinstance(gold, str) else list(gold)
-    predicted = normalize_answer(prediction)
-    return bool(predicted) and any(predicted == normalize_answer(answer) for answer in golds)
-
-
-def f1_score(prediction: str, gold: str | Sequence[str]) -> float:
-    """SQuAD token F1 against the best-matching gold answer."""
-    golds = [gold] if isinstance(gold, str) else list(gold)
-    predicted = normalize_answer(prediction).split()
-    best = 0.0
-    for answer in golds:
-        expected = normalize_answer(answer).split()
-        common = sum((Counter(predicted) & Counter(expected)).values())
-        if common:
-            precision, recall = common / len(predicted), common / len(expected)
-            best = max(best, 2 * precision * recall / (precision + recall))
-    return best
-
-
-def evidence_recall_precision(
-    read: Sequence[tuple[int, int]], evidence: Sequence[tuple[int, int]]
-) -> tuple[float | None, float | None]:
-    """Recall: share of evidence spans overlapped by a block read; precision: share of blocks read that
-    overlap any evidence. None where undefined (no evidence recorded, or nothing read)."""
-
-    def overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
-        return a[0] < b[1] and b[0] < a[1]
-
-    recall = sum(any(overlaps(e, r) for r in read) for e in evidence) / len(evidence) if evidence else None
-    precision = sum(any(overlaps(r, e) for e in evidence) for r in read) / len(read) if read and evidence else None
-    return recall, precision
 
 
 # Methods ---------------------------------------------------------------------------------------------------
@@ -160,9 +98,9 @@ class MethodRunner:
     """Engines for every method over one loaded model (the weights are loaded once per process)."""
 
     def __init__(self, model: str | None, engine_options: dict[str, Any] | None = None):
-        from .config import EngineConfig
-        from .engine import LycheeMemory
-        from .model_loading import load_model
+        from ..config import EngineConfig
+        from ..engine import LycheeMemory
+        from ..model_loading import load_model
 
         self._options = dict(engine_options or {})
         self._options.setdefault("show_progress", False)
@@ -175,8 +113,8 @@ class MethodRunner:
 
     def engine_for(self, method: Method):
         """The engine that runs ``method``: the base engine, or one with the method's own settings."""
-        from .config import EngineConfig
-        from .engine import LycheeMemory
+        from ..config import EngineConfig
+        from ..engine import LycheeMemory
 
         if not method.options:
             return self.engine
@@ -345,36 +283,6 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
                 cells.append(show(row[key], kind))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def plot_rows(rows: Sequence[dict[str, Any]], key: str, ylabel: str, title: str, path: Path, log: bool = False) -> None:
-    """One line per method of ``key`` against context length, saved as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.2))
-    for method in dict.fromkeys(r["method"] for r in rows):
-        points = sorted((r["context_tokens"], r[key]) for r in rows if r["method"] == method and r[key] is not None)
-        if points:
-            axis.plot(
-                [x for x, _ in points],
-                [100 * y if key in ("sub_em", "exact_match", "f1") else y for _, y in points],
-                marker="o",
-                label=method,
-            )
-    axis.set_xscale("log")
-    if log:
-        axis.set_yscale("log")
-    axis.set_xlabel("context tokens (log scale)")
-    axis.set_ylabel(ylabel)
-    axis.set_title(title)
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 @dataclass
