@@ -219,7 +219,8 @@ def run_bench(
 def _worker_main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "--worker":
         print(
-            "usage: python -m lychee_memory.eval.bench --worker REQUEST_JSON (internal; use `lychee bench`)", file=sys.stderr
+            "usage: python -m lychee_memory.eval.bench --worker REQUEST_JSON (internal; use `lychee bench`)",
+            file=sys.stderr,
         )
         return 2
     print(json.dumps(worker(json.loads(argv[1]))))
