@@ -9,7 +9,8 @@ The mask is one of
     (or -inf) blocks, anything else is added to the score;
   * a bool mask [B, 1 or Hq, Q, K]: True attends.
 Softmax runs in float32; a query whose every key is blocked gets a zero output instead of NaN. The
-torch reference here runs everywhere; the Triton kernel (``prefix_attention_triton``) on CUDA.
+torch reference here runs everywhere; the Triton kernel (``prefix_attention_triton``) on CUDA. Both check
+their arguments with ``contracts.check_attention_shapes`` (re-exported here with ``blocked_threshold``).
 """
 
 from __future__ import annotations
@@ -17,41 +18,9 @@ from __future__ import annotations
 import torch
 
 from ._triton_support import run_triton_or_reference, use_triton
+from .contracts import blocked_threshold, check_attention_shapes
 
 _REFERENCE_SCORES_PER_CHUNK = 1 << 24  # float32 scores held at once by the reference (64 MiB)
-
-
-def __getattr__(name: str):
-    """``prefix_attention_triton`` on first use, so importing this module never imports triton."""
-    if name == "prefix_attention_triton":
-        from .prefix_attention_triton import prefix_attention_triton
-
-        return prefix_attention_triton
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def check_attention_shapes(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
-) -> None:
-    """Raise ValueError unless the shapes fit the layout in the module docstring."""
-    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
-        raise ValueError("query, key and value must be 4D [batch, heads, length, head_dim]")
-    batch, query_heads, query_length, head_dim = query.shape
-    if key.shape != value.shape or key.shape[0] != batch or key.shape[3] != head_dim:
-        raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must be [{batch}, Hkv, K, {head_dim}]")
-    kv_heads, key_length = key.shape[1], key.shape[2]
-    if kv_heads == 0 or query_heads % kv_heads != 0:
-        raise ValueError(f"query heads ({query_heads}) must be a multiple of key/value heads ({kv_heads})")
-    if mask is not None:
-        if mask.dim() != 4 or mask.shape[2:] != (query_length, key_length):
-            raise ValueError(f"mask must be [B, 1 or Hq, {query_length}, {key_length}], got {tuple(mask.shape)}")
-        if mask.shape[0] not in (1, batch) or mask.shape[1] not in (1, query_heads):
-            raise ValueError(f"mask {tuple(mask.shape)} does not broadcast to [{batch}, {query_heads}, ...]")
-
-
-def blocked_threshold(mask: torch.Tensor) -> float:
-    """Additive mask values at or below this block their key (finfo(dtype).min, and so -inf)."""
-    return float(torch.finfo(mask.dtype).min)
 
 
 def _allowed_and_bias(

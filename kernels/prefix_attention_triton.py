@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .prefix_attention import blocked_threshold, check_attention_shapes
+from .contracts import blocked_threshold, check_attention_shapes
 
 MASK_NONE = tl.constexpr(0)  # every key attends
 MASK_CAUSAL = tl.constexpr(1)  # bottom-right causal

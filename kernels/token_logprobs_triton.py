@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .token_logprobs import check_logprob_shapes
+from .contracts import check_logprob_shapes
 
 _ROWS_PER_BLOCK = 64
 _VOCAB_PER_TILE = 128

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .blocks import MemoryBlock
 from .model_loading import LoadedModel
@@ -26,10 +26,30 @@ class PromptRow:
     block: MemoryBlock | None = None
 
 
-class GrowableLayer(DynamicLayer):
-    """A cache layer over a preallocated buffer: appending writes in place instead of re-concatenating."""
+def _same_layout(states: torch.Tensor, buffer: torch.Tensor) -> bool:
+    """Do [B, H, T, D] states have the batch, heads and head_dim of a [B, H, capacity, D] buffer?"""
+    return states.shape[:2] == buffer.shape[:2] and states.shape[-1] == buffer.shape[-1]
+
+
+class GrowableLayer(CacheLayerMixin):
+    """A full-attention cache layer over a preallocated buffer: appending writes in place instead of re-concatenating.
+
+    The buffers are [B, Hkv, capacity, D]; slots ``[0, length)`` hold the cache and ``keys``/``values`` are
+    always the views ``buffer[:, :, :length]``. Every method of transformers' layer contract (that of
+    ``DynamicLayer``, which this behaves like) works on the buffers and refreshes the views, so none can
+    leave them out of step. It derives from ``CacheLayerMixin``, not ``DynamicLayer``, so that no method
+    written for concatenated tensors is inherited; transformers tells attention layers apart by the mixin.
+    """
+
+    is_sliding = False
+    is_croppable = True
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
+        if keys.dim() != 4 or keys.shape[:3] != values.shape[:3] or not 0 <= length <= keys.shape[-2]:
+            raise ValueError(
+                f"expected key/value buffers [B, Hkv, capacity, D] with 0 <= length <= capacity, got "
+                f"{tuple(keys.shape)}, {tuple(values.shape)} and length {length}"
+            )
         super().__init__()
         self._key_buffer, self._value_buffer, self._length = keys, values, length
         self.dtype, self.device = keys.dtype, keys.device
@@ -40,10 +60,34 @@ class GrowableLayer(DynamicLayer):
         self.keys = self._key_buffer[:, :, : self._length]
         self.values = self._value_buffer[:, :, : self._length]
 
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        return None  # the buffer exists from construction
+    def _replace_buffers(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self._key_buffer, self._value_buffer = keys, values
+        self._refresh_views()
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Empty buffers shaped like these states, keeping the capacity: ``update`` after ``reset`` may change B."""
+        capacity = max(self._key_buffer.shape[-2], key_states.shape[-2])
+        self._length = 0
+        self._replace_buffers(
+            key_states.new_empty((*key_states.shape[:2], capacity, key_states.shape[-1])),
+            value_states.new_empty((*value_states.shape[:2], capacity, value_states.shape[-1])),
+        )
+        self.dtype, self.device = key_states.dtype, key_states.device
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append [B, Hkv, T, D] states after the filled slots; returns the whole cache (keys, values)."""
+        if not (_same_layout(key_states, self._key_buffer) and _same_layout(value_states, self._value_buffer)):
+            if self._length > 0:
+                raise ValueError(
+                    f"states {tuple(key_states.shape)} do not continue a cache of {self._length} slots laid out as "
+                    f"[batch, heads, *, head_dim] = {tuple(self.keys.shape)}"
+                )
+            # An empty layer takes any layout, as a reset DynamicLayer does.
+            self.lazy_initialization(key_states, value_states)
+        if self._key_buffer.device != key_states.device:  # offloaded and not prefetched: bring it back first
+            self._move_buffers(key_states.device)
         end = self._length + key_states.shape[-2]
         if end > self._key_buffer.shape[-2]:
             self._grow(end)
@@ -55,25 +99,68 @@ class GrowableLayer(DynamicLayer):
 
     def _grow(self, needed: int) -> None:
         capacity = max(needed, 2 * self._key_buffer.shape[-2])
-        shape = (*self._key_buffer.shape[:2], capacity, self._key_buffer.shape[-1])
-        keys = self._key_buffer.new_empty(shape)
-        values = self._value_buffer.new_empty(shape)
-        keys[:, :, : self._length] = self._key_buffer[:, :, : self._length]
-        values[:, :, : self._length] = self._value_buffer[:, :, : self._length]
-        self._key_buffer, self._value_buffer = keys, values
+        keys = self._key_buffer.new_empty((*self._key_buffer.shape[:2], capacity, self._key_buffer.shape[-1]))
+        values = self._value_buffer.new_empty((*self._value_buffer.shape[:2], capacity, self._value_buffer.shape[-1]))
+        keys[:, :, : self._length] = self.keys
+        values[:, :, : self._length] = self.values
+        self._replace_buffers(keys, values)
+
+    def _move_buffers(self, device: torch.device | str) -> None:
+        self._replace_buffers(
+            self._key_buffer.to(device, non_blocking=True), self._value_buffer.to(device, non_blocking=True)
+        )
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """(kv_length, kv_offset) for a forward of ``query_length`` new tokens, as for a DynamicLayer."""
+        return self._length + query_length, 0
 
     def get_seq_length(self) -> int:
         return self._length
 
+    def get_max_length(self) -> int:
+        """-1: the buffer grows on demand, so there is no maximum."""
+        return -1
+
     def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last ``-tokens_to_remove`` slots (a negative count, as transformers now requires)."""
         if tokens_to_remove > 0:
-            raise ValueError("crop takes a negative count of tokens to remove")
+            raise ValueError(f"crop takes a negative count of tokens to remove, got {tokens_to_remove}")
         self._length = max(0, self._length + tokens_to_remove)
         self._refresh_views()
 
     def reset(self) -> None:
+        """Empty the cache, keeping the buffers for the next update."""
         self._length = 0
         self._refresh_views()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the batch rows ``indices`` (index or bool mask) of the buffers."""
+        if self._length > 0:
+            self._replace_buffers(self._key_buffer[indices, ...], self._value_buffer[indices, ...])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat each batch row of the buffers ``repeats`` times in place of the row."""
+        if self._length > 0:
+            self._replace_buffers(
+                self._key_buffer.repeat_interleave(repeats, dim=0), self._value_buffer.repeat_interleave(repeats, dim=0)
+            )
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Reorder the batch rows of the buffers for beam search."""
+        if self._length > 0:
+            self._replace_buffers(
+                self._key_buffer.index_select(0, beam_idx.to(self._key_buffer.device)),
+                self._value_buffer.index_select(0, beam_idx.to(self._value_buffer.device)),
+            )
+
+    def offload(self) -> None:
+        """Move the buffers (not only the views) to the CPU, as transformers' cache offloading expects."""
+        self._move_buffers("cpu")
+
+    def prefetch(self) -> None:
+        """Move offloaded buffers back to the layer's device ahead of its next update."""
+        if self._key_buffer.device != self.device:
+            self._move_buffers(self.device)
 
 
 class PrefixCache(Cache):
@@ -94,10 +181,6 @@ class PreparedBatch:
     prefix_length: int  # S, the padded slot count
     cache: PrefixCache
     next_positions: torch.Tensor  # [B] position of the next token after each prompt
-
-    @property
-    def has_padding(self) -> bool:
-        return not bool(self.kv_valid.all())
 
 
 def _model_geometry(loaded: LoadedModel) -> tuple[int, int, int]:

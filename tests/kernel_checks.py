@@ -3,8 +3,9 @@
 TRITON_INTERPRET=1 must be set before triton is imported, so ``tests/test_kernels.py`` runs this file
 in a subprocess: ``python tests/kernel_checks.py [--json PATH] [CHECK ...]``. Each check asserts its
 tolerance and returns its max abs error; the script prints one line per check and exits 1 if any
-fails. Importing this module (as the tests do, for the case lists and the naive formulas) imports
-neither triton nor the kernels.
+fails. For low-precision inputs the log-prob kernel is also compared with the torch reference, since
+the gate may run either. Importing this module (as the tests do, for the case lists and the naive
+formulas) imports neither triton nor the kernels.
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ def naive_token_logprobs(
     if bias is not None:
         logits = logits + bias.float()
     return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
+
+
+def exact_token_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """log_softmax of the full float64 logits, gathered at the targets, as float32: the value both paths aim at."""
+    logits = hidden.double() @ weight.double().T
+    if bias is not None:
+        logits = logits + bias.double()
+    return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1).float()
 
 
 def naive_attention(
@@ -298,6 +309,23 @@ def _logprob_check(case: LogprobCase) -> CheckFunction:
     return run
 
 
+def _logprob_against_reference_check(case: LogprobCase) -> CheckFunction:
+    """The kernel and the torch reference give the same scores, so the gate does not depend on which path ran."""
+
+    def run() -> float:
+        from lychee_memory.kernels.token_logprobs import token_logprobs_reference
+        from lychee_memory.kernels.token_logprobs_triton import token_logprobs_triton
+
+        hidden, weight, targets, bias = _on_device(*case.tensors(seed=1))
+        actual = token_logprobs_triton(hidden, weight, targets, bias, vocab_splits=case.vocab_splits)
+        expected = token_logprobs_reference(hidden, weight, targets, bias)
+        error = (actual - expected).abs().max().item()
+        assert error <= case.tolerance, f"kernel vs reference: max abs difference {error:.3g} > {case.tolerance}"
+        return error
+
+    return run
+
+
 def _attention_check(case: AttentionCase) -> CheckFunction:
     def run() -> float:
         from lychee_memory.kernels.prefix_attention_triton import prefix_attention_triton
@@ -341,6 +369,11 @@ def _tiny_llama_check() -> float:
 
 CHECKS: dict[str, CheckFunction] = {
     **{f"token_logprobs[{name}]": _logprob_check(case) for name, case in LOGPROB_CASES.items()},
+    **{
+        f"token_logprobs_vs_reference[{name}]": _logprob_against_reference_check(case)
+        for name, case in LOGPROB_CASES.items()
+        if case.dtype != torch.float32
+    },
     **{f"prefix_attention[{name}]": _attention_check(case) for name, case in ATTENTION_CASES.items()},
     "tiny_llama_lychee_triton_vs_sdpa": _tiny_llama_check,
 }

@@ -7,6 +7,7 @@ comparison is against an independent formula (full log_softmax, explicit-softmax
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import logging
@@ -35,6 +36,7 @@ from .kernel_checks import (
     LogprobCase,
     blocked_rows_are_zero,
     compare_tiny_llama,
+    exact_token_logprobs,
     naive_attention,
     naive_token_logprobs,
 )
@@ -44,16 +46,65 @@ CHECK_SCRIPT = Path(__file__).with_name("kernel_checks.py")
 token_logprobs_module = importlib.import_module("lychee_memory.kernels.token_logprobs")
 prefix_attention_module = importlib.import_module("lychee_memory.kernels.prefix_attention")
 triton_support = importlib.import_module("lychee_memory.kernels._triton_support")
+KERNELS_DIR = Path(importlib.import_module("lychee_memory.kernels").__file__).parent  # kernels/, installed
 
-# The reference rounds bf16/fp16 logits to the input dtype before the float32 softmax.
 REFERENCE_LOGPROB_CASES = {
     **LOGPROB_CASES,
     "fp32_more_rows_than_a_reference_chunk": LogprobCase(rows=300, hidden_size=32, vocab_size=100, with_bias=True),
+    "bf16_wide_logits": LogprobCase(
+        rows=40, hidden_size=256, vocab_size=1000, with_bias=True, dtype=torch.bfloat16, logit_scale=8.0
+    ),
 }
+# The reference accumulates in float32 for every input dtype, so bf16/fp16 inputs meet the float64
+# log_softmax of the same (rounded) inputs as tightly as float32 ones do.
+EXACT_TOLERANCE = 1e-4
 
 
-def _reference_tolerance(case: LogprobCase) -> float:
-    return case.tolerance if case.dtype == torch.float32 else 3e-2
+# ---------------------------------------------------------------------------------------------------
+# Import structure
+
+
+def _kernel_imports(path: Path) -> set[str]:
+    """Sibling kernel modules that ``path`` imports at run time (module level or inside functions)."""
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                imported.add(node.module.split(".")[0])
+            elif node.level == 1:
+                imported.update(alias.name for alias in node.names)
+            elif node.module and node.module.startswith("lychee_memory.kernels."):
+                imported.add(node.module.split(".")[2])
+        elif isinstance(node, ast.Import):
+            imported.update(
+                alias.name.split(".")[2] for alias in node.names if alias.name.startswith("lychee_memory.kernels.")
+            )
+    return imported
+
+
+def test_kernel_modules_import_each_other_without_cycles() -> None:
+    """Each Triton module shares its shape contract with its dispatcher through ``contracts``, not a cycle."""
+    graph = {path.stem: _kernel_imports(path) for path in KERNELS_DIR.glob("*.py") if path.stem != "__init__"}
+    cycles = []
+
+    def visit(module: str, trail: list[str]) -> None:
+        for imported in sorted(graph.get(module, ())):
+            if imported in trail:
+                cycles.append(" -> ".join([*trail[trail.index(imported) :], imported]))
+            elif imported in graph:
+                visit(imported, [*trail, imported])
+
+    for module in sorted(graph):
+        visit(module, [module])
+    assert not cycles, f"import cycles among kernels/: {sorted(set(cycles))}"
+    assert graph.get("contracts") == set(), "contracts must exist and import no other kernel module"
+
+
+def test_shape_contracts_are_importable_where_they_always_were() -> None:
+    contracts = importlib.import_module("lychee_memory.kernels.contracts")
+    assert token_logprobs_module.check_logprob_shapes is contracts.check_logprob_shapes
+    assert prefix_attention_module.check_attention_shapes is contracts.check_attention_shapes
+    assert prefix_attention_module.blocked_threshold is contracts.blocked_threshold
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -61,13 +112,38 @@ def _reference_tolerance(case: LogprobCase) -> float:
 
 
 @pytest.mark.parametrize("name", list(REFERENCE_LOGPROB_CASES))
-def test_token_logprobs_reference_matches_full_log_softmax(name: str) -> None:
+def test_token_logprobs_reference_matches_float64_log_softmax(name: str) -> None:
+    """bf16/fp16 included: the reference must not round logits to the input dtype, as the kernel does not."""
     case = REFERENCE_LOGPROB_CASES[name]
     hidden, weight, targets, bias = case.tensors()
-    actual = token_logprobs_reference(hidden.contiguous(), weight, targets, bias)
-    expected = naive_token_logprobs(hidden, weight, targets, bias)
+    actual = token_logprobs_reference(hidden, weight, targets, bias)
+    expected = exact_token_logprobs(hidden, weight, targets, bias)
     assert actual.dtype == torch.float32
-    assert (actual - expected).abs().max().item() <= _reference_tolerance(case)
+    error = (actual - expected).abs().max().item()
+    assert error <= EXACT_TOLERANCE, f"max abs error {error:.3g} against float64"
+
+
+@pytest.mark.parametrize("name", ["bf16_no_bias_ragged", "bf16_bias", "fp32_ragged_bias_three_splits"])
+def test_token_logprobs_reference_streams_over_vocabulary_slices_and_row_chunks(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slices of 32 vocabulary rows and chunks of a few rows: the merge over slices changes nothing."""
+    case = LOGPROB_CASES[name]
+    hidden, weight, targets, bias = case.tensors(seed=2)
+    targets[1] = 0  # the first column of the first slice, besides the last of the last (targets[0])
+    monkeypatch.setattr(token_logprobs_module, "_REFERENCE_WEIGHT_PER_SLICE", 40 * case.hidden_size)
+    monkeypatch.setattr(token_logprobs_module, "_REFERENCE_LOGITS_PER_CHUNK", 32 * 7)
+    assert token_logprobs_module._vocab_slice_width(case.hidden_size) == 32
+    actual = token_logprobs_reference(hidden, weight, targets, bias)
+    expected = exact_token_logprobs(hidden, weight, targets, bias)
+    assert (actual - expected).abs().max().item() <= EXACT_TOLERANCE
+
+
+def test_token_logprobs_reference_rejects_targets_outside_the_vocabulary() -> None:
+    hidden, weight = torch.randn(3, 8), torch.randn(10, 8)
+    for bad in (10, -1):
+        with pytest.raises(ValueError, match="targets"):
+            token_logprobs_reference(hidden, weight, torch.tensor([0, bad, 9]))
 
 
 def test_token_logprobs_of_no_rows_is_empty() -> None:
