@@ -39,7 +39,8 @@ def main() -> None:
 
     from lychee_memory import LycheeMemory
     from lychee_memory.documents import load_documents
-    from lychee_memory.eval.tasks import NEEDLES, data_dir, load_squad_paragraphs, needle_document
+    from lychee_memory.eval.needles import NEEDLES
+    from lychee_memory.eval.tasks import data_dir, load_squad_paragraphs, needle_document
     from lychee_memory.gate import ScoreRequest
 
     paragraphs = load_squad_paragraphs(data_dir(args.data))

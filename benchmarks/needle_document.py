@@ -26,7 +26,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from lychee_memory.config import ModelSettings
-    from lychee_memory.eval.tasks import NEEDLES, data_dir, load_squad_paragraphs, needle_document
+    from lychee_memory.eval.needles import NEEDLES
+    from lychee_memory.eval.tasks import data_dir, load_squad_paragraphs, needle_document
     from lychee_memory.model_loading import load_model
 
     tokenizer = load_model(ModelSettings(spec=args.model)).tokenizer

@@ -54,7 +54,8 @@ def run_cli(arguments: list[str], label: str) -> dict[str, Any]:
 
 
 def build_documents(args: argparse.Namespace, work: Path, tokenizer) -> dict[str, Any]:
-    from lychee_memory.eval.tasks import NEEDLES, data_dir, load_squad_paragraphs, needle_document
+    from lychee_memory.eval.needles import NEEDLES
+    from lychee_memory.eval.tasks import data_dir, load_squad_paragraphs, needle_document
 
     paragraphs = load_squad_paragraphs(data_dir(args.data))
     needle, other = NEEDLES[1], NEEDLES[2]

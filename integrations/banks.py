@@ -9,13 +9,14 @@ with the same id replaces the old one) and the bank is read lazily from disk.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from lychee_memory import Document, DocumentError, LycheeMemory, MemoryBank, MemoryStore
-from lychee_memory.store import as_store
+from lychee_memory import Document, DocumentError, LycheeMemory, MemoryBank, MemoryStore, StoredBank
+from lychee_memory.store import as_store, check_new_bank_name
 
 from .engines import ModelChoice, resolve_engine
 
@@ -36,6 +37,39 @@ def engine_for_bank(bank: object, model: ModelChoice, where_banks_come_from: str
     return engine
 
 
+class OpenBanks:
+    """Stored banks an adapter opened by name, reused while the store still holds that version.
+
+    Without it a reader given a bank name would open the bank (and its store) again for every question, so
+    questions of one batch would never share a scan; a bank changed by any writer is opened again.
+    """
+
+    def __init__(self) -> None:
+        self._stores: dict[str, MemoryStore] = {}
+        self._banks: dict[tuple[str, str], StoredBank] = {}
+        self._guard = threading.Lock()
+
+    def store(self, store: StoreChoice, *, create: bool) -> MemoryStore:
+        if isinstance(store, MemoryStore):
+            return store
+        path = str(Path(store).expanduser().resolve()) if store is not None else ""
+        with self._guard:
+            if path not in self._stores:
+                self._stores[path] = as_store(store, create=create)
+            return self._stores[path]
+
+    def open(self, engine: LycheeMemory, store: StoreChoice, name: str) -> StoredBank:
+        target = self.store(store, create=False)
+        key = (str(target.path.expanduser().resolve()), name)
+        with self._guard:
+            bank = self._banks.get(key)
+        if bank is None or not bank.is_current():
+            bank = engine.open_bank(name, store=target)
+            with self._guard:
+                self._banks[key] = bank
+        return bank
+
+
 def prepare_bank(
     engine: LycheeMemory,
     documents: Sequence[Document] | None,
@@ -43,17 +77,23 @@ def prepare_bank(
     store: StoreChoice = None,
     bank: BankChoice = None,
     show_progress: bool | None = None,
+    open_banks: OpenBanks | None = None,
 ) -> MemoryBank:
-    """Compress ``documents`` into a new bank, add them to ``bank``, or open ``bank`` as it is."""
+    """Compress ``documents`` into a new bank, add them to ``bank``, or open ``bank`` as it is.
+
+    ``open_banks`` keeps banks opened by name across calls (an adapter answering many questions).
+    """
     if documents is not None and not documents:
         raise DocumentError("the documents list is empty: pass at least one document, or an existing bank")
     if isinstance(bank, MemoryBank):  # ``store`` only locates banks given by name
         engine.check_bank(bank)
         return bank if documents is None else add_documents(engine, bank, documents, show_progress=show_progress)
     if isinstance(bank, str):
+        banks = open_banks or OpenBanks()
         if documents is None:
-            return engine.open_bank(bank, store=store)
-        return engine.ingest(list(documents), store=as_store(store), bank=bank, show_progress=show_progress)
+            return banks.open(engine, store, bank)
+        target = banks.store(store, create=True)
+        return engine.ingest(list(documents), store=target, bank=bank, show_progress=show_progress)
     if bank is not None:
         raise TypeError(f"bank must be a MemoryBank or the name of a stored bank, got {type(bank).__name__}")
     if documents is None:
@@ -71,7 +111,7 @@ def add_documents(
     A stored bank is changed in its store (only new chunks are compressed); an in-memory bank is rebuilt
     in memory from its own blocks and the new documents' blocks.
     """
-    if bank.store is not None and bank.name is not None:
+    if isinstance(bank, StoredBank) and bank.store is not None and bank.name is not None:
         return engine.ingest(list(documents), store=bank.store, bank=bank.name, show_progress=show_progress)
     replaced = {document.id for document in documents} & {document.id for document in bank.documents}
     kept = bank.without_documents(replaced) if replaced else bank
@@ -80,14 +120,7 @@ def add_documents(
     blocks = list(kept) + [
         replace(block, span=replace(block.span, document_index=block.span.document_index + offset)) for block in added
     ]
-    return MemoryBank.from_blocks(
-        kept.documents + added.documents,
-        blocks,
-        kept.model_fingerprint,
-        kept.compressor,
-        kept.chunk_tokens,
-        name=bank.name,
-    )
+    return MemoryBank.from_blocks(kept.documents + added.documents, blocks, kept.identity, name=bank.name)
 
 
 def save_bank(bank: MemoryBank, store: StoreChoice, name: str) -> None:
@@ -97,9 +130,11 @@ def save_bank(bank: MemoryBank, store: StoreChoice, name: str) -> None:
     is complete; blocks the store already holds are not written again.
     """
     target = as_store(store)
-    if bank.store is not None and bank.name == name and _same_path(bank.store.path, target.path):
-        return  # already there: every change to a stored bank is written when it is made
-    staging = f"{name}.saving-{uuid.uuid4().hex[:8]}"
+    if isinstance(bank, StoredBank) and bank.store is not None and bank.name == name:
+        if _same_path(bank.store.path, target.path):
+            return  # already there: every change to a stored bank is written when it is made
+    check_new_bank_name(name)  # the last step renames onto it: refuse a bad name before anything changes
+    staging = f"{name[:100]}.saving-{uuid.uuid4().hex[:8]}"
     target.save_bank(bank, staging)
     if target.has_bank(name):
         target.delete_bank(name)

@@ -1,16 +1,15 @@
-"""Which engine an adapter runs, and running it: one call at a time per engine, async calls off the loop.
+"""Which engine an adapter runs, and running it: compound calls under the engine's lock, async calls off the loop.
 
 An adapter takes ``model`` as a ``LycheeMemory`` (used as given), a model spec (loaded once per process
 and shared, so two adapters on the default model do not load it twice) or None (the embedded default).
-The engine is synchronous and CPU/GPU-heavy, so calls from several threads are serialised per engine and
-the async adapters run it in a worker thread, leaving the event loop free.
+The engine serialises its own calls (``engine.lock``); an adapter holds that lock around a sequence of calls
+that belong together, and the async adapters run the engine in a worker thread, leaving the event loop free.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -26,8 +25,6 @@ Result = TypeVar("Result")
 
 _engines_by_spec: dict[str, LycheeMemory] = {}
 _loading = threading.Lock()
-_locks: weakref.WeakKeyDictionary[LycheeMemory, threading.RLock] = weakref.WeakKeyDictionary()
-_locks_guard = threading.Lock()
 
 
 def resolve_engine(model: ModelChoice = None) -> LycheeMemory:
@@ -50,18 +47,9 @@ def resolve_engine(model: ModelChoice = None) -> LycheeMemory:
     return engine
 
 
-def engine_lock(engine: LycheeMemory) -> threading.RLock:
-    """The lock that serialises calls into one engine (re-entrant, so nested adapter calls do not deadlock)."""
-    with _locks_guard:
-        lock = _locks.get(engine)
-        if lock is None:
-            lock = _locks[engine] = threading.RLock()
-    return lock
-
-
 def call_engine(engine: LycheeMemory, function: Callable[[], Result]) -> Result:
-    """Run ``function`` (a call into ``engine``) while holding the engine's lock."""
-    with engine_lock(engine):
+    """Run ``function`` (calls into ``engine`` that belong together) while holding the engine's lock."""
+    with engine.lock:
         return function()
 
 

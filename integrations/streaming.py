@@ -1,8 +1,9 @@
 """Streaming answer text out of the engine: pieces trimmed like the final answer, sync or async.
 
-The engine decodes inside ``torch.inference_mode``, which is thread-local, so one stream is always
-iterated on one thread: the caller's (sync) or a dedicated worker thread that hands pieces to the event
-loop through an asyncio queue (async), so a slow generation never blocks the loop.
+The engine holds its lock one decoding step at a time, so a stream never blocks other callers while its
+consumer handles a piece (or abandons the stream). One stream is always iterated on one thread: the
+caller's (sync) or a dedicated worker thread that hands pieces to the event loop through an asyncio queue
+(async), so a slow generation never blocks the loop.
 """
 
 from __future__ import annotations
@@ -11,10 +12,6 @@ import asyncio
 import contextvars
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
-
-from lychee_memory import LycheeMemory
-
-from .engines import engine_lock
 
 
 def trimmed(pieces: Iterable[str]) -> Iterator[str]:
@@ -40,32 +37,17 @@ def trimmed(pieces: Iterable[str]) -> Iterator[str]:
 
 
 def _close(iterator: Iterator[str]) -> None:
-    """Finish a generator on the thread that iterated it (the engine's decoding state is thread-local)."""
+    """Close a generator (runs its cleanup) on the thread that iterated it."""
     close = getattr(iterator, "close", None)
     if close is not None:
         close()
-
-
-def iterate_engine(engine: LycheeMemory, pieces: Iterable[str]) -> Iterator[str]:
-    """Pull each piece while holding the engine's lock, never holding it while the consumer runs."""
-    iterator = iter(pieces)
-    try:
-        while True:
-            with engine_lock(engine):
-                try:
-                    piece = next(iterator)
-                except StopIteration:
-                    return
-            yield piece
-    finally:
-        _close(iterator)
 
 
 _PIECES_AHEAD = 4  # pieces a streaming worker may produce before the consumer takes them
 _PIECE, _DONE, _FAILED = "piece", "done", "failed"
 
 
-async def iterate_engine_async(engine: LycheeMemory, pieces: Iterable[str]) -> AsyncIterator[str]:
+async def iterate_async(pieces: Iterable[str]) -> AsyncIterator[str]:
     """Iterate ``pieces`` in a worker thread and yield them on the event loop as they arrive.
 
     Leaving the loop early (``break``, cancellation) tells the worker to stop after its current piece; the
@@ -91,11 +73,10 @@ async def iterate_engine_async(engine: LycheeMemory, pieces: Iterable[str]) -> A
     def produce() -> None:
         iterator = iter(pieces)
         try:
-            with engine_lock(engine):
-                for piece in iterator:
-                    if not wait_for_room():
-                        break
-                    hand_over(_PIECE, piece)
+            for piece in iterator:
+                if not wait_for_room():
+                    break
+                hand_over(_PIECE, piece)
         except BaseException as error:  # handed to the consumer, which raises it
             hand_over(_FAILED, error)
         else:

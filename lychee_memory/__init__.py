@@ -10,7 +10,8 @@ question and the evolving working memory; a reasoner reads only those to update 
 """
 
 from .answer import Answer, AnswerStream, GateScore, SelectedBlock
-from .blocks import MemoryBank, MemoryBlock, SourceSpan
+from .baselines import FullContext, MemAgent
+from .blocks import BankIdentity, MemoryBank, MemoryBlock, SourceSpan
 from .config import EngineConfig
 from .documents import Document
 from .engine import LycheeMemory
@@ -30,16 +31,28 @@ from .errors import (
     StoreFullError,
     UnsupportedModelError,
 )
-from .store import BankInfo, GcReport, IngestReport, MemoryStore, StoreProblem, StoreUsage, VerifyReport
+from .store import (
+    BankInfo,
+    BlockRecipe,
+    GcReport,
+    IngestReport,
+    MemoryStore,
+    StoredBank,
+    StoreProblem,
+    StoreUsage,
+    VerifyReport,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Answer",
     "AnswerStream",
+    "BankIdentity",
     "BankInfo",
     "BankMismatchError",
     "BankNotFoundError",
+    "BlockRecipe",
     "ConfigurationError",
     "ContextTooLongError",
     "CorruptBlockError",
@@ -49,11 +62,13 @@ __all__ = [
     "DocumentNotFoundError",
     "EmptyQuestionError",
     "EngineConfig",
+    "FullContext",
     "GateScore",
     "GcReport",
     "IngestReport",
     "LycheeError",
     "LycheeMemory",
+    "MemAgent",
     "MemoryBank",
     "MemoryBlock",
     "MemoryStore",
@@ -64,6 +79,7 @@ __all__ = [
     "StoreFullError",
     "StoreProblem",
     "StoreUsage",
+    "StoredBank",
     "UnsupportedModelError",
     "VerifyReport",
 ]

@@ -82,7 +82,11 @@ class Answer:
 
 
 class AnswerStream:
-    """Iterate to receive the answer text as it is generated; ``answer`` holds the full Answer afterwards."""
+    """Iterate to receive the answer text as it is generated; ``answer`` holds the full Answer afterwards.
+
+    Leaving the loop early (``break``) pauses the generation: ``answer`` then finishes it and returns the
+    whole Answer, and iterating again yields the rest of the text. ``close()`` abandons the generation.
+    """
 
     def __init__(
         self,
@@ -94,14 +98,27 @@ class AnswerStream:
         self._finish = finish
         self._scan = scan
         self._answer: Answer | None = None
+        self._closed = False
 
     def __iter__(self) -> Iterator[str]:
-        yield from self._pieces
-        self._answer = self._finish()
+        # Pull pieces one by one instead of ``yield from``: a consumer's ``break`` closes this generator
+        # only, not the generation, so ``answer`` can still finish it.
+        while self._answer is None:
+            if self._closed:
+                return
+            try:
+                piece = next(self._pieces)
+            except StopIteration:
+                self._answer = self._finish()
+                return
+            yield piece
 
     @property
     def answer(self) -> Answer:
+        """The whole Answer; finishes the generation first if iteration stopped early."""
         if self._answer is None:
+            if self._closed:
+                raise RuntimeError("the answer stream was closed before the answer was complete")
             for _ in self:
                 pass
         assert self._answer is not None
@@ -113,3 +130,19 @@ class AnswerStream:
         if self._answer is not None or self._scan is None:
             return self.answer.blocks
         return self._scan()
+
+    def close(self) -> None:
+        """Abandon the generation (frees its KV cache); ``answer`` then raises unless it had finished."""
+        if self._answer is None and not self._closed:
+            self._closed = True
+            close = getattr(self._pieces, "close", None)
+            if close is not None:
+                close()
+
+
+def phase_timings(load_model: float, ingest: float, **phases: float) -> dict[str, float]:
+    """Seconds by phase for an Answer: model loading, ingest, the query's own phases, and ``query``, their sum.
+
+    ``query`` is what a user waits for once the model is loaded and the bank built (the warm latency).
+    """
+    return {"load_model": load_model, "ingest": ingest, **phases, "query": sum(phases.values())}

@@ -1,24 +1,23 @@
-"""Memory blocks (one compressed chunk's KV) and memory banks (the ordered blocks of a corpus).
+"""Memory blocks (one compressed chunk's KV), memory banks (the ordered blocks of a corpus) and what makes a
+bank's KV valid for an engine (its identity).
 
-A block's keys/values hold, per layer and KV head, the memory slots that replace the chunk's raw tokens.
-A reasoner or gate prompt that reads a block continues at ``next_position``; ``keys_rotated`` says
-whether the keys already carry RoPE (training-free compressors) or not (the learned beacon compressor,
-whose keys are cached before RoPE and read unrotated, as the released checkpoint does).
+A block's keys/values hold, per layer and KV head, the memory slots that replace the chunk's raw tokens, as
+the compressor cached them (training-free compressors keep post-RoPE keys; the learned beacon compressor
+keeps them before RoPE and they are read unrotated, as the released checkpoint does). A reasoner or gate
+prompt that reads a block continues at ``next_position``. A bank knows nothing of storage: a stored bank is
+a subclass in ``lychee_memory.store``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .documents import Document
-from .errors import DocumentNotFoundError
-
-if TYPE_CHECKING:
-    from .store import MemoryStore
+from .errors import BankMismatchError, DocumentNotFoundError
 
 
 @dataclass(frozen=True)
@@ -48,16 +47,14 @@ class SourceSpan:
 class MemoryBlock:
     """One chunk compressed into per-layer KV memory slots.
 
-    keys, values: [layers, kv_heads, slots, head_dim]; valid: [slots] bool;
-    slot_positions: [layers, kv_heads, slots] position each slot came from inside the chunk forward.
+    keys, values: [layers, kv_heads, slots, head_dim]; valid: [slots] bool (False marks padding slots);
+    token_ids: the chunk's tokens, which name the block in a store.
     """
 
     keys: torch.Tensor
     values: torch.Tensor
     valid: torch.Tensor
-    slot_positions: torch.Tensor
     next_position: int
-    keys_rotated: bool
     token_ids: torch.Tensor
     span: SourceSpan
     compressor: str
@@ -93,47 +90,85 @@ class MemoryBlock:
         )
 
 
+@dataclass(frozen=True)
+class BankIdentity:
+    """What makes a bank's KV right for an engine: the model that computed it, the compressor settings and the
+    chunk size. Two identities must be equal for an engine to read a bank or add to it; the dtype is not part
+    of it (blocks are converted to the engine's dtype when read)."""
+
+    model_fingerprint: str
+    compressor: Mapping[str, Any]
+    chunk_tokens: int
+
+    def differences(self, other: BankIdentity) -> list[str]:
+        """What differs from ``other`` (this = the bank, other = the engine), in words; empty when they match."""
+        found = []
+        if self.model_fingerprint != other.model_fingerprint:
+            found.append(
+                f"it was built with another model (fingerprint {self.model_fingerprint}; this engine's model is "
+                f"{other.model_fingerprint})"
+            )
+        if dict(self.compressor) != dict(other.compressor):
+            found.append(
+                f"it was built with compressor {dict(self.compressor)}, this engine uses {dict(other.compressor)}"
+            )
+        if self.chunk_tokens != other.chunk_tokens:
+            found.append(
+                f"its blocks are {self.chunk_tokens}-token chunks, this engine cuts {other.chunk_tokens}-token chunks"
+            )
+        return found
+
+    def require_same(self, other: BankIdentity, subject: str, remedy: str) -> None:
+        """Raise BankMismatchError ("{subject}: what differs; {remedy}") unless ``other`` matches."""
+        found = self.differences(other)
+        if found:
+            raise BankMismatchError(f"{subject}: {'; '.join(found)}; {remedy}")
+
+
 @dataclass
 class MemoryBank:
-    """The ordered memory blocks of one or many documents, plus what built them.
+    """The ordered memory blocks of one or many documents, plus what built them (``identity``).
 
-    Blocks are held in memory, or fetched one at a time through ``loader`` (a store-backed bank), so a
-    scan over a large bank never needs all of its KV resident at once. A store-backed bank knows its
-    ``store`` and the content keys of its blocks (``block_keys``); ``name`` is then its name in the store.
+    Blocks are held in memory, or fetched one at a time through ``loader`` (a stored bank), so a scan over a
+    large bank never needs all of its KV resident at once.
     """
 
     documents: list[Document]
     spans: list[SourceSpan]
     slot_counts: list[int]
-    model_fingerprint: str
-    compressor: dict[str, Any]
-    chunk_tokens: int
+    identity: BankIdentity
     name: str | None = None
     _blocks: list[MemoryBlock | None] = field(default_factory=list, repr=False)
     loader: Callable[[int], MemoryBlock] | None = field(default=None, repr=False)
-    store: MemoryStore | None = field(default=None, repr=False, compare=False)
-    block_keys: list[str] = field(default_factory=list, repr=False)
 
     @classmethod
     def from_blocks(
         cls,
         documents: Sequence[Document],
         blocks: Sequence[MemoryBlock],
-        model_fingerprint: str,
-        compressor: dict[str, Any],
-        chunk_tokens: int,
+        identity: BankIdentity,
         name: str | None = None,
     ) -> MemoryBank:
         return cls(
             documents=list(documents),
             spans=[block.span for block in blocks],
             slot_counts=[block.num_slots for block in blocks],
-            model_fingerprint=model_fingerprint,
-            compressor=dict(compressor),
-            chunk_tokens=chunk_tokens,
+            identity=identity,
             name=name,
             _blocks=list(blocks),
         )
+
+    @property
+    def model_fingerprint(self) -> str:
+        return self.identity.model_fingerprint
+
+    @property
+    def compressor(self) -> dict[str, Any]:
+        return dict(self.identity.compressor)
+
+    @property
+    def chunk_tokens(self) -> int:
+        return self.identity.chunk_tokens
 
     def __len__(self) -> int:
         return len(self.spans)
@@ -161,8 +196,8 @@ class MemoryBank:
     def without_documents(self, document_ids: Iterable[str]) -> MemoryBank:
         """An in-memory bank without these documents (blocks shared, spans renumbered).
 
-        Raises DocumentNotFoundError for an id the bank does not hold. A store-backed bank is changed in
-        its store instead (``LycheeMemory.remove_documents``).
+        Raises DocumentNotFoundError for an id the bank does not hold. A stored bank is changed in its store
+        instead (``LycheeMemory.remove_documents``).
         """
         removed = {document_ids} if isinstance(document_ids, str) else set(document_ids)
         present = {document.id for document in self.documents}
@@ -180,9 +215,7 @@ class MemoryBank:
                 continue
             block = self.block(index)
             blocks.append(replace(block, span=replace(span, document_index=renumbered[span.document_id])))
-        return MemoryBank.from_blocks(
-            documents, blocks, self.model_fingerprint, self.compressor, self.chunk_tokens, name=self.name
-        )
+        return MemoryBank.from_blocks(documents, blocks, self.identity, name=self.name)
 
     @property
     def num_tokens(self) -> int:
@@ -207,5 +240,5 @@ class MemoryBank:
             "compressor": self.compressor,
             "chunk_tokens": self.chunk_tokens,
             "resident_bytes": self.resident_nbytes(),
-            "store": str(self.store.path) if self.store is not None else None,
+            "store": None,
         }

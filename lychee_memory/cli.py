@@ -110,12 +110,19 @@ def _paths(values: list[str]) -> list[Path]:
     return [Path(value) for value in values]
 
 
-def _open_store(args: argparse.Namespace, block_dtype: str | None = None):
+def _open_store(args: argparse.Namespace, *, create: bool, block_dtype: str = "bfloat16"):
+    """The store named by --store (default store without it); commands that only read never create one."""
     from .store import MemoryStore
 
-    if block_dtype is None:
-        return MemoryStore(args.store)
-    return MemoryStore(args.store, block_dtype=block_dtype)
+    return MemoryStore(args.store, block_dtype=block_dtype, create=create)
+
+
+def _recipe_for_settings(settings: dict[str, Any]):
+    """The block recipe of the engine a bank recorded, for ``store verify --repair``."""
+    from .config import EngineConfig
+    from .engine import LycheeMemory
+
+    return LycheeMemory.from_pretrained(config=EngineConfig.from_recorded(settings)).block_recipe()
 
 
 def _command_ask(args: argparse.Namespace) -> int:
@@ -127,7 +134,7 @@ def _command_ask(args: argparse.Namespace) -> int:
     if args.store is not None and args.bank is None:
         raise LycheeError("--store needs --bank NAME: which bank of the store to ask")
     documents = load_documents(_paths(args.paths)) if args.paths else None  # fail on bad files before loading
-    store = _open_store(args) if args.bank is not None else None
+    store = _open_store(args, create=documents is not None) if args.bank is not None else None
     if store is not None and documents is None and not store.has_bank(args.bank):
         store.bank_info(args.bank)  # raises BankNotFoundError listing the banks, before loading a model
     engine = _load_engine(args)
@@ -141,10 +148,14 @@ def _command_ask(args: argparse.Namespace) -> int:
             documents = engine.open_bank(args.bank, store, recompress=args.recompress)
         ingest_seconds = time.perf_counter() - ingest_started
     mode = args.mode.replace("-", "_")
-    if args.json or mode != "lychee":
-        answer = engine.ask(args.question, documents, mode=mode)
+    if mode != "lychee":
+        from .baselines import BASELINES
+
+        answer = BASELINES[mode](engine).ask(args.question, documents)
         if not args.json:
             print(answer.text)
+    elif args.json:
+        answer = engine.ask(args.question, documents)
     else:
         stream = engine.stream(args.question, documents)
         for piece in stream:
@@ -186,7 +197,7 @@ def _command_ingest(args: argparse.Namespace) -> int:
     if args.store is not None and args.bank is None:
         raise LycheeError("--store needs --bank NAME: the bank to add the documents to")
     documents = load_documents(_paths(args.paths))
-    store = _open_store(args, args.block_dtype) if args.bank is not None else None
+    store = _open_store(args, create=True, block_dtype=args.block_dtype) if args.bank is not None else None
     engine = _load_engine(args)
     ingest_started = time.perf_counter()
     if store is not None:
@@ -223,7 +234,7 @@ def _command_ingest(args: argparse.Namespace) -> int:
 
 
 def _command_store(args: argparse.Namespace) -> int:
-    store = _open_store(args)
+    store = _open_store(args, create=False)
     action = args.store_command
     if action == "ls":
         banks = store.list_banks()
@@ -276,7 +287,7 @@ def _command_store(args: argparse.Namespace) -> int:
                 f"freed {report.freed_bytes / 2**20:.1f} MiB"
             )
         return 0
-    report = store.verify(repair=args.repair)
+    report = store.verify(repair=args.repair, recipe_for_settings=_recipe_for_settings)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -1,6 +1,6 @@
 """Validated configuration for every stage: model, chunking, compressor, gate, reasoner, prompts.
 
-Fields left at "auto" (or None) are resolved per model once it is loaded (see ``resolve_for_model``),
+Fields left at "auto" (or None) are resolved per model once it is loaded (see ``engine.resolve_config``),
 so one config file works for the embedded 135M default and for a 7B checkpoint on a GPU.
 """
 
@@ -22,7 +22,8 @@ AttentionName = Literal["auto", "sdpa", "eager", "flash_attention_2", "triton"]
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN or infinity in a float setting (a threshold, a temperature) silently disables what it controls.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSettings(_Settings):
@@ -87,13 +88,16 @@ class GateSettings(_Settings):
     threshold: float | None = Field(
         None, description="a block is relevant when its score reaches this; None = rule default"
     )
-    baseline: Literal["no_block", "median"] = Field(
-        "no_block", description="query likelihood: gain over the prompt without any block, or over the median block"
-    )
     memory_weight: float = Field(0.5, ge=0.0, description="query likelihood: weight of the working-memory tokens")
     max_relevant_blocks: int = Field(8, ge=1, description="budget of blocks the reasoner reads per question")
     fallback_blocks: int = Field(1, ge=0, description="top-scoring blocks read when none passes the threshold")
     batch_size: int = Field(8, ge=1, description="blocks scored in one batched forward")
+    boundary_tolerance: float | None = Field(
+        None,
+        ge=0.0,
+        description="a score this close to the threshold is scored again on its own, so batching never changes a "
+        "decision; None = per dtype (engine.BOUNDARY_TOLERANCE: far above the rounding batching causes)",
+    )
 
 
 class ReasonerSettings(_Settings):
@@ -106,13 +110,6 @@ class ReasonerSettings(_Settings):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
     stop_strings: list[str] = Field(default_factory=list, description="memory and answers end before any of these")
-    focus_tokens: int | None = Field(
-        None,
-        ge=0,
-        description="text read mode: re-read only the window of this many tokens of a relevant block that makes the "
-        "question most likely (plus a margin), for small models that lose a fact in a long section; 0 = the whole "
-        "block; None = per model (presets.py), else the whole block",
-    )
     repeat_ngram: int = Field(
         16, ge=0, description="stop a generation whose last n tokens repeat an earlier n-gram (a loop); 0 = off"
     )
@@ -215,6 +212,22 @@ class EngineConfig(_Settings):
     )
 
     @classmethod
+    def from_recorded(cls, data: dict[str, Any]) -> EngineConfig:
+        """A config recorded by an earlier version (a bank manifest's settings), without the settings since retired.
+
+        Retired settings were measured to give nothing and removed; a recorded value for one is dropped, so a bank
+        built before can still be repaired with the engine that built it.
+        """
+        recorded = {name: dict(value) if isinstance(value, dict) else value for name, value in data.items()}
+        for section, field in RETIRED_SETTINGS:
+            if isinstance(recorded.get(section), dict):
+                recorded[section].pop(field, None)
+        try:
+            return cls.model_validate(recorded)
+        except ValidationError as error:
+            raise ConfigurationError(_describe_validation_error(error)) from None
+
+    @classmethod
     def from_kwargs(cls, base: EngineConfig | None = None, **options: Any) -> EngineConfig:
         """Build a config from flat options (``ratio=8, gate="prompt"``) or section dicts (``gate={...}``)."""
         data = (base or cls()).model_dump()
@@ -263,9 +276,10 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "top_p": ("reasoner", "top_p"),
     "seed": ("reasoner", "seed"),
     "stop_strings": ("reasoner", "stop_strings"),
-    "focus_tokens": ("reasoner", "focus_tokens"),
     "memagent_chunk_tokens": ("baselines", "memagent_chunk_tokens"),
 }
+# Settings that existed once and were retired after measurement (see presets.py): (section, field).
+RETIRED_SETTINGS: tuple[tuple[str, str], ...] = (("reasoner", "focus_tokens"), ("gate", "baseline"))
 # "compressor" and "gate" also accept a plain name: compressor="key_norm", gate="prompt".
 _NAME_SHORTCUTS = {"compressor": "kind", "gate": "rule"}
 

@@ -3,21 +3,22 @@
 Rules (one interface, chosen by ``GateSettings.rule``):
 
 - ``query_likelihood``: mean log-probability of the question tokens (plus, once the memory holds notes,
-  of the memory tokens, weighted) placed after the block's KV, minus the same without any block (or
-  minus the median block). A block that makes the question and notes likely is about them.
+  of the memory tokens, weighted) placed after the block's KV, minus the same without any block. A block
+  that makes the question and notes likely is about them.
 - ``prompt``: probability of "yes" when the model is asked, after the block's KV, whether the block
   helps with the question given the memory (for instruct 7B models and a trained gate).
 - ``all``: every block is relevant (MemAgent behaviour).
 
 The scan is state-aware: blocks are judged in document order against the current memory; after the
 reasoner updates the memory on a relevant block, later blocks are judged against the new memory. Blocks
-are scored in batches against the current memory and the scan jumps to the first relevant one, which
-gives exactly the decisions of a block-by-block scan (the batch only computes ahead).
+are scored in batches against the current memory and the scan jumps to the first relevant one, so the
+batch only computes ahead. Batching changes a score by rounding alone (padding reorders sums: about
+1e-7 nats in float32), so a score within ``boundary_tolerance`` of the threshold is scored again on its own,
+exactly as a block-by-block scan scores it: batched and block-by-block scans make the same decisions.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -29,7 +30,7 @@ import torch
 from lychee_memory.kernels import token_logprobs
 
 from .blocks import MemoryBank, MemoryBlock
-from .config import GateSettings
+from .config import GateSettings, PromptSettings
 from .kv_prefix import PromptRow, logits_of, prefill
 from .model_loading import LoadedModel
 from .prompts import PromptBuilder
@@ -37,12 +38,11 @@ from .prompts import PromptBuilder
 
 @dataclass(frozen=True)
 class ScoreRequest:
-    """Score one block (or no block, for a baseline) for one question under one memory."""
+    """Score one block (or no block, for the baseline) for one question under one memory."""
 
     question: str
     memory: str
     block: MemoryBlock | None
-    prefix_ids: tuple[int, ...] = ()  # without a block: token ids read before the prompt (a window of text)
 
 
 class GateRule(ABC):
@@ -52,13 +52,11 @@ class GateRule(ABC):
     default_threshold: ClassVar[float]
     needs_model: ClassVar[bool] = True
 
+    uses_block_free_baseline: ClassVar[bool] = False  # scores are gains over the score without any block
+
     @abstractmethod
     def score(self, loaded: LoadedModel, prompts: PromptBuilder, requests: list[ScoreRequest]) -> list[float]:
         """Scores of all requests, computed in one batched forward."""
-
-    def uses_block_free_baseline(self, settings: GateSettings) -> bool:
-        """Whether the rule's baseline is the score without any block (else 0 or the median)."""
-        return False
 
 
 class QueryLikelihoodRule(GateRule):
@@ -71,15 +69,13 @@ class QueryLikelihoodRule(GateRule):
 
     name = "query_likelihood"
     default_threshold = 1.0  # nats of mean log-probability gained over the block-free prompt
+    uses_block_free_baseline = True
 
     def __init__(self, memory_weight: float, initial_memory: str, template: str, memory_template: str):
         self.memory_weight = memory_weight
         self.initial_memory = initial_memory
         self.template = template
         self.memory_template = memory_template
-
-    def uses_block_free_baseline(self, settings: GateSettings) -> bool:
-        return settings.baseline == "no_block"
 
     def score(self, loaded, prompts, requests):
         rows, spans = [], []
@@ -91,8 +87,8 @@ class QueryLikelihoodRule(GateRule):
                 segmented = prompts.segments(self.template, question=request.question)
             ids = segmented.token_ids
             offset = 0
-            if request.block is None:
-                lead = list(prompts.sequence_start_ids) + list(request.prefix_ids)
+            if request.block is None:  # the baseline starts the sequence as the block would have
+                lead = list(prompts.sequence_start_ids)
                 ids = lead + ids
                 offset = len(lead)
             rows.append(PromptRow(ids, request.block))
@@ -169,7 +165,7 @@ def _first_token_ids(tokenizer, words: list[str]) -> list[int]:
 RULES: dict[str, type[GateRule]] = {"query_likelihood": QueryLikelihoodRule, "prompt": PromptRule, "all": AllRule}
 
 
-def build_rule(settings: GateSettings, prompt_settings, tokenizer) -> GateRule:
+def build_rule(settings: GateSettings, prompt_settings: PromptSettings, tokenizer) -> GateRule:
     if settings.rule == "query_likelihood":
         return QueryLikelihoodRule(
             settings.memory_weight,
@@ -208,7 +204,8 @@ class ScanState:
     selected: list[int] = field(default_factory=list)
     decisions: list[GateDecision] = field(default_factory=list)
     memories: list[str] = field(default_factory=list)
-    baseline: float | None = None
+    baseline: float | None = None  # block-free score under the current memory, as computed in its batch
+    baseline_alone: float | None = None  # the same scored on its own (for scores near the threshold)
     done: bool = False
     reasoner_prompt_tokens: int = 0
     memory_tokens: int = 0
@@ -234,6 +231,7 @@ class GateScan:
         rule: GateRule,
         settings: GateSettings,
         threshold: float,
+        boundary_tolerance: float,
         progress: Callable[[int], None] | None = None,
     ):
         self.loaded = loaded
@@ -241,12 +239,14 @@ class GateScan:
         self.rule = rule
         self.settings = settings
         self.threshold = threshold
+        self.boundary_tolerance = boundary_tolerance
         self.progress = progress
         self.timings = ScanTimings()
 
     @property
-    def _median_baseline(self) -> bool:
-        return self.rule.name == "query_likelihood" and self.settings.baseline == "median"
+    def _batched(self) -> bool:
+        """Whether rows share forwards (then near-threshold scores are checked alone)."""
+        return self.rule.needs_model and self.settings.batch_size > 1
 
     def run(self, bank: MemoryBank, states: list[ScanState], update: MemoryUpdater) -> list[ScanState]:
         """Scan until every question reached the end of the bank or its budget; ``update`` writes memory."""
@@ -256,14 +256,18 @@ class GateScan:
             state.memories.append(state.memory)
             state.done = total == 0
         while active := [i for i, state in enumerate(states) if not state.done]:
-            plan = {i: self._next_indices(states[i], total) for i in active}
+            step = self.settings.batch_size
+            plan = {i: list(range(states[i].cursor, min(total, states[i].cursor + step))) for i in active}
             scores = self._score(bank, states, plan)
             hits: list[tuple[ScanState, int]] = []
             advanced = 0
             for i in active:
                 state, indices = states[i], plan[i]
                 hit = None
-                for index, gain in zip(indices, self._gains(state, scores[i])):
+                for index, raw in zip(indices, scores[i]):
+                    gain = raw - state.baseline if state.baseline is not None else raw
+                    if self._batched and abs(gain - self.threshold) <= self.boundary_tolerance:
+                        gain = self._gain_alone(bank, state, index)
                     relevant = gain >= self.threshold
                     state.decisions.append(GateDecision(index, gain, relevant, len(state.selected)))
                     if not state.selected:
@@ -284,19 +288,24 @@ class GateScan:
                 state = states[i]
                 if state.cursor >= total or len(state.selected) >= self.settings.max_relevant_blocks:
                     state.done = True
-        self._fallback(states, first_pass, update)
+        self._fallback(bank, states, first_pass, update)
         return states
 
-    def _next_indices(self, state: ScanState, total: int) -> list[int]:
-        """A batch from the cursor; with a median baseline, every remaining block (the median needs them)."""
-        stop = total if self._median_baseline else min(total, state.cursor + self.settings.batch_size)
-        return list(range(state.cursor, stop))
+    def _requests(self, bank: MemoryBank, states: list[ScanState], keys: list[tuple[int, int | None]]):
+        return [
+            ScoreRequest(
+                states[i].question,
+                states[i].memory,
+                bank.block(index) if index is not None and self.rule.needs_model else None,
+            )
+            for i, index in keys
+        ]
 
     def _score(self, bank: MemoryBank, states: list[ScanState], plan: dict[int, list[int]]) -> dict[int, list[float]]:
         """Raw scores per planned block, batched across questions; fills in missing block-free baselines."""
         keys: list[tuple[int, int | None]] = []
         for i, indices in plan.items():
-            if self.rule.uses_block_free_baseline(self.settings) and states[i].baseline is None:
+            if self.rule.uses_block_free_baseline and states[i].baseline is None:
                 keys.append((i, None))
             keys.extend((i, index) for index in indices)
         values: dict[tuple[int, int | None], float] = {}
@@ -304,15 +313,7 @@ class GateScan:
         step = self.settings.batch_size if self.rule.needs_model else max(1, len(keys))
         for start in range(0, len(keys), step):
             part = keys[start : start + step]
-            requests = [
-                ScoreRequest(
-                    states[i].question,
-                    states[i].memory,
-                    bank.block(index) if index is not None and self.rule.needs_model else None,
-                )
-                for i, index in part
-            ]
-            values.update(zip(part, self.rule.score(self.loaded, self.prompts, requests)))
+            values.update(zip(part, self.rule.score(self.loaded, self.prompts, self._requests(bank, states, part))))
             self.timings.gate_rows += len(part) if self.rule.needs_model else 0
         self.timings.gate_seconds += time.perf_counter() - started
         for i in plan:
@@ -320,14 +321,19 @@ class GateScan:
                 states[i].baseline = values[(i, None)]
         return {i: [values[(i, index)] for index in indices] for i, indices in plan.items()}
 
-    def _gains(self, state: ScanState, raw: list[float]) -> list[float]:
-        if self._median_baseline:
-            base = statistics.median(raw)
-        elif self.rule.uses_block_free_baseline(self.settings):
-            base = state.baseline if state.baseline is not None else 0.0
-        else:
-            base = 0.0
-        return [value - base for value in raw]
+    def _gain_alone(self, bank: MemoryBank, state: ScanState, index: int) -> float:
+        """The block's gain with the block and the baseline each scored in a forward of its own."""
+        started = time.perf_counter()
+        keys: list[tuple[int, int | None]] = [(0, index)]
+        if self.rule.uses_block_free_baseline and state.baseline_alone is None:
+            keys.append((0, None))
+        scores = [self.rule.score(self.loaded, self.prompts, self._requests(bank, [state], [key]))[0] for key in keys]
+        self.timings.gate_rows += len(keys)
+        self.timings.gate_seconds += time.perf_counter() - started
+        if len(keys) == 2:
+            state.baseline_alone = scores[1]
+        base = state.baseline_alone if self.rule.uses_block_free_baseline else None
+        return scores[0] - base if base is not None else scores[0]
 
     def _apply(self, hits: list[tuple[ScanState, int]], update: MemoryUpdater) -> None:
         started = time.perf_counter()
@@ -337,24 +343,39 @@ class GateScan:
             state.selected.append(index)
             state.memory = memory
             state.memories.append(memory)
-            state.baseline = None  # the memory changed: the block-free baseline must be recomputed
+            state.baseline = state.baseline_alone = None  # the memory changed: baselines must be recomputed
 
-    def _fallback(self, states: list[ScanState], first_pass: list[dict[int, float]], update: MemoryUpdater) -> None:
-        """Questions where no block passed read their top-scoring block(s) instead of answering blind."""
-        if self.settings.fallback_blocks == 0:
+    def _fallback(
+        self, bank: MemoryBank, states: list[ScanState], first_pass: list[dict[int, float]], update: MemoryUpdater
+    ) -> None:
+        """Questions where no block passed read their top-scoring block(s) instead of answering blind.
+
+        Gains within ``boundary_tolerance`` of the last one taken are scored alone first, so near-ties are
+        broken as a block-by-block scan breaks them.
+        """
+        wanted = self.settings.fallback_blocks
+        if wanted == 0:
             return
         chosen: list[list[int]] = []
         for state, gains in zip(states, first_pass):
             if state.selected or not gains:
                 chosen.append([])
                 continue
-            best = sorted(sorted(gains, key=lambda index: (-gains[index], index))[: self.settings.fallback_blocks])
+            ranked = sorted(gains, key=lambda index: (-gains[index], index))
+            if self._batched and len(ranked) > wanted:
+                cut = gains[ranked[wanted - 1]]
+                for index in ranked:
+                    if abs(gains[index] - cut) <= self.boundary_tolerance:
+                        gains[index] = self._gain_alone(bank, state, index)
+                ranked = sorted(gains, key=lambda index: (-gains[index], index))
+            best = sorted(ranked[:wanted])
             for decision in state.decisions:
                 if decision.index in best:
                     decision.fallback = True
+                    decision.score = gains[decision.index]
             chosen.append(best)
         # One round per fallback rank, so a question's memory is updated in document order.
-        for rank in range(self.settings.fallback_blocks):
+        for rank in range(wanted):
             round_ = [(state, picks[rank]) for state, picks in zip(states, chosen) if len(picks) > rank]
             if round_:
                 self._apply(round_, update)

@@ -1,7 +1,8 @@
 """Batched decoding after (optional) memory-block prefixes: greedy by default, sampling on request.
 
 Each row stops at its own stop token or at ``max_new_tokens``; text can be streamed per row as it is
-decoded, holding back incomplete UTF-8 sequences.
+decoded, holding back incomplete UTF-8 sequences. Model calls run under ``torch.inference_mode`` one step
+at a time, never across a ``yield``: the consumer's own code between pieces runs outside it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import ReasonerSettings
 from .kv_prefix import PromptRow, decoder_forward, logits_of, prefill
 from .model_loading import LoadedModel
 
@@ -27,6 +29,18 @@ class DecodingSettings:
     seed: int | None = None
     stop_strings: tuple[str, ...] = ()  # the text ends before the first of these
     repeat_ngram: int = 0  # stop when the last n tokens repeat an earlier n-gram (0 = off)
+
+    @classmethod
+    def for_reasoner(cls, settings: ReasonerSettings, max_new_tokens: int) -> DecodingSettings:
+        """The reasoner's sampling and stop settings with a budget: memory updates, answers and baselines alike."""
+        return cls(
+            max_new_tokens=max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            seed=settings.seed,
+            stop_strings=tuple(settings.stop_strings),
+            repeat_ngram=settings.repeat_ngram,
+        )
 
 
 @dataclass
@@ -115,17 +129,27 @@ def _choose_tokens(logits: torch.Tensor, settings: DecodingSettings, generator: 
 
 
 class DecodeStream:
-    """Iterate to get ``(row, text piece)`` as tokens are decoded; ``results`` holds every row's output after."""
+    """Iterate to get ``(row, text piece)`` as tokens are decoded; ``results`` holds every row's output after.
+
+    Each decoding step runs under ``torch.inference_mode`` and the pieces it produced are yielded after the
+    step left it, so code between pieces runs with autograd as the caller set it.
+    """
 
     def __init__(self, loaded: LoadedModel, rows: list[PromptRow], settings: DecodingSettings):
         self.loaded, self.rows, self.settings = loaded, rows, settings
         self.results: list[Generation] | None = None
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
-        with torch.inference_mode():
-            yield from self._decode()
+        steps = self._steps()
+        while True:
+            with torch.inference_mode():
+                pieces = next(steps, None)
+            if pieces is None:
+                return
+            yield from pieces
 
-    def _decode(self) -> Iterator[tuple[int, str]]:
+    def _steps(self) -> Iterator[list[tuple[int, str]]]:
+        """One list of (row, piece) per decoding step; the caller advances it inside inference mode."""
         loaded, settings = self.loaded, self.settings
         stop_ids = torch.tensor(loaded.stop_token_ids, device=loaded.device)
         batch, hidden = prefill(loaded, self.rows, extra_capacity=settings.max_new_tokens)
@@ -141,6 +165,7 @@ class DecodeStream:
         kv_valid, positions = batch.kv_valid, batch.next_positions.clone()
         pad = torch.full((size,), loaded.tokenizer.pad_token_id, device=loaded.device)
         for step in range(settings.max_new_tokens):
+            pieces: list[tuple[int, str]] = []
             tokens = _choose_tokens(logits, settings, generator)
             is_stop = torch.isin(tokens, stop_ids)
             for row in (~finished).nonzero().flatten().tolist():
@@ -151,21 +176,21 @@ class DecodeStream:
                 outputs[row].append(token)
                 piece = decoders[row].push(token)
                 if piece:
-                    yield row, piece
+                    pieces.append((row, piece))
                 if decoders[row].done:
                     stopped[row] = True
                     is_stop[row] = True
             finished |= is_stop
             if bool(finished.all()) or step == settings.max_new_tokens - 1:
+                yield pieces
                 break
+            yield pieces
             tokens = torch.where(finished, pad, tokens)
             kv_valid = torch.cat([kv_valid, torch.ones(size, 1, dtype=torch.bool, device=loaded.device)], dim=1)
             hidden = decoder_forward(loaded, tokens[:, None], positions[:, None], kv_valid, batch.cache)
             positions = positions + 1
             logits = logits_of(loaded, hidden[:, -1])
-        for row, decoder in enumerate(decoders):
-            if piece := decoder.flush():
-                yield row, piece
+        yield [(row, piece) for row, decoder in enumerate(decoders) if (piece := decoder.flush())]
         self.results = [
             Generation(
                 token_ids=outputs[row],

@@ -24,7 +24,6 @@ class ModelPreset:
     thresholds: dict[tuple[str, str], float] = field(default_factory=dict)  # (compressor, gate rule) -> threshold
     prompts: dict[str, str] = field(default_factory=dict)  # PromptSettings fields replacing untouched defaults
     stop_strings: tuple[str, ...] = ()
-    focus_tokens: int | None = None
     evidence: str = ""
 
     def matches(self, config) -> bool:

@@ -22,6 +22,13 @@ class SegmentedPrompt:
     spans: dict[str, tuple[int, int]]
 
 
+def sequence_start_ids(tokenizer) -> list[int]:
+    """The tokens a tokenizer puts before every sequence (a BOS), or none: what a block or prompt starts with."""
+    probe = tokenizer("a").input_ids
+    plain = tokenizer("a", add_special_tokens=False).input_ids
+    return list(probe[: len(probe) - len(plain)]) if probe[-len(plain) :] == plain else []
+
+
 class PromptBuilder:
     """Renders the configured templates for one tokenizer."""
 
@@ -29,12 +36,8 @@ class PromptBuilder:
         self.tokenizer = tokenizer
         self.settings = settings
         self._chat_parts: tuple[list[int], list[int]] | None = None
-        probe = tokenizer("a").input_ids
-        plain = tokenizer("a", add_special_tokens=False).input_ids
         # Tokens the tokenizer puts before every sequence (a BOS), kept in front of prefix-free prompts.
-        self.sequence_start_ids: list[int] = (
-            list(probe[: len(probe) - len(plain)]) if probe[-len(plain) :] == plain else []
-        )
+        self.sequence_start_ids: list[int] = sequence_start_ids(tokenizer)
 
     @property
     def uses_chat(self) -> bool:
@@ -74,9 +77,6 @@ class PromptBuilder:
                 ids = self.sequence_start_ids + ids
             return ids
         return (self.sequence_start_ids if with_start else []) + content_ids
-
-    def render(self, template: str, **values: str) -> str:
-        return template.format(**values)
 
     def segments(self, template: str, **values: str) -> SegmentedPrompt:
         """Tokenize a template piece by piece so each placeholder's token span is known exactly."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .blocks import MemoryBlock
-from .chunking import tokenize_with_offsets
 from .config import ReasonerSettings
 from .generation import DecodeStream, DecodingSettings, Generation, TokenCallback, generate
 from .kv_prefix import PromptRow
@@ -26,32 +25,6 @@ class UpdateRequest:
     memory: str
     block: MemoryBlock | None = None
     section: str | None = None
-
-
-@dataclass(frozen=True)
-class FocusWindow:
-    """A candidate window of a block's text: its token ids (scored) and the character range to re-read."""
-
-    token_ids: tuple[int, ...]
-    char_start: int
-    char_end: int
-
-
-def focus_windows(tokenizer, text: str, focus_tokens: int) -> list[FocusWindow]:
-    """Consecutive windows of ``focus_tokens`` tokens over ``text``; each re-reads a margin of an eighth of a
-    window on both sides so a fact cut by a window edge is still whole. One window when the text is short."""
-    ids, offsets = tokenize_with_offsets(tokenizer, text)
-    margin = focus_tokens // 8
-    if len(ids) <= focus_tokens + 2 * margin:
-        return [FocusWindow(tuple(ids), 0, len(text))]
-    bounds = [[start, min(start + focus_tokens, len(ids))] for start in range(0, len(ids), focus_tokens)]
-    if bounds[-1][1] - bounds[-1][0] < focus_tokens // 4:
-        bounds[-2][1] = bounds.pop()[1]  # a short tail joins the window before it
-    windows = []
-    for start, end in bounds:
-        first, last = max(0, start - margin), min(len(ids), end + margin)
-        windows.append(FocusWindow(tuple(ids[start:end]), offsets[first][0], offsets[last - 1][1]))
-    return windows
 
 
 class Reasoner:
@@ -74,14 +47,7 @@ class Reasoner:
         self.batch_size = batch_size
 
     def _decoding(self, max_new_tokens: int) -> DecodingSettings:
-        return DecodingSettings(
-            max_new_tokens=max_new_tokens,
-            temperature=self.settings.temperature,
-            top_p=self.settings.top_p,
-            seed=self.settings.seed,
-            stop_strings=tuple(self.settings.stop_strings),
-            repeat_ngram=self.settings.repeat_ngram,
-        )
+        return DecodingSettings.for_reasoner(self.settings, max_new_tokens)
 
     def update_row(self, request: UpdateRequest) -> PromptRow:
         if self.read_mode == "kv":

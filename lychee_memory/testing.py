@@ -1,7 +1,9 @@
 """Tiny random-init Llama and Qwen2 models with a small byte-level BPE tokenizer, built offline.
 
 They make the whole pipeline (compress, gate, reason, store, adapters) testable on a CPU in seconds;
-their answers are noise. Use them through the specs ``tiny-random-llama`` and ``tiny-random-qwen2``.
+their answers are noise. Use them through the specs ``tiny-random-llama``, ``tiny-random-qwen2`` and
+``tiny-random-llama-bos`` (a Llama whose tokenizer starts every sequence with a BOS token, as Llama 3's does,
+so attention sinks, block-free baselines and sequence starts are exercised).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ _CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 _SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+_BOS_TOKEN = "<|startoftext|>"
+TINY_FAMILIES = ("llama", "qwen2", "llama-bos")
 _TRAINING_TEXT = """
 The lighthouse keeper wrote the code 58213 in the logbook before the storm reached the harbour.
 A ship called the Silver Heron anchored in the bay; its captain asked who had built the old tower.
@@ -25,10 +29,13 @@ Notes: No previous memory. Updated memory: the keeper, the code, the ship, the c
 """
 
 
-@functools.lru_cache(maxsize=1)
-def build_tiny_tokenizer():
-    """A 384-token byte-level BPE tokenizer with a ChatML template; deterministic and offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+@functools.lru_cache(maxsize=2)
+def build_tiny_tokenizer(with_bos: bool = False):
+    """A 384-token byte-level BPE tokenizer with a ChatML template; deterministic and offline.
+
+    ``with_bos`` adds a BOS token that the tokenizer puts before every sequence it encodes.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
@@ -36,16 +43,21 @@ def build_tiny_tokenizer():
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=384,
-        special_tokens=_SPECIAL_TOKENS,
+        special_tokens=_SPECIAL_TOKENS + ([_BOS_TOKEN] if with_bos else []),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator([_TRAINING_TEXT] * 4, trainer=trainer)
+    if with_bos:
+        bos_id = tokenizer.token_to_id(_BOS_TOKEN)
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{_BOS_TOKEN} $A", pair=f"{_BOS_TOKEN} $A $B", special_tokens=[(_BOS_TOKEN, bos_id)]
+        )
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        bos_token=None,
+        bos_token=_BOS_TOKEN if with_bos else None,
     )
     wrapped.chat_template = _CHAT_TEMPLATE
     return wrapped
@@ -53,6 +65,7 @@ def build_tiny_tokenizer():
 
 def tiny_config(family: str, vocab_size: int, **overrides):
     """Config of a 2-layer model with grouped-query attention (4 query heads, 2 KV heads, head_dim 16)."""
+    family = family.removesuffix("-bos")
     from transformers import LlamaConfig, Qwen2Config
 
     common = dict(
@@ -82,7 +95,7 @@ def build_tiny_model(family: str, attention: str = "sdpa", seed: int = 0, **over
     """A random-init tiny model (same weights for the same seed) and the tiny tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(with_bos=family.endswith("-bos"))
     config = tiny_config(family, vocab_size=len(tokenizer), **overrides)
     config._attn_implementation = attention
     with torch.random.fork_rng(devices=[]):

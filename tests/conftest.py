@@ -14,7 +14,7 @@ import torch
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
-FAMILIES = ["llama", "qwen2"]
+FAMILIES = ["llama", "qwen2", "llama-bos"]  # llama-bos: a tokenizer that starts every sequence with BOS
 
 FACTS_DOCUMENT = (
     "The harbour of Arvel lies at the mouth of a cold river. Fishing boats leave before dawn.\n\n"

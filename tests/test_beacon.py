@@ -165,7 +165,7 @@ def test_checkpoint_with_memory_weights_reproduces_the_hand_computed_forward(tmp
     assert block.num_slots == math.ceil(37 / RATIO) == expected_keys.shape[2]
     torch.testing.assert_close(block.keys, expected_keys, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(block.values, expected_values, rtol=1e-4, atol=1e-4)
-    assert not block.keys_rotated and block.next_position == block.num_slots
+    assert block.next_position == block.num_slots
 
 
 def test_beacon_prefers_the_beacon_prefix_too(tmp_path):

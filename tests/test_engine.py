@@ -12,7 +12,9 @@ from lychee_memory import (
     ContextTooLongError,
     DocumentError,
     EmptyQuestionError,
+    FullContext,
     LycheeMemory,
+    MemAgent,
     ModelNotFoundError,
 )
 
@@ -82,7 +84,7 @@ def test_text_and_kv_read_modes_differ_in_what_the_reasoner_reads():
 
 def test_memagent_mode_reads_every_raw_chunk():
     engine = make_engine(memagent_chunk_tokens=50)
-    answer = engine.ask(QUESTION, [FACTS_DOCUMENT], mode="memagent")
+    answer = MemAgent(engine).ask(QUESTION, [FACTS_DOCUMENT])
     assert answer.mode == "memagent"
     assert len(answer.blocks) == answer.token_counts["blocks"] and len(answer.memory_steps) == len(answer.blocks) + 1
     assert all(len(block.text) > 0 for block in answer.blocks)
@@ -90,9 +92,9 @@ def test_memagent_mode_reads_every_raw_chunk():
 
 def test_full_context_mode_and_its_limit():
     engine = make_engine()
-    assert engine.ask(QUESTION, [SECOND_DOCUMENT], mode="full_context").mode == "full_context"
+    assert FullContext(engine).ask(QUESTION, [SECOND_DOCUMENT]).mode == "full_context"
     with pytest.raises(ContextTooLongError, match="full-context"):
-        engine.ask(QUESTION, [FACTS_DOCUMENT * 8], mode="full_context")
+        FullContext(engine).ask(QUESTION, [FACTS_DOCUMENT * 8])
 
 
 def test_one_token_document_works():
@@ -189,56 +191,4 @@ def test_measured_presets_fill_open_settings_unless_turned_off(monkeypatch):
     generic = make_engine(chunk_tokens=None, use_presets=False)
     assert generic.config.compressor.kind == "attention" and generic.config.compressor.ratio == 4
     assert generic.config.reasoner.stop_strings == []
-    assert with_preset.config.reasoner.focus_tokens == generic.config.reasoner.focus_tokens == 0, "measured: no gain"
     assert generic.config.prompts.update != with_preset.config.prompts.update == smollm2.prompts["update"]
-
-
-def test_focus_windows_cover_the_text_with_margins():
-    from lychee_memory.reasoner import focus_windows
-    from lychee_memory.testing import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer()
-    text = FACTS_DOCUMENT[:700]
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    windows = focus_windows(tokenizer, text, 64)
-    assert [token for window in windows for token in window.token_ids] == ids, "windows partition the tokens"
-    assert windows[0].char_start == 0 and windows[-1].char_end == len(text)
-    for window in windows:
-        assert tokenizer.decode(list(window.token_ids)) in text[window.char_start : window.char_end]
-        assert len(window.token_ids) >= 16, "a short tail joins the window before it"
-    assert len(focus_windows(tokenizer, text[:60], 64)) == 1
-
-
-def test_focus_rereads_the_window_where_the_question_is_most_likely():
-    import torch
-
-    from lychee_memory.reasoner import focus_windows
-
-    engine = make_engine(chunk_tokens=256, focus_tokens=64, read_mode="text", max_relevant_blocks=1, threshold=-1e9)
-    question = "What is the access code for the east pier storage shed?"
-    read = []
-    original = engine.reasoner.update
-    engine.reasoner.update = lambda requests: read.extend(r.section for r in requests) or original(requests)
-    bank = engine.ingest([FACTS_DOCUMENT])
-    answer = engine.ask(question, bank)
-    block_text = bank.spans[answer.blocks[0].index].text
-    # Reference: a plain forward of window + question prompt, mean log-probability of the question tokens.
-    segmented = engine.prompts.segments(engine.config.prompts.query_likelihood, question=question)
-    q_start, q_end = segmented.spans["question"]
-    scores = []
-    windows = focus_windows(engine.loaded.tokenizer, block_text, 64)
-    for window in windows:
-        lead = list(engine.prompts.sequence_start_ids) + list(window.token_ids)
-        ids = torch.tensor([lead + segmented.token_ids])
-        with torch.no_grad():
-            logprobs = engine.loaded.model(ids).logits.log_softmax(-1)[0]
-        positions = range(len(lead) + max(q_start, 1), len(lead) + q_end)
-        scores.append(sum(logprobs[p - 1, ids[0, p]].item() for p in positions) / len(positions))
-    best = windows[max(range(len(windows)), key=scores.__getitem__)]
-    assert len(windows) > 2 and read[0] == block_text[best.char_start : best.char_end]
-    unfocused = make_engine(chunk_tokens=256, focus_tokens=0, read_mode="text", max_relevant_blocks=1, threshold=-1e9)
-    read.clear()
-    plain = unfocused.reasoner.update
-    unfocused.reasoner.update = lambda requests: read.extend(r.section for r in requests) or plain(requests)
-    unfocused.ask(question, unfocused.ingest([FACTS_DOCUMENT]))
-    assert read[0] == block_text

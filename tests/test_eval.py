@@ -19,8 +19,8 @@ from lychee_memory.eval import (
     run_eval,
     sub_em,
 )
+from lychee_memory.eval.needles import NEEDLES
 from lychee_memory.eval.tasks import (
-    NEEDLES,
     PoolRepeatWarning,
     TokenCounter,
     build_samples,

@@ -49,7 +49,7 @@ def test_query_likelihood_equals_mean_logprob_from_full_logits(family, memory):
         notes = logprobs[offset + m_start : offset + m_end].mean().item() if memory != "No previous memory" else 0.0
         return question + 0.5 * notes
 
-    assert scores[0] == pytest.approx(reference(chunk), abs=1e-4)
+    assert scores[0] == pytest.approx(reference(engine.prompts.sequence_start_ids + chunk), abs=1e-4)
     assert scores[1] == pytest.approx(reference(engine.prompts.sequence_start_ids), abs=1e-4)
 
 
@@ -144,7 +144,7 @@ def test_questions_scanned_together_decide_like_each_alone(family):
 
 
 def test_budget_stops_the_scan(family):
-    engine = make_engine(family, compressor="key_norm", chunk_tokens=32, max_relevant_blocks=2, threshold=-math.inf)
+    engine = make_engine(family, compressor="key_norm", chunk_tokens=32, max_relevant_blocks=2, threshold=-1e9)
     bank = engine.ingest([FACTS_DOCUMENT])
     answer = engine.ask(QUESTION, bank)
     assert [b.index for b in answer.blocks] == [0, 1]
@@ -157,7 +157,7 @@ def test_nothing_passing_reads_the_top_scoring_blocks(family, fallback):
         family,
         compressor="key_norm",
         chunk_tokens=32,
-        threshold=math.inf,
+        threshold=1e9,
         gate={"rule": "query_likelihood", "fallback_blocks": fallback},
     )
     bank = engine.ingest([FACTS_DOCUMENT])
@@ -174,18 +174,3 @@ def test_all_gate_reads_every_block_in_order(family):
     answer = engine.ask(QUESTION, bank)
     assert [b.index for b in answer.blocks] == list(range(len(bank)))
     assert len(answer.memory_steps) == len(bank) + 1
-
-
-def test_median_baseline_scan_is_consistent(family):
-    engine = make_engine(
-        family,
-        compressor="key_norm",
-        chunk_tokens=32,
-        gate={"rule": "query_likelihood", "baseline": "median"},
-        threshold=0.0,
-    )
-    bank = engine.ingest([FACTS_DOCUMENT])
-    answer = engine.ask(QUESTION, bank)
-    first = [s for s in answer.gate_scores if s.memory_step == 0]
-    assert first[0].index == 0
-    assert answer.blocks, "half the blocks reach the median"

@@ -6,8 +6,8 @@ import asyncio
 import threading
 
 import pytest
-from lychee_memory.integrations.engines import call_engine_async, engine_lock, resolve_engine
-from lychee_memory.integrations.streaming import iterate_engine, iterate_engine_async, trimmed
+from lychee_memory.integrations.engines import call_engine_async, resolve_engine
+from lychee_memory.integrations.streaming import iterate_async, trimmed
 
 from lychee_memory import ConfigurationError, EmptyQuestionError
 
@@ -90,7 +90,6 @@ async def test_async_engine_calls_leave_the_event_loop_free(engine):
 
 
 async def test_async_iteration_runs_in_one_worker_thread_and_stops_early():
-    engine = make_engine()
     threads: list[str] = []
     produced: list[int] = []
 
@@ -101,7 +100,7 @@ async def test_async_iteration_runs_in_one_worker_thread_and_stops_early():
             yield str(number)
 
     received = []
-    async for piece in iterate_engine_async(engine, pieces()):
+    async for piece in iterate_async(pieces()):
         received.append(piece)
         if len(received) == 3:
             break
@@ -109,41 +108,84 @@ async def test_async_iteration_runs_in_one_worker_thread_and_stops_early():
     assert received == ["0", "1", "2"]
     assert len(set(threads)) == 1 and threads[0] != threading.current_thread().name
     assert len(produced) <= 3 + 4 + 1  # at most a few pieces ahead, and it stopped after the consumer left
-    assert engine_lock(engine).acquire(timeout=1)  # and released the engine
-    engine_lock(engine).release()
 
 
 async def test_async_iteration_raises_the_workers_error():
-    engine = make_engine()
-
     def failing():
         yield "a"
         raise EmptyQuestionError("boom")
 
     received = []
     with pytest.raises(EmptyQuestionError, match="boom"):
-        async for piece in iterate_engine_async(engine, failing()):
+        async for piece in iterate_async(failing()):
             received.append(piece)
     assert received == ["a"]
 
 
-def test_sync_iteration_releases_the_lock_between_pieces():
-    engine = make_engine()
-    seen_free = []
-
-    def pieces():
-        for number in range(3):
-            yield str(number)
+def lock_is_free(engine) -> bool:
+    """Whether another thread can take the engine's lock within a second."""
+    seen = []
 
     def try_lock() -> None:
-        lock = engine_lock(engine)
-        acquired = lock.acquire(timeout=1)
-        seen_free.append(acquired)
+        acquired = engine.lock.acquire(timeout=1)
+        seen.append(acquired)
         if acquired:
-            lock.release()
+            engine.lock.release()
 
-    for _ in iterate_engine(engine, pieces()):
-        holder = threading.Thread(target=try_lock)
-        holder.start()
-        holder.join()
-    assert seen_free == [True, True, True]
+    holder = threading.Thread(target=try_lock)
+    holder.start()
+    holder.join()
+    return seen[0]
+
+
+def test_a_stream_releases_the_engine_between_pieces(engine, bank):
+    stream = engine.stream(QUESTION, bank)
+    pieces = 0
+    for _ in stream:
+        pieces += 1
+        assert lock_is_free(engine), "the caller's code between pieces runs without the engine's lock"
+    assert pieces >= 2
+    assert lock_is_free(engine)
+
+
+async def test_an_abandoned_async_stream_does_not_hold_the_engine(engine, bank):
+    """A consumer that stops reading (without closing) must not keep other callers out of the engine."""
+    pieces = iterate_async(trimmed(engine.stream(QUESTION, bank)))
+    first = await pieces.__anext__()
+    assert first
+    await asyncio.sleep(0.2)  # the worker runs ahead a few pieces, then waits for room
+    answer = await asyncio.wait_for(asyncio.to_thread(engine.ask, QUESTION, bank), timeout=60)
+    assert answer.text
+    await pieces.aclose()
+
+
+def test_engine_calls_from_threads_are_serialised(engine, bank):
+    """Direct engine users get the lock too: concurrent asks give what each gives alone."""
+    questions = [QUESTION, "Who is the head gardener?", "Which ship anchored in the bay?"]
+    alone = [engine.ask(question, bank).text for question in questions]
+    results: dict[int, str] = {}
+    active, peak = [0], [0]
+    original = engine.reasoner.answer
+
+    def counting(*args, **kwargs):
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        try:
+            return original(*args, **kwargs)
+        finally:
+            active[0] -= 1
+
+    engine.reasoner.answer = counting
+    try:
+        threads = [
+            threading.Thread(target=lambda i=i: results.__setitem__(i, engine.ask(questions[i % 3], bank).text))
+            for i in range(6)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        engine.reasoner.answer = original
+    assert peak[0] == 1, "two threads were inside the engine at once"
+    assert [results[i] for i in range(6)] == [alone[i % 3] for i in range(6)]

@@ -19,7 +19,7 @@ from llama_index.core.schema import Document, NodeRelationship, NodeWithScore, T
 from llama_index.core.storage.storage_context import StorageContext
 from lychee_memory.integrations.llama_index import LycheeIndex, LycheeQueryEngine, LycheeRetriever
 
-from lychee_memory import BankNotFoundError, DocumentError, EmptyQuestionError, MemoryStore
+from lychee_memory import BankNotFoundError, DocumentError, EmptyQuestionError, MemoryStore, StoreError
 
 from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, loop_ticks, make_engine
 
@@ -309,6 +309,10 @@ def test_bad_inputs_give_clear_errors(engine, query_engine, tmp_path):
         LycheeIndex.from_documents(documents(), model=engine, transformations=[SentenceSplitter()])
     with pytest.raises(ValueError, match="name the bank too"):
         LycheeIndex.from_documents(documents(), model=engine, store=tmp_path / "store")
+    with pytest.raises(StoreError, match="no store at"):
+        LycheeIndex.from_documents(model=engine, store=tmp_path / "store", bank="missing")
+    assert not (tmp_path / "store").exists(), "opening a bank never creates a store"
+    MemoryStore(tmp_path / "store")
     with pytest.raises(BankNotFoundError, match="no bank named 'missing'"):
         LycheeIndex.from_documents(model=engine, store=tmp_path / "store", bank="missing")
     index = LycheeIndex(query_engine.bank, engine)

@@ -1,15 +1,21 @@
-"""Reading a block as a KV prefix: equal to the plain forward it replaces, padding-invariant, read-only."""
+"""Reading a block as a KV prefix: equal to the plain forward it replaces, padding-invariant, read-only.
+
+The growable cache layer is checked against transformers' own ``DynamicLayer`` driven through the same
+operations: the independent reference for what every method of the layer contract must do.
+"""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from transformers.cache_utils import CacheLayerMixin, DynamicLayer
 
 from lychee_memory.compressors import KeyNormCompressor, NoCompression
 from lychee_memory.generation import DecodingSettings, generate
-from lychee_memory.kv_prefix import PromptRow, prefill
+from lychee_memory.kv_prefix import GrowableLayer, PrefixCache, PromptRow, decoder_forward, prefill
 
 from .conftest import _loaded
-from .test_compressors import make_chunk, random_tokens
+from .test_compressors import make_chunk, random_tokens, sequence
 
 
 def test_prompt_after_raw_block_equals_one_long_forward(family):
@@ -17,8 +23,9 @@ def test_prompt_after_raw_block_equals_one_long_forward(family):
     chunk, prompt = random_tokens(30, seed=1), random_tokens(7, seed=2)
     block = NoCompression().compress(loaded, [make_chunk(chunk)])[0]
     _, hidden = prefill(loaded, [PromptRow(prompt, block)])
+    whole = sequence(loaded, chunk) + prompt  # the block holds the chunk as a sequence: after a BOS, if any
     with torch.no_grad():
-        expected = loaded.model.get_decoder()(torch.tensor([chunk + prompt])).last_hidden_state[:, -len(prompt) :]
+        expected = loaded.model.get_decoder()(torch.tensor([whole])).last_hidden_state[:, -len(prompt) :]
     torch.testing.assert_close(hidden, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -53,14 +60,15 @@ def test_greedy_generation_after_block_matches_transformers_generate(family):
     chunk, prompt = random_tokens(25, seed=10), random_tokens(6, seed=11)
     block = NoCompression().compress(loaded, [make_chunk(chunk)])[0]
     ours = generate(loaded, [PromptRow(prompt, block)], DecodingSettings(max_new_tokens=10))[0]
+    whole = sequence(loaded, chunk) + prompt
     with torch.no_grad():
         reference = loaded.model.generate(
-            torch.tensor([chunk + prompt]),
+            torch.tensor([whole]),
             max_new_tokens=10,
             do_sample=False,
             eos_token_id=loaded.stop_token_ids,
             pad_token_id=0,
-        )[0, len(chunk) + len(prompt) :].tolist()
+        )[0, len(whole) :].tolist()
     stop = set(loaded.stop_token_ids)
     expected = []
     for token in reference:
@@ -128,3 +136,120 @@ def test_repetition_loop_is_cut_before_the_repeat():
     assert decoder.done and len(decoder.ids) == len(loop) + 4
     assert decoder.final_text == tokenizer.decode(loop, skip_special_tokens=True).lstrip()
     assert streamed + decoder.flush() == decoder.final_text
+
+
+# ---------------------------------------------------------------------------------------------------
+# GrowableLayer against transformers' DynamicLayer
+
+KV_HEADS, HEAD_DIM = 2, 4
+
+
+def _states(batch: int, tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    keys = torch.randn(batch, KV_HEADS, tokens, HEAD_DIM, generator=generator)
+    return keys, torch.randn(batch, KV_HEADS, tokens, HEAD_DIM, generator=generator)
+
+
+def _layer_pair(batch: int, prefix: int, capacity: int) -> tuple[GrowableLayer, DynamicLayer]:
+    """A GrowableLayer whose buffer holds ``prefix`` filled slots (the rest garbage), and the DynamicLayer it mimics."""
+    keys, values = _states(batch, capacity, seed=0)
+    growable = GrowableLayer(keys.clone(), values.clone(), prefix)
+    dynamic = DynamicLayer()
+    if prefix:
+        dynamic.update(keys[:, :, :prefix].clone(), values[:, :, :prefix].clone())
+    return growable, dynamic
+
+
+def _assert_same_state(growable: GrowableLayer, dynamic: DynamicLayer, step: str) -> None:
+    length = dynamic.get_seq_length()
+    assert growable.get_seq_length() == length, step
+    for query_length in (1, 3):
+        assert growable.get_mask_sizes(query_length) == dynamic.get_mask_sizes(query_length), step
+    assert growable.get_max_length() == dynamic.get_max_length() == -1, step
+    if length:
+        assert torch.equal(growable.keys, dynamic.keys), f"keys differ after {step}"
+        assert torch.equal(growable.values, dynamic.values), f"values differ after {step}"
+    else:
+        assert growable.keys.shape[-2] == growable.values.shape[-2] == 0, step
+
+
+# Each script: (method, args); ("update", batch, tokens) appends fresh states of that shape to both layers.
+LAYER_SCRIPTS: dict[str, list[tuple]] = {
+    "appends_past_capacity": [("update", 3, 2), ("update", 3, 4), ("update", 3, 1)],
+    "crop_then_update": [("crop", -2), ("update", 3, 3), ("crop", 0), ("crop", -10), ("update", 3, 2)],
+    "batch_select_indices_then_update": [("batch_select_indices", torch.tensor([2, 0])), ("update", 2, 3)],
+    "batch_select_one_row_then_update": [("batch_select_indices", torch.tensor([1])), ("update", 1, 4)],
+    "batch_select_bool_mask_then_update": [
+        ("batch_select_indices", torch.tensor([True, False, True])),
+        ("update", 2, 2),
+    ],
+    "batch_repeat_interleave_then_update": [("batch_repeat_interleave", 2), ("update", 6, 2), ("update", 6, 5)],
+    "reorder_cache_then_update": [("reorder_cache", torch.tensor([1, 2, 0])), ("update", 3, 2)],
+    "reset_then_update": [("update", 3, 1), ("reset",), ("update", 3, 3), ("update", 3, 9)],
+    "reset_then_another_batch_size": [("reset",), ("update", 2, 3), ("update", 2, 1)],
+    "offload_prefetch_then_update": [("offload",), ("prefetch",), ("update", 3, 2)],
+    "crop_everything_then_update": [("crop", -5), ("batch_select_indices", torch.tensor([0])), ("update", 3, 2)],
+}
+
+
+@pytest.mark.parametrize("prefix", [5, 0], ids=["prefix_5", "empty_prefix"])
+@pytest.mark.parametrize("script", list(LAYER_SCRIPTS))
+def test_growable_layer_follows_dynamic_layer(script: str, prefix: int) -> None:
+    growable, dynamic = _layer_pair(batch=3, prefix=prefix, capacity=8)
+    _assert_same_state(growable, dynamic, "construction")
+    for index, (method, *args) in enumerate(LAYER_SCRIPTS[script]):
+        step = f"step {index}: {method}{tuple(args)}"
+        if method == "update":
+            batch, tokens = args
+            keys, values = _states(batch, tokens, seed=100 + index)
+            returned = growable.update(keys.clone(), values.clone())
+            expected = dynamic.update(keys.clone(), values.clone())
+            assert all(torch.equal(a, b) for a, b in zip(returned, expected, strict=True)), step
+        else:
+            getattr(growable, method)(*args)
+            getattr(dynamic, method)(*args)
+        _assert_same_state(growable, dynamic, step)
+
+
+def test_growable_layer_rejects_what_dynamic_layer_rejects() -> None:
+    growable, dynamic = _layer_pair(batch=2, prefix=4, capacity=6)
+    for layer in (growable, dynamic):
+        with pytest.raises(ValueError, match="negative"):
+            layer.crop(2)
+    keys, values = _states(1, 2, seed=1)  # one row after two: would broadcast silently into the buffer
+    with pytest.raises(ValueError, match="batch"):
+        growable.update(keys, values)
+    assert growable.get_seq_length() == 4
+
+
+def test_growable_layer_implements_the_whole_dynamic_layer_contract_itself() -> None:
+    """Nothing of DynamicLayer/CacheLayerMixin is inherited unchanged: each method acts on the buffers."""
+    assert issubclass(GrowableLayer, CacheLayerMixin), "transformers' Cache finds attention layers by this class"
+    contract = {
+        name
+        for cls in (DynamicLayer, CacheLayerMixin)
+        for name, member in vars(cls).items()
+        if callable(member) and not name.startswith("_")
+    }
+    missing = sorted(name for name in contract if name not in vars(GrowableLayer))
+    assert not missing, f"GrowableLayer inherits {missing} unchanged"
+    assert GrowableLayer.is_croppable and not GrowableLayer.is_sliding
+
+
+def test_prefix_cache_batch_select_then_decode_equals_the_row_alone(family):
+    """Drop a row of a prefilled batch (as beam/contrastive search do) and decode on: same as that row alone."""
+    loaded = _loaded(family)
+    block = NoCompression().compress(loaded, [make_chunk(random_tokens(12, seed=20))])[0]
+    rows = [PromptRow(random_tokens(5, seed=21), block), PromptRow(random_tokens(5, seed=22), block)]
+    together, _ = prefill(loaded, rows, extra_capacity=2)
+    alone, _ = prefill(loaded, rows[1:], extra_capacity=2)
+    assert isinstance(together.cache, PrefixCache)
+    together.cache.batch_select_indices(torch.tensor([1]))
+    token = torch.tensor([[7]])
+    position = together.next_positions[1:, None]
+    valid = torch.ones(1, together.kv_valid.shape[1] + 1, dtype=torch.bool)
+    with torch.no_grad():
+        selected = decoder_forward(loaded, token, position, valid, together.cache)
+        expected = decoder_forward(loaded, token, position, valid, alone.cache)
+    torch.testing.assert_close(selected, expected, rtol=1e-5, atol=1e-6)
+    assert together.cache.get_seq_length() == alone.cache.get_seq_length()

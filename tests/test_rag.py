@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from lychee_memory import ConfigurationError, ContextTooLongError, EmptyQuestionError, ModelNotFoundError
+from lychee_memory import ConfigurationError, ContextTooLongError, EmptyQuestionError, FullContext, ModelNotFoundError
 from lychee_memory.eval.rag import (
     EMBEDDING_MAX_TOKENS,
     EMBEDDING_MODEL_ENV,
@@ -118,7 +118,7 @@ def test_everything_retrieved_gives_the_full_context_answer(family):
     assert len(index) == 1
 
     answer = rag.ask(question, index)
-    reference = engine.ask(question, [document], mode="full_context")
+    reference = FullContext(engine).ask(question, [document])
     assert rag.context_text(answer.blocks, index) == document
     assert answer.token_counts["prompt_tokens"] == len(engine.prompts.full_context_prompt(question, document))
     assert answer.token_counts["prompt_tokens"] == reference.token_counts["prompt_tokens"]
@@ -132,7 +132,7 @@ def test_everything_retrieved_gives_the_full_context_answer(family):
     answer = many.ask(question, index)
     assert len(answer.blocks) == len(index)
     assert many.context_text(answer.blocks, index) == FACTS_DOCUMENT + "\n\n" + SECOND_DOCUMENT
-    assert answer.text == engine.ask(question, [FACTS_DOCUMENT, SECOND_DOCUMENT], mode="full_context").text
+    assert answer.text == FullContext(engine).ask(question, [FACTS_DOCUMENT, SECOND_DOCUMENT]).text
 
 
 def test_blocks_carry_their_character_spans(rag):

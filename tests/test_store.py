@@ -37,6 +37,7 @@ from lychee_memory import (
     StoreFullError,
 )
 from lychee_memory.chunking import chunk_documents
+from lychee_memory.cli import _recipe_for_settings as recipe_for_settings
 from lychee_memory.cli import main
 from lychee_memory.config import EngineConfig, ModelSettings
 from lychee_memory.kv_prefix import PromptRow, logits_of, prefill
@@ -73,13 +74,8 @@ def assert_same_block(stored, expected, storage_dtype: torch.dtype | None = None
     assert stored.keys.dtype == expected.keys.dtype
     assert torch.equal(stored.keys, keys) and torch.equal(stored.values, values)
     assert torch.equal(stored.valid, expected.valid.cpu())
-    assert torch.equal(stored.slot_positions, expected.slot_positions.cpu())
     assert torch.equal(stored.token_ids, expected.token_ids.cpu())
-    assert (stored.next_position, stored.keys_rotated, stored.compressor) == (
-        expected.next_position,
-        expected.keys_rotated,
-        expected.compressor,
-    )
+    assert (stored.next_position, stored.compressor) == (expected.next_position, expected.compressor)
     assert stored.span == expected.span
 
 
@@ -364,14 +360,20 @@ def test_damaged_block_is_named_and_repaired_from_the_stored_text(tmp_path, dama
     with pytest.raises(CorruptBlockError, match=rf"bank 'harbour' block {victim} \(document 'facts'"):
         bank.block(victim)
     with pytest.raises(CorruptBlockError, match="harbour"):
-        engine.ask(QUESTION, bank, mode="lychee")
+        engine.ask(QUESTION, bank)
     report = store.verify()
     assert not report.ok
     assert [(p.bank, p.kind, p.block_index, p.document_id) for p in report.problems] == [
         ("harbour", "block", victim, "facts")
     ]
-    # No engine given: repair rebuilds one from the settings the bank recorded.
-    repaired = store.verify(repair=True, engine=engine if damage == "missing" else None)
+    # With the engine's recipe, or (as `lychee store verify --repair` does) an engine rebuilt from the settings
+    # the bank recorded at ingest.
+    if damage == "missing":
+        repaired = store.verify(repair=True, recipe=engine.block_recipe())
+    else:
+        not_repaired = store.verify(repair=True)
+        assert not not_repaired.ok and "no engine to recompress with" in not_repaired.problems[0].reason
+        repaired = store.verify(repair=True, recipe_for_settings=recipe_for_settings)
     assert repaired.ok and repaired.problems[0].repaired
     assert store.verify().ok and not store.verify().problems
     reopened = engine.open_bank("harbour", store)
@@ -386,7 +388,7 @@ def test_damaged_document_text_is_reported_and_not_served(tmp_path):
     engine.ingest(documents(), store=store, bank="harbour")
     manifest = store._manifest("harbour")
     corrupt_item(store, "text:" + manifest.documents[1].text_key)
-    report = store.verify(repair=True, engine=engine)
+    report = store.verify(repair=True, recipe=engine.block_recipe())
     assert [(p.kind, p.document_id, p.repaired) for p in report.problems] == [("document", "garden", False)]
     with pytest.raises(CorruptDocumentError, match="garden"):
         engine.open_bank("harbour", store)

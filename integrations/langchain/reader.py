@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, InstanceOf, PrivateAttr
 
 from lychee_memory import AnswerStream, Document, EmptyQuestionError, LycheeMemory, MemoryBank, MemoryStore
 
-from ..banks import prepare_bank
+from ..banks import OpenBanks, prepare_bank
 from ..engines import call_engine, call_engine_async, resolve_engine
-from ..streaming import iterate_engine, iterate_engine_async, trimmed
+from ..streaming import iterate_async, trimmed
 from .documents import LangChainDocumentInput, bank_from_documents, to_lychee_documents
 
 ReaderInput = str | dict[str, Any]
@@ -59,6 +59,7 @@ class LycheeReader(RunnableSerializable[ReaderInput, str]):
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     _engine: LycheeMemory | None = PrivateAttr(default=None)
+    _open_banks: OpenBanks = PrivateAttr(default_factory=OpenBanks)
 
     @classmethod
     def from_documents(
@@ -222,7 +223,7 @@ class LycheeReader(RunnableSerializable[ReaderInput, str]):
         question, documents, bank = self._parse(merge_input_chunks(chunks))
         engine = self.engine
         stream = call_engine(engine, partial(self._start_stream, question, documents, bank))
-        yield from iterate_engine(engine, trimmed(stream))
+        yield from trimmed(stream)
 
     async def _astream_answer(self, chunks: AsyncIterator[ReaderInput]) -> AsyncIterator[str]:
         merged: Any = _NOTHING
@@ -231,7 +232,7 @@ class LycheeReader(RunnableSerializable[ReaderInput, str]):
         question, documents, bank = self._parse(_received(merged))
         engine = await asyncio.to_thread(lambda: self.engine)
         stream = await call_engine_async(engine, partial(self._start_stream, question, documents, bank))
-        async for piece in iterate_engine_async(engine, trimmed(stream)):
+        async for piece in iterate_async(trimmed(stream)):
             yield piece
 
     def _start_stream(
@@ -276,7 +277,14 @@ class LycheeReader(RunnableSerializable[ReaderInput, str]):
         return question, documents, bank
 
     def _bank(self, documents: list[Document] | None, bank: MemoryBank | str | None) -> MemoryBank:
-        return prepare_bank(self.engine, documents, store=self.store, bank=bank, show_progress=self.show_progress)
+        return prepare_bank(
+            self.engine,
+            documents,
+            store=self.store,
+            bank=bank,
+            show_progress=self.show_progress,
+            open_banks=self._open_banks,
+        )
 
 
 _NOTHING: Any = object()

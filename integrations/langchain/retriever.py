@@ -19,7 +19,7 @@ from pydantic import ConfigDict, Field, InstanceOf, PrivateAttr, model_validator
 
 from lychee_memory import LycheeMemory, MemoryBank, MemoryStore
 
-from ..banks import prepare_bank
+from ..banks import OpenBanks, prepare_bank
 from ..engines import call_engine, call_engine_async, resolve_engine
 from .documents import LangChainDocumentInput, bank_from_documents, block_to_document
 
@@ -40,6 +40,7 @@ class LycheeRetriever(BaseRetriever):
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     _engine: LycheeMemory | None = PrivateAttr(default=None)
+    _open_banks: OpenBanks = PrivateAttr(default_factory=OpenBanks)
 
     @model_validator(mode="after")
     def _needs_a_bank(self) -> LycheeRetriever:
@@ -74,7 +75,7 @@ class LycheeRetriever(BaseRetriever):
 
     def _select(self, query: str, k: int | None) -> list[LangChainDocument]:
         engine = self.engine
-        bank = prepare_bank(engine, None, store=self.store, bank=self.bank)
+        bank = prepare_bank(engine, None, store=self.store, bank=self.bank, open_banks=self._open_banks)
         blocks = engine.select(query, bank, k=self.k if k is None else k, show_progress=self.show_progress)
         return [block_to_document(block, bank) for block in blocks]
 

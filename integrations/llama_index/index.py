@@ -195,7 +195,7 @@ class LycheeIndex(BaseManagedIndex):
         callback_manager: CallbackManager | None = None,
     ) -> LycheeIndex:
         """The index persisted in ``persist_dir`` (bank ``bank``; may be left out when the store holds one)."""
-        store = persist_dir if isinstance(persist_dir, MemoryStore) else MemoryStore(Path(persist_dir))
+        store = persist_dir if isinstance(persist_dir, MemoryStore) else MemoryStore(Path(persist_dir), create=False)
         if bank is None:
             names = [info.name for info in store.list_banks()]
             if len(names) != 1:

@@ -31,7 +31,7 @@ from lychee_memory import Answer, AnswerStream, LycheeMemory, MemoryBank, Select
 
 from ..banks import BankChoice, StoreChoice, engine_for_bank, prepare_bank
 from ..engines import ModelChoice, call_engine, call_engine_async, resolve_engine
-from ..streaming import iterate_engine, iterate_engine_async, trimmed
+from ..streaming import iterate_async, trimmed
 from .nodes import LlamaIndexDocumentInput, blocks_to_nodes, to_lychee_documents
 
 dispatcher = instrument.get_dispatcher(__name__)
@@ -155,7 +155,7 @@ class LycheeQueryEngine(BaseQueryEngine):
         return stream, stream.blocks
 
     def _pieces(self, stream: AnswerStream, metadata: dict[str, Any]) -> Iterator[str]:
-        yield from iterate_engine(self._engine, trimmed(stream))
+        yield from trimmed(stream)
         metadata.update(answer_metadata(stream.answer))
 
     # Asynchronous: the engine runs in worker threads --------------------------------------------------
@@ -184,7 +184,7 @@ class LycheeQueryEngine(BaseQueryEngine):
         return response
 
     async def _apieces(self, stream: AnswerStream, metadata: dict[str, Any]) -> AsyncIterator[str]:
-        async for piece in iterate_engine_async(self._engine, trimmed(stream)):
+        async for piece in iterate_async(trimmed(stream)):
             yield piece
         metadata.update(answer_metadata(stream.answer))
 

@@ -9,13 +9,6 @@ from .base import Compressor, slots_for
 from .beacon import BeaconCompressor
 from .selection import AttentionCompressor, KeyNormCompressor, NoCompression
 
-COMPRESSORS = {
-    "none": NoCompression,
-    "key_norm": KeyNormCompressor,
-    "attention": AttentionCompressor,
-    "beacon": BeaconCompressor,
-}
-
 
 def build_compressor(settings: CompressorSettings, loaded: LoadedModel) -> Compressor:
     """The compressor named by ``settings.kind`` (kind and ratio must already be resolved)."""
@@ -37,7 +30,6 @@ def build_compressor(settings: CompressorSettings, loaded: LoadedModel) -> Compr
 
 
 __all__ = [
-    "COMPRESSORS",
     "AttentionCompressor",
     "BeaconCompressor",
     "Compressor",

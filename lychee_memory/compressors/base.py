@@ -46,3 +46,9 @@ class Compressor(ABC):
     def trained(self) -> bool:
         """Whether the compressor's memory comes from learned weights (then the reasoner reads KV)."""
         return False
+
+    def prompt_position(self, chunk_tokens: int, start_tokens: int) -> int:
+        """The position a prompt after a block of ``chunk_tokens`` raw tokens continues at (the most any block of
+        this compressor needs): training-free compressors keep the chunk's positions (after ``start_tokens``
+        sequence-start tokens), so the prompt continues after the chunk."""
+        return start_tokens + chunk_tokens

@@ -27,7 +27,7 @@ from ..blocks import MemoryBlock
 from ..chunking import Chunk
 from ..errors import UnsupportedModelError
 from ..model_loading import LoadedModel
-from .base import Compressor, span_of
+from .base import Compressor, slots_for, span_of
 from .selection import apply_rope
 
 logger = logging.getLogger(__name__)
@@ -244,6 +244,10 @@ class BeaconCompressor(Compressor):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.name, "ratio": self.ratio, "window": self.window, "trained": self.weights.trained}
 
+    def prompt_position(self, chunk_tokens: int, start_tokens: int) -> int:
+        """Memory slots take compact positions 0..m-1 and the prompt continues at m (the released loop)."""
+        return slots_for(chunk_tokens, self.ratio)
+
     @torch.inference_mode()
     def compress(self, loaded: LoadedModel, chunks: list[Chunk]) -> list[MemoryBlock]:
         return [self._compress_one(loaded, chunk) for chunk in chunks]
@@ -253,7 +257,6 @@ class BeaconCompressor(Compressor):
         tokens = torch.tensor(chunk.token_ids, dtype=torch.long, device=loaded.device)
         memory_keys: list[list[torch.Tensor]] = [[] for _ in decoder.layers]
         memory_values: list[list[torch.Tensor]] = [[] for _ in decoder.layers]
-        positions_kept: list[torch.Tensor] = []
         previous = 0
         for start in range(0, tokens.numel(), self.window):
             raw = tokens[start : start + self.window]
@@ -263,18 +266,14 @@ class BeaconCompressor(Compressor):
             for layer in range(len(decoder.layers)):
                 memory_keys[layer].append(new_keys[layer])
                 memory_values[layer].append(new_values[layer])
-            positions_kept.append(memory_positions)
             previous += memory_positions.numel()
         keys = torch.stack([torch.cat(per_layer, dim=1) for per_layer in memory_keys])
         values = torch.stack([torch.cat(per_layer, dim=1) for per_layer in memory_values])
-        positions = torch.cat(positions_kept).to(device="cpu", dtype=torch.int32)
         return MemoryBlock(
             keys=keys,
             values=values,
             valid=torch.ones(keys.shape[2], dtype=torch.bool),
-            slot_positions=positions[None, None].expand(keys.shape[0], keys.shape[1], -1).clone(),
             next_position=int(keys.shape[2]),
-            keys_rotated=False,
             token_ids=torch.tensor(chunk.token_ids, dtype=torch.int32),
             span=span_of(chunk),
             compressor=self.name,

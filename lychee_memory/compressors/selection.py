@@ -23,6 +23,7 @@ from transformers import DynamicCache
 from ..blocks import MemoryBlock
 from ..chunking import Chunk
 from ..model_loading import LoadedModel
+from ..prompts import sequence_start_ids
 from .base import Compressor, slots_for, span_of
 
 
@@ -110,21 +111,15 @@ class SelectionCompressor(Compressor):
     ) -> torch.Tensor:
         """Scores [H_kv, length] for one row and layer; higher is kept first."""
 
-    def observation_suffix(self, loaded: LoadedModel) -> list[int]:
-        """Tokens appended after the chunk whose queries vote (their own KV is dropped); none by default."""
-        return []
-
     def compress(self, loaded: LoadedModel, chunks: list[Chunk]) -> list[MemoryBlock]:
-        start_ids = _sequence_start_ids(loaded)
-        suffix = self.observation_suffix(loaded)
-        sequences = [start_ids + list(chunk.token_ids) + suffix for chunk in chunks]
-        window = (len(suffix) or self.observation_window) if self.needs_window_queries else None
-        forward = run_chunks(loaded, sequences, window)
+        start_ids = sequence_start_ids(loaded.tokenizer)
+        sequences = [start_ids + list(chunk.token_ids) for chunk in chunks]
+        forward = run_chunks(loaded, sequences, self.observation_window if self.needs_window_queries else None)
         blocks = []
         for row, chunk in enumerate(chunks):
-            length = len(sequences[row]) - len(suffix)
+            length = len(sequences[row])
             budget = slots_for(len(chunk), self.ratio)
-            layer_keys, layer_values, layer_positions = [], [], []
+            layer_keys, layer_values = [], []
             for layer in range(len(forward.keys)):
                 keys = forward.keys[layer][row, :, :length]
                 values = forward.values[layer][row, :, :length]
@@ -138,28 +133,19 @@ class SelectionCompressor(Compressor):
                 index = kept[:, :, None].expand(-1, -1, keys.shape[-1])
                 layer_keys.append(keys.gather(1, index))
                 layer_values.append(values.gather(1, index))
-                layer_positions.append(kept)
             stacked_keys = torch.stack(layer_keys)
             blocks.append(
                 MemoryBlock(
                     keys=stacked_keys,
                     values=torch.stack(layer_values),
                     valid=torch.ones(stacked_keys.shape[2], dtype=torch.bool),
-                    slot_positions=torch.stack(layer_positions).to(device="cpu", dtype=torch.int32),
                     next_position=length,
-                    keys_rotated=True,
                     token_ids=torch.tensor(chunk.token_ids, dtype=torch.int32),
                     span=span_of(chunk),
                     compressor=self.name,
                 )
             )
         return blocks
-
-
-def _sequence_start_ids(loaded: LoadedModel) -> list[int]:
-    probe = loaded.tokenizer("a").input_ids
-    plain = loaded.tokenizer("a", add_special_tokens=False).input_ids
-    return list(probe[: len(probe) - len(plain)]) if probe[-len(plain) :] == plain else []
 
 
 @dataclass
@@ -208,13 +194,6 @@ class AttentionCompressor(SelectionCompressor):
     ratio: int = 4
     observation_window: int = 32
     pooling_kernel: int = 5
-    observation_prompt: str | None = None
-
-    def observation_suffix(self, loaded: LoadedModel) -> list[int]:
-        """With an observation prompt, its tokens (after the chunk) are the voters instead of the chunk's tail."""
-        if not self.observation_prompt:
-            return []
-        return list(loaded.tokenizer(self.observation_prompt, add_special_tokens=False).input_ids)
 
     def score(self, keys, queries, length, row, forward):
         assert queries is not None and forward.window_index is not None
@@ -240,5 +219,4 @@ class AttentionCompressor(SelectionCompressor):
             "ratio": self.ratio,
             "observation_window": self.observation_window,
             "pooling_kernel": self.pooling_kernel,
-            "observation_prompt": self.observation_prompt,
         }

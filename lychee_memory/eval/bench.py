@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import ConfigurationError
 from .plots import plot_bench
 from .runner import DEFAULT_METHODS, Method, MethodRunner, parse_methods, run_method
-from .tasks import build_samples, data_dir
+from .tasks import build_samples, source_name, task_source
 
 QUICK_LENGTHS = [7_000]
 QUICK_METHODS = DEFAULT_METHODS
@@ -55,6 +55,7 @@ def worker(request: dict[str, Any]) -> list[dict[str, Any]]:
         tokens = len(runner.loaded.tokenizer(sample.context, add_special_tokens=False, verbose=False).input_ids)
         results.append(run_method(runner, method, sample, request["task"], request["length"], tokens))
     peak = peak_memory_mb(runner.loaded.device.type)
+    text_source = source_name(request["task"], Path(request["data"]) if request["data"] else None)
     rows = []
     for phase in ("cold", "warm"):
         ran = [r for r in results if r.skipped is None]
@@ -65,6 +66,7 @@ def worker(request: dict[str, Any]) -> list[dict[str, Any]]:
                     "kind": method.kind,
                     "task": request["task"],
                     "model": runner.loaded.resolved.spec,
+                    "source": text_source,
                     "context_tokens": results[0].context_tokens,
                     "target_tokens": request["length"],
                     "phase": phase,
@@ -86,6 +88,7 @@ def worker(request: dict[str, Any]) -> list[dict[str, Any]]:
                 "kind": method.kind,
                 "task": request["task"],
                 "model": runner.loaded.resolved.spec,
+                "source": text_source,
                 "context_tokens": round(sum(r.context_tokens for r in ran) / len(ran)),
                 "target_tokens": request["length"],
                 "phase": phase,
@@ -189,7 +192,7 @@ def run_bench(
         raise ConfigurationError("no context lengths given")
     if n < 1:
         raise ConfigurationError(f"--n must be at least 1, got {n}")
-    source = data_dir(data)
+    source = task_source(task, data)
     directory = Path(out) if out is not None else Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     directory.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -204,7 +207,7 @@ def run_bench(
                 "task": task,
                 "length": length,
                 "n": n,
-                "data": str(source),
+                "data": str(source) if source is not None else None,
                 "seed": seed,
             }
             rows.extend(_run_worker(request))

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..answer import Answer, SelectedBlock
+from ..answer import Answer, SelectedBlock, phase_timings
 from ..blocks import MemoryBank
 from ..chunking import Chunk, chunk_documents
 from ..documents import Document, DocumentInput, load_documents
-from ..errors import ConfigurationError, ContextTooLongError, EmptyQuestionError, ModelNotFoundError
+from ..errors import ConfigurationError, ContextTooLongError, ModelNotFoundError
 from ..generation import DecodingSettings, generate
 from ..kv_prefix import PromptRow
+from ..questions import clean_question
 
 if TYPE_CHECKING:
     from ..engine import LycheeMemory
@@ -269,15 +270,6 @@ class RagIndex:
         return sum(len(chunk) for chunk in self.chunks)
 
 
-def _check_question(question: object) -> str:
-    """The stripped question; EmptyQuestionError for a non-string or blank one (as the engine does)."""
-    if not isinstance(question, str):
-        raise EmptyQuestionError(f"the question must be a string, got {type(question).__name__}")
-    if not question.strip():
-        raise EmptyQuestionError("the question is empty: ask something about the documents")
-    return question.strip()
-
-
 def _positive_int(name: str, value: object) -> int:
     """``value`` if it is an int >= 1 (bools refused), else ConfigurationError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -285,19 +277,6 @@ def _positive_int(name: str, value: object) -> int:
     if value < 1:
         raise ConfigurationError(f"{name} must be at least 1, got {value}")
     return value
-
-
-def _decoding_settings(engine: LycheeMemory) -> DecodingSettings:
-    """The reasoner's decoding settings, exactly as the full-context baseline builds them."""
-    reasoner = engine.config.reasoner
-    return DecodingSettings(
-        max_new_tokens=reasoner.max_answer_tokens,
-        temperature=reasoner.temperature,
-        top_p=reasoner.top_p,
-        seed=reasoner.seed,
-        stop_strings=tuple(reasoner.stop_strings),
-        repeat_ngram=reasoner.repeat_ngram,
-    )
 
 
 class RagBaseline:
@@ -365,7 +344,7 @@ class RagBaseline:
 
     def retrieve(self, question: str, index: RagIndex) -> list[SelectedBlock]:
         """The top_k chunks by cosine similarity to the question, best first."""
-        question = _check_question(question)
+        question = clean_question(question)
         retriever = index.index.as_retriever(similarity_top_k=min(self.top_k, len(index)))
         blocks = []
         for scored in retriever.retrieve(question):
@@ -411,7 +390,7 @@ class RagBaseline:
         """Answer several questions over one index; generations are batched like the full-context baseline's."""
         if isinstance(questions, str):
             raise TypeError("ask_many takes a list of questions; use ask() for one")
-        questions = [_check_question(question) for question in questions]
+        questions = [clean_question(question) for question in questions]
         if isinstance(index_or_documents, RagIndex):
             index, ingest_seconds = index_or_documents, 0.0
         else:
@@ -427,7 +406,7 @@ class RagBaseline:
             retrieve_seconds.append(time.perf_counter() - started)
             retrieved.append(sorted(blocks, key=lambda block: block.index))
             rows.append(PromptRow(engine.prompts.full_context_prompt(question, self.context_text(blocks, index))))
-        settings = _decoding_settings(engine)
+        settings = DecodingSettings.for_reasoner(engine.config.reasoner, engine.config.reasoner.max_answer_tokens)
         for row, blocks in zip(rows, retrieved):
             if len(row.prompt_ids) + settings.max_new_tokens > engine.loaded.context_window:
                 raise ContextTooLongError(
@@ -450,13 +429,9 @@ class RagBaseline:
                 text=generation.text,
                 mode="rag",
                 blocks=blocks,
-                timings={
-                    "load_model": engine.loaded.load_seconds,
-                    "ingest": ingest_seconds,
-                    "retrieve": retrieve_time,
-                    "answer": answer_time,
-                    "query": retrieve_time + answer_time,
-                },
+                timings=phase_timings(
+                    engine.loaded.load_seconds, ingest_seconds, retrieve=retrieve_time, answer=answer_time
+                ),
                 token_counts={
                     "document_tokens": index.num_tokens,
                     "chunk_tokens": index.chunk_tokens,

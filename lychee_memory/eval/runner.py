@@ -20,10 +20,11 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from ..answer import Answer
+from ..baselines import FullContext, MemAgent
 from ..errors import ConfigurationError, ContextTooLongError
 from .metrics import evidence_recall_precision, exact_match, f1_score, sub_em
 from .plots import plot_rows
-from .tasks import QASample, build_samples, data_dir
+from .tasks import QASample, build_samples, source_name, task_source
 
 MethodKind = Literal["lychee", "memagent", "full-context", "rag"]
 DEFAULT_METHODS = "lychee,memagent,full-context,rag"
@@ -184,8 +185,8 @@ def run_method(
             answer = rag.ask(sample.question, index)
             result.blocks = answer.token_counts.get("blocks", 0)
         else:
-            mode = "memagent" if method.kind == "memagent" else "full_context"
-            answer = runner.engine_for(method).ask(sample.question, [sample.context], mode=mode)
+            baseline = MemAgent if method.kind == "memagent" else FullContext
+            answer = baseline(runner.engine_for(method)).ask(sample.question, [sample.context])
             result.blocks = answer.token_counts.get("blocks", 1)
     except ContextTooLongError as error:
         result.skipped = str(error)
@@ -316,7 +317,7 @@ def run_eval(
     chosen = parse_methods(methods) if isinstance(methods, str) else list(methods)
     if not lengths:
         raise ConfigurationError("no context lengths given")
-    source = data_dir(data)
+    source = task_source(task, data)
     runner = MethodRunner(model, engine_options)
     tokenizer = runner.loaded.tokenizer
     directory = Path(out) if out is not None else Path("eval-results") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -324,7 +325,7 @@ def run_eval(
     per_sample = directory / "samples.jsonl"
     per_sample.write_text("")
     groups = [(target, build_samples(task, tokenizer, target, n, source, seed)) for target in lengths]
-    if source.is_file():  # a published file: its own contexts, one group
+    if source is not None and source.is_file():  # a published file: its own contexts, one group
         groups = groups[:1]
     results: list[SampleResult] = []
     total = sum(len(samples) for _, samples in groups) * len(chosen)
@@ -341,18 +342,20 @@ def run_eval(
                     if on_result is not None:
                         on_result(result)
                     bar.update(1)
-    rows, files = write_eval_reports(directory, task, runner.loaded.resolved.spec, results)
+    rows, files = write_eval_reports(directory, task, runner.loaded.resolved.spec, results, source_name(task, source))
     return EvalRun(results, rows, {"samples": per_sample, **files})
 
 
 def write_eval_reports(
-    directory: Path, task: str, model: str, results: Sequence[SampleResult]
+    directory: Path, task: str, model: str, results: Sequence[SampleResult], text_source: str | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """Summarise ``results`` into ``summary.json``, ``summary.md`` and the accuracy and latency PNGs."""
     rows = summarize(results)
     files = {"summary_json": directory / "summary.json", "summary_md": directory / "summary.md"}
-    files["summary_json"].write_text(json.dumps({"task": task, "model": model, "rows": rows}, indent=2))
-    files["summary_md"].write_text(f"# {task} on {model}\n\n{markdown_table(rows)}")
+    summary = {"task": task, "model": model, "source": text_source, "rows": rows}
+    files["summary_json"].write_text(json.dumps(summary, indent=2))
+    origin = f" (text: {text_source})" if text_source else ""
+    files["summary_md"].write_text(f"# {task} on {model}{origin}\n\n{markdown_table(rows)}")
     files["accuracy_plot"] = directory / "accuracy_vs_length.png"
     plot_rows(rows, "sub_em", "sub_em, %", f"{task}: accuracy vs context length", files["accuracy_plot"])
     files["latency_plot"] = directory / "latency_vs_length.png"

@@ -2,7 +2,7 @@
 
 Datasets are read at run time from a directory given by the caller or ``LYCHEE_DATA_DIR`` (HotpotQA dev
 and SQuAD v2 dev subsets, CC BY-SA 4.0), or from a published RULER-HQA file; nothing from them ships with
-the package. Every sample records where its evidence sits (character spans of the gold paragraphs or
+the package. Needle tasks need no dataset: without one their haystack is the project's generated text. Every sample records where its evidence sits (character spans of the gold paragraphs or
 planted facts) so the gate's recall and precision can be measured, and every builder is deterministic for
 a seed.
 """
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError, DocumentError
+from .haystack import generated_paragraphs
+from .needles import NEEDLE_FAMILIES, Needle
 
 HOTPOT_FILE = Path("hotpotqa") / "hotpot_dev_distractor_q0-59.json"
 SQUAD_FILE = Path("squad") / "squad_dev_v2_subset.json"
@@ -301,91 +303,6 @@ def reference_samples(directory: Path) -> list[QASample]:
 # Needles ----------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Needle:
-    """A planted fact and the question that only it answers."""
-
-    fact: str
-    question: str
-    answer: str
-
-
-NEEDLES = [
-    Needle(
-        "Harbourmaster's note: the access code for the east pier storage shed is 58213.",
-        "What is the access code for the east pier storage shed?",
-        "58213",
-    ),
-    Needle(
-        "Ship registry entry: the research vessel that carried the Arvel survey team was named the Silver Heron.",
-        "What was the name of the research vessel that carried the Arvel survey team?",
-        "Silver Heron",
-    ),
-    Needle(
-        "Archive memo: the quarterly review of the Tollan bridge project was moved to the city of Marrowgate.",
-        "To which city was the quarterly review of the Tollan bridge project moved?",
-        "Marrowgate",
-    ),
-    Needle(
-        "Staff bulletin: the new head gardener at Kestrel Hall is a botanist named Odile Fenwick.",
-        "Who is the new head gardener at Kestrel Hall?",
-        "Odile Fenwick",
-    ),
-]
-
-# Invented words for generated needles, so no answer can come from a model's prior knowledge.
-_PLACE_ADJECTIVES = "amber northern copper eastern hollow silver western granite quiet southern iron upper".split()
-_PLACE_NOUNS = "warehouse boathouse archive vault workshop gatehouse depot cellar tower pavilion".split()
-_FIRST_NAMES = "Odile Tamsin Brannoc Ilse Corwin Maelis Idris Saoirse Lucan Perrin Ysolde Anwen".split()
-_LAST_NAMES = "Fenwick Varga Holloway Kestrel Marrow Quell Ashdown Brightwater Calloway Dunmore".split()
-_COMPANIES = "Velmora Tessaline Orvane Quintara Halvex Brisco Marlowe Dovetail Kirrin Solace".split()
-_CITIES = "Marrowgate Tollan Vesper Harrowmere Caldris Ostrava Linmouth Pellgrave Durnholm Ashcombe".split()
-
-
-def _code(rng: random.Random) -> str:
-    return str(rng.randint(10_000, 99_999))
-
-
-def single_needle(rng: random.Random) -> tuple[list[str], str, str]:
-    """One access code for one named place."""
-    place = f"{rng.choice(_PLACE_ADJECTIVES)} {rng.choice(_PLACE_NOUNS)}"
-    code = _code(rng)
-    return (
-        [f"Security note: the access code for the {place} is {code}."],
-        (f"What is the access code for the {place}?"),
-        code,
-    )
-
-
-def multikey_needle(rng: random.Random, keys: int = 4) -> tuple[list[str], str, str]:
-    """Several access codes for places with similar names; the question asks for one of them."""
-    adjectives = rng.sample(_PLACE_ADJECTIVES, keys)
-    noun = rng.choice(_PLACE_NOUNS)
-    codes = [_code(rng) for _ in range(keys)]
-    facts = [f"Security note: the access code for the {a} {noun} is {c}." for a, c in zip(adjectives, codes)]
-    asked = rng.randrange(keys)
-    return facts, f"What is the access code for the {adjectives[asked]} {noun}?", codes[asked]
-
-
-def twohop_needle(rng: random.Random) -> tuple[list[str], str, str]:
-    """Two chained facts: a person's employer, then where that employer is based."""
-    person = f"{rng.choice(_FIRST_NAMES)} {rng.choice(_LAST_NAMES)}"
-    company = f"{rng.choice(_COMPANIES)} {rng.choice(['Shipping', 'Instruments', 'Textiles', 'Foundry'])}"
-    city = rng.choice(_CITIES)
-    facts = [
-        f"Personnel record: {person} works as an engineer at {company}.",
-        f"Company register: {company} has its headquarters in the city of {city}.",
-    ]
-    return facts, f"In which city is the headquarters of the company where {person} works?", city
-
-
-NEEDLE_FAMILIES: dict[str, Callable[[random.Random], tuple[list[str], str, str]]] = {
-    "needle": single_needle,
-    "needle-multikey": multikey_needle,
-    "needle-twohop": twohop_needle,
-}
-
-
 def haystack_with_facts(
     paragraphs: Sequence[tuple[str, str]],
     count: TokenCounter,
@@ -438,6 +355,34 @@ def needle_document(
     return _join_paragraphs(chosen, set())[0]
 
 
+def task_source(task: str, data: str | os.PathLike[str] | None = None) -> Path | None:
+    """Where ``task`` reads its text: a dataset directory or RULER-HQA file, or None for the project's own
+    generated haystack (needle tasks without ``--data`` / $LYCHEE_DATA_DIR, so they work on a fresh clone).
+
+    RULER-HQA needs HotpotQA: without ``data`` it looks in $LYCHEE_DATA_DIR and ``shared/data`` above the
+    working directory, and says what is missing when none is found.
+    """
+    if task not in TASKS:
+        raise ConfigurationError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    if task == "ruler-hqa":
+        return data_dir(data)
+    if data is None and not os.environ.get("LYCHEE_DATA_DIR"):
+        return None
+    source = data_dir(data)
+    if source.is_file():
+        raise DocumentError(
+            f"the {task} task builds its haystack from a dataset directory, not the file {str(source)!r}"
+        )
+    return source
+
+
+def source_name(task: str, source: Path | None) -> str:
+    """How reports name what a task's text came from: the generated haystack, SQuAD or HotpotQA (with path)."""
+    if source is None:
+        return "generated haystack"
+    return f"{'HotpotQA' if task == 'ruler-hqa' else 'SQuAD haystack'} ({source})"
+
+
 def build_samples(
     task: str,
     tokenizer: Tokenizer,
@@ -447,18 +392,15 @@ def build_samples(
     seed: int = 0,
 ) -> list[QASample]:
     """The samples of ``task`` at one length. ``data`` is the dataset directory, or for ruler-hqa a published
-    RULER-HQA file (then the file's own contexts are used and ``target_tokens`` is ignored)."""
-    if task not in TASKS:
-        raise ConfigurationError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    RULER-HQA file (then the file's own contexts are used and ``target_tokens`` is ignored); needle tasks
+    without it plant their facts in the generated haystack (``haystack.py``)."""
     if n < 1:
         raise ConfigurationError(f"--n must be at least 1, got {n}")
-    source = data_dir(data)
+    source = task_source(task, data)
     if task == "ruler-hqa":
+        assert source is not None
         if source.is_file():
             return published_samples(source, n)
         return ruler_hqa_samples(source, tokenizer, target_tokens, n, seed)
-    if source.is_file():
-        raise DocumentError(
-            f"the {task} task builds its haystack from a dataset directory, not the file {str(source)!r}"
-        )
-    return needle_samples(task, load_squad_paragraphs_cached(source), tokenizer, target_tokens, n, seed)
+    pool = generated_paragraphs() if source is None else load_squad_paragraphs_cached(source)
+    return needle_samples(task, pool, tokenizer, target_tokens, n, seed)

@@ -1,0 +1,32 @@
+"""Persistent memory banks: a directory of content-addressed blocks and JSON manifests (``MemoryStore``).
+
+One module per concept: ``codec`` (blocks and manifests as checked bytes, int8), ``manifest`` (the bank record
+and bank names), ``disk`` (diskcache without pickles), ``locks`` (writers, gc and reader leases), ``reports``,
+``recipe`` (what the store needs from an engine), ``stored_bank`` and ``store`` (``MemoryStore``).
+"""
+
+from .manifest import BANK_NAME_RULE, BLOCK_DTYPES, BankManifest, BlockDtype, check_new_bank_name
+from .recipe import BlockRecipe, RecipeForSettings
+from .reports import BankInfo, GcReport, IngestReport, StoreProblem, StoreUsage, VerifyReport
+from .store import MemoryStore, as_store, default_store_path
+from .stored_bank import StoredBank
+
+__all__ = [
+    "BANK_NAME_RULE",
+    "BLOCK_DTYPES",
+    "BankInfo",
+    "BankManifest",
+    "BlockDtype",
+    "BlockRecipe",
+    "GcReport",
+    "IngestReport",
+    "MemoryStore",
+    "RecipeForSettings",
+    "StoreProblem",
+    "StoreUsage",
+    "StoredBank",
+    "VerifyReport",
+    "as_store",
+    "check_new_bank_name",
+    "default_store_path",
+]

@@ -1,0 +1,168 @@
+"""Blocks and manifests as bytes: content keys, framing with a checksum, safetensors payloads, int8 quantisation.
+
+A framed record is ``magic | SHA-256 of the payload | payload``; every read checks the hash. A block payload is
+safetensors (never a pickle): keys, values, valid slots and token ids, with metadata naming the storage format,
+the dtype the block was computed in, the model fingerprint and the compressor settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from ..blocks import BankIdentity, MemoryBlock
+from ..errors import ConfigurationError
+from .manifest import BLOCK_DTYPES, FORMAT_VERSION
+
+FLOAT_STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BLOCK_MAGIC = b"LYCHEEB1"
+MANIFEST_MAGIC = b"LYCHEEM1"
+DIGEST_BYTES = 32
+HEADER_BYTES = len(BLOCK_MAGIC) + DIGEST_BYTES + 8  # magic, digest, safetensors header length
+
+
+class Damaged(Exception):
+    """A stored item failed a check; the store turns it into a specific StoreError naming the item."""
+
+
+def block_key(model_fingerprint: str, compressor: Mapping[str, Any], storage: str, token_ids: torch.Tensor) -> str:
+    """Content address of a block: model fingerprint, compressor settings, storage format, chunk token ids."""
+    identity = json.dumps(
+        {"format": FORMAT_VERSION, "model": model_fingerprint, "compressor": dict(compressor), "storage": storage},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    digest = hashlib.sha256(identity.encode("utf-8"))
+    digest.update(b"\0")
+    digest.update(token_ids.detach().to(device="cpu", dtype=torch.int32).contiguous().numpy().astype("<i4").tobytes())
+    return digest.hexdigest()
+
+
+def quantize_int8(
+    tensor: torch.Tensor, dim: int, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one float32 scale per slice along ``dim`` (scale = max |x| / 127).
+
+    Each element is off by at most half its scale after ``dequantize_int8``. ``valid`` ([slots]) keeps
+    padding slots out of the scales; their values are clamped to the range of the real ones.
+    """
+    values = tensor.detach().to(device="cpu", dtype=torch.float32)
+    magnitudes = values.abs()
+    if valid is not None:
+        magnitudes = magnitudes * valid.to(torch.float32)[None, None, :, None]
+    peak = magnitudes.amax(dim=dim, keepdim=True)
+    scale = torch.where(peak > 0, peak / 127.0, torch.ones_like(peak))
+    quantized = torch.round(values / scale).clamp_(-127, 127).to(torch.int8)
+    return quantized, scale
+
+
+def dequantize_int8(quantized: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (quantized.to(torch.float32) * scale).to(dtype)
+
+
+def frame(magic: bytes, payload: bytes) -> bytes:
+    return magic + hashlib.sha256(payload).digest() + payload
+
+
+def unframe(magic: bytes, data: bytes) -> bytes:
+    header = len(magic) + DIGEST_BYTES
+    if len(data) < header or data[: len(magic)] != magic:
+        raise Damaged("its header is not a lychee-memory record")
+    view = memoryview(data)
+    if hashlib.sha256(view[header:]).digest() != data[len(magic) : header]:
+        raise Damaged("its checksum does not match its content")
+    return data[header:]
+
+
+def encode_block(block: MemoryBlock, storage: str, identity: BankIdentity) -> bytes:
+    """A block as framed safetensors bytes.
+
+    Keys per channel and values per slot get their own int8 scales (keys carry outlier channels, values
+    vary by token), the common layout of KV-cache quantisation.
+    """
+    if storage not in BLOCK_DTYPES:
+        raise ConfigurationError(f"unknown block dtype {storage!r}; choose one of {', '.join(BLOCK_DTYPES)}")
+    tensors: dict[str, torch.Tensor] = {
+        "valid": block.valid.detach().to(device="cpu", dtype=torch.bool).contiguous(),
+        "token_ids": block.token_ids.detach().to(device="cpu", dtype=torch.int32).contiguous(),
+    }
+    if storage == "int8":
+        tensors["keys"], tensors["key_scales"] = quantize_int8(block.keys, dim=2, valid=block.valid)
+        tensors["values"], tensors["value_scales"] = quantize_int8(block.values, dim=3)
+    else:
+        target = FLOAT_STORAGE[storage]
+        tensors["keys"] = block.keys.detach().to(device="cpu", dtype=target).contiguous()
+        tensors["values"] = block.values.detach().to(device="cpu", dtype=target).contiguous()
+    metadata = {
+        "format": str(FORMAT_VERSION),
+        "storage": storage,
+        "source_dtype": str(block.keys.dtype).removeprefix("torch."),
+        "next_position": str(int(block.next_position)),
+        "compressor_name": block.compressor,
+        "model_fingerprint": identity.model_fingerprint,
+        "compressor": json.dumps(dict(identity.compressor), sort_keys=True),
+    }
+    payload = safetensors.torch.save({name: tensor.contiguous() for name, tensor in tensors.items()}, metadata)
+    return frame(BLOCK_MAGIC, payload)
+
+
+def safetensors_header(payload: bytes) -> dict[str, Any]:
+    """The JSON header of a safetensors payload (shapes, dtypes, metadata) without reading the tensors."""
+    if len(payload) < 8:
+        raise Damaged("its payload is truncated")
+    (length,) = struct.unpack("<Q", payload[:8])
+    if length > len(payload) - 8:
+        raise Damaged("its payload header is truncated")
+    try:
+        return json.loads(payload[8 : 8 + length])
+    except ValueError:
+        raise Damaged("its payload header is not valid JSON") from None
+
+
+def header_length(head: bytes) -> int | None:
+    """Bytes of a framed block's safetensors header, from its first HEADER_BYTES; None when not a block."""
+    if len(head) < HEADER_BYTES or not head.startswith(BLOCK_MAGIC):
+        return None
+    (length,) = struct.unpack("<Q", head[HEADER_BYTES - 8 : HEADER_BYTES])
+    return length
+
+
+@dataclass
+class DecodedBlock:
+    keys: torch.Tensor
+    values: torch.Tensor
+    valid: torch.Tensor
+    token_ids: torch.Tensor
+    metadata: dict[str, str]
+
+
+def decode_payload(payload: bytes, dtype: torch.dtype | None = None) -> DecodedBlock:
+    """Tensors and metadata of an unframed block payload; keys/values in ``dtype`` (default: as computed).
+
+    Tensors that earlier versions stored and nothing reads (slot positions) are ignored.
+    """
+    metadata = safetensors_header(payload).get("__metadata__") or {}
+    try:
+        tensors = safetensors.torch.load(payload)
+    except Exception as error:  # safetensors raises its own error types for malformed payloads
+        raise Damaged(f"its payload cannot be read ({error})") from None
+    storage = metadata.get("storage")
+    if storage not in BLOCK_DTYPES or "source_dtype" not in metadata:
+        raise Damaged(f"its metadata names an unknown storage format {storage!r}")
+    target = dtype or getattr(torch, metadata["source_dtype"])
+    try:
+        if storage == "int8":
+            keys = dequantize_int8(tensors["keys"], tensors["key_scales"], target)
+            values = dequantize_int8(tensors["values"], tensors["value_scales"], target)
+        else:
+            keys, values = tensors["keys"].to(target), tensors["values"].to(target)
+        return DecodedBlock(keys, values, tensors["valid"], tensors["token_ids"], dict(metadata))
+    except KeyError as missing:
+        raise Damaged(f"its payload lacks the tensor {missing}") from None

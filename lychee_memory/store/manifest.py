@@ -1,0 +1,167 @@
+"""Bank manifests: the JSON record that defines a bank, and the rules for bank names.
+
+A manifest lists the bank's documents (metadata, text by hash) and, per document, its blocks in order (content
+key, storage format, spans), plus the identity that built them (model fingerprint, compressor, chunk size). It
+is written last and atomically; ``generation`` counts its writes, so a writer can tell whether the bank changed
+while it worked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict
+
+from ..blocks import BankIdentity
+from ..documents import Document
+from ..errors import ConfigurationError, DocumentError
+from .reports import BankInfo
+
+FORMAT_VERSION = 1
+BlockDtype = Literal["float32", "bfloat16", "float16", "int8"]
+BLOCK_DTYPES: tuple[str, ...] = get_args(BlockDtype)
+
+# How the model fingerprint of a manifest was computed. Manifests written before the field existed hashed
+# sampled weight values and the dtype; their banks must be rebuilt once (the text is kept) to be read again.
+FINGERPRINT_SCHEME = "checkpoint-files"
+LEGACY_FINGERPRINT_SCHEME = "sampled-weights"
+
+BANK_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+BANK_NAME_RULE = "1 to 128 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def check_bank_name(name: object) -> str:
+    """A name to look a bank up by: any non-empty string without control characters (banks made before
+    names had rules stay readable, renamable and deletable)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError(f"a bank name must be a non-empty string, got {name!r}")
+    if any(ord(character) < 32 for character in name):
+        raise ConfigurationError(f"bank name {name[:40]!r} must not contain control characters (newlines, tabs)")
+    return name
+
+
+def check_new_bank_name(name: object) -> str:
+    """A name for a new bank: it will appear in URLs, paths and other stores, so only safe characters."""
+    check_bank_name(name)
+    assert isinstance(name, str)
+    if not BANK_NAME_PATTERN.fullmatch(name):
+        raise ConfigurationError(f"bank name {name[:60]!r} is not allowed: a bank name is {BANK_NAME_RULE}")
+    return name
+
+
+def json_metadata(document: Document) -> dict[str, Any]:
+    """A document's metadata as it will be stored (JSON round trip), or a DocumentError saying why it cannot be."""
+    try:
+        return json.loads(json.dumps(document.metadata))
+    except (TypeError, ValueError) as error:
+        raise DocumentError(
+            f"document {document.id!r} has metadata that cannot be stored as JSON ({error}); use strings, numbers, "
+            "lists and dicts"
+        ) from None
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoredBlock(_Record):
+    """A manifest's entry for one block: its key, storage format and where its text lies."""
+
+    key: str
+    storage: BlockDtype
+    char_start: int
+    char_end: int
+    token_start: int
+    token_end: int
+    slots: int
+    nbytes: int
+
+
+class StoredDocument(_Record):
+    """A manifest's entry for one document: id, metadata, its text by hash, and its blocks in order."""
+
+    id: str
+    metadata: dict[str, Any]
+    text_key: str
+    characters: int
+    blocks: list[StoredBlock]
+
+
+class BankManifest(_Record):
+    """Everything that defines a bank; stored as JSON, written last and atomically."""
+
+    format: int = FORMAT_VERSION
+    name: str
+    created: datetime
+    updated: datetime
+    generation: int = 0  # how many times this manifest was written
+    model_fingerprint: str
+    fingerprint_scheme: str = LEGACY_FINGERPRINT_SCHEME
+    model_spec: str | None = None
+    model_dtype: str | None = None  # the dtype the blocks were computed in (informative: dtype is not identity)
+    compressor: dict[str, Any]
+    chunk_tokens: int
+    engine_config: dict[str, Any] | None = None  # the resolved EngineConfig, so repair can rebuild the engine
+    documents: list[StoredDocument]
+
+    @property
+    def identity(self) -> BankIdentity:
+        return BankIdentity(self.model_fingerprint, dict(self.compressor), self.chunk_tokens)
+
+    @property
+    def legacy_fingerprint(self) -> bool:
+        """Whether the bank predates checkpoint-file fingerprints (it must be rebuilt once to be read)."""
+        return self.fingerprint_scheme != FINGERPRINT_SCHEME
+
+    def entries(self) -> Iterator[tuple[int, StoredDocument, StoredBlock]]:
+        for document_index, document in enumerate(self.documents):
+            for entry in document.blocks:
+                yield document_index, document, entry
+
+    def block_keys(self) -> set[str]:
+        return {entry.key for _, _, entry in self.entries()}
+
+    def info(self) -> BankInfo:
+        entries = [entry for _, _, entry in self.entries()]
+        distinct = {entry.key: entry.nbytes for entry in entries}
+        return BankInfo(
+            name=self.name,
+            documents=tuple(document.id for document in self.documents),
+            blocks=len(entries),
+            tokens=sum(entry.token_end - entry.token_start for entry in entries),
+            slots=sum(entry.slots for entry in entries),
+            created=self.created,
+            updated=self.updated,
+            model_fingerprint=self.model_fingerprint,
+            model_spec=self.model_spec,
+            compressor=dict(self.compressor),
+            chunk_tokens=self.chunk_tokens,
+            block_dtypes=tuple(sorted({entry.storage for entry in entries})),
+            stored_bytes=sum(distinct.values()),
+        )
+
+
+def merge_documents(
+    current: list[StoredDocument], incoming: list[StoredDocument]
+) -> tuple[list[StoredDocument], int, int]:
+    """Documents of ``current`` with ``incoming`` added: same id replaces in place, new ids go last."""
+    merged = list(current)
+    position = {document.id: index for index, document in enumerate(merged)}
+    added = replaced = 0
+    for document in incoming:
+        if document.id in position:
+            merged[position[document.id]] = document
+            replaced += 1
+        else:
+            position[document.id] = len(merged)
+            merged.append(document)
+            added += 1
+    return merged, added, replaced
