@@ -27,6 +27,21 @@ BankChoice = MemoryBank | str | None
 """A MemoryBank, or the name of a bank in the store."""
 
 
+class OverBank:
+    """What an adapter over one bank exposes, whatever its framework: the engine and the bank it answers over."""
+
+    _engine: LycheeMemory
+    _bank: MemoryBank
+
+    @property
+    def engine(self) -> LycheeMemory:
+        return self._engine
+
+    @property
+    def bank(self) -> MemoryBank:
+        return self._bank
+
+
 def engine_for_bank(bank: object, model: ModelChoice, where_banks_come_from: str) -> LycheeMemory:
     """The engine for ``model``, once ``bank`` is known to be a MemoryBank built by that engine's model and
     compressor: an adapter never serves KV another model computed."""

@@ -41,11 +41,24 @@ def _questions(engine: LycheeMemory, questions: Sequence[str]) -> list[str]:
     return [engine.check_question(question) for question in questions]
 
 
-class MemAgent:
+class Baseline:
+    """A comparison method over an engine: ``ask`` one question, ``ask_many`` several over one source."""
+
+    def __init__(self, engine: LycheeMemory):
+        self.engine = engine
+
+    def ask(self, question: str, source: Source, *, show_progress: bool | None = None) -> Answer:
+        return self.ask_many([question], source, show_progress=show_progress)[0]
+
+    def ask_many(self, questions: Sequence[str], source: Source, *, show_progress: bool | None = None) -> list[Answer]:
+        raise NotImplementedError
+
+
+class MemAgent(Baseline):
     """MemAgent's loop on the engine's model: every raw chunk rewrites the memory, then the answer."""
 
     def __init__(self, engine: LycheeMemory, chunk_tokens: int | None = None):
-        self.engine = engine
+        super().__init__(engine)
         self.chunk_tokens = chunk_tokens or engine.config.baselines.memagent_chunk_tokens
 
     def chunk_size(self, questions: Sequence[str]) -> int:
@@ -61,9 +74,6 @@ class MemAgent:
                 f"window (prompt {overhead}, memory 2 x {memory}); lower max_memory_tokens"
             )
         return min(self.chunk_tokens, room)
-
-    def ask(self, question: str, source: Source, *, show_progress: bool | None = None) -> Answer:
-        return self.ask_many([question], source, show_progress=show_progress)[0]
 
     def ask_many(self, questions: Sequence[str], source: Source, *, show_progress: bool | None = None) -> list[Answer]:
         """Read every raw chunk, updating each question's memory, then answer from memory."""
@@ -124,14 +134,8 @@ class MemAgent:
         ]
 
 
-class FullContext:
+class FullContext(Baseline):
     """Every document in one prompt on the engine's model; refuses what does not fit the window."""
-
-    def __init__(self, engine: LycheeMemory):
-        self.engine = engine
-
-    def ask(self, question: str, source: Source, *, show_progress: bool | None = None) -> Answer:
-        return self.ask_many([question], source, show_progress=show_progress)[0]
 
     def ask_many(self, questions: Sequence[str], source: Source, *, show_progress: bool | None = None) -> list[Answer]:
         """Answer each question with the whole corpus in its prompt (generations batched)."""
@@ -166,5 +170,5 @@ class FullContext:
         ]
 
 
-BASELINES: dict[str, type[MemAgent] | type[FullContext]] = {"memagent": MemAgent, "full_context": FullContext}
+BASELINES: dict[str, type[Baseline]] = {"memagent": MemAgent, "full_context": FullContext}
 """The comparison methods by the name the CLI's ``--mode`` uses (dashes read as underscores)."""

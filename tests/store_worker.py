@@ -1,10 +1,15 @@
-"""A separate process for tests/test_store.py: ingest one document into a store with the tiny model.
+"""A separate process for tests/test_store.py: ingest into, rebuild, or hold open a bank, with the tiny model.
 
     python -m tests.store_worker STORE BANK FILE --id ID [--delay S] [--start-when PATH]
+    python -m tests.store_worker STORE BANK - --rebuild-with COMPRESSOR [--delay S]
+    python -m tests.store_worker STORE BANK - --hold-until PATH
 
-Prints ``compressed N`` (flushed) after each compressed batch, before its block is written, and ``done``
-when the manifest is written. ``--delay`` sleeps after each batch so a test can kill the process
-mid-ingest; ``--start-when`` waits for a file so two workers start ingesting at the same moment.
+Ingest prints ``compressed N`` (flushed) after each compressed batch, before its block is written, and
+``done`` when the manifest is written. ``--delay`` sleeps after each batch so a test can act mid-ingest;
+``--start-when`` waits for a file so two workers start ingesting at the same moment. ``--rebuild-with``
+opens the bank with an engine using another compressor and ``recompress=True`` (same progress lines).
+``--hold-until`` opens the bank, prints ``opened``, waits for the file, then reads every block and prints
+``read N`` or ``failed: MESSAGE``.
 """
 
 from __future__ import annotations
@@ -19,20 +24,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("store")
     parser.add_argument("bank")
-    parser.add_argument("file", type=Path)
-    parser.add_argument("--id", required=True)
+    parser.add_argument("file")
+    parser.add_argument("--id", default=None)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--start-when", type=Path, default=None)
+    parser.add_argument("--rebuild-with", default=None)
+    parser.add_argument("--hold-until", type=Path, default=None)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import torch
 
-    from lychee_memory import Document, LycheeMemory, MemoryStore
+    from lychee_memory import Document, LycheeError, LycheeMemory, MemoryStore
 
     torch.set_num_threads(1)
+    options = {"compressor": args.rebuild_with} if args.rebuild_with else {}
     engine = LycheeMemory.from_pretrained(
-        "tiny-random-llama", chunk_tokens=64, max_memory_tokens=12, max_answer_tokens=6, show_progress=False
+        "tiny-random-llama", chunk_tokens=64, max_memory_tokens=12, max_answer_tokens=6, show_progress=False, **options
     )
     compress = engine.compressor.compress
     done = 0
@@ -46,8 +54,25 @@ def main() -> None:
         return blocks
 
     engine.compressor.compress = compress_slowly
-    document = Document.from_text(args.file.read_text(encoding="utf-8"), id=args.id)
     store = MemoryStore(args.store)
+    if args.hold_until is not None:
+        bank = engine.open_bank(args.bank, store)
+        print("opened", flush=True)
+        while not args.hold_until.exists():
+            time.sleep(0.02)
+        try:
+            read = sum(1 for _ in bank)
+        except LycheeError as error:
+            print(f"failed: {error}", flush=True)
+        else:
+            print(f"read {read}", flush=True)
+        return
+    if args.rebuild_with is not None:
+        print("ready", flush=True)
+        engine.open_bank(args.bank, store, recompress=True)
+        print("done", flush=True)
+        return
+    document = Document.from_text(Path(args.file).read_text(encoding="utf-8"), id=args.id)
     print("ready", flush=True)
     while args.start_when is not None and not args.start_when.exists():
         time.sleep(0.02)

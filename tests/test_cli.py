@@ -69,6 +69,8 @@ def test_info_without_loading():
         (["ask", "{document}", "-q", "why?", "--chunk-tokens", "100000"], "context window"),
         (["ask", "{document}", "-q", "why?", "--ratio", "3"], "does not divide"),
         (["ask", "{document}", "-q", "why " * 5000], "question is"),
+        (["ask", "{document}", "-q", "why?", "--threshold", "nan"], "gate.threshold: Input should be a finite number"),
+        (["ask", "{document}", "-q", "why?", "--temperature", "inf"], "reasoner.temperature: Input should be a finite"),
     ],
 )
 def test_bad_input_exits_2_without_traceback(tmp_path, document, args, message):

@@ -192,3 +192,49 @@ def test_measured_presets_fill_open_settings_unless_turned_off(monkeypatch):
     assert generic.config.compressor.kind == "attention" and generic.config.compressor.ratio == 4
     assert generic.config.reasoner.stop_strings == []
     assert generic.config.prompts.update != with_preset.config.prompts.update == smollm2.prompts["update"]
+
+
+def test_a_question_that_overflows_the_update_prompt_is_refused_before_any_work():
+    """The budget counts the question in every prompt: here the answer prompt fits, the memory update not."""
+    engine = make_engine(chunk_tokens=2048, max_memory_tokens=500, read_mode="text")
+    question = "Which of the harbour notes names the code? "
+    while len(engine.prompts.encode_text(question)) < 1300:
+        question += "Which of the harbour notes names the code? "
+    final_only = len(engine.prompts.final_prompt(question, "")) + 500 + engine.config.reasoner.max_answer_tokens
+    assert final_only < engine.loaded.context_window, "the answer prompt alone would fit"
+    bank = engine.ingest([FACTS_DOCUMENT])
+    calls = []
+    engine.reasoner.update = lambda requests: calls.append(requests)
+    with pytest.raises(ContextTooLongError, match="question is .* memory update prompt needs"):
+        engine.ask(question, bank)
+    assert calls == [], "refused before the scan"
+
+
+def test_a_bank_with_another_chunk_size_is_refused():
+    bank = make_engine(chunk_tokens=64).ingest([FACTS_DOCUMENT])
+    with pytest.raises(BankMismatchError, match="64-token chunks, this engine cuts 32-token chunks"):
+        make_engine(chunk_tokens=32).ask(QUESTION, bank)
+
+
+def test_stream_runs_the_callers_code_outside_inference_mode():
+    import torch
+
+    engine = make_engine(max_answer_tokens=12, threshold=-1e9)
+    bank = engine.ingest([FACTS_DOCUMENT])
+    seen = [torch.is_inference_mode_enabled() for _ in engine.stream(QUESTION, bank)]
+    assert seen and not any(seen), "code between pieces must run with autograd as the caller set it"
+
+
+def test_stream_answer_after_an_early_break_is_the_whole_answer():
+    engine = make_engine(max_answer_tokens=24, threshold=-1e9)
+    bank = engine.ingest([FACTS_DOCUMENT])
+    expected = engine.ask(QUESTION, bank).text
+    stream = engine.stream(QUESTION, bank)
+    first = next(iter(stream))
+    assert first
+    assert stream.answer.text == expected, "the generation resumes and finishes"
+    closed = engine.stream(QUESTION, bank)
+    next(iter(closed))
+    closed.close()
+    with pytest.raises(RuntimeError, match="closed before the answer was complete"):
+        _ = closed.answer

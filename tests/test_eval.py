@@ -383,3 +383,28 @@ def test_cli_eval_and_bench(tmp_path, capsys):
     ):
         assert main(arguments) == 2
         assert message in capsys.readouterr().err
+
+
+def test_needle_tasks_and_bench_run_without_any_dataset(tmp_path, monkeypatch, capsys):
+    """A fresh clone has no dataset: needle evals and `lychee bench --quick` plant facts in generated text."""
+    from lychee_memory.cli import main
+    from lychee_memory.eval.haystack import generated_paragraphs
+
+    monkeypatch.delenv("LYCHEE_DATA_DIR", raising=False)
+    monkeypatch.setattr("lychee_memory.eval.tasks.default_data_places", lambda: [tmp_path])
+    monkeypatch.chdir(tmp_path)
+    tokenizer = build_tiny_tokenizer()
+    (sample,) = build_samples("needle", tokenizer, 1500, 1, None, seed=0)
+    assert sample.answers[0] in sample.context
+    assert any(text[:80] in sample.context for _, text in generated_paragraphs())
+    with pytest.raises(DocumentError, match="LYCHEE_DATA_DIR"):
+        build_samples("ruler-hqa", tokenizer, 1500, 1, None)  # RULER-HQA needs HotpotQA and says so
+    common = ["--model", "tiny-random-llama", "--no-progress", "--chunk-tokens", "128", "--max-memory-tokens", "8"]
+    status = main(["eval", "needle", "--lengths", "900", "--n", "1", "--methods", "lychee", "--out", "e", *common])
+    assert status == 0, capsys.readouterr().err
+    assert "(text: generated haystack)" in (tmp_path / "e" / "summary.md").read_text()
+    assert json.loads((tmp_path / "e" / "summary.json").read_text())["source"] == "generated haystack"
+    status = main(["bench", "--quick", "--lengths", "900", "--methods", "lychee", "--out", "b", *common])
+    assert status == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert {row["source"] for row in rows} == {"generated haystack"} and all(row["seconds"] > 0 for row in rows)

@@ -174,3 +174,38 @@ def test_all_gate_reads_every_block_in_order(family):
     answer = engine.ask(QUESTION, bank)
     assert [b.index for b in answer.blocks] == list(range(len(bank)))
     assert len(answer.memory_steps) == len(bank) + 1
+
+
+@pytest.mark.parametrize("rule", ["query_likelihood", "prompt"])
+def test_batched_scan_decides_like_block_by_block_at_the_threshold(family, rule):
+    """Batching changes scores by rounding alone (padding reorders sums); at the threshold that can flip a
+    decision, so scores near it are scored again on their own. Each threshold here sits exactly on a score
+    that batching perturbed: the block passes one way and fails the other unless it is re-scored."""
+    options = dict(compressor="key_norm", chunk_tokens=48, max_relevant_blocks=50)
+    sequential = make_engine(family, gate={"rule": rule, "batch_size": 1}, **options)
+    batched = make_engine(family, gate={"rule": rule, "batch_size": 8}, **options)
+    bank = sequential.ingest([FACTS_DOCUMENT, SECOND_DOCUMENT])
+    _scripted_memory(sequential, batched)
+    # Nothing passes and nothing is read: every block is judged under the first memory, its batched score kept.
+    sequential.threshold = batched.threshold = 1e9
+    sequential.config.gate.fallback_blocks = batched.config.gate.fallback_blocks = 0
+    alone, together = sequential.ask(QUESTION, bank).gate_scores, batched.ask(QUESTION, bank).gate_scores
+    sequential.config.gate.fallback_blocks = batched.config.gate.fallback_blocks = 1
+    assert max(abs(a.score - b.score) for a, b in zip(alone, together)) < 1e-5, "float32 batch noise is rounding"
+    # Thresholds on a perturbed score higher than every earlier block's: the scan reaches that block under the
+    # first memory with the same batches as above, and the two scores fall on either side of the threshold.
+    boundaries, highest = [], -math.inf
+    for a, b in zip(alone, together, strict=True):
+        if a.score != b.score and max(a.score, b.score) > highest:
+            boundaries.append(max(a.score, b.score))
+        highest = max(highest, a.score, b.score)
+    assert boundaries, "batching perturbs no score here: the boundary would not be tested"
+    for threshold in boundaries[:3]:
+        sequential.threshold = batched.threshold = threshold
+        one, many = sequential.ask(QUESTION, bank), batched.ask(QUESTION, bank)
+        assert [(s.index, s.relevant, s.memory_step) for s in one.gate_scores] == [
+            (s.index, s.relevant, s.memory_step) for s in many.gate_scores
+        ]
+        assert [b.index for b in one.blocks] == [b.index for b in many.blocks]
+        for a, b in zip(one.gate_scores, many.gate_scores, strict=True):
+            assert a.score == pytest.approx(b.score, abs=1e-5)

@@ -132,6 +132,10 @@ def test_flat_options_and_name_shortcuts():
         ({"prompts": {"update": "no placeholders"}}, "placeholders"),
         ({"compressor": {"pooling_kernel": 4}}, "odd"),
         ({"top_p": 0}, "top_p"),
+        ({"threshold": float("nan")}, "gate.threshold: Input should be a finite number"),
+        ({"threshold": float("inf")}, "gate.threshold: Input should be a finite number"),
+        ({"gate": {"memory_weight": float("nan")}}, "gate.memory_weight"),
+        ({"temperature": float("-inf")}, "reasoner.temperature"),
     ],
 )
 def test_invalid_configuration_is_a_clear_error(options, message):

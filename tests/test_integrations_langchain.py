@@ -225,6 +225,37 @@ def test_stored_banks_by_name(engine, tmp_path, expected):
     assert isinstance(added, str) and "new" in MemoryStore(store).bank_info("guide").documents
 
 
+def test_a_reader_given_a_bank_name_opens_it_once_and_batches_questions_over_it(engine, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    LycheeReader.from_documents(documents(), model=engine, store=store, bank="guide")
+    opened, asked = [], []
+    open_bank, ask_many = engine.open_bank, engine.ask_many
+    monkeypatch.setattr(engine, "open_bank", lambda *args, **kwargs: opened.append(args) or open_bank(*args, **kwargs))
+    monkeypatch.setattr(
+        engine,
+        "ask_many",
+        lambda questions, *args, **kwargs: asked.append(list(questions)) or ask_many(questions, *args, **kwargs),
+    )
+    reader = LycheeReader(model=engine, store=store, bank="guide")
+    questions = [QUESTION, "Who is the head gardener?", "Which ship anchored in the bay?"]
+    answers = reader.batch(questions)
+    assert asked == [questions], "one batched scan for every question over the bank"
+    assert answers == [engine.ask(question, engine.open_bank("guide", store)).text for question in questions]
+    opened.clear()
+    reader.invoke(QUESTION)
+    reader.batch(questions)
+    assert opened == [], "the bank stays open while the store holds the same version"
+    LycheeReader(model=engine, store=store).invoke(
+        {
+            "question": QUESTION,
+            "bank": "guide",
+            "documents": [Document(page_content="Another page.\n\n" * 3, id="more")],
+        }
+    )
+    reader.invoke(QUESTION)
+    assert len(opened) == 1, "a bank changed by another writer is opened again"
+
+
 def test_bad_inputs_give_clear_errors(engine, bank):
     reader = LycheeReader(model=engine)
     with pytest.raises(ValueError, match="no documents and no bank"):

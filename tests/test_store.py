@@ -42,6 +42,7 @@ from lychee_memory.cli import main
 from lychee_memory.config import EngineConfig, ModelSettings
 from lychee_memory.kv_prefix import PromptRow, logits_of, prefill
 from lychee_memory.model_loading import load_model
+from lychee_memory.store import BankManifest
 
 from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
 
@@ -436,6 +437,100 @@ def test_another_model_or_compressor_is_refused_or_recompresses(tmp_path):
         engine.ask(QUESTION, rebuilt)  # a bank object from another engine is refused at ask time too
 
 
+def test_another_chunk_size_is_refused_and_nothing_is_merged(tmp_path):
+    """Chunk size is part of a bank's identity: merging 32-token chunks into a 64-token bank is refused."""
+    engine = make_engine(chunk_tokens=64)
+    store = MemoryStore(tmp_path)
+    engine.ingest([Document.from_text(FACTS_DOCUMENT, id="facts")], store=store, bank="harbour")
+    smaller = make_engine(chunk_tokens=32)
+    with pytest.raises(BankMismatchError, match="64-token chunks, this engine cuts 32-token chunks"):
+        smaller.ingest([Document.from_text(SECOND_DOCUMENT, id="garden")], store=store, bank="harbour")
+    with pytest.raises(BankMismatchError, match="chunks"):
+        smaller.open_bank("harbour", store)
+    info = store.bank_info("harbour")
+    assert (info.documents, info.chunk_tokens) == (("facts",), 64), "nothing changed"
+    assert len(smaller.open_bank("harbour", store, recompress=True)) == chunk_count(smaller, documents()[:1])
+
+
+@pytest.mark.parametrize("where", ["store", "memory"])
+def test_a_float32_bank_serves_a_bfloat16_engine_of_the_same_model(tmp_path, where):
+    """The dtype is storage, not identity: blocks come back in the engine's dtype."""
+    engine = make_engine()
+    bf16 = LycheeMemory(
+        load_model(ModelSettings(spec="tiny-random-llama", dtype="bfloat16")),
+        EngineConfig.from_kwargs(spec="tiny-random-llama", chunk_tokens=64, max_memory_tokens=12, show_progress=False),
+    )
+    docs = documents()
+    if where == "store":
+        engine.ingest(docs, store=MemoryStore(tmp_path, block_dtype="float32"), bank="harbour")
+        bank = bf16.open_bank("harbour", MemoryStore(tmp_path))
+        assert bank.block(0).keys.dtype == torch.bfloat16
+    else:
+        bank = engine.ingest(docs)
+    answer = bf16.ask(QUESTION, bank)
+    assert answer.blocks and isinstance(answer.text, str)
+
+
+# Bank names and read-only use --------------------------------------------------------------------------
+
+
+def test_new_bank_names_are_restricted_and_old_names_stay_usable(tmp_path):
+    engine = make_engine()
+    store = MemoryStore(tmp_path)
+    for bad in ("../../etc", "a/b", "with space", ".hidden", "x" * 129, "naïve"):
+        with pytest.raises(ConfigurationError, match="is not allowed: a bank name is 1 to 128 characters"):
+            engine.ingest([SECOND_DOCUMENT], store=store, bank=bad)
+    assert store.bank_names() == [] and not (tmp_path / "etc").exists()
+    for good in ("harbour", "team-7.notes_v2", "A" * 128):
+        engine.ingest([SECOND_DOCUMENT], store=store, bank=good)
+    with pytest.raises(ConfigurationError, match="not allowed"):
+        store.rename_bank("harbour", "../escape")
+    # A bank named before names had rules (written as that version did) stays readable, extendable,
+    # renamable and deletable.
+    legacy = store.bank_manifest("harbour").model_copy(update={"name": "old notes/2024"})
+    with store._changing_manifests():
+        store._write_manifest(legacy, None)
+    assert engine.ask(QUESTION, engine.open_bank("old notes/2024", store)).blocks
+    engine.ingest([Document.from_text(FACTS_DOCUMENT, id="facts")], store=store, bank="old notes/2024")
+    store.rename_bank("old notes/2024", "old-notes-2024")
+    assert store.bank_info("old-notes-2024").documents[-1] == "facts"
+    store.delete_bank("old-notes-2024")
+
+
+def test_reading_never_creates_a_store(tmp_path, capsys):
+    engine = make_engine()
+    typo = tmp_path / "some" / "typo" / "path"
+    with pytest.raises(StoreError, match="no store at"):
+        engine.open_bank("harbour", typo)
+    with pytest.raises(StoreError, match="no store at"):
+        MemoryStore(typo, create=False)
+    for command in (["store", "verify"], ["store", "ls"], ["store", "du"], ["store", "gc"], ["store", "rm", "x"]):
+        assert main([*command, "--store", str(typo)]) == 2
+        assert "no store at" in capsys.readouterr().err
+    assert main(["ask", "--store", str(typo), "--bank", "harbour", "-q", "why?", *TINY]) == 2
+    assert "no store at" in capsys.readouterr().err
+    assert not (tmp_path / "some").exists(), "no read-only command created a directory"
+
+
+def test_a_bank_from_before_checkpoint_fingerprints_says_how_to_rebuild_it(tmp_path):
+    engine = make_engine()
+    store = MemoryStore(tmp_path, block_dtype="float32")
+    engine.ingest(documents(), store=store, bank="harbour")
+    old = store.bank_manifest("harbour").model_dump(mode="json")
+    old.pop("fingerprint_scheme")  # as 0.1 wrote it: sampled weights and dtype, no scheme recorded
+    old["model_fingerprint"] = "0123456789abcdef0123456789abcdef"
+    old["engine_config"]["reasoner"]["focus_tokens"] = 0  # a setting 0.1 recorded and 0.2 retired
+    with store._changing_manifests():
+        store._write_manifest(BankManifest.model_validate(old), None)
+    with pytest.raises(BankMismatchError, match="built before lychee-memory 0.2.*recompress=True"):
+        engine.open_bank("harbour", store)
+    rebuilt = engine.open_bank("harbour", store, recompress=True)
+    assert [d.id for d in rebuilt.documents] == ["facts", "garden"]
+    for index, block in enumerate(reference_blocks(engine, documents())):
+        assert_same_block(rebuilt.block(index), block)
+    assert EngineConfig.from_recorded(old["engine_config"]).reasoner.max_memory_tokens == 12
+
+
 # Quantisation ------------------------------------------------------------------------------------------
 
 
@@ -617,6 +712,62 @@ def test_two_processes_ingesting_into_one_bank_corrupt_nothing(tmp_path):
     assert usage.blocks == len(set(bank.block_keys)) < len(bank), "shared chunks are stored once"
     assert usage.unreferenced_blocks == 0
     engine.ask(QUESTION, bank)
+
+
+def test_gc_keeps_the_blocks_an_open_bank_of_another_process_still_reads(tmp_path):
+    """A lazy bank opened in one process keeps working while another removes documents and collects garbage."""
+    engine = make_engine()
+    store = MemoryStore(tmp_path / "store")
+    engine.ingest(documents(), store=store, bank="harbour")
+    go = tmp_path / "go"
+    holder = start_worker(tmp_path / "store", "harbour", Path("-"), "-", "--hold-until", str(go))
+    try:
+        read_until(holder, "opened")
+        engine.remove_documents(engine.open_bank("harbour", store), ["facts"])
+        report = store.gc()
+        assert report.removed_blocks == 0, "the other process's open bank still names the removed blocks"
+        assert store.usage().leased_blocks == chunk_count(engine, documents()[:1])
+        go.touch()
+        out, errors = holder.communicate(timeout=120)
+    finally:
+        holder.kill()
+    assert f"read {chunk_count(engine, documents())}" in out, out + errors
+    assert store.gc().removed_blocks == chunk_count(engine, documents()[:1]), "once it is gone, gc frees them"
+    assert store.verify().ok
+
+
+def test_a_rebuild_loses_no_document_a_concurrent_ingest_adds(tmp_path):
+    """Rebuilding with another compressor while another process adds a document keeps both changes."""
+    engine = make_engine()
+    store = MemoryStore(tmp_path / "store")
+    facts = Document.from_text(FACTS_DOCUMENT, id="facts")
+    engine.ingest([facts], store=store, bank="harbour")
+    tides = Document.from_text(numbered_document(8), id="tides")
+    (tmp_path / "tides.txt").write_text(tides.text, encoding="utf-8")
+    go = tmp_path / "go"
+    adder = start_worker(tmp_path / "store", "harbour", tmp_path / "tides.txt", "tides", "--start-when", str(go))
+    rebuild = start_worker(
+        tmp_path / "store", "harbour", Path("-"), "-", "--rebuild-with", "key_norm", "--delay", "0.5"
+    )
+    try:
+        read_until(adder, "ready")
+        read_until(rebuild, "compressed 1")  # rebuilding, its manifest not written yet
+        go.touch()  # the old engine adds a document now
+        _, errors = adder.communicate(timeout=120)
+        assert adder.returncode == 0, errors
+        _, errors = rebuild.communicate(timeout=300)
+        assert rebuild.returncode == 0, errors
+    finally:
+        adder.kill()
+        rebuild.kill()
+    key_norm = make_engine(compressor="key_norm")
+    info = store.bank_info("harbour")
+    assert info.documents == ("facts", "tides"), "the document added during the rebuild survives"
+    assert info.compressor == key_norm.compressor.describe(), "and it was rebuilt with the new compressor too"
+    bank = key_norm.open_bank("harbour", store)
+    for index, block in enumerate(reference_blocks(key_norm, [facts, tides])):
+        assert_same_block(bank.block(index), block, torch.bfloat16)
+    assert store.verify().ok
 
 
 # Command line ------------------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from llama_index.core.schema import Document as LlamaIndexDocument
 from llama_index.core.storage.docstore.types import RefDocInfo
 from llama_index.core.storage.storage_context import StorageContext
 
-from lychee_memory import Document, DocumentNotFoundError, LycheeMemory, MemoryBank, MemoryStore
+from lychee_memory import Document, DocumentNotFoundError, MemoryBank, MemoryStore
 
-from ..banks import BankChoice, StoreChoice, add_documents, engine_for_bank, prepare_bank, save_bank
+from ..banks import BankChoice, OverBank, StoreChoice, add_documents, engine_for_bank, prepare_bank, save_bank
 from ..engines import ModelChoice, call_engine, resolve_engine
 from .nodes import LlamaIndexDocumentInput, block_node_id, to_lychee_documents
 from .query_engine import LycheeQueryEngine
@@ -41,7 +41,7 @@ DEFAULT_PERSIST_DIR = "./storage"
 DEFAULT_BANK_NAME = "index"
 
 
-class LycheeIndex(BaseManagedIndex):
+class LycheeIndex(OverBank, BaseManagedIndex):
     """Documents compressed into a Lychee memory bank, queried through LlamaIndex's index interface."""
 
     def __init__(
@@ -97,14 +97,6 @@ class LycheeIndex(BaseManagedIndex):
         return cls(memory, engine, show_progress=show_progress, callback_manager=callback_manager, **kwargs)
 
     # What it holds ---------------------------------------------------------------------------------
-
-    @property
-    def engine(self) -> LycheeMemory:
-        return self._engine
-
-    @property
-    def bank(self) -> MemoryBank:
-        return self._bank
 
     @property
     def ref_doc_info(self) -> dict[str, RefDocInfo]:

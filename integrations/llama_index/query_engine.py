@@ -27,9 +27,9 @@ from llama_index.core.instrumentation.events.synthesis import SynthesizeEndEvent
 from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import NodeWithScore, QueryBundle, QueryType
 
-from lychee_memory import Answer, AnswerStream, LycheeMemory, MemoryBank, SelectedBlock
+from lychee_memory import Answer, AnswerStream, MemoryBank, SelectedBlock
 
-from ..banks import BankChoice, StoreChoice, engine_for_bank, prepare_bank
+from ..banks import BankChoice, OverBank, StoreChoice, engine_for_bank, prepare_bank
 from ..engines import ModelChoice, call_engine, call_engine_async, resolve_engine
 from ..streaming import iterate_async, trimmed
 from .nodes import LlamaIndexDocumentInput, blocks_to_nodes, to_lychee_documents
@@ -47,7 +47,7 @@ def answer_metadata(answer: Answer) -> dict[str, Any]:
     }
 
 
-class LycheeQueryEngine(BaseQueryEngine):
+class LycheeQueryEngine(OverBank, BaseQueryEngine):
     """Answers questions over a memory bank; ``source_nodes`` are the blocks the gate selected.
 
     ``streaming=True`` returns a ``StreamingResponse`` (``AsyncStreamingResponse`` from ``aquery``) whose
@@ -90,14 +90,6 @@ class LycheeQueryEngine(BaseQueryEngine):
         lychee_documents = None if documents is None else to_lychee_documents(documents)
         memory = prepare_bank(engine, lychee_documents, store=store, bank=bank, show_progress=show_progress)
         return cls(memory, engine, streaming=streaming, show_progress=show_progress, callback_manager=callback_manager)
-
-    @property
-    def engine(self) -> LycheeMemory:
-        return self._engine
-
-    @property
-    def bank(self) -> MemoryBank:
-        return self._bank
 
     @property
     def streaming(self) -> bool:

@@ -13,14 +13,14 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks.base import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from lychee_memory import LycheeMemory, MemoryBank
+from lychee_memory import MemoryBank
 
-from ..banks import engine_for_bank
+from ..banks import OverBank, engine_for_bank
 from ..engines import ModelChoice, call_engine, call_engine_async
 from .nodes import blocks_to_nodes
 
 
-class LycheeRetriever(BaseRetriever):
+class LycheeRetriever(OverBank, BaseRetriever):
     """Retrieves the blocks the gate selects for a question, scored, in reading order.
 
     ``k`` keeps at most k blocks (the best by gate score); None keeps every block the gate selected.
@@ -44,14 +44,6 @@ class LycheeRetriever(BaseRetriever):
         self._k = k
         self._show_progress = show_progress
         super().__init__(callback_manager=callback_manager, verbose=verbose, **kwargs)
-
-    @property
-    def engine(self) -> LycheeMemory:
-        return self._engine
-
-    @property
-    def bank(self) -> MemoryBank:
-        return self._bank
 
     @property
     def k(self) -> int | None:

@@ -57,18 +57,21 @@ def worker(request: dict[str, Any]) -> list[dict[str, Any]]:
     peak = peak_memory_mb(runner.loaded.device.type)
     text_source = source_name(request["task"], Path(request["data"]) if request["data"] else None)
     rows = []
+    measured = {  # what every row says it measured
+        "method": method.label,
+        "kind": method.kind,
+        "task": request["task"],
+        "model": runner.loaded.resolved.spec,
+        "source": text_source,
+        "target_tokens": request["length"],
+    }
     for phase in ("cold", "warm"):
         ran = [r for r in results if r.skipped is None]
         if not ran:
             rows.append(
                 {
-                    "method": method.label,
-                    "kind": method.kind,
-                    "task": request["task"],
-                    "model": runner.loaded.resolved.spec,
-                    "source": text_source,
+                    **measured,
                     "context_tokens": results[0].context_tokens,
-                    "target_tokens": request["length"],
                     "phase": phase,
                     "seconds": None,
                     "skipped": results[0].skipped,
@@ -84,13 +87,8 @@ def worker(request: dict[str, Any]) -> list[dict[str, Any]]:
             prefilled.append(count)
         rows.append(
             {
-                "method": method.label,
-                "kind": method.kind,
-                "task": request["task"],
-                "model": runner.loaded.resolved.spec,
-                "source": text_source,
+                **measured,
                 "context_tokens": round(sum(r.context_tokens for r in ran) / len(ran)),
-                "target_tokens": request["length"],
                 "phase": phase,
                 "seconds": sum(seconds) / len(seconds),
                 "peak_mb": round(peak, 1),

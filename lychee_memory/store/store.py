@@ -77,8 +77,9 @@ from .manifest import (
     now,
 )
 from .recipe import BlockRecipe, RecipeForSettings
-from .reports import BankInfo, GcReport, IngestReport, StoreProblem, StoreUsage, VerifyReport
+from .reports import BankInfo, GcReport, IngestReport, StoreUsage, VerifyReport
 from .stored_bank import StoredBank
+from .verify import verify_store
 
 logger = logging.getLogger(__name__)
 
@@ -517,16 +518,7 @@ class MemoryStore:
         stored_documents = []
         for document_index, document in enumerate(documents):
             entries = [
-                StoredBlock(
-                    key=key,
-                    storage=storage,
-                    char_start=chunk.char_start,
-                    char_end=chunk.char_end,
-                    token_start=chunk.token_start,
-                    token_end=chunk.token_end,
-                    slots=shapes[key][0],
-                    nbytes=shapes[key][1],
-                )
+                _entry(key, storage, chunk, shapes[key])
                 for key, chunk in zip(keys, chunks)
                 if chunk.document_index == document_index
             ]
@@ -678,18 +670,7 @@ class MemoryStore:
                         data = encode_block(block, storage, identity)
                         self._items.put("block:" + key, data)
                         shape = (block.num_slots, len(data))
-                    entries.append(
-                        StoredBlock(
-                            key=key,
-                            storage=storage,
-                            char_start=span.char_start,
-                            char_end=span.char_end,
-                            token_start=span.token_start,
-                            token_end=span.token_end,
-                            slots=shape[0],
-                            nbytes=shape[1],
-                        )
-                    )
+                    entries.append(_entry(key, storage, span, shape))
                 stored_documents.append(
                     StoredDocument(
                         id=document.id,
@@ -740,98 +721,7 @@ class MemoryStore:
         rebuilds the engine the bank recorded at ingest (the CLI's ``lychee store verify --repair`` does so). A
         damaged text cannot be repaired (the source is gone): ingest that document again.
         """
-        problems: list[StoreProblem] = []
-        checked: dict[str, str | None] = {}  # key -> reason it is damaged, None when fine
-        documents_checked = 0
-        names = self.bank_names()
-        recipes: dict[str, BlockRecipe] = {}
-        for name in names:
-            try:
-                manifest = self._manifest(name)
-            except StoreError as error:
-                problems.append(StoreProblem(bank=name, kind="manifest", reason=str(error)))
-                continue
-            texts: dict[str, str | None] = {}
-            for stored in manifest.documents:
-                documents_checked += 1
-                try:
-                    texts[stored.id] = self._read_text(name, stored)
-                except CorruptDocumentError as error:
-                    texts[stored.id] = None
-                    problems.append(StoreProblem(name, "document", str(error), stored.text_key, None, stored.id))
-            damaged: list[tuple[int, StoredDocument, StoredBlock, str]] = []
-            for index, (_, stored, entry) in enumerate(manifest.entries()):
-                if entry.key not in checked:
-                    checked[entry.key] = self._block_damage(entry, manifest)
-                if checked[entry.key] is not None:
-                    damaged.append((index, stored, entry, checked[entry.key]))
-            for index, stored, entry, reason in damaged:
-                repaired = False
-                if repair:
-                    note = self._repair_block(
-                        manifest, entry, texts.get(stored.id), recipe, recipe_for_settings, recipes
-                    )
-                    repaired = note is None
-                    if repaired:
-                        checked[entry.key] = None
-                    else:
-                        reason = f"{reason}; not repaired: {note}"
-                problems.append(StoreProblem(name, "block", reason, entry.key, index, stored.id, repaired))
-        return VerifyReport(
-            banks=len(names), documents_checked=documents_checked, blocks_checked=len(checked), problems=tuple(problems)
-        )
-
-    def _block_damage(self, entry: StoredBlock, manifest: BankManifest) -> str | None:
-        data = self._items.get("block:" + entry.key)
-        if data is None:
-            return "the block is missing"
-        try:
-            self._check_block(data, entry, manifest, torch.float32)
-        except Damaged as damage:
-            return f"the block is damaged: {damage}"
-        return None
-
-    def _repair_block(
-        self,
-        manifest: BankManifest,
-        entry: StoredBlock,
-        text: str | None,
-        recipe: BlockRecipe | None,
-        recipe_for_settings: RecipeForSettings | None,
-        recipes: dict[str, BlockRecipe],
-    ) -> str | None:
-        """Recompress one block from the stored text; returns why it could not, or None when repaired."""
-        if text is None:
-            return "the document's text is damaged too; ingest the document again"
-        if recipe is None or recipe.identity != manifest.identity:
-            if manifest.engine_config is None:
-                return "the bank records no engine settings; repair it with the engine that built it"
-            if recipe_for_settings is None:
-                return "no engine to recompress with: pass the engine's block_recipe(), or run `lychee store verify --repair`"
-            settings_key = json.dumps(manifest.engine_config, sort_keys=True)
-            if settings_key not in recipes:
-                recipes[settings_key] = recipe_for_settings(manifest.engine_config)
-            recipe = recipes[settings_key]
-        if recipe.identity != manifest.identity:
-            return "the engine's model or compressor differs from the bank's"
-        ids = tuple(recipe.tokenize(text)[entry.token_start : entry.token_end])
-        identity = manifest.identity
-        if block_key(identity.model_fingerprint, identity.compressor, entry.storage, torch.tensor(ids)) != entry.key:
-            return "the text no longer tokenizes to the block's tokens (another tokenizer?)"
-        chunk = Chunk(
-            document_index=0,  # compression reads only the tokens; the span comes from the manifest
-            document_id="",
-            token_ids=ids,
-            token_start=entry.token_start,
-            token_end=entry.token_end,
-            char_start=entry.char_start,
-            char_end=entry.char_end,
-            text=text[entry.char_start : entry.char_end],
-        )
-        with self._writing_blocks():
-            (block,) = recipe.compress([chunk])
-            self._items.put("block:" + entry.key, encode_block(block, entry.storage, identity))
-        return None
+        return verify_store(self, repair, recipe, recipe_for_settings)
 
 
 class _BlockLoader:
@@ -853,6 +743,20 @@ class _BlockLoader:
         return self.store._load_block(
             self.manifest, index, self.entries[index], self.spans[index], self.dtype, self.device
         )
+
+
+def _entry(key: str, storage: str, span: Chunk | SourceSpan, shape: tuple[int, int]) -> StoredBlock:
+    """A manifest entry for a stored block: its key and format, where its text lies, its (slots, bytes)."""
+    return StoredBlock(
+        key=key,
+        storage=storage,
+        char_start=span.char_start,
+        char_end=span.char_end,
+        token_start=span.token_start,
+        token_end=span.token_end,
+        slots=shape[0],
+        nbytes=shape[1],
+    )
 
 
 def _same_source(rebuilt: StoredDocument, stored: StoredDocument) -> bool:
