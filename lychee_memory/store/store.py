@@ -218,7 +218,9 @@ class MemoryStore:
                 "the bank was built before lychee-memory 0.2, whose fingerprints name the checkpoint files; "
                 "rebuild it once from its stored text with recompress=True (CLI: --recompress)"
             )
-        manifest.identity.require_same(identity, f"bank {manifest.name!r} in store {str(self.path)!r}", remedy)
+        built_with = manifest.model_spec or "an unrecorded model"
+        subject = f"bank {manifest.name!r} in store {str(self.path)!r} (built with {built_with})"
+        manifest.identity.require_same(identity, subject, remedy)
 
     def bank_names(self) -> list[str]:
         return sorted(key.removeprefix("bank:") for key in self._items.keys("bank:"))

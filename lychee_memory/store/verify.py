@@ -94,6 +94,8 @@ def _repair_block(
     """Recompress one block from the stored text; returns why it could not, or None when repaired."""
     if text is None:
         return "the document's text is damaged too; ingest the document again"
+    if manifest.legacy_fingerprint:
+        return "the bank predates lychee-memory 0.2's fingerprints; rebuild it with --recompress instead"
     if recipe is None or recipe.identity != manifest.identity:
         if manifest.engine_config is None:
             return "the bank records no engine settings; repair it with the engine that built it"
