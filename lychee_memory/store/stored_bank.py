@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from .store import MemoryStore
 
 from ..blocks import MemoryBank
+from .manifest import FINGERPRINT_SCHEME
 
 
 @dataclass
@@ -22,7 +23,7 @@ class StoredBank(MemoryBank):
     store: MemoryStore | None = field(default=None, repr=False, compare=False)
     block_keys: list[str] = field(default_factory=list, repr=False)
     generation: int = 0
-    fingerprint_scheme: str = field(default="", repr=False)
+    fingerprint_scheme: str = field(default=FINGERPRINT_SCHEME, repr=False)
 
     def is_current(self) -> bool:
         """Whether the store still holds this version of the bank (no writer changed it since it was read)."""
