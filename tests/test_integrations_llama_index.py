@@ -19,7 +19,14 @@ from llama_index.core.schema import Document, NodeRelationship, NodeWithScore, T
 from llama_index.core.storage.storage_context import StorageContext
 from lychee_memory.integrations.llama_index import LycheeIndex, LycheeQueryEngine, LycheeRetriever
 
-from lychee_memory import BankNotFoundError, DocumentError, EmptyQuestionError, MemoryStore, StoreError
+from lychee_memory import (
+    BankNotFoundError,
+    ConfigurationError,
+    DocumentError,
+    EmptyQuestionError,
+    MemoryStore,
+    StoreError,
+)
 
 from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, loop_ticks, make_engine
 
@@ -241,6 +248,15 @@ async def test_index_inserts_nodes_and_asynchronously(engine):
     index.insert_nodes([TextNode(id_="note", text=KEEPER)])
     await index.ainsert(Document(text=SECOND_DOCUMENT, id_="kestrel"))
     assert list(index.ref_doc_info) == ["arvel", "note", "kestrel"]
+
+
+def test_persist_refuses_a_bad_bank_name_before_changing_anything(engine, tmp_path):
+    index = LycheeIndex.from_documents(documents(), model=engine)
+    store = MemoryStore(tmp_path / "store")
+    index.persist(store, bank="guide")
+    with pytest.raises(ConfigurationError, match="is not allowed: a bank name is"):
+        index.persist(store, bank="../guide")
+    assert store.bank_names() == ["guide"] and store.bank_info("guide").documents == ("arvel", "kestrel")
 
 
 def test_persist_and_from_persist_dir_round_trip(engine, tmp_path):
