@@ -26,7 +26,7 @@ from .compressors.beacon import BeaconSettings
 from .config import EngineConfig, PromptSettings
 from .documents import Document, DocumentInput, load_documents
 from .errors import ConfigurationError, ContextTooLongError
-from .gate import RULES, GateRule, GateScan, PromptRule, QueryLikelihoodRule, ScanState, build_rule
+from .gate import RULES, GateRule, GateScan, ScanState, build_rule
 from .model_loading import LoadedModel, load_model
 from .presets import preset_for
 from .progress import progress_bar
@@ -261,7 +261,7 @@ class LycheeMemory:
         """
         target = as_store(store, create=False)
         manifest = target.bank_manifest(name)
-        if manifest.identity != self.identity or manifest.legacy_fingerprint:
+        if manifest.identity != self.identity:  # a legacy fingerprint never equals a current one
             if recompress:
                 return target.rebuild_bank(name, self.block_recipe(), show_progress=self.show_progress(None))
             target.check_bank_identity(manifest, self.identity)
@@ -406,7 +406,7 @@ class LycheeMemory:
             ),
         }
         if self.rule.needs_model:
-            gate_prompt = self._gate_prompt_tokens(question)
+            gate_prompt = self.rule.prompt_tokens(self.prompts, question)
             needs["gate"] = (
                 after_block + gate_prompt + memory,
                 f"{after_block} for the block, {gate_prompt} of prompt and {memory} of memory",
@@ -424,15 +424,6 @@ class LycheeMemory:
             f"a {self.config.reasoner.read_mode}-mode {what} needs about {needed} tokens ({parts}), more than the "
             f"model's context window of {window}; lower chunk_tokens or max_memory_tokens"
         )
-
-    def _gate_prompt_tokens(self, question: str) -> int:
-        """Tokens of the gate's prompt for ``question`` with an empty memory."""
-        if isinstance(self.rule, QueryLikelihoodRule):
-            prompt = self.prompts.segments(self.config.prompts.query_likelihood_memory, question=question, memory="")
-            return len(prompt.token_ids)
-        if isinstance(self.rule, PromptRule):
-            return len(self.prompts.relevance_prompt(question, ""))
-        return 0
 
     def _bank_of(self, source: Source, show_progress: bool | None) -> tuple[MemoryBank, float]:
         if isinstance(source, MemoryBank):

@@ -58,6 +58,10 @@ class GateRule(ABC):
     def score(self, loaded: LoadedModel, prompts: PromptBuilder, requests: list[ScoreRequest]) -> list[float]:
         """Scores of all requests, computed in one batched forward."""
 
+    def prompt_tokens(self, prompts: PromptBuilder, question: str) -> int:
+        """Tokens of the rule's prompt after a block for ``question``, memory left empty (for context budgets)."""
+        return 0
+
 
 class QueryLikelihoodRule(GateRule):
     """How much the block raises the likelihood of the question (and of the notes in memory).
@@ -76,6 +80,9 @@ class QueryLikelihoodRule(GateRule):
         self.initial_memory = initial_memory
         self.template = template
         self.memory_template = memory_template
+
+    def prompt_tokens(self, prompts, question):
+        return len(prompts.segments(self.memory_template, question=question, memory="").token_ids)
 
     def score(self, loaded, prompts, requests):
         rows, spans = [], []
@@ -136,6 +143,9 @@ class PromptRule(GateRule):
     def __init__(self, tokenizer):
         self.yes_ids = _first_token_ids(tokenizer, [" yes", "yes", " Yes", "Yes", " YES"])
         self.no_ids = _first_token_ids(tokenizer, [" no", "no", " No", "No", " NO"])
+
+    def prompt_tokens(self, prompts, question):
+        return len(prompts.relevance_prompt(question, ""))
 
     def score(self, loaded, prompts, requests):
         rows = [PromptRow(prompts.relevance_prompt(r.question, r.memory), r.block) for r in requests]
