@@ -7,11 +7,14 @@ are on a CUDA device and Triton imports, and the torch reference otherwise (or w
 """
 
 from .hf_attention import ATTENTION_NAME, lychee_triton_attention_forward, register_triton_attention
+from .key_scores import key_logsumexp, key_logsumexp_reference
 from .prefix_attention import prefix_attention, prefix_attention_reference
 from .token_logprobs import token_logprobs, token_logprobs_reference
 
 __all__ = [
     "ATTENTION_NAME",
+    "key_logsumexp",
+    "key_logsumexp_reference",
     "lychee_triton_attention_forward",
     "prefix_attention",
     "prefix_attention_reference",

@@ -81,6 +81,21 @@ def naive_attention(
     return weights @ values
 
 
+def naive_key_logsumexp(
+    queries: torch.Tensor, keys: torch.Tensor, key_valid: torch.Tensor, head_pairs: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Explicit loops over blocks and heads: full float64 score matrix, masked_fill -inf, torch.logsumexp."""
+    blocks, selected_heads, query_count = keys.shape[0], queries.shape[0], queries.shape[1]
+    out = torch.empty(blocks, selected_heads, query_count, dtype=torch.float64)
+    for block in range(blocks):
+        for head in range(selected_heads):
+            block_keys = keys[block, int(head_pairs[head])].double().cpu()  # [T, D]
+            scores = queries[head].double().cpu() @ block_keys.T * scale  # [Q, T]
+            scores = scores.masked_fill(~key_valid[block].cpu()[None, :], float("-inf"))
+            out[block, head] = torch.logsumexp(scores, dim=-1)
+    return out.float().to(queries.device)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Cases, shared with the in-process reference tests.
 
@@ -216,6 +231,68 @@ def blocked_rows_are_zero(case: AttentionCase, output: torch.Tensor) -> bool:
     return not case.blocked_row or bool((output[0, :, case.query_length // 2] == 0).all())
 
 
+@dataclass
+class KeyScoreCase:
+    blocks: int  # N
+    pairs: int  # P
+    keys_per_block: int  # T
+    head_dim: int  # D
+    heads: int  # Hs
+    queries: int  # Q
+    key_dtype: torch.dtype = torch.float32
+    query_dtype: torch.dtype = torch.float32
+    head_pairs: tuple[int, ...] | None = None  # default: random pairs
+    valid: str = "padded"  # padded (each block right-padded to a random length) | random | all
+    empty_block: bool = False  # block 1 (or 0) has no valid key
+    strided: bool = False  # keys stored [N, T, P, D] and queries [Q, Hs, D], handed over transposed
+    score_scale: float = 1.0  # large values stress the online logsumexp
+
+    def tensors(self, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        generator = torch.Generator().manual_seed(seed)
+        shape_n, shape_p, shape_t, shape_d = self.blocks, self.pairs, self.keys_per_block, self.head_dim
+        if self.strided:
+            queries = torch.randn(self.queries, self.heads, shape_d, generator=generator).transpose(0, 1)
+            keys = torch.randn(shape_n, shape_t, shape_p, shape_d, generator=generator).transpose(1, 2)
+        else:
+            queries = torch.randn(self.heads, self.queries, shape_d, generator=generator)
+            keys = torch.randn(shape_n, shape_p, shape_t, shape_d, generator=generator)
+        if self.valid == "all":
+            key_valid = torch.ones(shape_n, shape_t, dtype=torch.bool)
+        elif self.valid == "random":
+            key_valid = torch.rand(shape_n, shape_t, generator=generator) > 0.3
+        else:
+            lengths = torch.randint(1, shape_t + 1, (shape_n,), generator=generator)
+            lengths[0] = shape_t  # one block fills the last, ragged tile
+            key_valid = torch.arange(shape_t)[None, :] < lengths[:, None]
+        if self.empty_block:
+            key_valid[min(1, shape_n - 1)] = False
+        if self.head_pairs is None:
+            head_pairs = torch.randint(0, shape_p, (self.heads,), generator=generator)
+        else:
+            head_pairs = torch.tensor(self.head_pairs, dtype=torch.int64)
+        scale = self.score_scale / shape_d**0.5
+        return queries.to(self.query_dtype), keys.to(self.key_dtype), key_valid, head_pairs, scale
+
+    @property
+    def tolerance(self) -> float:
+        return 1e-4 * max(1.0, self.score_scale)
+
+
+KEY_SCORE_CASES: dict[str, KeyScoreCase] = {
+    "fp32_n3_p2_t37_d64_hs3_q5": KeyScoreCase(3, 2, 37, 64, 3, 5),
+    "fp16_keys": KeyScoreCase(3, 2, 37, 64, 3, 5, key_dtype=torch.float16),
+    "fp16_keys_and_queries": KeyScoreCase(2, 3, 29, 64, 2, 7, key_dtype=torch.float16, query_dtype=torch.float16),
+    "block_without_valid_keys": KeyScoreCase(3, 2, 37, 64, 3, 5, empty_block=True),
+    "q70_two_query_tiles": KeyScoreCase(2, 2, 40, 64, 2, 70),
+    "t300_several_key_tiles_random_holes": KeyScoreCase(2, 2, 300, 64, 2, 6, valid="random"),
+    "two_heads_share_a_pair": KeyScoreCase(2, 3, 33, 64, 3, 4, head_pairs=(1, 0, 1)),
+    "q1_odd_head_dim_24": KeyScoreCase(4, 2, 19, 24, 2, 1, valid="all"),
+    "strided_keys_and_queries": KeyScoreCase(2, 3, 45, 64, 3, 9, strided=True),
+    "large_scores": KeyScoreCase(2, 2, 150, 64, 2, 8, score_scale=30.0),
+    "q1100_many_query_tiles": KeyScoreCase(1, 2, 40, 64, 2, 1100),
+}
+
+
 # ---------------------------------------------------------------------------------------------------
 # Tiny Llama end to end: "sdpa" against "lychee_triton" on the same weights.
 
@@ -344,6 +421,54 @@ def _attention_check(case: AttentionCase) -> CheckFunction:
     return run
 
 
+def _key_score_check(case: KeyScoreCase) -> CheckFunction:
+    def run() -> float:
+        from lychee_memory.kernels.key_scores_triton import key_logsumexp_triton
+
+        queries, keys, key_valid, head_pairs, scale = case.tensors()
+        queries, keys, key_valid = _on_device(queries, keys, key_valid)
+        actual = key_logsumexp_triton(queries, keys, key_valid, head_pairs, scale)
+        expected = naive_key_logsumexp(queries, keys, key_valid, head_pairs, scale)
+        assert actual.dtype == torch.float32 and actual.shape == expected.shape
+        empty = ~key_valid.any(dim=1)
+        assert bool((actual[empty] == float("-inf")).all()), "a block without valid keys is not -inf"
+        assert not actual.isnan().any(), "NaN in the output"
+        finite = ~empty
+        error = (actual[finite] - expected[finite]).abs().max().item()
+        assert error <= case.tolerance, f"max abs error {error:.3g} > {case.tolerance}"
+        return error
+
+    return run
+
+
+def _key_score_dispatcher_check() -> float:
+    """The dispatcher with Triton forced on CPU tensors runs the kernel (lazy import) without falling back."""
+    from lychee_memory.kernels import _triton_support
+
+    key_scores = importlib.import_module("lychee_memory.kernels.key_scores")
+    key_scores_triton = importlib.import_module("lychee_memory.kernels.key_scores_triton")
+    launches = 0
+    kernel = key_scores_triton.key_logsumexp_triton
+
+    def counting_kernel(*args, **kwargs):
+        nonlocal launches
+        launches += 1
+        return kernel(*args, **kwargs)
+
+    key_scores_triton.key_logsumexp_triton = counting_kernel
+    key_scores.use_triton = lambda tensor: True
+    case = KEY_SCORE_CASES["block_without_valid_keys"]
+    queries, keys, key_valid, head_pairs, scale = case.tensors(seed=1)
+    queries, keys, key_valid = _on_device(queries, keys, key_valid)
+    actual = key_scores.key_logsumexp(queries, keys, key_valid, head_pairs, scale)
+    expected = naive_key_logsumexp(queries, keys, key_valid, head_pairs, scale)
+    assert launches == 1, "the Triton kernel did not run exactly once"
+    assert not _triton_support.triton_failed("key_logsumexp"), "the Triton path raised and fell back"
+    assert torch.equal(actual.isinf(), expected.isinf())
+    finite = ~expected.isinf()
+    return (actual[finite] - expected[finite]).abs().max().item()
+
+
 def _tiny_llama_check() -> float:
     """End to end with the Triton kernel forced on CPU tensors; fails if the dispatcher fell back."""
     from lychee_memory.kernels import _triton_support
@@ -375,6 +500,8 @@ CHECKS: dict[str, CheckFunction] = {
         if case.dtype != torch.float32
     },
     **{f"prefix_attention[{name}]": _attention_check(case) for name, case in ATTENTION_CASES.items()},
+    **{f"key_logsumexp[{name}]": _key_score_check(case) for name, case in KEY_SCORE_CASES.items()},
+    "key_logsumexp_dispatcher_runs_the_kernel": _key_score_dispatcher_check,
     "tiny_llama_lychee_triton_vs_sdpa": _tiny_llama_check,
 }
 

@@ -2,7 +2,8 @@
 
 The Triton checks live in ``kernel_checks.py`` because TRITON_INTERPRET=1 must be set before triton is
 imported; one subprocess runs them all and each check is reported as its own test here. Every
-comparison is against an independent formula (full log_softmax, explicit-softmax attention).
+comparison is against an independent formula (full log_softmax, explicit-softmax attention, per-block
+loops of full score matrices for the key scores).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import pytest
 import torch
 from lychee_memory.kernels import (
     ATTENTION_NAME,
+    key_logsumexp,
+    key_logsumexp_reference,
     lychee_triton_attention_forward,
     prefix_attention,
     prefix_attention_reference,
@@ -32,12 +35,15 @@ from lychee_memory.kernels import (
 from .kernel_checks import (
     ATTENTION_CASES,
     CHECKS,
+    KEY_SCORE_CASES,
     LOGPROB_CASES,
+    KeyScoreCase,
     LogprobCase,
     blocked_rows_are_zero,
     compare_tiny_llama,
     exact_token_logprobs,
     naive_attention,
+    naive_key_logsumexp,
     naive_token_logprobs,
 )
 
@@ -45,6 +51,7 @@ CHECK_SCRIPT = Path(__file__).with_name("kernel_checks.py")
 # The package re-exports functions under their module names; these are the modules.
 token_logprobs_module = importlib.import_module("lychee_memory.kernels.token_logprobs")
 prefix_attention_module = importlib.import_module("lychee_memory.kernels.prefix_attention")
+key_scores_module = importlib.import_module("lychee_memory.kernels.key_scores")
 triton_support = importlib.import_module("lychee_memory.kernels._triton_support")
 KERNELS_DIR = Path(importlib.import_module("lychee_memory.kernels").__file__).parent  # kernels/, installed
 
@@ -105,6 +112,7 @@ def test_shape_contracts_are_importable_where_they_always_were() -> None:
     assert token_logprobs_module.check_logprob_shapes is contracts.check_logprob_shapes
     assert prefix_attention_module.check_attention_shapes is contracts.check_attention_shapes
     assert prefix_attention_module.blocked_threshold is contracts.blocked_threshold
+    assert key_scores_module.check_key_score_shapes is contracts.check_key_score_shapes
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -252,6 +260,176 @@ def test_bad_shapes_raise_without_disabling_triton(monkeypatch: pytest.MonkeyPat
         token_logprobs(torch.randn(3, 8), torch.randn(10, 8), torch.zeros(2, dtype=torch.long))
     assert not triton_support.triton_failed("prefix_attention")
     assert not triton_support.triton_failed("token_logprobs")
+
+
+# ---------------------------------------------------------------------------------------------------
+# key_logsumexp
+
+REFERENCE_KEY_SCORE_CASES = {
+    **KEY_SCORE_CASES,
+    "bf16_keys_and_queries": KeyScoreCase(
+        3, 2, 37, 64, 3, 5, key_dtype=torch.bfloat16, query_dtype=torch.bfloat16, empty_block=True
+    ),
+    "bf16_keys_fp32_queries": KeyScoreCase(2, 2, 70, 32, 2, 3, key_dtype=torch.bfloat16, valid="random"),
+}
+
+
+def _assert_key_scores_match(actual: torch.Tensor, expected: torch.Tensor, key_valid: torch.Tensor, tolerance: float):
+    assert actual.dtype == torch.float32 and actual.shape == expected.shape
+    empty = ~key_valid.any(dim=1)
+    assert bool((actual[empty] == float("-inf")).all()), "a block without valid keys must score -inf"
+    assert not actual.isnan().any()
+    assert torch.isfinite(actual[~empty]).all()
+    error = (actual[~empty] - expected[~empty]).abs().max().item()
+    assert error <= tolerance, f"max abs error {error:.3g} > {tolerance}"
+
+
+@pytest.mark.parametrize("name", list(REFERENCE_KEY_SCORE_CASES))
+def test_key_logsumexp_reference_matches_naive_loops(name: str) -> None:
+    case = REFERENCE_KEY_SCORE_CASES[name]
+    queries, keys, key_valid, head_pairs, scale = case.tensors()
+    actual = key_logsumexp_reference(queries, keys, key_valid, head_pairs, scale)
+    expected = naive_key_logsumexp(queries, keys, key_valid, head_pairs, scale)
+    _assert_key_scores_match(actual, expected, key_valid, case.tolerance)
+
+
+@pytest.mark.parametrize(
+    ("name", "blocks_per_chunk"),
+    [
+        ("block_without_valid_keys", 1),
+        ("block_without_valid_keys", 2),
+        ("fp16_keys", 2),
+        ("t300_several_key_tiles_random_holes", 1),
+        ("q70_two_query_tiles", 1),
+    ],
+)
+def test_key_logsumexp_reference_works_in_chunks_of_blocks(
+    name: str, blocks_per_chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A score budget of a few blocks: the blocks go through in chunks (the last one ragged), results unchanged."""
+    case = KEY_SCORE_CASES[name]
+    queries, keys, key_valid, head_pairs, scale = case.tensors(seed=3)
+    expected = naive_key_logsumexp(queries, keys, key_valid, head_pairs, scale)
+    per_block = case.heads * case.keys_per_block * max(case.queries, case.head_dim)
+    monkeypatch.setattr(key_scores_module, "_REFERENCE_SCORES_PER_CHUNK", blocks_per_chunk * per_block)
+    chunk_sizes: list[int] = []
+    logsumexp = torch.logsumexp
+    monkeypatch.setattr(
+        torch, "logsumexp", lambda scores, dim: chunk_sizes.append(len(scores)) or logsumexp(scores, dim)
+    )
+    actual = key_logsumexp_reference(queries, keys, key_valid, head_pairs, scale)
+    full, rest = divmod(case.blocks, blocks_per_chunk)
+    assert chunk_sizes == [blocks_per_chunk] * full + ([rest] if rest else [])
+    _assert_key_scores_match(actual, expected, key_valid, case.tolerance)
+
+
+def test_key_logsumexp_degenerate_shapes() -> None:
+    queries, head_pairs = torch.randn(2, 3, 8), torch.tensor([0, 1])
+    no_blocks = key_logsumexp(queries, torch.randn(0, 2, 5, 8), torch.zeros(0, 5, dtype=torch.bool), head_pairs, 1.0)
+    assert no_blocks.shape == (0, 2, 3) and no_blocks.dtype == torch.float32
+    no_keys = key_logsumexp(queries, torch.randn(4, 2, 0, 8), torch.zeros(4, 0, dtype=torch.bool), head_pairs, 1.0)
+    assert no_keys.shape == (4, 2, 3) and bool((no_keys == float("-inf")).all())
+    no_heads = key_logsumexp(
+        torch.randn(0, 3, 8),
+        torch.randn(4, 2, 5, 8),
+        torch.ones(4, 5, dtype=torch.bool),
+        torch.zeros(0, dtype=torch.long),
+        1.0,
+    )
+    assert no_heads.shape == (4, 0, 3)
+
+
+def _good_key_score_arguments() -> dict[str, torch.Tensor]:
+    return {
+        "queries": torch.randn(3, 5, 16),
+        "keys": torch.randn(4, 2, 7, 16),
+        "key_valid": torch.ones(4, 7, dtype=torch.bool),
+        "head_pairs": torch.tensor([0, 1, 1]),
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "message"),
+    [
+        ("queries", torch.randn(5, 16), "queries must be 3D"),
+        ("keys", torch.randn(4, 7, 16), "keys must be 4D"),
+        ("keys", torch.randn(4, 2, 7, 8), "head_dim"),
+        ("queries", torch.randint(0, 3, (3, 5, 16)), "float32, float16 or bfloat16"),
+        ("keys", torch.randn(4, 2, 7, 16, dtype=torch.float64), "float32, float16 or bfloat16"),
+        ("key_valid", torch.ones(4, 7), "key_valid must be a bool"),
+        ("key_valid", torch.ones(4, 6, dtype=torch.bool), r"key_valid must be \[N, T\] = \[4, 7\]"),
+        ("key_valid", torch.ones(3, 7, dtype=torch.bool), r"key_valid must be \[N, T\]"),
+        ("head_pairs", torch.tensor([0, 1, 1], dtype=torch.int32), "head_pairs must be int64"),
+        ("head_pairs", torch.tensor([0, 1]), r"head_pairs must be \[Hs\] = \[3\]"),
+        ("head_pairs", torch.tensor([0, 2, 1]), r"head_pairs must lie in \[0, P\) = \[0, 2\)"),
+        ("head_pairs", torch.tensor([0, -1, 1]), r"head_pairs must lie in"),
+        ("key_valid", torch.ones(4, 7, dtype=torch.bool, device="meta"), "share a device"),
+    ],
+    ids=[
+        "queries_2d",
+        "keys_3d",
+        "head_dim_mismatch",
+        "integer_queries",
+        "float64_keys",
+        "float_key_valid",
+        "key_valid_wrong_T",
+        "key_valid_wrong_N",
+        "int32_head_pairs",
+        "head_pairs_wrong_length",
+        "head_pair_too_large",
+        "head_pair_negative",
+        "key_valid_other_device",
+    ],
+)
+def test_key_logsumexp_rejects_bad_shapes(
+    name: str, bad: torch.Tensor, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both the reference and the dispatcher (even with Triton forced) raise ValueError, and nothing falls back."""
+    monkeypatch.setattr(key_scores_module, "use_triton", lambda tensor: True)
+    monkeypatch.setattr(triton_support, "_failed_kernels", set())
+    arguments = {**_good_key_score_arguments(), name: bad}
+    for function in (key_logsumexp_reference, key_logsumexp):
+        with pytest.raises(ValueError, match=message):
+            function(**arguments, scale=0.25)
+    assert not triton_support.triton_failed("key_logsumexp")
+
+
+def test_key_logsumexp_dispatcher_takes_the_reference_for_cpu_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    reference = key_scores_module.key_logsumexp_reference
+    monkeypatch.setattr(key_scores_module, "key_logsumexp_reference", lambda *args: calls.append(1) or reference(*args))
+    case = KEY_SCORE_CASES["block_without_valid_keys"]
+    queries, keys, key_valid, head_pairs, scale = case.tensors()
+    actual = key_logsumexp(queries, keys, key_valid, head_pairs, scale)
+    assert calls == [1]
+    expected = naive_key_logsumexp(queries, keys, key_valid, head_pairs, scale)
+    _assert_key_scores_match(actual, expected, key_valid, case.tolerance)
+
+
+def test_key_logsumexp_falls_back_for_good_after_a_triton_failure(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+    name = "lychee_memory.kernels.key_scores_triton"
+    monkeypatch.setitem(sys.modules, name, _failing_triton_module(name, "key_logsumexp_triton", calls))
+    monkeypatch.setattr(key_scores_module, "use_triton", lambda tensor: True)
+    monkeypatch.setattr(triton_support, "_failed_kernels", set())
+    case = KEY_SCORE_CASES["two_heads_share_a_pair"]
+    queries, keys, key_valid, head_pairs, scale = case.tensors()
+    expected = naive_key_logsumexp(queries, keys, key_valid, head_pairs, scale)
+    with caplog.at_level(logging.WARNING, logger="lychee_memory.kernels"):
+        results = [key_logsumexp(queries, keys, key_valid, head_pairs, scale) for _ in range(2)]
+    assert calls == [1], "the failed kernel must not be tried again"
+    assert len([record for record in caplog.records if "key_logsumexp" in record.getMessage()]) == 1
+    assert triton_support.triton_failed("key_logsumexp")
+    for result in results:
+        _assert_key_scores_match(result, expected, key_valid, case.tolerance)
+
+
+def test_key_logsumexp_checks_cover_every_case() -> None:
+    """Each shared case also runs against the Triton kernel under the interpreter."""
+    assert {f"key_logsumexp[{name}]" for name in KEY_SCORE_CASES} <= set(CHECKS)
+    assert "key_logsumexp_dispatcher_runs_the_kernel" in CHECKS
 
 
 # ---------------------------------------------------------------------------------------------------
