@@ -135,7 +135,11 @@ def add_documents(
     blocks = list(kept) + [
         replace(block, span=replace(block.span, document_index=block.span.document_index + offset)) for block in added
     ]
-    return MemoryBank.from_blocks(kept.documents + added.documents, blocks, kept.identity, name=bank.name)
+    # The merged bank has an index only if both parts were indexed the same way (else stage 1 would skip blocks).
+    gate_index = kept.gate_index if kept.gate_index == added.gate_index else None
+    return MemoryBank.from_blocks(
+        kept.documents + added.documents, blocks, kept.identity, name=bank.name, gate_index=gate_index
+    )
 
 
 def save_bank(bank: MemoryBank, store: StoreChoice, name: str) -> None:

@@ -54,6 +54,9 @@ class Answer:
     gate_scores: list[GateScore] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     token_counts: dict[str, int] = field(default_factory=dict)
+    # The blocks stage 1 of the gate passed on to the rule, one list per ranking (at the start, then after each
+    # memory update); empty when stage 1 did not run (prefilter off, or a bank no larger than gate.candidates).
+    candidates: list[list[int]] = field(default_factory=list)
 
     @property
     def memory(self) -> str:
@@ -74,6 +77,7 @@ class Answer:
             "tokens": self.token_counts,
         }
         if include_scores:
+            data["candidates"] = self.candidates
             data["gate_scores"] = [
                 {"index": s.index, "score": round(s.score, 6), "relevant": s.relevant, "memory_step": s.memory_step}
                 for s in self.gate_scores

@@ -66,7 +66,7 @@ class MemAgent(Baseline):
         engine = self.engine
         memory = engine.config.reasoner.max_memory_tokens
         longest_question = max(len(engine.prompts.encode_text(q)) for q in questions)
-        overhead = len(engine.prompts.update_prompt("", "", "")) + longest_question
+        overhead = len(engine.prompts.update_prompt("", "", [])) + longest_question
         room = engine.loaded.context_window - overhead - 2 * memory
         if room < 16:
             raise ContextTooLongError(
@@ -95,7 +95,10 @@ class MemAgent(Baseline):
             started = time.perf_counter()
             with progress_bar(len(chunks), "memagent", engine.show_progress(show_progress)) as bar:
                 for chunk in chunks:
-                    requests = [UpdateRequest(q, memory, section=chunk.text) for q, memory in zip(questions, memories)]
+                    requests = [
+                        UpdateRequest(q, memory, chunk_ids=list(chunk.token_ids))
+                        for q, memory in zip(questions, memories)
+                    ]
                     for row, generation in enumerate(reasoner.update(requests)):
                         memories[row] = generation.text
                         steps[row].append(generation.text)

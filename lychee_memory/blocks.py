@@ -6,6 +6,12 @@ the compressor cached them (training-free compressors keep post-RoPE keys; the l
 keeps them before RoPE and they are read unrotated, as the released checkpoint does). A reasoner or gate
 prompt that reads a block continues at ``next_position``. A bank knows nothing of storage: a stored bank is
 a subclass in ``lychee_memory.store``.
+
+Framed blocks (training-free compressors): every chunk is encoded after the same *opening*, the tokens a text
+read puts before a chunk (sequence start and the chat user-turn opening). The opening's KV is the same for every
+block, so a block holds only its chunk's slots and a reader puts ``BlockOpening`` in front of them; a prompt that
+continues after [opening | block] sees exactly the tokens a text read of the chunk sees. A block may also carry
+``gate_keys``, its gate index (see ``prefilter.py``).
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ class MemoryBlock:
     """One chunk compressed into per-layer KV memory slots.
 
     keys, values: [layers, kv_heads, slots, head_dim]; valid: [slots] bool (False marks padding slots);
-    token_ids: the chunk's tokens, which name the block in a store.
+    token_ids: the chunk's tokens, which name the block in a store. gate_keys: the block's gate index
+    ([pairs, tokens, head_dim] keys of the prefilter's heads, ``prefilter.py``), or None when it has none.
     """
 
     keys: torch.Tensor
@@ -58,6 +65,7 @@ class MemoryBlock:
     token_ids: torch.Tensor
     span: SourceSpan
     compressor: str
+    gate_keys: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.keys.shape != self.values.shape or self.keys.dim() != 4:
@@ -91,14 +99,33 @@ class MemoryBlock:
 
 
 @dataclass(frozen=True)
+class BlockOpening:
+    """The tokens every framed block was encoded after, and their KV ([layers, kv_heads, tokens, head_dim]).
+
+    Computed once per engine (a forward of a few dozen tokens) instead of stored with every block; its token ids
+    are part of a bank's identity, so a bank is only read after the opening it was encoded after.
+    """
+
+    token_ids: tuple[int, ...]
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True)
 class BankIdentity:
     """What makes a bank's KV right for an engine: the model that computed it, the compressor settings and the
-    chunk size. Two identities must be equal for an engine to read a bank or add to it; the dtype is not part
-    of it (blocks are converted to the engine's dtype when read)."""
+    chunk size, and the opening framed blocks were encoded after (None: a bank from before framing, whose blocks
+    began with their own sequence start). Two identities must be equal for an engine to read a bank or add to it;
+    the dtype is not part of it (blocks are converted to the engine's dtype when read)."""
 
     model_fingerprint: str
     compressor: Mapping[str, Any]
     chunk_tokens: int
+    opening: tuple[int, ...] | None = ()
 
     def differences(self, other: BankIdentity) -> list[str]:
         """What differs from ``other`` (this = the bank, other = the engine), in words; empty when they match."""
@@ -116,6 +143,17 @@ class BankIdentity:
             found.append(
                 f"its blocks are {self.chunk_tokens}-token chunks, this engine cuts {other.chunk_tokens}-token chunks"
             )
+        if self.opening != other.opening:
+            if self.opening is None:
+                found.append(
+                    "its blocks were encoded by lychee-memory 0.2 or earlier, each alone; blocks are now encoded after "
+                    "the prompt opening, so they are read without re-encoding (rebuild it once from its stored text)"
+                )
+            else:
+                found.append(
+                    f"its blocks were encoded after the opening tokens {list(self.opening)}, this engine's prompts open "
+                    f"with {list(other.opening or ())} (another chat template or use_chat_template setting)"
+                )
         return found
 
     def require_same(self, other: BankIdentity, subject: str, remedy: str) -> None:
@@ -130,7 +168,8 @@ class MemoryBank:
     """The ordered memory blocks of one or many documents, plus what built them (``identity``).
 
     Blocks are held in memory, or fetched one at a time through ``loader`` (a stored bank), so a scan over a
-    large bank never needs all of its KV resident at once.
+    large bank never needs all of its KV resident at once. ``gate_index`` describes the index the blocks carry
+    (``prefilter.IndexSpec.describe()``, None: no index); ``index_loader`` fetches one block's index alone.
     """
 
     documents: list[Document]
@@ -140,6 +179,8 @@ class MemoryBank:
     name: str | None = None
     _blocks: list[MemoryBlock | None] = field(default_factory=list, repr=False)
     loader: Callable[[int], MemoryBlock] | None = field(default=None, repr=False)
+    gate_index: dict[str, Any] | None = None
+    index_loader: Callable[[int], torch.Tensor | None] | None = field(default=None, repr=False)
 
     @classmethod
     def from_blocks(
@@ -148,6 +189,7 @@ class MemoryBank:
         blocks: Sequence[MemoryBlock],
         identity: BankIdentity,
         name: str | None = None,
+        gate_index: dict[str, Any] | None = None,
     ) -> MemoryBank:
         return cls(
             documents=list(documents),
@@ -156,6 +198,7 @@ class MemoryBank:
             identity=identity,
             name=name,
             _blocks=list(blocks),
+            gate_index=gate_index,
         )
 
     @property
@@ -183,6 +226,15 @@ class MemoryBank:
         if self.loader is None:
             raise LookupError(f"block {index} is not resident and the bank has no loader")
         return self.loader(index)
+
+    def gate_keys(self, index: int) -> torch.Tensor | None:
+        """The block's gate index (without loading its KV when the bank can fetch the index alone), or None."""
+        resident = self._blocks[index] if index < len(self._blocks) else None
+        if resident is not None:
+            return resident.gate_keys
+        if self.index_loader is not None:
+            return self.index_loader(index)
+        return self.block(index).gate_keys
 
     def __iter__(self) -> Iterator[MemoryBlock]:
         return (self.block(index) for index in range(len(self)))
@@ -215,7 +267,7 @@ class MemoryBank:
                 continue
             block = self.block(index)
             blocks.append(replace(block, span=replace(span, document_index=renumbered[span.document_id])))
-        return MemoryBank.from_blocks(documents, blocks, self.identity, name=self.name)
+        return MemoryBank.from_blocks(documents, blocks, self.identity, name=self.name, gate_index=self.gate_index)
 
     @property
     def num_tokens(self) -> int:

@@ -27,6 +27,17 @@ EXIT_USAGE = 2
 EXIT_DAMAGED = 1  # `lychee store verify` found damage it did not repair
 
 
+def _json_heads(text: str) -> list[tuple[int, int]]:
+    """--prefilter-heads '[[17, 3], [18, 0]]': (layer, query head) pairs."""
+    try:
+        heads = json.loads(text)
+        return [(int(layer), int(head)) for layer, head in heads]
+    except (ValueError, TypeError) as error:
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON list of [layer, head] pairs, got {text!r} ({error})"
+        ) from None
+
+
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
     group.add_argument(
@@ -43,6 +54,16 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gate", choices=["auto", "query_likelihood", "prompt", "all"], default=None)
     group.add_argument("--threshold", type=float, default=None, help="gate threshold (default: per rule)")
     group.add_argument("--max-blocks", type=int, default=None, help="budget of relevant blocks per question")
+    group.add_argument(
+        "--prefilter", choices=["keys", "off"], default=None, help="gate stage 1 from the blocks' keys (default keys)"
+    )
+    group.add_argument("--candidates", type=int, default=None, help="blocks stage 1 passes on to the rule (default 4)")
+    group.add_argument(
+        "--prefilter-heads",
+        type=_json_heads,
+        default=None,
+        help="JSON list of [layer, head] pairs for the gate index (default: the model's preset)",
+    )
     group.add_argument(
         "--read-mode", choices=["auto", "kv", "text"], default=None, help="reasoner reads the block's KV or its text"
     )
@@ -69,6 +90,9 @@ _OPTION_NAMES = {
     "gate": "gate",
     "threshold": "threshold",
     "max_blocks": "max_relevant_blocks",
+    "prefilter": "prefilter",
+    "candidates": "candidates",
+    "prefilter_heads": "prefilter_heads",
     "read_mode": "read_mode",
     "max_memory_tokens": "max_memory_tokens",
     "max_answer_tokens": "max_answer_tokens",
@@ -255,11 +279,15 @@ def _command_store(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(usage.to_dict(), indent=2))
         else:
-            print(f"{usage.path}: {usage.bytes / 2**20:.1f} MiB in {usage.blocks} blocks, {usage.banks} bank(s)")
+            print(
+                f"{usage.path}: {usage.bytes / 2**20:.1f} MiB in {usage.blocks} blocks and {usage.indexes} gate "
+                f"indexes ({usage.index_bytes / 2**20:.1f} MiB), {usage.banks} bank(s)"
+            )
             for name, size in sorted(usage.bank_bytes.items()):
                 print(f"  {name}: {size / 2**20:.1f} MiB")
             print(
-                f"  unreferenced: {usage.unreferenced_blocks} block(s), {usage.unreferenced_bytes / 2**20:.1f} MiB "
+                f"  unreferenced: {usage.unreferenced_blocks} block(s), {usage.unreferenced_indexes} index(es), "
+                f"{usage.unreferenced_bytes / 2**20:.1f} MiB "
                 "(freed by `lychee store gc`)"
             )
         return 0
@@ -283,7 +311,8 @@ def _command_store(args: argparse.Namespace) -> int:
             print(json.dumps(report.to_dict(), indent=2))
         else:
             print(
-                f"removed {report.removed_blocks} block(s) and {report.removed_texts} text(s), "
+                f"removed {report.removed_blocks} block(s), {report.removed_indexes} gate index(es) and "
+                f"{report.removed_texts} text(s), "
                 f"freed {report.freed_bytes / 2**20:.1f} MiB"
             )
         return 0
@@ -297,7 +326,7 @@ def _command_store(args: argparse.Namespace) -> int:
             print(f"{status}: bank {problem.bank!r} {where} (document {problem.document_id!r}): {problem.reason}")
         print(
             f"checked {report.banks} bank(s), {report.documents_checked} document(s), {report.blocks_checked} "
-            f"block(s): {'ok' if report.ok else f'{len(report.unrepaired)} problem(s) remain'}"
+            f"block(s), {report.indexes_checked} gate index(es): {'ok' if report.ok else f'{len(report.unrepaired)} problem(s) remain'}"
         )
     return 0 if report.ok else EXIT_DAMAGED
 
@@ -411,6 +440,40 @@ def _command_bench(args: argparse.Namespace) -> int:
     print("model loading excluded; peak memory is each run's process (RSS on CPU, allocated on CUDA)\n")
     print(run.table)
     print(f"\nrows: {run.files['json']}\nplot: {run.files['plot']}")
+    return 0
+
+
+def _command_probe(args: argparse.Namespace) -> int:
+    from .eval.head_probe import probe_heads
+    from .eval.tasks import build_samples, parse_lengths
+
+    model, options = _evaluation_options(args)
+    options["compressor"] = "none"  # the probe reads every layer's keys
+    from .engine import LycheeMemory
+
+    engine = LycheeMemory.from_pretrained(model, **options)
+    tokenizer = engine.loaded.tokenizer
+    probe = [
+        sample
+        for length in parse_lengths(args.lengths)
+        for sample in build_samples("needle", tokenizer, length, args.n, args.data, args.sample_seed)
+    ]
+    heldout = [
+        sample
+        for length in parse_lengths(args.heldout_lengths)
+        for sample in build_samples("needle", tokenizer, length, args.heldout_n, args.data, args.sample_seed + 1)
+    ]
+    result = probe_heads(engine, probe, heldout, count=args.count, show_progress=not args.no_progress)
+    data = {"model": engine.loaded.resolved.spec, "probe_samples": len(probe), **result.to_dict()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=2), encoding="utf-8")
+    print("| layer | head | mean reciprocal rank of the fact's block |\n|---|---|---|")
+    for row in data["top_heads"][: max(args.count, 12)]:
+        print(f"| {row['layer']} | {row['head']} | {row['mrr']:.3f} |")
+    print(f"\nchosen heads: {data['chosen_heads']}")
+    print(f"rank of the fact's block with them, probe samples: {result.probe_ranks}")
+    print(f"held-out samples (blocks per bank {result.heldout_blocks}): {result.heldout_ranks}")
+    print(f"use them with: --prefilter-heads '{json.dumps(data['chosen_heads'])}' or gate.prefilter_heads in a config")
     return 0
 
 
@@ -540,6 +603,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sample-seed", type=int, default=0)
     _add_engine_options(bench)
     bench.set_defaults(handler=_command_bench)
+
+    probe = commands.add_parser("probe", help="measure a model: which attention heads the gate's key index should use")
+    probe_kinds = probe.add_subparsers(dest="probe_command", required=True)
+    heads = probe_kinds.add_parser("heads", help="rank every head by how well its keys find planted facts")
+    heads.add_argument("--lengths", default="14k", help="haystack lengths of the probe samples (default 14k)")
+    heads.add_argument("--n", type=int, default=6, help="probe samples per length (default 6)")
+    heads.add_argument("--heldout-lengths", default="28k", help="lengths of the held-out check (default 28k)")
+    heads.add_argument("--heldout-n", type=int, default=6, help="held-out samples per length (default 6)")
+    heads.add_argument("--count", type=int, default=8, help="heads to choose (default 8)")
+    heads.add_argument("--data", default=None, help="dataset dir for the haystack (default: the generated one)")
+    heads.add_argument("--sample-seed", type=int, default=0)
+    heads.add_argument("--json", default=None, help="write the full result here")
+    _add_engine_options(heads)
+    heads.set_defaults(handler=_command_probe)
 
     report = commands.add_parser(
         "report", help="merge several eval and bench runs (a ladder run in pieces) into one set of tables and plots"

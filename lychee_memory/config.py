@@ -16,6 +16,7 @@ from .errors import ConfigurationError
 
 CompressorKind = Literal["auto", "beacon", "attention", "key_norm", "none"]
 GateRuleName = Literal["auto", "query_likelihood", "prompt", "all"]
+PrefilterName = Literal["keys", "off"]
 ReadMode = Literal["auto", "kv", "text"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 AttentionName = Literal["auto", "sdpa", "eager", "flash_attention_2", "triton"]
@@ -97,6 +98,25 @@ class GateSettings(_Settings):
         ge=0.0,
         description="a score this close to the threshold is scored again on its own, so batching never changes a "
         "decision; None = per dtype (engine.BOUNDARY_TOLERANCE: far above the rounding batching causes)",
+    )
+    prefilter: PrefilterName = Field(
+        "keys",
+        description="stage 1 before the rule: keys = rank blocks from an index of their own keys (made at ingest) "
+        "and let the rule judge only the candidates; off = the rule judges every block",
+    )
+    candidates: int = Field(
+        4, ge=1, description="blocks stage 1 passes on to the rule (and again after each memory update)"
+    )
+    candidate_margin: float = Field(
+        0.5, ge=0.0, description="blocks whose stage-1 score is within this of the best also go on (near-ties)"
+    )
+    prefilter_heads: list[tuple[int, int]] | None = Field(
+        None,
+        description="(layer, query head) pairs whose keys form the gate index; None = the model's preset (measured "
+        "by `lychee probe heads`), else a generic mid-depth choice",
+    )
+    prefilter_skip_tokens: int | None = Field(
+        None, ge=0, description="leading chunk tokens left out of the index; None = 0 after an opening, else 4 (a sink)"
     )
 
 
@@ -269,6 +289,9 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "threshold": ("gate", "threshold"),
     "max_relevant_blocks": ("gate", "max_relevant_blocks"),
     "gate_batch_size": ("gate", "batch_size"),
+    "prefilter": ("gate", "prefilter"),
+    "candidates": ("gate", "candidates"),
+    "prefilter_heads": ("gate", "prefilter_heads"),
     "read_mode": ("reasoner", "read_mode"),
     "max_memory_tokens": ("reasoner", "max_memory_tokens"),
     "max_answer_tokens": ("reasoner", "max_answer_tokens"),

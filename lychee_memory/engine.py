@@ -10,6 +10,7 @@ on an engine; the engine knows none of them.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 
 from .answer import Answer, AnswerStream, GateScore, SelectedBlock, phase_timings
-from .blocks import BankIdentity, MemoryBank, MemoryBlock
+from .blocks import BankIdentity, BlockOpening, MemoryBank, MemoryBlock
 from .chunking import Chunk, chunk_documents, tokenize_with_offsets
 from .compressors import Compressor, build_compressor
 from .compressors.beacon import BeaconSettings
@@ -27,13 +28,17 @@ from .config import EngineConfig, PromptSettings
 from .documents import Document, DocumentInput, load_documents
 from .errors import ConfigurationError, ContextTooLongError
 from .gate import RULES, GateRule, GateScan, ScanState, build_rule
+from .kv_prefix import encode_opening
 from .model_loading import LoadedModel, load_model
+from .prefilter import IndexSpec, Prefilter, model_geometry, resolve_heads
 from .presets import preset_for
 from .progress import progress_bar
 from .prompts import PromptBuilder
 from .questions import clean_question
 from .reasoner import Reasoner, UpdateRequest
 from .store import BlockRecipe, MemoryStore, StoredBank, as_store
+
+logger = logging.getLogger(__name__)
 
 Source = MemoryBank | DocumentInput | Iterable[DocumentInput]
 Result = TypeVar("Result")
@@ -138,14 +143,29 @@ class LycheeMemory:
     def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None):
         self.loaded = loaded
         self.config = resolve_config(config or EngineConfig(), loaded)
-        self.prompts = PromptBuilder(loaded.tokenizer, self.config.prompts)
         self.compressor: Compressor = build_compressor(self.config.compressor, loaded)
-        self.rule: GateRule = build_rule(self.config.gate, self.config.prompts, loaded.tokenizer)
+        self.prompts = PromptBuilder(loaded.tokenizer, self.config.prompts, framed_blocks=self.compressor.framed)
+        # Framed blocks are encoded after this opening; its KV is computed here once instead of stored per block.
+        self.opening: BlockOpening | None = None
+        if self.compressor.framed:
+            self.opening = encode_opening(loaded, self.prompts.block_opening_ids())
+            self.compressor.opening = self.opening
+        self.index_spec: IndexSpec | None = self._index_spec()
+        if self.compressor.builds_gate_index:
+            self.compressor.index_spec = self.index_spec
+        self.rule: GateRule = build_rule(self.config.gate, self.config.prompts, loaded.tokenizer, self.opening)
         assert self.config.gate.threshold is not None
         self.threshold = self.config.gate.threshold
         self.reasoner = Reasoner(
-            loaded, self.prompts, self.config.reasoner, self.config.reasoner.read_mode, self.config.gate.batch_size
+            loaded,
+            self.prompts,
+            self.config.reasoner,
+            self.config.reasoner.read_mode,
+            self.config.gate.batch_size,
+            self.opening,
         )
+        self._prefilters: dict[str, Prefilter] = {}
+        self._unindexed_warned: set[str] = set()
         self.lock = threading.RLock()
         self._check_budget("")
 
@@ -171,8 +191,55 @@ class LycheeMemory:
 
     @property
     def identity(self) -> BankIdentity:
-        """What a bank must have been built with for this engine to read it (model, compressor, chunk size)."""
-        return BankIdentity(self.loaded.fingerprint(), self.compressor.describe(), self.chunk_tokens)
+        """What a bank must have been built with for this engine to read it (model, compressor, chunk size, opening)."""
+        opening = self.opening.token_ids if self.opening is not None else ()
+        return BankIdentity(self.loaded.fingerprint(), self.compressor.describe(), self.chunk_tokens, opening)
+
+    def _index_spec(self) -> IndexSpec | None:
+        """The gate index this engine writes at ingest: None when the prefilter is off or the rule reads all blocks."""
+        gate = self.config.gate
+        if gate.prefilter == "off" or not RULES[gate.rule].needs_model:
+            return None
+        preset = preset_for(self.loaded.config) if self.config.use_presets else None
+        heads = resolve_heads(
+            self.loaded.config,
+            gate.prefilter_heads,
+            preset.prefilter_heads if preset is not None else (),
+            self.loaded.resolved.spec,
+        )
+        _, query_heads, kv_heads, _ = model_geometry(self.loaded.config)
+        skip = gate.prefilter_skip_tokens
+        if skip is None:
+            skip = 0 if self.opening is not None and self.opening.num_slots else 4
+        return IndexSpec(heads=heads, skip_tokens=skip, group=query_heads // kv_heads)
+
+    def prefilter_for(self, bank: MemoryBank) -> Prefilter | None:
+        """Stage 1 for a bank: scoring with the heads its index was built with (None: prefilter off or no index)."""
+        if self.index_spec is None:
+            return None
+        if bank.gate_index is None:
+            if len(bank) > self.config.gate.candidates and (bank.name or "") not in self._unindexed_warned:
+                self._unindexed_warned.add(bank.name or "")
+                logger.warning(
+                    "bank %s has no gate index (built with gate.prefilter='off' or by a compressor that builds none): "
+                    "the gate judges every block; rebuild it with this engine to use the prefilter",
+                    bank.name or "(unnamed)",
+                )
+            return None
+        key = repr(sorted(bank.gate_index.items()))
+        if key not in self._prefilters:
+            self._prefilters[key] = Prefilter(
+                self.loaded,
+                self.prompts,
+                self.opening,
+                IndexSpec.from_description(bank.gate_index),
+                self.compressor.prompt_position(self.chunk_tokens, self.opening.num_slots if self.opening else 0),
+                self.config.gate.memory_weight,
+                self.config.prompts.initial_memory,
+                self.config.prompts.query_likelihood,
+                self.config.prompts.query_likelihood_memory,
+            )
+        return self._prefilters[key]
 
     @property
     def ingest_batch_size(self) -> int:
@@ -196,12 +263,20 @@ class LycheeMemory:
             chunk=self.chunk,
             tokenize=lambda text: tokenize_with_offsets(self.loaded.tokenizer, text)[0],
             compress=lambda chunks: self.compressor.compress(self.loaded, chunks),
+            gate_index=self.gate_index_description,
             batch_size=self.ingest_batch_size,
             dtype=self.loaded.dtype,
             device=self.loaded.device,
             model_spec=self.loaded.resolved.spec,
             settings=self.config.model_dump(mode="json"),
         )
+
+    @property
+    def gate_index_description(self) -> dict[str, Any] | None:
+        """The gate index this engine's blocks carry (None: the prefilter is off, or the compressor builds none)."""
+        if self.index_spec is None or not self.compressor.builds_gate_index:
+            return None
+        return self.index_spec.describe()
 
     # Building memory ---------------------------------------------------------------------------------
 
@@ -237,7 +312,13 @@ class LycheeMemory:
         """
         docs = load_documents(documents)
         if store is None and bank is None:
-            return MemoryBank.from_blocks(docs, self.compress_documents(docs, show_progress), self.identity, name=name)
+            return MemoryBank.from_blocks(
+                docs,
+                self.compress_documents(docs, show_progress),
+                self.identity,
+                name=name,
+                gate_index=self.gate_index_description,
+            )
         if bank is not None and name is not None and bank != name:
             raise ConfigurationError(f"name={name!r} and bank={bank!r} disagree; give the bank name once, as bank=")
         bank_name = bank if bank is not None else name
@@ -389,11 +470,11 @@ class LycheeMemory:
         """
         window = self.loaded.context_window
         memory, answer = self.config.reasoner.max_memory_tokens, self.config.reasoner.max_answer_tokens
-        start = len(self.prompts.sequence_start_ids)
+        start = self.opening.num_slots if self.opening is not None else len(self.prompts.block_opening_ids())
         after_block = self.compressor.prompt_position(self.chunk_tokens, start)
         text_mode = self.config.reasoner.read_mode == "text"
-        update_prompt = len(self.prompts.update_prompt(question, "", "" if text_mode else None))
-        read = (start + self.chunk_tokens) if text_mode else after_block
+        update_prompt = len(self.prompts.update_prompt(question, "", [] if text_mode else None))
+        read = self.chunk_tokens if text_mode else after_block
         final_prompt = len(self.prompts.final_prompt(question, ""))
         needs = {  # prompt -> (tokens needed, how they add up)
             "memory update": (
@@ -441,7 +522,14 @@ class LycheeMemory:
         assert gate.boundary_tolerance is not None
         with progress_bar(len(bank) * len(questions), "scanning", self.show_progress(show_progress)) as bar:
             scan = GateScan(
-                self.loaded, self.prompts, self.rule, gate, self.threshold, gate.boundary_tolerance, bar.update
+                self.loaded,
+                self.prompts,
+                self.rule,
+                gate,
+                self.threshold,
+                gate.boundary_tolerance,
+                bar.update,
+                self.prefilter_for(bank),
             )
             scan.run(bank, states, self._updater(bank))
         return states, scan
@@ -455,7 +543,7 @@ class LycheeMemory:
                     state.question,
                     state.memory,
                     block=bank.block(index) if kv_mode else None,
-                    section=None if kv_mode else bank.spans[index].text,
+                    chunk_ids=None if kv_mode else bank.block(index).token_ids.tolist(),
                 )
                 for state, index in hits
             ]
@@ -504,6 +592,8 @@ class LycheeMemory:
             "blocks": len(bank),
             "blocks_read": len(state.selected),
             "gate_rows": scan.timings.gate_rows,
+            "prefiltered_blocks": scan.timings.prefiltered_blocks,
+            "candidates": len(set().union(*state.candidate_history)) if state.candidate_history else len(bank),
             "answer_tokens": answer_tokens,
         }
         return Answer(
@@ -513,9 +603,11 @@ class LycheeMemory:
             blocks=self._selected_blocks(state, bank),
             memory_steps=list(state.memories),
             gate_scores=[GateScore(d.index, d.score, d.relevant, d.memory_step) for d in state.decisions],
+            candidates=[list(picks) for picks in state.candidate_history],
             timings=phase_timings(
                 self.loaded.load_seconds,
                 ingest_seconds,
+                prefilter=scan.timings.prefilter_seconds,
                 gate=scan.timings.gate_seconds,
                 reason=scan.timings.reason_seconds,
                 answer=answer_seconds,
@@ -549,7 +641,11 @@ class LycheeMemory:
             "gate": {
                 "rule": self.rule.name,
                 "threshold": self.threshold,
-                **self.config.gate.model_dump(exclude={"rule", "threshold"}),
+                **self.config.gate.model_dump(
+                    exclude={"rule", "threshold", "prefilter_heads", "prefilter_skip_tokens"}
+                ),
+                "prefilter_index": self.gate_index_description,
             },
+            "opening_tokens": len(self.opening.token_ids) if self.opening is not None else 0,
             "reasoner": self.config.reasoner.model_dump(),
         }

@@ -12,7 +12,11 @@ Rules (one interface, chosen by ``GateSettings.rule``):
 The scan is state-aware: blocks are judged in document order against the current memory; after the
 reasoner updates the memory on a relevant block, later blocks are judged against the new memory. Blocks
 are scored in batches against the current memory and the scan jumps to the first relevant one, so the
-batch only computes ahead. Batching changes a score by rounding alone (padding reorders sums: about
+batch only computes ahead.
+
+With a prefilter (``prefilter.py``, stage 1) the scan judges only the candidates stage 1 picks from the blocks
+not judged yet, still in document order; after every memory update stage 1 ranks the blocks after the one just
+read again, with the memory's tokens as queries too, so the block of a second hop can become a candidate. Batching changes a score by rounding alone (padding reorders sums: about
 1e-7 nats in float32), so a score within ``boundary_tolerance`` of the threshold is scored again on its own,
 exactly as a block-by-block scan scores it: batched and block-by-block scans make the same decisions.
 """
@@ -29,10 +33,11 @@ import torch
 
 from lychee_memory.kernels import token_logprobs
 
-from .blocks import MemoryBank, MemoryBlock
+from .blocks import BlockOpening, MemoryBank, MemoryBlock
 from .config import GateSettings, PromptSettings
 from .kv_prefix import PromptRow, logits_of, prefill
 from .model_loading import LoadedModel
+from .prefilter import Prefilter, choose_candidates
 from .prompts import PromptBuilder
 
 
@@ -51,6 +56,7 @@ class GateRule(ABC):
     name: ClassVar[str]
     default_threshold: ClassVar[float]
     needs_model: ClassVar[bool] = True
+    opening: BlockOpening | None = None  # what framed blocks were encoded after; put before them in every row
 
     uses_block_free_baseline: ClassVar[bool] = False  # scores are gains over the score without any block
 
@@ -94,11 +100,11 @@ class QueryLikelihoodRule(GateRule):
                 segmented = prompts.segments(self.template, question=request.question)
             ids = segmented.token_ids
             offset = 0
-            if request.block is None:  # the baseline starts the sequence as the block would have
+            if request.block is None and self.opening is None:  # the baseline starts as the block would have
                 lead = list(prompts.sequence_start_ids)
                 ids = lead + ids
                 offset = len(lead)
-            rows.append(PromptRow(ids, request.block))
+            rows.append(PromptRow(ids, request.block, self.opening))
             question_span = tuple(i + offset for i in segmented.spans["question"])
             memory_span = tuple(i + offset for i in segmented.spans.get("memory", (0, 0)))
             weight = self.memory_weight if with_memory else 0.0
@@ -148,7 +154,7 @@ class PromptRule(GateRule):
         return len(prompts.relevance_prompt(question, ""))
 
     def score(self, loaded, prompts, requests):
-        rows = [PromptRow(prompts.relevance_prompt(r.question, r.memory), r.block) for r in requests]
+        rows = [PromptRow(prompts.relevance_prompt(r.question, r.memory), r.block, self.opening) for r in requests]
         _, hidden = prefill(loaded, rows)
         probabilities = logits_of(loaded, hidden[:, -1]).softmax(dim=-1)
         yes = probabilities[:, self.yes_ids].sum(dim=-1)
@@ -175,19 +181,26 @@ def _first_token_ids(tokenizer, words: list[str]) -> list[int]:
 RULES: dict[str, type[GateRule]] = {"query_likelihood": QueryLikelihoodRule, "prompt": PromptRule, "all": AllRule}
 
 
-def build_rule(settings: GateSettings, prompt_settings: PromptSettings, tokenizer) -> GateRule:
+def build_rule(
+    settings: GateSettings, prompt_settings: PromptSettings, tokenizer, opening: BlockOpening | None = None
+) -> GateRule:
+    """The rule named by ``settings.rule``; ``opening`` goes before every block (framed blocks) and baseline."""
+    rule: GateRule
     if settings.rule == "query_likelihood":
-        return QueryLikelihoodRule(
+        rule = QueryLikelihoodRule(
             settings.memory_weight,
             prompt_settings.initial_memory,
             prompt_settings.query_likelihood,
             prompt_settings.query_likelihood_memory,
         )
-    if settings.rule == "prompt":
-        return PromptRule(tokenizer)
-    if settings.rule == "all":
-        return AllRule()
-    raise ValueError(f"gate rule {settings.rule!r} must be resolved before building")
+    elif settings.rule == "prompt":
+        rule = PromptRule(tokenizer)
+    elif settings.rule == "all":
+        rule = AllRule()
+    else:
+        raise ValueError(f"gate rule {settings.rule!r} must be resolved before building")
+    rule.opening = opening
+    return rule
 
 
 # The scan ----------------------------------------------------------------------------------------------
@@ -219,13 +232,23 @@ class ScanState:
     done: bool = False
     reasoner_prompt_tokens: int = 0
     memory_tokens: int = 0
+    candidates: list[int] | None = None  # blocks stage 1 left for the rule to judge (None: every block)
+    candidate_history: list[list[int]] = field(default_factory=list)  # stage 1's picks, one list per ranking
+
+    def upcoming(self, count: int, total: int) -> list[int]:
+        """The next ``count`` blocks the rule judges, from the cursor on, in document order."""
+        if self.candidates is None:
+            return list(range(self.cursor, min(total, self.cursor + count)))
+        return [index for index in self.candidates if index >= self.cursor][:count]
 
 
 @dataclass
 class ScanTimings:
+    prefilter_seconds: float = 0.0
     gate_seconds: float = 0.0
     reason_seconds: float = 0.0
     gate_rows: int = 0
+    prefiltered_blocks: int = 0  # blocks stage 1 scored (over all rankings)
 
 
 MemoryUpdater = Callable[[list[tuple[ScanState, int]]], list[str]]
@@ -243,7 +266,9 @@ class GateScan:
         threshold: float,
         boundary_tolerance: float,
         progress: Callable[[int], None] | None = None,
+        prefilter: Prefilter | None = None,
     ):
+        self.prefilter = prefilter if rule.needs_model else None
         self.loaded = loaded
         self.prompts = prompts
         self.rule = rule
@@ -262,12 +287,22 @@ class GateScan:
         """Scan until every question reached the end of the bank or its budget; ``update`` writes memory."""
         total = len(bank)
         first_pass: list[dict[int, float]] = [{} for _ in states]  # gains under the initial memory
+        self._bank = bank
         for state in states:
             state.memories.append(state.memory)
             state.done = total == 0
+            self._rank(state)
         while active := [i for i, state in enumerate(states) if not state.done]:
             step = self.settings.batch_size
-            plan = {i: list(range(states[i].cursor, min(total, states[i].cursor + step))) for i in active}
+            plan = {i: states[i].upcoming(step, total) for i in active}
+            for i in [i for i in active if not plan[i]]:  # nothing left to judge (stage 1 passed none)
+                del plan[i]
+                if self.progress:
+                    self.progress(total - states[i].cursor)
+                states[i].cursor, states[i].done = total, True
+            active = list(plan)
+            if not active:
+                break
             scores = self._score(bank, states, plan)
             hits: list[tuple[ScanState, int]] = []
             advanced = 0
@@ -285,9 +320,11 @@ class GateScan:
                     if relevant:
                         hit = index
                         break
-                new_cursor = indices[-1] + 1 if hit is None else hit + 1
-                advanced += new_cursor - state.cursor
-                state.cursor = new_cursor
+                previous = state.cursor
+                state.cursor = indices[-1] + 1 if hit is None else hit + 1
+                if hit is None and not state.upcoming(1, total):
+                    state.cursor = total  # stage 1 left nothing more to judge
+                advanced += state.cursor - previous
                 if hit is not None:
                     hits.append((state, hit))
             if self.progress:
@@ -300,6 +337,22 @@ class GateScan:
                     state.done = True
         self._fallback(bank, states, first_pass, update)
         return states
+
+    def _rank(self, state: ScanState) -> None:
+        """Stage 1: the candidates among the blocks after the cursor, under the state's current memory."""
+        bank = self._bank
+        remaining = list(range(state.cursor, len(bank)))
+        if self.prefilter is None or len(remaining) <= self.settings.candidates:
+            state.candidates = None if state.candidates is None else remaining
+            return
+        started = time.perf_counter()
+        query = self.prefilter.query(state.question, state.memory)
+        scores, missing = self.prefilter.scores(query, bank.gate_keys, remaining)
+        picked = choose_candidates(scores, self.settings.candidates, self.settings.candidate_margin)
+        state.candidates = sorted(set(picked) | set(missing))  # a block without an index is judged by the rule
+        state.candidate_history.append(list(state.candidates))
+        self.timings.prefiltered_blocks += len(remaining)
+        self.timings.prefilter_seconds += time.perf_counter() - started
 
     def _requests(self, bank: MemoryBank, states: list[ScanState], keys: list[tuple[int, int | None]]):
         return [
@@ -345,15 +398,19 @@ class GateScan:
         base = state.baseline_alone if self.rule.uses_block_free_baseline else None
         return scores[0] - base if base is not None else scores[0]
 
-    def _apply(self, hits: list[tuple[ScanState, int]], update: MemoryUpdater) -> None:
+    def _apply(self, hits: list[tuple[ScanState, int]], update: MemoryUpdater, rerank: bool = True) -> None:
         started = time.perf_counter()
         memories = update(hits)
         self.timings.reason_seconds += time.perf_counter() - started
         for (state, index), memory in zip(hits, memories):
             state.selected.append(index)
+            changed = memory != state.memory
             state.memory = memory
             state.memories.append(memory)
             state.baseline = state.baseline_alone = None  # the memory changed: baselines must be recomputed
+            more = len(state.selected) < self.settings.max_relevant_blocks and state.cursor < len(self._bank)
+            if rerank and state.candidates is not None and changed and more:
+                self._rank(state)  # stage 1 again, with the new notes as queries too
 
     def _fallback(
         self, bank: MemoryBank, states: list[ScanState], first_pass: list[dict[int, float]], update: MemoryUpdater
@@ -388,4 +445,4 @@ class GateScan:
         for rank in range(wanted):
             round_ = [(state, picks[rank]) for state, picks in zip(states, chosen) if len(picks) > rank]
             if round_:
-                self._apply(round_, update)
+                self._apply(round_, update, rerank=False)

@@ -1,8 +1,9 @@
 """Run the language model over prompts that continue after a memory block's KV.
 
-A batch is a list of rows, each a prompt optionally preceded by a block. Rows are laid out as
-``[block slots, right-padded][prompt, left-padded]`` so every prompt ends at the same index, masks keep
-padding invisible, and each prompt's positions continue from its own block's ``next_position``. The
+A batch is a list of rows, each a prompt optionally preceded by an opening (the shared KV framed blocks were
+encoded after) and a block. Rows are laid out as ``[opening slots, block slots, right-padded][prompt,
+left-padded]`` so every prompt ends at the same index, masks keep padding invisible, and each prompt's
+positions continue from its own block's ``next_position`` (after the opening alone: the opening's length). The
 block's tensors are copied into a growable cache and never modified, so a stored block can serve any
 number of questions.
 """
@@ -12,18 +13,43 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from .blocks import MemoryBlock
+from .blocks import BlockOpening, MemoryBlock
 from .model_loading import LoadedModel
 
 
 @dataclass
 class PromptRow:
-    """One sequence of a batch: a prompt, optionally after a memory block."""
+    """One sequence of a batch: a prompt, optionally after an opening and a memory block."""
 
     prompt_ids: list[int]
     block: MemoryBlock | None = None
+    opening: BlockOpening | None = None
+
+    @property
+    def prefix_slots(self) -> int:
+        return (self.opening.num_slots if self.opening is not None else 0) + (
+            self.block.num_slots if self.block is not None else 0
+        )
+
+    @property
+    def start_position(self) -> int:
+        """Where the prompt's positions begin: after the block, else after the opening, else at 0."""
+        if self.block is not None:
+            return self.block.next_position
+        return self.opening.num_slots if self.opening is not None else 0
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in the half-split layout used by Llama/Qwen2; cos/sin broadcast over heads."""
+    return x * cos + rotate_half(x) * sin
 
 
 def _same_layout(states: torch.Tensor, buffer: torch.Tensor) -> bool:
@@ -196,7 +222,7 @@ def prepare_batch(loaded: LoadedModel, rows: list[PromptRow], extra_capacity: in
     device, dtype = loaded.device, loaded.dtype
     num_layers, kv_heads, head_dim = _model_geometry(loaded)
     batch = len(rows)
-    prefix_length = max((row.block.num_slots for row in rows if row.block is not None), default=0)
+    prefix_length = max(row.prefix_slots for row in rows)
     prompt_length = max(len(row.prompt_ids) for row in rows)
     if prompt_length == 0:
         raise ValueError("every batch needs at least one prompt token")
@@ -210,22 +236,27 @@ def prepare_batch(loaded: LoadedModel, rows: list[PromptRow], extra_capacity: in
     positions = torch.zeros(batch, prompt_length, dtype=torch.long)
     next_positions = torch.zeros(batch, dtype=torch.long)
     for index, row in enumerate(rows):
-        start = 0
-        filled = row.block.num_slots if row.block is not None else 0
+        filled = row.prefix_slots
         key_buffers[:, index, :, filled:prefix_length] = 0
         value_buffers[:, index, :, filled:prefix_length] = 0
-        if row.block is not None:
-            block = row.block
-            if block.num_layers != num_layers or block.keys.shape[1] != kv_heads or block.keys.shape[3] != head_dim:
+        offset = 0
+        for part in (row.opening, row.block):
+            if part is None:
+                continue
+            if part.keys.shape[0] != num_layers or part.keys.shape[1] != kv_heads or part.keys.shape[3] != head_dim:
                 raise ValueError(
-                    f"block geometry {tuple(block.keys.shape)} does not match the model "
+                    f"block geometry {tuple(part.keys.shape)} does not match the model "
                     f"({num_layers} layers, {kv_heads} KV heads, head_dim {head_dim})"
                 )
-            slots = block.num_slots
-            key_buffers[:, index, :, :slots] = block.keys.to(device=device, dtype=dtype)
-            value_buffers[:, index, :, :slots] = block.values.to(device=device, dtype=dtype)
-            kv_valid[index, :slots] = block.valid.to(device)
-            start = block.next_position
+            slots = part.num_slots
+            key_buffers[:, index, :, offset : offset + slots] = part.keys.to(device=device, dtype=dtype)
+            value_buffers[:, index, :, offset : offset + slots] = part.values.to(device=device, dtype=dtype)
+            if isinstance(part, MemoryBlock):
+                kv_valid[index, offset : offset + slots] = part.valid.to(device)
+            else:
+                kv_valid[index, offset : offset + slots] = True
+            offset += slots
+        start = row.start_position
         length = len(row.prompt_ids)
         pad = prompt_length - length
         input_ids[index, pad:] = torch.tensor(row.prompt_ids, dtype=torch.long)
@@ -295,3 +326,30 @@ def prefill(loaded: LoadedModel, rows: list[PromptRow], extra_capacity: int = 0)
     batch = prepare_batch(loaded, rows, extra_capacity=extra_capacity)
     hidden = decoder_forward(loaded, batch.input_ids, batch.positions, batch.kv_valid, batch.cache)
     return batch, hidden
+
+
+@torch.inference_mode()
+def encode_opening(loaded: LoadedModel, token_ids: list[int]) -> BlockOpening:
+    """The KV of the opening every framed block is encoded after (one forward; empty when there are no tokens)."""
+    num_layers, kv_heads, head_dim = _model_geometry(loaded)
+    if not token_ids:
+        empty = torch.zeros(num_layers, kv_heads, 0, head_dim, device=loaded.device, dtype=loaded.dtype)
+        return BlockOpening((), empty, empty.clone())
+    cache = DynamicCache(config=loaded.model.config)
+    ids = torch.tensor([token_ids], dtype=torch.long, device=loaded.device)
+    loaded.model.get_decoder()(input_ids=ids, past_key_values=cache, use_cache=True)
+    keys = torch.stack([layer.keys[0] for layer in cache.layers])
+    values = torch.stack([layer.values[0] for layer in cache.layers])
+    return BlockOpening(tuple(int(token) for token in token_ids), keys, values)
+
+
+def opening_cache(loaded: LoadedModel, opening: BlockOpening, batch: int) -> DynamicCache:
+    """A fresh cache holding the opening's KV for ``batch`` rows, for a forward that continues after it."""
+    layers = [
+        (
+            opening.keys[layer][None].expand(batch, -1, -1, -1).to(device=loaded.device, dtype=loaded.dtype),
+            opening.values[layer][None].expand(batch, -1, -1, -1).to(device=loaded.device, dtype=loaded.dtype),
+        )
+        for layer in range(opening.keys.shape[0])
+    ]
+    return DynamicCache(ddp_cache_data=layers, config=loaded.model.config)

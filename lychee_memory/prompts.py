@@ -2,6 +2,10 @@
 
 Text that comes from users or documents is tokenized with special-token strings split, so a document
 that contains ``<|im_end|>`` cannot end a turn early. Templates come from ``PromptSettings``.
+
+A prompt that reads a chunk is ``opening | chunk tokens | continuation``: the opening is the sequence start and
+the chat user-turn opening, the continuation ``"\n\n"``, the task text and the user-turn close. Framed blocks
+are encoded after the opening, so reading one as KV feeds only the continuation: the same tokens as a text read.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ def sequence_start_ids(tokenizer) -> list[int]:
 class PromptBuilder:
     """Renders the configured templates for one tokenizer."""
 
-    def __init__(self, tokenizer, settings: PromptSettings):
+    def __init__(self, tokenizer, settings: PromptSettings, framed_blocks: bool = True):
         self.tokenizer = tokenizer
         self.settings = settings
+        self.framed_blocks = framed_blocks  # blocks were encoded after block_opening_ids() (training-free compressors)
         self._chat_parts: tuple[list[int], list[int]] | None = None
         # Tokens the tokenizer puts before every sequence (a BOS), kept in front of prefix-free prompts.
         self.sequence_start_ids: list[int] = sequence_start_ids(tokenizer)
@@ -78,6 +83,21 @@ class PromptBuilder:
             return ids
         return (self.sequence_start_ids if with_start else []) + content_ids
 
+    def block_opening_ids(self) -> list[int]:
+        """What comes before a chunk in every prompt that reads one: sequence start and the user-turn opening."""
+        if self.uses_chat:
+            return self.user_turn([], with_start=True)[: -len(self._chat_wrappers()[1]) or None]
+        return list(self.sequence_start_ids)
+
+    def continuation(self, content_ids: list[int]) -> list[int]:
+        """The tokens after a chunk: a paragraph break, the task, and the user-turn close (framed layout)."""
+        after = self._chat_wrappers()[1] if self.uses_chat else []
+        return self._encode_markup("\n\n") + content_ids + after
+
+    def after_block(self, content_ids: list[int]) -> list[int]:
+        """A task prompt read after a block's KV: the continuation for framed blocks, else a whole user turn."""
+        return self.continuation(content_ids) if self.framed_blocks else self.user_turn(content_ids, with_start=False)
+
     def segments(self, template: str, **values: str) -> SegmentedPrompt:
         """Tokenize a template piece by piece so each placeholder's token span is known exactly."""
         ids: list[int] = []
@@ -92,19 +112,21 @@ class PromptBuilder:
 
     # The engine's prompts -------------------------------------------------------------------------
 
-    def update_prompt(self, question: str, memory: str, section: str | None) -> list[int]:
-        """Memory-update prompt; ``section`` is the chunk text in text-read mode, None after a KV prefix."""
-        body = self.encode_text(section + "\n\n") if section is not None else []
-        body += self._render_safe(self.settings.update, question=question, memory=memory)
-        return self.user_turn(body, with_start=section is not None)
+    def update_prompt(self, question: str, memory: str, chunk_ids: list[int] | None) -> list[int]:
+        """Memory-update prompt; ``chunk_ids`` are the chunk's tokens in text-read mode, None after a KV prefix.
+
+        The text-read prompt is ``opening | chunk | continuation``; after a framed block only the continuation.
+        """
+        task = self._render_safe(self.settings.update, question=question, memory=memory)
+        if chunk_ids is None:
+            return self.after_block(task)
+        return self.block_opening_ids() + list(chunk_ids) + self.continuation(task)
 
     def final_prompt(self, question: str, memory: str) -> list[int]:
         return self.user_turn(self._render_safe(self.settings.final, question=question, memory=memory), with_start=True)
 
     def relevance_prompt(self, question: str, memory: str) -> list[int]:
-        return self.user_turn(
-            self._render_safe(self.settings.relevance, question=question, memory=memory), with_start=False
-        )
+        return self.after_block(self._render_safe(self.settings.relevance, question=question, memory=memory))
 
     def full_context_prompt(self, question: str, document: str) -> list[int]:
         return self.user_turn(

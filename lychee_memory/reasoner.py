@@ -1,15 +1,16 @@
 """The reasoner: rewrites the working memory from one relevant block, and answers from memory alone.
 
-Two read modes: ``kv`` puts the block's compressed KV before the update prompt (the paper; right for a
-trained compressor), ``text`` puts the block's source text in the prompt at full fidelity (right for
-training-free compression, which loses exact names and numbers on small models).
+Two read modes: ``kv`` puts the block's KV (after the shared opening, for framed blocks) before the update
+prompt, so only the prompt is prefilled (the paper; exact for raw KV, and what a trained compressor is for);
+``text`` re-encodes the chunk's tokens in the prompt at full fidelity (for training-free compression, which
+loses exact names and numbers on small models). On a raw-KV block both feed the model the same tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .blocks import MemoryBlock
+from .blocks import BlockOpening, MemoryBlock
 from .config import ReasonerSettings
 from .generation import DecodeStream, DecodingSettings, Generation, TokenCallback, generate
 from .kv_prefix import PromptRow
@@ -19,12 +20,12 @@ from .prompts import PromptBuilder
 
 @dataclass(frozen=True)
 class UpdateRequest:
-    """Rewrite ``memory`` for ``question`` after reading ``block`` (KV mode) or ``section`` (text mode)."""
+    """Rewrite ``memory`` for ``question`` after reading ``block`` (KV mode) or ``chunk_ids`` (text mode)."""
 
     question: str
     memory: str
     block: MemoryBlock | None = None
-    section: str | None = None
+    chunk_ids: list[int] | None = None
 
 
 class Reasoner:
@@ -37,6 +38,7 @@ class Reasoner:
         settings: ReasonerSettings,
         read_mode: str,
         batch_size: int = 8,
+        opening: BlockOpening | None = None,
     ):
         if read_mode not in ("kv", "text"):
             raise ValueError(f"read mode must be resolved to 'kv' or 'text', got {read_mode!r}")
@@ -45,6 +47,7 @@ class Reasoner:
         self.settings = settings
         self.read_mode = read_mode
         self.batch_size = batch_size
+        self.opening = opening  # what framed blocks were encoded after, put before them in KV reads
 
     def _decoding(self, max_new_tokens: int) -> DecodingSettings:
         return DecodingSettings.for_reasoner(self.settings, max_new_tokens)
@@ -53,10 +56,12 @@ class Reasoner:
         if self.read_mode == "kv":
             if request.block is None:
                 raise ValueError("kv read mode needs the block")
-            return PromptRow(self.prompts.update_prompt(request.question, request.memory, None), request.block)
-        if request.section is None:
-            raise ValueError("text read mode needs the section text")
-        return PromptRow(self.prompts.update_prompt(request.question, request.memory, request.section), None)
+            return PromptRow(
+                self.prompts.update_prompt(request.question, request.memory, None), request.block, self.opening
+            )
+        if request.chunk_ids is None:
+            raise ValueError("text read mode needs the chunk's token ids")
+        return PromptRow(self.prompts.update_prompt(request.question, request.memory, request.chunk_ids))
 
     def update(self, requests: list[UpdateRequest]) -> list[Generation]:
         """New memories, one per request; an empty generation keeps the previous memory."""

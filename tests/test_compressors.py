@@ -61,10 +61,10 @@ def test_slot_count_is_ceil_of_length_over_ratio(family, kind, length):
     loaded = _loaded(family)
     compressor = SELECTION[kind]()
     block = compressor.compress(loaded, [make_chunk(random_tokens(length, seed=length))])[0]
-    sink = len(sequence_start_ids(loaded.tokenizer))  # a BOS is kept on top of the budget
-    assert block.num_slots == math.ceil(length / compressor.ratio) + sink
+    opening = len(sequence_start_ids(loaded.tokenizer))  # a standalone compressor opens with the sequence start
+    assert block.num_slots == math.ceil(length / compressor.ratio), "the opening's slots are not in the block"
     assert block.valid.all() and block.valid.shape == (block.num_slots,)
-    assert block.next_position == length + sink
+    assert block.next_position == length + opening
 
 
 def test_none_block_equals_plain_forward(family):
@@ -72,8 +72,9 @@ def test_none_block_equals_plain_forward(family):
     tokens = random_tokens(40, seed=1)
     block = NoCompression().compress(loaded, [make_chunk(tokens)])[0]
     keys, values = plain_forward_kv(loaded, tokens)
-    torch.testing.assert_close(block.keys, keys, rtol=0, atol=1e-6)
-    torch.testing.assert_close(block.values, values, rtol=0, atol=1e-6)
+    opening = len(sequence_start_ids(loaded.tokenizer))
+    torch.testing.assert_close(block.keys, keys[:, :, opening:], rtol=0, atol=1e-5)
+    torch.testing.assert_close(block.values, values[:, :, opening:], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["key_norm", "attention"])
@@ -82,12 +83,12 @@ def test_kept_slots_are_the_raw_kv_at_their_positions(family, kind):
     tokens = random_tokens(50, seed=2)
     block = SELECTION[kind]().compress(loaded, [make_chunk(tokens)])[0]
     keys, values = plain_forward_kv(loaded, tokens)
+    opening = len(sequence_start_ids(loaded.tokenizer))
+    keys, values = keys[:, :, opening:], values[:, :, opening:]  # the shared opening is not part of a block
     for layer in range(keys.shape[0]):
         for head in range(keys.shape[1]):
             positions = source_positions(block.keys[layer, head], keys[layer, head])
             assert torch.all(positions[1:] > positions[:-1]), "slots are kept in position order"
-            if sequence_start_ids(loaded.tokenizer):
-                assert positions[0] == 0, "the BOS attention sink is always kept"
             torch.testing.assert_close(block.values[layer, head], values[layer, head, positions], rtol=0, atol=1e-5)
 
 
@@ -96,10 +97,9 @@ def test_key_norm_keeps_the_lowest_norm_keys(family):
     tokens = random_tokens(48, seed=3)
     block = KeyNormCompressor(ratio=4).compress(loaded, [make_chunk(tokens)])[0]
     keys, _ = plain_forward_kv(loaded, tokens)
-    sink = len(sequence_start_ids(loaded.tokenizer))
+    keys = keys[:, :, len(sequence_start_ids(loaded.tokenizer)) :]  # the chunk's keys, after the opening
     scores = -keys.norm(dim=-1)
-    scores[..., :sink] = float("inf")  # the BOS sink is kept on top of the 12 lowest norms
-    expected = scores.topk(12 + sink, dim=-1).indices.sort(dim=-1).values
+    expected = scores.topk(12, dim=-1).indices.sort(dim=-1).values
     torch.testing.assert_close(block.keys, keys.gather(2, expected[..., None].expand(-1, -1, -1, keys.shape[-1])))
 
 
@@ -118,14 +118,13 @@ def test_attention_compressor_matches_eager_attention_weights(family):
         output = eager(torch.tensor([sequence(loaded, tokens)]), output_attentions=True)
     kv_heads = loaded.config.num_key_value_heads
     keys, _ = plain_forward_kv(loaded, tokens)
-    sink = len(sequence_start_ids(loaded.tokenizer))
+    opening = len(sequence_start_ids(loaded.tokenizer))
     for layer, probabilities in enumerate(output.attentions):
-        tail = probabilities[0, :, -window:, :]  # [H_q, W, T]
-        per_kv_head = tail.view(kv_heads, -1, window, tail.shape[-1]).mean(dim=(1, 2))
+        tail = probabilities[0, :, -window:, :]  # [H_q, W, P + T]: the queries attend to the opening too
+        per_kv_head = tail.view(kv_heads, -1, window, tail.shape[-1]).mean(dim=(1, 2))[:, opening:]
         pooled = F.avg_pool1d(per_kv_head[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
-        pooled[:, :sink] = float("inf")
-        expected = pooled.topk(10 + sink, dim=-1).indices.sort(dim=-1).values
-        kept = keys[layer].gather(1, expected[..., None].expand(-1, -1, keys.shape[-1]))
+        expected = pooled.topk(10, dim=-1).indices.sort(dim=-1).values
+        kept = keys[layer, :, opening:].gather(1, expected[..., None].expand(-1, -1, keys.shape[-1]))
         torch.testing.assert_close(block.keys[layer], kept, rtol=0, atol=1e-5, msg=f"layer {layer}")
 
 

@@ -39,9 +39,9 @@ def test_answer_carries_blocks_memory_timings_and_counts(family):
         assert bank.document(block.document_id).text[block.char_start : block.char_end] == block.text
     assert answer.memory_steps[0] == "No previous memory"
     assert len(answer.memory_steps) == len(answer.blocks) + 1
-    assert {"load_model", "ingest", "gate", "reason", "answer", "query"} <= set(answer.timings)
+    assert {"load_model", "ingest", "prefilter", "gate", "reason", "answer", "query"} <= set(answer.timings)
     assert answer.timings["query"] == pytest.approx(
-        answer.timings["gate"] + answer.timings["reason"] + answer.timings["answer"]
+        answer.timings["prefilter"] + answer.timings["gate"] + answer.timings["reason"] + answer.timings["answer"]
     )
     assert answer.token_counts["document_tokens"] == bank.num_tokens
     data = json.loads(json.dumps(answer.to_dict(include_scores=True)))
@@ -181,9 +181,12 @@ def test_bank_from_another_compressor_or_model_is_refused():
 
 
 def test_measured_presets_fill_open_settings_unless_turned_off(monkeypatch):
+    import dataclasses
+
     from lychee_memory import presets
 
-    smollm2 = presets.PRESETS[0]
+    # The tiny model stands in for SmolLM2; its heads are not SmolLM2's, so the preset's head choice is left out.
+    smollm2 = dataclasses.replace(presets.PRESETS[0], prefilter_heads=())
     monkeypatch.setattr("lychee_memory.engine.preset_for", lambda config: smollm2)
     with_preset = make_engine(chunk_tokens=None)
     assert with_preset.config.compressor.kind == smollm2.compressor

@@ -218,7 +218,9 @@ def test_stored_banks_by_name(engine, tmp_path, expected):
     by_name = LycheeReader(model=engine, store=store, bank="guide")
     assert by_name.invoke(QUESTION) == reader.invoke(QUESTION)
     retriever = LycheeRetriever(model=engine, store=store, bank="guide", k=2)
-    assert [document.metadata["doc"] for document in retriever.invoke(QUESTION)] == ["arvel", "arvel"]
+    selected = engine.select(QUESTION, engine.open_bank("guide", store), k=2)
+    assert len(selected) == 2
+    assert [document.metadata["doc"] for document in retriever.invoke(QUESTION)] == [b.document_id for b in selected]
     added = LycheeReader(model=engine, store=store).invoke(
         {"question": QUESTION, "bank": "guide", "documents": [Document(page_content="A new page.\n\n" * 3, id="new")]}
     )

@@ -21,9 +21,10 @@ from .test_compressors import make_chunk, random_tokens, sequence
 def test_prompt_after_raw_block_equals_one_long_forward(family):
     loaded = _loaded(family)
     chunk, prompt = random_tokens(30, seed=1), random_tokens(7, seed=2)
-    block = NoCompression().compress(loaded, [make_chunk(chunk)])[0]
-    _, hidden = prefill(loaded, [PromptRow(prompt, block)])
-    whole = sequence(loaded, chunk) + prompt  # the block holds the chunk as a sequence: after a BOS, if any
+    compressor = NoCompression()
+    block = compressor.compress(loaded, [make_chunk(chunk)])[0]
+    _, hidden = prefill(loaded, [PromptRow(prompt, block, compressor.opening)])
+    whole = sequence(loaded, chunk) + prompt  # the block was encoded after its opening: a BOS, if any
     with torch.no_grad():
         expected = loaded.model.get_decoder()(torch.tensor([whole])).last_hidden_state[:, -len(prompt) :]
     torch.testing.assert_close(hidden, expected, rtol=1e-4, atol=1e-5)
@@ -58,8 +59,9 @@ def test_blocks_are_not_modified_by_reading_them(family):
 def test_greedy_generation_after_block_matches_transformers_generate(family):
     loaded = _loaded(family)
     chunk, prompt = random_tokens(25, seed=10), random_tokens(6, seed=11)
-    block = NoCompression().compress(loaded, [make_chunk(chunk)])[0]
-    ours = generate(loaded, [PromptRow(prompt, block)], DecodingSettings(max_new_tokens=10))[0]
+    compressor = NoCompression()
+    block = compressor.compress(loaded, [make_chunk(chunk)])[0]
+    ours = generate(loaded, [PromptRow(prompt, block, compressor.opening)], DecodingSettings(max_new_tokens=10))[0]
     whole = sequence(loaded, chunk) + prompt
     with torch.no_grad():
         reference = loaded.model.generate(

@@ -8,8 +8,11 @@ writers as real processes.
 from __future__ import annotations
 
 import errno
+import gc
+import hashlib
 import io
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import diskcache.core
 import pytest
+import safetensors.torch
 import torch
 
 from lychee_memory import (
@@ -43,6 +47,7 @@ from lychee_memory.config import EngineConfig, ModelSettings
 from lychee_memory.kv_prefix import PromptRow, logits_of, prefill
 from lychee_memory.model_loading import load_model
 from lychee_memory.store import BankManifest
+from lychee_memory.store.codec import block_key
 
 from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
 
@@ -176,7 +181,8 @@ def test_answers_over_a_stored_bank_equal_answers_over_the_same_bank_in_memory(t
 
 def test_a_query_keeps_only_a_batch_of_blocks_in_memory(tmp_path):
     batch = 4
-    engine = make_engine(read_mode="kv", gate_batch_size=batch, threshold=1e9)  # scan all, then read the fallback
+    # prefilter off: the rule scores every block (with it, stage 1 reads only the index items, tested below)
+    engine = make_engine(read_mode="kv", gate_batch_size=batch, threshold=1e9, prefilter="off")  # scan all, fallback
     bank = engine.ingest(documents(), store=MemoryStore(tmp_path), bank="harbour")
     assert len(bank) > 4 * batch
     alive, peak, loads = [0], [0], [0]
@@ -361,7 +367,7 @@ def test_damaged_block_is_named_and_repaired_from_the_stored_text(tmp_path, dama
     with pytest.raises(CorruptBlockError, match=rf"bank 'harbour' block {victim} \(document 'facts'"):
         bank.block(victim)
     with pytest.raises(CorruptBlockError, match="harbour"):
-        engine.ask(QUESTION, bank)
+        make_engine(prefilter="off").ask(QUESTION, bank)  # the rule reads every block (stage 1 may skip this one)
     report = store.verify()
     assert not report.ok
     assert [(p.bank, p.kind, p.block_index, p.document_id) for p in report.problems] == [
@@ -407,6 +413,273 @@ def test_damaged_manifest_is_reported(tmp_path):
     engine.ask(QUESTION, engine.open_bank("garden", store))
     with pytest.raises(StoreError, match="harbour"):
         store.gc()  # cannot know what a damaged manifest references, so nothing is collected
+
+
+# Gate index items ----------------------------------------------------------------------------------------
+
+
+def index_item_key(block_key: str, spec: dict) -> str:
+    """The documented key of a block's gate index item, computed here independently of the store."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(block_key.encode("utf-8") + b"\0" + canonical.encode("utf-8")).hexdigest()
+
+
+def no_kv_reads(bank) -> None:
+    """Make any read of a block's KV fail: the gate index must be read alone."""
+
+    def refuse(index):
+        raise AssertionError(f"block {index}'s KV was read to get its gate index")
+
+    bank.loader = refuse
+
+
+def test_gate_index_items_round_trip_and_are_read_without_the_kv(tmp_path):
+    engine = make_engine()
+    spec = engine.gate_index_description
+    assert spec is not None, "the default engine builds a gate index"
+    docs = documents()
+    expected = reference_blocks(engine, docs)
+    assert all(block.gate_keys is not None for block in expected)
+    engine.ingest(docs, store=MemoryStore(tmp_path), bank="harbour")
+    store = MemoryStore(tmp_path)  # a fresh store object, as a new session
+    manifest = store.bank_manifest("harbour")
+    assert manifest.gate_index == spec and manifest.opening == list(engine.identity.opening)
+    assert manifest.identity == engine.identity
+    bank = engine.open_bank("harbour", store)
+    assert bank.gate_index == spec
+    no_kv_reads(bank)
+    for index, block in enumerate(expected):
+        stored = bank.gate_keys(index)
+        assert stored.dtype == torch.float16 and stored.device.type == "cpu"
+        assert torch.equal(stored, block.gate_keys.cpu()), f"block {index}'s index differs from the computed one"
+    entries = [entry for _, _, entry in manifest.entries()]
+    for entry in entries:
+        assert entry.index_key == index_item_key(entry.key, spec)
+        data = store._items.get("index:" + entry.index_key)
+        assert data[:8] == b"LYCHEEI1" and hashlib.sha256(data[40:]).digest() == data[8:40]
+        assert entry.index_bytes == len(data)
+    distinct = {entry.index_key: entry.index_bytes for entry in entries}
+    usage = store.usage()
+    assert usage.indexes == len(distinct) == len({entry.key for entry in entries})
+    assert usage.index_bytes == sum(distinct.values()) == store.bank_info("harbour").index_bytes > 0
+    assert usage.bank_bytes["harbour"] == store.bank_info("harbour").stored_bytes + usage.index_bytes
+    report = store.verify()
+    assert report.ok and report.indexes_checked == len(distinct)
+
+    # Renaming and removing documents keep each block's index.
+    store.rename_bank("harbour", "pier")
+    garden = engine.remove_documents(engine.open_bank("pier", store), ["facts"])
+    no_kv_reads(garden)
+    for index, block in enumerate(reference_blocks(engine, docs[1:])):
+        assert torch.equal(garden.gate_keys(index), block.gate_keys.cpu())
+    assert store.verify().ok
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "missing", "unnamed"])
+def test_damaged_gate_index_is_reported_and_repaired(tmp_path, damage, caplog):
+    engine = make_engine()
+    store = MemoryStore(tmp_path)
+    docs = documents()
+    bank = engine.ingest(docs, store=store, bank="harbour")
+    expected = reference_blocks(engine, docs)
+    victim, other = 2, 15  # a block of each document
+    manifest = store.bank_manifest("harbour")
+    entries = [entry for _, _, entry in manifest.entries()]
+    if damage == "unnamed":  # a manifest entry without its index item (as a bank saved without an index)
+        old = manifest.model_dump(mode="json")
+        for document in old["documents"]:
+            for entry in document["blocks"]:
+                if entry["key"] in (entries[victim].key, entries[other].key):
+                    entry["index_key"], entry["index_bytes"] = None, 0
+        with store._changing_manifests():
+            store._write_manifest(BankManifest.model_validate(old), manifest)
+        bank = engine.open_bank("harbour", store)
+    else:
+        for index in (victim, other):
+            corrupt_item(store, "index:" + entries[index].index_key, delete=damage == "missing")
+
+    no_kv_reads(bank)
+    with caplog.at_level(logging.WARNING, logger="lychee_memory"):
+        assert bank.gate_keys(victim) is None and bank.gate_keys(other) is None
+        assert torch.equal(bank.gate_keys(0), expected[0].gate_keys.cpu())
+    warnings_logged = [record.getMessage() for record in caplog.records if "gate" in record.getMessage()]
+    assert len(warnings_logged) == 1, "one warning per bank"
+    assert f"bank 'harbour' block {victim} (document 'facts'" in warnings_logged[0]
+    assert "lychee store verify --repair" in warnings_logged[0]
+    assert engine.ask(QUESTION, engine.open_bank("harbour", store)).text is not None, "a query never fails on it"
+
+    report = store.verify()
+    assert not report.ok
+    assert [(p.bank, p.kind, p.block_index, p.document_id) for p in report.problems] == [
+        ("harbour", "index", victim, "facts"),
+        ("harbour", "index", other, "garden"),
+    ]
+    assert all("gate index" in p.reason for p in report.problems)
+    if damage == "flipped byte":
+        assert "damaged" in report.problems[0].reason
+        repaired = store.verify(repair=True, recipe_for_settings=recipe_for_settings)
+    else:
+        repaired = store.verify(repair=True, recipe=engine.block_recipe())
+    assert repaired.ok and all(p.repaired for p in repaired.problems) and len(repaired.problems) == 2
+    assert store.verify().ok and not store.verify().problems
+    reopened = engine.open_bank("harbour", store)
+    for index, block in enumerate(expected):
+        assert torch.equal(reopened.gate_keys(index), block.gate_keys.cpu())
+        assert_same_block(reopened.block(index), block, torch.bfloat16)
+    assert all(entry.index_key is not None for _, _, entry in store.bank_manifest("harbour").entries())
+
+
+def test_a_stored_block_without_its_index_is_compressed_again_at_ingest(tmp_path):
+    engine = make_engine()
+    store = MemoryStore(tmp_path)
+    facts = Document.from_text(FACTS_DOCUMENT, id="facts")
+    engine.ingest([facts], store=store, bank="harbour")
+    (entry, *_) = [entry for _, _, entry in store.bank_manifest("harbour").entries()]
+    corrupt_item(store, "index:" + entry.index_key, delete=True)
+    compressed = count_compressed(engine)
+    bank = engine.ingest([facts], store=store, bank="copy")
+    assert compressed[0] == 1 == store.last_ingest.compressed, "only the block whose index is gone"
+    assert torch.equal(bank.gate_keys(0), reference_blocks(engine, [facts])[0].gate_keys.cpu())
+    assert store.verify().ok, "the first bank names the same (rewritten) item"
+
+
+def test_gc_keeps_the_index_items_of_live_and_leased_banks(tmp_path):
+    engine = make_engine()
+    store = MemoryStore(tmp_path)
+    facts, garden = documents()
+    engine.ingest([facts], store=store, bank="harbour")
+    engine.ingest([facts, garden], store=store, bank="both")
+    garden_blocks = chunk_count(engine, [garden])
+    assert store.usage().indexes == chunk_count(engine, [facts, garden])
+
+    both, harbour = store.bank_manifest("both"), store.bank_manifest("harbour")
+    only_both = [entry for _, _, entry in both.entries() if entry.key not in harbour.block_keys()]
+    store.delete_bank("both")
+    usage = store.usage()
+    assert usage.unreferenced_indexes == garden_blocks == len(only_both)
+    assert usage.unreferenced_bytes == sum(entry.nbytes + entry.index_bytes for entry in only_both), "what gc frees"
+    report = store.gc()
+    assert (report.removed_blocks, report.removed_indexes) == (garden_blocks, garden_blocks)
+    after = store.usage()
+    assert after.indexes == chunk_count(engine, [facts]) and after.unreferenced_indexes == 0
+    assert store.verify().ok
+
+    # An open bank's lease keeps its index items after its manifest is gone; they go once it is closed.
+    bank = engine.open_bank("harbour", store)
+    store.delete_bank("harbour")
+    assert store.gc().removed_indexes == 0
+    no_kv_reads(bank)
+    assert all(bank.gate_keys(index) is not None for index in range(len(bank)))
+    del bank
+    gc.collect()
+    report = store.gc()
+    assert report.removed_indexes == chunk_count(engine, [facts]) and store.usage().indexes == 0
+
+
+def test_save_bank_keeps_the_gate_index(tmp_path, caplog):
+    engine = make_engine()
+    docs = documents()
+    expected = reference_blocks(engine, docs)
+    in_memory = engine.ingest(docs)
+    assert in_memory.gate_index == engine.gate_index_description
+    first = MemoryStore(tmp_path / "first").save_bank(in_memory, "harbour")
+    # From one store into another: the index items are read alone from the first store and copied.
+    second = MemoryStore(tmp_path / "second", block_dtype="float32").save_bank(first, "copy")
+    for bank in (first, second):
+        manifest = bank.store.bank_manifest(bank.name)
+        assert manifest.gate_index == bank.gate_index == engine.gate_index_description
+        assert manifest.identity == engine.identity
+        no_kv_reads(bank)
+        for index, block in enumerate(expected):
+            assert torch.equal(bank.gate_keys(index), block.gate_keys.cpu())
+        assert bank.store.verify().ok
+
+    # Into a bank indexed with another spec: the target keeps its spec; blocks whose item for it is stored name
+    # it, the others have none (logged; verify reports them).
+    other = make_engine(gate={"prefilter_heads": [[1, 0], [1, 3]]})
+    extra = Document.from_text(numbered_document(6), id="tides")
+    with caplog.at_level(logging.WARNING, logger="lychee_memory"):
+        saved = first.store.save_bank(other.ingest([docs[1], extra]), "harbour")
+    assert saved.gate_index == engine.gate_index_description
+    assert any(
+        f"{chunk_count(other, [extra])} saved block(s) have no gate index" in r.getMessage() for r in caplog.records
+    )
+    report = first.store.verify()
+    assert {p.kind for p in report.problems} == {"index"}
+    assert {p.document_id for p in report.problems} == {"tides"}, "garden's blocks name their stored items"
+    assert first.store.verify(repair=True, recipe=engine.block_recipe()).ok
+    assert first.store.verify().ok
+
+
+def test_ingesting_with_another_index_spec_reindexes_the_bank(tmp_path):
+    engine = make_engine()
+    store = MemoryStore(tmp_path)
+    facts, garden = documents()
+    engine.ingest([facts], store=store, bank="harbour")
+    other = make_engine(gate={"prefilter_heads": [[1, 0], [1, 3]]})
+    assert other.identity == engine.identity and other.gate_index_description != engine.gate_index_description
+    bank = other.ingest([garden], store=store, bank="harbour")
+    manifest = store.bank_manifest("harbour")
+    assert manifest.gate_index == other.gate_index_description
+    no_kv_reads(bank)
+    for index, block in enumerate(reference_blocks(other, [facts, garden])):
+        assert torch.equal(bank.gate_keys(index), block.gate_keys.cpu())
+    assert store.verify().ok
+
+    # An engine that builds no index leaves a bank without one (never a half-indexed bank).
+    bank = make_engine(prefilter="off").ingest([garden], store=store, bank="harbour")
+    assert store.bank_manifest("harbour").gate_index is None and bank.gate_index is None
+    assert not any(entry.index_key for _, _, entry in store.bank_manifest("harbour").entries())
+    assert store.verify().ok
+    del bank
+    gc.collect()
+    assert store.gc().removed_indexes > 0 and store.usage().indexes == 0, "none is left once gc runs"
+
+
+def test_a_bank_from_before_framed_blocks_is_refused_and_upgraded_in_place(tmp_path):
+    engine = make_engine()
+    store = MemoryStore(tmp_path)
+    docs = documents()
+    engine.ingest(docs, store=store, bank="harbour")
+    # As 0.2 wrote it: no opening, no gate index, blocks under keys that name no opening.
+    old = store.bank_manifest("harbour").model_dump(mode="json")
+    for field in ("opening", "gate_index"):
+        old.pop(field)
+    for document in old["documents"]:
+        for entry in document["blocks"]:
+            for field in ("index_key", "index_bytes"):
+                entry.pop(field)
+            data = store._items.get("block:" + entry["key"])
+            token_ids = safetensors.torch.load(data[40:])["token_ids"]
+            entry["key"] = block_key(old["model_fingerprint"], old["compressor"], entry["storage"], token_ids, None)
+            store._items.put("block:" + entry["key"], data)
+    with store._changing_manifests():
+        store._write_manifest(BankManifest.model_validate(old), store.bank_manifest("harbour"))
+    manifest = store.bank_manifest("harbour")
+    assert manifest.opening is None and manifest.identity.opening is None and manifest.gate_index is None
+    assert store.verify().ok, "its blocks still verify under the keys it was written with"
+
+    for attempt in (
+        lambda: engine.open_bank("harbour", store),
+        lambda: engine.ingest([SECOND_DOCUMENT], store=store, bank="harbour"),
+    ):
+        with pytest.raises(BankMismatchError, match="recompress") as refused:
+            attempt()
+        message = str(refused.value)
+        assert "open_bank(name, store, recompress=True)" in message and "--recompress" in message
+    assert store.bank_manifest("harbour").generation == manifest.generation, "nothing changed"
+
+    upgraded = engine.open_bank("harbour", store, recompress=True)
+    assert store.bank_names() == ["harbour"] and upgraded.name == "harbour"
+    manifest = store.bank_manifest("harbour")
+    assert manifest.opening == list(engine.identity.opening) and manifest.gate_index == engine.gate_index_description
+    assert all(entry.index_key for _, _, entry in manifest.entries())
+    assert [d.id for d in upgraded.documents] == ["facts", "garden"]
+    for index, block in enumerate(reference_blocks(engine, docs)):
+        assert_same_block(upgraded.block(index), block, torch.bfloat16)
+        assert torch.equal(upgraded.gate_keys(index), block.gate_keys.cpu())
+    assert engine.open_bank("harbour", store).identity == engine.identity
+    assert store.verify().ok
 
 
 # Model and compressor mismatch -------------------------------------------------------------------------

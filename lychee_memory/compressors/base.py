@@ -33,6 +33,11 @@ class Compressor(ABC):
 
     name: ClassVar[str]
     ratio: int
+    # Framed compressors encode each chunk after the engine's opening (``blocks.BlockOpening``) and keep only the
+    # chunk's slots; the beacon compressor keeps the released checkpoint's layout (memory slots from position 0).
+    framed: ClassVar[bool] = False
+    # Compressors that see the chunk's raw keys also write each block's gate index when the engine sets a spec.
+    builds_gate_index: ClassVar[bool] = False
 
     @abstractmethod
     def compress(self, loaded: LoadedModel, chunks: list[Chunk]) -> list[MemoryBlock]:
@@ -50,5 +55,5 @@ class Compressor(ABC):
     def prompt_position(self, chunk_tokens: int, start_tokens: int) -> int:
         """The position a prompt after a block of ``chunk_tokens`` raw tokens continues at (the most any block of
         this compressor needs): training-free compressors keep the chunk's positions (after ``start_tokens``
-        sequence-start tokens), so the prompt continues after the chunk."""
+        opening tokens), so the prompt continues after the chunk."""
         return start_tokens + chunk_tokens

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from ..blocks import MemoryBlock
 from ..chunking import Chunk
 from ..errors import UnsupportedModelError
+from ..kv_prefix import apply_rope
 from ..model_loading import LoadedModel
 from .base import Compressor, slots_for, span_of
-from .selection import apply_rope
 
 logger = logging.getLogger(__name__)
 

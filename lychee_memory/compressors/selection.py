@@ -1,8 +1,11 @@
 """Training-free compressors for any causal LM: keep a scored subset of a chunk's own KV.
 
-One forward over the chunk gives every layer's keys and values (post-RoPE, at the chunk's positions);
-a scoring rule ranks the positions per layer and KV head, and the top ceil(L / ratio) are kept in
-position order. Prompts read the block continuing at position L, as if the chunk had been there.
+One forward over the chunk, after the engine's opening (``BlockOpening``: sequence start and chat user-turn
+opening, its KV computed once), gives every layer's keys and values (post-RoPE, at the chunk's positions); a
+scoring rule ranks the chunk's positions per layer and KV head, and the top ceil(L / ratio) are kept in position
+order. The opening's slots are not kept (readers put the shared opening before the block). Prompts read the block
+continuing at position P + L (P = opening length), as if opening and chunk had been there. When the compressor has
+an ``index_spec``, the same forward's keys give each block its gate index (``prefilter.py``).
 
 - ``none``: keep everything (ratio 1), the reference and ablation.
 - ``key_norm``: keep the keys with the smallest L2 norm (low-norm keys draw the most attention).
@@ -20,21 +23,13 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from ..blocks import MemoryBlock
+from ..blocks import BlockOpening, MemoryBlock
 from ..chunking import Chunk
+from ..kv_prefix import apply_rope, encode_opening, opening_cache
 from ..model_loading import LoadedModel
+from ..prefilter import IndexSpec
 from ..prompts import sequence_start_ids
 from .base import Compressor, slots_for, span_of
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding in the half-split layout used by Llama/Qwen2; cos/sin broadcast over heads."""
-    return x * cos + rotate_half(x) * sin
 
 
 @dataclass
@@ -46,19 +41,29 @@ class _ChunkForward:
     window_queries: list[torch.Tensor] | None  # per layer [B, H_q, W, D], post-RoPE
     window_index: torch.Tensor | None  # [B, W] positions of the window queries
     window_valid: torch.Tensor | None  # [B, W] False where a short row has fewer than W tokens
+    prefix: int = 0  # opening slots before every row's tokens in keys/values
 
 
 @torch.inference_mode()
-def run_chunks(loaded: LoadedModel, sequences: list[list[int]], window: int | None) -> _ChunkForward:
-    """One batched forward over right-padded sequences, returning KV and (optionally) tail queries."""
+def run_chunks(
+    loaded: LoadedModel, sequences: list[list[int]], window: int | None, opening: BlockOpening | None = None
+) -> _ChunkForward:
+    """One batched forward over right-padded sequences after the opening's KV, returning KV (opening first) and
+    (optionally) the tail queries of each sequence."""
     device = loaded.device
+    prefix = opening.num_slots if opening is not None else 0
     lengths = torch.tensor([len(seq) for seq in sequences], device=device)
     total = int(lengths.max())
     input_ids = torch.full((len(sequences), total), loaded.tokenizer.pad_token_id, dtype=torch.long, device=device)
     for row, seq in enumerate(sequences):
         input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
     padded = bool((lengths < total).any())
-    attention_mask = (torch.arange(total, device=device)[None, :] < lengths[:, None]).long() if padded else None
+    attention_mask = None
+    if padded:
+        real = torch.arange(total, device=device)[None, :] < lengths[:, None]
+        opened = torch.ones(len(sequences), prefix, dtype=torch.bool, device=device)
+        attention_mask = torch.cat([opened, real], dim=1).long()
+    positions = torch.arange(prefix, prefix + total, device=device)[None].expand(len(sequences), -1)
 
     captured: list[torch.Tensor] = []
     window_index = window_valid = None
@@ -86,63 +91,89 @@ def run_chunks(loaded: LoadedModel, sequences: list[list[int]], window: int | No
 
         for layer in loaded.model.get_decoder().layers:
             hooks.append(layer.self_attn.register_forward_hook(capture, with_kwargs=True))
-    cache = DynamicCache(config=loaded.model.config)
+    if prefix:
+        assert opening is not None
+        cache = opening_cache(loaded, opening, len(sequences))
+    else:
+        cache = DynamicCache(config=loaded.model.config)
     try:
         loaded.model.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
         )
     finally:
         for hook in hooks:
             hook.remove()
     keys = [layer.keys for layer in cache.layers]
     values = [layer.values for layer in cache.layers]
-    return _ChunkForward(keys, values, captured if window is not None else None, window_index, window_valid)
+    return _ChunkForward(keys, values, captured if window is not None else None, window_index, window_valid, prefix)
 
 
 class SelectionCompressor(Compressor):
     """Shared machinery: forward, score positions per layer/head, keep the top ceil(L/ratio)."""
 
     needs_window_queries: ClassVar[bool] = False
+    framed: ClassVar[bool] = True
+    builds_gate_index: ClassVar[bool] = True
     observation_window: int = 0
+    opening: BlockOpening | None = None  # set by the engine; None = the sequence start alone
+    index_spec: IndexSpec | None = None  # set by the engine when the gate's prefilter is on
 
     @abstractmethod
     def score(
         self, keys: torch.Tensor, queries: torch.Tensor | None, length: int, row: int, forward: _ChunkForward
     ) -> torch.Tensor:
-        """Scores [H_kv, length] for one row and layer; higher is kept first."""
+        """Scores [H_kv, length] of the chunk's positions for one row and layer; higher is kept first.
+
+        ``keys`` [H_kv, prefix + length, D] include the opening's (``forward.prefix``), which queries attend to too.
+        """
+
+    def opening_for(self, loaded: LoadedModel) -> BlockOpening:
+        """The opening chunks are encoded after: the engine's, else the tokenizer's sequence start alone."""
+        if self.opening is None:
+            self.opening = encode_opening(loaded, sequence_start_ids(loaded.tokenizer))
+        return self.opening
 
     def compress(self, loaded: LoadedModel, chunks: list[Chunk]) -> list[MemoryBlock]:
-        start_ids = sequence_start_ids(loaded.tokenizer)
-        sequences = [start_ids + list(chunk.token_ids) for chunk in chunks]
-        forward = run_chunks(loaded, sequences, self.observation_window if self.needs_window_queries else None)
+        opening = self.opening_for(loaded)
+        prefix = opening.num_slots
+        sequences = [list(chunk.token_ids) for chunk in chunks]
+        forward = run_chunks(loaded, sequences, self.observation_window if self.needs_window_queries else None, opening)
         blocks = []
         for row, chunk in enumerate(chunks):
             length = len(sequences[row])
-            budget = slots_for(len(chunk), self.ratio)
+            budget = slots_for(length, self.ratio)
             layer_keys, layer_values = [], []
             for layer in range(len(forward.keys)):
-                keys = forward.keys[layer][row, :, :length]
-                values = forward.values[layer][row, :, :length]
-                if budget >= len(chunk):
+                keys = forward.keys[layer][row, :, prefix : prefix + length]
+                values = forward.values[layer][row, :, prefix : prefix + length]
+                if budget >= length:
                     kept = torch.arange(length, device=keys.device).expand(keys.shape[0], -1)
                 else:
                     queries = forward.window_queries[layer][row] if forward.window_queries is not None else None
-                    scores = self.score(keys, queries, length, row, forward).float()
-                    scores[:, : len(start_ids)] = float("inf")  # a BOS attention sink is always kept
-                    kept = scores.topk(budget + len(start_ids), dim=-1).indices.sort(dim=-1).values
+                    with_opening = forward.keys[layer][row, :, : prefix + length]
+                    scores = self.score(with_opening, queries, length, row, forward).float()
+                    kept = scores.topk(budget, dim=-1).indices.sort(dim=-1).values
                 index = kept[:, :, None].expand(-1, -1, keys.shape[-1])
                 layer_keys.append(keys.gather(1, index))
                 layer_values.append(values.gather(1, index))
             stacked_keys = torch.stack(layer_keys)
+            gate_keys = None
+            if self.index_spec is not None:
+                gate_keys = self.index_spec.extract(forward.keys, row, prefix, length)
             blocks.append(
                 MemoryBlock(
                     keys=stacked_keys,
                     values=torch.stack(layer_values),
                     valid=torch.ones(stacked_keys.shape[2], dtype=torch.bool),
-                    next_position=length,
+                    next_position=prefix + length,
                     token_ids=torch.tensor(chunk.token_ids, dtype=torch.int32),
                     span=span_of(chunk),
                     compressor=self.name,
+                    gate_keys=gate_keys,
                 )
             )
         return blocks
@@ -178,7 +209,7 @@ class KeyNormCompressor(SelectionCompressor):
             raise ValueError(f"key_norm keep must be 'low' or 'high', got {self.keep!r}")
 
     def score(self, keys, queries, length, row, forward):
-        norms = keys.float().norm(dim=-1)
+        norms = keys[:, forward.prefix :].float().norm(dim=-1)
         return norms if self.keep == "high" else -norms
 
     def describe(self) -> dict[str, Any]:
@@ -202,11 +233,12 @@ class AttentionCompressor(SelectionCompressor):
         grouped = queries.float().view(kv_heads, group, -1, head_dim)  # [H_kv, G, W, D]
         logits = torch.einsum("hgwd,htd->hgwt", grouped, keys.float()) * head_dim**-0.5
         valid = forward.window_valid[row]
-        query_positions = forward.window_index[row][valid]
+        query_positions = forward.window_index[row][valid] + forward.prefix
         logits = logits[:, :, valid]
-        causal = torch.arange(length, device=keys.device)[None, :] <= query_positions[:, None]  # [W, T]
+        causal = torch.arange(keys.shape[1], device=keys.device)[None, :] <= query_positions[:, None]  # [W, P + T]
         logits = logits.masked_fill(~causal, float("-inf"))
-        weights = logits.softmax(dim=-1).mean(dim=(1, 2))  # [H_kv, T]
+        # Softmax over every key the queries see (the opening too), then the chunk's positions only.
+        weights = logits.softmax(dim=-1).mean(dim=(1, 2))[:, forward.prefix :]  # [H_kv, T]
         if self.pooling_kernel > 1:
             weights = F.avg_pool1d(weights[:, None], self.pooling_kernel, stride=1, padding=self.pooling_kernel // 2)[
                 :, 0

@@ -154,6 +154,7 @@ class SampleResult:
     blocks_read: int = 0
     gate_recall: float | None = None
     gate_precision: float | None = None
+    candidate_recall: float | None = None  # evidence inside the blocks stage 1 passed on (LycheeMemory only)
     tokens: dict[str, int] = field(default_factory=dict)
     skipped: str | None = None  # why the method could not run on this sample (e.g. it does not fit)
 
@@ -178,6 +179,9 @@ def run_method(
             result.ingest_seconds = time.perf_counter() - started
             answer = engine.ask(sample.question, bank)
             result.blocks = len(bank)
+            passed = set().union(*answer.candidates) if answer.candidates else range(len(bank))
+            spans = [(bank.spans[i].char_start, bank.spans[i].char_end) for i in sorted(passed)]
+            result.candidate_recall = evidence_recall_precision(spans, sample.evidence)[0]
         elif method.kind == "rag":
             rag = runner.rag_for(method)
             index = rag.build([sample.context])
@@ -238,6 +242,8 @@ def summarize(results: Sequence[SampleResult]) -> list[dict[str, Any]]:
                 "blocks_read": _mean([float(r.blocks_read) for r in ran]),
                 "gate_recall": _mean([r.gate_recall for r in ran]),
                 "gate_precision": _mean([r.gate_precision for r in ran]),
+                "candidate_recall": _mean([r.candidate_recall for r in ran]),
+                "candidates": _mean([float(r.tokens["candidates"]) for r in ran if "candidates" in r.tokens]),
             }
         )
     return rows
@@ -270,6 +276,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         ("blocks read / blocks", None, ""),
         ("gate recall %", "gate_recall", "pct"),
         ("gate precision %", "gate_precision", "pct"),
+        ("stage-1 recall %", "candidate_recall", "pct"),
+        ("candidates", "candidates", "f"),
     ]
     lines = [
         "| " + " | ".join(title for title, _, _ in columns) + " |",

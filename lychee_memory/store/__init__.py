@@ -1,8 +1,10 @@
 """Persistent memory banks: a directory of content-addressed blocks and JSON manifests (``MemoryStore``).
 
-One module per concept: ``codec`` (blocks and manifests as checked bytes, int8), ``manifest`` (the bank record
-and bank names), ``disk`` (diskcache without pickles), ``locks`` (writers, gc and reader leases), ``reports``,
-``recipe`` (what the store needs from an engine), ``stored_bank`` and ``store`` (``MemoryStore``).
+One module per concept: ``codec`` (blocks and manifests as checked bytes, int8), ``gate_index`` (each block's gate
+index as its own item), ``manifest`` (the bank record and bank names), ``disk`` (diskcache without pickles),
+``locks`` (writers, gc and reader leases), ``reports``, ``recipe`` (what the store needs from an engine),
+``reading`` (a stored bank's block loader), ``save`` (``save_bank``), ``verify`` (checks and repairs),
+``stored_bank`` and ``store`` (``MemoryStore``).
 """
 
 from .manifest import BANK_NAME_RULE, BLOCK_DTYPES, BankManifest, BlockDtype, check_new_bank_name

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,13 +32,28 @@ class Damaged(Exception):
     """A stored item failed a check; the store turns it into a specific StoreError naming the item."""
 
 
-def block_key(model_fingerprint: str, compressor: Mapping[str, Any], storage: str, token_ids: torch.Tensor) -> str:
-    """Content address of a block: model fingerprint, compressor settings, storage format, chunk token ids."""
-    identity = json.dumps(
-        {"format": FORMAT_VERSION, "model": model_fingerprint, "compressor": dict(compressor), "storage": storage},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+def block_key(
+    model_fingerprint: str,
+    compressor: Mapping[str, Any],
+    storage: str,
+    token_ids: torch.Tensor,
+    opening: Sequence[int] | None,
+) -> str:
+    """Content address of a block: model fingerprint, compressor settings, storage format, the opening a framed
+    block was encoded after (its KV depends on it), and the chunk's token ids.
+
+    ``opening`` None (a bank written before framed blocks) gives the keys such banks were written under, so their
+    blocks still verify; ``()`` (an unframed compressor) is a current key of its own.
+    """
+    fields: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "model": model_fingerprint,
+        "compressor": dict(compressor),
+        "storage": storage,
+    }
+    if opening is not None:
+        fields["opening"] = [int(token) for token in opening]
+    identity = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(identity.encode("utf-8"))
     digest.update(b"\0")
     digest.update(token_ids.detach().to(device="cpu", dtype=torch.int32).contiguous().numpy().astype("<i4").tobytes())

@@ -1,9 +1,10 @@
 """Bank manifests: the JSON record that defines a bank, and the rules for bank names.
 
 A manifest lists the bank's documents (metadata, text by hash) and, per document, its blocks in order (content
-key, storage format, spans), plus the identity that built them (model fingerprint, compressor, chunk size). It
-is written last and atomically; ``generation`` counts its writes, so a writer can tell whether the bank changed
-while it worked.
+key, storage format, spans, and the key of the block's gate index item), plus the identity that built them (model
+fingerprint, compressor, chunk size, the opening framed blocks were encoded after) and the spec of the gate index
+its blocks carry. It is written last and atomically; ``generation`` counts its writes, so a writer can tell
+whether the bank changed while it worked.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class _Record(BaseModel):
 
 
 class StoredBlock(_Record):
-    """A manifest's entry for one block: its key, storage format and where its text lies."""
+    """A manifest's entry for one block: its key, storage format, where its text lies, and its gate index item
+    (``index_key``: None when it has none; the bank's ``gate_index`` says which spec it was built with)."""
 
     key: str
     storage: BlockDtype
@@ -83,6 +85,27 @@ class StoredBlock(_Record):
     token_end: int
     slots: int
     nbytes: int
+    index_key: str | None = None
+    index_bytes: int = 0
+
+
+def block_entry(
+    key: str, storage: str, span: Any, shape: tuple[int, int], index: tuple[str, int] | None = None
+) -> StoredBlock:
+    """A manifest entry for a stored block: its key and format, where its text lies (``span``: a Chunk or
+    SourceSpan), its (slots, bytes), and its gate index item's (key, bytes) when it has one."""
+    return StoredBlock(
+        key=key,
+        storage=storage,
+        char_start=span.char_start,
+        char_end=span.char_end,
+        token_start=span.token_start,
+        token_end=span.token_end,
+        slots=shape[0],
+        nbytes=shape[1],
+        index_key=index[0] if index is not None else None,
+        index_bytes=index[1] if index is not None else 0,
+    )
 
 
 class StoredDocument(_Record):
@@ -110,11 +133,21 @@ class BankManifest(_Record):
     compressor: dict[str, Any]
     chunk_tokens: int
     engine_config: dict[str, Any] | None = None  # the resolved EngineConfig, so repair can rebuild the engine
+    # The token ids framed blocks were encoded after ([] for an unframed compressor); None: written before blocks
+    # were framed (such a bank is read by no current engine until it is rebuilt from its stored text).
+    opening: list[int] | None = None
+    gate_index: dict[str, Any] | None = None  # the spec of the blocks' gate index (IndexSpec.describe()); None: none
     documents: list[StoredDocument]
 
     @property
     def identity(self) -> BankIdentity:
-        return BankIdentity(self.model_fingerprint, dict(self.compressor), self.chunk_tokens)
+        opening = tuple(self.opening) if self.opening is not None else None
+        return BankIdentity(self.model_fingerprint, dict(self.compressor), self.chunk_tokens, opening)
+
+    @property
+    def before_framing(self) -> bool:
+        """Whether the bank was written before framed blocks (no opening recorded): it must be rebuilt once."""
+        return self.opening is None
 
     @property
     def legacy_fingerprint(self) -> bool:
@@ -129,9 +162,14 @@ class BankManifest(_Record):
     def block_keys(self) -> set[str]:
         return {entry.key for _, _, entry in self.entries()}
 
+    def index_keys(self) -> set[str]:
+        """The keys of the gate index items the bank's entries name."""
+        return {entry.index_key for _, _, entry in self.entries() if entry.index_key is not None}
+
     def info(self) -> BankInfo:
         entries = [entry for _, _, entry in self.entries()]
         distinct = {entry.key: entry.nbytes for entry in entries}
+        indexes = {entry.index_key: entry.index_bytes for entry in entries if entry.index_key is not None}
         return BankInfo(
             name=self.name,
             documents=tuple(document.id for document in self.documents),
@@ -146,6 +184,7 @@ class BankManifest(_Record):
             chunk_tokens=self.chunk_tokens,
             block_dtypes=tuple(sorted({entry.storage for entry in entries})),
             stored_bytes=sum(distinct.values()),
+            index_bytes=sum(indexes.values()),
         )
 
 

@@ -26,6 +26,7 @@ class BlockRecipe:
     tokenize: Callable[[str], list[int]]  # a document text's token ids, exactly as ``chunk`` cuts them
     compress: Callable[[list[Chunk]], list[MemoryBlock]]  # one batch of chunks, one block each
     batch_size: int  # chunks per ``compress`` call
+    gate_index: dict[str, Any] | None  # the gate index ``compress`` puts on each block (IndexSpec.describe())
     dtype: torch.dtype  # blocks of banks opened for this engine come back in this dtype, on this device
     device: torch.device
     model_spec: str | None = None

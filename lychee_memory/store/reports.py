@@ -51,11 +51,16 @@ class BankInfo(Report):
     chunk_tokens: int
     block_dtypes: tuple[str, ...]
     stored_bytes: int  # bytes of the distinct blocks this bank references (shared blocks counted here too)
+    index_bytes: int = 0  # bytes of the distinct gate index items its blocks name (not in stored_bytes)
 
 
 @dataclasses.dataclass(frozen=True)
 class StoreUsage(Report):
-    """Disk use of a store: totals, blocks nothing references (what gc frees), and each bank's share."""
+    """Disk use of a store: totals, blocks nothing references (what gc frees), and each bank's share.
+
+    Gate index items are counted apart (``indexes``, ``index_bytes``); ``unreferenced_bytes`` is everything gc
+    would free (blocks and index items) and ``bank_bytes`` a bank's blocks plus its index items.
+    """
 
     path: Path
     bytes: int
@@ -68,6 +73,9 @@ class StoreUsage(Report):
     size_limit_bytes: int | None
     bank_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
     leased_blocks: int = 0  # blocks only open banks of live processes still name (kept by gc)
+    indexes: int = 0  # gate index items (one per block and index spec)
+    index_bytes: int = 0
+    unreferenced_indexes: int = 0  # index items nothing references (gc frees them, bytes in unreferenced_bytes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +88,7 @@ class GcReport(Report):
     removed_texts: int
     bytes_before: int
     bytes_after: int
+    removed_indexes: int = 0
 
     @property
     def freed_bytes(self) -> int:
@@ -88,10 +97,10 @@ class GcReport(Report):
 
 @dataclasses.dataclass(frozen=True)
 class StoreProblem(Report):
-    """One damaged item found by ``verify``: a manifest, a document text or a block of a bank."""
+    """One damaged item found by ``verify``: a manifest, a document text, a block, or a block's gate index."""
 
     bank: str
-    kind: Literal["manifest", "document", "block"]
+    kind: Literal["manifest", "document", "block", "index"]
     reason: str
     key: str | None = None
     block_index: int | None = None
@@ -109,6 +118,7 @@ class VerifyReport(Report):
     documents_checked: int
     blocks_checked: int
     problems: tuple[StoreProblem, ...]
+    indexes_checked: int = 0
 
     @property
     def unrepaired(self) -> tuple[StoreProblem, ...]:

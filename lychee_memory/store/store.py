@@ -1,10 +1,11 @@
 """``MemoryStore``: persistent memory banks on diskcache; compress once, reuse across sessions, lose nothing.
 
 A store is a directory. Blocks are content-addressed: a block's key hashes the model fingerprint, the
-compressor settings, the storage format and the chunk's token ids, so re-ingesting an unchanged document
-compresses nothing, and a chunk shared by two banks is stored once. A bank is a JSON manifest written last
-and atomically, after every block and text it names, so a crash at any moment leaves every bank as it was
-or as it became. The store knows no engine: what it compresses with comes in as a ``BlockRecipe``.
+compressor settings, the storage format, the opening framed blocks are encoded after and the chunk's token ids,
+so re-ingesting an unchanged document compresses nothing, and a chunk shared by two banks is stored once. A
+bank is a JSON manifest written last and atomically, after every block, index item and text it names, so a
+crash at any moment leaves every bank as it was or as it became. The store knows no engine: what it
+compresses with comes in as a ``BlockRecipe``.
 
 Layout::
 
@@ -15,7 +16,8 @@ Layout::
     STORE/leases/             one file per open bank of a live process: blocks gc must keep
 
 Keys are plain strings and values plain bytes: ``block:<sha256>`` (a framed safetensors block),
-``text:<sha256>`` (a document's UTF-8 text, named by its own hash) and ``bank:<name>`` (a framed manifest).
+``index:<sha256>`` (a block's gate index for one index spec, ``gate_index.py``), ``text:<sha256>`` (a document's
+UTF-8 text, named by its own hash) and ``bank:<name>`` (a framed manifest).
 """
 
 from __future__ import annotations
@@ -33,13 +35,12 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
-from ..blocks import BankIdentity, MemoryBank, MemoryBlock, SourceSpan
+from ..blocks import BankIdentity, MemoryBank, SourceSpan
 from ..chunking import Chunk
 from ..documents import Document
 from ..errors import (
     BankNotFoundError,
     ConfigurationError,
-    CorruptBlockError,
     CorruptDocumentError,
     DocumentNotFoundError,
     StoreError,
@@ -47,13 +48,10 @@ from ..errors import (
 from ..model_loading import cache_root
 from ..progress import progress_bar
 from .codec import (
-    BLOCK_MAGIC,
     HEADER_BYTES,
     MANIFEST_MAGIC,
     Damaged,
-    DecodedBlock,
     block_key,
-    decode_payload,
     encode_block,
     frame,
     header_length,
@@ -61,6 +59,7 @@ from .codec import (
     unframe,
 )
 from .disk import Items
+from .gate_index import INDEX_PREFIX, IndexLoader, conforms, stored_index, without_index, write_index
 from .locks import ReaderLease, file_lock, live_leased_keys
 from .manifest import (
     BLOCK_DTYPES,
@@ -68,16 +67,18 @@ from .manifest import (
     FORMAT_VERSION,
     BankManifest,
     BlockDtype,
-    StoredBlock,
     StoredDocument,
+    block_entry,
     check_bank_name,
     check_new_bank_name,
     json_metadata,
     merge_documents,
     now,
 )
+from .reading import BlockLoader
 from .recipe import BlockRecipe, RecipeForSettings
 from .reports import BankInfo, GcReport, IngestReport, StoreUsage, VerifyReport
+from .save import save_bank
 from .stored_bank import StoredBank
 from .verify import verify_store
 
@@ -218,6 +219,11 @@ class MemoryStore:
                 "the bank was built before lychee-memory 0.2, whose fingerprints name the checkpoint files; "
                 "rebuild it once from its stored text with recompress=True (CLI: --recompress)"
             )
+        elif manifest.before_framing and identity.opening is not None:
+            remedy = (
+                "upgrade it in place, under the same name, with open_bank(name, store, recompress=True) "
+                "(CLI: --recompress)"
+            )
         built_with = manifest.model_spec or "an unrecorded model"
         subject = f"bank {manifest.name!r} in store {str(self.path)!r} (built with {built_with})"
         manifest.identity.require_same(identity, subject, remedy)
@@ -249,10 +255,15 @@ class MemoryStore:
         """Bytes on disk, counts, and the blocks nothing references (what ``gc`` would free)."""
         manifests = [self._manifest(name) for name in self.bank_names()]
         referenced = {key for manifest in manifests for key in manifest.block_keys()}
-        leased = live_leased_keys(self.path, remove_stale=False) - referenced
+        referenced_indexes = {key for manifest in manifests for key in manifest.index_keys()}
+        live = live_leased_keys(self.path, remove_stale=False)
+        leased = live - referenced
         blocks = [key.removeprefix("block:") for key in self._items.keys("block:")]
         sizes = {key: self._items.size("block:" + key) for key in blocks}
         unreferenced = [key for key in blocks if key not in referenced and key not in leased]
+        indexes = [key.removeprefix(INDEX_PREFIX) for key in self._items.keys(INDEX_PREFIX)]
+        index_sizes = {key: self._items.size(INDEX_PREFIX + key) for key in indexes}
+        unreferenced_indexes = [key for key in indexes if key not in referenced_indexes and key not in live]
         return StoreUsage(
             path=self.path,
             bytes=self._items.volume(),
@@ -261,12 +272,18 @@ class MemoryStore:
             texts=len(self._items.keys("text:")),
             banks=len(manifests),
             unreferenced_blocks=len(unreferenced),
-            unreferenced_bytes=sum(sizes[key] for key in unreferenced),
+            unreferenced_bytes=sum(sizes[key] for key in unreferenced)
+            + sum(index_sizes[key] for key in unreferenced_indexes),
             size_limit_bytes=self.size_limit_bytes,
             bank_bytes={
-                manifest.name: sum(sizes.get(key, 0) for key in manifest.block_keys()) for manifest in manifests
+                manifest.name: sum(sizes.get(key, 0) for key in manifest.block_keys())
+                + sum(index_sizes.get(key, 0) for key in manifest.index_keys())
+                for manifest in manifests
             },
             leased_blocks=len(leased & set(sizes)),
+            indexes=len(indexes),
+            index_bytes=sum(index_sizes.values()),
+            unreferenced_indexes=len(unreferenced_indexes),
         )
 
     # Changing banks --------------------------------------------------------------------------------
@@ -319,28 +336,29 @@ class MemoryStore:
         return self.load_bank(name, dtype=dtype, device=device)
 
     def gc(self) -> GcReport:
-        """Delete blocks and texts nothing references, and files a killed writer left behind.
+        """Delete blocks, gate index items and texts nothing references, and files a killed writer left behind.
 
-        Blocks that an open bank of a live process still names are kept (reader leases). Waits for nothing:
-        if an ingest is writing blocks right now, it raises StoreError (those blocks are not referenced yet).
+        Blocks and index items that an open bank of a live process still names are kept (reader leases). Waits
+        for nothing: if an ingest is writing blocks right now, it raises StoreError (they are not referenced yet).
         """
         busy = f"store {str(self.path)!r} is busy: an ingest or repair is writing blocks; try again when it ends"
         with file_lock(self.path / "ingest.lock", exclusive=True, wait=False, busy_message=busy):
             with self._changing_manifests():
                 before = self._items.volume()
                 manifests = [self._manifest(name) for name in self.bank_names()]
-                blocks = {key for manifest in manifests for key in manifest.block_keys()}
-                blocks |= live_leased_keys(self.path, remove_stale=True)
+                leased = live_leased_keys(self.path, remove_stale=True)  # block and index keys of open banks
+                blocks = {key for manifest in manifests for key in manifest.block_keys()} | leased
+                indexes = {key for manifest in manifests for key in manifest.index_keys()} | leased
                 texts = {document.text_key for manifest in manifests for document in manifest.documents}
-                removed_blocks = removed_texts = 0
-                for key in self._items.keys("block:"):
-                    if key.removeprefix("block:") not in blocks:
-                        removed_blocks += self._items.delete(key)
-                for key in self._items.keys("text:"):
-                    if key.removeprefix("text:") not in texts:
-                        removed_texts += self._items.delete(key)
+                removed = {"block:": 0, INDEX_PREFIX: 0, "text:": 0}
+                for prefix, kept in (("block:", blocks), (INDEX_PREFIX, indexes), ("text:", texts)):
+                    for key in self._items.keys(prefix):
+                        if key.removeprefix(prefix) not in kept:
+                            removed[prefix] += self._items.delete(key)
                 self._items.remove_orphan_files()  # no writer runs now
-                return GcReport(removed_blocks, removed_texts, before, self._items.volume())
+                return GcReport(
+                    removed["block:"], removed["text:"], before, self._items.volume(), removed[INDEX_PREFIX]
+                )
 
     # Reading banks ---------------------------------------------------------------------------------
 
@@ -363,7 +381,7 @@ class MemoryStore:
         try:
             with self._changing_manifests():
                 manifest = self._manifest(name)
-                return manifest, ReaderLease(self.path, manifest.block_keys())
+                return manifest, ReaderLease(self.path, manifest.block_keys() | manifest.index_keys())
         except OSError as error:
             if error.errno not in _READ_ONLY_ERRNOS:
                 raise StoreError(f"cannot open bank {name!r} in store {str(self.path)!r}: {error}") from None
@@ -375,8 +393,9 @@ class MemoryStore:
     ) -> StoredBank:
         """A lazy bank: documents and spans in memory, each block read (and checked) only when used.
 
-        Blocks come back in ``dtype`` on ``device`` (default: the dtype they were computed in, on CPU). While
-        the bank lives, its blocks are leased: ``gc`` in any process keeps them even if the bank changes.
+        Blocks come back in ``dtype`` on ``device`` (default: the dtype they were computed in, on CPU); a block's
+        gate index (``bank.gate_keys(i)``) is read alone, float16 on CPU, None when missing or damaged. While the
+        bank lives, its blocks and index items are leased: ``gc`` in any process keeps them even if the bank changes.
         """
         manifest, lease = self._leased_manifest(name)
         try:
@@ -408,7 +427,9 @@ class MemoryStore:
             slot_counts=slot_counts,
             identity=manifest.identity,
             name=name,
-            loader=_BlockLoader(self, manifest, entries, spans, dtype, device),
+            loader=BlockLoader(self._items, str(self.path), manifest, entries, spans, dtype, device),
+            gate_index=manifest.gate_index,
+            index_loader=IndexLoader(self._items, str(self.path), manifest, entries, spans),
             store=self,
             block_keys=[entry.key for entry in entries],
             generation=manifest.generation,
@@ -417,55 +438,6 @@ class MemoryStore:
         if lease is not None:
             weakref.finalize(bank, lease.release)
         return bank
-
-    def _load_block(
-        self,
-        manifest: BankManifest,
-        index: int,
-        entry: StoredBlock,
-        span: SourceSpan,
-        dtype: torch.dtype | None,
-        device: torch.device | str | None,
-    ) -> MemoryBlock:
-        data = self._items.get("block:" + entry.key)
-        where = (
-            f"bank {manifest.name!r} block {index} (document {span.document_id!r}, chars {span.char_start}-"
-            f"{span.char_end}, key {entry.key[:16]})"
-        )
-        advice = f"run `lychee store verify --repair --store {self.path}` to recompress it from the stored text"
-        if data is None:
-            raise CorruptBlockError(f"{where} is missing from store {str(self.path)!r}; {advice}")
-        try:
-            decoded = self._check_block(data, entry, manifest, dtype)
-        except Damaged as damage:
-            raise CorruptBlockError(f"{where} is damaged: {damage}; {advice}") from None
-        return MemoryBlock(
-            keys=decoded.keys.to(device) if device is not None else decoded.keys,
-            values=decoded.values.to(device) if device is not None else decoded.values,
-            valid=decoded.valid,
-            next_position=int(decoded.metadata["next_position"]),
-            token_ids=decoded.token_ids,
-            span=span,
-            compressor=decoded.metadata["compressor_name"],
-        )
-
-    @staticmethod
-    def _check_block(
-        data: bytes, entry: StoredBlock, manifest: BankManifest, dtype: torch.dtype | None
-    ) -> DecodedBlock:
-        """Checksum, decode, and confirm the block is the one the key names (same model, compressor, tokens)."""
-        decoded = decode_payload(unframe(BLOCK_MAGIC, data), dtype)
-        metadata = decoded.metadata
-        if metadata.get("model_fingerprint") != manifest.model_fingerprint:
-            raise Damaged("it was computed by another model than the bank's")
-        if json.loads(metadata.get("compressor", "null")) != manifest.compressor:
-            raise Damaged("it was computed by another compressor than the bank's")
-        if decoded.token_ids.numel() != entry.token_end - entry.token_start or decoded.keys.shape[2] != entry.slots:
-            raise Damaged("its shape does not match the manifest")
-        expected = block_key(manifest.model_fingerprint, manifest.compressor, metadata["storage"], decoded.token_ids)
-        if expected != entry.key:
-            raise Damaged("its content does not match its key")
-        return decoded
 
     # Writing banks ---------------------------------------------------------------------------------
 
@@ -495,32 +467,47 @@ class MemoryStore:
     ) -> tuple[list[StoredDocument], int, int, int, int]:
         """Write the documents' texts and every block not stored yet (call with ``_writing_blocks`` held).
 
-        Returns their manifest entries and the counts (chunks, compressed, reused, bytes written).
+        A stored block whose gate index item is missing while the recipe builds an index is compressed again
+        (the only way to get its index keys), so a bank's index is always complete. Returns the documents'
+        manifest entries and the counts (chunks, compressed, reused, bytes written).
         """
-        identity, storage = recipe.identity, self.block_dtype
+        identity, storage, spec = recipe.identity, self.block_dtype, recipe.gate_index
         metadata = {document.id: json_metadata(document) for document in documents}
         text_keys = {document.id: self._write_text(document) for document in documents}
         chunks = recipe.chunk(documents)
         keys = [
-            block_key(identity.model_fingerprint, identity.compressor, storage, torch.tensor(chunk.token_ids))
+            block_key(
+                identity.model_fingerprint,
+                identity.compressor,
+                storage,
+                torch.tensor(chunk.token_ids),
+                identity.opening,
+            )
             for chunk in chunks
         ]
         shapes: dict[str, tuple[int, int]] = {}
+        indexes: dict[str, tuple[str, int]] = {}  # block key -> (index key, bytes)
+        present: dict[str, tuple[int, int]] = {}  # stored blocks compressed again for their index only
         to_compress: dict[str, Chunk] = {}  # identical chunks are compressed once
         for key, chunk in zip(keys, chunks):
             if key in shapes or key in to_compress:
                 continue
             shape = self._stored_block_shape(key)
-            if shape is None:
-                to_compress[key] = chunk
-            else:
+            index = stored_index(self._items, key, spec) if spec is not None else None
+            if shape is not None and (spec is None or index is not None):
                 shapes[key] = shape
+                if index is not None:
+                    indexes[key] = index
+                continue
+            to_compress[key] = chunk
+            if shape is not None:
+                present[key] = shape
         reused = len(shapes)
-        written = self._compress_and_write(list(to_compress.items()), recipe, shapes, show_progress)
+        written = self._compress_and_write(list(to_compress.items()), recipe, shapes, indexes, present, show_progress)
         stored_documents = []
         for document_index, document in enumerate(documents):
             entries = [
-                _entry(key, storage, chunk, shapes[key])
+                block_entry(key, storage, chunk, shapes[key], indexes.get(key))
                 for key, chunk in zip(keys, chunks)
                 if chunk.document_index == document_index
             ]
@@ -540,22 +527,72 @@ class MemoryStore:
         work: list[tuple[str, Chunk]],
         recipe: BlockRecipe,
         shapes: dict[str, tuple[int, int]],
+        indexes: dict[str, tuple[str, int]],
+        present: dict[str, tuple[int, int]],
         show_progress: bool,
     ) -> int:
-        """Compress chunks a batch at a time and write each block at once, so memory stays one batch deep."""
+        """Compress chunks a batch at a time and write each block (unless ``present``) and its gate index at once,
+        so memory stays one batch deep."""
         written = 0
+        spec = recipe.gate_index
         with progress_bar(len(work), "compressing", show_progress) as bar:
             for start in range(0, len(work), recipe.batch_size):
                 group = work[start : start + recipe.batch_size]
                 blocks = recipe.compress([chunk for _, chunk in group])
                 for (key, _), block in zip(group, blocks):
-                    data = encode_block(block, self.block_dtype, recipe.identity)
-                    self._items.put("block:" + key, data)
-                    shapes[key] = (block.num_slots, len(data))
-                    written += len(data)
+                    if key in present:
+                        shapes[key] = present[key]
+                    else:
+                        data = encode_block(block, self.block_dtype, recipe.identity)
+                        self._items.put("block:" + key, data)
+                        shapes[key] = (block.num_slots, len(data))
+                        written += len(data)
+                    if spec is not None and block.gate_keys is not None:
+                        indexes[key] = write_index(self._items, key, spec, block.gate_keys, block.keys.shape[-1])
+                        written += indexes[key][1]
                 del blocks
                 bar.update(len(group))
         return written
+
+    def _with_recipe_index(
+        self,
+        name: str,
+        documents: list[StoredDocument],
+        recipe: BlockRecipe,
+        show_progress: bool,
+        ready: dict[str, StoredDocument],
+        totals: list[int],
+    ) -> list[StoredDocument]:
+        """``documents`` with every block naming the gate index ``recipe`` builds (call with ``_writing_blocks``).
+
+        A document written under another index spec is rewritten from its stored text (only blocks whose item is
+        missing are compressed); with no index, its entries' index fields are cleared. ``ready`` holds documents
+        already rewritten (by id; reused when from the same source, and updated); ``totals`` adds the counts.
+        """
+        spec = recipe.gate_index
+        result = list(documents)
+        todo: list[Document] = []
+        for position, document in enumerate(documents):
+            if document.id in ready and _same_source(ready[document.id], document):
+                result[position] = ready[document.id]
+            elif all(conforms(entry, spec) for entry in document.blocks):
+                continue
+            elif spec is None:
+                result[position] = without_index(document, None)
+            else:
+                try:
+                    text = self._read_text(name, document)
+                except CorruptDocumentError:  # verify names the damaged text; its blocks keep no stale index
+                    result[position] = without_index(document, spec)
+                    continue
+                todo.append(Document(text=text, id=document.id, metadata=dict(document.metadata)))
+        if todo:
+            rewritten, *counts = self._write_blocks(todo, recipe, show_progress)
+            totals[:] = [total + count for total, count in zip(totals, counts)]
+            by_id = {document.id: document for document in rewritten}
+            ready.update(by_id)
+            result = [by_id.get(document.id, document) for document in result]
+        return result
 
     def _manifest_for(
         self, name: str, recipe: BlockRecipe, documents: list[StoredDocument], current: BankManifest | None
@@ -574,6 +611,8 @@ class MemoryStore:
             compressor=dict(identity.compressor),
             chunk_tokens=identity.chunk_tokens,
             engine_config=recipe.settings,
+            opening=list(identity.opening) if identity.opening is not None else None,
+            gate_index=recipe.gate_index,
             documents=documents,
         )
 
@@ -582,8 +621,9 @@ class MemoryStore:
     ) -> StoredBank:
         """Compress only the chunks not stored yet and add the documents to bank ``name`` (created if new).
 
-        A document whose id is already in the bank replaces the old version in place. Blocks and texts are
-        written first; the manifest last, in one atomic write. ``engine.ingest(..., store=, bank=)`` calls this.
+        A document whose id is already in the bank replaces the old version in place. Blocks, index items and
+        texts are written first; the manifest last, in one atomic write. The bank's gate index becomes the
+        recipe's (documents indexed otherwise get it too). ``engine.ingest(..., store=, bank=)`` calls this.
         """
         check_bank_name(name)
         started = time.perf_counter()
@@ -593,21 +633,27 @@ class MemoryStore:
                 check_new_bank_name(name)
             else:
                 self.check_bank_identity(existing, recipe.identity)
-            stored, chunks, compressed, reused, written = self._write_blocks(documents, recipe, show_progress)
+            stored, *counts = self._write_blocks(documents, recipe, show_progress)
+            totals, ready = list(counts), {}  # chunks, compressed, reused, written; documents given a new index
+            if existing is not None:  # index the bank's other documents as this recipe does, outside the lock
+                incoming = {document.id for document in stored}
+                kept = [document for document in existing.documents if document.id not in incoming]
+                self._with_recipe_index(name, kept, recipe, show_progress, ready, totals)
             with self._changing_manifests():
                 current = self._read_manifest(name)  # another process may have changed the bank meanwhile
                 if current is not None:
                     self.check_bank_identity(current, recipe.identity)
                 merged, added, replaced = merge_documents(current.documents if current else [], stored)
+                merged = self._with_recipe_index(name, merged, recipe, show_progress, ready, totals)
                 self._write_manifest(self._manifest_for(name, recipe, merged, current), current)
         self.last_ingest = IngestReport(
             bank=name,
             documents_added=added,
             documents_replaced=replaced,
-            chunks=chunks,
-            compressed=compressed,
-            reused=reused,
-            written_bytes=written,
+            chunks=totals[0],
+            compressed=totals[1],
+            reused=totals[2],
+            written_bytes=totals[3],
             seconds=time.perf_counter() - started,
         )
         return self.load_bank(name, dtype=recipe.dtype, device=recipe.device)
@@ -646,66 +692,11 @@ class MemoryStore:
     def save_bank(self, bank: MemoryBank, name: str | None = None) -> StoredBank:
         """Write any bank (built in memory, or read from another store) into this store, in this store's format.
 
-        Blocks already stored are skipped; documents are added to bank ``name`` (default ``bank.name``) as by
-        ingest. A bank saved this way records no engine settings, so repairing it needs an engine.
+        Blocks and gate index items already stored are skipped; documents are added to bank ``name`` (default
+        ``bank.name``) as by ingest. A bank saved this way records no engine settings, so repairing it needs an
+        engine.
         """
-        target = check_bank_name(name if name is not None else bank.name)
-        identity, storage = bank.identity, self.block_dtype
-        scheme = getattr(bank, "fingerprint_scheme", FINGERPRINT_SCHEME)
-        stored_documents = []
-        with self._writing_blocks():
-            existing = self._read_manifest(target)
-            if existing is None:
-                check_new_bank_name(target)
-            else:
-                self.check_bank_identity(existing, identity)
-            for document_index, document in enumerate(bank.documents):
-                text_key = self._write_text(document)
-                entries = []
-                for index, span in enumerate(bank.spans):
-                    if span.document_index != document_index:
-                        continue
-                    block = bank.block(index)
-                    key = block_key(identity.model_fingerprint, identity.compressor, storage, block.token_ids)
-                    shape = self._stored_block_shape(key)
-                    if shape is None:
-                        data = encode_block(block, storage, identity)
-                        self._items.put("block:" + key, data)
-                        shape = (block.num_slots, len(data))
-                    entries.append(_entry(key, storage, span, shape))
-                stored_documents.append(
-                    StoredDocument(
-                        id=document.id,
-                        metadata=json_metadata(document),
-                        text_key=text_key,
-                        characters=len(document.text),
-                        blocks=entries,
-                    )
-                )
-            with self._changing_manifests():
-                current = self._read_manifest(target)
-                if current is not None:
-                    self.check_bank_identity(current, identity)
-                moment = now()
-                manifest = (
-                    current.model_copy(deep=True)
-                    if current is not None
-                    else BankManifest(
-                        name=target,
-                        created=moment,
-                        updated=moment,
-                        model_fingerprint=identity.model_fingerprint,
-                        fingerprint_scheme=scheme,
-                        compressor=dict(identity.compressor),
-                        chunk_tokens=identity.chunk_tokens,
-                        documents=[],
-                    )
-                )
-                manifest.documents = merge_documents(manifest.documents, stored_documents)[0]
-                manifest.updated = moment
-                self._write_manifest(manifest, current)
-        sample = next((block for block in bank._blocks if block is not None), None)
-        return self.load_bank(target, dtype=sample.keys.dtype if sample is not None else None)
+        return save_bank(self, bank, name)
 
     # Verification and repair -----------------------------------------------------------------------
 
@@ -724,41 +715,6 @@ class MemoryStore:
         damaged text cannot be repaired (the source is gone): ingest that document again.
         """
         return verify_store(self, repair, recipe, recipe_for_settings)
-
-
-class _BlockLoader:
-    """A stored bank's loader: reads, checks and converts one block per call, keeping nothing."""
-
-    def __init__(
-        self,
-        store: MemoryStore,
-        manifest: BankManifest,
-        entries: list[StoredBlock],
-        spans: list[SourceSpan],
-        dtype: torch.dtype | None,
-        device: torch.device | str | None,
-    ):
-        self.store, self.manifest, self.entries, self.spans = store, manifest, entries, spans
-        self.dtype, self.device = dtype, device
-
-    def __call__(self, index: int) -> MemoryBlock:
-        return self.store._load_block(
-            self.manifest, index, self.entries[index], self.spans[index], self.dtype, self.device
-        )
-
-
-def _entry(key: str, storage: str, span: Chunk | SourceSpan, shape: tuple[int, int]) -> StoredBlock:
-    """A manifest entry for a stored block: its key and format, where its text lies, its (slots, bytes)."""
-    return StoredBlock(
-        key=key,
-        storage=storage,
-        char_start=span.char_start,
-        char_end=span.char_end,
-        token_start=span.token_start,
-        token_end=span.token_end,
-        slots=shape[0],
-        nbytes=shape[1],
-    )
 
 
 def _same_source(rebuilt: StoredDocument, stored: StoredDocument) -> bool:

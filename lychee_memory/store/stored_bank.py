@@ -14,7 +14,8 @@ from .manifest import FINGERPRINT_SCHEME
 
 @dataclass
 class StoredBank(MemoryBank):
-    """A stored bank as read at one ``generation`` of its manifest; its blocks are leased while it lives.
+    """A stored bank as read at one ``generation`` of its manifest; its blocks and gate index items are leased while
+    it lives.
 
     ``block_keys`` are the content keys of its blocks in order; changes (adding or removing documents) are
     made in the store, which returns a new StoredBank.

@@ -1,4 +1,5 @@
-"""Checking a store item by item, and repairing damaged blocks by recompressing them from the stored text."""
+"""Checking a store item by item, and repairing damaged blocks and gate indexes by recompressing them from the
+stored text."""
 
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ import torch
 from ..chunking import Chunk
 from ..errors import CorruptDocumentError, StoreError
 from .codec import Damaged, block_key, encode_block
-from .manifest import BankManifest, StoredBlock, StoredDocument
+from .gate_index import index_key, read_index, write_index
+from .manifest import BankManifest, StoredBlock, StoredDocument, now
+from .reading import check_block
 from .recipe import BlockRecipe, RecipeForSettings
 from .reports import StoreProblem, VerifyReport
 
 if TYPE_CHECKING:
     from .store import MemoryStore
+
+# (block index, document, entry, what is wrong with the block, what is wrong with its gate index)
+_Damage = tuple[int, StoredDocument, StoredBlock, str | None, str | None]
 
 
 def verify_store(
@@ -24,15 +30,17 @@ def verify_store(
     recipe: BlockRecipe | None,
     recipe_for_settings: RecipeForSettings | None,
 ) -> VerifyReport:
-    """Check every manifest, document text and block checksum; with ``repair``, recompress bad blocks.
+    """Check every manifest, document text, block and gate index checksum; with ``repair``, recompress bad blocks.
 
     Repair recompresses a block from the bank's stored text with ``recipe`` (an engine's
     ``block_recipe()``) when it built the bank, else with ``recipe_for_settings(recorded settings)``, which
-    rebuilds the engine the bank recorded at ingest (the CLI's ``lychee store verify --repair`` does so). A
-    damaged text cannot be repaired (the source is gone): ingest that document again.
+    rebuilds the engine the bank recorded at ingest (the CLI's ``lychee store verify --repair`` does so); that
+    rewrites the block and its gate index item. A damaged text cannot be repaired (the source is gone): ingest
+    that document again.
     """
     problems: list[StoreProblem] = []
-    checked: dict[str, str | None] = {}  # key -> reason it is damaged, None when fine
+    checked: dict[str, str | None] = {}  # block key -> reason it is damaged, None when fine
+    checked_indexes: dict[str, str | None] = {}  # index key -> reason it is damaged, None when fine
     documents_checked = 0
     names = store.bank_names()
     recipes: dict[str, BlockRecipe] = {}
@@ -50,24 +58,37 @@ def verify_store(
             except CorruptDocumentError as error:
                 texts[stored.id] = None
                 problems.append(StoreProblem(name, "document", str(error), stored.text_key, None, stored.id))
-        damaged: list[tuple[int, StoredDocument, StoredBlock, str]] = []
+        damaged: list[_Damage] = []
         for index, (_, stored, entry) in enumerate(manifest.entries()):
             if entry.key not in checked:
                 checked[entry.key] = _block_damage(store, entry, manifest)
-            if checked[entry.key] is not None:
-                damaged.append((index, stored, entry, checked[entry.key]))
-        for index, stored, entry, reason in damaged:
-            repaired = False
-            if repair:
-                note = _repair_block(store, manifest, entry, texts.get(stored.id), recipe, recipe_for_settings, recipes)
-                repaired = note is None
-                if repaired:
-                    checked[entry.key] = None
-                else:
-                    reason = f"{reason}; not repaired: {note}"
-            problems.append(StoreProblem(name, "block", reason, entry.key, index, stored.id, repaired))
+            index_reason = _index_damage(store, entry, manifest, checked_indexes)
+            if checked[entry.key] is not None or index_reason is not None:
+                damaged.append((index, stored, entry, checked[entry.key], index_reason))
+        if not damaged:
+            continue
+        if repair:
+            with store._writing_blocks():  # until the manifest names the rewritten index items (gc waits)
+                notes, indexes = _repair_bank(store, manifest, damaged, texts, recipe, recipe_for_settings, recipes)
+                if indexes:
+                    _record_indexes(store, name, manifest, indexes)
+        for index, stored, entry, block_reason, index_reason in damaged:
+            note = notes[entry.key] if repair else None
+            repaired = repair and note is None
+            if repaired:
+                checked[entry.key] = None
+                if manifest.gate_index is not None:
+                    checked_indexes[index_key(entry.key, manifest.gate_index)] = None
+            for kind, reason in (("block", block_reason), ("index", index_reason)):
+                if reason is not None:
+                    reason = reason if note is None else f"{reason}; not repaired: {note}"
+                    problems.append(StoreProblem(name, kind, reason, entry.key, index, stored.id, repaired))
     return VerifyReport(
-        banks=len(names), documents_checked=documents_checked, blocks_checked=len(checked), problems=tuple(problems)
+        banks=len(names),
+        documents_checked=documents_checked,
+        blocks_checked=len(checked),
+        problems=tuple(problems),
+        indexes_checked=len(checked_indexes),
     )
 
 
@@ -76,10 +97,51 @@ def _block_damage(store: MemoryStore, entry: StoredBlock, manifest: BankManifest
     if data is None:
         return "the block is missing"
     try:
-        store._check_block(data, entry, manifest, torch.float32)
+        check_block(data, entry, manifest, torch.float32)
     except Damaged as damage:
         return f"the block is damaged: {damage}"
     return None
+
+
+def _index_damage(
+    store: MemoryStore, entry: StoredBlock, manifest: BankManifest, checked: dict[str, str | None]
+) -> str | None:
+    """What is wrong with an entry's gate index item (None: fine, or the bank has no gate index)."""
+    if manifest.gate_index is None:
+        return None
+    expected = index_key(entry.key, manifest.gate_index)
+    if entry.index_key != expected:  # the manifest names none, or one of another spec
+        return read_index(store._items, entry, manifest)[1]
+    if expected not in checked:
+        checked[expected] = read_index(store._items, entry, manifest)[1]
+    return checked[expected]
+
+
+def _repair_bank(
+    store: MemoryStore,
+    manifest: BankManifest,
+    damaged: list[_Damage],
+    texts: dict[str, str | None],
+    recipe: BlockRecipe | None,
+    recipe_for_settings: RecipeForSettings | None,
+    recipes: dict[str, BlockRecipe],
+) -> tuple[dict[str, str | None], dict[str, tuple[str, int]]]:
+    """Repair each damaged block once: (block key -> why not repaired or None, block key -> its new index item)."""
+    notes: dict[str, str | None] = {}
+    indexes: dict[str, tuple[str, int]] = {}
+    for _, stored, entry, block_reason, _ in damaged:
+        if entry.key in notes:
+            continue
+        if block_reason is None and manifest.gate_index is not None:
+            item = index_key(entry.key, manifest.gate_index)
+            if read_index(store._items, entry.model_copy(update={"index_key": item}), manifest)[1] is None:
+                notes[entry.key] = None  # the item is fine (another bank's repair wrote it): name it
+                indexes[entry.key] = (item, store._items.size("index:" + item))
+                continue
+        notes[entry.key] = _repair_block(
+            store, manifest, entry, texts.get(stored.id), recipe, recipe_for_settings, recipes, indexes
+        )
+    return notes, indexes
 
 
 def _repair_block(
@@ -90,13 +152,17 @@ def _repair_block(
     recipe: BlockRecipe | None,
     recipe_for_settings: RecipeForSettings | None,
     recipes: dict[str, BlockRecipe],
+    indexes: dict[str, tuple[str, int]],
 ) -> str | None:
-    """Recompress one block from the stored text; returns why it could not, or None when repaired."""
+    """Recompress one block from the stored text and rewrite it and its gate index item (recorded in ``indexes``);
+    returns why it could not, or None when repaired."""
     if text is None:
         return "the document's text is damaged too; ingest the document again"
     if manifest.legacy_fingerprint:
         return "the bank predates lychee-memory 0.2's fingerprints; rebuild it with --recompress instead"
-    if recipe is None or recipe.identity != manifest.identity:
+    if manifest.before_framing:
+        return "the bank predates framed blocks; rebuild it with --recompress instead"
+    if recipe is None or recipe.identity != manifest.identity or recipe.gate_index != manifest.gate_index:
         if manifest.engine_config is None:
             return "the bank records no engine settings; repair it with the engine that built it"
         if recipe_for_settings is None:
@@ -109,9 +175,12 @@ def _repair_block(
         recipe = recipes[settings_key]
     if recipe.identity != manifest.identity:
         return "the engine's model or compressor differs from the bank's"
+    if recipe.gate_index != manifest.gate_index:
+        return "the engine builds another gate index than the bank's; rebuild it with --recompress instead"
     ids = tuple(recipe.tokenize(text)[entry.token_start : entry.token_end])
     identity = manifest.identity
-    if block_key(identity.model_fingerprint, identity.compressor, entry.storage, torch.tensor(ids)) != entry.key:
+    key = block_key(identity.model_fingerprint, identity.compressor, entry.storage, torch.tensor(ids), identity.opening)
+    if key != entry.key:
         return "the text no longer tokenizes to the block's tokens (another tokenizer?)"
     chunk = Chunk(
         document_index=0,  # compression reads only the tokens; the span comes from the manifest
@@ -123,7 +192,28 @@ def _repair_block(
         char_end=entry.char_end,
         text=text[entry.char_start : entry.char_end],
     )
-    with store._writing_blocks():
-        (block,) = recipe.compress([chunk])
-        store._items.put("block:" + entry.key, encode_block(block, entry.storage, identity))
+    (block,) = recipe.compress([chunk])
+    spec = manifest.gate_index
+    if spec is not None and block.gate_keys is None:
+        return "the engine made no gate index for the block"
+    store._items.put("block:" + entry.key, encode_block(block, entry.storage, identity))
+    if spec is not None and block.gate_keys is not None:
+        indexes[entry.key] = write_index(store._items, entry.key, spec, block.gate_keys, block.keys.shape[-1])
     return None
+
+
+def _record_indexes(store: MemoryStore, name: str, read: BankManifest, indexes: dict[str, tuple[str, int]]) -> None:
+    """Name the rewritten index items in the bank's manifest (if it is still indexed as when it was read)."""
+    with store._changing_manifests():
+        current = store._read_manifest(name)
+        if current is None or current.gate_index != read.gate_index:
+            return
+        previous = current.model_copy()
+        changed = False
+        for _, _, entry in current.entries():
+            if entry.key in indexes and (entry.index_key, entry.index_bytes) != indexes[entry.key]:
+                entry.index_key, entry.index_bytes = indexes[entry.key]
+                changed = True
+        if changed:
+            current.updated = now()
+            store._write_manifest(current, previous)
