@@ -1,0 +1,143 @@
+"""Toward the paper's 1.75M tokens: one stored bank of about a million tokens, asked in fresh processes.
+
+Builds needle documents from the project's generated haystack (no dataset needed): a small one (default 7K
+tokens), a middle one (default 30K) and a large one (default 1M), each with its own planted code, ingests each
+into its own bank of one store with the real ``lychee ingest`` command, then asks each bank its question with
+``lychee ask --store --bank --json`` in a fresh process (twice). The query time in the JSON is the warm latency
+(model loaded, bank built); wall time and peak RSS come from /usr/bin/time.
+
+    python benchmarks/million_tokens.py --out benchmarks/results/million
+
+Prints a table and writes million.json to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def run(command: list[str], label: str) -> dict[str, Any]:
+    """Run a command with /usr/bin/time; wall seconds, peak RSS (MiB) and stdout."""
+    started = time.perf_counter()
+    completed = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", *command], capture_output=True, text=True, env={"TQDM_DISABLE": "1", **_env()}
+    )
+    wall = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise SystemExit(f"[{label}] failed:\n{completed.stderr[-3000:]}")
+    peak_kib = int(completed.stderr.strip().splitlines()[-1])
+    print(f"[{label}] {wall:.1f}s, peak RSS {peak_kib / 1024:.0f} MiB", flush=True)
+    return {"wall_s": round(wall, 2), "peak_rss_mib": round(peak_kib / 1024, 1), "stdout": completed.stdout}
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", default="7k,30k,1000k", help="document lengths in tokens")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--store", type=Path, default=None, help="store directory (default: a temporary one)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/million"))
+    parser.add_argument("--keep-store", action="store_true")
+    args = parser.parse_args()
+
+    from lychee_memory.config import ModelSettings
+    from lychee_memory.eval.haystack import generated_paragraphs
+    from lychee_memory.eval.needles import single_needle
+    from lychee_memory.eval.tasks import TokenCounter, haystack_with_facts, parse_lengths
+    from lychee_memory.model_loading import load_model
+
+    tokenizer = load_model(ModelSettings()).tokenizer
+    args.out.mkdir(parents=True, exist_ok=True)
+    store = args.store or Path(tempfile.mkdtemp(prefix="lychee-million-"))
+    lychee = [sys.executable, "-m", "lychee_memory.cli"]
+    pool = generated_paragraphs(count=5000)  # about 1.1M tokens: a 1M haystack without repeats
+    results: dict[str, Any] = {"store": str(store), "banks": {}}
+    try:
+        for length in parse_lengths(args.lengths):
+            rng = random.Random(f"million-{args.seed}-{length}")
+            facts, question, answer = single_needle(rng)
+            text, _ = haystack_with_facts(pool, TokenCounter(tokenizer), length, facts, rng)
+            path = args.out / f"document-{length // 1000}k.txt"
+            path.write_text(text, encoding="utf-8")
+            tokens = len(tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
+            name = f"doc{length // 1000}k"
+            ingest = run(
+                [*lychee, "ingest", str(path), "--store", str(store), "--bank", name, "--json", "--no-progress"],
+                f"ingest {tokens:,} tokens",
+            )
+            summary = json.loads(ingest["stdout"])
+            asks = []
+            for attempt in range(2):
+                asked = run(
+                    [
+                        *lychee,
+                        "ask",
+                        "--store",
+                        str(store),
+                        "--bank",
+                        name,
+                        "--question",
+                        question,
+                        "--json",
+                        "--no-progress",
+                    ],
+                    f"ask {name} #{attempt + 1}",
+                )
+                reply = json.loads(asked["stdout"])
+                asks.append(
+                    {
+                        "answer": reply["answer"],
+                        "correct": answer in reply["answer"],
+                        "timings": reply["timings"],
+                        "tokens": reply["tokens"],
+                        "wall_s": asked["wall_s"],
+                        "peak_rss_mib": asked["peak_rss_mib"],
+                    }
+                )
+            results["banks"][name] = {
+                "document_tokens": tokens,
+                "expected": answer,
+                "ingest_wall_s": ingest["wall_s"],
+                "ingest_peak_rss_mib": ingest["peak_rss_mib"],
+                "ingest": summary,
+                "asks": asks,
+            }
+            path.unlink()
+        du = run([*lychee, "store", "du", "--store", str(store), "--json"], "store du")
+        results["du"] = json.loads(du["stdout"])
+    finally:
+        if not args.keep_store and args.store is None:
+            shutil.rmtree(store, ignore_errors=True)
+    (args.out / "million.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    first = None
+    print(
+        "| bank | tokens | ingest s | answer | correct | warm query s (best of 2) | prefilter s | gate s | "
+        "peak RSS MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, bank in results["banks"].items():
+        best = min(bank["asks"], key=lambda a: a["timings"]["query"])
+        first = first or best["timings"]["query"]
+        print(
+            f"| {name} | {bank['document_tokens']:,} | {bank['ingest_wall_s']:.0f} | {best['answer'][:40]} | "
+            f"{best['correct']} | {best['timings']['query']:.2f} ({best['timings']['query'] / first:.2f}x) | "
+            f"{best['timings'].get('prefilter', 0):.2f} | {best['timings']['gate']:.2f} | {best['peak_rss_mib']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
