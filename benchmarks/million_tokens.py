@@ -67,7 +67,8 @@ def main() -> None:
     pool = generated_paragraphs(count=5000)  # about 1.1M tokens: a 1M haystack without repeats
     results: dict[str, Any] = {"store": str(store), "banks": {}}
     try:
-        for length in parse_lengths(args.lengths):
+        questions = {}
+        for length in parse_lengths(args.lengths):  # every bank is built first, then all are asked
             rng = random.Random(f"million-{args.seed}-{length}")
             facts, question, answer = single_needle(rng)
             text, _ = haystack_with_facts(pool, TokenCounter(tokenizer), length, facts, rng)
@@ -79,9 +80,18 @@ def main() -> None:
                 [*lychee, "ingest", str(path), "--store", str(store), "--bank", name, "--json", "--no-progress"],
                 f"ingest {tokens:,} tokens",
             )
-            summary = json.loads(ingest["stdout"])
-            asks = []
-            for attempt in range(2):
+            path.unlink()
+            questions[name] = (question, answer)
+            results["banks"][name] = {
+                "document_tokens": tokens,
+                "expected": answer,
+                "ingest_wall_s": ingest["wall_s"],
+                "ingest_peak_rss_mib": ingest["peak_rss_mib"],
+                "ingest": json.loads(ingest["stdout"]),
+                "asks": [],
+            }
+        for attempt in range(2):
+            for name, (question, answer) in questions.items():
                 asked = run(
                     [
                         *lychee,
@@ -98,7 +108,7 @@ def main() -> None:
                     f"ask {name} #{attempt + 1}",
                 )
                 reply = json.loads(asked["stdout"])
-                asks.append(
+                results["banks"][name]["asks"].append(
                     {
                         "answer": reply["answer"],
                         "correct": answer in reply["answer"],
@@ -108,15 +118,6 @@ def main() -> None:
                         "peak_rss_mib": asked["peak_rss_mib"],
                     }
                 )
-            results["banks"][name] = {
-                "document_tokens": tokens,
-                "expected": answer,
-                "ingest_wall_s": ingest["wall_s"],
-                "ingest_peak_rss_mib": ingest["peak_rss_mib"],
-                "ingest": summary,
-                "asks": asks,
-            }
-            path.unlink()
         du = run([*lychee, "store", "du", "--store", str(store), "--json"], "store du")
         results["du"] = json.loads(du["stdout"])
     finally:

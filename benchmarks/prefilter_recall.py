@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=None, help="gate.candidates (default: the engine's)")
     parser.add_argument("--full-scan", action="store_true", help="also ask with the prefilter off, same bank")
     parser.add_argument("--rag-top-k", type=int, default=0, help="MiniLM top-k recall for comparison (0 = off)")
+    parser.add_argument(
+        "--text-read", action="store_true", help="also ask with read_mode=text (re-encode each chunk), same bank"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prefilter"))
     args = parser.parse_args()
 
@@ -57,6 +60,10 @@ def main() -> None:
         if args.full_scan
         else None
     )
+    text = None
+    if args.text_read:
+        reasoner = engine.config.reasoner.model_copy(update={"read_mode": "text"})
+        text = LycheeMemory(engine.loaded, engine.config.model_copy(update={"reasoner": reasoner}))
     rag = None
     if args.rag_top_k:
         from lychee_memory.eval.rag import RagBaseline
@@ -104,6 +111,21 @@ def main() -> None:
                     "evidence_read": _covered(spans([b.index for b in other.blocks]), sample.evidence),
                     "timings": {k: round(v, 4) for k, v in other.timings.items()},
                 }
+            if text is not None:
+                other = text.ask(sample.question, bank)
+                row["text_read"] = {
+                    "answer": other.text,
+                    "same_answer": other.text == answer.text,
+                    "sub_em": sub_em(other.text, sample.answers),
+                    "updates": len(other.blocks),
+                    "reason_seconds": round(other.timings["reason"], 4),
+                    "reasoner_prompt_tokens": other.token_counts["reasoner_prompt_tokens"],
+                }
+                row["kv_read"] = {
+                    "updates": len(answer.blocks),
+                    "reason_seconds": round(answer.timings["reason"], 4),
+                    "reasoner_prompt_tokens": answer.token_counts["reasoner_prompt_tokens"],
+                }
             if rag is not None:
                 index = rag.build([sample.context])
                 retrieved = rag.retrieve(sample.question, index)
@@ -116,6 +138,17 @@ def main() -> None:
             log.write(json.dumps(row) + "\n")
             log.flush()
     summary = summarize(rows)
+    reads = [r for r in rows if "text_read" in r]
+    if reads:
+        same = sum(r["text_read"]["same_answer"] for r in reads)
+        kv = sum(r["kv_read"]["reason_seconds"] for r in reads) / max(1, sum(r["kv_read"]["updates"] for r in reads))
+        txt = sum(r["text_read"]["reason_seconds"] for r in reads) / max(
+            1, sum(r["text_read"]["updates"] for r in reads)
+        )
+        summary += (
+            f"\nKV read vs text read on the same banks: identical answers {same}/{len(reads)}; seconds per memory "
+            f"update {kv:.2f} (KV) vs {txt:.2f} (text), {txt / kv:.2f}x\n"
+        )
     (args.out / "summary.md").write_text(summary, encoding="utf-8")
     print(summary)
 

@@ -40,15 +40,24 @@ def key_logsumexp_reference(
     if keys_per_block == 0:
         return out.fill_(float("-inf"))
     pairs = head_pairs.to(device)
-    queries_t = queries.float()[None]  # [1, Hs, Q, D]
-    per_block = selected_heads * keys_per_block * max(query_count, head_dim)  # scores or gathered keys
+    # Heads that read the same stored pair share one upcast of its keys and one matmul: [c, H_p * Q, T].
+    groups = [(pair, (pairs == pair).nonzero().flatten()) for pair in pairs.unique().tolist()]
+    grouped_queries = [queries[heads].float().reshape(-1, head_dim) for _, heads in groups]
+    per_block = keys.shape[1] * keys_per_block * head_dim + selected_heads * query_count * keys_per_block
     blocks_per_chunk = max(1, _REFERENCE_SCORES_PER_CHUNK // per_block)
+    every_key_valid = bool(key_valid.all())
     for start in range(0, blocks, blocks_per_chunk):
         chunk = slice(start, start + blocks_per_chunk)
-        chunk_keys = keys[chunk].index_select(1, pairs).float()  # [c, Hs, T, D]
-        scores = (queries_t @ chunk_keys.transpose(-1, -2)) * float(scale)  # [c, Hs, Q, T]
-        scores = scores.masked_fill(~key_valid[chunk][:, None, None, :], float("-inf"))
-        out[chunk] = torch.logsumexp(scores, dim=-1)  # -inf where every key is masked
+        chunk_valid = None if every_key_valid else key_valid[chunk][:, None, :]
+        for (pair, heads), query_rows in zip(groups, grouped_queries):
+            pair_keys = keys[chunk, pair].float()  # [c, T, D]
+            count = pair_keys.shape[0]
+            # One GEMM for the chunk: [H_p * Q, D] @ [D, c * T], viewed as [H_p * Q, c, T].
+            scores = (query_rows @ pair_keys.reshape(-1, head_dim).T).mul_(float(scale)).view(-1, count, keys_per_block)
+            if chunk_valid is not None:
+                scores = scores.masked_fill(~chunk_valid.transpose(0, 1), float("-inf"))
+            lse = torch.logsumexp(scores, dim=-1)  # [H_p * Q, c]; -inf where every key is masked
+            out[chunk, heads] = lse.T.reshape(count, len(heads), query_count)
     return out
 
 

@@ -238,14 +238,16 @@ def _command_ingest(args: argparse.Namespace) -> int:
     }
     if store is not None and store.last_ingest is not None:
         summary["stored"] = store.last_ingest.to_dict()
-        summary["stored_bytes"] = store.bank_info(args.bank).stored_bytes
+        info = store.bank_info(args.bank)
+        summary["stored_bytes"], summary["index_bytes"] = info.stored_bytes, info.index_bytes
     if args.json:
         print(json.dumps(summary, indent=2))
     elif store is not None:
         report = summary["stored"]
         print(
             f"bank {args.bank!r} in {store.path}: {summary['documents']} document(s), {summary['tokens']} tokens, "
-            f"{summary['blocks']} blocks, {summary['stored_bytes'] / 2**20:.1f} MiB stored; this ingest compressed "
+            f"{summary['blocks']} blocks, {summary['stored_bytes'] / 2**20:.1f} MiB stored (gate index "
+            f"{summary['index_bytes'] / 2**20:.1f} MiB); this ingest compressed "
             f"{report['compressed']} new block(s) and reused {report['reused']} in {summary['timings']['ingest']:.1f}s"
         )
     else:

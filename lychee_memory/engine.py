@@ -218,11 +218,14 @@ class LycheeMemory:
         if self.index_spec is None:
             return None
         if bank.gate_index is None:
+            if self.gate_index_description is None:  # this engine's compressor builds no index (beacon)
+                return None
             if len(bank) > self.config.gate.candidates and (bank.name or "") not in self._unindexed_warned:
                 self._unindexed_warned.add(bank.name or "")
                 logger.warning(
-                    "bank %s has no gate index (built with gate.prefilter='off' or by a compressor that builds none): "
-                    "the gate judges every block; rebuild it with this engine to use the prefilter",
+                    "bank %s has no gate index (it was built with gate.prefilter='off'): the gate judges every block; "
+                    "ingest into it again with this engine to use the prefilter (a stored bank is re-indexed from its "
+                    "stored text)",
                     bank.name or "(unnamed)",
                 )
             return None

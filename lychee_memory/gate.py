@@ -16,9 +16,11 @@ batch only computes ahead.
 
 With a prefilter (``prefilter.py``, stage 1) the scan judges only the candidates stage 1 picks from the blocks
 not judged yet, still in document order; after every memory update stage 1 ranks the blocks after the one just
-read again, with the memory's tokens as queries too, so the block of a second hop can become a candidate. Batching changes a score by rounding alone (padding reorders sums: about
-1e-7 nats in float32), so a score within ``boundary_tolerance`` of the threshold is scored again on its own,
-exactly as a block-by-block scan scores it: batched and block-by-block scans make the same decisions.
+read again, with the memory's tokens as queries too, so the block of a second hop can become a candidate.
+
+Batching changes a score by rounding alone (padding reorders sums: about 1e-7 nats in float32), so a score
+within ``boundary_tolerance`` of the threshold is scored again on its own, exactly as a block-by-block scan
+scores it: batched and block-by-block scans make the same decisions (with or without stage 1).
 """
 
 from __future__ import annotations

@@ -271,8 +271,9 @@ class Prefilter:
         """(scored indices, their group means [n, heads, 3], indices without a usable index)."""
         head_dim = model_geometry(self.loaded.model.config)[3]
         device = self.loaded.device
-        vectors = query.vectors.to(device)
-        weights = query.weights.to(device)
+        used = query.weights.sum(dim=0) > 0  # template tokens ("Question:") carry no weight: not scored at all
+        vectors = query.vectors[:, used].to(device)
+        weights = query.weights[:, used].to(device)
         head_pairs = torch.tensor(self.spec.head_pairs, dtype=torch.long, device=device)
         scored, missing, results = [], [], []
         for start in range(0, len(indices), BLOCKS_PER_BATCH):

@@ -63,7 +63,7 @@ PRESETS = [
             "the block-free baseline vs at most 1.33 for any other block; attention-guided 4x 4/8, key-norm 4x "
             "(low or high norms) 4/8, key-norm 8x 2/8; threshold 2.0 sits in the gap (benchmarks/gate_calibration.py). "
             "Reasoner on the example document's six facts: text read mode wrote a correct memory 5/6 and answered "
-            "5/6 with these prompts, the raw KV read as prefix 0/6 (the chunk sits outside the chat turn); the "
+            "5/6 with these prompts, raw KV encoded alone (before 0.3: the chunk sat outside the chat turn) read as prefix 0/6; the "
             "release-style prompts answered 2/6 and looped to the 1024-token memory cap. Focus: in a ~120K-token "
             "haystack the gate found the needle's block (69 of 124) but re-reading all 1024 tokens the model copied "
             "the block's first heading and answered '1973' for the code 58213; re-reading the 256-token window "

@@ -99,3 +99,56 @@ def test_engine_flags_map_to_engine_options():
         ["ask", "doc.txt", "-q", "Why?", "--attention", "eager", "--ratio", "8", "--max-blocks", "3", "--no-progress"]
     )
     assert _engine_options(args) == {"attention": "eager", "ratio": 8, "max_relevant_blocks": 3, "show_progress": False}
+
+
+def test_prefilter_flags_map_to_gate_settings():
+    from lychee_memory.cli import _engine_options, build_parser
+    from lychee_memory.config import EngineConfig
+
+    args = build_parser().parse_args(
+        ["ask", "doc.txt", "-q", "Why?", "--prefilter", "keys", "--candidates", "6", "--prefilter-heads", "[[1, 2]]"]
+    )
+    config = EngineConfig.from_kwargs(None, **_engine_options(args))
+    assert (config.gate.prefilter, config.gate.candidates, config.gate.prefilter_heads) == ("keys", 6, [(1, 2)])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ask", "doc.txt", "-q", "Why?", "--prefilter-heads", "[1, 2"])
+
+
+def test_ask_json_splits_prefilter_from_gate_and_info_shows_the_index(document):
+    result = lychee("ask", str(document), "-q", "What is the code?", "--json", "--scores", "--no-progress", *TINY)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    timings = data["timings"]
+    assert timings["query"] == pytest.approx(
+        timings["prefilter"] + timings["gate"] + timings["reason"] + timings["answer"], abs=2e-4
+    )
+    assert "candidates" in data and "candidates" in data["tokens"]
+    info = json.loads(lychee("info", "--json", *TINY).stdout)["engine"]["gate"]
+    assert info["prefilter"] == "keys" and info["candidates"] == 4 and info["prefilter_index"]["heads"]
+
+
+def test_probe_heads_reports_ranked_heads(tmp_path):
+    out = tmp_path / "heads.json"
+    result = lychee(
+        "probe",
+        "heads",
+        "--lengths",
+        "1k",
+        "--n",
+        "2",
+        "--heldout-lengths",
+        "1k",
+        "--heldout-n",
+        "1",
+        "--count",
+        "3",
+        "--json",
+        str(out),
+        "--no-progress",
+        *TINY,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert len(data["chosen_heads"]) == 3 and len(data["probe_ranks"]) == 2 and len(data["heldout_ranks"]) == 1
+    assert data["top_heads"][0]["mrr"] >= data["top_heads"][-1]["mrr"]
+    assert "chosen heads:" in result.stdout and "--prefilter-heads" in result.stdout

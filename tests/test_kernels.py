@@ -310,16 +310,19 @@ def test_key_logsumexp_reference_works_in_chunks_of_blocks(
     case = KEY_SCORE_CASES[name]
     queries, keys, key_valid, head_pairs, scale = case.tensors(seed=3)
     expected = naive_key_logsumexp(queries, keys, key_valid, head_pairs, scale)
-    per_block = case.heads * case.keys_per_block * max(case.queries, case.head_dim)
+    # Per block: its upcast keys of every pair plus the scores of every head and query.
+    per_block = keys.shape[1] * case.keys_per_block * case.head_dim + case.heads * case.queries * case.keys_per_block
     monkeypatch.setattr(key_scores_module, "_REFERENCE_SCORES_PER_CHUNK", blocks_per_chunk * per_block)
     chunk_sizes: list[int] = []
     logsumexp = torch.logsumexp
     monkeypatch.setattr(
-        torch, "logsumexp", lambda scores, dim: chunk_sizes.append(len(scores)) or logsumexp(scores, dim)
+        torch, "logsumexp", lambda scores, dim: chunk_sizes.append(scores.shape[1]) or logsumexp(scores, dim)
     )
     actual = key_logsumexp_reference(queries, keys, key_valid, head_pairs, scale)
     full, rest = divmod(case.blocks, blocks_per_chunk)
-    assert chunk_sizes == [blocks_per_chunk] * full + ([rest] if rest else [])
+    pairs_read = len(head_pairs.unique())  # one scoring call per stored pair the heads read, per chunk
+    expected_sizes = [size for size in [blocks_per_chunk] * full + ([rest] if rest else []) for _ in range(pairs_read)]
+    assert chunk_sizes == expected_sizes
     _assert_key_scores_match(actual, expected, key_valid, case.tolerance)
 
 
