@@ -25,7 +25,7 @@ from transformers import DynamicCache
 
 from ..blocks import BlockOpening, MemoryBlock
 from ..chunking import Chunk
-from ..kv_prefix import apply_rope, encode_opening, opening_cache
+from ..kv_prefix import apply_rope, encode_opening
 from ..model_loading import LoadedModel
 from ..prefilter import IndexSpec
 from ..prompts import sequence_start_ids
@@ -45,25 +45,21 @@ class _ChunkForward:
 
 
 @torch.inference_mode()
-def run_chunks(
-    loaded: LoadedModel, sequences: list[list[int]], window: int | None, opening: BlockOpening | None = None
-) -> _ChunkForward:
-    """One batched forward over right-padded sequences after the opening's KV, returning KV (opening first) and
-    (optionally) the tail queries of each sequence."""
+def run_chunks(loaded: LoadedModel, sequences: list[list[int]], window: int | None, prefix: int = 0) -> _ChunkForward:
+    """One batched forward over right-padded sequences (each the opening's ``prefix`` tokens, then a chunk),
+    returning KV and (optionally) the tail queries of each sequence.
+
+    The opening is recomputed in every forward rather than read from a cache: a cache-free forward takes the
+    causal fast path of the attention kernels, which costs less than the opening's few dozen extra tokens.
+    """
     device = loaded.device
-    prefix = opening.num_slots if opening is not None else 0
     lengths = torch.tensor([len(seq) for seq in sequences], device=device)
     total = int(lengths.max())
     input_ids = torch.full((len(sequences), total), loaded.tokenizer.pad_token_id, dtype=torch.long, device=device)
     for row, seq in enumerate(sequences):
         input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
     padded = bool((lengths < total).any())
-    attention_mask = None
-    if padded:
-        real = torch.arange(total, device=device)[None, :] < lengths[:, None]
-        opened = torch.ones(len(sequences), prefix, dtype=torch.bool, device=device)
-        attention_mask = torch.cat([opened, real], dim=1).long()
-    positions = torch.arange(prefix, prefix + total, device=device)[None].expand(len(sequences), -1)
+    attention_mask = (torch.arange(total, device=device)[None, :] < lengths[:, None]).long() if padded else None
 
     captured: list[torch.Tensor] = []
     window_index = window_valid = None
@@ -91,18 +87,10 @@ def run_chunks(
 
         for layer in loaded.model.get_decoder().layers:
             hooks.append(layer.self_attn.register_forward_hook(capture, with_kwargs=True))
-    if prefix:
-        assert opening is not None
-        cache = opening_cache(loaded, opening, len(sequences))
-    else:
-        cache = DynamicCache(config=loaded.model.config)
+    cache = DynamicCache(config=loaded.model.config)
     try:
         loaded.model.get_decoder()(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
+            input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True
         )
     finally:
         for hook in hooks:
@@ -140,11 +128,11 @@ class SelectionCompressor(Compressor):
     def compress(self, loaded: LoadedModel, chunks: list[Chunk]) -> list[MemoryBlock]:
         opening = self.opening_for(loaded)
         prefix = opening.num_slots
-        sequences = [list(chunk.token_ids) for chunk in chunks]
-        forward = run_chunks(loaded, sequences, self.observation_window if self.needs_window_queries else None, opening)
+        sequences = [list(opening.token_ids) + list(chunk.token_ids) for chunk in chunks]
+        forward = run_chunks(loaded, sequences, self.observation_window if self.needs_window_queries else None, prefix)
         blocks = []
         for row, chunk in enumerate(chunks):
-            length = len(sequences[row])
+            length = len(chunk.token_ids)
             budget = slots_for(length, self.ratio)
             layer_keys, layer_values = [], []
             for layer in range(len(forward.keys)):
@@ -233,7 +221,7 @@ class AttentionCompressor(SelectionCompressor):
         grouped = queries.float().view(kv_heads, group, -1, head_dim)  # [H_kv, G, W, D]
         logits = torch.einsum("hgwd,htd->hgwt", grouped, keys.float()) * head_dim**-0.5
         valid = forward.window_valid[row]
-        query_positions = forward.window_index[row][valid] + forward.prefix
+        query_positions = forward.window_index[row][valid]  # positions in the whole sequence (opening first)
         logits = logits[:, :, valid]
         causal = torch.arange(keys.shape[1], device=keys.device)[None, :] <= query_positions[:, None]  # [W, P + T]
         logits = logits.masked_fill(~causal, float("-inf"))
