@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigurationError
 
-CompressorKind = Literal["auto", "beacon", "attention", "key_norm", "none"]
+CompressorKind = Literal["auto", "learned", "beacon", "attention", "key_norm", "none"]
 GateRuleName = Literal["auto", "query_likelihood", "prompt", "all"]
 PrefilterName = Literal["keys", "off"]
 ReadMode = Literal["auto", "kv", "text"]
@@ -39,6 +39,11 @@ class ModelSettings(_Settings):
     )
     cache_converted_gguf: bool = Field(
         True, description="keep a float copy of a GGUF model in the cache dir so later loads skip dequantisation"
+    )
+    compressor_weights: str | None = Field(
+        None,
+        description="trained memory weights (lychee train compressor) loaded beside the model; None = the file "
+        "shipped for this model if any, 'none' = never",
     )
 
     @field_validator("device")
@@ -281,6 +286,7 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "device": ("model", "device"),
     "dtype": ("model", "dtype"),
     "attention": ("model", "attention"),
+    "compressor_weights": ("model", "compressor_weights"),
     "chunk_tokens": ("chunking", "chunk_tokens"),
     "ratio": ("compressor", "ratio"),
     "observation_window": ("compressor", "observation_window"),

@@ -24,6 +24,7 @@ from .blocks import BankIdentity, BlockOpening, MemoryBank, MemoryBlock
 from .chunking import Chunk, chunk_documents, tokenize_with_offsets
 from .compressors import Compressor, build_compressor
 from .compressors.beacon import BeaconSettings
+from .compressors.memory_weights import LearnedSettings, is_learned_layout
 from .config import EngineConfig, PromptSettings
 from .documents import Document, DocumentInput, load_documents
 from .errors import ConfigurationError, ContextTooLongError
@@ -62,15 +63,31 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
     resolved = config.model_copy(deep=True)
     preset = preset_for(loaded.config) if config.use_presets else None
     compressor = resolved.compressor
+    learned_weights = loaded.has_trained_memory and is_learned_layout(loaded.memory_config)
     if compressor.kind == "auto":
         if loaded.has_trained_memory:
-            compressor.kind = "beacon"
+            compressor.kind = "learned" if learned_weights else "beacon"
         elif preset is not None and preset.compressor is not None and compressor.ratio is None:
             compressor.kind = preset.compressor
         else:
             compressor.kind = "attention"
     if compressor.kind == "none":
         compressor.ratio = 1
+    elif compressor.kind == "learned":
+        if not learned_weights:
+            raise ConfigurationError(
+                "compressor 'learned' needs trained memory weights in the learned layout: pass compressor_weights=PATH "
+                "(--compressor-weights), or train them with `lychee train compressor`"
+            )
+        learned = LearnedSettings.from_checkpoint_config(loaded.memory_config)
+        learned.check_base(loaded.config)
+        compressor.ratio = learned.ratios[0] if compressor.ratio is None else compressor.ratio
+        learned.check_ratio(compressor.ratio)
+    elif compressor.kind == "beacon" and loaded.has_trained_memory and learned_weights:
+        raise ConfigurationError(
+            f"the memory weights of {loaded.memory_source} are in the learned layout, not the beacon one; "
+            "use compressor 'learned'"
+        )
     elif compressor.kind == "beacon" and loaded.has_trained_memory:
         checkpoint = BeaconSettings.from_checkpoint_config(loaded.memory_config)
         compressor.ratio, compressor.beacon_window = checkpoint.ratio, checkpoint.window
@@ -89,7 +106,14 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
             f"chunk size {chunk_tokens} tokens exceeds the model's context window of {loaded.context_window} tokens; "
             "choose a smaller chunk_tokens"
         )
-    if compressor.kind == "beacon":
+    if compressor.kind == "learned":
+        window = LearnedSettings.from_checkpoint_config(loaded.memory_config).window
+        if chunk_tokens > window:
+            raise ConfigurationError(
+                f"chunk size {chunk_tokens} tokens is longer than the {window} tokens the compressor weights "
+                f"({loaded.memory_source}) were trained for; choose chunk_tokens <= {window}"
+            )
+    elif compressor.kind == "beacon":
         if compressor.beacon_window % compressor.ratio:
             raise ConfigurationError(
                 f"compression ratio {compressor.ratio} does not divide the beacon window {compressor.beacon_window}; "
@@ -115,7 +139,7 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
         if not resolved.reasoner.stop_strings and preset.stop_strings:
             resolved.reasoner.stop_strings = list(preset.stop_strings)
     if resolved.reasoner.read_mode == "auto":
-        trained = compressor.kind == "beacon" and loaded.has_trained_memory
+        trained = compressor.kind == "learned" or (compressor.kind == "beacon" and loaded.has_trained_memory)
         if preset is not None and preset.read_mode is not None and compressor.kind == preset.compressor:
             resolved.reasoner.read_mode = preset.read_mode
         else:

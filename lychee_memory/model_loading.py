@@ -87,6 +87,9 @@ class LoadedModel:
     load_seconds: float
     memory_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     memory_config: dict[str, object] = field(default_factory=dict)
+    # sha256 of the memory weights (their file, or their tensors as stored): part of a learned compressor's identity.
+    memory_digest: str | None = None
+    memory_source: str | None = None  # where the memory weights came from, for messages
     # What the fingerprint hashes: file or weight digests of the source, set by load_model (see fingerprint()).
     source_digests: dict[str, str] = field(default_factory=dict)
     _fingerprint: str | None = field(default=None, repr=False)
@@ -495,6 +498,26 @@ def _read_memory_extras(directory: Path) -> tuple[dict[str, torch.Tensor], dict[
     return tensors, settings
 
 
+def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _compressor_weights_file(setting: str | None, config) -> Path | None:
+    """The memory weights to load beside the model: the named file, none, or the one shipped for this model."""
+    if setting == "none":
+        return None
+    if setting is not None:
+        return Path(setting).expanduser()
+    from .presets import shipped_compressor_weights
+
+    return shipped_compressor_weights(config)
+
+
 def _gguf_cache_dir(gguf_path: Path) -> Path:
     stat = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -548,6 +571,8 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     attention = resolve_attention(settings.attention, device)
     memory_tensors: dict[str, torch.Tensor] = {}
     memory_config: dict[str, object] = {}
+    memory_digest: str | None = None
+    memory_source: str | None = None
     with _quiet_transformers():
         if resolved.kind == "tiny":
             from .testing import build_tiny_model
@@ -573,6 +598,14 @@ def load_model(settings: ModelSettings) -> LoadedModel:
                 raise ModelNotFoundError(f"could not load model from {str(resolved.path)!r}: {error}") from error
             memory_tensors, memory_config = _read_memory_extras(resolved.path)
             source_digests = _source_digests(resolved)
+            if memory_tensors:
+                memory_digest, memory_source = _tensor_digest(memory_tensors), str(resolved.path)
+    weights_file = _compressor_weights_file(settings.compressor_weights, model.config)
+    if weights_file is not None:
+        from .compressors.memory_weights import read_memory_file
+
+        memory_tensors, memory_config, memory_digest = read_memory_file(weights_file)
+        memory_source = str(weights_file)
     if str(model.config.model_type) not in _SUPPORTED_FAMILIES:
         raise UnsupportedModelError(
             f"model family {model.config.model_type!r} is not supported; supported: {', '.join(_SUPPORTED_FAMILIES)}"
@@ -593,5 +626,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
         load_seconds=time.perf_counter() - started,
         memory_tensors=memory_tensors,
         memory_config=memory_config,
+        memory_digest=memory_digest,
+        memory_source=memory_source,
         source_digests=source_digests,
     )

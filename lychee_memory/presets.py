@@ -9,6 +9,7 @@ selection at ratio 4 read back as text).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -27,6 +28,7 @@ class ModelPreset:
     prefilter_heads: tuple[
         tuple[int, int], ...
     ] = ()  # (layer, query head) of the gate index, from `lychee probe heads`
+    compressor_weights: str | None = None  # a trained file in lychee_memory/trained/, loaded beside the model
     evidence: str = ""
 
     def matches(self, config) -> bool:
@@ -80,3 +82,14 @@ def preset_for(model_config) -> ModelPreset | None:
         if preset.matches(model_config):
             return preset
     return None
+
+
+TRAINED_DIR = Path(__file__).parent / "trained"
+
+
+def shipped_compressor_weights(model_config) -> Path | None:
+    """The trained compressor weights shipped with the package for this model, if its preset names one."""
+    preset = preset_for(model_config)
+    if preset is None or preset.compressor_weights is None:
+        return None
+    return TRAINED_DIR / preset.compressor_weights

@@ -7,6 +7,7 @@ from ..errors import ConfigurationError
 from ..model_loading import LoadedModel
 from .base import Compressor, slots_for
 from .beacon import BeaconCompressor
+from .learned import LearnedCompressor
 from .selection import AttentionCompressor, KeyNormCompressor, NoCompression
 
 
@@ -24,6 +25,8 @@ def build_compressor(settings: CompressorSettings, loaded: LoadedModel) -> Compr
             observation_window=settings.observation_window,
             pooling_kernel=settings.pooling_kernel,
         )
+    if settings.kind == "learned":
+        return LearnedCompressor.for_model(loaded, ratio=settings.ratio)
     if settings.kind == "beacon":
         return BeaconCompressor.for_model(loaded, ratio=settings.ratio, window=settings.beacon_window)
     raise ConfigurationError(f"compressor kind {settings.kind!r} must be resolved before building")
@@ -34,6 +37,7 @@ __all__ = [
     "BeaconCompressor",
     "Compressor",
     "KeyNormCompressor",
+    "LearnedCompressor",
     "NoCompression",
     "build_compressor",
     "slots_for",
