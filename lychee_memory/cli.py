@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,14 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--config", type=Path, default=None, help="JSON file with an EngineConfig (options below override it)"
     )
-    group.add_argument("--compressor", choices=["auto", "beacon", "attention", "key_norm", "none"], default=None)
+    group.add_argument(
+        "--compressor", choices=["auto", "learned", "beacon", "attention", "key_norm", "none"], default=None
+    )
+    group.add_argument(
+        "--compressor-weights",
+        default=None,
+        help="trained memory weights (lychee train compressor) loaded beside the model; 'none' = no shipped file",
+    )
     group.add_argument("--ratio", type=int, default=None, help="raw tokens per memory slot (default 4)")
     group.add_argument("--chunk-tokens", type=int, default=None, help="tokens per chunk (default: per model)")
     group.add_argument("--gate", choices=["auto", "query_likelihood", "prompt", "all"], default=None)
@@ -85,6 +93,7 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
 _OPTION_NAMES = {
     "model": "spec",
     "compressor": "compressor",
+    "compressor_weights": "compressor_weights",
     "ratio": "ratio",
     "chunk_tokens": "chunk_tokens",
     "gate": "gate",
@@ -445,6 +454,34 @@ def _command_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_train_compressor(args: argparse.Namespace) -> int:
+    from .training.compressor import CompressorTrainingConfig, train_compressor
+
+    try:
+        config = CompressorTrainingConfig(
+            model=args.model,
+            ratios=args.ratio,
+            rank=args.rank,
+            chunk_tokens=args.chunk_tokens,
+            steps=args.steps,
+            learning_rate=args.learning_rate,
+            eval_every=args.eval_every,
+            eval_samples=args.eval_samples,
+            train_samples=args.train_samples,
+            seed=args.seed,
+            data=args.data or os.environ.get("LYCHEE_DATA_DIR"),
+            device=args.device,
+            dtype=args.dtype,
+            gradient_checkpointing=args.gradient_checkpointing,
+        )
+    except ValueError as error:
+        raise LycheeError(f"bad training settings: {error}") from None
+    summary = train_compressor(config, args.out, show_progress=not args.no_progress)
+    print(json.dumps({key: value for key, value in summary.items() if key != "evaluations"}, indent=2))
+    print(f"use it with: --compressor-weights {summary['weights']}")
+    return 0
+
+
 def _command_probe(args: argparse.Namespace) -> int:
     from .eval.head_probe import probe_heads
     from .eval.tasks import build_samples, parse_lengths
@@ -619,6 +656,31 @@ def build_parser() -> argparse.ArgumentParser:
     heads.add_argument("--json", default=None, help="write the full result here")
     _add_engine_options(heads)
     heads.set_defaults(handler=_command_probe)
+
+    train = commands.add_parser("train", help="train a learned part of the method")
+    train_kinds = train.add_subparsers(dest="train_command", required=True)
+    compressor = train_kinds.add_parser(
+        "compressor", help="distil raw-KV reads into learned memory slots (resumable; writes weights, curve PNG)"
+    )
+    compressor.add_argument("--out", type=Path, required=True, help="output directory (resumes a run found there)")
+    compressor.add_argument("--model", default="smollm2-135m", help="the frozen backbone")
+    compressor.add_argument("--ratio", type=int, nargs="+", default=[4], help="ratios to train (one drawn per step)")
+    compressor.add_argument("--rank", type=int, default=32, help="rank of the memory q/k/v deltas")
+    compressor.add_argument("--chunk-tokens", type=int, nargs="+", default=[1024], help="training chunk lengths")
+    compressor.add_argument("--steps", type=int, default=400)
+    compressor.add_argument("--learning-rate", type=float, default=2e-3)
+    compressor.add_argument("--eval-every", type=int, default=50)
+    compressor.add_argument("--eval-samples", type=int, default=12)
+    compressor.add_argument("--train-samples", type=int, default=2000)
+    compressor.add_argument("--seed", type=int, default=0)
+    compressor.add_argument("--data", default=None, help="shared HotpotQA/SQuAD directory (default $LYCHEE_DATA_DIR)")
+    compressor.add_argument("--device", default="auto")
+    compressor.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    compressor.add_argument(
+        "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None, help="default: on GPUs"
+    )
+    compressor.add_argument("--no-progress", action="store_true")
+    compressor.set_defaults(handler=_command_train_compressor)
 
     report = commands.add_parser(
         "report", help="merge several eval and bench runs (a ladder run in pieces) into one set of tables and plots"

@@ -1,0 +1,1 @@
+"""Trainers for the learned parts: the compressor (``lychee train compressor``)."""

@@ -1,0 +1,501 @@
+"""``lychee train compressor``: distil a raw-KV read into the learned compressor's memory slots.
+
+The teacher and the student share the frozen backbone. For each training chunk, one no-grad forward gives the
+chunk's raw KV (after the engine's opening, as served); the teacher reads continuations after
+``[opening | raw KV]``, the student after ``[opening | memory slots]`` made from that same raw KV by
+``memory_stream``, at the same positions. Continuations are the prompts the engine really sends after a block:
+the gate's question-likelihood prompt and the reasoner's update prompt followed by the note it should write,
+plus the text that follows the chunk. The loss, over continuation tokens:
+
+- ``kl``: KL(teacher || student) of the next-token distributions, each token weighted by how much it depends
+  on the block (``dependence_floor`` + its KL between the teacher with and without the block, normalised), so
+  codes and names the block supplies count most (the "lost if surprise" failure of gist compressors);
+- ``answer``: cross-entropy of the target note / answer tokens;
+- ``match``: per layer, the student's hidden states against the teacher's at the continuation tokens
+  (relative squared error), which carries the attention outputs' agreement into every layer.
+
+Only ``MemoryWeights`` (low-rank q/k/v deltas and the memory embedding) get gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from transformers import DynamicCache
+
+from ..compressors.learned import memory_stream
+from ..compressors.memory_weights import LearnedSettings, MemoryWeights, base_geometry, save_memory_weights
+from ..config import EngineConfig, ModelSettings
+from ..engine import LycheeMemory
+from ..errors import ConfigurationError
+from ..model_loading import LoadedModel, load_model
+from ..progress import progress_bar
+from .compressor_data import TrainingSample, make_samples, paragraph_pool
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_NAME = "checkpoint.pt"
+WEIGHTS_NAME = "compressor.safetensors"
+
+
+class CompressorTrainingConfig(BaseModel):
+    """Everything a run depends on; stored in the output directory so a resumed run is the same run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("smollm2-135m", description="the backbone (alias, HF dir or GGUF), frozen")
+    ratios: list[int] = Field([4], min_length=1, description="compression ratios to train; one drawn per step")
+    rank: int = Field(32, ge=1, description="rank of the memory q/k/v deltas")
+    chunk_tokens: list[int] = Field([1024], min_length=1, description="training chunk lengths; one drawn per step")
+    steps: int = Field(400, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    questions_per_chunk: int = Field(2, ge=1, description="questions asked after each chunk (2 rows each)")
+    kl_weight: float = Field(1.0, ge=0)
+    answer_weight: float = Field(0.5, ge=0)
+    match_weight: float = Field(0.1, ge=0)
+    dependence_floor: float = Field(0.25, ge=0, description="weight every continuation token keeps")
+    train_samples: int = Field(2000, ge=1, description="distinct training chunks generated (cycled)")
+    eval_every: int = Field(50, ge=1)
+    eval_samples: int = Field(12, ge=1)
+    seed: int = 0
+    data: str | None = Field(None, description="directory of the shared HotpotQA/SQuAD pools; None = generated text")
+    device: str = "auto"
+    dtype: str = "auto"
+    gradient_checkpointing: bool | None = Field(None, description="None = on for GPUs, off on CPU")
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, value: list[int]) -> list[int]:
+        if min(value) < 2:
+            raise ValueError(f"compression ratios must be at least 2, got {value}")
+        return sorted(set(value))
+
+    @field_validator("chunk_tokens")
+    @classmethod
+    def _chunks(cls, value: list[int]) -> list[int]:
+        if min(value) < 64:
+            raise ValueError(f"training chunks must be at least 64 tokens, got {value}")
+        return sorted(set(value))
+
+
+@dataclass
+class ContinuationRow:
+    """Token ids read after a block, which of their targets count for KL and for the answer loss."""
+
+    ids: list[int]
+    answer_start: int | None = None  # index of the first target token (answer loss on ids[answer_start:])
+    kind: str = "gate"
+    value: tuple[int, int] | None = None  # token span of the asked value (code, name, date) inside ids
+
+
+@dataclass
+class StepRows:
+    chunk_ids: list[int]
+    rows: list[ContinuationRow]
+
+
+@dataclass
+class TrainingState:
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+    best: float | None = None
+    seconds: float = 0.0
+    tokens_seen: int = 0
+
+
+class CompressorTrainer:
+    """Holds the frozen backbone, the trained weights, the data and the optimiser of one run."""
+
+    def __init__(self, config: CompressorTrainingConfig, out: Path, loaded: LoadedModel | None = None):
+        self.config = config
+        self.out = Path(out)
+        torch.manual_seed(config.seed)
+        self.loaded = loaded or load_model(
+            ModelSettings(spec=config.model, device=config.device, dtype=config.dtype, compressor_weights="none")
+        )
+        if self.loaded.family not in ("llama", "qwen2", "mistral"):
+            raise ConfigurationError(
+                f"lychee train compressor supports llama, qwen2 and mistral, not {self.loaded.family}"
+            )
+        engine = LycheeMemory(
+            self.loaded,
+            EngineConfig.from_kwargs(compressor="none", chunk_tokens=max(config.chunk_tokens), prefilter="off"),
+        )
+        self.prompts = engine.prompts
+        self.prompt_settings = engine.config.prompts
+        self.opening_ids = list(engine.opening.token_ids) if engine.opening is not None else []
+        self.weights = MemoryWeights.initial(self.loaded, config.rank).float()
+        self.weights.to(self.loaded.device)
+        self.optimizer = torch.optim.AdamW(
+            self.weights.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.checkpointing = (
+            self.loaded.device.type == "cuda"
+            if config.gradient_checkpointing is None
+            else config.gradient_checkpointing
+        )
+        data = Path(config.data).expanduser() if config.data else None
+        tokenizer = self.loaded.tokenizer
+        self.train_samples = _samples_by_length(
+            paragraph_pool(data, "train"), tokenizer, config.chunk_tokens, config.train_samples, config.seed
+        )
+        self.eval_samples = _samples_by_length(
+            paragraph_pool(data, "heldout"), tokenizer, config.chunk_tokens, config.eval_samples, config.seed + 10_000
+        )
+        self.state = TrainingState()
+
+    # Rows ------------------------------------------------------------------------------------------------
+
+    def rows_for(self, sample: TrainingSample, rng: random.Random) -> StepRows:
+        """The continuations asked after this chunk: per question the gate's prompt and an update with its note."""
+        asked: list[tuple[str, str, str]] = [(fact.question, fact.sentence, fact.answer) for fact in sample.facts]
+        asked += [(question, answer, answer) for question, answer in sample.questions]
+        rng.shuffle(asked)
+        rows = []
+        initial = self.prompt_settings.initial_memory
+        for question, target, value in asked[: self.config.questions_per_chunk]:
+            gate_ids = self.prompts.segments(self.prompt_settings.query_likelihood, question=question).token_ids
+            rows.append(ContinuationRow(list(gate_ids), kind="gate"))
+            update = list(self.prompts.update_prompt(question, initial, None))
+            # The note, tokenized in pieces so the asked value's tokens are known exactly.
+            where = target.rfind(value)
+            before, after = target[:where].rstrip(), target[where + len(value) :]
+            head = list(self.prompts.encode_text(" " + before)) if before else []
+            value_ids = list(self.prompts.encode_text(" " + value))
+            tail = list(self.prompts.encode_text(after)) if after else []
+            value_start = len(update) + len(head)
+            rows.append(
+                ContinuationRow(
+                    update + head + value_ids + tail,
+                    answer_start=len(update),
+                    kind="update",
+                    value=(value_start, value_start + len(value_ids)),
+                )
+            )
+        if sample.probe_ids:
+            rows.append(ContinuationRow(list(sample.probe_ids), kind="probe"))
+        return StepRows(list(sample.chunk_ids), rows)
+
+    # Forwards --------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def raw_forward(self, chunk_ids: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        ids = torch.tensor([self.opening_ids + chunk_ids], device=self.loaded.device)
+        cache = DynamicCache(config=self.loaded.model.config)
+        self.loaded.model.get_decoder()(input_ids=ids, past_key_values=cache, use_cache=True)
+        return [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+
+    def read_rows(
+        self,
+        prefix: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        rows: list[ContinuationRow],
+        start: int,
+        hidden_states: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Log-probabilities [R, T-1, V] of each row's next tokens after ``prefix`` (per layer [1, H, S, D])."""
+        count, width = len(rows), max(len(row.ids) for row in rows)
+        pad = self.loaded.tokenizer.pad_token_id
+        ids = torch.full((count, width), pad, dtype=torch.long, device=self.loaded.device)
+        for index, row in enumerate(rows):
+            ids[index, : len(row.ids)] = torch.tensor(row.ids, device=self.loaded.device)
+        cache = DynamicCache(
+            ddp_cache_data=[(k.expand(count, -1, -1, -1), v.expand(count, -1, -1, -1)) for k, v in prefix],
+            config=self.loaded.model.config,
+        )
+        positions = (start + torch.arange(width, device=self.loaded.device))[None].expand(count, -1)
+        # Right padding needs no mask: causal attention never lets a pad token reach the real ones before it.
+        output = self.loaded.model.get_decoder()(
+            input_ids=ids,
+            past_key_values=cache,
+            position_ids=positions,
+            use_cache=True,
+            output_hidden_states=hidden_states,
+        )
+        head = self.loaded.model.get_output_embeddings()
+        logits = head(output.last_hidden_state[:, :-1]).float()
+        states = output.hidden_states[1:] if hidden_states else None
+        return logits.log_softmax(-1), states
+
+    def losses(self, step_rows: StepRows, ratio: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The three loss terms for one chunk, and diagnostics."""
+        loaded, rows = self.loaded, step_rows.rows
+        raw_keys, raw_values = self.raw_forward(step_rows.chunk_ids)
+        opening = len(self.opening_ids)
+        length = len(step_rows.chunk_ids)
+        start = opening + length
+        matching = self.config.match_weight > 0
+        with torch.no_grad():
+            teacher, teacher_states = self.read_rows(list(zip(raw_keys, raw_values)), rows, start, matching)
+            bare = [(k[:, :, :opening], v[:, :, :opening]) for k, v in zip(raw_keys, raw_values)]
+            without_block, _ = self.read_rows(bare, rows, start, False)
+        memory_keys, memory_values = memory_stream(
+            loaded, self.weights_in_model_dtype(), raw_keys, raw_values, [length], ratio, opening, self.checkpointing
+        )
+        student_prefix = [
+            (torch.cat([k[:, :, :opening], mk], dim=2), torch.cat([v[:, :, :opening], mv], dim=2))
+            for k, v, mk, mv in zip(raw_keys, raw_values, memory_keys, memory_values)
+        ]
+        student, student_states = self.read_rows(student_prefix, rows, start, matching)
+        valid = torch.zeros(teacher.shape[:2], dtype=torch.bool, device=teacher.device)
+        answer = torch.zeros_like(valid)
+        targets = torch.zeros(teacher.shape[:2], dtype=torch.long, device=teacher.device)
+        for index, row in enumerate(rows):
+            valid[index, : len(row.ids) - 1] = True
+            targets[index, : len(row.ids) - 1] = torch.tensor(row.ids[1:], device=teacher.device)
+            if row.answer_start is not None:
+                answer[index, row.answer_start - 1 : len(row.ids) - 1] = True
+        teacher_probs = teacher.exp()
+        dependence = (teacher_probs * (teacher - without_block)).sum(-1).clamp(min=0)
+        mean_dependence = dependence[valid].mean().clamp(min=1e-6)
+        weight = (self.config.dependence_floor + dependence / mean_dependence) * valid
+        divergence = (teacher_probs * (teacher - student)).sum(-1)
+        kl = (weight * divergence).sum() / weight.sum()
+        picked = student.gather(-1, targets[..., None])[..., 0]
+        answer_loss = -(picked[answer]).mean() if answer.any() else student.new_zeros(())
+        match = student.new_zeros(())
+        if matching:
+            terms = []
+            for mine, theirs in zip(student_states, teacher_states):
+                mine, theirs = mine[:, :-1][valid].float(), theirs[:, :-1][valid].float()
+                terms.append((mine - theirs).pow(2).mean() / theirs.pow(2).mean().clamp(min=1e-6))
+            match = torch.stack(terms).mean()
+        with torch.no_grad():
+            teacher_answer = teacher.gather(-1, targets[..., None])[..., 0]
+            diagnostics = {
+                "student_answer_nll": float(-(picked[answer]).mean()) if answer.any() else 0.0,
+                "raw_answer_nll": float(-(teacher_answer[answer]).mean()) if answer.any() else 0.0,
+                "plain_kl": float(divergence[valid].mean()),
+            }
+        return {"kl": kl, "answer": answer_loss, "match": match}, diagnostics
+
+    def weights_in_model_dtype(self) -> MemoryWeights:
+        return self.weights  # float32 master weights; the forward casts the embedding, deltas run in float32
+
+    # Loop ------------------------------------------------------------------------------------------------
+
+    def learning_rate(self, step: int) -> float:
+        config = self.config
+        if step < config.warmup_steps:
+            return config.learning_rate * (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    def train_step(self, step: int) -> dict[str, float]:
+        rng = random.Random(f"step-{self.config.seed}-{step}")
+        chunk_tokens = rng.choice(self.config.chunk_tokens)
+        pool = self.train_samples[chunk_tokens]
+        sample = pool[step % len(pool)]
+        ratio = rng.choice(self.config.ratios)
+        rows = self.rows_for(sample, rng)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(step)
+        terms, diagnostics = self.losses(rows, ratio)
+        loss = (
+            self.config.kl_weight * terms["kl"]
+            + self.config.answer_weight * terms["answer"]
+            + self.config.match_weight * terms["match"]
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.weights.parameters(), 1.0)
+        self.optimizer.step()
+        self.state.tokens_seen += len(rows.chunk_ids) + sum(len(row.ids) for row in rows.rows)
+        return {
+            "step": step,
+            "loss": float(loss.detach()),
+            **{k: float(v.detach()) for k, v in terms.items()},
+            **diagnostics,
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out fidelity: KL to the raw read and answer-token accuracy of raw vs compressed, per ratio."""
+        results: dict[str, float] = {}
+        for ratio in self.config.ratios:
+            kls, student_right, raw_right, nll = [], 0, 0, []
+            for index, sample in enumerate(sample for pool in self.eval_samples.values() for sample in pool):
+                rows = self.rows_for(sample, random.Random(f"eval-{index}"))
+                terms, diagnostics = self.losses(rows, ratio)
+                kls.append(diagnostics["plain_kl"])
+                nll.append(diagnostics["student_answer_nll"])
+                right = self._answers_right(rows, ratio)
+                student_right += right[0]
+                raw_right += right[1]
+            results[f"heldout_kl_x{ratio}"] = sum(kls) / len(kls)
+            results[f"heldout_answer_nll_x{ratio}"] = sum(nll) / len(nll)
+            results[f"heldout_answers_x{ratio}"] = student_right
+            results["heldout_answers_raw"] = raw_right
+        return results
+
+    def _answers_right(self, step_rows: StepRows, ratio: int) -> tuple[int, int]:
+        """Update rows whose asked value (code, name, date, SQuAD answer) is the argmax at every one of its tokens,
+        teacher-forced after the note's words before it: compressed and raw."""
+        rows = [row for row in step_rows.rows if row.answer_start is not None]
+        raw_keys, raw_values = self.raw_forward(step_rows.chunk_ids)
+        opening, length = len(self.opening_ids), len(step_rows.chunk_ids)
+        memory_keys, memory_values = memory_stream(
+            self.loaded, self.weights, raw_keys, raw_values, [length], ratio, opening
+        )
+        student_prefix = [
+            (torch.cat([k[:, :, :opening], mk], dim=2), torch.cat([v[:, :, :opening], mv], dim=2))
+            for k, v, mk, mv in zip(raw_keys, raw_values, memory_keys, memory_values)
+        ]
+        counts = []
+        for prefix in (student_prefix, list(zip(raw_keys, raw_values))):
+            logprobs, _ = self.read_rows(prefix, rows, opening + length, False)
+            right = 0
+            for index, row in enumerate(rows):
+                start, end = row.value
+                predicted = logprobs[index, start - 1 : end - 1].argmax(-1).tolist()
+                right += int(predicted == row.ids[start:end])
+            counts.append(right)
+        return counts[0], counts[1]
+
+    def run(self, show_progress: bool = True, stop_at: int | None = None) -> TrainingState:
+        """Train to ``config.steps`` (resuming a checkpoint in ``out``); ``stop_at`` ends early, as an interruption
+        would, with the checkpoint of that step saved."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(self.config.model_dump_json(indent=2))
+        self._resume()
+        bar = progress_bar(self.config.steps, "training compressor", show_progress, unit="step")
+        bar.update(self.state.step)
+        if self.state.step == 0:
+            self._record_evaluation()
+        started = time.perf_counter() - self.state.seconds
+        end = self.config.steps if stop_at is None else min(stop_at, self.config.steps)
+        while self.state.step < end:
+            record = self.train_step(self.state.step)
+            self.state.history.append(record)
+            self.state.step += 1
+            self.state.seconds = time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record['kl']:.3f}", ans=f"{record['answer']:.2f}")
+            if self.state.step % self.config.eval_every == 0 or self.state.step == self.config.steps:
+                self._record_evaluation()
+                self._save_checkpoint()
+                self.state.seconds = time.perf_counter() - started
+        bar.close()
+        self._save_checkpoint()
+        return self.state
+
+    def _record_evaluation(self) -> None:
+        evaluation = {"step": self.state.step, "seconds": self.state.seconds, **self.evaluate()}
+        self.state.evaluations.append(evaluation)
+        logger.info("held-out evaluation: %s", evaluation)
+        print(json.dumps(evaluation), flush=True)
+        ratio = self.config.ratios[0]
+        score = evaluation[f"heldout_kl_x{ratio}"]
+        if self.state.best is None or score < self.state.best:
+            self.state.best = score
+            self.save_weights(self.out / WEIGHTS_NAME)
+        self.save_weights(self.out / "last.safetensors")
+        plot_training(self.state, self.out / "training_curve.png")
+
+    def settings(self) -> LearnedSettings:
+        return LearnedSettings(
+            ratios=tuple(self.config.ratios),
+            window=max(self.config.chunk_tokens),
+            rank=self.config.rank,
+            base=base_geometry(self.loaded.config),
+        )
+
+    def save_weights(self, path: Path) -> str:
+        return save_memory_weights(path, self.weights, self.settings())
+
+    def _save_checkpoint(self) -> None:
+        payload = {
+            "weights": self.weights.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "state": self.state.__dict__,
+            "config": self.config.model_dump(),
+        }
+        staging = self.out / f".{CHECKPOINT_NAME}.partial"
+        torch.save(payload, staging)
+        staging.replace(self.out / CHECKPOINT_NAME)
+
+    def _resume(self) -> None:
+        path = self.out / CHECKPOINT_NAME
+        if not path.is_file():
+            return
+        payload = torch.load(path, map_location=self.loaded.device, weights_only=False)
+        saved = {key: value for key, value in payload["config"].items() if key not in ("steps", "eval_every")}
+        current = {key: value for key, value in self.config.model_dump().items() if key not in ("steps", "eval_every")}
+        if saved != current:
+            changed = sorted(key for key in current if saved.get(key) != current[key])
+            raise ConfigurationError(
+                f"{path} was written by a run with other settings ({', '.join(changed)}); use another output "
+                "directory or the same settings to resume"
+            )
+        self.weights.load_state_dict(payload["weights"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.state = TrainingState(**payload["state"])
+        logger.info("resumed %s at step %d", path, self.state.step)
+
+
+def _samples_by_length(pool, tokenizer, lengths: list[int], n: int, seed: int) -> dict[int, list[TrainingSample]]:
+    return {length: make_samples(pool, tokenizer, length, n, seed + length) for length in lengths}
+
+
+def plot_training(state: TrainingState, path: Path) -> None:
+    """Training loss (smoothed) and held-out metrics against steps, one PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.info("matplotlib is not installed (the [bench] extra): no training curve")
+        return
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    if state.history:
+        steps = [record["step"] for record in state.history]
+        for key in ("loss", "kl", "answer"):
+            values = [record[key] for record in state.history]
+            smoothed = [
+                sum(values[max(0, i - 19) : i + 1]) / len(values[max(0, i - 19) : i + 1]) for i in range(len(values))
+            ]
+            left.plot(steps, smoothed, label=f"{key} (20-step mean)")
+    left.set_xlabel("step")
+    left.set_title("training loss")
+    left.legend()
+    if state.evaluations:
+        steps = [record["step"] for record in state.evaluations]
+        for key in state.evaluations[0]:
+            if key.startswith("heldout_kl") or key.startswith("heldout_answer_nll"):
+                right.plot(steps, [record[key] for record in state.evaluations], marker="o", label=key)
+    right.set_xlabel("step")
+    right.set_title("held-out (lower is better)")
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def train_compressor(config: CompressorTrainingConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary with the weights file, its digest and the held-out curve."""
+    trainer = CompressorTrainer(config, Path(out))
+    state = trainer.run(show_progress)
+    weights = Path(out) / WEIGHTS_NAME
+    from ..compressors.memory_weights import file_digest
+
+    return {
+        "weights": str(weights),
+        "sha256": file_digest(weights),
+        "steps": state.step,
+        "seconds": round(state.seconds, 1),
+        "tokens_seen": state.tokens_seen,
+        "evaluations": state.evaluations,
+        "curve": str(Path(out) / "training_curve.png"),
+    }
