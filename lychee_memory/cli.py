@@ -469,6 +469,7 @@ def _command_train_compressor(args: argparse.Namespace) -> int:
             eval_samples=args.eval_samples,
             train_samples=args.train_samples,
             seed=args.seed,
+            init_weights=args.init,
             data=args.data or os.environ.get("LYCHEE_DATA_DIR"),
             device=args.device,
             dtype=args.dtype,
@@ -673,6 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     compressor.add_argument("--eval-samples", type=int, default=12)
     compressor.add_argument("--train-samples", type=int, default=2000)
     compressor.add_argument("--seed", type=int, default=0)
+    compressor.add_argument("--init", default=None, help="start from a weights file (e.g. the 4x one for 8x)")
     compressor.add_argument("--data", default=None, help="shared HotpotQA/SQuAD directory (default $LYCHEE_DATA_DIR)")
     compressor.add_argument("--device", default="auto")
     compressor.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])

@@ -276,3 +276,22 @@ def test_cli_trains_and_the_weights_answer_through_ask(tmp_path):
         timeout=600,
     )
     assert asked.returncode == 0, asked.stderr
+
+
+def test_a_model_whose_preset_ships_weights_finds_them_unless_told_none(tmp_path, monkeypatch):
+    from lychee_memory import presets
+
+    loaded = _loaded("llama")
+    path = _write(tmp_path, loaded, _random_weights(loaded), name="tiny-4x.safetensors")
+    shipped = presets.ModelPreset(
+        name="tiny",
+        architecture={"model_type": "llama", "hidden_size": loaded.config.hidden_size},
+        compressor_weights=path.name,
+    )
+    monkeypatch.setattr(presets, "PRESETS", [shipped])
+    monkeypatch.setattr(presets, "TRAINED_DIR", tmp_path)
+    engine = LycheeMemory.from_pretrained("tiny-random-llama", chunk_tokens=64)
+    assert engine.config.compressor.kind == "learned"
+    assert engine.loaded.memory_source == str(path)
+    plain = LycheeMemory.from_pretrained("tiny-random-llama", chunk_tokens=64, compressor_weights="none")
+    assert plain.config.compressor.kind != "learned"

@@ -34,7 +34,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from transformers import DynamicCache
 
 from ..compressors.learned import memory_stream
-from ..compressors.memory_weights import LearnedSettings, MemoryWeights, base_geometry, save_memory_weights
+from ..compressors.memory_weights import (
+    LearnedSettings,
+    MemoryWeights,
+    base_geometry,
+    read_memory_file,
+    save_memory_weights,
+)
 from ..config import EngineConfig, ModelSettings
 from ..engine import LycheeMemory
 from ..errors import ConfigurationError
@@ -69,6 +75,7 @@ class CompressorTrainingConfig(BaseModel):
     eval_every: int = Field(50, ge=1)
     eval_samples: int = Field(12, ge=1)
     seed: int = 0
+    init_weights: str | None = Field(None, description="start from this weights file (e.g. 4x weights for an 8x run)")
     data: str | None = Field(None, description="directory of the shared HotpotQA/SQuAD pools; None = generated text")
     device: str = "auto"
     dtype: str = "auto"
@@ -137,6 +144,14 @@ class CompressorTrainer:
         self.prompt_settings = engine.config.prompts
         self.opening_ids = list(engine.opening.token_ids) if engine.opening is not None else []
         self.weights = MemoryWeights.initial(self.loaded, config.rank).float()
+        if config.init_weights is not None:
+            tensors, memory_config, _ = read_memory_file(config.init_weights)
+            start = LearnedSettings.from_checkpoint_config(memory_config)
+            if start.rank != config.rank:
+                raise ConfigurationError(
+                    f"{config.init_weights} has rank {start.rank}; train with --rank {start.rank} to start from it"
+                )
+            self.weights.load_state_dict(MemoryWeights.from_tensors(self.loaded.config, tensors, start).state_dict())
         self.weights.to(self.loaded.device)
         self.optimizer = torch.optim.AdamW(
             self.weights.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
