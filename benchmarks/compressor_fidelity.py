@@ -51,7 +51,12 @@ def main() -> None:
     parser.add_argument("--segment-tokens", type=int, default=900)
     parser.add_argument("--storage", nargs="+", default=["bfloat16"], help="block dtypes whose bytes to report")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--tag", default="", help="added to the result file's name")
+    parser.add_argument("--plot", nargs="+", type=Path, default=None, help="draw result JSONs into one PNG and stop")
     args = parser.parse_args()
+    if args.plot:
+        plot(args.plot, args.out / "compressor_fidelity.png")
+        return
 
     from lychee_memory import LycheeMemory
     from lychee_memory.eval.metrics import sub_em
@@ -140,9 +145,45 @@ def main() -> None:
                     "ingest_tokens_per_second": tokens / ingest_seconds,
                 }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"compressor-fidelity-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = (
+        args.out / f"compressor-fidelity-{args.tag or '-'.join(args.compressors)}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
     path.write_text(json.dumps(results, indent=2))
     print(f"results: {path}")
+
+
+def plot(paths: list[Path], target: Path) -> None:
+    """Rank-first, answer and stage-1 rates per compressor and length against bytes per token, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = []
+    for path in paths:
+        tag = path.stem.removeprefix("compressor-fidelity-").rsplit("-", 2)[0]
+        for _name, by_length in json.loads(path.read_text()).items():
+            for length, result in by_length.items():
+                rows = result["rows"]
+                bytes_per_token = next(iter(result["bytes_per_token"].values()))
+                label = f"{tag}\n{int(length) // 1000}K, {bytes_per_token / 1000:.1f} KB/tok"
+                rates = [
+                    sum(r[key] if key != "rank" else r["rank"] == 1 for r in rows) / len(rows)
+                    for key in ("rank", "right", "in_candidates")
+                ]
+                bars.append((label, rates))
+    figure, axis = plt.subplots(figsize=(max(7, 1.3 * len(bars)), 4))
+    width = 0.27
+    for offset, name in enumerate(("gate ranks fact first", "answer right", "fact in stage-1 candidates")):
+        axis.bar([i + (offset - 1) * width for i in range(len(bars))], [b[1][offset] for b in bars], width, label=name)
+    axis.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=7)
+    axis.set_ylabel("fraction of held-out needles")
+    axis.set_title("compressed vs raw KV, SmolLM2-135M, held-out haystacks")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=110)
+    print(f"plot: {target}")
 
 
 if __name__ == "__main__":
