@@ -484,7 +484,8 @@ def plot_training(state: TrainingState, path: Path) -> None:
             left.plot(steps, smoothed, label=f"{key} (20-step mean)")
     left.set_xlabel("step")
     left.set_title("training loss")
-    left.legend()
+    if state.history:
+        left.legend()
     if state.evaluations:
         steps = [record["step"] for record in state.evaluations]
         for key in state.evaluations[0]:
@@ -492,7 +493,8 @@ def plot_training(state: TrainingState, path: Path) -> None:
                 right.plot(steps, [record[key] for record in state.evaluations], marker="o", label=key)
     right.set_xlabel("step")
     right.set_title("held-out (lower is better)")
-    right.legend()
+    if state.evaluations:
+        right.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
