@@ -107,7 +107,7 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
             "choose a smaller chunk_tokens"
         )
     if compressor.kind == "learned":
-        window = LearnedSettings.from_checkpoint_config(loaded.memory_config).window
+        window = learned.window
         if chunk_tokens > window:
             raise ConfigurationError(
                 f"chunk size {chunk_tokens} tokens is longer than the {window} tokens the compressor weights "

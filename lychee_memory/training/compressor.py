@@ -256,7 +256,7 @@ class CompressorTrainer:
             bare = [(k[:, :, :opening], v[:, :, :opening]) for k, v in zip(raw_keys, raw_values)]
             without_block, _ = self.read_rows(bare, rows, start, False)
         memory_keys, memory_values = memory_stream(
-            loaded, self.weights_in_model_dtype(), raw_keys, raw_values, [length], ratio, opening, self.checkpointing
+            loaded, self.weights, raw_keys, raw_values, [length], ratio, opening, self.checkpointing
         )
         student_prefix = [
             (torch.cat([k[:, :, :opening], mk], dim=2), torch.cat([v[:, :, :opening], mv], dim=2))
@@ -294,9 +294,6 @@ class CompressorTrainer:
                 "plain_kl": float(divergence[valid].mean()),
             }
         return {"kl": kl, "answer": answer_loss, "match": match}, diagnostics
-
-    def weights_in_model_dtype(self) -> MemoryWeights:
-        return self.weights  # float32 master weights; the forward casts the embedding, deltas run in float32
 
     # Loop ------------------------------------------------------------------------------------------------
 
