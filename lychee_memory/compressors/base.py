@@ -6,9 +6,11 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from ..blocks import MemoryBlock, SourceSpan
+from ..blocks import BlockOpening, MemoryBlock, SourceSpan
 from ..chunking import Chunk
+from ..kv_prefix import encode_opening
 from ..model_loading import LoadedModel
+from ..prompts import sequence_start_ids
 
 
 def slots_for(tokens: int, ratio: int) -> int:
@@ -38,6 +40,14 @@ class Compressor(ABC):
     framed: ClassVar[bool] = False
     # Compressors that see the chunk's raw keys also write each block's gate index when the engine sets a spec.
     builds_gate_index: ClassVar[bool] = False
+
+    opening: BlockOpening | None = None  # framed compressors: set by the engine; None = the sequence start alone
+
+    def opening_for(self, loaded: LoadedModel) -> BlockOpening:
+        """The opening framed chunks are encoded after: the engine's, else the tokenizer's sequence start alone."""
+        if self.opening is None:
+            self.opening = encode_opening(loaded, sequence_start_ids(loaded.tokenizer))
+        return self.opening
 
     @abstractmethod
     def compress(self, loaded: LoadedModel, chunks: list[Chunk]) -> list[MemoryBlock]:

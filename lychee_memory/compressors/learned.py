@@ -32,10 +32,9 @@ from torch.utils.checkpoint import checkpoint
 from ..blocks import BlockOpening, MemoryBlock
 from ..chunking import Chunk
 from ..errors import UnsupportedModelError
-from ..kv_prefix import apply_rope, encode_opening
+from ..kv_prefix import apply_rope
 from ..model_loading import LoadedModel
 from ..prefilter import IndexSpec
-from ..prompts import sequence_start_ids
 from .base import Compressor, slots_for, span_of
 from .memory_weights import LearnedSettings, MemoryWeights
 from .selection import run_chunks
@@ -150,11 +149,6 @@ class LearnedCompressor(Compressor):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.name, "ratio": self.ratio, "rank": self.settings.rank, "weights_sha256": self.digest}
-
-    def opening_for(self, loaded: LoadedModel) -> BlockOpening:
-        if self.opening is None:
-            self.opening = encode_opening(loaded, sequence_start_ids(loaded.tokenizer))
-        return self.opening
 
     def index_spec_for_slots(self) -> IndexSpec | None:
         """The gate index over memory slots: the raw spec's heads, its skipped sink tokens counted in slots."""

@@ -25,10 +25,9 @@ from transformers import DynamicCache
 
 from ..blocks import BlockOpening, MemoryBlock
 from ..chunking import Chunk
-from ..kv_prefix import apply_rope, encode_opening
+from ..kv_prefix import apply_rope
 from ..model_loading import LoadedModel
 from ..prefilter import IndexSpec
-from ..prompts import sequence_start_ids
 from .base import Compressor, slots_for, span_of
 
 
@@ -118,12 +117,6 @@ class SelectionCompressor(Compressor):
 
         ``keys`` [H_kv, prefix + length, D] include the opening's (``forward.prefix``), which queries attend to too.
         """
-
-    def opening_for(self, loaded: LoadedModel) -> BlockOpening:
-        """The opening chunks are encoded after: the engine's, else the tokenizer's sequence start alone."""
-        if self.opening is None:
-            self.opening = encode_opening(loaded, sequence_start_ids(loaded.tokenizer))
-        return self.opening
 
     def compress(self, loaded: LoadedModel, chunks: list[Chunk]) -> list[MemoryBlock]:
         opening = self.opening_for(loaded)
