@@ -619,6 +619,7 @@ class LycheeMemory:
             "blocks": len(bank),
             "blocks_read": len(state.selected),
             "gate_rows": scan.timings.gate_rows,
+            "rejudged_blocks": state.rejudged,
             "prefiltered_blocks": scan.timings.prefiltered_blocks,
             "candidates": len(set().union(*state.candidate_history)) if state.candidate_history else len(bank),
             "answer_tokens": answer_tokens,

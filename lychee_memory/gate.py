@@ -9,14 +9,16 @@ Rules (one interface, chosen by ``GateSettings.rule``):
   helps with the question given the memory (for instruct 7B models and a trained gate).
 - ``all``: every block is relevant (MemAgent behaviour).
 
-The scan is state-aware: blocks are judged in document order against the current memory; after the
-reasoner updates the memory on a relevant block, later blocks are judged against the new memory. Blocks
-are scored in batches against the current memory and the scan jumps to the first relevant one, so the
-batch only computes ahead.
+The scan is state-aware and follows chains in any order: blocks are judged in document order against the
+current memory; after the reasoner updates the memory on a relevant block, the blocks after it and then the ones
+judged earlier (against the older memory) are judged against the new memory, so a second hop that comes first in
+the document is found once the first hop is in memory. When no block passes, the best ones are read (fallback)
+inside the scan, and the scan goes on against the memory they wrote. Blocks are scored in batches against the
+current memory and the scan jumps to the first relevant one, so the batch only computes ahead.
 
 With a prefilter (``prefilter.py``, stage 1) the scan judges only the candidates stage 1 picks from the blocks
-not judged yet, still in document order; after every memory update stage 1 ranks the blocks after the one just
-read again, with the memory's tokens as queries too, so the block of a second hop can become a candidate.
+not judged yet, still in document order; after every memory update stage 1 ranks the unread blocks again, with the
+memory's tokens as queries too, so the block of a second hop can become a candidate wherever it is.
 
 Batching changes a score by rounding alone (padding reorders sums: about 1e-7 nats in float32), so a score
 within ``boundary_tolerance`` of the threshold is scored again on its own, exactly as a block-by-block scan
@@ -217,11 +219,17 @@ class GateDecision:
     relevant: bool
     memory_step: int  # how many memory updates had happened when the block was judged
     fallback: bool = False
+    rejudged: bool = False  # the block had been judged before, against an older memory
 
 
 @dataclass
 class ScanState:
-    """One question's progress through the bank."""
+    """One question's progress through the bank.
+
+    ``version`` counts the memory's changes; ``judged`` maps a block to the version it was last judged against.
+    A block is pending while it is unread and not judged against the current memory, so after every change
+    the blocks judged earlier are pending again (hop 2 read before hop 1 is judged again once hop 1 is noted).
+    """
 
     question: str
     memory: str
@@ -236,12 +244,26 @@ class ScanState:
     memory_tokens: int = 0
     candidates: list[int] | None = None  # blocks stage 1 left for the rule to judge (None: every block)
     candidate_history: list[list[int]] = field(default_factory=list)  # stage 1's picks, one list per ranking
+    version: int = 0
+    judged: dict[int, int] = field(default_factory=dict)
+    fallback_done: bool = False
+    reached: int = 0  # how far the first sweep got (for progress)
+
+    def pending(self, index: int) -> bool:
+        return self.judged.get(index) != self.version and index not in self.selected
 
     def upcoming(self, count: int, total: int) -> list[int]:
-        """The next ``count`` blocks the rule judges, from the cursor on, in document order."""
-        if self.candidates is None:
-            return list(range(self.cursor, min(total, self.cursor + count)))
-        return [index for index in self.candidates if index >= self.cursor][:count]
+        """The next ``count`` pending blocks in document order from the cursor, then from the start."""
+        pool = range(total) if self.candidates is None else self.candidates
+        after = [index for index in pool if index >= self.cursor and self.pending(index)]
+        if len(after) < count:
+            after += [index for index in pool if index < self.cursor and self.pending(index)]
+        return after[:count]
+
+    @property
+    def rejudged(self) -> int:
+        """Blocks judged again against a newer memory (the cost of following chains in any order)."""
+        return sum(decision.rejudged for decision in self.decisions)
 
 
 @dataclass
@@ -257,7 +279,15 @@ MemoryUpdater = Callable[[list[tuple[ScanState, int]]], list[str]]
 
 
 class GateScan:
-    """Runs the state-aware scan of several questions over one bank, batching across blocks and questions."""
+    """Runs the state-aware scan of several questions over one bank, batching across blocks and questions.
+
+    Each question's scan judges its pending blocks (see ``ScanState``) in document order from its cursor,
+    wrapping to the start, and reads the first relevant one; after the memory changes the blocks judged
+    against the older memory are pending again. When every block was judged and none passed, the best
+    ``fallback_blocks`` are read in document order and the scan goes on against the new memory. It ends when
+    nothing is pending or the block budget is read: every memory version judges a block at most once, and
+    there are at most ``max_relevant_blocks`` versions, so it always terminates.
+    """
 
     def __init__(
         self,
@@ -286,64 +316,73 @@ class GateScan:
         return self.rule.needs_model and self.settings.batch_size > 1
 
     def run(self, bank: MemoryBank, states: list[ScanState], update: MemoryUpdater) -> list[ScanState]:
-        """Scan until every question reached the end of the bank or its budget; ``update`` writes memory."""
+        """Scan until no question has a pending block or budget left; ``update`` writes memory."""
         total = len(bank)
-        first_pass: list[dict[int, float]] = [{} for _ in states]  # gains under the initial memory
         self._bank = bank
         for state in states:
             state.memories.append(state.memory)
-            state.done = total == 0
+            if total == 0:
+                state.done = True
             self._rank(state)
         while active := [i for i, state in enumerate(states) if not state.done]:
-            step = self.settings.batch_size
-            plan = {i: states[i].upcoming(step, total) for i in active}
-            for i in [i for i in active if not plan[i]]:  # nothing left to judge (stage 1 passed none)
-                del plan[i]
-                if self.progress:
-                    self.progress(total - states[i].cursor)
-                states[i].cursor, states[i].done = total, True
-            active = list(plan)
-            if not active:
-                break
+            plan: dict[int, list[int]] = {}
+            falling_back: list[ScanState] = []
+            for i in active:
+                state = states[i]
+                if indices := state.upcoming(self.settings.batch_size, total):
+                    plan[i] = indices
+                elif not state.selected and not state.fallback_done and self.settings.fallback_blocks > 0:
+                    falling_back.append(state)
+                else:
+                    self._finish(state)
+            if falling_back:
+                self._fallback(bank, falling_back, update)
+            if not plan:
+                continue
             scores = self._score(bank, states, plan)
             hits: list[tuple[ScanState, int]] = []
-            advanced = 0
-            for i in active:
-                state, indices = states[i], plan[i]
+            for i, indices in plan.items():
+                state = states[i]
                 hit = None
                 for index, raw in zip(indices, scores[i]):
                     gain = raw - state.baseline if state.baseline is not None else raw
                     if self._batched and abs(gain - self.threshold) <= self.boundary_tolerance:
                         gain = self._gain_alone(bank, state, index)
                     relevant = gain >= self.threshold
-                    state.decisions.append(GateDecision(index, gain, relevant, len(state.selected)))
-                    if not state.selected:
-                        first_pass[i][index] = gain
+                    again = index in state.judged
+                    state.judged[index] = state.version
+                    state.decisions.append(GateDecision(index, gain, relevant, len(state.selected), rejudged=again))
+                    if index < state.cursor:
+                        self._advance(state, total)  # wrapped: the first sweep is over
+                    else:
+                        self._advance(state, index + 1)
                     if relevant:
                         hit = index
                         break
-                previous = state.cursor
-                state.cursor = indices[-1] + 1 if hit is None else hit + 1
-                if hit is None and not state.upcoming(1, total):
-                    state.cursor = total  # stage 1 left nothing more to judge
-                advanced += state.cursor - previous
+                state.cursor = (indices[-1] if hit is None else hit) + 1
                 if hit is not None:
                     hits.append((state, hit))
-            if self.progress:
-                self.progress(advanced)
             if hits:
                 self._apply(hits, update)
-            for i in active:
-                state = states[i]
-                if state.cursor >= total or len(state.selected) >= self.settings.max_relevant_blocks:
-                    state.done = True
-        self._fallback(bank, states, first_pass, update)
+            for i in plan:
+                if len(states[i].selected) >= self.settings.max_relevant_blocks:
+                    self._finish(states[i])
         return states
 
+    def _advance(self, state: ScanState, reached: int) -> None:
+        if reached > state.reached:
+            if self.progress:
+                self.progress(reached - state.reached)
+            state.reached = reached
+
+    def _finish(self, state: ScanState) -> None:
+        self._advance(state, len(self._bank))
+        state.cursor, state.done = len(self._bank), True
+
     def _rank(self, state: ScanState) -> None:
-        """Stage 1: the candidates among the blocks after the cursor, under the state's current memory."""
+        """Stage 1: the candidates among the unread blocks, under the state's current memory."""
         bank = self._bank
-        remaining = list(range(state.cursor, len(bank)))
+        remaining = [index for index in range(len(bank)) if index not in state.selected]
         if self.prefilter is None or len(remaining) <= self.settings.candidates:
             state.candidates = None if state.candidates is None else remaining
             return
@@ -401,6 +440,7 @@ class GateScan:
         return scores[0] - base if base is not None else scores[0]
 
     def _apply(self, hits: list[tuple[ScanState, int]], update: MemoryUpdater, rerank: bool = True) -> None:
+        """Read each hit: the reasoner rewrites the memory; a changed memory makes judged blocks pending again."""
         started = time.perf_counter()
         memories = update(hits)
         self.timings.reason_seconds += time.perf_counter() - started
@@ -409,27 +449,24 @@ class GateScan:
             changed = memory != state.memory
             state.memory = memory
             state.memories.append(memory)
-            state.baseline = state.baseline_alone = None  # the memory changed: baselines must be recomputed
-            more = len(state.selected) < self.settings.max_relevant_blocks and state.cursor < len(self._bank)
+            if changed:
+                state.version += 1
+                state.baseline = state.baseline_alone = None  # the memory changed: baselines must be recomputed
+            more = len(state.selected) < self.settings.max_relevant_blocks
             if rerank and state.candidates is not None and changed and more:
                 self._rank(state)  # stage 1 again, with the new notes as queries too
 
-    def _fallback(
-        self, bank: MemoryBank, states: list[ScanState], first_pass: list[dict[int, float]], update: MemoryUpdater
-    ) -> None:
-        """Questions where no block passed read their top-scoring block(s) instead of answering blind.
+    def _fallback(self, bank: MemoryBank, states: list[ScanState], update: MemoryUpdater) -> None:
+        """Questions where no block passed read their top-scoring block(s), in document order, then scan on.
 
         Gains within ``boundary_tolerance`` of the last one taken are scored alone first, so near-ties are
         broken as a block-by-block scan breaks them.
         """
         wanted = self.settings.fallback_blocks
-        if wanted == 0:
-            return
         chosen: list[list[int]] = []
-        for state, gains in zip(states, first_pass):
-            if state.selected or not gains:
-                chosen.append([])
-                continue
+        for state in states:
+            state.fallback_done = True
+            gains = {decision.index: decision.score for decision in state.decisions}  # all against the first memory
             ranked = sorted(gains, key=lambda index: (-gains[index], index))
             if self._batched and len(ranked) > wanted:
                 cut = gains[ranked[wanted - 1]]
@@ -437,7 +474,7 @@ class GateScan:
                     if abs(gains[index] - cut) <= self.boundary_tolerance:
                         gains[index] = self._gain_alone(bank, state, index)
                 ranked = sorted(gains, key=lambda index: (-gains[index], index))
-            best = sorted(ranked[:wanted])
+            best = sorted(ranked[:wanted][: self.settings.max_relevant_blocks])
             for decision in state.decisions:
                 if decision.index in best:
                     decision.fallback = True
@@ -448,3 +485,10 @@ class GateScan:
             round_ = [(state, picks[rank]) for state, picks in zip(states, chosen) if len(picks) > rank]
             if round_:
                 self._apply(round_, update, rerank=False)
+        for state, picks in zip(states, chosen):
+            if picks:
+                state.cursor = picks[-1] + 1
+            if len(state.selected) >= self.settings.max_relevant_blocks:
+                self._finish(state)
+            elif state.candidates is not None and state.version > 0:
+                self._rank(state)

@@ -174,10 +174,16 @@ def test_nothing_passing_reads_the_top_scoring_blocks(family, fallback):
     )
     bank = engine.ingest([FACTS_DOCUMENT])
     answer = engine.ask(QUESTION, bank)
-    ranked = sorted(answer.gate_scores, key=lambda s: (-s.score, s.index))
+    first = [s for s in answer.gate_scores if s.memory_step == 0]
+    assert sorted(s.index for s in first) == list(range(len(bank))), "every block judged once under the first memory"
+    ranked = sorted(first, key=lambda s: (-s.score, s.index))
     assert [b.index for b in answer.blocks] == sorted(s.index for s in ranked[:fallback])
     assert all(b.fallback for b in answer.blocks)
-    assert len(answer.gate_scores) == len(bank), "every block was judged under the initial memory"
+    # The fallback reads happen inside the scan: the other blocks are judged again against the memory they wrote.
+    later = [s for s in answer.gate_scores if s.memory_step > 0]
+    assert answer.memory_steps[-1] != answer.memory_steps[0]
+    assert sorted(s.index for s in later) == sorted(set(range(len(bank))) - {b.index for b in answer.blocks})
+    assert {s.memory_step for s in later} == {fallback}
 
 
 def test_all_gate_reads_every_block_in_order(family):
