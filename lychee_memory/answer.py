@@ -34,12 +34,14 @@ class SelectedBlock:
 
 @dataclass(frozen=True)
 class GateScore:
-    """One gate verdict of the scan: block, score against the threshold, memory step it was judged at."""
+    """One gate verdict of the scan: block, score against the threshold, memory step it was judged at, and
+    whether it was judged again (after a memory update it had been judged against an older memory)."""
 
     index: int
     score: float
     relevant: bool
     memory_step: int
+    rejudged: bool = False
 
 
 @dataclass

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from .errors import LycheeError
+from .training.commands import add_train_commands
 
 EXIT_USAGE = 2
 EXIT_DAMAGED = 1  # `lychee store verify` found damage it did not repair
@@ -59,7 +59,10 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--ratio", type=int, default=None, help="raw tokens per memory slot (default 4)")
     group.add_argument("--chunk-tokens", type=int, default=None, help="tokens per chunk (default: per model)")
-    group.add_argument("--gate", choices=["auto", "query_likelihood", "prompt", "all"], default=None)
+    group.add_argument("--gate", choices=["auto", "query_likelihood", "prompt", "trained", "all"], default=None)
+    group.add_argument(
+        "--gate-weights", default=None, help="trained gate adapter (lychee train gate) for --gate trained"
+    )
     group.add_argument("--threshold", type=float, default=None, help="gate threshold (default: per rule)")
     group.add_argument("--max-blocks", type=int, default=None, help="budget of relevant blocks per question")
     group.add_argument(
@@ -97,6 +100,7 @@ _OPTION_NAMES = {
     "ratio": "ratio",
     "chunk_tokens": "chunk_tokens",
     "gate": "gate",
+    "gate_weights": "gate_weights",
     "threshold": "threshold",
     "max_blocks": "max_relevant_blocks",
     "prefilter": "prefilter",
@@ -347,8 +351,9 @@ def _command_info(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .config import cache_root
     from .kernels._triton_support import triton_importable
-    from .model_loading import cache_root, known_aliases, resolve_spec
+    from .model_loading import known_aliases, resolve_spec
 
     def version(name: str) -> str | None:
         try:
@@ -454,35 +459,6 @@ def _command_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_train_compressor(args: argparse.Namespace) -> int:
-    from .training.compressor import CompressorTrainingConfig, train_compressor
-
-    try:
-        config = CompressorTrainingConfig(
-            model=args.model,
-            ratios=args.ratio,
-            rank=args.rank,
-            chunk_tokens=args.chunk_tokens,
-            steps=args.steps,
-            learning_rate=args.learning_rate,
-            eval_every=args.eval_every,
-            eval_samples=args.eval_samples,
-            train_samples=args.train_samples,
-            seed=args.seed,
-            init_weights=args.init,
-            data=args.data or os.environ.get("LYCHEE_DATA_DIR"),
-            device=args.device,
-            dtype=args.dtype,
-            gradient_checkpointing=args.gradient_checkpointing,
-        )
-    except ValueError as error:
-        raise LycheeError(f"bad training settings: {error}") from None
-    summary = train_compressor(config, args.out, show_progress=not args.no_progress)
-    print(json.dumps({key: value for key, value in summary.items() if key != "evaluations"}, indent=2))
-    print(f"use it with: --compressor-weights {summary['weights']}")
-    return 0
-
-
 def _command_probe(args: argparse.Namespace) -> int:
     from .eval.head_probe import probe_heads
     from .eval.tasks import build_samples, parse_lengths
@@ -514,6 +490,56 @@ def _command_probe(args: argparse.Namespace) -> int:
     print(f"rank of the fact's block with them, probe samples: {result.probe_ranks}")
     print(f"held-out samples (blocks per bank {result.heldout_blocks}): {result.heldout_ranks}")
     print(f"use them with: --prefilter-heads '{json.dumps(data['chosen_heads'])}' or gate.prefilter_heads in a config")
+    return 0
+
+
+def _command_calibrate(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .calibration import CalibrationSettings, calibrate, format_table, merge_earlier
+    from .engine import LycheeMemory
+    from .eval.tasks import parse_lengths
+    from .presets import check_preset_path, default_preset_path, where_preset_applies, write_preset_file
+
+    model, options = _evaluation_options(args)
+    families = [name.strip() for item in args.families for name in item.split(",") if name.strip()]
+    settings = CalibrationSettings(
+        lengths=tuple(parse_lengths(args.lengths)),
+        n=args.n,
+        heldout_n=args.heldout_n,
+        families=tuple(families),
+        rules=tuple(args.rules) if args.rules else None,
+        read_budget=args.read_budget,
+        target_recall=args.target_recall,
+        data=args.data,
+        seed=args.sample_seed,
+        head_count=args.head_count,
+        skip_heads=args.skip_heads,
+        skip_read_mode=args.skip_read_mode,
+        read_questions=args.read_questions,
+        show_progress=not args.no_progress,
+    )
+    out = check_preset_path(args.out) if args.out else None  # before the model loads and anything is measured
+    engine = LycheeMemory.from_pretrained(model, **options)
+    target = out or check_preset_path(default_preset_path(engine.loaded.resolved.spec, engine.loaded.fingerprint()))
+    words = ["lychee", "calibrate", "--lengths", args.lengths, "--n", str(args.n), "--heldout-n", str(args.heldout_n)]
+    words += ["--families", ",".join(families), "--sample-seed", str(args.sample_seed)]
+    words += ["--rules", *args.rules] if args.rules else []
+    words += ["--target-recall", str(args.target_recall)] if args.target_recall is not None else []
+    words += ["--read-budget", str(args.read_budget)] if args.target_recall is None else []
+    words += ["--skip-heads"] if args.skip_heads else ["--head-count", str(args.head_count)]
+    words += ["--skip-read-mode"] if args.skip_read_mode else []
+    words += ["--data", args.data] if args.data else []
+    for attribute in _OPTION_NAMES:
+        value = getattr(args, attribute)
+        if value is not None:
+            words += [f"--{attribute.replace('_', '-')}", json.dumps(value) if isinstance(value, list) else str(value)]
+    calibration = calibrate(engine, settings, command=shlex.join(words))
+    preset, kept = merge_earlier(calibration.preset, target)
+    written = write_preset_file(preset, target)
+    print(format_table(calibration))
+    print(f"\npreset written to {written}" + (f" (kept its earlier {', '.join(kept)})" if kept else ""))
+    print(where_preset_applies(preset, written))
     return 0
 
 
@@ -658,31 +684,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_options(heads)
     heads.set_defaults(handler=_command_probe)
 
-    train = commands.add_parser("train", help="train a learned part of the method")
-    train_kinds = train.add_subparsers(dest="train_command", required=True)
-    compressor = train_kinds.add_parser(
-        "compressor", help="distil raw-KV reads into learned memory slots (resumable; writes weights, curve PNG)"
+    calibrate = commands.add_parser(
+        "calibrate", help="measure a model's gate thresholds, prefilter heads and read mode; write them as its preset"
     )
-    compressor.add_argument("--out", type=Path, required=True, help="output directory (resumes a run found there)")
-    compressor.add_argument("--model", default="smollm2-135m", help="the frozen backbone")
-    compressor.add_argument("--ratio", type=int, nargs="+", default=[4], help="ratios to train (one drawn per step)")
-    compressor.add_argument("--rank", type=int, default=32, help="rank of the memory q/k/v deltas")
-    compressor.add_argument("--chunk-tokens", type=int, nargs="+", default=[1024], help="training chunk lengths")
-    compressor.add_argument("--steps", type=int, default=400)
-    compressor.add_argument("--learning-rate", type=float, default=2e-3)
-    compressor.add_argument("--eval-every", type=int, default=50)
-    compressor.add_argument("--eval-samples", type=int, default=12)
-    compressor.add_argument("--train-samples", type=int, default=2000)
-    compressor.add_argument("--seed", type=int, default=0)
-    compressor.add_argument("--init", default=None, help="start from a weights file (e.g. the 4x one for 8x)")
-    compressor.add_argument("--data", default=None, help="shared HotpotQA/SQuAD directory (default $LYCHEE_DATA_DIR)")
-    compressor.add_argument("--device", default="auto")
-    compressor.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    compressor.add_argument(
-        "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None, help="default: on GPUs"
+    calibrate.add_argument("--lengths", default="7k", help="haystack lengths of the samples (default 7k)")
+    calibrate.add_argument("--n", type=int, default=6, help="probe samples per family and length (default 6)")
+    calibrate.add_argument(
+        "--heldout-n", type=int, default=4, help="held-out samples (next seed) per family and length (default 4)"
     )
-    compressor.add_argument("--no-progress", action="store_true")
-    compressor.set_defaults(handler=_command_train_compressor)
+    calibrate.add_argument(
+        "--families",
+        nargs="+",
+        default=["needle,needle-multikey"],
+        help="needle families (default needle,needle-multikey)",
+    )
+    calibrate.add_argument(
+        "--rules", nargs="+", default=None, metavar="RULE", help="gate rules to calibrate (default: the engine's rule)"
+    )
+    calibrate.add_argument(
+        "--read-budget",
+        type=float,
+        default=1.0,
+        help="mean other blocks per question a threshold may let through (default 1.0)",
+    )
+    calibrate.add_argument(
+        "--target-recall", type=float, default=None, help="instead: the fewest false reads reaching this fact recall"
+    )
+    calibrate.add_argument("--head-count", type=int, default=8, help="prefilter heads to choose (default 8)")
+    calibrate.add_argument("--skip-heads", action="store_true", help="do not probe the prefilter heads")
+    calibrate.add_argument("--skip-read-mode", action="store_true", help="do not compare the kv and text read modes")
+    calibrate.add_argument(
+        "--read-questions", type=int, default=4, help="questions answered in each read mode (default 4)"
+    )
+    calibrate.add_argument(
+        "--out", default=None, help="preset file to write (default: the user presets dir, which the engine reads)"
+    )
+    calibrate.add_argument("--data", default=None, help="dataset dir for a SQuAD haystack (default: the generated one)")
+    calibrate.add_argument("--sample-seed", type=int, default=0, help="seed of the probe samples (held out: +1)")
+    _add_engine_options(calibrate)
+    calibrate.set_defaults(handler=_command_calibrate)
+
+    add_train_commands(commands)
 
     report = commands.add_parser(
         "report", help="merge several eval and bench runs (a ladder run in pieces) into one set of tables and plots"

@@ -6,8 +6,10 @@ so one config file works for the embedded 135M default and for a 7B checkpoint o
 
 from __future__ import annotations
 
+import os
 import re
 import string
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -15,11 +17,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigurationError
 
 CompressorKind = Literal["auto", "learned", "beacon", "attention", "key_norm", "none"]
-GateRuleName = Literal["auto", "query_likelihood", "prompt", "all"]
+GateRuleName = Literal["auto", "query_likelihood", "prompt", "trained", "all"]
 PrefilterName = Literal["keys", "off"]
 ReadMode = Literal["auto", "kv", "text"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 AttentionName = Literal["auto", "sdpa", "eager", "flash_attention_2", "triton"]
+
+
+def cache_root() -> Path:
+    """Directory for lychee-memory's caches (converted models, default store, presets); LYCHEE_CACHE_DIR overrides."""
+    override = os.environ.get("LYCHEE_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("lychee-memory"))
 
 
 class _Settings(BaseModel):
@@ -93,6 +105,10 @@ class GateSettings(_Settings):
     rule: GateRuleName = "auto"
     threshold: float | None = Field(
         None, description="a block is relevant when its score reaches this; None = rule default"
+    )
+    weights: str | None = Field(
+        None,
+        description="trained rule: the gate adapter file written by `lychee train gate` (None = the model's shipped one)",
     )
     memory_weight: float = Field(0.5, ge=0.0, description="query likelihood: weight of the working-memory tokens")
     max_relevant_blocks: int = Field(8, ge=1, description="budget of blocks the reasoner reads per question")
@@ -293,6 +309,7 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "beacon_window": ("compressor", "beacon_window"),
     "ingest_batch_size": ("compressor", "ingest_batch_size"),
     "threshold": ("gate", "threshold"),
+    "gate_weights": ("gate", "weights"),
     "max_relevant_blocks": ("gate", "max_relevant_blocks"),
     "gate_batch_size": ("gate", "batch_size"),
     "prefilter": ("gate", "prefilter"),

@@ -28,11 +28,12 @@ from .compressors.memory_weights import LearnedSettings, is_learned_layout
 from .config import EngineConfig, PromptSettings
 from .documents import Document, DocumentInput, load_documents
 from .errors import ConfigurationError, ContextTooLongError
-from .gate import RULES, GateRule, GateScan, ScanState, build_rule
+from .gate import RULES, GateRule, GateScan, ScanState, TrainedGateRule, build_rule
+from .gate_weights import attach_gate, read_gate_file
 from .kv_prefix import encode_opening
 from .model_loading import LoadedModel, load_model
 from .prefilter import IndexSpec, Prefilter, model_geometry, resolve_heads
-from .presets import preset_for
+from .presets import preset_for, shipped_gate_weights
 from .progress import progress_bar
 from .prompts import PromptBuilder
 from .questions import clean_question
@@ -61,7 +62,7 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
     user left open; generic defaults fill the rest.
     """
     resolved = config.model_copy(deep=True)
-    preset = preset_for(loaded.config) if config.use_presets else None
+    preset = preset_for(loaded.config, loaded.fingerprint()) if config.use_presets else None
     compressor = resolved.compressor
     learned_weights = loaded.has_trained_memory and is_learned_layout(loaded.memory_config)
     if compressor.kind == "auto":
@@ -124,8 +125,21 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
             f"compression ratio {compressor.ratio} does not divide the chunk window of {chunk_tokens} tokens; "
             "choose a ratio that divides it (e.g. 2, 4, 8)"
         )
+    gate_file = shipped_gate_weights(loaded.config) if preset is not None else None
     if resolved.gate.rule == "auto":
-        resolved.gate.rule = "query_likelihood"
+        resolved.gate.rule = (
+            "trained" if gate_file is not None and resolved.gate.weights is None else "query_likelihood"
+        )
+    if resolved.gate.rule == "trained":
+        if resolved.gate.weights is None:
+            if gate_file is None:
+                raise ConfigurationError(
+                    "gate='trained' needs a trained gate file: set gate_weights=PATH (CLI --gate-weights, config "
+                    "gate.weights) to a file written by `lychee train gate`; this model ships none"
+                )
+            resolved.gate.weights = str(gate_file)
+        if resolved.gate.threshold is None:  # the threshold calibrated when the gate was trained
+            resolved.gate.threshold = read_gate_file(resolved.gate.weights)[1].threshold
     if resolved.gate.threshold is None:
         measured = preset.thresholds.get((compressor.kind, resolved.gate.rule)) if preset else None
         resolved.gate.threshold = measured if measured is not None else RULES[resolved.gate.rule].default_threshold
@@ -177,7 +191,8 @@ class LycheeMemory:
         self.index_spec: IndexSpec | None = self._index_spec()
         if self.compressor.builds_gate_index:
             self.compressor.index_spec = self.index_spec
-        self.rule: GateRule = build_rule(self.config.gate, self.config.prompts, loaded.tokenizer, self.opening)
+        adapter = attach_gate(loaded, self.config.gate.weights) if self.config.gate.rule == "trained" else None
+        self.rule: GateRule = build_rule(self.config.gate, self.config.prompts, loaded.tokenizer, self.opening, adapter)
         assert self.config.gate.threshold is not None
         self.threshold = self.config.gate.threshold
         self.reasoner = Reasoner(
@@ -224,7 +239,7 @@ class LycheeMemory:
         gate = self.config.gate
         if gate.prefilter == "off" or not RULES[gate.rule].needs_model:
             return None
-        preset = preset_for(self.loaded.config) if self.config.use_presets else None
+        preset = preset_for(self.loaded.config, self.loaded.fingerprint()) if self.config.use_presets else None
         heads = resolve_heads(
             self.loaded.config,
             gate.prefilter_heads,
@@ -630,7 +645,7 @@ class LycheeMemory:
             mode="lychee",
             blocks=self._selected_blocks(state, bank),
             memory_steps=list(state.memories),
-            gate_scores=[GateScore(d.index, d.score, d.relevant, d.memory_step) for d in state.decisions],
+            gate_scores=[GateScore(d.index, d.score, d.relevant, d.memory_step, d.rejudged) for d in state.decisions],
             candidates=[list(picks) for picks in state.candidate_history],
             timings=phase_timings(
                 self.loaded.load_seconds,
@@ -673,6 +688,7 @@ class LycheeMemory:
                     exclude={"rule", "threshold", "prefilter_heads", "prefilter_skip_tokens"}
                 ),
                 "prefilter_index": self.gate_index_description,
+                "weights_sha256": self.rule.adapter.digest if isinstance(self.rule, TrainedGateRule) else None,
             },
             "opening_tokens": len(self.opening.token_ids) if self.opening is not None else 0,
             "reasoner": self.config.reasoner.model_dump(),

@@ -7,6 +7,8 @@ Rules (one interface, chosen by ``GateSettings.rule``):
   that makes the question and notes likely is about them.
 - ``prompt``: probability of "yes" when the model is asked, after the block's KV, whether the block
   helps with the question given the memory (for instruct 7B models and a trained gate).
+- ``trained``: probability of "relevant" from a LoRA adapter trained as a classifier over (question, memory,
+  block) states (``lychee train gate``; ``gate_weights.py``): the prompt rule's setup, fine-tuned.
 - ``all``: every block is relevant (MemAgent behaviour).
 
 The scan is state-aware and follows chains in any order: blocks are judged in document order against the
@@ -39,7 +41,8 @@ from lychee_memory.kernels import token_logprobs
 
 from .blocks import BlockOpening, MemoryBank, MemoryBlock
 from .config import GateSettings, PromptSettings
-from .kv_prefix import PromptRow, logits_of, prefill
+from .gate_weights import GateAdapter
+from .kv_prefix import PromptRow, logits_of, prefill, prefill_with_gradients
 from .model_loading import LoadedModel
 from .prefilter import Prefilter, choose_candidates
 from .prompts import PromptBuilder
@@ -166,6 +169,39 @@ class PromptRule(GateRule):
         return (yes / (yes + no).clamp_min(1e-12)).tolist()
 
 
+class TrainedGateRule(GateRule):
+    """Probability of "relevant" from the trained gate adapter: sigmoid(logit(yes) - logit(no)) after the block."""
+
+    name = "trained"
+    default_threshold = 0.5
+
+    def __init__(self, adapter: GateAdapter, tokenizer):
+        self.adapter = adapter
+        settings = adapter.settings
+        self.template = settings.template
+        self.yes_id = tokenizer(settings.yes_token, add_special_tokens=False).input_ids[0]
+        self.no_id = tokenizer(settings.no_token, add_special_tokens=False).input_ids[0]
+
+    def prompt_ids(self, prompts: PromptBuilder, question: str, memory: str) -> list[int]:
+        return prompts.after_block(prompts.segments(self.template, question=question, memory=memory).token_ids)
+
+    def prompt_tokens(self, prompts, question):
+        return len(self.prompt_ids(prompts, question, ""))
+
+    def logits(self, loaded: LoadedModel, prompts: PromptBuilder, requests: list[ScoreRequest]) -> torch.Tensor:
+        """The classifier's logits [R] (differentiable: the trainer calls this with gradients on)."""
+        rows = [PromptRow(self.prompt_ids(prompts, r.question, r.memory), r.block, self.opening) for r in requests]
+        forward = prefill_with_gradients if torch.is_grad_enabled() else prefill
+        with self.adapter.active():
+            _, hidden = forward(loaded, rows)
+            last = logits_of(loaded, hidden[:, -1])
+        return last[:, self.yes_id] - last[:, self.no_id]
+
+    def score(self, loaded, prompts, requests):
+        with torch.inference_mode():
+            return torch.sigmoid(self.logits(loaded, prompts, requests)).tolist()
+
+
 class AllRule(GateRule):
     """Every block is relevant: the reasoner reads all of them (MemAgent behaviour)."""
 
@@ -182,13 +218,23 @@ def _first_token_ids(tokenizer, words: list[str]) -> list[int]:
     return sorted(ids)
 
 
-RULES: dict[str, type[GateRule]] = {"query_likelihood": QueryLikelihoodRule, "prompt": PromptRule, "all": AllRule}
+RULES: dict[str, type[GateRule]] = {
+    "query_likelihood": QueryLikelihoodRule,
+    "prompt": PromptRule,
+    "trained": TrainedGateRule,
+    "all": AllRule,
+}
 
 
 def build_rule(
-    settings: GateSettings, prompt_settings: PromptSettings, tokenizer, opening: BlockOpening | None = None
+    settings: GateSettings,
+    prompt_settings: PromptSettings,
+    tokenizer,
+    opening: BlockOpening | None = None,
+    adapter: GateAdapter | None = None,
 ) -> GateRule:
-    """The rule named by ``settings.rule``; ``opening`` goes before every block (framed blocks) and baseline."""
+    """The rule named by ``settings.rule``; ``opening`` goes before every block (framed blocks) and baseline;
+    ``adapter`` is the loaded trained gate (``gate_weights.attach_gate``) for the trained rule."""
     rule: GateRule
     if settings.rule == "query_likelihood":
         rule = QueryLikelihoodRule(
@@ -199,6 +245,10 @@ def build_rule(
         )
     elif settings.rule == "prompt":
         rule = PromptRule(tokenizer)
+    elif settings.rule == "trained":
+        if adapter is None:
+            raise ValueError("the trained gate rule needs its adapter (gate_weights.attach_gate)")
+        rule = TrainedGateRule(adapter, tokenizer)
     elif settings.rule == "all":
         rule = AllRule()
     else:

@@ -328,6 +328,16 @@ def prefill(loaded: LoadedModel, rows: list[PromptRow], extra_capacity: int = 0)
     return batch, hidden
 
 
+def prefill_with_gradients(loaded: LoadedModel, rows: list[PromptRow]) -> tuple[PreparedBatch, torch.Tensor]:
+    """``prefill`` for training: the prefix sits in a cache that concatenates instead of writing in place, so
+    autograd never sees a saved tensor modified (the growable buffers are shared by every layer)."""
+    batch = prepare_batch(loaded, rows)
+    prefix = [(layer.keys, layer.values) for layer in batch.cache.layers]
+    cache = DynamicCache(ddp_cache_data=prefix, config=loaded.model.config)
+    hidden = decoder_forward(loaded, batch.input_ids, batch.positions, batch.kv_valid, cache)
+    return batch, hidden
+
+
 @torch.inference_mode()
 def encode_opening(loaded: LoadedModel, token_ids: list[int]) -> BlockOpening:
     """The KV of the opening every framed block is encoded after (one forward; empty when there are no tokens)."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .config import ModelSettings
+from .config import ModelSettings, cache_root
 from .errors import ModelNotFoundError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
@@ -51,16 +51,6 @@ _DIGEST_CACHE_VERSION = 1
 _DIGEST_CACHE_LIMIT = 2048
 _HASH_CHUNK_BYTES = 1 << 20
 _LOG_HASHING_BYTES = 256 << 20
-
-
-def cache_root() -> Path:
-    """Directory for lychee-memory's caches (converted models, default store); LYCHEE_CACHE_DIR overrides."""
-    override = os.environ.get("LYCHEE_CACHE_DIR")
-    if override:
-        return Path(override).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("lychee-memory"))
 
 
 @dataclass(frozen=True)
@@ -93,6 +83,8 @@ class LoadedModel:
     # What the fingerprint hashes: file or weight digests of the source, set by load_model (see fingerprint()).
     source_digests: dict[str, str] = field(default_factory=dict)
     _fingerprint: str | None = field(default=None, repr=False)
+    # Trained gate adapters injected into the model, by file digest (gate_weights.attach_gate): off outside gate rows.
+    gate_adapters: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def config(self):

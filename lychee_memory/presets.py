@@ -4,18 +4,47 @@ A preset applies only to settings left at "auto"/None. Each one records the meas
 default is never a guess dressed up as a fact. Models without a preset get the generic defaults of
 ``engine.resolve_config`` (the beacon compressor for trained checkpoints, else attention-guided
 selection at ratio 4 read back as text).
+
+Besides the shipped ``PRESETS``, user preset files (JSON, written by ``lychee calibrate``) are read from
+``$LYCHEE_PRESETS`` (a file, or a directory of ``*.json``) and then from ``<cache dir>/presets/*.json``. A user
+preset applies to a model with the same architecture and, when the file records one, the same fingerprint; it is
+layered over the shipped preset of that model: what the file sets wins, what it leaves out stays shipped.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+import os
+import re
+import tempfile
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import CompressorKind, GateRuleName, PromptSettings, ReadMode
+from .errors import ConfigurationError
+
+PRESET_FORMAT = "lychee-preset/1"
+PRESETS_ENV = "LYCHEE_PRESETS"
+# The model config fields a user preset records and matches on.
+ARCHITECTURE_KEYS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+)
+SHIPPED = "shipped"
+
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """Defaults for one model, recognised by its architecture."""
+    """Defaults for one model, recognised by its architecture (and, for a user file, its fingerprint)."""
 
     name: str
     architecture: dict[str, Any]
@@ -29,10 +58,17 @@ class ModelPreset:
         tuple[int, int], ...
     ] = ()  # (layer, query head) of the gate index, from `lychee probe heads`
     compressor_weights: str | None = None  # a trained file in lychee_memory/trained/, loaded beside the model
+    gate_weights: str | None = None  # a trained gate adapter in lychee_memory/trained/ (gate "auto" -> "trained")
     evidence: str = ""
+    source: str = SHIPPED  # "shipped", or the path of the user preset file it came from
+    fingerprint: str | None = None  # the model fingerprint a user file was measured on (None: any checkpoint)
+    created: str = ""  # when a user file was written (ISO 8601)
 
-    def matches(self, config) -> bool:
-        return all(getattr(config, key, None) == value for key, value in self.architecture.items())
+    def matches(self, config, fingerprint: str | None = None) -> bool:
+        """Same architecture, and the same fingerprint when both this preset and the caller know one."""
+        if not all(getattr(config, key, None) == value for key, value in self.architecture.items()):
+            return False
+        return self.fingerprint is None or fingerprint is None or self.fingerprint == fingerprint
 
 
 PRESETS = [
@@ -77,19 +113,349 @@ PRESETS = [
 ]
 
 
-def preset_for(model_config) -> ModelPreset | None:
+def shipped_preset_for(model_config) -> ModelPreset | None:
+    """The shipped preset of this architecture, ignoring user files."""
     for preset in PRESETS:
         if preset.matches(model_config):
             return preset
     return None
 
 
+def preset_for(model_config, fingerprint: str | None = None) -> ModelPreset | None:
+    """The preset for a model: a matching user file layered over the shipped preset, else the shipped one.
+
+    User files are looked for in ``$LYCHEE_PRESETS`` and then in the user presets directory; among matching
+    files one recorded for this very ``fingerprint`` wins over one that records none, else the first in order.
+    """
+    shipped = shipped_preset_for(model_config)
+    matching = [fields for fields in _user_preset_fields() if _fields_match(fields, model_config, fingerprint)]
+    if not matching:
+        return shipped
+    exact = [fields for fields in matching if fingerprint is not None and fields.get("fingerprint") == fingerprint]
+    chosen = (exact or matching)[0]
+    if shipped is None:
+        return ModelPreset(**chosen)
+    return layer_preset(shipped, chosen)
+
+
+def layer_preset(base: ModelPreset, fields: Mapping[str, Any]) -> ModelPreset:
+    """``base`` with the fields a user file set; thresholds and prompts merge key by key (the file's win)."""
+    updates = dict(fields)
+    for merged in ("thresholds", "prompts"):
+        if merged in updates:
+            updates[merged] = {**getattr(base, merged), **updates[merged]}
+    return dataclasses.replace(base, **updates)
+
+
+def user_presets_dir() -> Path:
+    """Where ``lychee calibrate`` writes presets by default: ``<cache dir>/presets`` (LYCHEE_CACHE_DIR moves it)."""
+    from .config import cache_root
+
+    return cache_root() / "presets"
+
+
+def user_preset_files() -> list[Path]:
+    """Every user preset file, in the order they are consulted: $LYCHEE_PRESETS, then the presets directory."""
+    files: list[Path] = []
+    configured = os.environ.get(PRESETS_ENV)
+    if configured:
+        path = Path(configured).expanduser()
+        if path.is_dir():
+            files.extend(sorted(path.glob("*.json")))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ConfigurationError(
+                f"{PRESETS_ENV}={configured!r} is neither a preset file nor a directory; "
+                "point it at a .json file written by `lychee calibrate` or a directory of them, or unset it"
+            )
+    directory = user_presets_dir()
+    if directory.is_dir():
+        files.extend(path for path in sorted(directory.glob("*.json")) if path not in files)
+    return files
+
+
+def _user_preset_fields() -> Iterator[dict[str, Any]]:
+    for path in user_preset_files():
+        yield read_preset_fields(path)
+
+
+def _fields_match(fields: Mapping[str, Any], model_config, fingerprint: str | None) -> bool:
+    probe = ModelPreset(name="", architecture=fields["architecture"], fingerprint=fields.get("fingerprint"))
+    return probe.matches(model_config, fingerprint)
+
+
+def default_preset_path(name: str, fingerprint: str | None) -> Path:
+    """``<user presets dir>/<model name>-<fingerprint start>.json``, for a model spec and its fingerprint."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).name or name).strip("-.") or "model"
+    suffix = f"-{fingerprint[:12]}" if fingerprint else ""
+    return user_presets_dir() / f"{stem}{suffix}.json"
+
+
+def check_preset_path(path: str | Path) -> Path:
+    """``path`` if a preset file can be written there (its folder is created); else a ConfigurationError."""
+    target = Path(path).expanduser()
+    if target.suffix != ".json":
+        raise ConfigurationError(f"preset file {str(target)!r} must end in .json (preset directories read *.json)")
+    if target.is_dir():
+        raise ConfigurationError(f"preset file {str(target)!r} is a directory; give the path of a .json file")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe = target.parent / f".{target.name}.check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigurationError(f"cannot write the preset file {str(target)!r}: {error.strerror or error}") from None
+    return target
+
+
+def where_preset_applies(preset: ModelPreset, path: Path) -> str:
+    """Whether the engine now resolves this model's preset from the file at ``path``, said in a sentence."""
+    architecture = type("ModelConfig", (), dict(preset.architecture))()
+    found = preset_for(architecture, preset.fingerprint)
+    if found is not None and Path(found.source).resolve() == path.resolve():
+        return f"the engine now picks it up for {preset.name} (use_presets=False turns presets off)"
+    if any(candidate.resolve() == path.resolve() for candidate in user_preset_files()) and found is not None:
+        return f"another preset file comes first for this model ({found.source}); set {PRESETS_ENV}={path}"
+    return f"the engine does not read it there: set {PRESETS_ENV}={path}, or write it to {user_presets_dir()}"
+
+
+# The preset file format ---------------------------------------------------------------------------------
+
+Failure = Callable[[str], ConfigurationError]  # makes the error for one field from what is wrong with it
+_COMPRESSORS = tuple(kind for kind in typing.get_args(CompressorKind) if kind != "auto")
+_RULES = tuple(rule for rule in typing.get_args(GateRuleName) if rule != "auto")
+_READ_MODES = tuple(mode for mode in typing.get_args(ReadMode) if mode != "auto")
+_OPTIONAL_FIELDS = (
+    "compressor",
+    "chunk_tokens",
+    "read_mode",
+    "thresholds",
+    "prompts",
+    "stop_strings",
+    "prefilter_heads",
+    "evidence",
+    "fingerprint",
+    "created",
+)
+_FILE_FIELDS = ("format", "name", "architecture", *_OPTIONAL_FIELDS)
+
+
+def threshold_key(compressor: str, rule: str) -> str:
+    """How a (compressor, rule) threshold key is written in a preset file: "none/query_likelihood"."""
+    return f"{compressor}/{rule}"
+
+
+def preset_to_json(preset: ModelPreset) -> dict[str, Any]:
+    """The JSON object of a preset file (a trained compressor file name is a shipped-only field, left out)."""
+    data: dict[str, Any] = {"format": PRESET_FORMAT, "name": preset.name, "architecture": dict(preset.architecture)}
+    if preset.fingerprint is not None:
+        data["fingerprint"] = preset.fingerprint
+    if preset.created:
+        data["created"] = preset.created
+    for name in ("compressor", "chunk_tokens", "read_mode"):
+        if getattr(preset, name) is not None:
+            data[name] = getattr(preset, name)
+    if preset.thresholds:
+        data["thresholds"] = {threshold_key(*key): value for key, value in preset.thresholds.items()}
+    if preset.prompts:
+        data["prompts"] = dict(preset.prompts)
+    if preset.stop_strings:
+        data["stop_strings"] = list(preset.stop_strings)
+    if preset.prefilter_heads:
+        data["prefilter_heads"] = [list(head) for head in preset.prefilter_heads]
+    if preset.evidence:
+        data["evidence"] = preset.evidence
+    return data
+
+
+def write_preset_file(preset: ModelPreset, path: str | os.PathLike[str]) -> Path:
+    """Write ``preset`` as JSON to ``path`` atomically (a temporary file renamed over it): never half-written."""
+    target = Path(path).expanduser()
+    text = json.dumps(preset_to_json(preset), indent=2, ensure_ascii=False) + "\n"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as error:
+        raise ConfigurationError(f"cannot write the preset file {str(target)!r}: {error.strerror or error}") from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, target)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise ConfigurationError(f"cannot write the preset file {str(target)!r}: {error.strerror or error}") from None
+    return target
+
+
+def read_preset_file(path: str | os.PathLike[str]) -> ModelPreset:
+    """The preset in a JSON preset file, on its own (not layered); ``source`` is the file's path."""
+    return ModelPreset(**read_preset_fields(path))
+
+
+def read_preset_fields(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ModelPreset fields a preset file sets (only those, so it can be layered), validated.
+
+    Raises ConfigurationError naming the file and the field on anything malformed.
+    """
+    source = Path(path).expanduser()
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigurationError(f"cannot read the preset file {str(source)!r}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"preset file {str(source)!r} is not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise ConfigurationError(
+            f"preset file {str(source)!r} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+        ) from None
+    return _parse_preset(data, str(source))
+
+
+def _parse_preset(data: Any, source: str) -> dict[str, Any]:
+    def fail(field_name: str, problem: str) -> ConfigurationError:
+        return ConfigurationError(f"preset file {source!r}: field {field_name!r} {problem}")
+
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"preset file {source!r} must hold a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(_FILE_FIELDS))
+    if unknown:
+        raise fail(unknown[0], f"is not a preset field; known fields: {', '.join(_FILE_FIELDS)}")
+    if data.get("format") != PRESET_FORMAT:
+        raise fail("format", f"must be {PRESET_FORMAT!r}, got {data.get('format')!r}")
+    fields: dict[str, Any] = {"source": source}
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise fail("name", f"must be a non-empty string, got {name!r}")
+    fields["name"] = name
+    fields["architecture"] = _parse_architecture(data.get("architecture"), fail)
+    for key in _OPTIONAL_FIELDS:
+        if key in data and data[key] is not None:
+            fields[key] = _PARSERS[key](data[key], lambda problem, key=key: fail(key, problem))
+    return fields
+
+
+def _parse_architecture(value: Any, fail: Callable[[str, str], ConfigurationError]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise fail("architecture", f"must be an object of model config fields, got {value!r}")
+    missing = [key for key in ARCHITECTURE_KEYS if key not in value]
+    if missing:
+        raise fail(
+            "architecture", f"lacks {', '.join(missing)} (a preset records all of {', '.join(ARCHITECTURE_KEYS)})"
+        )
+    for key, item in value.items():
+        if key == "model_type" and not (isinstance(item, str) and item):
+            raise fail("architecture", f"entry 'model_type' must be a non-empty string, got {item!r}")
+        if key != "model_type" and item is not None and (isinstance(item, bool) or not isinstance(item, (int, str))):
+            raise fail("architecture", f"entry {key!r} must be an integer, a string or null, got {item!r}")
+    return dict(value)
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[Any, Failure], str]:
+    def parse(value: Any, fail: Failure) -> str:
+        if value not in choices:
+            raise fail(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return parse
+
+
+def _positive_int(value: Any, fail: Failure) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise fail(f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _text(value: Any, fail: Failure) -> str:
+    if not isinstance(value, str):
+        raise fail(f"must be a string, got {value!r}")
+    return value
+
+
+def _thresholds(value: Any, fail: Failure) -> dict[tuple[str, str], float]:
+    if not isinstance(value, dict):
+        raise fail(f'must be an object like {{"none/query_likelihood": 2.0}}, got {value!r}')
+    parsed = {}
+    for key, threshold in value.items():
+        compressor, _, rule = str(key).partition("/")
+        if compressor not in _COMPRESSORS or rule not in _RULES:
+            raise fail(
+                f"key {key!r} must be COMPRESSOR/RULE with a compressor among {', '.join(_COMPRESSORS)} "
+                f"and a rule among {', '.join(_RULES)}"
+            )
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+            raise fail(f"value of {key!r} must be a finite number, got {threshold!r}")
+        parsed[(compressor, rule)] = float(threshold)
+    return parsed
+
+
+def _prompts(value: Any, fail: Failure) -> dict[str, str]:
+    names = [name for name, info in PromptSettings.model_fields.items() if info.annotation is str]
+    if not isinstance(value, dict):
+        raise fail(f"must be an object of prompt templates, got {value!r}")
+    for key, template in value.items():
+        if key not in names:
+            raise fail(f"key {key!r} is not a prompt template; known: {', '.join(names)}")
+        if not isinstance(template, str):
+            raise fail(f"value of {key!r} must be a string, got {template!r}")
+    try:
+        PromptSettings(**value)
+    except ValueError as error:
+        raise fail(f"holds an invalid template: {error}") from None
+    return dict(value)
+
+
+def _stop_strings(value: Any, fail: Failure) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise fail(f"must be a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def _heads(value: Any, fail: Failure) -> tuple[tuple[int, int], ...]:
+    def is_index(item: Any) -> bool:
+        return isinstance(item, int) and not isinstance(item, bool) and item >= 0
+
+    if not isinstance(value, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(is_index(item) for item in pair) for pair in value
+    ):
+        raise fail(f"must be a list of [layer, head] pairs of non-negative integers, got {value!r}")
+    return tuple((pair[0], pair[1]) for pair in value)
+
+
+def _fingerprint(value: Any, fail: Failure) -> str:
+    if not isinstance(value, str) or not value:
+        raise fail(f"must be the model's fingerprint (a non-empty string) or null, got {value!r}")
+    return value
+
+
+_PARSERS = {
+    "compressor": _choice(_COMPRESSORS),
+    "chunk_tokens": _positive_int,
+    "read_mode": _choice(_READ_MODES),
+    "thresholds": _thresholds,
+    "prompts": _prompts,
+    "stop_strings": _stop_strings,
+    "prefilter_heads": _heads,
+    "evidence": _text,
+    "fingerprint": _fingerprint,
+    "created": _text,
+}
+
+
 TRAINED_DIR = Path(__file__).parent / "trained"
 
 
 def shipped_compressor_weights(model_config) -> Path | None:
-    """The trained compressor weights shipped with the package for this model, if its preset names one."""
-    preset = preset_for(model_config)
+    """The trained compressor weights shipped with the package for this model, if its shipped preset names one."""
+    preset = shipped_preset_for(model_config)
     if preset is None or preset.compressor_weights is None:
         return None
     return TRAINED_DIR / preset.compressor_weights
+
+
+def shipped_gate_weights(model_config) -> Path | None:
+    """The trained gate adapter shipped with the package for this model, if its preset names one."""
+    preset = preset_for(model_config)
+    if preset is None or preset.gate_weights is None:
+        return None
+    return TRAINED_DIR / preset.gate_weights

@@ -132,10 +132,15 @@ def test_later_blocks_are_judged_against_the_updated_memory(family):
     assert len(answer.blocks) >= 2
     steps = [s.memory_step for s in answer.gate_scores]
     assert steps == sorted(steps) and steps[-1] <= len(answer.blocks)
-    for decision in answer.gate_scores:  # each block was judged with every earlier hit already in memory
-        assert decision.memory_step == sum(block.index < decision.index for block in answer.blocks)
-    judged_after_update = [s for s in answer.gate_scores if s.memory_step > 0]
-    assert judged_after_update and all(s.index > answer.blocks[0].index for s in judged_after_update)
+    first_sweep = [s for s in answer.gate_scores if not s.rejudged]
+    assert sorted(s.index for s in first_sweep) == list(range(len(bank))), "the first sweep judges every block once"
+    sweep_reads = [s.index for s in first_sweep if s.relevant]
+    for decision in first_sweep:  # each block was first judged with every earlier hit already in memory
+        assert decision.memory_step == sum(index < decision.index for index in sweep_reads)
+    # Then the blocks judged against an older memory are judged again, each against the memory of its turn.
+    for decision in (s for s in answer.gate_scores if s.rejudged):
+        earlier = [s for s in answer.gate_scores if s.index == decision.index and s is not decision]
+        assert earlier and all(s.memory_step < decision.memory_step and not s.relevant for s in earlier)
     assert len(answer.memory_steps) == len(answer.blocks) + 1
 
 

@@ -37,6 +37,7 @@ from pydantic import ValidationError
 
 from ..blocks import BankIdentity, MemoryBank, SourceSpan
 from ..chunking import Chunk
+from ..config import cache_root
 from ..documents import Document
 from ..errors import (
     BankNotFoundError,
@@ -45,7 +46,6 @@ from ..errors import (
     DocumentNotFoundError,
     StoreError,
 )
-from ..model_loading import cache_root
 from ..progress import progress_bar
 from .codec import (
     HEADER_BYTES,

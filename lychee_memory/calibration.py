@@ -1,0 +1,494 @@
+"""Measure a model's defaults on generated needle documents (``lychee calibrate``) and make them a preset.
+
+Three measurements, each on needle samples whose planted facts say which blocks matter:
+
+- the gate threshold of each rule: every block of every sample is scored (minus the block-free baseline where the
+  rule uses one), and the threshold is the one with the best recall of fact blocks within a budget of false reads;
+- the prefilter heads: ``eval.head_probe.probe_heads`` on a raw-KV engine;
+- the read mode: the same questions answered reading blocks as KV and as text; KV unless text answers more.
+
+The result is a ``ModelPreset`` written as a user preset file, which ``presets.preset_for`` picks up for the model.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .blocks import MemoryBank
+from .config import EngineConfig
+from .engine import LycheeMemory
+from .errors import ConfigurationError, ContextTooLongError
+from .eval.head_probe import ProbeResult, fact_blocks, probe_heads
+from .eval.metrics import sub_em
+from .eval.needles import NEEDLE_FAMILIES
+from .eval.tasks import QASample, build_samples, source_name, task_source
+from .gate import RULES, GateRule, ScoreRequest
+from .presets import ARCHITECTURE_KEYS, ModelPreset, read_preset_file, shipped_preset_for, threshold_key
+from .progress import progress_bar
+
+DEFAULT_FAMILIES = ("needle", "needle-multikey")
+# Compressors a preset may name as the model's default: the ones that need no trained weights.
+TRAINING_FREE = ("attention", "key_norm", "none")
+TIE = 1e-12  # slack for comparing means of counts
+
+
+# Choosing a threshold -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuestionScores:
+    """Gate scores of one question's blocks: the blocks holding its facts, and all the others."""
+
+    fact: tuple[float, ...]
+    other: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ThresholdOutcome:
+    """What one threshold does on a set of questions (a block passes when its score >= threshold)."""
+
+    threshold: float
+    recall: float  # share of fact blocks passing
+    fact_hits: int
+    facts: int
+    false_reads: float  # mean number of other blocks passing, per question
+    questions: int
+    gap: float | None  # width of the empty score interval the threshold sits in (None: above every score)
+
+
+class _SortedScores:
+    """Scores pooled over questions and sorted, so a threshold is evaluated with a few bisections."""
+
+    def __init__(self, scores: Sequence[QuestionScores]):
+        if not scores:
+            raise ConfigurationError("no questions to calibrate on")
+        self.facts = sorted(value for question in scores for value in question.fact)
+        self.others = sorted(value for question in scores for value in question.other)
+        self.values = sorted(set(self.facts) | set(self.others))
+        if not self.values:
+            raise ConfigurationError("no block scores to calibrate on")
+        self.questions = len(scores)
+
+    def outcome(self, threshold: float) -> ThresholdOutcome:
+        hits = len(self.facts) - bisect.bisect_left(self.facts, threshold)
+        false = len(self.others) - bisect.bisect_left(self.others, threshold)
+        below, above = self.neighbours(threshold)
+        return ThresholdOutcome(
+            threshold,
+            hits / len(self.facts) if self.facts else 0.0,
+            hits,
+            len(self.facts),
+            false / self.questions,
+            self.questions,
+            above - below if below is not None and above is not None else None,
+        )
+
+    def neighbours(self, threshold: float) -> tuple[float | None, float | None]:
+        """The highest score below the threshold and the lowest score at or above it."""
+        position = bisect.bisect_left(self.values, threshold)
+        below = self.values[position - 1] if position > 0 else None
+        above = self.values[position] if position < len(self.values) else None
+        return below, above
+
+    def margin(self, threshold: float) -> float:
+        """Distance from the threshold to the nearest score: half the gap for a midpoint, 0 on a score."""
+        below, above = self.neighbours(threshold)
+        return min(
+            threshold - below if below is not None else math.inf, above - threshold if above is not None else math.inf
+        )
+
+
+def candidate_thresholds(scores: Sequence[QuestionScores]) -> list[float]:
+    """Every observed score, the midpoints between neighbouring ones, and one above them all (nothing passes)."""
+    values = _SortedScores(scores).values
+    midpoints = [(low + high) / 2 for low, high in zip(values, values[1:])]
+    return sorted([*values, *midpoints, values[-1] + 1.0])
+
+
+def evaluate_threshold(scores: Sequence[QuestionScores], threshold: float) -> ThresholdOutcome:
+    """Recall and false reads of ``threshold`` on ``scores``."""
+    return _SortedScores(scores).outcome(threshold)
+
+
+def choose_threshold(
+    scores: Sequence[QuestionScores], read_budget: float = 1.0, target_recall: float | None = None
+) -> ThresholdOutcome:
+    """The threshold with the best fact recall whose false reads per question stay within ``read_budget``.
+
+    Among thresholds with that recall, the one farthest from any score wins (the midpoint of the widest gap,
+    so it holds on new documents), then the higher one. With ``target_recall`` the budget is not used: the
+    threshold with the fewest false reads reaching that recall wins, with the same tie-breaks.
+    """
+    pooled = _SortedScores(scores)
+    outcomes = [pooled.outcome(threshold) for threshold in candidate_thresholds(scores)]
+    if target_recall is None:
+        allowed = [outcome for outcome in outcomes if outcome.false_reads <= read_budget + TIE]
+        best = max(outcome.fact_hits for outcome in allowed)  # the top candidate passes nothing: never empty
+        tied = [outcome for outcome in allowed if outcome.fact_hits == best]
+    else:
+        reaching = [outcome for outcome in outcomes if outcome.recall >= target_recall - TIE]
+        fewest = min(outcome.false_reads for outcome in reaching)  # the lowest candidate passes every block
+        tied = [outcome for outcome in reaching if outcome.false_reads <= fewest + TIE]
+    return max(tied, key=lambda outcome: (pooled.margin(outcome.threshold), outcome.threshold))
+
+
+# Settings and results -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """What to measure and on which samples; invalid values raise ConfigurationError at construction."""
+
+    lengths: tuple[int, ...] = (7000,)
+    n: int = 6  # probe samples per family and length
+    heldout_n: int = 4  # held-out samples (another seed) per family and length; 0 = none
+    families: tuple[str, ...] = DEFAULT_FAMILIES
+    rules: tuple[str, ...] | None = None  # None = the engine's resolved rule
+    read_budget: float = 1.0  # mean false reads per question a threshold may let through
+    target_recall: float | None = None
+    data: str | None = None  # SQuAD haystack directory; None = the generated haystack (or $LYCHEE_DATA_DIR)
+    seed: int = 0
+    head_count: int = 8
+    skip_heads: bool = False
+    skip_read_mode: bool = False
+    read_questions: int = 4  # probe questions answered in each read mode
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.lengths or any(length < 1 for length in self.lengths):
+            raise ConfigurationError(f"lengths must be positive token counts, got {list(self.lengths)}")
+        for name, least in (("n", 1), ("heldout_n", 0), ("head_count", 1), ("read_questions", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigurationError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {value!r}")
+        if not math.isfinite(self.read_budget) or self.read_budget < 0:
+            raise ConfigurationError(f"--read-budget must be a number of blocks >= 0, got {self.read_budget}")
+        if self.target_recall is not None and not 0 < self.target_recall <= 1:
+            raise ConfigurationError(f"--target-recall must be in (0, 1], got {self.target_recall}")
+        unknown = [family for family in self.families if family not in NEEDLE_FAMILIES]
+        if not self.families or unknown:
+            raise ConfigurationError(
+                f"unknown needle family {unknown[0] if unknown else '(none given)'!r}; "
+                f"choose from {', '.join(NEEDLE_FAMILIES)}"
+            )
+        for rule in self.rules or ():
+            if rule not in RULES:
+                raise ConfigurationError(f"unknown gate rule {rule!r}; choose from {', '.join(RULES)}")
+            if not RULES[rule].needs_model:
+                raise ConfigurationError(f"gate rule {rule!r} reads every block: it has no threshold to calibrate")
+
+
+@dataclass(frozen=True)
+class RuleCalibration:
+    """The threshold chosen for one rule, and how it does on the held-out samples."""
+
+    rule: str
+    compressor: str
+    chosen: ThresholdOutcome
+    heldout: ThresholdOutcome | None
+
+
+@dataclass(frozen=True)
+class ReadModeResult:
+    """Questions answered right (sub_em) reading blocks as KV and as text; None: that mode does not fit."""
+
+    correct: dict[str, int | None]
+    questions: int
+    chosen: str
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Everything ``calibrate`` measured, and the preset made from it."""
+
+    preset: ModelPreset
+    shipped: ModelPreset | None
+    rules: list[RuleCalibration]
+    heads: ProbeResult | None
+    read_mode: ReadModeResult | None
+    samples: int
+    heldout_samples: int
+
+
+# Measuring ----------------------------------------------------------------------------------------------
+
+
+def focus_on_answer(sample: QASample) -> QASample:
+    """The sample with only the evidence that states the answer (the asked code, not look-alike ones) as facts.
+
+    Samples whose evidence never states the answer (a two-hop chain's first hop) keep all of it.
+    """
+    answers = [answer.lower() for answer in sample.answers if answer]
+    stating = [
+        (start, end) for start, end in sample.evidence if any(a in sample.context[start:end].lower() for a in answers)
+    ]
+    return dataclasses.replace(sample, evidence=stating or list(sample.evidence))
+
+
+def calibration_samples(settings: CalibrationSettings, tokenizer: Any, n: int, seed: int) -> list[QASample]:
+    """``n`` samples per family and length, families interleaved, facts focused on the answer."""
+    samples = []
+    for length in settings.lengths:
+        per_family = [build_samples(family, tokenizer, length, n, settings.data, seed) for family in settings.families]
+        samples.extend(focus_on_answer(sample) for group in zip(*per_family) for sample in group)
+    return samples
+
+
+def block_gains(engine: LycheeMemory, rule: GateRule, bank: MemoryBank, question: str) -> list[float]:
+    """The rule's score of every block for ``question`` under the initial memory, minus the block-free baseline
+    when the rule uses one: exactly what the scan compares with the threshold."""
+    memory = engine.config.prompts.initial_memory
+    requests = [ScoreRequest(question, memory, None)] if rule.uses_block_free_baseline else []
+    requests += [ScoreRequest(question, memory, bank.block(index)) for index in range(len(bank))]
+    step = engine.config.gate.batch_size
+    scores: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, len(requests), step):
+            scores.extend(rule.score(engine.loaded, engine.prompts, requests[start : start + step]))
+    if rule.uses_block_free_baseline:
+        baseline = scores.pop(0)
+        scores = [score - baseline for score in scores]
+    return scores
+
+
+def score_samples(
+    engine: LycheeMemory,
+    rules: Sequence[GateRule],
+    samples: Sequence[QASample],
+    progress: Callable[[int], object] | None = None,
+) -> dict[str, list[QuestionScores]]:
+    """Per rule, the fact and other block gains of every sample (each document ingested once)."""
+    found: dict[str, list[QuestionScores]] = {rule.name: [] for rule in rules}
+    for sample in samples:
+        bank = engine.ingest(sample.context, show_progress=False)
+        facts = set(fact_blocks(bank, sample))
+        for rule in rules:
+            gains = block_gains(engine, rule, bank, sample.question)
+            found[rule.name].append(
+                QuestionScores(
+                    tuple(gain for index, gain in enumerate(gains) if index in facts),
+                    tuple(gain for index, gain in enumerate(gains) if index not in facts),
+                )
+            )
+        if progress is not None:
+            progress(1)
+    return found
+
+
+def _rules(engine: LycheeMemory, names: Sequence[str] | None) -> list[GateRule]:
+    """The rules to calibrate: the engine's own, or each built by an engine variant using it (so any rule works)."""
+    return [
+        engine.rule if name == engine.rule.name else engine_variant(engine, gate=name).rule
+        for name in names or [engine.rule.name]
+    ]
+
+
+def engine_variant(engine: LycheeMemory, **options: Any) -> LycheeMemory:
+    """An engine on the same loaded model with the resolved settings of ``engine`` and these options."""
+    return LycheeMemory(engine.loaded, EngineConfig.from_kwargs(engine.config, show_progress=False, **options))
+
+
+def measure_read_mode(
+    engine: LycheeMemory, samples: Sequence[QASample], options: dict[str, Any], show_progress: bool
+) -> ReadModeResult:
+    """Answer ``samples`` reading blocks as KV and as text; KV (no re-encoding) unless text answers more."""
+    readers: dict[str, LycheeMemory | None] = {}
+    for mode in ("kv", "text"):
+        try:
+            readers[mode] = engine_variant(engine, read_mode=mode, **options)
+        except ContextTooLongError:  # e.g. a text read of a whole chunk does not fit the window
+            readers[mode] = None
+    correct: dict[str, int | None] = {mode: 0 if reader is not None else None for mode, reader in readers.items()}
+    bank_maker = readers["kv"] or readers["text"]
+    if bank_maker is None:
+        raise ConfigurationError("neither read mode fits the model's window with these settings")
+    with progress_bar(len(samples), "answering in both read modes", show_progress, unit="question") as bar:
+        for sample in samples:
+            bank = bank_maker.ingest(sample.context, show_progress=False)
+            for mode, reader in readers.items():
+                if reader is not None:
+                    answer = reader.ask(sample.question, bank, show_progress=False)
+                    correct[mode] = (correct[mode] or 0) + int(sub_em(answer.text, sample.answers))
+            bar.update(1)
+    kv, text = correct["kv"], correct["text"]
+    chosen = "text" if kv is None or (text is not None and text > kv) else "kv"
+    return ReadModeResult(correct, len(samples), chosen)
+
+
+def calibrate(engine: LycheeMemory, settings: CalibrationSettings, command: str = "") -> Calibration:
+    """Measure thresholds, heads and read mode for the engine's model and compressor; return them as a preset."""
+    rules = _rules(engine, settings.rules)
+    tokenizer = engine.loaded.tokenizer
+    probe = calibration_samples(settings, tokenizer, settings.n, settings.seed)
+    heldout = (
+        calibration_samples(settings, tokenizer, settings.heldout_n, settings.seed + 1) if settings.heldout_n else []
+    )
+    with progress_bar(len(probe) + len(heldout), "scoring blocks", settings.show_progress, unit="document") as bar:
+        probe_scores = score_samples(engine, rules, probe, bar.update)
+        heldout_scores = score_samples(engine, rules, heldout, bar.update)
+    compressor = engine.config.compressor.kind
+    results = []
+    for rule in rules:
+        chosen = choose_threshold(probe_scores[rule.name], settings.read_budget, settings.target_recall)
+        check = evaluate_threshold(heldout_scores[rule.name], chosen.threshold) if heldout else None
+        results.append(RuleCalibration(rule.name, compressor, chosen, check))
+    heads = None
+    if not settings.skip_heads:
+        raw = engine if compressor == "none" else engine_variant(engine, compressor="none")
+        heads = probe_heads(raw, probe, heldout, count=settings.head_count, show_progress=settings.show_progress)
+    read_mode = None
+    if not settings.skip_read_mode:
+        options: dict[str, Any] = {"prefilter_heads": heads.chosen} if heads is not None else {}
+        own = next((result for result in results if result.rule == engine.rule.name), None)
+        if own is not None:
+            options["threshold"] = own.chosen.threshold
+        read_mode = measure_read_mode(engine, probe[: settings.read_questions], options, settings.show_progress)
+    preset = ModelPreset(
+        name=engine.loaded.resolved.spec,
+        architecture={key: getattr(engine.loaded.config, key, None) for key in ARCHITECTURE_KEYS},
+        compressor=compressor if compressor in TRAINING_FREE else None,
+        chunk_tokens=engine.chunk_tokens,
+        read_mode=read_mode.chosen if read_mode is not None else None,
+        thresholds={(result.compressor, result.rule): result.chosen.threshold for result in results},
+        prefilter_heads=tuple(heads.chosen) if heads is not None else (),
+        fingerprint=engine.loaded.fingerprint(),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        source="calibrated",
+    )
+    calibration = Calibration(
+        preset, shipped_preset_for(engine.loaded.config), results, heads, read_mode, len(probe), len(heldout)
+    )
+    evidence = _evidence(calibration, settings, engine, command)
+    return dataclasses.replace(calibration, preset=dataclasses.replace(preset, evidence=evidence))
+
+
+# Reporting ----------------------------------------------------------------------------------------------
+
+
+def _outcome_text(outcome: ThresholdOutcome, label: str = "") -> str:
+    gap = f", gap {outcome.gap:.3f}" if outcome.gap is not None and not label else ""
+    return (
+        f"{label}recall {outcome.recall:.2f} ({outcome.fact_hits}/{outcome.facts}), "
+        f"{outcome.false_reads:.2f} false reads per question{gap}, n={outcome.questions}"
+    )
+
+
+def _rule_text(result: RuleCalibration) -> str:
+    held = f"; {_outcome_text(result.heldout, 'held out: ')}" if result.heldout is not None else ""
+    return _outcome_text(result.chosen) + held
+
+
+def _heads_text(heads: ProbeResult) -> str:
+    held = f"; held out {heads.heldout_ranks}" if heads.heldout_ranks else ""
+    return f"rank of the fact's block: probe {heads.probe_ranks}{held}"
+
+
+def _read_mode_text(result: ReadModeResult) -> str:
+    return ", ".join(
+        f"{mode} {count}/{result.questions}" if count is not None else f"{mode} does not fit"
+        for mode, count in result.correct.items()
+    )
+
+
+def _evidence(calibration: Calibration, settings: CalibrationSettings, engine: LycheeMemory, command: str) -> str:
+    """The preset's evidence: what was measured, on what, by which command, and the numbers."""
+    source = source_name(settings.families[0], task_source(settings.families[0], settings.data))
+    lengths = ", ".join(str(length) for length in settings.lengths)
+    held_seed = f", held out seed {settings.seed + 1}" if calibration.heldout_samples else ""
+    compressor = engine.config.compressor
+    parts = [
+        f"Calibrated on {calibration.preset.created} by `{command or 'lychee calibrate'}`: {calibration.samples} "
+        f"probe and {calibration.heldout_samples} held-out samples ({', '.join(settings.families)} at {lengths} "
+        f"tokens, {source}, seed {settings.seed}{held_seed}), {engine.chunk_tokens}-token chunks, "
+        f"compressor {compressor.kind} at ratio {compressor.ratio}."
+    ]
+    choice = (
+        f"the fewest false reads reaching recall {settings.target_recall}"
+        if settings.target_recall is not None
+        else f"the best recall within {settings.read_budget} false reads per question"
+    )
+    for result in calibration.rules:
+        parts.append(
+            f"Gate {threshold_key(result.compressor, result.rule)}: threshold {result.chosen.threshold:.4f} "
+            f"({choice}): {_rule_text(result)}."
+        )
+    if calibration.heads is not None:
+        heads = [list(head) for head in calibration.heads.chosen]
+        parts.append(f"Prefilter heads {heads}: {_heads_text(calibration.heads)}.")
+    if calibration.read_mode is not None:
+        mode = calibration.read_mode
+        parts.append(f"Read mode {mode.chosen}: questions answered (sub_em) {_read_mode_text(mode)}.")
+    return " ".join(parts)
+
+
+def format_table(calibration: Calibration) -> str:
+    """A markdown table of what was measured, beside the shipped preset's values where the model has one."""
+    preset, shipped = calibration.preset, calibration.shipped
+
+    def before(value: object) -> str:
+        return "-" if shipped is None or value in (None, (), []) else str(value)
+
+    lines = [
+        f"calibration of {preset.name} (fingerprint {preset.fingerprint})\n",
+        "| setting | calibrated | shipped preset | measured on |",
+        "|---|---|---|---|",
+    ]
+    for result in calibration.rules:
+        key = (result.compressor, result.rule)
+        shipped_threshold = shipped.thresholds.get(key) if shipped is not None else None
+        lines.append(
+            f"| gate threshold {threshold_key(*key)} | {result.chosen.threshold:.4f} | {before(shipped_threshold)} "
+            f"| {_rule_text(result)} |"
+        )
+    if calibration.heads is not None:
+        shipped_heads = [list(head) for head in shipped.prefilter_heads] if shipped is not None else None
+        heads = [list(head) for head in calibration.heads.chosen]
+        lines.append(f"| prefilter heads | {heads} | {before(shipped_heads)} | {_heads_text(calibration.heads)} |")
+    if calibration.read_mode is not None:
+        same = shipped is not None and shipped.compressor == preset.compressor
+        mode = calibration.read_mode
+        lines.append(
+            f"| read mode | {mode.chosen} | {before(shipped.read_mode if same else None)} | {_read_mode_text(mode)} |"
+        )
+    lines.append(f"| chunk tokens | {preset.chunk_tokens} | {before(shipped.chunk_tokens if shipped else None)} | |")
+    for result in calibration.rules:
+        if result.chosen.fact_hits == 0:
+            lines.append(
+                f"\nwarning: no {result.rule} threshold within the budget passes a fact block with compressor "
+                f"{result.compressor} (the gate will fall back to its top block); raise --read-budget"
+                + (" or try --compressor none" if result.compressor != "none" else "")
+            )
+    return "\n".join(lines)
+
+
+# Where the preset goes ----------------------------------------------------------------------------------
+
+
+def merge_earlier(preset: ModelPreset, path: Path) -> tuple[ModelPreset, list[str]]:
+    """Keep from a preset of the same model already at ``path`` what this run did not measure (other thresholds,
+    heads, the read mode), with its evidence; returns the preset and what was kept."""
+    try:
+        earlier = read_preset_file(path) if path.is_file() else None
+    except ConfigurationError:
+        earlier = None  # a damaged file is replaced
+    if earlier is None or (earlier.architecture, earlier.fingerprint) != (preset.architecture, preset.fingerprint):
+        return preset, []
+    thresholds = {key: value for key, value in earlier.thresholds.items() if key not in preset.thresholds}
+    kept = [f"threshold {threshold_key(*key)}" for key in thresholds]
+    updates: dict[str, Any] = {"thresholds": {**thresholds, **preset.thresholds}}
+    if not preset.prefilter_heads and earlier.prefilter_heads:
+        updates["prefilter_heads"], kept = earlier.prefilter_heads, [*kept, "prefilter heads"]
+    if preset.read_mode is None and earlier.read_mode is not None and earlier.compressor == preset.compressor:
+        updates["read_mode"], kept = earlier.read_mode, [*kept, "read mode"]
+    if kept:
+        updates["evidence"] = f"{preset.evidence} Kept from the earlier calibration: {earlier.evidence}"
+    return dataclasses.replace(preset, **updates), kept
