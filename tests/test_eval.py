@@ -408,3 +408,27 @@ def test_needle_tasks_and_bench_run_without_any_dataset(tmp_path, monkeypatch, c
     assert status == 0, capsys.readouterr().err
     rows = json.loads((tmp_path / "b" / "bench.json").read_text())
     assert {row["source"] for row in rows} == {"generated haystack"} and all(row["seconds"] > 0 for row in rows)
+
+
+def test_methods_that_differ_only_in_gate_share_one_bank_per_sample(monkeypatch):
+    from lychee_memory.engine import LycheeMemory
+    from lychee_memory.eval.runner import MethodRunner, parse_methods, run_method
+    from lychee_memory.eval.tasks import QASample
+
+    from .conftest import FACTS_DOCUMENT
+
+    runner = MethodRunner("tiny-random-llama", {"chunk_tokens": 64, "max_memory_tokens": 8, "max_answer_tokens": 4})
+    calls = []
+    original = LycheeMemory.ingest
+
+    def counting(self, *args, **kwargs):
+        calls.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LycheeMemory, "ingest", counting)
+    methods = parse_methods("lychee,lychee:gate=prompt,lychee:compressor=key_norm;ratio=2")
+    for context in (FACTS_DOCUMENT, FACTS_DOCUMENT + " One more line."):
+        sample = QASample("What is the access code?", ["58213"], context, "s", [(0, 10)])
+        results = [run_method(runner, method, sample, "needle", 100, 100) for method in methods]
+        assert results[0].ingest_seconds == results[1].ingest_seconds > 0
+    assert len(calls) == 4, "once per sample for the raw-KV recipe and once for key_norm"

@@ -173,3 +173,33 @@ def test_bad_gate_files_and_settings_get_specific_errors(trained, tmp_path):
     with pytest.raises(UnsupportedModelError, match="has shape"):
         make_engine("llama", compressor="none", gate="trained", gate_weights=str(reshaped))
     assert json.loads(settings.to_metadata()["rank"]) == settings.rank
+
+
+def test_the_cli_trains_a_gate_and_prints_the_comparison(tmp_path, capsys):
+    from lychee_memory.cli import main
+
+    code = main(
+        [
+            "train",
+            "gate",
+            "--out",
+            str(tmp_path / "run"),
+            "--model",
+            "tiny-random-llama",
+            "--steps",
+            "2",
+            "--eval-every",
+            "1",
+            "--eval-states",
+            "12",
+            "--document-tokens",
+            "200",
+            "--per-family",
+            '{"needle": 3, "needle-multikey": 2, "needle-twohop": 3}',
+            "--no-progress",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0 and "| trained |" in printed and "| query_likelihood |" in printed
+    assert "--gate trained --gate-weights" in printed and (tmp_path / "run" / "gate.safetensors").is_file()
+    assert main(["train", "gate", "--out", str(tmp_path / "bad"), "--per-family", "{not json"]) == 2

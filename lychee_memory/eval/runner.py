@@ -111,6 +111,7 @@ class MethodRunner:
         self.engine = LycheeMemory(self.loaded, base)
         self._engines: dict[str, Any] = {}
         self._rags: dict[str, Any] = {}
+        self._banks: dict[tuple[str, str, str], tuple[Any, float]] = {}  # the current sample's banks by recipe
 
     def engine_for(self, method: Method):
         """The engine that runs ``method``: the base engine, or one with the method's own settings."""
@@ -124,6 +125,17 @@ class MethodRunner:
             config = EngineConfig.from_kwargs(None, **({"spec": self._model} if self._model else {}), **options)
             self._engines[method.label] = LycheeMemory(self.loaded, config)
         return self._engines[method.label]
+
+    def bank_for(self, engine, sample: QASample) -> tuple[Any, float]:
+        """The sample's bank and its ingest seconds: compressed once per block recipe, so methods that differ only
+        in gate or reasoner settings read the same blocks (and report the same ingest time)."""
+        key = (repr(engine.identity), repr(engine.index_spec), sample.context)
+        if key not in self._banks:
+            self._banks = {k: v for k, v in self._banks.items() if k[2] == sample.context}  # one sample at a time
+            started = time.perf_counter()
+            bank = engine.ingest([sample.context])
+            self._banks[key] = (bank, time.perf_counter() - started)
+        return self._banks[key]
 
     def rag_for(self, method: Method):
         from .rag import RagBaseline
@@ -174,9 +186,7 @@ def run_method(
     try:
         if method.kind == "lychee":
             engine = runner.engine_for(method)
-            started = time.perf_counter()
-            bank = engine.ingest([sample.context])
-            result.ingest_seconds = time.perf_counter() - started
+            bank, result.ingest_seconds = runner.bank_for(engine, sample)
             answer = engine.ask(sample.question, bank)
             result.blocks = len(bank)
             passed = set().union(*answer.candidates) if answer.candidates else range(len(bank))

@@ -54,11 +54,13 @@ def _command_train_gate(args: argparse.Namespace) -> int:
             eval_every=args.eval_every,
             eval_states=args.eval_states,
             read_budget=args.read_budget,
+            document_tokens=args.document_tokens,
+            per_family=json.loads(args.per_family) if args.per_family else None,
             seed=args.seed,
             device=args.device,
             dtype=args.dtype,
         )
-    except ValueError as error:
+    except ValueError as error:  # a pydantic ValidationError or malformed --per-family JSON
         raise LycheeError(f"bad training settings: {error}") from None
     summary = train_gate(config, args.out, show_progress=not args.no_progress)
     print("| rule | threshold | held-out precision | recall | F1 | hotpot F1 | needle F1 | squad F1 |")
@@ -120,6 +122,10 @@ def add_train_commands(commands) -> None:
     gate.add_argument("--eval-every", type=int, default=50)
     gate.add_argument("--eval-states", type=int, default=240, help="held-out states scored at each evaluation")
     gate.add_argument("--read-budget", type=float, default=1.0, help="false reads per question allowed at calibration")
+    gate.add_argument("--document-tokens", type=int, default=1500, help="tokens of each example's text")
+    gate.add_argument(
+        "--per-family", default=None, help='examples per family as JSON, e.g. \'{"squad": 40, "needle": 30}\''
+    )
     gate.add_argument("--seed", type=int, default=0)
     gate.add_argument("--device", default="auto")
     gate.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
