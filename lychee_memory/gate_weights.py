@@ -107,7 +107,12 @@ class GateAdapter:
     """A LoRA adapter injected into a model under its own name, off except inside :meth:`active`."""
 
     def __init__(self, model: nn.Module, settings: GateAdapterSettings, name: str):
-        from peft import LoraConfig, inject_adapter_in_model
+        try:
+            from peft import LoraConfig, inject_adapter_in_model
+        except ImportError:
+            raise ConfigurationError(
+                "the trained gate needs peft: pip install 'lychee-memory[train]' (or choose another gate rule)"
+            ) from None
 
         self.model, self.settings, self.name = model, settings, name
         self.digest = ""

@@ -203,3 +203,17 @@ def test_the_cli_trains_a_gate_and_prints_the_comparison(tmp_path, capsys):
     assert code == 0 and "| trained |" in printed and "| query_likelihood |" in printed
     assert "--gate trained --gate-weights" in printed and (tmp_path / "run" / "gate.safetensors").is_file()
     assert main(["train", "gate", "--out", str(tmp_path / "bad"), "--per-family", "{not json"]) == 2
+
+
+def test_without_peft_the_trained_gate_says_which_extra_to_install(trained, monkeypatch):
+    import sys
+
+    from lychee_memory.config import ModelSettings
+    from lychee_memory.gate_weights import attach_gate
+    from lychee_memory.model_loading import load_model
+
+    out, _ = trained
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
+    loaded = load_model(ModelSettings(spec="tiny-random-llama"))
+    with pytest.raises(ConfigurationError, match=r"lychee-memory\[train\]"):
+        attach_gate(loaded, out / "gate.safetensors")
