@@ -81,7 +81,13 @@ class Answer:
         if include_scores:
             data["candidates"] = self.candidates
             data["gate_scores"] = [
-                {"index": s.index, "score": round(s.score, 6), "relevant": s.relevant, "memory_step": s.memory_step}
+                {
+                    "index": s.index,
+                    "score": round(s.score, 6),
+                    "relevant": s.relevant,
+                    "memory_step": s.memory_step,
+                    "rejudged": s.rejudged,
+                }
                 for s in self.gate_scores
             ]
         return data

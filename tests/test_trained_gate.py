@@ -217,3 +217,23 @@ def test_without_peft_the_trained_gate_says_which_extra_to_install(trained, monk
     loaded = load_model(ModelSettings(spec="tiny-random-llama"))
     with pytest.raises(ConfigurationError, match=r"lychee-memory\[train\]"):
         attach_gate(loaded, out / "gate.safetensors")
+
+
+def test_a_preset_that_ships_a_gate_makes_it_the_default_rule(trained, tmp_path, monkeypatch):
+    import shutil
+
+    from lychee_memory import presets
+
+    out, _ = trained
+    shutil.copy(out / "gate.safetensors", tmp_path / "tiny-gate.safetensors")
+    loaded = make_engine("llama").loaded
+    shipped = presets.ModelPreset(
+        name="tiny",
+        architecture={"model_type": "llama", "hidden_size": loaded.config.hidden_size},
+        gate_weights="tiny-gate.safetensors",
+    )
+    monkeypatch.setattr(presets, "PRESETS", [shipped])
+    monkeypatch.setattr(presets, "TRAINED_DIR", tmp_path)
+    engine = make_engine("llama", compressor="none")
+    assert engine.rule.name == "trained" and engine.config.gate.weights == str(tmp_path / "tiny-gate.safetensors")
+    assert make_engine("llama", compressor="none", gate="query_likelihood").rule.name == "query_likelihood"
