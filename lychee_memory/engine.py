@@ -33,7 +33,7 @@ from .gate_weights import attach_gate, read_gate_file
 from .kv_prefix import encode_opening
 from .model_loading import LoadedModel, load_model
 from .prefilter import IndexSpec, Prefilter, model_geometry, resolve_heads
-from .presets import preset_for, shipped_gate_weights
+from .presets import preset_for, trained_file
 from .progress import progress_bar
 from .prompts import PromptBuilder
 from .questions import clean_question
@@ -125,7 +125,7 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
             f"compression ratio {compressor.ratio} does not divide the chunk window of {chunk_tokens} tokens; "
             "choose a ratio that divides it (e.g. 2, 4, 8)"
         )
-    gate_file = shipped_gate_weights(loaded.config) if preset is not None else None
+    gate_file = trained_file(preset.gate_weights) if preset is not None and preset.gate_weights else None
     if resolved.gate.rule == "auto":
         resolved.gate.rule = (
             "trained" if gate_file is not None and resolved.gate.weights is None else "query_likelihood"

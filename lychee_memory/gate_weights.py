@@ -111,7 +111,8 @@ class GateAdapter:
             from peft import LoraConfig, inject_adapter_in_model
         except ImportError:
             raise ConfigurationError(
-                "the trained gate needs peft: pip install 'lychee-memory[train]' (or choose another gate rule)"
+                "the trained gate needs peft, a dependency of lychee-memory: pip install 'peft>=0.21,<0.22' (or choose "
+                "another gate rule)"
             ) from None
 
         self.model, self.settings, self.name = model, settings, name

@@ -89,7 +89,15 @@ PRESETS = [
         },
         stop_strings=("\n\n",),
         prefilter_heads=((2, 2), (2, 4), (7, 7), (8, 0), (17, 3), (18, 6), (18, 7), (18, 8)),
+        gate_weights="smollm2-135m-gate-v1.safetensors",
         evidence=(
+            "Gate: the trained gate v1 (`lychee train gate`, 120 steps, 21 min on 2 CPU cores; sha256 6945df47...; "
+            "rank-8 LoRA, 3.7 MB) on held-out states of held-out questions: AUC 0.981 vs 0.936 for query likelihood "
+            "and 0.640 for the untrained prompt rule; F1 0.642 vs 0.589 / 0.330 at thresholds calibrated on training "
+            "states (0.103 for it, carried in its file); hop 2 once hop 1's note is in memory passed 29/29 vs 21/29. "
+            "End to end it answered two-hop needles 2/10 at 7K and 1/10 at 28K (query likelihood 2/10, 0/10; "
+            "MemAgent 0/10, 0/5; RAG 1/10, 0/10) and single needles 5/5 at 7K-112K as query likelihood did, "
+            "reading 1.0-2 blocks. Query likelihood stays available (gate='query_likelihood', threshold 2.0). "
             "Prefilter heads: `lychee probe heads` (6 single-needle samples at 14K tokens, generated haystack, seed 0): "
             "each of the 270 heads ranked by the mean reciprocal rank of the fact's block; best 8 heads (MRR 0.92 "
             "for layer 8 head 0 down to 0.58 for layer 2 head 4) put the fact's block first in 6/6 probe samples and "
@@ -445,17 +453,14 @@ _PARSERS = {
 TRAINED_DIR = Path(__file__).parent / "trained"
 
 
+def trained_file(name: str) -> Path:
+    """Where a trained file a preset names (compressor weights, a gate adapter) ships in the package."""
+    return TRAINED_DIR / name
+
+
 def shipped_compressor_weights(model_config) -> Path | None:
     """The trained compressor weights shipped with the package for this model, if its shipped preset names one."""
     preset = shipped_preset_for(model_config)
     if preset is None or preset.compressor_weights is None:
         return None
-    return TRAINED_DIR / preset.compressor_weights
-
-
-def shipped_gate_weights(model_config) -> Path | None:
-    """The trained gate adapter shipped with the package for this model, if its preset names one."""
-    preset = preset_for(model_config)
-    if preset is None or preset.gate_weights is None:
-        return None
-    return TRAINED_DIR / preset.gate_weights
+    return trained_file(preset.compressor_weights)

@@ -185,8 +185,8 @@ def test_measured_presets_fill_open_settings_unless_turned_off(monkeypatch):
 
     from lychee_memory import presets
 
-    # The tiny model stands in for SmolLM2; its heads are not SmolLM2's, so the preset's head choice is left out.
-    smollm2 = dataclasses.replace(presets.PRESETS[0], prefilter_heads=())
+    # The tiny model stands in for SmolLM2; its heads and gate are not SmolLM2's, so those are left out.
+    smollm2 = dataclasses.replace(presets.PRESETS[0], prefilter_heads=(), gate_weights=None)
     monkeypatch.setattr("lychee_memory.engine.preset_for", lambda config, fingerprint=None: smollm2)
     with_preset = make_engine(chunk_tokens=None)
     assert with_preset.config.compressor.kind == smollm2.compressor
