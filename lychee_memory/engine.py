@@ -127,8 +127,12 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
         )
     gate_file = trained_file(preset.gate_weights) if preset is not None and preset.gate_weights else None
     if resolved.gate.rule == "auto":
-        resolved.gate.rule = (
-            "trained" if gate_file is not None and resolved.gate.weights is None else "query_likelihood"
+        trained = resolved.gate.weights is not None or gate_file is not None
+        resolved.gate.rule = "trained" if trained else "query_likelihood"
+    elif resolved.gate.weights is not None and resolved.gate.rule != "trained":
+        raise ConfigurationError(
+            f"gate_weights is the trained gate's file, but the gate rule is {resolved.gate.rule!r}: "
+            "choose gate='trained' (or leave it on auto), or drop gate_weights"
         )
     if resolved.gate.rule == "trained":
         if resolved.gate.weights is None:

@@ -152,6 +152,9 @@ def test_bad_gate_files_and_settings_get_specific_errors(trained, tmp_path):
     path = out / "gate.safetensors"
     with pytest.raises(ConfigurationError, match="gate_weights"):
         make_engine("llama", compressor="none", gate="trained")
+    with pytest.raises(ConfigurationError, match="gate rule is 'prompt'"):
+        make_engine("llama", compressor="none", gate="prompt", gate_weights=str(path))
+    assert make_engine("llama", compressor="none", gate_weights=str(path)).rule.name == "trained", "auto + a file"
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         make_engine("llama", compressor="none", gate="trained", gate_weights=str(tmp_path / "missing.safetensors"))
     damaged = tmp_path / "damaged.safetensors"
