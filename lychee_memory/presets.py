@@ -89,15 +89,12 @@ PRESETS = [
         },
         stop_strings=("\n\n",),
         prefilter_heads=((2, 2), (2, 4), (7, 7), (8, 0), (17, 3), (18, 6), (18, 7), (18, 8)),
-        gate_weights="smollm2-135m-gate-v1.safetensors",
         evidence=(
-            "Gate: the trained gate v1 (`lychee train gate`, 120 steps, 21 min on 2 CPU cores; sha256 6945df47...; "
-            "rank-8 LoRA, 3.7 MB) on held-out states of held-out questions: AUC 0.981 vs 0.936 for query likelihood "
-            "and 0.640 for the untrained prompt rule; F1 0.642 vs 0.589 / 0.330 at thresholds calibrated on training "
-            "states (0.103 for it, carried in its file); hop 2 once hop 1's note is in memory passed 29/29 vs 21/29. "
-            "End to end it answered two-hop needles 2/10 at 7K and 1/10 at 28K (query likelihood 2/10, 0/10; "
-            "MemAgent 0/10, 0/5; RAG 1/10, 0/10) and single needles 5/5 at 7K-112K as query likelihood did, "
-            "reading 1.0-2 blocks. Query likelihood stays available (gate='query_likelihood', threshold 2.0). "
+            "Gate: a trained gate (`lychee train gate`, 120 steps on 2 CPU cores, rank-8 LoRA, 3.7 MB) ranked held-out "
+            "states better than query likelihood (AUC 0.981 vs 0.936; hop 2 after hop 1's note 29/29 vs 21/29) but does "
+            "not ship: at its calibrated threshold (0.103) it read a wrong block of the README's example document first, "
+            "and the reasoner's wrong note there survived the right block (answer 123456 instead of 58213); query "
+            "likelihood stays the default (BENCHMARKS.md, multi-hop recall). "
             "Prefilter heads: `lychee probe heads` (6 single-needle samples at 14K tokens, generated haystack, seed 0): "
             "each of the 270 heads ranked by the mean reciprocal rank of the fact's block; best 8 heads (MRR 0.92 "
             "for layer 8 head 0 down to 0.58 for layer 2 head 4) put the fact's block first in 6/6 probe samples and "
