@@ -13,7 +13,6 @@ any backbone it was not trained on.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import warnings
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .compressors.memory_weights import base_geometry
+from .compressors.memory_weights import base_geometry, file_digest
 from .errors import ConfigurationError, ModelNotFoundError, UnsupportedModelError
 
 FORMAT = "lychee-gate-lora"
@@ -65,14 +64,6 @@ class GateAdapterSettings:
             return cls(**values)
         except (TypeError, ValueError) as error:
             raise UnsupportedModelError(f"{source}: damaged gate settings ({error})") from None
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for piece in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def read_gate_file(path: str | Path) -> tuple[dict[str, torch.Tensor], GateAdapterSettings, str]:

@@ -47,6 +47,7 @@ from ..errors import ConfigurationError
 from ..model_loading import LoadedModel, load_model
 from ..progress import progress_bar
 from .compressor_data import TrainingSample, make_samples, paragraph_pool
+from .runs import check_resume, moving_mean, pyplot
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -442,14 +443,7 @@ class CompressorTrainer:
         if not path.is_file():
             return
         payload = torch.load(path, map_location=self.loaded.device, weights_only=False)
-        saved = {key: value for key, value in payload["config"].items() if key not in ("steps", "eval_every")}
-        current = {key: value for key, value in self.config.model_dump().items() if key not in ("steps", "eval_every")}
-        if saved != current:
-            changed = sorted(key for key in current if saved.get(key) != current[key])
-            raise ConfigurationError(
-                f"{path} was written by a run with other settings ({', '.join(changed)}); use another output "
-                "directory or the same settings to resume"
-            )
+        check_resume(payload["config"], self.config.model_dump(), path)
         self.weights.load_state_dict(payload["weights"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = TrainingState(**payload["state"])
@@ -462,23 +456,15 @@ def _samples_by_length(pool, tokenizer, lengths: list[int], n: int, seed: int) -
 
 def plot_training(state: TrainingState, path: Path) -> None:
     """Training loss (smoothed) and held-out metrics against steps, one PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.info("matplotlib is not installed (the [bench] extra): no training curve")
+    plt = pyplot()
+    if plt is None:
         return
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     if state.history:
         steps = [record["step"] for record in state.history]
         for key in ("loss", "kl", "answer"):
             values = [record[key] for record in state.history]
-            smoothed = [
-                sum(values[max(0, i - 19) : i + 1]) / len(values[max(0, i - 19) : i + 1]) for i in range(len(values))
-            ]
-            left.plot(steps, smoothed, label=f"{key} (20-step mean)")
+            left.plot(steps, moving_mean(values), label=f"{key} (20-step mean)")
     left.set_xlabel("step")
     left.set_title("training loss")
     if state.history:

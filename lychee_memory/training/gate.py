@@ -38,6 +38,7 @@ from ..gate import GateRule, ScoreRequest, TrainedGateRule
 from ..gate_weights import GateAdapterSettings, file_digest, new_gate, save_gate_file
 from ..progress import progress_bar
 from .gate_data import GateExample, gate_examples
+from .runs import check_resume, moving_mean, pyplot
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -411,15 +412,7 @@ class GateTrainer:
         if not path.is_file():
             return
         payload = torch.load(path, map_location=self.loaded.device, weights_only=False)
-        ignored = ("steps", "eval_every")
-        saved = {k: v for k, v in payload["config"].items() if k not in ignored}
-        current = {k: v for k, v in self.config.model_dump().items() if k not in ignored}
-        if saved != current:
-            changed = sorted(k for k in current if saved.get(k) != current[k])
-            raise ConfigurationError(
-                f"{path} was written by a run with other settings ({', '.join(changed)}); use another output "
-                "directory or the same settings to resume"
-            )
+        check_resume(payload["config"], self.config.model_dump(), path)
         self.adapter.load_tensors(payload["adapter"], str(path))
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = GateTrainingState(**payload["state"])
@@ -427,22 +420,13 @@ class GateTrainer:
 
 def plot_gate_training(state: GateTrainingState, path: Path) -> None:
     """Training loss (smoothed) and held-out precision / recall / F1 against steps, one PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.info("matplotlib is not installed (the [bench] extra): no training curve")
+    plt = pyplot()
+    if plt is None:
         return
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     if state.history:
         steps = [r["step"] for r in state.history]
-        values = [r["loss"] for r in state.history]
-        smoothed = [
-            sum(values[max(0, i - 19) : i + 1]) / len(values[max(0, i - 19) : i + 1]) for i in range(len(values))
-        ]
-        left.plot(steps, smoothed, label="loss (20-step mean)")
+        left.plot(steps, moving_mean([r["loss"] for r in state.history]), label="loss (20-step mean)")
         left.legend()
     left.set_xlabel("step")
     left.set_title("training loss")
