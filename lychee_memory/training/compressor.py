@@ -47,10 +47,9 @@ from ..errors import ConfigurationError
 from ..model_loading import LoadedModel, load_model
 from ..progress import progress_bar
 from .compressor_data import TrainingSample, make_samples, paragraph_pool
-from .runs import check_resume, moving_mean, pyplot
+from .runs import CHECKPOINT_NAME, load_checkpoint, moving_mean, pyplot, save_checkpoint
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_NAME = "checkpoint.pt"
 WEIGHTS_NAME = "compressor.safetensors"
 
 
@@ -434,16 +433,13 @@ class CompressorTrainer:
             "state": self.state.__dict__,
             "config": self.config.model_dump(),
         }
-        staging = self.out / f".{CHECKPOINT_NAME}.partial"
-        torch.save(payload, staging)
-        staging.replace(self.out / CHECKPOINT_NAME)
+        save_checkpoint(self.out, payload)
 
     def _resume(self) -> None:
-        path = self.out / CHECKPOINT_NAME
-        if not path.is_file():
+        payload = load_checkpoint(self.out, self.config.model_dump(), self.loaded.device)
+        if payload is None:
             return
-        payload = torch.load(path, map_location=self.loaded.device, weights_only=False)
-        check_resume(payload["config"], self.config.model_dump(), path)
+        path = self.out / CHECKPOINT_NAME
         self.weights.load_state_dict(payload["weights"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = TrainingState(**payload["state"])

@@ -38,10 +38,9 @@ from ..gate import GateRule, ScoreRequest, TrainedGateRule
 from ..gate_weights import GateAdapterSettings, file_digest, new_gate, save_gate_file
 from ..progress import progress_bar
 from .gate_data import GateExample, gate_examples
-from .runs import check_resume, moving_mean, pyplot
+from .runs import CHECKPOINT_NAME, load_checkpoint, moving_mean, pyplot, save_checkpoint
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_NAME = "checkpoint.pt"
 WEIGHTS_NAME = "gate.safetensors"
 SOURCES = {"hotpot": ("hotpot-bridge", "hotpot-comparison"), "squad": ("squad",)}
 
@@ -403,16 +402,13 @@ class GateTrainer:
             "state": asdict(self.state),
             "config": self.config.model_dump(),
         }
-        staging = self.out / f".{CHECKPOINT_NAME}.partial"
-        torch.save(payload, staging)
-        staging.replace(self.out / CHECKPOINT_NAME)
+        save_checkpoint(self.out, payload)
 
     def _resume(self) -> None:
-        path = self.out / CHECKPOINT_NAME
-        if not path.is_file():
+        payload = load_checkpoint(self.out, self.config.model_dump(), self.loaded.device)
+        if payload is None:
             return
-        payload = torch.load(path, map_location=self.loaded.device, weights_only=False)
-        check_resume(payload["config"], self.config.model_dump(), path)
+        path = self.out / CHECKPOINT_NAME
         self.adapter.load_tensors(payload["adapter"], str(path))
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = GateTrainingState(**payload["state"])

@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
+CHECKPOINT_NAME = "checkpoint.pt"
 RESUMABLE_CHANGES = ("steps", "eval_every")  # a resumed run may train longer or evaluate more often
 
 
@@ -23,6 +24,27 @@ def check_resume(saved: dict[str, Any], current: dict[str, Any], path: Path) -> 
             f"{path} was written by a run with other settings ({', '.join(changed)}); use another output "
             "directory or the same settings to resume"
         )
+
+
+def save_checkpoint(directory: Path, payload: dict[str, Any]) -> None:
+    """Write the run's checkpoint atomically (temporary file, then rename): an interruption never leaves half."""
+    import torch
+
+    staging = directory / f".{CHECKPOINT_NAME}.partial"
+    torch.save(payload, staging)
+    staging.replace(directory / CHECKPOINT_NAME)
+
+
+def load_checkpoint(directory: Path, current: dict[str, Any], device) -> dict[str, Any] | None:
+    """The run's checkpoint, if any, after checking it was written with the same settings (``check_resume``)."""
+    import torch
+
+    path = directory / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    payload = torch.load(path, map_location=device, weights_only=False)
+    check_resume(payload["config"], current, path)
+    return payload
 
 
 def pyplot():
