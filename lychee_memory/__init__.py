@@ -15,6 +15,7 @@ from .blocks import BankIdentity, MemoryBank, MemoryBlock, SourceSpan
 from .config import EngineConfig
 from .documents import Document
 from .engine import LycheeMemory
+from .filters import DocumentFilter
 from .errors import (
     BankMismatchError,
     BankNotFoundError,
@@ -25,6 +26,7 @@ from .errors import (
     DocumentError,
     DocumentNotFoundError,
     EmptyQuestionError,
+    FilterError,
     LycheeError,
     ModelNotFoundError,
     StoreError,
@@ -62,6 +64,8 @@ __all__ = [
     "DocumentNotFoundError",
     "EmptyQuestionError",
     "EngineConfig",
+    "FilterError",
+    "DocumentFilter",
     "FullContext",
     "GateScore",
     "GcReport",

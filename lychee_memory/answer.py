@@ -12,13 +12,16 @@ from typing import Any
 class SelectedBlock:
     """A block the reasoner read, where it comes from, and the gate's score for it."""
 
-    index: int
+    index: int  # the block's index in its own bank (``bank``), also when a filtered view or a union was scanned
     score: float
     document_id: str
     char_start: int
     char_end: int
     text: str
     fallback: bool = False  # read because nothing passed the threshold
+    # False for a block added to reach the k a retriever asked for (the best-scoring block the gate did not read)
+    selected: bool = True
+    bank: str | None = None  # the bank the block belongs to (a query over several banks reads their union)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -28,6 +31,8 @@ class SelectedBlock:
             "start": self.char_start,
             "end": self.char_end,
             "fallback": self.fallback,
+            "selected": self.selected,
+            "bank": self.bank,
             "text": self.text,
         }
 

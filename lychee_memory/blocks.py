@@ -181,6 +181,9 @@ class MemoryBank:
     loader: Callable[[int], MemoryBlock] | None = field(default=None, repr=False)
     gate_index: dict[str, Any] | None = None
     index_loader: Callable[[int], torch.Tensor | None] | None = field(default=None, repr=False)
+    # A view (``view``, ``union``): for each block, the bank it comes from and its index there; None for a bank
+    # that holds its own blocks.
+    origins: list[tuple[MemoryBank, int]] | None = field(default=None, repr=False)
 
     @classmethod
     def from_blocks(
@@ -268,6 +271,81 @@ class MemoryBank:
             block = self.block(index)
             blocks.append(replace(block, span=replace(span, document_index=renumbered[span.document_id])))
         return MemoryBank.from_blocks(documents, blocks, self.identity, name=self.name, gate_index=self.gate_index)
+
+    def origin(self, index: int) -> tuple[MemoryBank, int]:
+        """The bank block ``index`` belongs to and its index there (itself and ``index`` unless a view)."""
+        if self.origins is None:
+            return self, index
+        return self.origins[index]
+
+    def view(self, document_ids: Iterable[str]) -> MemoryBank:
+        """The bank restricted to these documents, in bank order: blocks are fetched from this bank when read,
+        nothing is compressed or copied. Raises DocumentNotFoundError for an id the bank does not hold."""
+        wanted = {document_ids} if isinstance(document_ids, str) else set(document_ids)
+        present = {document.id for document in self.documents}
+        missing = sorted(wanted - present)
+        if missing:
+            raise DocumentNotFoundError(f"bank {self.name or '(unnamed)'} holds no document with id {missing[0]!r}")
+        return MemoryBank.union([self], keep=lambda bank, document: document.id in wanted, name=self.name)
+
+    @staticmethod
+    def union(
+        banks: Sequence[MemoryBank],
+        keep: Callable[[MemoryBank, Document], bool] | None = None,
+        name: str | None = None,
+    ) -> MemoryBank:
+        """One bank over several banks' blocks (in the order given), optionally only documents ``keep`` accepts.
+
+        The banks must share an identity (the same engine built them). Document ids stay as they are, so two
+        banks may hold the same id; ``origin`` tells which bank a block came from. The union has a gate index
+        only when every bank has the same one.
+        """
+        if not banks:
+            raise ValueError("a union needs at least one bank")
+        first = banks[0]
+        for other in banks[1:]:
+            other.identity.require_same(
+                first.identity,
+                f"bank {other.name or '(unnamed)'}",
+                f"it was built differently from bank {first.name or '(unnamed)'}; rebuild one of them with the same engine",
+            )
+        documents: list[Document] = []
+        spans: list[SourceSpan] = []
+        slot_counts: list[int] = []
+        origins: list[tuple[MemoryBank, int]] = []
+        for bank in banks:
+            renumbered: dict[int, int] = {}
+            for position, document in enumerate(bank.documents):
+                if keep is None or keep(bank, document):
+                    renumbered[position] = len(documents)
+                    documents.append(document)
+            for index, span in enumerate(bank.spans):
+                if span.document_index in renumbered:
+                    spans.append(replace(span, document_index=renumbered[span.document_index]))
+                    slot_counts.append(bank.slot_counts[index])
+                    origins.append(bank.origin(index))
+        indexes = {repr(sorted(bank.gate_index.items())) if bank.gate_index else None for bank in banks}
+        gate_index = first.gate_index if len(indexes) == 1 else None
+
+        def load(index: int) -> MemoryBlock:
+            source, at = origins[index]
+            return replace(source.block(at), span=spans[index])
+
+        def load_index(index: int) -> torch.Tensor | None:
+            source, at = origins[index]
+            return source.gate_keys(at)
+
+        return MemoryBank(
+            documents=documents,
+            spans=spans,
+            slot_counts=slot_counts,
+            identity=first.identity,
+            name=name if name is not None else "+".join(bank.name or "(unnamed)" for bank in banks),
+            loader=load,
+            gate_index=gate_index,
+            index_loader=load_index,
+            origins=origins,
+        )
 
     @property
     def num_tokens(self) -> int:

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -28,6 +28,7 @@ from .compressors.memory_weights import LearnedSettings, is_learned_layout
 from .config import EngineConfig, PromptSettings
 from .documents import Document, DocumentInput, load_documents
 from .errors import ConfigurationError, ContextTooLongError
+from .filters import DocumentFilter
 from .gate import RULES, GateRule, GateScan, ScanState, TrainedGateRule, build_rule
 from .gate_weights import attach_gate, read_gate_file
 from .kv_prefix import encode_opening
@@ -43,6 +44,7 @@ from .store import BlockRecipe, MemoryStore, StoredBank, as_store
 logger = logging.getLogger(__name__)
 
 Source = MemoryBank | DocumentInput | Iterable[DocumentInput]
+Filters = Mapping[str, Any] | DocumentFilter | None
 Result = TypeVar("Result")
 
 DEFAULT_RATIO = 4
@@ -302,13 +304,31 @@ class LycheeMemory:
             list(documents), self.loaded.tokenizer, self.chunk_tokens, self.config.chunking.boundary_lookback
         )
 
-    def block_recipe(self) -> BlockRecipe:
-        """How this engine makes blocks, for a store: identity, chunker, compressor, and what to record."""
+    def block_recipe(self, progress: Callable[[int, int], None] | None = None) -> BlockRecipe:
+        """How this engine makes blocks, for a store: identity, chunker, compressor, and what to record.
+
+        Each call into the model takes the engine's lock for one batch only, so an ingest into a store lets
+        questions from other threads in between batches. ``progress`` hears (compressed, to compress).
+        """
+
+        def chunk(documents: Sequence[Document]) -> list[Chunk]:
+            with self.lock:
+                return self.chunk(documents)
+
+        def tokenize(text: str) -> list[int]:
+            with self.lock:
+                return tokenize_with_offsets(self.loaded.tokenizer, text)[0]
+
+        def compress(chunks: list[Chunk]) -> list[MemoryBlock]:
+            with self.lock:
+                return self.compressor.compress(self.loaded, chunks)
+
         return BlockRecipe(
             identity=self.identity,
-            chunk=self.chunk,
-            tokenize=lambda text: tokenize_with_offsets(self.loaded.tokenizer, text)[0],
-            compress=lambda chunks: self.compressor.compress(self.loaded, chunks),
+            chunk=chunk,
+            tokenize=tokenize,
+            compress=compress,
+            progress=progress,
             gate_index=self.gate_index_description,
             batch_size=self.ingest_batch_size,
             dtype=self.loaded.dtype,
@@ -326,20 +346,29 @@ class LycheeMemory:
 
     # Building memory ---------------------------------------------------------------------------------
 
-    @_exclusive
-    def compress_documents(self, documents: Sequence[Document], show_progress: bool | None = None) -> list[MemoryBlock]:
-        """Chunk and compress documents, one block per chunk, in document order."""
-        chunks = self.chunk(documents)
+    def compress_documents(
+        self,
+        documents: Sequence[Document],
+        show_progress: bool | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[MemoryBlock]:
+        """Chunk and compress documents, one block per chunk, in document order (the lock is held per batch)."""
+        with self.lock:
+            chunks = self.chunk(documents)
         batch_size = self.ingest_batch_size
         blocks: list[MemoryBlock] = []
+        if progress is not None:
+            progress(0, len(chunks))
         with progress_bar(len(chunks), "compressing", self.show_progress(show_progress)) as bar:
             for start in range(0, len(chunks), batch_size):
                 group = chunks[start : start + batch_size]
-                blocks.extend(self.compressor.compress(self.loaded, group))
+                with self.lock:
+                    blocks.extend(self.compressor.compress(self.loaded, group))
                 bar.update(len(group))
+                if progress is not None:
+                    progress(start + len(group), len(chunks))
         return blocks
 
-    @_exclusive
     def ingest(
         self,
         documents: DocumentInput | Iterable[DocumentInput],
@@ -348,19 +377,22 @@ class LycheeMemory:
         store: MemoryStore | str | os.PathLike[str] | None = None,
         bank: str | None = None,
         show_progress: bool | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> MemoryBank:
         """Compress documents into a bank (text = str, file = pathlib.Path).
 
         Without ``store``/``bank`` the bank lives in memory. With them, the documents are added to bank
         ``bank`` of ``store`` (default store when only ``bank`` is given): only chunks not stored yet are
         compressed, a document whose id is already in the bank replaces it, the manifest is written last and
-        atomically, and the returned bank is lazy (blocks read from disk when used).
+        atomically, and the returned bank is lazy (blocks read from disk when used). The engine's lock is held
+        one compression batch at a time, so other threads' questions are answered during a long ingest;
+        ``progress`` hears (chunks compressed, chunks to compress) after each batch.
         """
         docs = load_documents(documents)
         if store is None and bank is None:
             return MemoryBank.from_blocks(
                 docs,
-                self.compress_documents(docs, show_progress),
+                self.compress_documents(docs, show_progress, progress),
                 self.identity,
                 name=name,
                 gate_index=self.gate_index_description,
@@ -372,7 +404,7 @@ class LycheeMemory:
             raise ConfigurationError(
                 "ingesting into a store needs a bank name: ingest(documents, store=..., bank='name')"
             )
-        recipe = self.block_recipe()
+        recipe = self.block_recipe(progress)
         return as_store(store).add_documents(bank_name, docs, recipe, show_progress=self.show_progress(show_progress))
 
     @_exclusive
@@ -416,17 +448,29 @@ class LycheeMemory:
 
     # Asking ------------------------------------------------------------------------------------------
 
-    def ask(self, question: str, source: Source, *, show_progress: bool | None = None) -> Answer:
-        """Answer one question over a bank, or over documents (ingested first, timed as "ingest")."""
-        return self.ask_many([question], source, show_progress=show_progress)[0]
+    def ask(
+        self, question: str, source: Source, *, filters: Filters = None, show_progress: bool | None = None
+    ) -> Answer:
+        """Answer one question over a bank, or over documents (ingested first, timed as "ingest").
+
+        ``filters`` (``{"key": value}``, ``$in``, ``$ne``...; see ``filters.py``) reads only matching documents.
+        """
+        return self.ask_many([question], source, filters=filters, show_progress=show_progress)[0]
 
     @_exclusive
-    def ask_many(self, questions: Sequence[str], source: Source, *, show_progress: bool | None = None) -> list[Answer]:
+    def ask_many(
+        self,
+        questions: Sequence[str],
+        source: Source,
+        *,
+        filters: Filters = None,
+        show_progress: bool | None = None,
+    ) -> list[Answer]:
         """Answer several questions over one source; scans and generations are batched across questions."""
         if isinstance(questions, str):
             raise TypeError("ask_many takes a list of questions; use ask() for one")
         questions = [self.check_question(q) for q in questions]
-        bank, ingest_seconds = self._bank_of(source, show_progress)
+        bank, ingest_seconds = self._bank_of(source, show_progress, filters)
         states, scan = self._scan(questions, bank, show_progress)
         started = time.perf_counter()
         generations = self.reasoner.answer(questions, [s.memory for s in states])
@@ -440,37 +484,67 @@ class LycheeMemory:
 
     @_exclusive
     def select(
-        self, question: str, source: Source, *, k: int | None = None, show_progress: bool | None = None
+        self,
+        question: str,
+        source: Source,
+        *,
+        k: int | None = None,
+        filters: Filters = None,
+        show_progress: bool | None = None,
     ) -> list[SelectedBlock]:
         """The blocks the gate selects for a question, without writing the final answer (for retrievers).
 
         Runs the state-aware scan with its memory updates (hop 2 is judged against the notes of hop 1).
-        ``k`` keeps at most k blocks: the k best by gate score among those read, still in reading order.
+        ``k`` asks for exactly k blocks when the bank has that many: when the gate read more, the k best by
+        gate score among them (in reading order); when it read fewer, its selections (``selected=True``), then
+        the best-scoring blocks it did not read under the final memory (``selected=False``), best first.
+        ``filters`` (``filters.py``) restricts the scan to matching documents.
         """
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ConfigurationError(f"k must be a positive number of blocks, got {k!r}")
         question = self.check_question(question)
-        bank, _ = self._bank_of(source, show_progress)
-        (state,), _ = self._scan([question], bank, show_progress)
+        bank, _ = self._bank_of(source, show_progress, filters)
+        (state,), scan = self._scan([question], bank, show_progress)
         blocks = self._selected_blocks(state, bank)
         if k is not None and len(blocks) > k:
             best = set(sorted(range(len(blocks)), key=lambda position: -blocks[position].score)[:k])
             blocks = [block for position, block in enumerate(blocks) if position in best]
+        elif k is not None and len(blocks) < k:
+            blocks += self._filled_blocks(scan, state, bank, k - len(blocks))
         return blocks
 
-    def stream(self, question: str, source: Source, *, show_progress: bool | None = None) -> AnswerStream:
+    def _filled_blocks(self, scan: GateScan, state: ScanState, bank: MemoryBank, wanted: int) -> list[SelectedBlock]:
+        """Up to ``wanted`` unread blocks, best gate gain under the final memory first.
+
+        Blocks the scan already judged against that memory keep their gain; when they are too few, the next
+        ones by stage-1 rank (document order without a prefilter) are judged now, at most ``wanted`` more rows.
+        """
+        unread = [index for index in range(len(bank)) if index not in state.selected]
+        last = {decision.index: decision for decision in state.decisions}
+        gains = {index: last[index].score for index in unread if state.judged.get(index) == state.version}
+        if len(gains) < wanted:
+            others = scan.stage_one_order(bank, state, [index for index in unread if index not in gains])
+            extra = others[: wanted - len(gains)]
+            gains.update(zip(extra, scan.gains(bank, state, extra)))
+        best = sorted(gains, key=lambda index: (-gains[index], index))[:wanted]
+        return [self._block_of(bank, index, gains[index], fallback=False, selected=False) for index in best]
+
+    def stream(
+        self, question: str, source: Source, *, filters: Filters = None, show_progress: bool | None = None
+    ) -> AnswerStream:
         """Gate and reason, then stream the final answer text; ``.answer`` holds the Answer afterwards.
 
         ``.blocks`` runs the scan alone when iteration has not started, so sources can be shown first. The
         engine's lock is held for the scan and for each decoding step, not while the caller handles a piece.
         """
         question = self.check_question(question)
+        DocumentFilter.parse(filters)  # a bad filter is refused now, not at the first piece
         scanned: dict[str, Any] = {}
 
         def scan_once() -> list[SelectedBlock]:
             with self.lock:
                 if not scanned:
-                    bank, ingest_seconds = self._bank_of(source, show_progress)
+                    bank, ingest_seconds = self._bank_of(source, show_progress, filters)
                     (state,), scan = self._scan([question], bank, show_progress)
                     blocks = self._selected_blocks(state, bank)
                     scanned.update(bank=bank, ingest_seconds=ingest_seconds, state=state, scan=scan, blocks=blocks)
@@ -552,13 +626,17 @@ class LycheeMemory:
             f"model's context window of {window}; lower chunk_tokens or max_memory_tokens"
         )
 
-    def _bank_of(self, source: Source, show_progress: bool | None) -> tuple[MemoryBank, float]:
+    def _bank_of(
+        self, source: Source, show_progress: bool | None, filters: Filters = None
+    ) -> tuple[MemoryBank, float]:
+        """The bank to scan (a new one for documents, timed as ingest), restricted to ``filters``' documents."""
+        document_filter = DocumentFilter.parse(filters)
         if isinstance(source, MemoryBank):
             self.check_bank(source)
-            return source, 0.0
+            return document_filter.apply(source), 0.0
         started = time.perf_counter()
         bank = self.ingest(source, show_progress=show_progress)
-        return bank, time.perf_counter() - started
+        return document_filter.apply(bank), time.perf_counter() - started
 
     def _scan(
         self, questions: list[str], bank: MemoryBank, show_progress: bool | None
@@ -606,19 +684,16 @@ class LycheeMemory:
         blocks = []
         for index in state.selected:
             decision = next(d for d in reversed(state.decisions) if d.index == index)
-            span = bank.spans[index]
-            blocks.append(
-                SelectedBlock(
-                    index,
-                    decision.score,
-                    span.document_id,
-                    span.char_start,
-                    span.char_end,
-                    span.text,
-                    decision.fallback,
-                )
-            )
+            blocks.append(self._block_of(bank, index, decision.score, decision.fallback))
         return blocks
+
+    @staticmethod
+    def _block_of(bank: MemoryBank, index: int, score: float, fallback: bool, selected: bool = True) -> SelectedBlock:
+        span = bank.spans[index]
+        origin, at = bank.origin(index)  # a filtered view or a union reports each block as its own bank numbers it
+        return SelectedBlock(
+            at, score, span.document_id, span.char_start, span.char_end, span.text, fallback, selected, origin.name
+        )
 
     def _build_answer(
         self,
@@ -649,8 +724,11 @@ class LycheeMemory:
             mode="lychee",
             blocks=self._selected_blocks(state, bank),
             memory_steps=list(state.memories),
-            gate_scores=[GateScore(d.index, d.score, d.relevant, d.memory_step, d.rejudged) for d in state.decisions],
-            candidates=[list(picks) for picks in state.candidate_history],
+            gate_scores=[
+                GateScore(bank.origin(d.index)[1], d.score, d.relevant, d.memory_step, d.rejudged)
+                for d in state.decisions
+            ],
+            candidates=[[bank.origin(index)[1] for index in picks] for picks in state.candidate_history],
             timings=phase_timings(
                 self.loaded.load_seconds,
                 ingest_seconds,

@@ -27,6 +27,10 @@ class DocumentError(LycheeError, ValueError):
     """A document is missing, unreadable, not UTF-8, or empty."""
 
 
+class FilterError(LycheeError, ValueError):
+    """A metadata filter is malformed (unknown operator, wrong value type)."""
+
+
 class EmptyQuestionError(LycheeError, ValueError):
     """The question is empty or only whitespace."""
 

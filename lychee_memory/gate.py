@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -418,6 +418,24 @@ class GateScan:
                 if len(states[i].selected) >= self.settings.max_relevant_blocks:
                     self._finish(states[i])
         return states
+
+    def gains(self, bank: MemoryBank, state: ScanState, indices: Sequence[int]) -> list[float]:
+        """Gate gains of these blocks under the state's current memory, outside the scan: no decision is
+        recorded (a retriever filling up to k with blocks the scan did not read)."""
+        self._bank = bank
+        if not indices:
+            return []
+        raw = self._score(bank, [state], {0: list(indices)})[0]
+        return [value - state.baseline if state.baseline is not None else value for value in raw]
+
+    def stage_one_order(self, bank: MemoryBank, state: ScanState, indices: Sequence[int]) -> list[int]:
+        """``indices`` best first by stage 1 under the current memory (document order without a prefilter)."""
+        if self.prefilter is None or not indices:
+            return list(indices)
+        query = self.prefilter.query(state.question, state.memory)
+        scores, missing = self.prefilter.scores(query, bank.gate_keys, list(indices))
+        ranked = sorted(scores, key=lambda index: (-scores[index], index))
+        return sorted(missing) + ranked
 
     def _advance(self, state: ScanState, reached: int) -> None:
         if reached > state.reached:

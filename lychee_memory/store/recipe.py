@@ -31,6 +31,8 @@ class BlockRecipe:
     device: torch.device
     model_spec: str | None = None
     settings: dict[str, Any] | None = None  # the engine's resolved configuration (JSON)
+    # Told (chunks compressed, chunks to compress) before the first batch and after each (an ingest job's progress)
+    progress: Callable[[int, int], None] | None = None
 
     @property
     def model_dtype(self) -> str:

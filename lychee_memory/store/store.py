@@ -535,6 +535,8 @@ class MemoryStore:
         so memory stays one batch deep."""
         written = 0
         spec = recipe.gate_index
+        if recipe.progress is not None:
+            recipe.progress(0, len(work))
         with progress_bar(len(work), "compressing", show_progress) as bar:
             for start in range(0, len(work), recipe.batch_size):
                 group = work[start : start + recipe.batch_size]
@@ -552,6 +554,8 @@ class MemoryStore:
                         written += indexes[key][1]
                 del blocks
                 bar.update(len(group))
+                if recipe.progress is not None:
+                    recipe.progress(start + len(group), len(work))
         return written
 
     def _with_recipe_index(
