@@ -7,6 +7,7 @@
     lychee eval ruler-hqa|needle|needle-multikey|needle-twohop --lengths 7k,14k [--n N] [--methods ...]
     lychee bench [--quick] [--lengths 7k,28k] [--methods ...] [--json PATH]
     lychee report RUN_DIR... [--out DIR]
+    lychee serve [--store DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY]... [engine options]
     lychee info
 
 Errors the library raises on purpose are printed as one line and exit with status 2, no traceback.
@@ -129,8 +130,14 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load_engine(args: argparse.Namespace):
-    from .config import EngineConfig
     from .engine import LycheeMemory
+
+    return LycheeMemory.from_pretrained(config=_base_config(args), **_engine_options(args))
+
+
+def _base_config(args: argparse.Namespace):
+    """The --config file's EngineConfig (None without one); engine options override it."""
+    from .config import EngineConfig
 
     base = None
     if args.config is not None:
@@ -140,7 +147,7 @@ def _load_engine(args: argparse.Namespace):
             raise LycheeError(f"cannot read config file {str(args.config)!r}: {error.strerror or error}") from None
         except ValueError as error:
             raise LycheeError(f"config file {str(args.config)!r} is not a valid engine config: {error}") from None
-    return LycheeMemory.from_pretrained(config=base, **_engine_options(args))
+    return base
 
 
 def _paths(values: list[str]) -> list[Path]:
@@ -344,6 +351,39 @@ def _command_store(args: argparse.Namespace) -> int:
             f"block(s), {report.indexes_checked} gate index(es): {'ok' if report.ok else f'{len(report.unrepaired)} problem(s) remain'}"
         )
     return 0 if report.ok else EXIT_DAMAGED
+
+
+def _command_serve(args: argparse.Namespace) -> int:
+    try:
+        from .integrations.server import ServerSettings, run_server
+    except ImportError as error:
+        raise LycheeError(
+            f"lychee serve needs the server extra ({error.name or error} is missing): pip install 'lychee-memory[server]'"
+        ) from None
+    from pydantic import ValidationError
+
+    options = _engine_options(args)
+    options.setdefault("show_progress", False)
+    try:
+        settings = ServerSettings(
+            store=args.store,
+            host=args.host,
+            port=args.port,
+            api_keys=args.api_key or [],
+            keys_file=args.keys_file,
+            max_document_bytes=args.max_document_bytes,
+            max_request_bytes=args.max_request_bytes,
+            batch_window_ms=args.batch_window_ms,
+            max_batch=args.max_batch,
+            recompress=args.recompress,
+            shutdown_timeout=args.shutdown_timeout,
+            engine=options,
+            engine_config=_base_config(args),
+        )
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise LycheeError(f"invalid server option: {problems}") from None
+    return run_server(settings, log_level=args.log_level)
 
 
 def _command_info(args: argparse.Namespace) -> int:
@@ -732,6 +772,36 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", help="eval or bench output directories, samples.jsonl or bench JSON files")
     report.add_argument("--out", default=None, help="a new output directory (default reports/TIME)")
     report.set_defaults(handler=_command_report)
+
+    serve = commands.add_parser(
+        "serve", help="HTTP memory service: banks, ingest jobs, query, retrieve, OpenAI-compatible chat, metrics"
+    )
+    serve.add_argument("--store", type=Path, default=None, help="store directory (default: the default store)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--api-key", action="append", default=None, help="require 'Authorization: Bearer KEY' (repeatable; any bank)"
+    )
+    serve.add_argument(
+        "--keys-file", type=Path, default=None, help='JSON {"KEY": ["bank-prefix", ...]}: each key reaches its banks'
+    )
+    serve.add_argument("--max-document-bytes", type=int, default=8 * 1024 * 1024, help="largest document (413 above)")
+    serve.add_argument("--max-request-bytes", type=int, default=64 * 1024 * 1024, help="largest request body")
+    serve.add_argument(
+        "--batch-window-ms", type=float, default=5.0, help="how long a question waits to share a batched scan"
+    )
+    serve.add_argument("--max-batch", type=int, default=16, help="questions answered by one batched scan")
+    serve.add_argument(
+        "--recompress", action="store_true", help="rebuild banks another model or other settings built (else refuse)"
+    )
+    serve.add_argument(
+        "--shutdown-timeout", type=float, default=60.0, help="seconds a running ingest may take to finish on shutdown"
+    )
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    _add_engine_options(serve)
+    serve.set_defaults(handler=_command_serve)
 
     info = commands.add_parser("info", help="show versions, hardware, the resolved model and its defaults")
     info.add_argument("--json", action="store_true")

@@ -626,9 +626,7 @@ class LycheeMemory:
             f"model's context window of {window}; lower chunk_tokens or max_memory_tokens"
         )
 
-    def _bank_of(
-        self, source: Source, show_progress: bool | None, filters: Filters = None
-    ) -> tuple[MemoryBank, float]:
+    def _bank_of(self, source: Source, show_progress: bool | None, filters: Filters = None) -> tuple[MemoryBank, float]:
         """The bank to scan (a new one for documents, timed as ingest), restricted to ``filters``' documents."""
         document_filter = DocumentFilter.parse(filters)
         if isinstance(source, MemoryBank):

@@ -95,13 +95,19 @@ class DocumentFilter:
                 conditions.append(Condition(key, "$eq", (_check_scalar(key, test),)))
                 continue
             if len(test) != 1:
-                raise FilterError(f"filter on {key!r}: give exactly one operator ({', '.join(OPERATORS)}), got {dict(test)}")
+                raise FilterError(
+                    f"filter on {key!r}: give exactly one operator ({', '.join(OPERATORS)}), got {dict(test)}"
+                )
             ((operator, value),) = test.items()
             if operator not in OPERATORS:
-                raise FilterError(f"filter on {key!r}: unknown operator {operator!r}; use one of {', '.join(OPERATORS)}")
+                raise FilterError(
+                    f"filter on {key!r}: unknown operator {operator!r}; use one of {', '.join(OPERATORS)}"
+                )
             if operator in ("$in", "$nin"):
                 if not isinstance(value, (list, tuple)):
-                    raise FilterError(f"filter on {key!r}: {operator} takes a list of values, got {type(value).__name__}")
+                    raise FilterError(
+                        f"filter on {key!r}: {operator} takes a list of values, got {type(value).__name__}"
+                    )
                 values = tuple(_check_scalar(key, item) for item in value)
             else:
                 values = (_check_scalar(key, value),)
