@@ -5,5 +5,9 @@
 - ``lychee_memory.integrations.langchain``: ``LycheeReader``, ``LycheeRetriever``
   (install ``lychee-memory[langchain]``).
 
+- ``lychee_memory.integrations.server``: ``lychee serve``, the HTTP memory service (install
+  ``lychee-memory[server]``); ``lychee_memory.integrations.remote.LycheeClient`` is its Python client, and
+  each framework has a ``LycheeServerRetriever`` over it.
+
 Each subpackage imports its framework; importing this package imports neither.
 """

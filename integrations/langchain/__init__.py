@@ -18,11 +18,13 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from .documents import block_to_document, to_lychee_documents
 from .reader import LycheeReader, QuestionArguments, ReaderInput
+from .remote import LycheeServerRetriever
 from .retriever import LycheeRetriever
 
 __all__ = [
     "LycheeReader",
     "LycheeRetriever",
+    "LycheeServerRetriever",
     "QuestionArguments",
     "ReaderInput",
     "block_to_document",

@@ -19,12 +19,14 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from .index import LycheeIndex
 from .nodes import block_to_node, blocks_to_nodes, to_lychee_documents
 from .query_engine import LycheeQueryEngine
+from .remote import LycheeServerRetriever
 from .retriever import LycheeRetriever
 
 __all__ = [
     "LycheeIndex",
     "LycheeQueryEngine",
     "LycheeRetriever",
+    "LycheeServerRetriever",
     "block_to_node",
     "blocks_to_nodes",
     "to_lychee_documents",
