@@ -304,11 +304,13 @@ class MemoryBank:
             raise ValueError("a union needs at least one bank")
         first = banks[0]
         for other in banks[1:]:
-            other.identity.require_same(
-                first.identity,
-                f"bank {other.name or '(unnamed)'}",
-                f"it was built differently from bank {first.name or '(unnamed)'}; rebuild one of them with the same engine",
-            )
+            differences = other.identity.differences(first.identity)
+            if differences:
+                raise BankMismatchError(
+                    f"banks {first.name or '(unnamed)'} and {other.name or '(unnamed)'} were built by different engines "
+                    f"(model, compressor, chunk size or opening differ), so one scan cannot read both; rebuild one "
+                    "with the other's engine"
+                )
         documents: list[Document] = []
         spans: list[SourceSpan] = []
         slot_counts: list[int] = []

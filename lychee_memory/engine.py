@@ -516,15 +516,18 @@ class LycheeMemory:
     def _filled_blocks(self, scan: GateScan, state: ScanState, bank: MemoryBank, wanted: int) -> list[SelectedBlock]:
         """Up to ``wanted`` unread blocks, best gate gain under the final memory first.
 
-        Blocks the scan already judged against that memory keep their gain; when they are too few, the next
-        ones by stage-1 rank (document order without a prefilter) are judged now, at most ``wanted`` more rows.
+        Blocks the scan already judged against that memory keep their gain. The others (judged against an older
+        memory, or never) are judged now: all of them when the scan judged every block anyway (no stage 1), else
+        the next ones by stage-1 rank under the final memory, at most ``wanted`` more rows.
         """
         unread = [index for index in range(len(bank)) if index not in state.selected]
         last = {decision.index: decision for decision in state.decisions}
         gains = {index: last[index].score for index in unread if state.judged.get(index) == state.version}
-        if len(gains) < wanted:
-            others = scan.stage_one_order(bank, state, [index for index in unread if index not in gains])
-            extra = others[: wanted - len(gains)]
+        stale = [index for index in unread if index not in gains]
+        if state.candidates is None:
+            gains.update(zip(stale, scan.gains(bank, state, stale)))
+        elif len(gains) < wanted:
+            extra = scan.stage_one_order(bank, state, stale)[: wanted - len(gains)]
             gains.update(zip(extra, scan.gains(bank, state, extra)))
         best = sorted(gains, key=lambda index: (-gains[index], index))[:wanted]
         return [self._block_of(bank, index, gains[index], fallback=False, selected=False) for index in best]
@@ -633,8 +636,12 @@ class LycheeMemory:
             self.check_bank(source)
             return document_filter.apply(source), 0.0
         started = time.perf_counter()
-        bank = self.ingest(source, show_progress=show_progress)
-        return document_filter.apply(bank), time.perf_counter() - started
+        documents = load_documents(source)
+        kept = [document for document in documents if document_filter.matches(document.metadata)]
+        if not kept:  # nothing matches: an empty bank, and nothing compressed
+            return MemoryBank.from_blocks([], [], self.identity, gate_index=self.gate_index_description), 0.0
+        bank = self.ingest(kept, show_progress=show_progress)  # documents the filter drops are never compressed
+        return bank, time.perf_counter() - started
 
     def _scan(
         self, questions: list[str], bank: MemoryBank, show_progress: bool | None

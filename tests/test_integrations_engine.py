@@ -38,7 +38,9 @@ def test_select_with_k_keeps_the_best_scores_in_reading_order(engine, bank):
     best_two = engine.select(QUESTION, bank, k=2)
     expected = sorted(sorted(everything, key=lambda block: -block.score)[:2], key=lambda block: block.index)
     assert best_two == expected
-    assert engine.select(QUESTION, bank, k=10) == everything
+    filled = engine.select(QUESTION, bank, k=10)  # more than the gate read: its selections, then unread blocks
+    assert len(filled) == min(10, len(bank)) and filled[: len(everything)] == everything
+    assert not any(block.selected for block in filled[len(everything) :])
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ConfigurationError, match="k must be a positive number"):
             engine.select(QUESTION, bank, k=bad)

@@ -18,9 +18,9 @@ from langchain_tests.integration_tests import RetrieversIntegrationTests
 from lychee_memory.integrations.langchain import LycheeReader, LycheeRetriever
 from pydantic import ValidationError
 
-from lychee_memory import ConfigurationError, DocumentError, EmptyQuestionError, MemoryStore
+from lychee_memory import ConfigurationError, DocumentError, EmptyQuestionError, FilterError, MemoryStore
 
-from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, loop_ticks, make_engine
+from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, loop_ticks, make_engine, requires_embedded_model
 
 QUESTION = "What is the access code for the east pier storage shed?"
 
@@ -182,6 +182,93 @@ async def test_retriever_async(engine, bank):
     assert [d.id for d in await retriever.ainvoke(QUESTION)] == [d.id for d in retriever.invoke(QUESTION)]
 
 
+ONLY_KESTREL = {"source": "kestrel.txt"}
+
+
+def places(found: list[Document]) -> list[tuple[str, int, int, bool]]:
+    return [(d.metadata["doc"], d.metadata["start"], d.metadata["end"], d.metadata["selected"]) for d in found]
+
+
+def test_retriever_filter_on_the_retriever_and_per_call(engine, bank):
+    retriever = LycheeRetriever(model=engine, bank=bank, filter=ONLY_KESTREL)
+    found = retriever.invoke(QUESTION)
+    expected = engine.select(QUESTION, bank, filters=ONLY_KESTREL)
+    assert found and {d.metadata["doc"] for d in found} == {"kestrel"}
+    assert places(found) == [(b.document_id, b.char_start, b.char_end, b.selected) for b in expected]
+    assert [d.metadata["block"] for d in found] == [b.index for b in expected], "indices in the whole bank"
+    assert all(d.metadata["selected"] is True and d.metadata["bank"] == bank.name for d in found)
+    # A call's filter replaces the retriever's; an empty one reads every document.
+    arvel = retriever.invoke(QUESTION, filter={"source": {"$ne": "kestrel.txt"}})
+    assert arvel and {d.metadata["doc"] for d in arvel} == {"arvel"}
+    assert places(retriever.invoke(QUESTION, filter={})) == places(
+        LycheeRetriever(model=engine, bank=bank).invoke(QUESTION)
+    )
+    assert places(await_(retriever.ainvoke(QUESTION))) == places(found)
+    # k fills up with the filtered documents' unread blocks only.
+    of_kestrel = sum(span.document_id == "kestrel" for span in bank.spans)
+    filled = retriever.invoke(QUESTION, k=of_kestrel + 3)
+    assert len(filled) == of_kestrel and {d.metadata["doc"] for d in filled} == {"kestrel"}
+    assert [d.metadata["selected"] for d in filled] == [True] * len(found) + [False] * (of_kestrel - len(found))
+    assert len({d.id for d in filled}) == of_kestrel
+    from_documents = LycheeRetriever.from_documents(documents(), model=engine, filter=ONLY_KESTREL, k=2)
+    assert [d.metadata["doc"] for d in from_documents.invoke(QUESTION)] == ["kestrel", "kestrel"]
+
+
+def await_(awaitable):
+    return asyncio.run(awaitable)
+
+
+def test_retriever_and_reader_refuse_a_malformed_filter(engine, bank):
+    with pytest.raises(ValidationError, match=r"unknown operator '\$gt'"):
+        LycheeRetriever(model=engine, bank=bank, filter={"year": {"$gt": 2020}})
+    with pytest.raises(FilterError, match="not supported at the top level"):
+        LycheeRetriever(model=engine, bank=bank).invoke(QUESTION, filter={"$or": [ONLY_KESTREL]})
+    with pytest.raises(ValidationError, match=r"\$in takes a list"):
+        LycheeReader(model=engine, bank=bank, filter={"source": {"$in": "kestrel.txt"}})
+    with pytest.raises(FilterError, match="unknown operator"):
+        LycheeReader(model=engine, bank=bank).invoke({"question": QUESTION, "filter": {"source": {"$like": "k%"}}})
+
+
+def test_reader_filter_on_the_reader_or_in_the_input(engine, bank, monkeypatch):
+    only_arvel = {"source": "arvel.txt"}
+    kestrel_answer = engine.ask(QUESTION, bank, filters=ONLY_KESTREL).text
+    arvel_answer = engine.ask(QUESTION, bank, filters=only_arvel).text
+    assert kestrel_answer != engine.ask(QUESTION, bank).text != arvel_answer, "the filters change what is read"
+    assert (
+        LycheeReader(model=engine, bank=bank).invoke({"question": QUESTION, "filter": ONLY_KESTREL}) == kestrel_answer
+    )
+    reader = LycheeReader(model=engine, bank=bank, filter=ONLY_KESTREL)
+    assert reader.invoke(QUESTION) == kestrel_answer
+    assert reader.invoke({"question": QUESTION, "filter": only_arvel}) == arvel_answer, "the input's filter wins"
+    assert reader.invoke({"question": QUESTION, "filter": None}) == kestrel_answer
+    assert "".join(reader.stream(QUESTION)) == kestrel_answer
+    assert "".join(reader.stream({"question": QUESTION, "filter": only_arvel})) == arvel_answer
+    assert await_(reader.ainvoke({"question": QUESTION, "filter": only_arvel})) == arvel_answer
+    assert reader.as_tool().invoke({"question": QUESTION}) == kestrel_answer, "the tool keeps the reader's filter"
+    # A batch shares one scan per (bank, filter) and reports a bad filter for its input alone.
+    asked, ask_many = [], engine.ask_many
+    monkeypatch.setattr(
+        engine,
+        "ask_many",
+        lambda questions, source, **kwargs: (
+            asked.append((list(questions), kwargs.get("filters"))) or ask_many(questions, source, **kwargs)
+        ),
+    )
+    other = "Who is the head gardener?"
+    answers = reader.batch(
+        [
+            QUESTION,
+            {"question": QUESTION, "filter": only_arvel},
+            {"question": other},
+            {"question": QUESTION, "filter": 3},
+        ],
+        return_exceptions=True,
+    )
+    assert answers[:2] == [kestrel_answer, arvel_answer] and isinstance(answers[3], FilterError)
+    assert asked == [([QUESTION, other], ONLY_KESTREL), ([QUESTION], only_arvel)]
+    assert answers[2] == ask_many([other], bank, filters=ONLY_KESTREL)[0].text
+
+
 class TestLycheeRetrieverStandard(RetrieversIntegrationTests):
     """langchain-tests' standard retriever suite, on a gate that reads four blocks per question."""
 
@@ -196,6 +283,65 @@ class TestLycheeRetrieverStandard(RetrieversIntegrationTests):
     @property
     def retriever_query_example(self) -> str:
         return QUESTION
+
+
+SHORT_DOCUMENTS = [
+    Document(page_content="The access code for the east pier storage shed is 58213.", metadata={"topic": "codes"}),
+    Document(
+        page_content="Kestrel Hall's head gardener is a botanist named Odile Fenwick.", metadata={"topic": "garden"}
+    ),
+    Document(
+        page_content="The market of Arvel opens on Saturdays; bread and wool are sold.", metadata={"topic": "town"}
+    ),
+    Document(page_content="The Silver Heron anchored in the bay of Arvel for one winter.", metadata={"topic": "ships"}),
+]
+
+
+@functools.cache
+def default_bank():
+    """Four one-block documents, compressed by the embedded default engine (loaded once per process by the
+    adapters' model cache, which ``model=None`` resolves to, with the model's own gate settings)."""
+    from lychee_memory.integrations.engines import resolve_engine
+    from lychee_memory.integrations.langchain import to_lychee_documents
+
+    return resolve_engine().ingest(to_lychee_documents(SHORT_DOCUMENTS), name="short", show_progress=False)
+
+
+@requires_embedded_model
+@pytest.mark.slow
+class TestLycheeRetrieverStandardOnTheEmbeddedDefault(RetrieversIntegrationTests):
+    """The standard suite on the embedded default (SmolLM2-135M) with its real gate: its threshold reads one
+    block here, so k=3 is filled up with the best-scoring unread blocks."""
+
+    @property
+    def retriever_constructor(self) -> type[LycheeRetriever]:
+        return LycheeRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"model": None, "bank": default_bank(), "show_progress": False}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return QUESTION
+
+
+@requires_embedded_model
+@pytest.mark.slow
+def test_retriever_on_the_embedded_default_reads_the_fact_and_fills_k():
+    bank = default_bank()
+    from lychee_memory.integrations.engines import resolve_engine
+
+    engine = resolve_engine()
+    assert engine.config.gate.threshold == 2.0 and len(bank) == 4, "the model's own gate, one block per document"
+    found = LycheeRetriever(bank=bank, k=3).invoke(QUESTION)
+    assert len(found) == 3 and len({d.id for d in found}) == 3
+    assert "58213" in found[0].page_content and found[0].metadata["selected"] is True
+    flags = [d.metadata["selected"] for d in found]
+    assert flags == sorted(flags, reverse=True) and flags[-1] is False, "the gate's block, then the fill"
+    assert all(d.metadata["bank"] == "short" for d in found)
+    without_codes = LycheeRetriever(bank=bank, k=3, filter={"topic": {"$ne": "codes"}}).invoke(QUESTION)
+    assert len(without_codes) == 3 and not any("58213" in d.page_content for d in without_codes)
 
 
 def test_reader_and_retriever_as_agent_tools(engine, bank, expected):

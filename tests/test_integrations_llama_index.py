@@ -17,18 +17,22 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.response_synthesizers import get_response_synthesizer
 from llama_index.core.schema import Document, NodeRelationship, NodeWithScore, TextNode
 from llama_index.core.storage.storage_context import StorageContext
+from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
 from lychee_memory.integrations.llama_index import LycheeIndex, LycheeQueryEngine, LycheeRetriever
+from lychee_memory.integrations.llama_index.nodes import to_lychee_filters
 
 from lychee_memory import (
     BankNotFoundError,
     ConfigurationError,
     DocumentError,
+    DocumentFilter,
     EmptyQuestionError,
+    FilterError,
     MemoryStore,
     StoreError,
 )
 
-from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, loop_ticks, make_engine
+from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, loop_ticks, make_engine, requires_embedded_model
 
 QUESTION = "What is the access code for the east pier storage shed?"
 KEEPER = "The lighthouse keeper of Arvel is called Bram Otter. He rows to the tower every evening.\n\n" * 2
@@ -212,6 +216,122 @@ def test_index_answers_without_settings_llm(engine):
     # An explicit LLM is honoured: it writes the answer from the gate's blocks.
     with_llm = index.as_query_engine(llm=MockLLM(), similarity_top_k=2)
     assert isinstance(with_llm, RetrieverQueryEngine) and len(with_llm.query(QUESTION).source_nodes) == 2
+
+
+def only(key: str, value, operator: FilterOperator = FilterOperator.EQ) -> MetadataFilters:
+    return MetadataFilters(filters=[MetadataFilter(key=key, value=value, operator=operator)])
+
+
+def test_metadata_filters_become_lychee_filters():
+    both = MetadataFilters(
+        filters=[
+            MetadataFilter(key="lang", value="en"),
+            MetadataFilter(key="year", value=[2023, 2024], operator=FilterOperator.IN),
+            MetadataFilter(key="tenant", value="b", operator=FilterOperator.NE),
+            MetadataFilter(key="tenant", value=["c", "d"], operator=FilterOperator.NIN),
+            MetadataFilter(key="draft", value=None),
+        ]
+    )
+    assert to_lychee_filters(both) == {
+        "lang": "en",
+        "year": {"$in": [2023, 2024]},
+        "tenant": {"$nin": ["b", "c", "d"]},  # NE and NIN on one key, both required: one $nin
+        "draft": None,
+    }
+    assert to_lychee_filters(MetadataFilters(filters=[], condition=None)) == {}
+    assert to_lychee_filters(None) is None
+    assert to_lychee_filters({"lang": {"$ne": "fr"}}) == {"lang": {"$ne": "fr"}}
+    assert to_lychee_filters(DocumentFilter.parse({"lang": "en"})) == {"lang": {"$eq": "en"}}
+    refused = [
+        (MetadataFilters(filters=[MetadataFilter(key="a", value=1)], condition=FilterCondition.OR), "condition OR"),
+        (MetadataFilters(filters=[MetadataFilter(key="a", value=1)], condition=FilterCondition.NOT), "condition NOT"),
+        (only("year", 2020, FilterOperator.GT), r"filter on 'year': operator GT \('>'\) is not supported"),
+        (only("tags", "x", FilterOperator.CONTAINS), "operator CONTAINS"),
+        (only("title", "x", FilterOperator.TEXT_MATCH), "operator TEXT_MATCH"),
+        (MetadataFilters(filters=[only("a", 1)]), "nested MetadataFilters are not supported"),
+        (
+            MetadataFilters(filters=[MetadataFilter(key="a", value=1), MetadataFilter(key="a", value=2)]),
+            "several filters on 'a'",
+        ),
+        (only("year", 2020, FilterOperator.IN), r"\$in takes a list"),
+        (only("tags", ["x", "y"]), "values must be strings"),
+        ({"lang": {"$gt": 1}}, "unknown operator"),
+        ("lang == en", "filters must be LlamaIndex MetadataFilters or a dict"),
+    ]
+    for filters, message in refused:
+        with pytest.raises(FilterError, match=message):
+            to_lychee_filters(filters)
+
+
+def test_retriever_and_query_engine_filters(engine):
+    index = LycheeIndex.from_documents(documents(), model=engine)
+    bank, kestrel = index.bank, {"file_name": "kestrel.txt"}
+    retriever = index.as_retriever(filters=only("file_name", "kestrel.txt"))
+    assert retriever.filters == kestrel
+    nodes = retriever.retrieve(QUESTION)
+    assert nodes and {node.node.ref_doc_id for node in nodes} == {"kestrel"}
+    assert_nodes_match_blocks(nodes, engine.select(QUESTION, bank, filters=kestrel), bank)
+    arvel = LycheeRetriever(bank, engine, filters={"file_name": {"$ne": "kestrel.txt"}}).retrieve(QUESTION)
+    assert arvel and {node.node.ref_doc_id for node in arvel} == {"arvel"}
+    of_kestrel = sum(span.document_id == "kestrel" for span in bank.spans)
+    filled = index.as_retriever(similarity_top_k=of_kestrel + 2, filters=kestrel).retrieve(QUESTION)
+    assert len(filled) == of_kestrel and {node.node.ref_doc_id for node in filled} == {"kestrel"}
+    assert [node.node.metadata["selected"] for node in filled] == [True] * len(nodes) + [False] * (
+        of_kestrel - len(nodes)
+    )
+
+    query_engine = index.as_query_engine(filters=only("file_name", ["kestrel.txt"], FilterOperator.IN))
+    assert query_engine.filters == {"file_name": {"$in": ["kestrel.txt"]}}
+    response = query_engine.query(QUESTION)
+    expected = engine.ask(QUESTION, bank, filters=kestrel)
+    assert response.response == expected.text != engine.ask(QUESTION, bank).text
+    assert_nodes_match_blocks(response.source_nodes, expected.blocks, bank)
+    assert query_engine.retrieve(QUESTION) == response.source_nodes
+    streamed = index.as_query_engine(streaming=True, filters=kestrel).query(QUESTION)
+    assert "".join(streamed.response_gen) == expected.text
+    assert {node.node.ref_doc_id for node in streamed.source_nodes} == {"kestrel"}
+    from_documents = LycheeQueryEngine.from_documents(documents(), model=engine, filters=kestrel)
+    assert from_documents.query(QUESTION).response == expected.text
+    with_llm = index.as_query_engine(llm=MockLLM(), filters=kestrel)
+    assert {node.node.ref_doc_id for node in with_llm.query(QUESTION).source_nodes} == {"kestrel"}
+    chat = index.as_chat_engine(llm=MockLLM(), filters=kestrel)
+    assert {node.node.ref_doc_id for node in chat.chat(QUESTION).source_nodes} == {"kestrel"}
+    with pytest.raises(FilterError, match="condition OR"):
+        index.as_retriever(filters=MetadataFilters(filters=[MetadataFilter(key="a", value=1)], condition="or"))
+    with pytest.raises(FilterError, match="operator LT"):
+        index.as_query_engine(filters=only("year", 2000, FilterOperator.LT))
+
+
+def test_k_returns_k_nodes_selected_first(engine, query_engine):
+    bank = query_engine.bank
+    read = len(engine.select(QUESTION, bank))
+    assert read == 4
+    nodes = LycheeIndex(bank, engine).as_retriever(similarity_top_k=read + 2).retrieve(QUESTION)
+    assert len(nodes) == read + 2 and len({node.node.node_id for node in nodes}) == read + 2
+    assert [node.node.metadata["selected"] for node in nodes] == [True] * read + [False, False]
+    assert "selected" not in nodes[-1].node.get_content(metadata_mode="llm")
+    assert_nodes_match_blocks(nodes, engine.select(QUESTION, bank, k=read + 2), bank)
+
+
+SHORT_DOCUMENTS = [
+    Document(text="The access code for the east pier storage shed is 58213.", id_="code"),
+    Document(text="Kestrel Hall's head gardener is a botanist named Odile Fenwick.", id_="garden"),
+    Document(text="The market of Arvel opens on Saturdays; bread and wool are sold.", id_="market"),
+    Document(text="The Silver Heron anchored in the bay of Arvel for one winter.", id_="ship"),
+]
+
+
+@requires_embedded_model
+@pytest.mark.slow
+def test_as_retriever_on_the_embedded_default_returns_k_nodes():
+    # model=None: the embedded default with its own gate settings, loaded once per process by the adapters.
+    index = LycheeIndex.from_documents(SHORT_DOCUMENTS)
+    assert len(index.bank) == 4
+    nodes = index.as_retriever(similarity_top_k=3).retrieve(QUESTION)
+    assert len(nodes) == 3 and len({node.node.node_id for node in nodes}) == 3
+    flags = [node.node.metadata["selected"] for node in nodes]
+    assert flags[0] is True and flags == sorted(flags, reverse=True) and flags[-1] is False
+    assert nodes[0].node.ref_doc_id == "code"
 
 
 def test_index_insert_update_delete_and_refresh_in_memory(engine, caplog):

@@ -1,8 +1,10 @@
 """Conversions between LangChain and lychee: LangChain documents in, gated blocks out as documents.
 
 A block comes back as a LangChain ``Document`` whose metadata carries the source document's metadata and
-``score`` (gate score), ``block`` (block index in the bank), ``doc`` (source document id), ``start`` and
-``end`` (character span in the source document) and ``fallback`` (read although nothing passed the gate).
+``score`` (gate score), ``block`` (block index in its bank), ``doc`` (source document id), ``start`` and
+``end`` (character span in the source document), ``fallback`` (read although nothing passed the gate),
+``selected`` (False for a block added only to reach the ``k`` asked for: the best-scoring block the gate did
+not read) and ``bank`` (the name of the block's bank, None for an unnamed one).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ def block_to_document(block: SelectedBlock, bank: MemoryBank) -> LangChainDocume
         "start": block.char_start,
         "end": block.char_end,
         "fallback": block.fallback,
+        "selected": block.selected,
+        "bank": block.bank,
     }
     return LangChainDocument(
         page_content=block.text, metadata=metadata, id=f"{block.document_id}#{block.char_start}-{block.char_end}"

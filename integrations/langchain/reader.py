@@ -2,8 +2,9 @@
 
 It ends a RAG chain where a prompt and a chat model would: ``{"question": RunnablePassthrough(),
 "documents": retriever} | LycheeReader()``. Input is a question (answered over the reader's ``bank``) or
-a dict with ``question`` and ``documents`` or ``bank``; output is the answer text. Streaming yields the
-answer as it is generated; when the input itself streams in (partial dicts from a ``RunnableParallel``),
+a dict with ``question`` and ``documents`` or ``bank`` (and optionally ``filter``, a metadata filter such as
+``{"tenant": "acme"}`` that restricts which documents are read); output is the answer text. Streaming yields
+the answer as it is generated; when the input itself streams in (partial dicts from a ``RunnableParallel``),
 the pieces are merged before answering.
 """
 
@@ -18,9 +19,17 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.tools import BaseTool, StructuredTool
-from pydantic import BaseModel, ConfigDict, Field, InstanceOf, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, InstanceOf, PrivateAttr, field_validator
 
-from lychee_memory import AnswerStream, Document, EmptyQuestionError, LycheeMemory, MemoryBank, MemoryStore
+from lychee_memory import (
+    AnswerStream,
+    Document,
+    DocumentFilter,
+    EmptyQuestionError,
+    LycheeMemory,
+    MemoryBank,
+    MemoryStore,
+)
 
 from ..banks import OpenBanks, prepare_bank
 from ..engines import call_engine, call_engine_async, resolve_engine
@@ -28,7 +37,9 @@ from ..streaming import iterate_async, trimmed
 from .documents import LangChainDocumentInput, bank_from_documents, to_lychee_documents
 
 ReaderInput = str | dict[str, Any]
-"""A question, or ``{"question": ..., "documents": [...]}``, or ``{"question": ..., "bank": ...}``."""
+"""A question, or ``{"question": ..., "documents": [...]}``, or ``{"question": ..., "bank": ...}``; a dict may
+add ``"filter": {...}`` (which documents to read, replacing the reader's ``filter``)."""
+Filter = dict[str, Any] | None
 
 DEFAULT_TOOL_NAME = "lychee_memory"
 DEFAULT_TOOL_DESCRIPTION = (
@@ -48,18 +59,27 @@ class LycheeReader(RunnableSerializable[ReaderInput, str]):
 
     ``model``: a LycheeMemory engine, a model spec, or None for the embedded default (loaded on first
     use). ``bank``: the bank questions are answered over when the input brings no documents (a
-    MemoryBank, or a bank name in ``store``).
+    MemoryBank, or a bank name in ``store``). ``filter``: read only documents whose metadata match, e.g.
+    ``{"tenant": "acme"}`` or ``{"year": {"$in": [2023, 2024]}}`` (``lychee_memory.filters``); an input dict's
+    ``filter`` replaces it for that input. The agent tool keeps the reader's filter (the agent cannot change it).
     """
 
     model: LycheeMemory | str | None = None
     bank: InstanceOf[MemoryBank] | str | None = None
     store: MemoryStore | str | Path | None = None
+    filter: dict[str, Any] | None = None
     show_progress: bool | None = None
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     _engine: LycheeMemory | None = PrivateAttr(default=None)
     _open_banks: OpenBanks = PrivateAttr(default_factory=OpenBanks)
+
+    @field_validator("filter")
+    @classmethod
+    def _valid_filter(cls, value: Filter) -> Filter:
+        DocumentFilter.parse(value)  # a malformed filter is refused here, not at the first question
+        return value
 
     @classmethod
     def from_documents(
@@ -69,11 +89,12 @@ class LycheeReader(RunnableSerializable[ReaderInput, str]):
         model: LycheeMemory | str | None = None,
         store: MemoryStore | str | os.PathLike[str] | None = None,
         bank: str | None = None,
+        filter: dict[str, Any] | None = None,
         show_progress: bool | None = None,
     ) -> LycheeReader:
         """A reader over a bank built from ``documents`` now (kept as bank ``bank`` of ``store`` if named)."""
         engine, memory = bank_from_documents(documents, model, store, bank, show_progress)
-        return cls(model=engine, bank=memory, store=_store_path(store), show_progress=show_progress)
+        return cls(model=engine, bank=memory, store=_store_path(store), filter=filter, show_progress=show_progress)
 
     @property
     def engine(self) -> LycheeMemory:
@@ -173,78 +194,86 @@ class LycheeReader(RunnableSerializable[ReaderInput, str]):
     # Answering -------------------------------------------------------------------------------------
 
     def _answer(self, value: ReaderInput) -> str:
-        question, documents, bank = self._parse(value)
+        question, documents, bank, filters = self._parse(value)
         engine = self.engine
-        return call_engine(
-            engine, lambda: engine.ask(question, self._bank(documents, bank), show_progress=self.show_progress).text
-        )
+        return call_engine(engine, lambda: self._ask(question, documents, bank, filters))
 
     async def _aanswer(self, value: ReaderInput) -> str:
-        question, documents, bank = self._parse(value)
+        question, documents, bank, filters = self._parse(value)
         engine = await asyncio.to_thread(lambda: self.engine)
-        return await call_engine_async(
-            engine, lambda: engine.ask(question, self._bank(documents, bank), show_progress=self.show_progress).text
-        )
+        return await call_engine_async(engine, lambda: self._ask(question, documents, bank, filters))
+
+    def _ask(
+        self, question: str, documents: list[Document] | None, bank: MemoryBank | str | None, filters: Filter
+    ) -> str:
+        source = self._bank(documents, bank)
+        return self.engine.ask(question, source, filters=filters, show_progress=self.show_progress).text
 
     def _answer_batch(self, values: list[ReaderInput]) -> list[str | Exception]:
         results: list[str | Exception] = [""] * len(values)
-        groups: dict[int, tuple[MemoryBank, list[int], list[str]]] = {}
+        # Questions over the same bank under the same filter share one batched scan.
+        groups: dict[tuple[int, str], tuple[MemoryBank, Filter, list[int], list[str]]] = {}
         for position, value in enumerate(values):
             try:
-                question, documents, bank = self._parse(value)
+                question, documents, bank, filters = self._parse(value)
                 source = call_engine(self.engine, partial(self._bank, documents, bank))
             except Exception as error:  # reported for this input only
                 results[position] = error
                 continue
-            _, positions, questions = groups.setdefault(id(source), (source, [], []))
+            group = (id(source), DocumentFilter.parse(filters).key)
+            _, _, positions, questions = groups.setdefault(group, (source, filters, [], []))
             positions.append(position)
             questions.append(question)
-        for source, positions, questions in groups.values():
+        for source, filters, positions, questions in groups.values():
             try:
-                answers = call_engine(self.engine, partial(self._ask_many, questions, source))
+                answers = call_engine(self.engine, partial(self._ask_many, questions, source, filters))
                 for position, answer in zip(positions, answers):
                     results[position] = answer
             except Exception:  # find which questions fail and answer the others
                 for position, question in zip(positions, questions):
                     try:
-                        results[position] = call_engine(self.engine, partial(self._ask_many, [question], source))[0]
+                        ask = partial(self._ask_many, [question], source, filters)
+                        results[position] = call_engine(self.engine, ask)[0]
                     except Exception as error:
                         results[position] = error
         return results
 
-    def _ask_many(self, questions: list[str], source: MemoryBank) -> list[str]:
-        answers = self.engine.ask_many(questions, source, show_progress=self.show_progress)
+    def _ask_many(self, questions: list[str], source: MemoryBank, filters: Filter) -> list[str]:
+        answers = self.engine.ask_many(questions, source, filters=filters, show_progress=self.show_progress)
         return [answer.text for answer in answers]
 
     async def _aanswer_batch(self, values: list[ReaderInput]) -> list[str | Exception]:
         return await asyncio.to_thread(self._answer_batch, values)
 
     def _stream_answer(self, chunks: Iterator[ReaderInput]) -> Iterator[str]:
-        question, documents, bank = self._parse(merge_input_chunks(chunks))
+        question, documents, bank, filters = self._parse(merge_input_chunks(chunks))
         engine = self.engine
-        stream = call_engine(engine, partial(self._start_stream, question, documents, bank))
+        stream = call_engine(engine, partial(self._start_stream, question, documents, bank, filters))
         yield from trimmed(stream)
 
     async def _astream_answer(self, chunks: AsyncIterator[ReaderInput]) -> AsyncIterator[str]:
         merged: Any = _NOTHING
         async for chunk in chunks:
             merged = chunk if merged is _NOTHING else _merge(merged, chunk)
-        question, documents, bank = self._parse(_received(merged))
+        question, documents, bank, filters = self._parse(_received(merged))
         engine = await asyncio.to_thread(lambda: self.engine)
-        stream = await call_engine_async(engine, partial(self._start_stream, question, documents, bank))
+        stream = await call_engine_async(engine, partial(self._start_stream, question, documents, bank, filters))
         async for piece in iterate_async(trimmed(stream)):
             yield piece
 
     def _start_stream(
-        self, question: str, documents: list[Document] | None, bank: MemoryBank | str | None
+        self, question: str, documents: list[Document] | None, bank: MemoryBank | str | None, filters: Filter
     ) -> AnswerStream:
         """The answer stream over the input's source (call with the engine's lock held)."""
-        return self.engine.stream(question, self._bank(documents, bank), show_progress=self.show_progress)
+        source = self._bank(documents, bank)
+        return self.engine.stream(question, source, filters=filters, show_progress=self.show_progress)
 
     # Input -----------------------------------------------------------------------------------------
 
-    def _parse(self, value: Any) -> tuple[str, list[Document] | None, MemoryBank | str | None]:
-        """Question, documents to read (or None) and bank to read (or None) from one input; cheap checks only."""
+    def _parse(self, value: Any) -> tuple[str, list[Document] | None, MemoryBank | str | None, Filter]:
+        """Question, documents to read (or None), bank to read (or None) and metadata filter from one input;
+        cheap checks only."""
+        filters = self.filter
         if isinstance(value, str):
             question, documents, bank = value, None, self.bank
         elif isinstance(value, Mapping):
@@ -252,11 +281,15 @@ class LycheeReader(RunnableSerializable[ReaderInput, str]):
                 raise ValueError(
                     f"LycheeReader input needs a 'question' key (got keys: {', '.join(map(str, value)) or 'none'})"
                 )
-            unknown = sorted(set(map(str, value)) - {"question", "documents", "bank"})
+            unknown = sorted(set(map(str, value)) - {"question", "documents", "bank", "filter"})
             if unknown:
                 raise ValueError(
-                    f"LycheeReader input has unknown keys {', '.join(unknown)}; it reads 'question', 'documents', 'bank'"
+                    f"LycheeReader input has unknown keys {', '.join(unknown)}; "
+                    "it reads 'question', 'documents', 'bank', 'filter'"
                 )
+            if value.get("filter") is not None:
+                filters = value["filter"]
+                DocumentFilter.parse(filters)  # FilterError for a malformed one, before any work
             question = value["question"]
             documents = to_lychee_documents(value["documents"]) if value.get("documents") is not None else None
             bank = value.get("bank", None if documents is not None else self.bank)
@@ -274,7 +307,7 @@ class LycheeReader(RunnableSerializable[ReaderInput, str]):
                 "no documents and no bank: pass {'question': ..., 'documents': [...]}, or give the reader a bank "
                 "(LycheeReader(bank=...) or LycheeReader.from_documents(...))"
             )
-        return question, documents, bank
+        return question, documents, bank, filters
 
     def _bank(self, documents: list[Document] | None, bank: MemoryBank | str | None) -> MemoryBank:
         return prepare_bank(

@@ -204,9 +204,12 @@ class LycheeIndex(OverBank, BaseManagedIndex):
     # Querying: Lychee answers with its own model ---------------------------------------------------
 
     def as_retriever(self, **kwargs: Any) -> LycheeRetriever:
-        """A retriever over the gate's blocks; ``k`` (or ``similarity_top_k``) keeps at most k of them."""
+        """A retriever over the gate's blocks; ``k`` (or ``similarity_top_k``) returns k of them when the bank
+        holds k (the gate's selections first, then the best-scoring blocks it did not read); ``filters``
+        (``MetadataFilters`` with EQ, NE, IN, NIN joined by AND, or a lychee filter dict) scans only matching
+        documents."""
         k = _pop_top_k(kwargs)
-        options = _only(kwargs, {"callback_manager", "verbose", "show_progress"}, "as_retriever")
+        options = _only(kwargs, {"callback_manager", "verbose", "show_progress", "filters"}, "as_retriever")
         options.setdefault("callback_manager", self._callback_manager)
         options.setdefault("show_progress", self._show_progress)
         return LycheeRetriever(self._bank, self._engine, k=k, **options)
@@ -214,13 +217,14 @@ class LycheeIndex(OverBank, BaseManagedIndex):
     def as_query_engine(self, llm: LLMType | None = None, **kwargs: Any) -> BaseQueryEngine:
         """Lychee's query engine (its reasoner writes the answer); never reads ``Settings.llm``.
 
-        With ``llm``, a ``RetrieverQueryEngine`` instead: that LLM writes the answer from the gate's blocks.
+        ``filters`` (``MetadataFilters`` or a lychee filter dict) reads only matching documents. With ``llm``, a
+        ``RetrieverQueryEngine`` instead: that LLM writes the answer from the gate's blocks.
         """
         if llm is not None:
             from llama_index.core.llms.utils import resolve_llm
             from llama_index.core.query_engine.retriever_query_engine import RetrieverQueryEngine
 
-            retriever = self.as_retriever(k=_pop_top_k(kwargs))
+            retriever = self.as_retriever(k=_pop_top_k(kwargs), filters=kwargs.pop("filters", None))
             return RetrieverQueryEngine.from_args(
                 retriever, llm=resolve_llm(llm, callback_manager=self._callback_manager), **kwargs
             )
@@ -232,7 +236,7 @@ class LycheeIndex(OverBank, BaseManagedIndex):
                 UserWarning,
                 stacklevel=2,
             )
-        options = _only(kwargs, {"streaming", "callback_manager", "show_progress"}, "as_query_engine")
+        options = _only(kwargs, {"streaming", "callback_manager", "show_progress", "filters"}, "as_query_engine")
         options.setdefault("callback_manager", self._callback_manager)
         options.setdefault("show_progress", self._show_progress)
         return LycheeQueryEngine(self._bank, self._engine, **options)
@@ -250,11 +254,14 @@ class LycheeIndex(OverBank, BaseManagedIndex):
         from llama_index.core.llms.utils import resolve_llm
 
         chat_llm = resolve_llm(llm, callback_manager=self._callback_manager)
-        retriever = self.as_retriever(k=_pop_top_k(kwargs))
+        filters = kwargs.pop("filters", None)
+        retriever = self.as_retriever(k=_pop_top_k(kwargs), filters=filters)
         if chat_mode == ChatMode.CONTEXT:
             return ContextChatEngine.from_defaults(retriever=retriever, llm=chat_llm, **kwargs)
         if chat_mode in (ChatMode.BEST, ChatMode.CONDENSE_PLUS_CONTEXT):
             return CondensePlusContextChatEngine.from_defaults(retriever=retriever, llm=chat_llm, **kwargs)
+        if filters is not None:  # the other modes build a query engine (as_query_engine), which takes them too
+            kwargs["filters"] = filters
         return super().as_chat_engine(chat_mode=chat_mode, llm=chat_llm, **kwargs)
 
 

@@ -1,14 +1,19 @@
-"""Conversions between LlamaIndex and lychee: LlamaIndex documents in, gated blocks out as scored nodes.
+"""Conversions between LlamaIndex and lychee: LlamaIndex documents and metadata filters in, gated blocks out as
+scored nodes.
 
 A block becomes a ``TextNode`` with the block's text, its character span in the source document, the
 source document's metadata, and a SOURCE relationship to that document, so ``ref_doc_id``, source
-formatting and node postprocessors work as they do on a vector retriever's nodes.
+formatting and node postprocessors work as they do on a vector retriever's nodes. Its metadata adds
+``document_id``, ``block_index``, ``fallback`` and ``selected`` (False for a block added only to reach the k
+asked for), kept out of what an LLM or an embedding model reads.
+
+``MetadataFilters`` become lychee's filter language (``lychee_memory.filters``): EQ, NE, IN and NIN joined by AND.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llama_index.core.schema import (
@@ -20,8 +25,9 @@ from llama_index.core.schema import (
     RelatedNodeInfo,
     TextNode,
 )
+from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilters
 
-from lychee_memory import Document, DocumentError, MemoryBank, SelectedBlock
+from lychee_memory import Document, DocumentError, DocumentFilter, FilterError, MemoryBank, SelectedBlock
 
 LlamaIndexDocumentInput = BaseNode | Document | str | os.PathLike[str]
 """A LlamaIndex document or node, a lychee Document, a text, or a path to a text file."""
@@ -30,7 +36,18 @@ LlamaIndexDocumentInput = BaseNode | Document | str | os.PathLike[str]
 DOCUMENT_ID_KEY = "document_id"
 BLOCK_INDEX_KEY = "block_index"
 FALLBACK_KEY = "fallback"
-LYCHEE_METADATA_KEYS = [DOCUMENT_ID_KEY, BLOCK_INDEX_KEY, FALLBACK_KEY]
+SELECTED_KEY = "selected"
+LYCHEE_METADATA_KEYS = [DOCUMENT_ID_KEY, BLOCK_INDEX_KEY, FALLBACK_KEY, SELECTED_KEY]
+
+FiltersInput = MetadataFilters | Mapping[str, Any] | DocumentFilter | None
+"""LlamaIndex ``MetadataFilters``, a lychee filter dict such as ``{"lang": "en"}``, or None (every document)."""
+
+_OPERATORS = {
+    FilterOperator.EQ: "$eq",
+    FilterOperator.NE: "$ne",
+    FilterOperator.IN: "$in",
+    FilterOperator.NIN: "$nin",
+}
 
 
 def to_lychee_documents(documents: Iterable[LlamaIndexDocumentInput] | LlamaIndexDocumentInput) -> list[Document]:
@@ -60,6 +77,66 @@ def to_lychee_documents(documents: Iterable[LlamaIndexDocumentInput] | LlamaInde
     return converted
 
 
+def to_lychee_filters(filters: FiltersInput) -> dict[str, Any] | None:
+    """LlamaIndex ``MetadataFilters`` as a lychee filter dict; a dict (or DocumentFilter) is checked and kept.
+
+    EQ becomes ``{"key": value}``, NE ``{"key": {"$ne": value}}``, IN ``$in`` and NIN ``$nin``; filters are joined
+    by AND, and NE/NIN filters on one key merge into one ``$nin``. Any other operator (GT, CONTAINS,
+    TEXT_MATCH...), an OR or NOT condition and nested MetadataFilters raise FilterError naming what is refused.
+    """
+    if filters is None:
+        return None
+    if isinstance(filters, DocumentFilter):
+        return filters.to_json()
+    if isinstance(filters, Mapping):
+        DocumentFilter.parse(filters)
+        return dict(filters)
+    if not isinstance(filters, MetadataFilters):
+        raise FilterError(
+            "filters must be LlamaIndex MetadataFilters or a dict such as {'lang': 'en'}, "
+            f"got {type(filters).__name__}"
+        )
+    condition = filters.condition or FilterCondition.AND
+    if condition != FilterCondition.AND:
+        raise FilterError(
+            f"MetadataFilters with condition {condition.name} are not supported: lychee joins filters with AND only"
+        )
+    converted: dict[str, Any] = {}
+    for item in filters.filters:
+        if isinstance(item, MetadataFilters):
+            raise FilterError("nested MetadataFilters are not supported: give one flat list of filters (joined by AND)")
+        operator = _OPERATORS.get(item.operator)
+        if operator is None:
+            raise FilterError(
+                f"filter on {item.key!r}: operator {item.operator.name} ({item.operator.value!r}) is not supported; "
+                "lychee filters take EQ, NE, IN and NIN"
+            )
+        test = item.value if operator == "$eq" else {operator: item.value}
+        converted[item.key] = _both(item.key, converted[item.key], test) if item.key in converted else test
+    DocumentFilter.parse(converted)  # values: lists for IN/NIN, single values for EQ/NE
+    return converted
+
+
+def _excluded(test: Any) -> list[Any] | None:
+    """The values a NE/NIN test excludes (None for any other test)."""
+    if isinstance(test, Mapping) and "$ne" in test:
+        return [test["$ne"]]
+    if isinstance(test, Mapping) and isinstance(test.get("$nin"), list):
+        return list(test["$nin"])
+    return None
+
+
+def _both(key: str, first: Any, second: Any) -> Any:
+    """Two filters on one key, both required: NE/NIN merge into one $nin; anything else is refused."""
+    excluded, more = _excluded(first), _excluded(second)
+    if excluded is None or more is None:
+        raise FilterError(
+            f"several filters on {key!r}: lychee takes one filter per key (NE and NIN filters on one key combine); "
+            "use IN for one of several values"
+        )
+    return {"$nin": excluded + more}
+
+
 def block_node_id(document_id: str, char_start: int, char_end: int) -> str:
     """A stable node id for a block: its document and character span."""
     return f"{document_id}#{char_start}-{char_end}"
@@ -76,6 +153,7 @@ def block_to_node(block: SelectedBlock, bank: MemoryBank) -> NodeWithScore:
         DOCUMENT_ID_KEY: block.document_id,
         BLOCK_INDEX_KEY: block.index,
         FALLBACK_KEY: block.fallback,
+        SELECTED_KEY: block.selected,
     }
     node = TextNode(
         id_=block_node_id(block.document_id, block.char_start, block.char_end),

@@ -32,7 +32,7 @@ from lychee_memory import Answer, AnswerStream, MemoryBank, SelectedBlock
 from ..banks import BankChoice, OverBank, StoreChoice, engine_for_bank, prepare_bank
 from ..engines import ModelChoice, call_engine, call_engine_async, resolve_engine
 from ..streaming import iterate_async, trimmed
-from .nodes import LlamaIndexDocumentInput, blocks_to_nodes, to_lychee_documents
+from .nodes import FiltersInput, LlamaIndexDocumentInput, blocks_to_nodes, to_lychee_documents, to_lychee_filters
 
 dispatcher = instrument.get_dispatcher(__name__)
 
@@ -51,7 +51,9 @@ class LycheeQueryEngine(OverBank, BaseQueryEngine):
     """Answers questions over a memory bank; ``source_nodes`` are the blocks the gate selected.
 
     ``streaming=True`` returns a ``StreamingResponse`` (``AsyncStreamingResponse`` from ``aquery``) whose
-    source nodes are known before the first token; its metadata fills in when the stream ends.
+    source nodes are known before the first token; its metadata fills in when the stream ends. ``filters``
+    (``MetadataFilters`` with EQ, NE, IN, NIN joined by AND, or a lychee filter dict) reads only the documents
+    whose metadata match.
     """
 
     def __init__(
@@ -60,12 +62,14 @@ class LycheeQueryEngine(OverBank, BaseQueryEngine):
         model: ModelChoice = None,
         *,
         streaming: bool = False,
+        filters: FiltersInput = None,
         show_progress: bool | None = None,
         callback_manager: CallbackManager | None = None,
     ) -> None:
         self._engine = engine_for_bank(bank, model, "from engine.ingest, or use LycheeQueryEngine.from_documents")
         self._bank = bank
         self._streaming = streaming
+        self._filters = to_lychee_filters(filters)
         self._show_progress = show_progress
         super().__init__(callback_manager=callback_manager)
 
@@ -78,6 +82,7 @@ class LycheeQueryEngine(OverBank, BaseQueryEngine):
         store: StoreChoice = None,
         bank: BankChoice = None,
         streaming: bool = False,
+        filters: FiltersInput = None,
         show_progress: bool | None = None,
         callback_manager: CallbackManager | None = None,
     ) -> LycheeQueryEngine:
@@ -89,11 +94,23 @@ class LycheeQueryEngine(OverBank, BaseQueryEngine):
         engine = resolve_engine(model)
         lychee_documents = None if documents is None else to_lychee_documents(documents)
         memory = prepare_bank(engine, lychee_documents, store=store, bank=bank, show_progress=show_progress)
-        return cls(memory, engine, streaming=streaming, show_progress=show_progress, callback_manager=callback_manager)
+        return cls(
+            memory,
+            engine,
+            streaming=streaming,
+            filters=filters,
+            show_progress=show_progress,
+            callback_manager=callback_manager,
+        )
 
     @property
     def streaming(self) -> bool:
         return self._streaming
+
+    @property
+    def filters(self) -> dict[str, Any] | None:
+        """The metadata filter in lychee's language (``lychee_memory.filters``), None when every document is read."""
+        return self._filters
 
     def _get_prompt_modules(self) -> PromptMixinType:
         return {}
@@ -112,7 +129,10 @@ class LycheeQueryEngine(OverBank, BaseQueryEngine):
         """The blocks the gate selects for the query, as scored nodes (no answer is written)."""
         bundle = _as_query_bundle(query_bundle)
         blocks = call_engine(
-            self._engine, lambda: self._engine.select(bundle.query_str, self._bank, show_progress=self._show_progress)
+            self._engine,
+            lambda: self._engine.select(
+                bundle.query_str, self._bank, filters=self._filters, show_progress=self._show_progress
+            ),
         )
         return blocks_to_nodes(blocks, self._bank)
 
@@ -143,7 +163,9 @@ class LycheeQueryEngine(OverBank, BaseQueryEngine):
 
     def _scan(self, query_bundle: QueryBundle) -> tuple[AnswerStream, list[SelectedBlock]]:
         """Start an answer stream and run its gate scan (call with the engine's lock held)."""
-        stream = self._engine.stream(query_bundle.query_str, self._bank, show_progress=self._show_progress)
+        stream = self._engine.stream(
+            query_bundle.query_str, self._bank, filters=self._filters, show_progress=self._show_progress
+        )
         return stream, stream.blocks
 
     def _pieces(self, stream: AnswerStream, metadata: dict[str, Any]) -> Iterator[str]:
