@@ -15,7 +15,6 @@ from .blocks import BankIdentity, MemoryBank, MemoryBlock, SourceSpan
 from .config import EngineConfig
 from .documents import Document
 from .engine import LycheeMemory
-from .filters import DocumentFilter
 from .errors import (
     BankMismatchError,
     BankNotFoundError,
@@ -33,6 +32,7 @@ from .errors import (
     StoreFullError,
     UnsupportedModelError,
 )
+from .filters import DocumentFilter
 from .store import (
     BankInfo,
     BlockRecipe,
@@ -61,11 +61,11 @@ __all__ = [
     "CorruptDocumentError",
     "Document",
     "DocumentError",
+    "DocumentFilter",
     "DocumentNotFoundError",
     "EmptyQuestionError",
     "EngineConfig",
     "FilterError",
-    "DocumentFilter",
     "FullContext",
     "GateScore",
     "GcReport",
