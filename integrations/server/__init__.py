@@ -4,11 +4,28 @@
   OpenAI-compatible chat completions, Prometheus metrics).
 - ``run_server(settings)``: serve it with uvicorn (what ``lychee serve`` runs).
 - ``MemoryService``: what the routes call (engine, store, jobs, batching, auth).
+
+Names are imported on first use, so ``command`` (the CLI's registration) loads without FastAPI installed.
 """
 
-from .app import create_app
-from .auth import KeyRing, Tenant
-from .runner import run_server
-from .service import MemoryService, ServerSettings
+from __future__ import annotations
 
-__all__ = ["KeyRing", "MemoryService", "ServerSettings", "Tenant", "create_app", "run_server"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "create_app": "app",
+    "KeyRing": "auth",
+    "Tenant": "auth",
+    "run_server": "runner",
+    "MemoryService": "service",
+    "ServerSettings": "service",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
