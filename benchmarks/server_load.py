@@ -8,6 +8,8 @@ Starts a real server process (the embedded default unless ``--model``), ingests 
    to one client (sequential).
 2. **ingest isolation**: bank ``other`` ingests a larger job while one client keeps querying ``guide``; prints
    the query latency during the ingest against the idle p50, and checks the job was still running.
+3. **the alternative**: MiniLM top-4 RAG (``lychee_memory.eval.rag``) in one process on the same document and
+   questions, one at a time and 16 at a time, for scale (``--rag-questions 0`` skips it).
 
 Everything runs on 127.0.0.1 and is bounded; results go to ``--json`` (default benchmarks/results/server_load.json)
 and a plot to ``--plot`` (default benchmarks/plots/server_load.png).
@@ -168,6 +170,35 @@ def ingest_isolation(base_url: str, copies: int, idle_p50: float) -> dict:
     }
 
 
+def rag_reference(model: str | None, device: str, count: int, batch: int) -> dict:
+    """What a user would run instead: MiniLM top-4 RAG in one process, on the same document and questions,
+    one question at a time and ``batch`` at a time (no HTTP, so this is its best case)."""
+    from lychee_memory import LycheeMemory
+    from lychee_memory.eval.rag import RagBaseline
+
+    engine = LycheeMemory.from_pretrained(model, show_progress=False, device=device)
+    rag = RagBaseline(engine, show_progress=False)
+    index = rag.build([GUIDE])
+    rag.ask(QUESTIONS[0][0], index)  # warm-up
+    questions = [QUESTIONS[number % len(QUESTIONS)] for number in range(count)]
+    started = time.perf_counter()
+    right = sum(expected in rag.ask(question, index).text for question, expected in questions)
+    sequential = time.perf_counter() - started
+    started = time.perf_counter()
+    answers = []
+    for start in range(0, count, batch):
+        answers += rag.ask_many([question for question, _ in questions[start : start + batch]], index)
+    batched = time.perf_counter() - started
+    right_batched = sum(expected in answer.text for (_, expected), answer in zip(questions, answers))
+    return {
+        "questions": count,
+        "right_sequential": right,
+        "right_batched": right_batched,
+        "sequential_qps": round(count / sequential, 3),
+        f"batched_{batch}_qps": round(count / batched, 3),
+    }
+
+
 def plot(results: dict, path: Path) -> None:
     try:
         import matplotlib
@@ -201,6 +232,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20, help="questions per client")
     parser.add_argument("--ingest-copies", type=int, default=6, help="documents in the isolation test's job")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--rag-questions", type=int, default=32, help="questions for the in-process RAG reference (0: skip)"
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "server_load.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "plots" / "server_load.png")
     args = parser.parse_args()
@@ -230,6 +264,9 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(60)
+    rag = rag_reference(args.model, args.device, args.rag_questions, 16) if args.rag_questions else None
+    if rag is not None:
+        print(json.dumps({"rag_in_process": rag}), flush=True)
     results = {
         "model": args.model or "smollm2-135m (embedded default)",
         "device": args.device,
@@ -238,6 +275,7 @@ def main() -> None:
         "ladder": ladder,
         "ingest_isolation": isolation,
         "batch_size_metric": batches,
+        "rag_in_process": rag,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -247,6 +285,11 @@ def main() -> None:
         print(
             f"{row['clients']:>8} {row['queries']:>8} {row['errors_or_wrong']:>6} {row['p50_s']:>8} {row['p95_s']:>8} "
             f"{row['throughput_qps']:>8} {row['vs_one_client']:>10}"
+        )
+    if rag is not None:
+        print(
+            f"in-process MiniLM RAG, same questions: {rag['sequential_qps']} q/s one at a time "
+            f"({rag['right_sequential']}/{rag['questions']} right), {rag['batched_16_qps']} q/s 16 at a time"
         )
     print(
         f"during an ingest of bank 'other' ({isolation['job_chunks']} chunks): {isolation['queries_during_ingest']} "

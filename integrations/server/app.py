@@ -309,19 +309,52 @@ def _usage(answer: Answer) -> dict[str, int]:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a request whose declared body is over ``limit`` bytes (before reading it)."""
+    """ASGI middleware: 413 for a request whose body is over ``limit`` bytes.
+
+    A declared body (``Content-Length``) is refused before it is read; a chunked one (no length) is read up to the
+    limit, refused as soon as it goes over, and otherwise handed on whole.
+    """
 
     def __init__(self, app: Any, limit: int):
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.limit:
-                error = ApiError(
-                    413, "too_large", f"the request body is over this server's limit of {self.limit} bytes"
-                )
-                await JSONResponse(body(error), status_code=413)(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.limit:
+                await self._refuse(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away before sending its body
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
+        error = ApiError(413, "too_large", f"the request body is over this server's limit of {self.limit} bytes")
+        await JSONResponse(body(error), status_code=413)(scope, receive, send)

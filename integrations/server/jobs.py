@@ -32,6 +32,11 @@ logger = logging.getLogger("lychee_memory.server")
 JOBS_DIRECTORY = "server-jobs"
 UNFINISHED = ("queued", "running")
 KEPT_JOBS = 1000  # finished job records kept on disk (oldest removed first)
+CANCEL_GRACE = 30.0  # seconds a cancelled job has to reach its next batch at shutdown
+
+
+class JobCancelled(Exception):
+    """Raised into a running ingest (at its next batch) to stop it; nothing of it reaches its bank."""
 
 
 def _now() -> str:
@@ -181,11 +186,17 @@ class IngestWorker:
         self._queue: queue.Queue[tuple[Job, list[Document]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="lychee-ingest", daemon=True)
         self._accepting = True
+        self._cancel = threading.Event()
         self._thread.start()
 
     @property
     def accepting(self) -> bool:
         return self._accepting
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread still runs (a job in the model) after ``stop``."""
+        return self._thread.is_alive()
 
     def submit(self, bank: str, documents: list[Document]) -> Job:
         job = self.book.create(bank, documents)
@@ -204,6 +215,13 @@ class IngestWorker:
             try:
                 job.result = self.ingest(job, documents, self._progress_of(job))
                 job.status = "done"
+            except JobCancelled:
+                job.status = "failed"
+                job.error = {
+                    "type": "interrupted",
+                    "message": f"the server shut down before this job finished; bank {job.bank!r} holds none of its "
+                    "documents' new versions: submit them again",
+                }
             except LycheeError as error:
                 problem = from_library(error)
                 job.status, job.error = "failed", {"type": problem.type, "message": problem.message}
@@ -220,6 +238,8 @@ class IngestWorker:
         last_saved = [0.0]
 
         def progress(done: int, total: int) -> None:
+            if self._cancel.is_set():  # between two batches: the store has not written the bank's manifest
+                raise JobCancelled(job.id)
             job.done, job.total = done, total
             if time.monotonic() - last_saved[0] > 1.0 or done == total:
                 last_saved[0] = time.monotonic()
@@ -229,7 +249,8 @@ class IngestWorker:
 
     def stop(self, timeout: float) -> bool:
         """Stop taking jobs, cancel queued ones (nothing of theirs was written), let the running one finish
-        within ``timeout`` seconds; False when it did not (its bank stays as it was, and a restart says so)."""
+        within ``timeout`` seconds, then stop it at its next batch (its bank stays as it was and the job is
+        failed). False when it had not finished within ``timeout``."""
         self._accepting = False
         for job in self.book.jobs():
             if job.status == "queued":
@@ -241,5 +262,9 @@ class IngestWorker:
                 self.book.save(job)
         self._queue.put(None)
         self._thread.join(timeout)
+        finished = not self._thread.is_alive()
+        if not finished:
+            self._cancel.set()
+            self._thread.join(CANCEL_GRACE)
         self.on_change()
-        return not self._thread.is_alive()
+        return finished

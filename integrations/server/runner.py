@@ -3,8 +3,14 @@ the service cannot start (a model that fails to load, a store built with another
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 from .app import create_app
 from .service import MemoryService, ServerSettings
@@ -39,8 +45,44 @@ def run_server(settings: ServerSettings, log_level: str = "info") -> int:
     servers.append(server)
     if fatal:  # failed before uvicorn existed
         server.should_exit = True
-    server.run()
+    with _stop_signals_end_cleanly(server):
+        server.run()
+    code = 0
     if fatal:
         print(f"lychee: error: {fatal[0]}", file=sys.stderr)
-        return 2
-    return 0
+        code = 2
+    if service.still_working():
+        # A thread still in torch (a model loading, an ingest that did not stop in time) makes a normal interpreter
+        # exit abort in C++ ("terminate called without an active exception"): leave without finalizing instead.
+        # Nothing is lost: the store writes a bank's manifest last, and a restart settles the job's record.
+        logger.warning("leaving with a thread still in the model: its work is abandoned")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+@contextlib.contextmanager
+def _stop_signals_end_cleanly(server: Any) -> Iterator[None]:
+    """A SIGTERM or SIGINT that uvicorn turned into a graceful shutdown ends the process with 0.
+
+    uvicorn re-raises the signal that stopped it once it has shut down, into the handler it found when it started:
+    without this, Python's defaults, so a clean shutdown by SIGTERM died of the signal (exit status -15) and one by
+    Ctrl-C raised KeyboardInterrupt. Here that handler asks the server to stop (which it is already doing, or, for
+    a signal that came before uvicorn listened for signals, will do); the previous handlers return afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        yield
+        return
+    stopping = (signal.SIGINT, signal.SIGTERM)
+
+    def stop(number: int, frame: Any) -> None:
+        server.should_exit = True
+
+    previous = {number: signal.signal(number, stop) for number in stopping}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

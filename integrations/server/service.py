@@ -30,6 +30,7 @@ from lychee_memory import (
     MemoryStore,
     SelectedBlock,
 )
+from lychee_memory.questions import clean_question
 from lychee_memory.store import as_store, check_new_bank_name
 from lychee_memory.store.store import default_store_path
 
@@ -150,12 +151,18 @@ class MemoryService:
             finished = self.worker.stop(self.settings.shutdown_timeout)
             if not finished:
                 logger.warning(
-                    "an ingest job was still running after %.0f s; its bank stays as it was, and the job is reported "
-                    "failed after a restart",
+                    "an ingest job was still running after %.0f s: %s",
                     self.settings.shutdown_timeout,
+                    "it was stopped and reported failed; its bank stays as it was"
+                    if not self.worker.alive
+                    else "it did not stop; its bank stays as it was, and the job is reported failed after a restart",
                 )
         if self.batcher is not None:
             self.batcher.stop()
+
+    def still_working(self) -> bool:
+        """Whether a thread of this service is still in the model (loading it, or an ingest that did not stop)."""
+        return self._loader.is_alive() or (self.worker is not None and self.worker.alive)
 
     def ready_engine(self) -> LycheeMemory:
         """The engine, or 503 while it loads (or when loading failed)."""
@@ -292,15 +299,24 @@ class MemoryService:
     # Questions ---------------------------------------------------------------------------------------
 
     def scope(self, tenant: Tenant, bank: str, banks: Sequence[str] | None) -> list[str]:
-        """The banks a question reads: ``banks`` when given (the path's bank among them or not), else the path's."""
+        """The banks a question reads: ``banks`` when given (the path's bank among them or not), else the path's.
+
+        The path's bank must be the caller's even when ``banks`` leaves it out (403 otherwise, like every route)."""
+        tenant.require(bank)
         names = list(dict.fromkeys(banks)) if banks else [bank]
         for name in names:
             self.require_bank(tenant, name)
         return names
 
     def check(self, question: str, filters: dict[str, Any] | None) -> tuple[str, DocumentFilter]:
-        engine = self.ready_engine()
-        return engine.check_question(question), DocumentFilter.parse(filters)
+        """The stripped question and the parsed filter (400/422 now, before the question waits for a batch).
+
+        Whether the question fits the model's window is checked by the engine inside the batch (a question
+        that does not fit gets its 422 alone, see ``_answer_batch``): tokenizing here, outside the engine's
+        lock, would share the tokenizer between threads.
+        """
+        self.ready_engine()
+        return clean_question(question), DocumentFilter.parse(filters)
 
     def ask(self, names: list[str], question: str, document_filter: DocumentFilter):
         """A future for the Answer; questions on the same banks and filter are answered in one batch."""
