@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-
 from lychee_memory.integrations.server.batching import QueryBatcher
 
 
