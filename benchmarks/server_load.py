@@ -211,7 +211,12 @@ def plot(results: dict, path: Path) -> None:
     ladder = results["ladder"]
     clients = [row["clients"] for row in ladder]
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
-    left.plot(clients, [row["throughput_qps"] for row in ladder], marker="o")
+    left.plot(clients, [row["throughput_qps"] for row in ladder], marker="o", label="lychee serve")
+    rag = results.get("rag_in_process")
+    if rag:
+        left.axhline(rag["sequential_qps"], color="grey", linestyle="--", label="RAG in-process, 1 at a time")
+        left.axhline(rag["batched_16_qps"], color="grey", linestyle=":", label="RAG in-process, 16 at a time")
+        left.legend(fontsize=8)
     left.set(xlabel="concurrent clients", ylabel="answers per second", title="Throughput on one bank", xscale="log")
     left.set_xticks(clients, [str(c) for c in clients])
     right.plot(clients, [row["p50_s"] for row in ladder], marker="o", label="p50")
@@ -237,7 +242,11 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "server_load.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "plots" / "server_load.png")
+    parser.add_argument("--replot", type=Path, default=None, help="only draw the plot of a results JSON")
     args = parser.parse_args()
+    if args.replot is not None:
+        plot(json.loads(args.replot.read_text(encoding="utf-8")), args.plot)
+        return
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as directory:
