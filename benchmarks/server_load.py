@@ -11,7 +11,7 @@ Starts a real server process (the embedded default unless ``--model``), ingests 
 3. **the alternative**: MiniLM top-4 RAG (``lychee_memory.eval.rag``) in one process on the same document and
    questions, one at a time and 16 at a time, for scale (``--rag-questions 0`` skips it).
 
-Everything runs on 127.0.0.1 and is bounded; results go to ``--json`` (default benchmarks/results/server_load.json)
+Everything runs on 127.0.0.1 and is bounded; results go to ``--json`` (default benchmarks/plots/server_load.json)
 and a plot to ``--plot`` (default benchmarks/plots/server_load.png).
 
     python benchmarks/server_load.py                      # the ladder: 1/4/16 clients x 20 queries
@@ -240,7 +240,7 @@ def main() -> None:
     parser.add_argument(
         "--rag-questions", type=int, default=32, help="questions for the in-process RAG reference (0: skip)"
     )
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "server_load.json")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "plots" / "server_load.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "plots" / "server_load.png")
     parser.add_argument("--replot", type=Path, default=None, help="only draw the plot of a results JSON")
     args = parser.parse_args()
