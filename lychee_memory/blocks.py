@@ -278,6 +278,15 @@ class MemoryBank:
             return self, index
         return self.origins[index]
 
+    def document_of(self, block: Any) -> Document:
+        """The document a ``SelectedBlock`` of this bank (or of a view or union of it) came from, found by the
+        block's own bank and index, so a union holding one document id in two banks gives each block its own."""
+        if self.origins is not None:
+            for position, (origin, at) in enumerate(self.origins):
+                if at == block.index and origin.name == block.bank:
+                    return self.documents[self.spans[position].document_index]
+        return self.document(block.document_id)
+
     def view(self, document_ids: Iterable[str]) -> MemoryBank:
         """The bank restricted to these documents, in bank order: blocks are fetched from this bank when read,
         nothing is compressed or copied. Raises DocumentNotFoundError for an id the bank does not hold."""

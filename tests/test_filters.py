@@ -453,3 +453,18 @@ def test_k_after_the_block_budget_is_spent_ranks_every_unread_block_under_the_fi
     fill = engine.select(QUESTION, bank, k=7)[2:]
     assert [block.index for block in fill] == best
     assert [block.score for block in fill] == pytest.approx([reference[index] for index in best], abs=1e-4)
+
+
+def test_a_block_of_a_union_finds_its_own_banks_document_when_both_banks_hold_the_id():
+    from lychee_memory.integrations.langchain import block_to_document
+
+    engine = engine_named("reads several")
+    first = engine.ingest([Document.from_text(FACTS_DOCUMENT, id="guide", metadata={"edition": 1})], name="first")
+    second = engine.ingest([Document.from_text(SECOND_DOCUMENT, id="guide", metadata={"edition": 2})], name="second")
+    union = MemoryBank.union([first, second])
+    blocks = engine.select(QUESTION, union, k=len(union))
+    assert {block.bank for block in blocks} == {"first", "second"}
+    for block in blocks:
+        expected = {"first": 1, "second": 2}[block.bank]
+        assert union.document_of(block).metadata["edition"] == expected
+        assert block_to_document(block, union).metadata["edition"] == expected

@@ -63,7 +63,7 @@ def to_lychee_documents(
 def block_to_document(block: SelectedBlock, bank: MemoryBank) -> LangChainDocument:
     """A gated block as a LangChain document with its score and where it comes from."""
     try:
-        source_metadata: dict[str, Any] = dict(bank.document(block.document_id).metadata)
+        source_metadata: dict[str, Any] = dict(bank.document_of(block).metadata)
     except KeyError:
         source_metadata = {}
     metadata = {

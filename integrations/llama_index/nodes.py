@@ -145,7 +145,7 @@ def block_node_id(document_id: str, char_start: int, char_end: int) -> str:
 def block_to_node(block: SelectedBlock, bank: MemoryBank) -> NodeWithScore:
     """A gated block as a scored text node pointing back at its source document."""
     try:
-        source_metadata: dict[str, Any] = dict(bank.document(block.document_id).metadata)
+        source_metadata: dict[str, Any] = dict(bank.document_of(block).metadata)
     except KeyError:
         source_metadata = {}
     metadata = {
