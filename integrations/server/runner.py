@@ -33,6 +33,12 @@ def run_server(settings: ServerSettings, log_level: str = "info") -> int:
             server.should_exit = True
 
     service = MemoryService(settings, on_fatal=stop_with)
+    if not service.keys.enabled and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "serving on %s without API keys: anyone who can reach this address can read and change every bank; "
+            "pass --api-key or --keys-file",
+            settings.host,
+        )
     config = uvicorn.Config(
         create_app(settings, service),
         host=settings.host,
