@@ -482,7 +482,6 @@ class LycheeMemory:
             for state, generation in zip(states, generations)
         ]
 
-    @_exclusive
     def select(
         self,
         question: str,
@@ -500,37 +499,39 @@ class LycheeMemory:
         the best-scoring blocks it did not read under the final memory (``selected=False``), best first.
         ``filters`` (``filters.py``) restricts the scan to matching documents.
         """
+        return self.select_many([question], source, k=k, filters=filters, show_progress=show_progress)[0]
+
+    @_exclusive
+    def select_many(
+        self,
+        questions: Sequence[str],
+        source: Source,
+        *,
+        k: int | None = None,
+        filters: Filters = None,
+        show_progress: bool | None = None,
+    ) -> list[list[SelectedBlock]]:
+        """``select`` for several questions over one source, their scans batched together (a server's retrieve)."""
+        if isinstance(questions, str):
+            raise TypeError("select_many takes a list of questions; use select() for one")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ConfigurationError(f"k must be a positive number of blocks, got {k!r}")
-        question = self.check_question(question)
+        questions = [self.check_question(question) for question in questions]
         bank, _ = self._bank_of(source, show_progress, filters)
-        (state,), scan = self._scan([question], bank, show_progress)
-        blocks = self._selected_blocks(state, bank)
-        if k is not None and len(blocks) > k:
-            best = set(sorted(range(len(blocks)), key=lambda position: -blocks[position].score)[:k])
-            blocks = [block for position, block in enumerate(blocks) if position in best]
-        elif k is not None and len(blocks) < k:
-            blocks += self._filled_blocks(scan, state, bank, k - len(blocks))
-        return blocks
-
-    def _filled_blocks(self, scan: GateScan, state: ScanState, bank: MemoryBank, wanted: int) -> list[SelectedBlock]:
-        """Up to ``wanted`` unread blocks, best gate gain under the final memory first.
-
-        Blocks the scan already judged against that memory keep their gain. The others (judged against an older
-        memory, or never) are judged now: all of them when the scan judged every block anyway (no stage 1), else
-        the next ones by stage-1 rank under the final memory, at most ``wanted`` more rows.
-        """
-        unread = [index for index in range(len(bank)) if index not in state.selected]
-        last = {decision.index: decision for decision in state.decisions}
-        gains = {index: last[index].score for index in unread if state.judged.get(index) == state.version}
-        stale = [index for index in unread if index not in gains]
-        if state.candidates is None:
-            gains.update(zip(stale, scan.gains(bank, state, stale)))
-        elif len(gains) < wanted:
-            extra = scan.stage_one_order(bank, state, stale)[: wanted - len(gains)]
-            gains.update(zip(extra, scan.gains(bank, state, extra)))
-        best = sorted(gains, key=lambda index: (-gains[index], index))[:wanted]
-        return [self._block_of(bank, index, gains[index], fallback=False, selected=False) for index in best]
+        states, scan = self._scan(questions, bank, show_progress)
+        selections = []
+        for state in states:
+            blocks = self._selected_blocks(state, bank)
+            if k is not None and len(blocks) > k:
+                best = set(sorted(range(len(blocks)), key=lambda position: -blocks[position].score)[:k])
+                blocks = [block for position, block in enumerate(blocks) if position in best]
+            elif k is not None and len(blocks) < k:
+                blocks += [
+                    self._block_of(bank, index, gain, fallback=False, selected=False)
+                    for index, gain in scan.best_unread(bank, state, k - len(blocks))
+                ]
+            selections.append(blocks)
+        return selections
 
     def stream(
         self, question: str, source: Source, *, filters: Filters = None, show_progress: bool | None = None

@@ -428,6 +428,25 @@ class GateScan:
         raw = self._score(bank, [state], {0: list(indices)})[0]
         return [value - state.baseline if state.baseline is not None else value for value in raw]
 
+    def best_unread(self, bank: MemoryBank, state: ScanState, wanted: int) -> list[tuple[int, float]]:
+        """Up to ``wanted`` (block, gain) the scan did not read, best gain under the final memory first.
+
+        Blocks already judged against that memory keep their gain. The others (judged against an older memory,
+        or never) are judged now: all of them when the scan judged every block anyway (no stage 1), else the
+        next ones by stage-1 rank under the final memory, at most ``wanted`` more rows.
+        """
+        unread = [index for index in range(len(bank)) if index not in state.selected]
+        last = {decision.index: decision for decision in state.decisions}
+        gains = {index: last[index].score for index in unread if state.judged.get(index) == state.version}
+        stale = [index for index in unread if index not in gains]
+        if state.candidates is None:
+            gains.update(zip(stale, self.gains(bank, state, stale)))
+        elif len(gains) < wanted:
+            extra = self.stage_one_order(bank, state, stale)[: wanted - len(gains)]
+            gains.update(zip(extra, self.gains(bank, state, extra)))
+        best = sorted(gains, key=lambda index: (-gains[index], index))[:wanted]
+        return [(index, gains[index]) for index in best]
+
     def stage_one_order(self, bank: MemoryBank, state: ScanState, indices: Sequence[int]) -> list[int]:
         """``indices`` best first by stage 1 under the current memory (document order without a prefilter)."""
         if self.prefilter is None or not indices:

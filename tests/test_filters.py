@@ -468,3 +468,23 @@ def test_a_block_of_a_union_finds_its_own_banks_document_when_both_banks_hold_th
         expected = {"first": 1, "second": 2}[block.bank]
         assert union.document_of(block).metadata["edition"] == expected
         assert block_to_document(block, union).metadata["edition"] == expected
+
+
+@pytest.mark.parametrize("options", [{}, {"candidates": 2}, {"prefilter": "off", "threshold": 0.1}])
+def test_select_many_selects_what_select_does_one_question_at_a_time(options):
+    """The server's batched retrieve: one scan for several questions gives each what its own select gives
+    (float32: batched rows differ from single ones by ~1e-6 nats; decisions near the threshold are re-scored)."""
+    engine = make_engine("llama", **options)
+    bank = corpus_bank()
+    questions = [QUESTION, OTHER_QUESTION, "Who keeps the lighthouse?"]
+    for k in (None, 1, 5):
+        for filters in (None, {"tenant": "a"}):
+            together = engine.select_many(questions, bank, k=k, filters=filters)
+            alone = [engine.select(question, bank, k=k, filters=filters) for question in questions]
+            for batched, single in zip(together, alone):  # the same blocks; scores up to batching's rounding
+                assert [place[:3] + place[4:] for place in block_places(batched)] == [
+                    place[:3] + place[4:] for place in block_places(single)
+                ]
+                assert [b.score for b in batched] == pytest.approx([b.score for b in single], abs=1e-4)
+    with pytest.raises(TypeError, match="list of questions"):
+        engine.select_many(QUESTION, bank)

@@ -229,7 +229,10 @@ def create_app(settings: ServerSettings, service: MemoryService | None = None) -
     async def retrieve(bank: str, request: RetrieveRequest, tenant: Tenant = Depends(ready)) -> dict[str, Any]:
         names = await run_in_threadpool(service.scope, tenant, bank, request.banks)
         question, document_filter = await question_of(request.question, request.filters)
-        blocks = await run_in_threadpool(service.retrieve, names, question, document_filter, request.k)
+        blocks = await asyncio.wrap_future(service.retrieve(names, question, document_filter, request.k))
+        if isinstance(blocks, Exception):
+            raise blocks
+        service.metrics.queries.labels("retrieve").inc()
         return {"blocks": [block_json(block) for block in blocks]}
 
     # OpenAI-compatible -------------------------------------------------------------------------------

@@ -320,44 +320,49 @@ class MemoryService:
 
     def ask(self, names: list[str], question: str, document_filter: DocumentFilter):
         """A future for the Answer; questions on the same banks and filter are answered in one batch."""
+        return self._submit(("answer", tuple(names), document_filter.key, None), question)
+
+    def retrieve(self, names: list[str], question: str, document_filter: DocumentFilter, k: int | None):
+        """A future for the selected blocks; retrievals with the same banks, filter and k share one scan."""
+        return self._submit(("select", tuple(names), document_filter.key, k), question)
+
+    def _submit(self, key: Hashable, question: str):
         self.ready_engine()
         assert self.batcher is not None
-        key: Hashable = (tuple(names), document_filter.key)
         try:
             return self.batcher.submit(key, question)
         except RuntimeError:
             raise ApiError(503, "shutting_down", "the server is shutting down") from None
 
     def _answer_batch(self, key: Hashable, questions: list[str]) -> list[Any]:
-        names, filter_key = key  # type: ignore[misc]
+        """One batched scan for a group: ``ask_many`` (answers) or ``select_many`` (blocks); a question the
+        engine refuses (too long for the window) gets its error alone, the others are answered one by one."""
+        kind, names, filter_key, k = key  # type: ignore[misc]
         engine = self.ready_engine()
-        filters = json.loads(filter_key)
+        options: dict[str, Any] = {"filters": json.loads(filter_key), "show_progress": False}
+        if kind == "select":
+            options["k"] = k
+        many, one = (engine.select_many, engine.select) if kind == "select" else (engine.ask_many, engine.ask)
         started = time.perf_counter()
         bank = self.scan_bank(names)
         self.metrics.batch_size.observe(len(questions))
         try:
-            answers: list[Any] = engine.ask_many(questions, bank, filters=filters, show_progress=False)
+            results: list[Any] = many(questions, bank, **options)
         except LycheeError:
             if len(questions) == 1:
                 raise
-            answers = []  # one bad question must not fail the others: answer each on its own
+            results = []
             for question in questions:
                 try:
-                    answers.append(engine.ask(question, bank, filters=filters, show_progress=False))
+                    results.append(one(question, bank, **options))
                 except LycheeError as error:
-                    answers.append(error)
-        logger.debug("answered %d question(s) on %s in %.3f s", len(questions), names, time.perf_counter() - started)
-        return answers
+                    results.append(error)
+        logger.debug("%s: %d question(s) on %s in %.3f s", kind, len(questions), names, time.perf_counter() - started)
+        return results
 
     def stream(self, names: list[str], question: str, document_filter: DocumentFilter) -> AnswerStream:
         engine = self.ready_engine()
         return engine.stream(question, self.scan_bank(names), filters=document_filter, show_progress=False)
-
-    def retrieve(
-        self, names: list[str], question: str, document_filter: DocumentFilter, k: int | None
-    ) -> list[SelectedBlock]:
-        engine = self.ready_engine()
-        return engine.select(question, self.scan_bank(names), k=k, filters=document_filter, show_progress=False)
 
 
 def block_json(block: SelectedBlock) -> dict[str, Any]:
