@@ -8,7 +8,9 @@ Starts a real server process (the embedded default unless ``--model``), ingests 
    to one client (sequential).
 2. **ingest isolation**: bank ``other`` ingests a larger job while one client keeps querying ``guide``; prints
    the query latency during the ingest against the idle p50, and checks the job was still running.
-3. **the alternative**: MiniLM top-4 RAG (``lychee_memory.eval.rag``) in one process on the same document and
+3. **retrieve ladder**: the same client counts calling ``/retrieve`` with k=3 (``--retrieve-queries`` each), right
+   when the fact's block is among the three.
+4. **the alternative**: MiniLM top-4 RAG (``lychee_memory.eval.rag``) in one process on the same document and
    questions, one at a time and 16 at a time, for scale (``--rag-questions 0`` skips it).
 
 Everything runs on 127.0.0.1 and is bounded; results go to ``--json`` (default benchmarks/plots/server_load.json)
@@ -96,12 +98,24 @@ def ask(client: httpx.Client, number: int) -> tuple[float, bool, str]:
     return seconds, expected in answer, answer
 
 
+def retrieve(client: httpx.Client, number: int) -> tuple[float, bool, str]:
+    """A retrieve with k=3: right when the fact's block is among the blocks returned."""
+    question, expected = QUESTIONS[number % len(QUESTIONS)]
+    started = time.perf_counter()
+    reply = client.post("/v1/banks/guide/retrieve", json={"question": question, "k": 3}, timeout=600)
+    seconds = time.perf_counter() - started
+    if reply.status_code != 200:
+        return seconds, False, f"HTTP {reply.status_code}: {reply.text[:200]}"
+    blocks = reply.json()["blocks"]
+    return seconds, len(blocks) == 3 and any(expected in block["text"] for block in blocks), str(len(blocks))
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def run_clients(base_url: str, clients: int, queries: int) -> dict:
+def run_clients(base_url: str, clients: int, queries: int, call=ask) -> dict:
     latencies: list[float] = []
     wrong: list[str] = []
     guard = threading.Lock()
@@ -109,7 +123,7 @@ def run_clients(base_url: str, clients: int, queries: int) -> dict:
     def one_client(client_number: int) -> None:
         with httpx.Client(base_url=base_url, timeout=600) as client:
             for query in range(queries):
-                seconds, right, answer = ask(client, client_number + query)
+                seconds, right, answer = call(client, client_number + query)
                 with guard:
                     latencies.append(seconds)
                     if not right:
@@ -190,12 +204,19 @@ def rag_reference(model: str | None, device: str, count: int, batch: int) -> dic
         answers += rag.ask_many([question for question, _ in questions[start : start + batch]], index)
     batched = time.perf_counter() - started
     right_batched = sum(expected in answer.text for (_, expected), answer in zip(questions, answers))
+    started = time.perf_counter()
+    found = sum(
+        any(expected in block.text for block in rag.retrieve(question, index)) for question, expected in questions
+    )
+    retrieve_seconds = (time.perf_counter() - started) / count
     return {
         "questions": count,
         "right_sequential": right,
         "right_batched": right_batched,
         "sequential_qps": round(count / sequential, 3),
         f"batched_{batch}_qps": round(count / batched, 3),
+        "retrieve_seconds": round(retrieve_seconds, 4),
+        "retrieve_found": found,
     }
 
 
@@ -235,6 +256,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model spec (default: the embedded default)")
     parser.add_argument("--clients", default="1,4,16", help="comma-separated concurrent client counts")
     parser.add_argument("--queries", type=int, default=20, help="questions per client")
+    parser.add_argument("--retrieve-queries", type=int, default=10, help="retrieves (k=3) per client (0: skip)")
     parser.add_argument("--ingest-copies", type=int, default=6, help="documents in the isolation test's job")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -265,6 +287,13 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
             for row in ladder:
                 row["vs_one_client"] = round(row["throughput_qps"] / ladder[0]["throughput_qps"], 2)
+            retrieve_ladder = []
+            for clients in [int(c) for c in args.clients.split(",")] if args.retrieve_queries else []:
+                row = run_clients(base_url, clients, args.retrieve_queries, retrieve)
+                retrieve_ladder.append(row)
+                print(json.dumps({"retrieve": row}), flush=True)
+            for row in retrieve_ladder:
+                row["vs_one_client"] = round(row["throughput_qps"] / retrieve_ladder[0]["throughput_qps"], 2)
             isolation = ingest_isolation(base_url, args.ingest_copies, ladder[0]["p50_s"])
             print(json.dumps(isolation), flush=True)
             with httpx.Client(base_url=base_url) as client:
@@ -282,6 +311,7 @@ def main() -> None:
         "cpu_threads": os.cpu_count(),
         "bank": bank,
         "ladder": ladder,
+        "retrieve_ladder": retrieve_ladder,
         "ingest_isolation": isolation,
         "batch_size_metric": batches,
         "rag_in_process": rag,
@@ -294,6 +324,11 @@ def main() -> None:
         print(
             f"{row['clients']:>8} {row['queries']:>8} {row['errors_or_wrong']:>6} {row['p50_s']:>8} {row['p95_s']:>8} "
             f"{row['throughput_qps']:>8} {row['vs_one_client']:>10}"
+        )
+    for row in retrieve_ladder:
+        print(
+            f"retrieve k=3, {row['clients']:>2} clients: {row['queries']} calls, {row['errors_or_wrong']} without the "
+            f"fact's block, p50 {row['p50_s']} s, {row['throughput_qps']} calls/s ({row['vs_one_client']}x)"
         )
     if rag is not None:
         print(
