@@ -134,13 +134,18 @@ def create_app(settings: ServerSettings, service: MemoryService | None = None) -
             raise ApiError(422, "empty_question", "the question is empty")
         return await run_in_threadpool(service.check, question, filters)
 
+    async def batched(future) -> Any:
+        """A batched result; a question the engine refused inside its batch comes back as its error, raised here."""
+        result = await asyncio.wrap_future(future)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
     async def answer(
         names: list[str], question: str, document_filter: DocumentFilter, kind: str
     ) -> tuple[Answer, float]:
         started = time.perf_counter()
-        result = await asyncio.wrap_future(service.ask(names, question, document_filter))
-        if isinstance(result, Exception):
-            raise result
+        result = await batched(service.ask(names, question, document_filter))
         waited = max(0.0, time.perf_counter() - started - result.timings.get("query", 0.0))
         service.metrics.observe_answer(result, kind, waited)
         return result, waited
@@ -229,9 +234,7 @@ def create_app(settings: ServerSettings, service: MemoryService | None = None) -
     async def retrieve(bank: str, request: RetrieveRequest, tenant: Tenant = Depends(ready)) -> dict[str, Any]:
         names = await run_in_threadpool(service.scope, tenant, bank, request.banks)
         question, document_filter = await question_of(request.question, request.filters)
-        blocks = await asyncio.wrap_future(service.retrieve(names, question, document_filter, request.k))
-        if isinstance(blocks, Exception):
-            raise blocks
+        blocks = await batched(service.retrieve(names, question, document_filter, request.k))
         service.metrics.queries.labels("retrieve").inc()
         return {"blocks": [block_json(block) for block in blocks]}
 
