@@ -125,7 +125,20 @@ def encode_block(block: MemoryBlock, storage: str, identity: BankIdentity) -> by
         "compressor": json.dumps(dict(identity.compressor), sort_keys=True),
     }
     payload = safetensors.torch.save({name: tensor.contiguous() for name, tensor in tensors.items()}, metadata)
-    return frame(BLOCK_MAGIC, payload)
+    return frame(BLOCK_MAGIC, canonical_safetensors(payload))
+
+
+def canonical_safetensors(payload: bytes) -> bytes:
+    """The same safetensors payload with its JSON header's keys sorted, so equal tensors and metadata give equal bytes.
+
+    safetensors writes the metadata in hash-map order, which varies between calls and processes; a block written
+    by a distributed worker must be byte-for-byte the block a single process writes. The tensor data is untouched.
+    """
+    (length,) = struct.unpack("<Q", payload[:8])
+    header = json.loads(payload[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # safetensors pads its header to 8 bytes with spaces
+    return struct.pack("<Q", len(text)) + text + payload[8 + length :]
 
 
 def safetensors_header(payload: bytes) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import safetensors.torch
 import torch
 
 from ..blocks import SourceSpan
-from .codec import Damaged, frame, safetensors_header, unframe
+from .codec import Damaged, canonical_safetensors, frame, safetensors_header, unframe
 from .manifest import FORMAT_VERSION, BankManifest, StoredBlock, StoredDocument
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def encode_index(keys: torch.Tensor, block_key: str, spec: Mapping[str, Any], he
         "head_dim": str(int(head_dim)),
     }
     tensor = keys.detach().to(device="cpu", dtype=INDEX_DTYPE).contiguous()
-    return frame(INDEX_MAGIC, safetensors.torch.save({"keys": tensor}, metadata))
+    return frame(INDEX_MAGIC, canonical_safetensors(safetensors.torch.save({"keys": tensor}, metadata)))
 
 
 @functools.lru_cache(maxsize=16)
