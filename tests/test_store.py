@@ -491,7 +491,7 @@ def test_damaged_gate_index_is_reported_and_repaired(tmp_path, damage, caplog):
             for entry in document["blocks"]:
                 if entry["key"] in (entries[victim].key, entries[other].key):
                     entry["index_key"], entry["index_bytes"] = None, 0
-        with store._changing_manifests():
+        with store._catalog.changing():
             store._write_manifest(BankManifest.model_validate(old), manifest)
         bank = engine.open_bank("harbour", store)
     else:
@@ -653,7 +653,7 @@ def test_a_bank_from_before_framed_blocks_is_refused_and_upgraded_in_place(tmp_p
             token_ids = safetensors.torch.load(data[40:])["token_ids"]
             entry["key"] = block_key(old["model_fingerprint"], old["compressor"], entry["storage"], token_ids, None)
             store._items.put("block:" + entry["key"], data)
-    with store._changing_manifests():
+    with store._catalog.changing():
         store._write_manifest(BankManifest.model_validate(old), store.bank_manifest("harbour"))
     manifest = store.bank_manifest("harbour")
     assert manifest.opening is None and manifest.identity.opening is None and manifest.gate_index is None
@@ -761,7 +761,7 @@ def test_new_bank_names_are_restricted_and_old_names_stay_usable(tmp_path):
     # A bank named before names had rules (written as that version did) stays readable, extendable,
     # renamable and deletable.
     legacy = store.bank_manifest("harbour").model_copy(update={"name": "old notes/2024"})
-    with store._changing_manifests():
+    with store._catalog.changing():
         store._write_manifest(legacy, None)
     assert engine.ask(QUESTION, engine.open_bank("old notes/2024", store)).blocks
     engine.ingest([Document.from_text(FACTS_DOCUMENT, id="facts")], store=store, bank="old notes/2024")
@@ -793,7 +793,7 @@ def test_a_bank_from_before_checkpoint_fingerprints_says_how_to_rebuild_it(tmp_p
     old.pop("fingerprint_scheme")  # as 0.1 wrote it: sampled weights and dtype, no scheme recorded
     old["model_fingerprint"] = "0123456789abcdef0123456789abcdef"
     old["engine_config"]["reasoner"]["focus_tokens"] = 0  # a setting 0.1 recorded and 0.2 retired
-    with store._changing_manifests():
+    with store._catalog.changing():
         store._write_manifest(BankManifest.model_validate(old), None)
     with pytest.raises(BankMismatchError, match="built before lychee-memory 0.2.*recompress=True"):
         engine.open_bank("harbour", store)

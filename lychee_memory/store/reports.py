@@ -62,7 +62,7 @@ class StoreUsage(Report):
     would free (blocks and index items) and ``bank_bytes`` a bank's blocks plus its index items.
     """
 
-    path: Path
+    path: Path | str  # the store directory, or an object store's URL
     bytes: int
     blocks: int
     block_bytes: int

@@ -75,40 +75,41 @@ def save_bank(store: MemoryStore, bank: MemoryBank, name: str | None) -> StoredB
                     blocks=entries,
                 )
             )
-        with store._changing_manifests():
-            current = store._read_manifest(target)
-            if current is not None:
-                store.check_bank_identity(current, identity)
-            moment = now()
-            manifest = (
-                current.model_copy(deep=True)
-                if current is not None
-                else BankManifest(
-                    name=target,
-                    created=moment,
-                    updated=moment,
-                    model_fingerprint=identity.model_fingerprint,
-                    fingerprint_scheme=scheme,
-                    compressor=dict(identity.compressor),
-                    chunk_tokens=identity.chunk_tokens,
-                    opening=list(identity.opening) if identity.opening is not None else None,
-                    gate_index=spec,
-                    documents=[],
+        for attempt in store._manifest_updates():
+            with attempt:
+                current = store._read_manifest(target)
+                if current is not None:
+                    store.check_bank_identity(current, identity)
+                moment = now()
+                manifest = (
+                    current.model_copy(deep=True)
+                    if current is not None
+                    else BankManifest(
+                        name=target,
+                        created=moment,
+                        updated=moment,
+                        model_fingerprint=identity.model_fingerprint,
+                        fingerprint_scheme=scheme,
+                        compressor=dict(identity.compressor),
+                        chunk_tokens=identity.chunk_tokens,
+                        opening=list(identity.opening) if identity.opening is not None else None,
+                        gate_index=spec,
+                        documents=[],
+                    )
                 )
-            )
-            stored_documents, unindexed = _indexed_as(store, stored_documents, manifest.gate_index)
-            if unindexed:
-                logger.warning(
-                    "bank %r in store %s: %d saved block(s) have no gate index of the bank's index spec (the saved "
-                    "bank had another index, or none for them); the gate judges them without one until the bank "
-                    "is rebuilt with recompress=True",
-                    target,
-                    store.path,
-                    unindexed,
-                )
-            manifest.documents = merge_documents(manifest.documents, stored_documents)[0]
-            manifest.updated = moment
-            store._write_manifest(manifest, current)
+                stored_documents, unindexed = _indexed_as(store, stored_documents, manifest.gate_index)
+                if unindexed:
+                    logger.warning(
+                        "bank %r in store %s: %d saved block(s) have no gate index of the bank's index spec (the saved "
+                        "bank had another index, or none for them); the gate judges them without one until the bank "
+                        "is rebuilt with recompress=True",
+                        target,
+                        store.location,
+                        unindexed,
+                    )
+                manifest.documents = merge_documents(manifest.documents, stored_documents)[0]
+                manifest.updated = moment
+                store._write_manifest(manifest, current)
     sample = next((block for block in bank._blocks if block is not None), None)
     return store.load_bank(target, dtype=sample.keys.dtype if sample is not None else None)
 

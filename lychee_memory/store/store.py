@@ -29,14 +29,15 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import ValidationError
 
 from ..blocks import BankIdentity, MemoryBank, SourceSpan
-from ..chunking import Chunk
 from ..config import cache_root
 from ..documents import Document
 from ..errors import (
@@ -46,21 +47,19 @@ from ..errors import (
     DocumentNotFoundError,
     StoreError,
 )
-from ..progress import progress_bar
+from .catalog import Catalog, DatabaseCatalog, Lease, LocalCatalog, ManifestConflict
 from .codec import (
     HEADER_BYTES,
     MANIFEST_MAGIC,
     Damaged,
-    block_key,
-    encode_block,
     frame,
     header_length,
     safetensors_header,
     unframe,
 )
 from .disk import Items
-from .gate_index import INDEX_PREFIX, IndexLoader, conforms, stored_index, without_index, write_index
-from .locks import ReaderLease, file_lock, live_leased_keys
+from .gate_index import INDEX_PREFIX, IndexLoader, conforms, without_index
+from .location import StoreLocation, open_filesystem, parse_store_location
 from .manifest import (
     BLOCK_DTYPES,
     FINGERPRINT_SCHEME,
@@ -68,24 +67,25 @@ from .manifest import (
     BankManifest,
     BlockDtype,
     StoredDocument,
-    block_entry,
     check_bank_name,
     check_new_bank_name,
-    json_metadata,
     merge_documents,
     now,
 )
+from .objects import CachedObjects, FsspecObjects
 from .reading import BlockLoader
 from .recipe import BlockRecipe, RecipeForSettings
 from .reports import BankInfo, GcReport, IngestReport, StoreUsage, VerifyReport
 from .save import save_bank
 from .stored_bank import StoredBank
 from .verify import verify_store
+from .writing import write_blocks
 
 logger = logging.getLogger(__name__)
 
 _MARKER = "lychee-store.json"
-_REBUILD_ROUNDS = 5  # a rebuild that finds its bank changed by another writer catches up this many times
+_REBUILD_ROUNDS = 5
+_MANIFEST_ROUNDS = 20  # a manifest write that loses the race to another writer merges again this many times  # a rebuild that finds its bank changed by another writer catches up this many times
 _READ_ONLY_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
@@ -111,6 +111,7 @@ class MemoryStore:
         block_dtype: BlockDtype = "bfloat16",
         size_limit_bytes: int | None = None,
         create: bool = True,
+        storage_options: dict[str, Any] | None = None,
     ):
         if block_dtype not in BLOCK_DTYPES:
             raise ConfigurationError(f"unknown block dtype {block_dtype!r}; choose one of {', '.join(BLOCK_DTYPES)}")
@@ -118,15 +119,31 @@ class MemoryStore:
             isinstance(size_limit_bytes, bool) or not isinstance(size_limit_bytes, int) or size_limit_bytes <= 0
         ):
             raise ConfigurationError(f"size_limit_bytes must be a positive number of bytes, got {size_limit_bytes!r}")
-        self.path = Path(path).expanduser() if path is not None else default_store_path()
+        where = os.fspath(path) if path is not None else str(default_store_path())
+        self.where: StoreLocation = parse_store_location(where, storage_options)
+        self.location = self.where.objects_url or str(self.where.directory)
+        self.path = self.where.local_path  # the store itself, or an object store's local cache
         self.block_dtype: BlockDtype = block_dtype
         self.size_limit_bytes = size_limit_bytes
         self.last_ingest: IngestReport | None = None
-        self._prepare_directory(create)
-        self._items = Items(self.path / "cache", self.path, size_limit_bytes)
+        database: Catalog | None = None
+        if self.where.manifests is not None:  # first: an unreachable database leaves no half-made store behind
+            lease = {"lease_seconds": self.where.lease_seconds} if self.where.lease_seconds else {}
+            database = DatabaseCatalog(self.where.manifests, self.location, **lease)
+        if self.where.remote:
+            filesystem, root = open_filesystem(self.where)
+            remote = FsspecObjects(filesystem, root, self.location, size_limit_bytes)
+            self._prepare_object_store(remote, create)
+            self._items: Items | CachedObjects = CachedObjects(remote, self.path / "cache", self.where.cache_bytes)
+        else:
+            self._prepare_directory(create)
+            self._items = Items(self.path / "cache", self.path, size_limit_bytes)
+        assert database is not None or isinstance(self._items, Items)
+        self._catalog: Catalog = database if database is not None else LocalCatalog(self.path, self._items)
 
     def __repr__(self) -> str:
-        return f"MemoryStore({str(self.path)!r}, block_dtype={self.block_dtype!r})"
+        manifests = f", manifests={self._catalog.location!r}" if self.where.manifests else ""
+        return f"MemoryStore({self.location!r}{manifests}, block_dtype={self.block_dtype!r})"
 
     def __enter__(self) -> MemoryStore:
         return self
@@ -135,12 +152,27 @@ class MemoryStore:
         self.close()
 
     def close(self) -> None:
+        self._catalog.close()
         self._items.close()
+
+    def _prepare_object_store(self, remote: FsspecObjects, create: bool) -> None:
+        marker = remote.read_marker(_MARKER)
+        if marker is None:
+            if not create:
+                raise StoreError(f"no store at {self.location!r}: ingest documents into a bank there to create one")
+            remote.write_marker(_MARKER, (json.dumps({"format": FORMAT_VERSION}) + "\n").encode("utf-8"))
+            return
+        try:
+            data = json.loads(marker)
+        except ValueError:
+            raise StoreError(f"store marker of {self.location!r} is not valid JSON") from None
+        if data.get("format") != FORMAT_VERSION:
+            raise StoreError(f"store {self.location!r} has format {data.get('format')!r}; this reads {FORMAT_VERSION}")
 
     def _prepare_directory(self, create: bool) -> None:
         marker = self.path / _MARKER
         if self.path.exists() and not self.path.is_dir():
-            raise StoreError(f"store path {str(self.path)!r} is a file, not a directory")
+            raise StoreError(f"store path {self.location!r} is a file, not a directory")
         partial = f".{_MARKER}."  # another process creating this store right now
         if (
             self.path.is_dir()
@@ -148,11 +180,11 @@ class MemoryStore:
             and any(not entry.name.startswith(partial) for entry in self.path.iterdir())
         ):
             raise StoreError(
-                f"{str(self.path)!r} is a non-empty directory that is not a lychee-memory store; "
+                f"{self.location!r} is a non-empty directory that is not a lychee-memory store; "
                 "choose an empty or new directory"
             )
         if not create and not marker.is_file():
-            raise StoreError(f"no store at {str(self.path)!r}: ingest documents into a bank there to create one")
+            raise StoreError(f"no store at {self.location!r}: ingest documents into a bank there to create one")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             if not marker.is_file():
@@ -161,52 +193,64 @@ class MemoryStore:
                 os.replace(temporary, marker)
             data = json.loads(marker.read_text(encoding="utf-8"))
         except OSError as error:
-            raise StoreError(f"cannot use {str(self.path)!r} as a store: {error.strerror or error}") from None
+            raise StoreError(f"cannot use {self.location!r} as a store: {error.strerror or error}") from None
         except ValueError:
             raise StoreError(f"store marker {str(marker)!r} is not valid JSON") from None
         if data.get("format") != FORMAT_VERSION:
             raise StoreError(
-                f"store {str(self.path)!r} has format {data.get('format')!r}; this lychee-memory reads format "
+                f"store {self.location!r} has format {data.get('format')!r}; this lychee-memory reads format "
                 f"{FORMAT_VERSION}"
             )
 
     # Locks -----------------------------------------------------------------------------------------
 
-    def _writing_blocks(self):
+    def _writing_blocks(self) -> ContextManager[None]:
         """Held while blocks are written and until the manifest naming them is written (gc waits)."""
-        return file_lock(self.path / "ingest.lock", exclusive=False)
+        return self._catalog.writing()
 
-    def _changing_manifests(self):
-        return file_lock(self.path / "manifest.lock", exclusive=True)
+    def writing_blocks(self) -> ContextManager[None]:
+        """Hold this while blocks written elsewhere (distributed ingest workers) wait for their manifest: gc in any
+        process refuses to run meanwhile, so it cannot delete them before they are named."""
+        return self._catalog.writing()
+
+    def _manifest_updates(self) -> Iterator[_ManifestAttempt]:
+        """Rounds of a manifest read-change-write: ``for attempt in ...: with attempt: ...``. A round whose write
+        finds the manifest changed by another writer (ManifestConflict) is run again from a fresh read."""
+        for _ in range(_MANIFEST_ROUNDS):
+            attempt = _ManifestAttempt(self._catalog.changing())
+            yield attempt
+            if attempt.done:
+                return
+        raise StoreError(f"the banks of store {self.location!r} kept changing under this writer; try again")
 
     # Manifests -------------------------------------------------------------------------------------
 
     def _read_manifest(self, name: str) -> BankManifest | None:
-        data = self._items.get("bank:" + name)
+        data = self._catalog.read(name)
         if data is None:
             return None
         try:
             return BankManifest.model_validate_json(unframe(MANIFEST_MAGIC, data))
         except Damaged as damage:
-            raise StoreError(
-                f"the manifest of bank {name!r} in store {str(self.path)!r} is damaged: {damage}"
-            ) from None
+            raise StoreError(f"the manifest of bank {name!r} in store {self.location!r} is damaged: {damage}") from None
         except ValidationError as error:
             raise StoreError(
-                f"the manifest of bank {name!r} in store {str(self.path)!r} is not a valid manifest: {error}"
+                f"the manifest of bank {name!r} in store {self.location!r} is not a valid manifest: {error}"
             ) from None
 
     def _manifest(self, name: str) -> BankManifest:
         manifest = self._read_manifest(check_bank_name(name))
         if manifest is None:
             known = ", ".join(sorted(self.bank_names())) or "none"
-            raise BankNotFoundError(f"no bank named {name!r} in store {str(self.path)!r} (banks: {known})")
+            raise BankNotFoundError(f"no bank named {name!r} in store {self.location!r} (banks: {known})")
         return manifest
 
     def _write_manifest(self, manifest: BankManifest, previous: BankManifest | None) -> None:
         """Write ``manifest`` (call with the manifest lock held), one generation after ``previous``."""
-        manifest.generation = (previous.generation if previous is not None else 0) + 1
-        self._items.put("bank:" + manifest.name, frame(MANIFEST_MAGIC, manifest.model_dump_json().encode("utf-8")))
+        expected = previous.generation if previous is not None else 0
+        manifest.generation = expected + 1
+        data = frame(MANIFEST_MAGIC, manifest.model_dump_json().encode("utf-8"))
+        self._catalog.put(manifest.name, data, manifest.generation, expected)
 
     def check_bank_identity(self, manifest: BankManifest, identity: BankIdentity) -> None:
         """Raise BankMismatchError, saying what differs and what to do, unless ``identity`` built the bank."""
@@ -225,11 +269,11 @@ class MemoryStore:
                 "(CLI: --recompress)"
             )
         built_with = manifest.model_spec or "an unrecorded model"
-        subject = f"bank {manifest.name!r} in store {str(self.path)!r} (built with {built_with})"
+        subject = f"bank {manifest.name!r} in store {self.location!r} (built with {built_with})"
         manifest.identity.require_same(identity, subject, remedy)
 
     def bank_names(self) -> list[str]:
-        return sorted(key.removeprefix("bank:") for key in self._items.keys("bank:"))
+        return self._catalog.names()
 
     # Public queries --------------------------------------------------------------------------------
 
@@ -238,7 +282,7 @@ class MemoryStore:
         return [self._manifest(name).info() for name in self.bank_names()]
 
     def has_bank(self, name: str) -> bool:
-        return self._items.has("bank:" + check_bank_name(name))
+        return self._catalog.read(check_bank_name(name)) is not None
 
     def bank_info(self, name: str) -> BankInfo:
         return self._manifest(name).info()
@@ -256,7 +300,7 @@ class MemoryStore:
         manifests = [self._manifest(name) for name in self.bank_names()]
         referenced = {key for manifest in manifests for key in manifest.block_keys()}
         referenced_indexes = {key for manifest in manifests for key in manifest.index_keys()}
-        live = live_leased_keys(self.path, remove_stale=False)
+        live = self._catalog.leased_keys(remove_stale=False)
         leased = live - referenced
         blocks = [key.removeprefix("block:") for key in self._items.keys("block:")]
         sizes = {key: self._items.size("block:" + key) for key in blocks}
@@ -265,7 +309,7 @@ class MemoryStore:
         index_sizes = {key: self._items.size(INDEX_PREFIX + key) for key in indexes}
         unreferenced_indexes = [key for key in indexes if key not in referenced_indexes and key not in live]
         return StoreUsage(
-            path=self.path,
+            path=self.location if self.where.remote else self.path,
             bytes=self._items.volume(),
             blocks=len(blocks),
             block_bytes=sum(sizes.values()),
@@ -290,25 +334,24 @@ class MemoryStore:
 
     def delete_bank(self, name: str) -> None:
         """Remove a bank's manifest; its blocks stay until ``gc`` (other banks may share them)."""
-        with self._changing_manifests():
-            self._manifest(name)
-            self._items.delete("bank:" + name)
+        for attempt in self._manifest_updates():
+            with attempt:
+                self._catalog.remove(name, self._manifest(name).generation)
 
     def rename_bank(self, old: str, new: str) -> None:
         """Give a bank a new name, atomically; renaming onto an existing bank is refused."""
         check_new_bank_name(new)
-        with self._changing_manifests():
-            manifest = self._manifest(old)
-            if old == new:
-                return
-            if self._items.has("bank:" + new):
-                raise StoreError(f"cannot rename bank {old!r} to {new!r}: a bank named {new!r} already exists")
-            previous = manifest.model_copy()
-            manifest.name = new
-            manifest.updated = now()
-            with self._items.transact():
-                self._write_manifest(manifest, previous)
-                self._items.delete("bank:" + old)
+        for attempt in self._manifest_updates():
+            with attempt:
+                manifest = self._manifest(old)
+                if old == new:
+                    return
+                if self.has_bank(new):
+                    raise StoreError(f"cannot rename bank {old!r} to {new!r}: a bank named {new!r} already exists")
+                expected = manifest.generation
+                manifest.name, manifest.updated, manifest.generation = new, now(), expected + 1
+                data = frame(MANIFEST_MAGIC, manifest.model_dump_json().encode("utf-8"))
+                self._catalog.rename(old, new, data, manifest.generation, expected)
 
     def remove_documents(
         self,
@@ -320,19 +363,21 @@ class MemoryStore:
     ) -> StoredBank:
         """Rewrite a bank without some documents (their blocks stay until ``gc``); returns the new bank."""
         ids = [document_ids] if isinstance(document_ids, str) else list(document_ids)
-        with self._changing_manifests():
-            manifest = self._manifest(name)
-            present = {document.id for document in manifest.documents}
-            missing = [document_id for document_id in ids if document_id not in present]
-            if missing:
-                raise DocumentNotFoundError(
-                    f"bank {name!r} holds no document with id {missing[0]!r} (documents: {', '.join(sorted(present))})"
-                )
-            previous = manifest.model_copy()
-            removed = set(ids)
-            manifest.documents = [document for document in manifest.documents if document.id not in removed]
-            manifest.updated = now()
-            self._write_manifest(manifest, previous)
+        for attempt in self._manifest_updates():
+            with attempt:
+                manifest = self._manifest(name)
+                present = {document.id for document in manifest.documents}
+                missing = [document_id for document_id in ids if document_id not in present]
+                if missing:
+                    raise DocumentNotFoundError(
+                        f"bank {name!r} holds no document with id {missing[0]!r} "
+                        f"(documents: {', '.join(sorted(present))})"
+                    )
+                previous = manifest.model_copy()
+                removed = set(ids)
+                manifest.documents = [document for document in manifest.documents if document.id not in removed]
+                manifest.updated = now()
+                self._write_manifest(manifest, previous)
         return self.load_bank(name, dtype=dtype, device=device)
 
     def gc(self) -> GcReport:
@@ -341,12 +386,12 @@ class MemoryStore:
         Blocks and index items that an open bank of a live process still names are kept (reader leases). Waits
         for nothing: if an ingest is writing blocks right now, it raises StoreError (they are not referenced yet).
         """
-        busy = f"store {str(self.path)!r} is busy: an ingest or repair is writing blocks; try again when it ends"
-        with file_lock(self.path / "ingest.lock", exclusive=True, wait=False, busy_message=busy):
-            with self._changing_manifests():
+        busy = f"store {self.location!r} is busy: an ingest or repair is writing blocks; try again when it ends"
+        with self._catalog.collecting(busy):
+            with self._catalog.changing():
                 before = self._items.volume()
-                manifests = [self._manifest(name) for name in self.bank_names()]
-                leased = live_leased_keys(self.path, remove_stale=True)  # block and index keys of open banks
+                manifests = [self._manifest(name) for name in self.bank_names()]  # manifests first, leases second
+                leased = self._catalog.leased_keys(remove_stale=True)  # block and index keys of open banks
                 blocks = {key for manifest in manifests for key in manifest.block_keys()} | leased
                 indexes = {key for manifest in manifests for key in manifest.index_keys()} | leased
                 texts = {document.text_key for manifest in manifests for document in manifest.documents}
@@ -366,7 +411,7 @@ class MemoryStore:
         data = self._items.get("text:" + document.text_key)
         if data is None:
             raise CorruptDocumentError(
-                f"bank {bank!r}: the text of document {document.id!r} is missing from store {str(self.path)!r}; "
+                f"bank {bank!r}: the text of document {document.id!r} is missing from store {self.location!r}; "
                 "the document must be ingested again"
             )
         if hashlib.sha256(data).hexdigest() != document.text_key:
@@ -376,16 +421,26 @@ class MemoryStore:
             )
         return data.decode("utf-8")
 
-    def _leased_manifest(self, name: str) -> tuple[BankManifest, ReaderLease | None]:
-        """The bank's manifest and a lease on its blocks, taken together so gc cannot slip in between."""
+    def _leased_manifest(self, name: str) -> tuple[BankManifest, Lease | None]:
+        """The bank's manifest and a lease on its blocks: the lease is taken, then the manifest read again; if it
+        changed meanwhile, the lease is taken again for the new one. gc reads manifests before leases, so it sees
+        either the manifest or the lease of every block handed out."""
         try:
-            with self._changing_manifests():
+            with self._catalog.changing():
                 manifest = self._manifest(name)
-                return manifest, ReaderLease(self.path, manifest.block_keys() | manifest.index_keys())
+                for _ in range(_MANIFEST_ROUNDS):
+                    lease = self._catalog.lease(manifest.block_keys() | manifest.index_keys())
+                    latest = self._manifest(name)
+                    if latest.generation == manifest.generation:
+                        return manifest, lease
+                    if lease is not None:
+                        lease.release()
+                    manifest = latest
+                raise StoreError(f"bank {name!r} in store {self.location!r} kept changing while it was opened")
         except OSError as error:
             if error.errno not in _READ_ONLY_ERRNOS:
-                raise StoreError(f"cannot open bank {name!r} in store {str(self.path)!r}: {error}") from None
-            logger.warning("store %s is read-only: bank %r is read without a lease", self.path, name)
+                raise StoreError(f"cannot open bank {name!r} in store {self.location!r}: {error}") from None
+            logger.warning("store %s is read-only: bank %r is read without a lease", self.location, name)
             return self._manifest(name), None
 
     def load_bank(
@@ -427,9 +482,9 @@ class MemoryStore:
             slot_counts=slot_counts,
             identity=manifest.identity,
             name=name,
-            loader=BlockLoader(self._items, str(self.path), manifest, entries, spans, dtype, device),
+            loader=BlockLoader(self._items, self.location, manifest, entries, spans, dtype, device),
             gate_index=manifest.gate_index,
-            index_loader=IndexLoader(self._items, str(self.path), manifest, entries, spans),
+            index_loader=IndexLoader(self._items, self.location, manifest, entries, spans),
             store=self,
             block_keys=[entry.key for entry in entries],
             generation=manifest.generation,
@@ -465,98 +520,8 @@ class MemoryStore:
     def _write_blocks(
         self, documents: Sequence[Document], recipe: BlockRecipe, show_progress: bool
     ) -> tuple[list[StoredDocument], int, int, int, int]:
-        """Write the documents' texts and every block not stored yet (call with ``_writing_blocks`` held).
-
-        A stored block whose gate index item is missing while the recipe builds an index is compressed again
-        (the only way to get its index keys), so a bank's index is always complete. Returns the documents'
-        manifest entries and the counts (chunks, compressed, reused, bytes written).
-        """
-        identity, storage, spec = recipe.identity, self.block_dtype, recipe.gate_index
-        metadata = {document.id: json_metadata(document) for document in documents}
-        text_keys = {document.id: self._write_text(document) for document in documents}
-        chunks = recipe.chunk(documents)
-        keys = [
-            block_key(
-                identity.model_fingerprint,
-                identity.compressor,
-                storage,
-                torch.tensor(chunk.token_ids),
-                identity.opening,
-            )
-            for chunk in chunks
-        ]
-        shapes: dict[str, tuple[int, int]] = {}
-        indexes: dict[str, tuple[str, int]] = {}  # block key -> (index key, bytes)
-        present: dict[str, tuple[int, int]] = {}  # stored blocks compressed again for their index only
-        to_compress: dict[str, Chunk] = {}  # identical chunks are compressed once
-        for key, chunk in zip(keys, chunks):
-            if key in shapes or key in to_compress:
-                continue
-            shape = self._stored_block_shape(key)
-            index = stored_index(self._items, key, spec) if spec is not None else None
-            if shape is not None and (spec is None or index is not None):
-                shapes[key] = shape
-                if index is not None:
-                    indexes[key] = index
-                continue
-            to_compress[key] = chunk
-            if shape is not None:
-                present[key] = shape
-        reused = len(shapes)
-        written = self._compress_and_write(list(to_compress.items()), recipe, shapes, indexes, present, show_progress)
-        stored_documents = []
-        for document_index, document in enumerate(documents):
-            entries = [
-                block_entry(key, storage, chunk, shapes[key], indexes.get(key))
-                for key, chunk in zip(keys, chunks)
-                if chunk.document_index == document_index
-            ]
-            stored_documents.append(
-                StoredDocument(
-                    id=document.id,
-                    metadata=metadata[document.id],
-                    text_key=text_keys[document.id],
-                    characters=len(document.text),
-                    blocks=entries,
-                )
-            )
-        return stored_documents, len(chunks), len(to_compress), reused, written
-
-    def _compress_and_write(
-        self,
-        work: list[tuple[str, Chunk]],
-        recipe: BlockRecipe,
-        shapes: dict[str, tuple[int, int]],
-        indexes: dict[str, tuple[str, int]],
-        present: dict[str, tuple[int, int]],
-        show_progress: bool,
-    ) -> int:
-        """Compress chunks a batch at a time and write each block (unless ``present``) and its gate index at once,
-        so memory stays one batch deep."""
-        written = 0
-        spec = recipe.gate_index
-        if recipe.progress is not None:
-            recipe.progress(0, len(work))
-        with progress_bar(len(work), "compressing", show_progress) as bar:
-            for start in range(0, len(work), recipe.batch_size):
-                group = work[start : start + recipe.batch_size]
-                blocks = recipe.compress([chunk for _, chunk in group])
-                for (key, _), block in zip(group, blocks):
-                    if key in present:
-                        shapes[key] = present[key]
-                    else:
-                        data = encode_block(block, self.block_dtype, recipe.identity)
-                        self._items.put("block:" + key, data)
-                        shapes[key] = (block.num_slots, len(data))
-                        written += len(data)
-                    if spec is not None and block.gate_keys is not None:
-                        indexes[key] = write_index(self._items, key, spec, block.gate_keys, block.keys.shape[-1])
-                        written += indexes[key][1]
-                del blocks
-                bar.update(len(group))
-                if recipe.progress is not None:
-                    recipe.progress(start + len(group), len(work))
-        return written
+        """Texts and blocks not stored yet (call with ``_writing_blocks`` held): entries and counts (``writing``)."""
+        return write_blocks(self, list(documents), recipe, show_progress)
 
     def _with_recipe_index(
         self,
@@ -629,27 +594,53 @@ class MemoryStore:
         texts are written first; the manifest last, in one atomic write. The bank's gate index becomes the
         recipe's (documents indexed otherwise get it too). ``engine.ingest(..., store=, bank=)`` calls this.
         """
-        check_bank_name(name)
         started = time.perf_counter()
         with self._writing_blocks():
-            existing = self._read_manifest(name)
-            if existing is None:
-                check_new_bank_name(name)
-            else:
-                self.check_bank_identity(existing, recipe.identity)
+            self.check_ingest_target(name, recipe)
             stored, *counts = self._write_blocks(documents, recipe, show_progress)
-            totals, ready = list(counts), {}  # chunks, compressed, reused, written; documents given a new index
+            return self.commit_documents(name, stored, recipe, counts, started, show_progress=show_progress)
+
+    def check_ingest_target(self, name: str, recipe: BlockRecipe) -> None:
+        """Refuse, before anything is compressed, a bank name that is not allowed or a bank another engine built."""
+        check_bank_name(name)
+        existing = self._read_manifest(name)
+        if existing is None:
+            check_new_bank_name(name)
+        else:
+            self.check_bank_identity(existing, recipe.identity)
+
+    def commit_documents(
+        self,
+        name: str,
+        stored: list[StoredDocument],
+        recipe: BlockRecipe,
+        counts: Sequence[int] = (0, 0, 0, 0),
+        started: float | None = None,
+        *,
+        show_progress: bool = False,
+    ) -> StoredBank:
+        """Add documents whose blocks are all written (``writing.assemble_documents``) to bank ``name``, merging with
+        whatever other writers committed meanwhile; the manifest is the only write. Hold ``writing_blocks()`` from
+        before the blocks were written until this returns. ``counts``: chunks, compressed, reused, bytes written.
+        """
+        started = time.perf_counter() if started is None else started
+        with self._writing_blocks():  # re-entrant in effect: a shared flock, or one more writer row
+            existing = self._read_manifest(name)
+            totals, ready = list(counts), {}  # documents given a new index
             if existing is not None:  # index the bank's other documents as this recipe does, outside the lock
                 incoming = {document.id for document in stored}
                 kept = [document for document in existing.documents if document.id not in incoming]
                 self._with_recipe_index(name, kept, recipe, show_progress, ready, totals)
-            with self._changing_manifests():
-                current = self._read_manifest(name)  # another process may have changed the bank meanwhile
-                if current is not None:
-                    self.check_bank_identity(current, recipe.identity)
-                merged, added, replaced = merge_documents(current.documents if current else [], stored)
-                merged = self._with_recipe_index(name, merged, recipe, show_progress, ready, totals)
-                self._write_manifest(self._manifest_for(name, recipe, merged, current), current)
+            for attempt in self._manifest_updates():
+                with attempt:
+                    current = self._read_manifest(name)  # another process may have changed the bank meanwhile
+                    if current is not None:
+                        self.check_bank_identity(current, recipe.identity)
+                    elif existing is None:
+                        check_new_bank_name(name)
+                    merged, added, replaced = merge_documents(current.documents if current else [], stored)
+                    merged = self._with_recipe_index(name, merged, recipe, show_progress, ready, totals)
+                    self._write_manifest(self._manifest_for(name, recipe, merged, current), current)
         self.last_ingest = IngestReport(
             bank=name,
             documents_added=added,
@@ -679,14 +670,17 @@ class MemoryStore:
                 stored, *counts = self._write_blocks(texts, recipe, show_progress)
                 totals = [total + count for total, count in zip(totals, counts)]
                 rebuilt.update({document.id: document for document in stored})
-                with self._changing_manifests():
+                with self._catalog.changing():
                     latest = self._read_manifest(name)
                     if latest is None:
                         raise BankNotFoundError(f"bank {name!r} was deleted or renamed while it was being rebuilt")
                     if latest.generation != current.generation:
                         continue  # changed meanwhile: rebuild what changed, then try again
                     documents = [rebuilt[document.id] for document in latest.documents]
-                    self._write_manifest(self._manifest_for(name, recipe, documents, latest), latest)
+                    try:
+                        self._write_manifest(self._manifest_for(name, recipe, documents, latest), latest)
+                    except ManifestConflict:
+                        continue  # another machine's writer won the race: rebuild what it changed
                     break
         else:
             raise StoreError(f"bank {name!r} kept changing while it was being rebuilt; try again")
@@ -718,7 +712,29 @@ class MemoryStore:
         rebuilds the engine the bank recorded at ingest (the CLI's ``lychee store verify --repair`` does so). A
         damaged text cannot be repaired (the source is gone): ingest that document again.
         """
+        if isinstance(self._items, CachedObjects):  # the object store's own bytes, not this process's copies
+            with self._items.reading_through():
+                return verify_store(self, repair, recipe, recipe_for_settings)
         return verify_store(self, repair, recipe, recipe_for_settings)
+
+
+class _ManifestAttempt:
+    """One round of a manifest read-change-write: holds the catalog's lock (if any); a ManifestConflict inside
+    ends the round quietly, undone, so the next round reads again."""
+
+    def __init__(self, lock: ContextManager[None]):
+        self.lock, self.done = lock, False
+
+    def __enter__(self) -> _ManifestAttempt:
+        self.lock.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: Any) -> bool:
+        self.lock.__exit__(kind, error, trace)
+        if kind is None:
+            self.done = True
+            return False
+        return issubclass(kind, ManifestConflict)
 
 
 def _same_source(rebuilt: StoredDocument, stored: StoredDocument) -> bool:

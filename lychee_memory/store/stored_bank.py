@@ -32,4 +32,4 @@ class StoredBank(MemoryBank):
         return self.store.has_bank(self.name) and self.store.bank_generation(self.name) == self.generation
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "store": str(self.store.path) if self.store is not None else None}
+        return {**super().summary(), "store": self.store.location if self.store is not None else None}

@@ -204,16 +204,17 @@ def _repair_block(
 
 def _record_indexes(store: MemoryStore, name: str, read: BankManifest, indexes: dict[str, tuple[str, int]]) -> None:
     """Name the rewritten index items in the bank's manifest (if it is still indexed as when it was read)."""
-    with store._changing_manifests():
-        current = store._read_manifest(name)
-        if current is None or current.gate_index != read.gate_index:
-            return
-        previous = current.model_copy()
-        changed = False
-        for _, _, entry in current.entries():
-            if entry.key in indexes and (entry.index_key, entry.index_bytes) != indexes[entry.key]:
-                entry.index_key, entry.index_bytes = indexes[entry.key]
-                changed = True
-        if changed:
-            current.updated = now()
-            store._write_manifest(current, previous)
+    for attempt in store._manifest_updates():
+        with attempt:
+            current = store._read_manifest(name)
+            if current is None or current.gate_index != read.gate_index:
+                return
+            previous = current.model_copy()
+            changed = False
+            for _, _, entry in current.entries():
+                if entry.key in indexes and (entry.index_key, entry.index_bytes) != indexes[entry.key]:
+                    entry.index_key, entry.index_bytes = indexes[entry.key]
+                    changed = True
+            if changed:
+                current.updated = now()
+                store._write_manifest(current, previous)
