@@ -67,7 +67,7 @@ class OpenBanks:
     def store(self, store: StoreChoice, *, create: bool) -> MemoryStore:
         if isinstance(store, MemoryStore):
             return store
-        path = str(Path(store).expanduser().resolve()) if store is not None else ""
+        path = _store_key(store) if store is not None else ""
         with self._guard:
             if path not in self._stores:
                 self._stores[path] = as_store(store, create=create)
@@ -75,7 +75,7 @@ class OpenBanks:
 
     def open(self, engine: LycheeMemory, store: StoreChoice, name: str) -> StoredBank:
         target = self.store(store, create=False)
-        key = (str(target.path.expanduser().resolve()), name)
+        key = (target.location if target.where.remote else str(target.path.expanduser().resolve()), name)
         with self._guard:
             bank = self._banks.get(key)
         if bank is None or not bank.is_current():
@@ -150,7 +150,7 @@ def save_bank(bank: MemoryBank, store: StoreChoice, name: str) -> None:
     """
     target = as_store(store)
     if isinstance(bank, StoredBank) and bank.store is not None and bank.name == name:
-        if _same_path(bank.store.path, target.path):
+        if _same_store(bank.store, target):
             return  # already there: every change to a stored bank is written when it is made
     check_new_bank_name(name)  # the last step renames onto it: refuse a bad name before anything changes
     staging = f"{name[:100]}.saving-{uuid.uuid4().hex[:8]}"
@@ -160,5 +160,14 @@ def save_bank(bank: MemoryBank, store: StoreChoice, name: str) -> None:
     target.rename_bank(staging, name)
 
 
-def _same_path(first: Path, second: Path) -> bool:
-    return first.expanduser().resolve() == second.expanduser().resolve()
+def _store_key(store: str | os.PathLike[str]) -> str:
+    """One key per store: an object-store URL as given, a directory resolved."""
+    text = os.fspath(store)
+    return text if "://" in text or "?" in text else str(Path(text).expanduser().resolve())
+
+
+def _same_store(first: MemoryStore, second: MemoryStore) -> bool:
+    """Whether two handles open one store: the same object-store URL, or the same local directory."""
+    if first.where.remote or second.where.remote:
+        return first.location == second.location
+    return first.path.expanduser().resolve() == second.path.expanduser().resolve()

@@ -248,7 +248,17 @@ def _command_ingest(args: argparse.Namespace) -> int:
     if store is not None:
         if args.recompress and store.has_bank(args.bank):
             engine.open_bank(args.bank, store, recompress=True)
-        bank = engine.ingest(documents, store=store, bank=args.bank)
+        if args.ray is not None:
+            from .distributed import RaySettings, ingest_with_ray
+
+            options = {"cpus_per_worker": args.cpus_per_worker, "threads_per_worker": args.threads_per_worker}
+            settings = RaySettings(args.ray, args.workers, gpus_per_worker=args.gpus_per_worker, **options)
+            ingest_with_ray(engine, documents, store=store, bank=args.bank, ray=settings, show_progress=not args.json)
+            bank = engine.open_bank(args.bank, store)
+        else:
+            bank = engine.ingest(documents, store=store, bank=args.bank)
+    elif args.ray is not None:
+        raise LycheeError("--ray needs --bank NAME (and --store): Ray workers write their blocks into a store")
     else:
         bank = engine.ingest(documents)
     summary = bank.summary()
@@ -266,7 +276,7 @@ def _command_ingest(args: argparse.Namespace) -> int:
     elif store is not None:
         report = summary["stored"]
         print(
-            f"bank {args.bank!r} in {store.path}: {summary['documents']} document(s), {summary['tokens']} tokens, "
+            f"bank {args.bank!r} in {store.location}: {summary['documents']} document(s), {summary['tokens']} tokens, "
             f"{summary['blocks']} blocks, {summary['stored_bytes'] / 2**20:.1f} MiB stored (gate index "
             f"{summary['index_bytes'] / 2**20:.1f} MiB); this ingest compressed "
             f"{report['compressed']} new block(s) and reused {report['reused']} in {summary['timings']['ingest']:.1f}s"
@@ -286,9 +296,9 @@ def _command_store(args: argparse.Namespace) -> int:
     if action == "ls":
         banks = store.list_banks()
         if args.json:
-            print(json.dumps({"store": str(store.path), "banks": [bank.to_dict() for bank in banks]}, indent=2))
+            print(json.dumps({"store": store.location, "banks": [bank.to_dict() for bank in banks]}, indent=2))
         elif not banks:
-            print(f"no banks in {store.path}")
+            print(f"no banks in {store.location}")
         else:
             for bank in banks:
                 print(
@@ -573,7 +583,7 @@ def _print_tree(data: dict[str, Any], indent: int = 0) -> None:
 
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("persistent bank")
-    group.add_argument("--store", default=None, help="store directory (default: the user cache's default store)")
+    group.add_argument("--store", default=None, help="store directory or URL (default: the user cache's store)")
     group.add_argument("--bank", default=None, help="bank name in the store: reused, and created or extended")
 
 
@@ -618,6 +628,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--recompress", action="store_true", help="rebuild the bank first if another model or compressor built it"
     )
+    ray = ingest.add_argument_group("distributed ingest on Ray (pip install 'lychee-memory[ray]')")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS", help="compress on Ray actors")
+    ray.add_argument("--workers", type=int, default=2, help="Ray actors, one engine each (default 2)")
+    ray.add_argument("--cpus-per-worker", type=float, default=None, help="default: 1 with GPUs, else a fair share")
+    ray.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor on a GPU cluster (e.g. 1)")
+    ray.add_argument("--threads-per-worker", type=int, default=1, help="torch threads in each actor (default 1)")
     _add_engine_options(ingest)
     ingest.set_defaults(handler=_command_ingest)
 
@@ -632,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("verify", "check every checksum; --repair recompresses damaged blocks from the stored text"),
     ):
         sub = actions.add_parser(action, help=description)
-        sub.add_argument("--store", default=None, help="store directory (default: the user cache's default store)")
+        sub.add_argument("--store", default=None, help="store directory or URL (default: the user cache's store)")
         sub.add_argument("--json", action="store_true")
         if action == "rm":
             sub.add_argument("names", nargs="+", metavar="NAME")

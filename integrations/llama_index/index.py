@@ -192,7 +192,7 @@ class LycheeIndex(OverBank, BaseManagedIndex):
             names = [info.name for info in store.list_banks()]
             if len(names) != 1:
                 raise ValueError(
-                    f"store {str(store.path)!r} holds {len(names)} banks ({', '.join(names) or 'none'}); "
+                    f"store {store.location!r} holds {len(names)} banks ({', '.join(names) or 'none'}); "
                     "say which one with bank='name'"
                 )
             bank = names[0]

@@ -60,7 +60,11 @@ def add_serve_command(
     serve = commands.add_parser(
         "serve", help="HTTP memory service: banks, ingest jobs, query, retrieve, OpenAI-compatible chat, metrics"
     )
-    serve.add_argument("--store", type=Path, default=None, help="store directory (default: the default store)")
+    serve.add_argument(
+        "--store",
+        default=None,
+        help="store directory, or URL such as s3://bucket/prefix?manifests=postgresql://host/db (default store)",
+    )
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lychee_memory import (
     Answer,
@@ -51,7 +52,16 @@ class ServerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    store: Path | None = Field(default=None, description="store directory (default: the default store)")
+    store: str | None = Field(
+        default=None,
+        description="store directory or URL (s3://bucket/prefix?manifests=postgresql://...; default store)",
+    )
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store_text(cls, value: object) -> object:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     api_keys: list[str] = Field(default_factory=list, description="keys that reach every bank")
@@ -77,7 +87,7 @@ class MemoryService:
     ):
         self.settings = settings
         self.keys = KeyRing.build(settings.api_keys, settings.keys_file)
-        self.store: MemoryStore = as_store(settings.store if settings.store is not None else default_store_path())
+        self.store: MemoryStore = as_store(settings.store if settings.store else default_store_path())
         self.jobs = JobBook(self.store)
         for job in self.jobs.recover():
             logger.warning("job %s into bank %s was interrupted by a restart: now %s", job.id, job.bank, job.status)
@@ -118,7 +128,7 @@ class MemoryService:
         self.worker = IngestWorker(self.jobs, self._ingest, self._count_jobs)
         self.status = "ok"
         self.metrics.ready.set(1)
-        logger.info("ready: model %s, store %s", engine.loaded.resolved.spec, self.store.path)
+        logger.info("ready: model %s, store %s", engine.loaded.resolved.spec, self.store.location)
 
     def _check_store(self, engine: LycheeMemory) -> None:
         """Refuse banks another model or other settings built (their KV would be wrong), or rebuild them."""
@@ -137,7 +147,7 @@ class MemoryService:
                 detail = f" ({error})"
             names = ", ".join(name for name, _ in foreign)
             raise ConfigurationError(
-                f"store {str(self.store.path)!r} holds {len(foreign)} bank(s) built with another model or settings: "
+                f"store {self.store.location!r} holds {len(foreign)} bank(s) built with another model or settings: "
                 f"{names}{detail}; start the server with the model and settings they were built with, or pass "
                 "--recompress to rebuild them from their stored text with this one"
             )
