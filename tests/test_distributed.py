@@ -245,6 +245,7 @@ def test_a_killed_driver_leaves_no_bank_and_a_rerun_compresses_only_what_is_miss
     import json
 
     report = json.loads(rerun.stdout)["stored"]
+    print(f"chunks {distinct}, complete before the rerun {len(complete)}, rerun compressed {report['compressed']}")
     assert report["compressed"] == distinct - len(complete)  # nothing stored is compressed again
     assert report["documents_added"] == 20
     assert store.verify().ok

@@ -264,6 +264,36 @@ def test_gc_frees_unreferenced_blocks_keeps_shared_and_leased_ones(location, tmp
     assert stored_block_keys(store) == set() and store.usage().blocks == 0
 
 
+def test_gc_during_a_live_lazy_query_deletes_nothing_it_reads(location, tmp_path):
+    """Mid-question, after the first block is read, another handle deletes the bank and runs gc: the question still
+    reads every block it reaches, and answers as the same question over a plain local store does."""
+    engine = make_engine(gate="all")  # the scan reads block after block, so it keeps reading after gc ran
+    facts = documents()[0]
+    writer = MemoryStore(location)
+    engine.ingest([facts], store=writer, bank="harbour")
+    gc.collect()
+    reference = engine.ask(QUESTION, reference_bank(engine, [facts], tmp_path))
+    bank = engine.open_bank("harbour", fresh_handle(location, tmp_path))
+    load, reads, collected = bank.loader, [], []
+
+    def read_then_collect(index):
+        reads.append(index)
+        if len(reads) == 1:
+            writer.delete_bank("harbour")
+            collected.append(writer.gc())
+        return load(index)
+
+    bank.loader = read_then_collect
+    answer = engine.ask(QUESTION, bank)
+    assert len(collected) == 1 and collected[0].removed_blocks == 0 and collected[0].removed_indexes == 0
+    assert len(set(reads)) > 1, "the question read blocks after gc ran"
+    assert answer.text == reference.text
+    assert [block.index for block in answer.blocks] == [block.index for block in reference.blocks]
+    del bank, answer
+    gc.collect()
+    assert writer.gc().removed_blocks == chunk_count(engine, [facts]), "freed once the reader is gone"
+
+
 def test_gc_refuses_while_another_handle_writes_blocks(location):
     engine = make_engine()
     store = MemoryStore(location)
@@ -496,3 +526,51 @@ def test_a_database_catalog_is_shared_by_stores_without_mixing_them(tmp_path):
     gc.collect()
     assert one.gc().removed_blocks == 0 == two.gc().removed_blocks
     assert one.verify().ok and two.verify().ok
+
+
+# Serving machines sharing one store --------------------------------------------------------------------
+
+
+def test_two_servers_on_one_shared_store_see_each_others_banks(tmp_path):
+    """Two `lychee serve` processes (each its own local cache, as on two machines) on one s3+postgres store: a bank
+    ingested through one is listed, retrieved and answered by the other, and a deletion through it is seen by both."""
+    from .test_server import Server, ingest, ok, running
+
+    location = make_location("s3+postgres", tmp_path)
+    cache = tmp_path / "model-cache"
+    servers = []
+    for name in ("first", "second"):
+        server = Server(tmp_path / name, cache)
+        where = with_options(location, cache=tmp_path / f"{name}-blocks")
+        server.command[server.command.index("--store") + 1] = where
+        servers.append(server)
+    facts, garden = documents()
+    with running(servers[0]) as first, running(servers[1]) as second:
+        with first.client() as one, second.client() as two:
+            ingest(one, "harbour", [{"id": facts.id, "text": facts.text}, {"id": garden.id, "text": garden.text}])
+            assert [bank["name"] for bank in ok(two.get("/v1/banks"))["banks"]] == ["harbour"]
+            there = ok(two.post("/v1/banks/harbour/query", json={"question": QUESTION}))
+            here = ok(one.post("/v1/banks/harbour/query", json={"question": QUESTION}))
+            assert there["answer"] == here["answer"]
+            assert [block["index"] for block in there["blocks"]] == [block["index"] for block in here["blocks"]]
+            retrieved = ok(two.post("/v1/banks/harbour/retrieve", json={"question": QUESTION, "k": 2}))
+            assert len(retrieved["blocks"]) == 2
+            ok(two.delete("/v1/banks/harbour/documents/garden"))
+            assert {d["id"] for d in ok(one.get("/v1/banks/harbour/documents"))["documents"]} == {"facts"}
+    assert MemoryStore(location).verify().ok
+
+
+def test_a_local_copy_never_stands_in_for_an_object_the_store_lacks(tmp_path):
+    """A cache that already holds a document's text (from another bucket that shared the cache directory) must not
+    stop ingest from writing that text to this store: a reader elsewhere, with no such copy, needs it."""
+    engine = make_engine()
+    facts = documents()[0]
+    shared_cache = tmp_path / "shared-cache"
+    first = MemoryStore(with_options(make_location("s3+sqlite", tmp_path / "first"), cache=shared_cache))
+    engine.ingest([facts], store=first, bank="harbour")
+    second_location = make_location("s3+sqlite", tmp_path / "second")
+    engine.ingest([facts], store=MemoryStore(with_options(second_location, cache=shared_cache)), bank="harbour")
+    elsewhere = fresh_handle(second_location, tmp_path)
+    bank = engine.open_bank("harbour", elsewhere)
+    assert bank.documents[0].text == facts.text
+    assert elsewhere.verify().ok

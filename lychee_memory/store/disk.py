@@ -148,6 +148,10 @@ class Items:
     def transact(self):
         return self.cache.transact(retry=True)
 
+    def reading_through(self) -> contextlib.AbstractContextManager[None]:
+        """Reads that must see the store itself (a no-op here: there is no copy to skip; see CachedObjects)."""
+        return contextlib.nullcontext()
+
     def remove_orphan_files(self) -> None:
         """Delete value files no index row names (left by a killed or failed write); only when no writer runs."""
         with warnings.catch_warnings():

@@ -51,7 +51,8 @@ class StoreLocation:
             return self.directory
         if self.cache_directory is not None:
             return self.cache_directory
-        digest = hashlib.sha256((self.objects_url or "").encode("utf-8")).hexdigest()[:16]
+        endpoint = str(self.storage_options.get("endpoint_url", ""))  # one bucket name, two servers: two caches
+        digest = hashlib.sha256(f"{self.objects_url}|{endpoint}".encode()).hexdigest()[:16]
         return cache_root() / "remote-stores" / digest
 
 

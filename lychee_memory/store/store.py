@@ -512,7 +512,8 @@ class MemoryStore:
     def _write_text(self, document: Document) -> str:
         data = document.text.encode("utf-8")
         key = hashlib.sha256(data).hexdigest()
-        stored = self._items.get("text:" + key)
+        with self._items.reading_through():  # whether the store holds it, never whether a local copy does
+            stored = self._items.get("text:" + key)
         if stored is None or hashlib.sha256(stored).hexdigest() != key:
             self._items.put("text:" + key, data)
         return key
