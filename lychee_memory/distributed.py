@@ -134,6 +134,14 @@ def ingest_with_ray(
     return target.last_ingest
 
 
+def _worker_location(store: MemoryStore) -> str:
+    """The store's location as every worker must open it: a local directory made absolute (a worker's working
+    directory is not the driver's), an object-store URL as given."""
+    if store.where.remote or "?" in store.where.text:
+        return store.where.text
+    return str(store.path.expanduser().resolve())
+
+
 def _start_ray(ray_module: Any, settings: RaySettings) -> None:
     if ray_module.is_initialized():
         return
@@ -175,7 +183,7 @@ def _run_batches(
         BlockWriter,
         fn_constructor_kwargs={
             "settings": recipe.settings,
-            "location": store.where.text,
+            "location": _worker_location(store),
             "block_dtype": store.block_dtype,
             "fingerprint": recipe.identity.model_fingerprint,
             "threads": settings.threads_per_worker,

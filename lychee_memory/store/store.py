@@ -1,11 +1,12 @@
-"""``MemoryStore``: persistent memory banks on diskcache; compress once, reuse across sessions, lose nothing.
+"""``MemoryStore``: persistent memory banks; compress once, reuse across sessions and machines, lose nothing.
 
-A store is a directory. Blocks are content-addressed: a block's key hashes the model fingerprint, the
-compressor settings, the storage format, the opening framed blocks are encoded after and the chunk's token ids,
-so re-ingesting an unchanged document compresses nothing, and a chunk shared by two banks is stored once. A
-bank is a JSON manifest written last and atomically, after every block, index item and text it names, so a
-crash at any moment leaves every bank as it was or as it became. The store knows no engine: what it
-compresses with comes in as a ``BlockRecipe``.
+A store is a directory (the layout below) or, opened by URL (``location.py``), blocks in an object store with
+manifests in a database (``objects.py``, ``catalog.py``); everything below holds on every backend. Blocks are
+content-addressed: a block's key hashes the model fingerprint, the compressor settings, the storage format, the
+opening framed blocks are encoded after and the chunk's token ids, so re-ingesting an unchanged document
+compresses nothing, and a chunk shared by two banks is stored once. A bank is a JSON manifest written last and
+atomically, after every block, index item and text it names, so a crash at any moment leaves every bank as it
+was or as it became. The store knows no engine: what it compresses with comes in as a ``BlockRecipe``.
 
 Layout::
 
