@@ -10,6 +10,7 @@ Services (moto's S3 server, a throwaway PostgreSQL) are started by the tests: se
 from __future__ import annotations
 
 import gc
+import json
 import os
 import signal
 import sqlite3
@@ -35,9 +36,9 @@ from .test_store import (
     corrupt_item,
     count_compressed,
     documents,
+    ingest_together,
     numbered_document,
     read_until,
-    start_worker,
 )
 
 BACKENDS = ["local", "local+sqlite", "file+sqlite", "s3+sqlite", "s3+postgres"]
@@ -334,24 +335,7 @@ def test_two_processes_ingesting_into_one_bank_lose_nothing(kind, tmp_path):
     shared = numbered_document(4, "shared-")
     first = Document.from_text(shared + "\n\n" + numbered_document(10, "first-"), id="first")
     second = Document.from_text(shared + "\n\n" + numbered_document(10, "second-"), id="second")
-    for document in (first, second):
-        (tmp_path / f"{document.id}.txt").write_text(document.text, encoding="utf-8")
-    MemoryStore(where)
-    go = tmp_path / "go"
-    workers = [
-        start_worker(where, "together", tmp_path / f"{d.id}.txt", d.id, "--delay", "0.05", "--start-when", str(go))
-        for d in (first, second)
-    ]
-    try:
-        for worker in workers:
-            read_until(worker, "ready")
-        go.touch()
-        for worker in workers:
-            _, errors = worker.communicate(timeout=120)
-            assert worker.returncode == 0, errors
-    finally:
-        for worker in workers:
-            worker.kill()
+    ingest_together(where, [first, second], tmp_path, timeout=120)
 
     store = fresh_handle(where, tmp_path)
     bank = engine.open_bank("together", store)
@@ -574,3 +558,26 @@ def test_a_local_copy_never_stands_in_for_an_object_the_store_lacks(tmp_path):
     bank = engine.open_bank("harbour", elsewhere)
     assert bank.documents[0].text == facts.text
     assert elsewhere.verify().ok
+
+
+def test_the_cli_ingests_lists_and_verifies_a_store_by_url(tmp_path):
+    """`lychee ingest/ask/store ls/verify --store URL` on an S3 store with SQLite manifests, as a user types it."""
+    location = make_location("s3+sqlite", tmp_path)
+    facts = tmp_path / "facts.txt"
+    facts.write_text(documents()[0].text, encoding="utf-8")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    tiny = ["--model", "tiny-random-llama", "--chunk-tokens", "64"]
+
+    def lychee(*arguments: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "lychee_memory.cli", *arguments]
+        result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    lychee("ingest", str(facts), "--store", location, "--bank", "harbour", *tiny, "--json")
+    listed = json.loads(lychee("store", "ls", "--store", location, "--json").stdout)
+    assert listed["store"] == location.partition("?")[0] and [bank["name"] for bank in listed["banks"]] == ["harbour"]
+    assert json.loads(lychee("store", "verify", "--store", location, "--json").stdout)["ok"] is True
+    again = json.loads(lychee("ingest", str(facts), "--store", location, "--bank", "harbour", *tiny, "--json").stdout)
+    assert again["stored"]["compressed"] == 0
+    lychee("ask", "--store", location, "--bank", "harbour", "-q", QUESTION, *tiny)

@@ -947,31 +947,35 @@ def test_kill_9_during_ingest_leaves_every_bank_consistent(tmp_path):
     assert reopened.verify().ok and reopened.usage().unreferenced_blocks == 0
 
 
-def test_two_processes_ingesting_into_one_bank_corrupt_nothing(tmp_path):
-    engine = make_engine()
-    shared = numbered_document(12, "shared-")
-    first = Document.from_text(shared + "\n\n" + numbered_document(30, "first-"), id="first")
-    second = Document.from_text(shared + "\n\n" + numbered_document(30, "second-"), id="second")
-    for document in (first, second):
-        (tmp_path / f"{document.id}.txt").write_text(document.text, encoding="utf-8")
-    MemoryStore(tmp_path / "store")
-    go = tmp_path / "go"
+def ingest_together(where, documents: list[Document], directory: Path, timeout: float = 300) -> None:
+    """One worker process per document ingests it into bank ``together`` of store ``where``; all are released at the
+    same moment (``--start-when``) and must succeed."""
+    for document in documents:
+        (directory / f"{document.id}.txt").write_text(document.text, encoding="utf-8")
+    MemoryStore(where)
+    go = directory / "go"
     workers = [
-        start_worker(
-            tmp_path / "store", "together", tmp_path / f"{d.id}.txt", d.id, "--delay", "0.05", "--start-when", str(go)
-        )
-        for d in (first, second)
+        start_worker(where, "together", directory / f"{d.id}.txt", d.id, "--delay", "0.05", "--start-when", str(go))
+        for d in documents
     ]
     try:
         for worker in workers:
             read_until(worker, "ready")
         go.touch()
         for worker in workers:
-            _, errors = worker.communicate(timeout=300)
+            _, errors = worker.communicate(timeout=timeout)
             assert worker.returncode == 0, errors
     finally:
         for worker in workers:
             worker.kill()
+
+
+def test_two_processes_ingesting_into_one_bank_corrupt_nothing(tmp_path):
+    engine = make_engine()
+    shared = numbered_document(12, "shared-")
+    first = Document.from_text(shared + "\n\n" + numbered_document(30, "first-"), id="first")
+    second = Document.from_text(shared + "\n\n" + numbered_document(30, "second-"), id="second")
+    ingest_together(tmp_path / "store", [first, second], tmp_path)
 
     store = MemoryStore(tmp_path / "store")
     bank = engine.open_bank("together", store)

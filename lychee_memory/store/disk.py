@@ -57,24 +57,32 @@ class PlainDisk(diskcache.Disk):
             raise
 
 
+def open_plain_cache(
+    directory: Path, what: str, eviction_policy: str, size_limit: int, cull_limit: int
+) -> diskcache.Cache:
+    """A diskcache Cache of plain bytes (``PlainDisk``), no statistics or tags; StoreError naming ``what`` if it
+    cannot be opened."""
+    try:
+        return diskcache.Cache(
+            str(directory),
+            disk=PlainDisk,
+            eviction_policy=eviction_policy,
+            size_limit=size_limit,
+            cull_limit=cull_limit,
+            statistics=0,
+            tag_index=0,
+        )
+    except (OSError, sqlite3.Error) as error:
+        raise StoreError(f"cannot open {what}: {error}") from None
+
+
 class Items:
     """Plain bytes under string keys in ``directory``, with the store's errors instead of OSError/sqlite3's."""
 
     def __init__(self, directory: Path, store_path: Path, size_limit_bytes: int | None):
         self.store_path = store_path
         self.size_limit_bytes = size_limit_bytes
-        try:
-            self.cache = diskcache.Cache(
-                str(directory),
-                disk=PlainDisk,
-                eviction_policy="none",
-                size_limit=_UNLIMITED,
-                cull_limit=0,
-                statistics=0,
-                tag_index=0,
-            )
-        except (OSError, sqlite3.Error) as error:
-            raise StoreError(f"cannot open the store at {str(store_path)!r}: {error}") from None
+        self.cache = open_plain_cache(directory, f"the store at {str(store_path)!r}", "none", _UNLIMITED, 0)
 
     def close(self) -> None:
         self.cache.close()

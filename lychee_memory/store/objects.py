@@ -22,11 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import diskcache
-
 from ..errors import StoreError, StoreFullError
 from .codec import Damaged, unframe
-from .disk import PlainDisk
+from .disk import open_plain_cache
 
 logger = logging.getLogger(__name__)
 
@@ -208,17 +206,10 @@ class CachedObjects:
         self._through = 0  # > 0 while ``reading_through``: reads skip the copy
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            self._copy = diskcache.Cache(
-                str(directory),
-                disk=PlainDisk,
-                eviction_policy="least-recently-used",
-                size_limit=size_limit_bytes,
-                cull_limit=10,
-                statistics=0,
-                tag_index=0,
-            )
-        except (OSError, sqlite3.Error) as error:
-            raise StoreError(f"cannot open the local cache at {str(directory)!r}: {error}") from None
+        except OSError as error:
+            raise StoreError(f"cannot create the local cache at {str(directory)!r}: {error}") from None
+        where = f"the local cache at {str(directory)!r}"
+        self._copy = open_plain_cache(directory, where, "least-recently-used", size_limit_bytes, 10)
 
     def __getattr__(self, name: str) -> Any:  # has, size, read_prefix, keys, volume, markers: the object store's
         return getattr(self.remote, name)
