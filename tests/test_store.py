@@ -306,7 +306,7 @@ def test_list_rename_delete_and_collect_garbage(tmp_path):
     assert store.verify().ok
     engine.ask(QUESTION, engine.open_bank("pier", store))
 
-    with store._writing_blocks(), pytest.raises(StoreError, match="busy"):
+    with store.writing_blocks(), pytest.raises(StoreError, match="busy"):
         store.gc()  # an ingest in flight has blocks no manifest names yet
 
 

@@ -39,7 +39,7 @@ def save_bank(store: MemoryStore, bank: MemoryBank, name: str | None) -> StoredB
     identity, storage, spec = bank.identity, store.block_dtype, bank.gate_index
     scheme = getattr(bank, "fingerprint_scheme", FINGERPRINT_SCHEME)
     stored_documents = []
-    with store._writing_blocks():
+    with store.writing_blocks():
         existing = store._read_manifest(target)
         if existing is None:
             check_new_bank_name(target)

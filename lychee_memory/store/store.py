@@ -85,8 +85,8 @@ from .writing import write_blocks
 logger = logging.getLogger(__name__)
 
 _MARKER = "lychee-store.json"
-_REBUILD_ROUNDS = 5
-_MANIFEST_ROUNDS = 20  # a manifest write that loses the race to another writer merges again this many times  # a rebuild that finds its bank changed by another writer catches up this many times
+_REBUILD_ROUNDS = 5  # a rebuild that finds its bank changed by another writer catches up this many times
+_MANIFEST_ROUNDS = 20  # a manifest write that loses the race to another writer merges again this many times
 _READ_ONLY_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
@@ -130,7 +130,9 @@ class MemoryStore:
         database: Catalog | None = None
         if self.where.manifests is not None:  # first: an unreachable database leaves no half-made store behind
             lease = {"lease_seconds": self.where.lease_seconds} if self.where.lease_seconds else {}
-            database = DatabaseCatalog(self.where.manifests, self.location, **lease)
+            # The store's name in the database: its objects URL, or its directory made absolute (any cwd agrees).
+            store_id = self.where.objects_url or str(self.path.expanduser().resolve())
+            database = DatabaseCatalog(self.where.manifests, store_id, **lease)
         if self.where.remote:
             filesystem, root = open_filesystem(self.where)
             remote = FsspecObjects(filesystem, root, self.location, size_limit_bytes)
@@ -205,13 +207,9 @@ class MemoryStore:
 
     # Locks -----------------------------------------------------------------------------------------
 
-    def _writing_blocks(self) -> ContextManager[None]:
-        """Held while blocks are written and until the manifest naming them is written (gc waits)."""
-        return self._catalog.writing()
-
     def writing_blocks(self) -> ContextManager[None]:
-        """Hold this while blocks written elsewhere (distributed ingest workers) wait for their manifest: gc in any
-        process refuses to run meanwhile, so it cannot delete them before they are named."""
+        """Held while blocks are written and until the manifest naming them is written, here or by distributed
+        workers: gc in any process refuses to run meanwhile, so it never deletes blocks before they are named."""
         return self._catalog.writing()
 
     def _manifest_updates(self) -> Iterator[_ManifestAttempt]:
@@ -250,8 +248,7 @@ class MemoryStore:
         """Write ``manifest`` (call with the manifest lock held), one generation after ``previous``."""
         expected = previous.generation if previous is not None else 0
         manifest.generation = expected + 1
-        data = frame(MANIFEST_MAGIC, manifest.model_dump_json().encode("utf-8"))
-        self._catalog.put(manifest.name, data, manifest.generation, expected)
+        self._catalog.put(manifest.name, _framed(manifest), manifest.generation, expected)
 
     def check_bank_identity(self, manifest: BankManifest, identity: BankIdentity) -> None:
         """Raise BankMismatchError, saying what differs and what to do, unless ``identity`` built the bank."""
@@ -351,8 +348,7 @@ class MemoryStore:
                     raise StoreError(f"cannot rename bank {old!r} to {new!r}: a bank named {new!r} already exists")
                 expected = manifest.generation
                 manifest.name, manifest.updated, manifest.generation = new, now(), expected + 1
-                data = frame(MANIFEST_MAGIC, manifest.model_dump_json().encode("utf-8"))
-                self._catalog.rename(old, new, data, manifest.generation, expected)
+                self._catalog.rename(old, new, _framed(manifest), manifest.generation, expected)
 
     def remove_documents(
         self,
@@ -522,7 +518,7 @@ class MemoryStore:
     def _write_blocks(
         self, documents: Sequence[Document], recipe: BlockRecipe, show_progress: bool
     ) -> tuple[list[StoredDocument], int, int, int, int]:
-        """Texts and blocks not stored yet (call with ``_writing_blocks`` held): entries and counts (``writing``)."""
+        """Texts and blocks not stored yet (call with ``writing_blocks`` held): entries and counts (``writing``)."""
         return write_blocks(self, list(documents), recipe, show_progress)
 
     def _with_recipe_index(
@@ -534,7 +530,7 @@ class MemoryStore:
         ready: dict[str, StoredDocument],
         totals: list[int],
     ) -> list[StoredDocument]:
-        """``documents`` with every block naming the gate index ``recipe`` builds (call with ``_writing_blocks``).
+        """``documents`` with every block naming the gate index ``recipe`` builds (call with ``writing_blocks``).
 
         A document written under another index spec is rewritten from its stored text (only blocks whose item is
         missing are compressed); with no index, its entries' index fields are cleared. ``ready`` holds documents
@@ -597,7 +593,7 @@ class MemoryStore:
         recipe's (documents indexed otherwise get it too). ``engine.ingest(..., store=, bank=)`` calls this.
         """
         started = time.perf_counter()
-        with self._writing_blocks():
+        with self.writing_blocks():
             self.check_ingest_target(name, recipe)
             stored, *counts = self._write_blocks(documents, recipe, show_progress)
             return self.commit_documents(name, stored, recipe, counts, started, show_progress=show_progress)
@@ -626,7 +622,7 @@ class MemoryStore:
         before the blocks were written until this returns. ``counts``: chunks, compressed, reused, bytes written.
         """
         started = time.perf_counter() if started is None else started
-        with self._writing_blocks():  # re-entrant in effect: a shared flock, or one more writer row
+        with self.writing_blocks():  # re-entrant in effect: a shared flock, or one more writer row
             existing = self._read_manifest(name)
             totals, ready = list(counts), {}  # documents given a new index
             if existing is not None:  # index the bank's other documents as this recipe does, outside the lock
@@ -668,7 +664,7 @@ class MemoryStore:
             current = self._manifest(name)
             stale = [d for d in current.documents if d.id not in rebuilt or not _same_source(rebuilt[d.id], d)]
             texts = [Document(text=self._read_text(name, d), id=d.id, metadata=dict(d.metadata)) for d in stale]
-            with self._writing_blocks():
+            with self.writing_blocks():
                 stored, *counts = self._write_blocks(texts, recipe, show_progress)
                 totals = [total + count for total, count in zip(totals, counts)]
                 rebuilt.update({document.id: document for document in stored})
@@ -718,6 +714,11 @@ class MemoryStore:
             with self._items.reading_through():
                 return verify_store(self, repair, recipe, recipe_for_settings)
         return verify_store(self, repair, recipe, recipe_for_settings)
+
+
+def _framed(manifest: BankManifest) -> bytes:
+    """A manifest as stored: its JSON in a checksummed frame."""
+    return frame(MANIFEST_MAGIC, manifest.model_dump_json().encode("utf-8"))
 
 
 class _ManifestAttempt:

@@ -68,7 +68,7 @@ def verify_store(
         if not damaged:
             continue
         if repair:
-            with store._writing_blocks():  # until the manifest names the rewritten index items (gc waits)
+            with store.writing_blocks():  # until the manifest names the rewritten index items (gc waits)
                 notes, indexes = _repair_bank(store, manifest, damaged, texts, recipe, recipe_for_settings, recipes)
                 if indexes:
                     _record_indexes(store, name, manifest, indexes)
