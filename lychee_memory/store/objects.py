@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import re
 import sqlite3
 import uuid
@@ -281,8 +280,3 @@ def _sound(key: str, data: bytes) -> bool:
 def _protocols(filesystem: Any) -> tuple[str, ...]:
     protocol = getattr(filesystem, "protocol", ())
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
-
-
-def local_directory(location: str) -> Path:
-    """A local path for a location string (for the marker and cache of a ``file://`` store)."""
-    return Path(os.path.expanduser(location.removeprefix("file://")))
