@@ -87,11 +87,11 @@ def plan_blocks(store: MemoryStore, documents: list[Document], recipe: BlockReci
     for key, chunk in zip(keys, chunks):
         if key in plan.known or key in work:
             continue
-        stored = _stored(store, key, spec)
-        if stored is not None:
-            plan.known[key] = stored
+        complete, shape = _stored(store, key, spec)
+        if complete is not None:
+            plan.known[key] = complete
         else:
-            work[key] = BlockWork(key, chunk, store._stored_block_shape(key))
+            work[key] = BlockWork(key, chunk, shape)
     pending = list(work.values())
     plan.batches = [pending[start : start + recipe.batch_size] for start in range(0, len(pending), recipe.batch_size)]
     return plan
@@ -109,11 +109,11 @@ def write_batch(
     spec, results = recipe.gate_index, []
     if skip_stored:
         found = [_stored(store, work.key, spec) for work in batch]
-        if all(block is not None for block in found):
-            return [block for block in found if block is not None]
+        if all(complete is not None for complete, _ in found):
+            return [complete for complete, _ in found if complete is not None]
         batch = [
-            BlockWork(work.key, work.chunk, block.shape if block is not None else work.present)
-            for work, block in zip(batch, found)
+            BlockWork(work.key, work.chunk, shape if shape is not None else work.present)
+            for work, (_, shape) in zip(batch, found)
         ]
     blocks = recipe.compress([work.chunk for work in batch])
     for work, block in zip(batch, blocks):
@@ -132,13 +132,16 @@ def write_batch(
     return results
 
 
-def _stored(store: MemoryStore, key: str, spec: dict | None) -> WrittenBlock | None:
-    """The block as stored with everything the recipe needs (its index item when it builds one), else None."""
+def _stored(store: MemoryStore, key: str, spec: dict | None) -> tuple[WrittenBlock | None, tuple[int, int] | None]:
+    """One look at the store: the block as stored with everything the recipe needs (its index item when it builds
+    one), else None; and the block's stored (slots, bytes), else None (missing)."""
     shape = store._stored_block_shape(key)
+    if shape is None:
+        return None, None
     index = stored_index(store._items, key, spec) if spec is not None else None
-    if shape is None or (spec is not None and index is None):
-        return None
-    return WrittenBlock(key, shape, index, 0)
+    if spec is not None and index is None:
+        return None, shape
+    return WrittenBlock(key, shape, index, 0), shape
 
 
 def assemble_documents(plan: BlockPlan, written: list[WrittenBlock], storage: str) -> list[StoredDocument]:
