@@ -1,0 +1,442 @@
+"""Group-relative policy optimisation over whole LycheeMemory trajectories (the core of ``lychee train rl``).
+
+One training question gives ``group`` sampled trajectories through the real engine: the gate (plain backbone,
+deterministic) picks blocks as the working memory evolves; the reasoner (backbone + a LoRA adapter, sampled)
+writes each memory update and the final answer. A trajectory's reward comes from its answer against the gold
+(``sub_em``, ``em`` or ``f1``); advantages are normalised within the group. Every generated turn, each memory
+update and the answer, is a training row: its prefix is the block's KV plus the prompt exactly as the reasoner
+saw it, its completion the sampled tokens, and it carries its trajectory's advantage. The loss is the clipped
+policy ratio with an optional k3 KL to the frozen model (the same backbone with the adapter off), normalised by
+the step's token count. TRL's GRPOTrainer cannot do this: it recomputes log-probs from prompt+completion without
+the KV prefix and gives a multi-turn trajectory one row.
+
+Only the adapter's parameters train: the backbone is frozen during a step, and the gate and the compressor
+never see the adapter (it is on only inside reasoner calls and the loss forwards).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from ..eval.metrics import exact_match, f1_score, sub_em
+from ..gate_weights import DEFAULT_TARGETS, GateAdapter
+from ..generation import Generation
+from ..kv_prefix import PromptRow, logits_of, prefill_with_gradients
+from ..reasoner import UpdateRequest
+
+RewardKind = Literal["sub_em", "em", "f1"]
+REASONER_ADAPTER = "lychee_reasoner"
+# Attention and MLP: what the reasoner writes is decided by both (attention alone barely moves its output).
+REASONER_TARGETS = (*DEFAULT_TARGETS, "gate_proj", "up_proj", "down_proj")
+
+
+def answer_reward(prediction: str, gold: str | Sequence[str], kind: RewardKind = "sub_em") -> float:
+    """The outcome reward of one trajectory: 1/0 for sub_em and em, the token F1 for f1."""
+    if kind == "sub_em":
+        return float(sub_em(prediction, gold))
+    if kind == "em":
+        return float(exact_match(prediction, gold))
+    if kind == "f1":
+        return float(f1_score(prediction, gold))
+    raise ValueError(f"unknown reward {kind!r}; choose sub_em, em or f1")
+
+
+def group_advantages(rewards: Sequence[float], scale: bool = True, epsilon: float = 1e-4) -> list[float]:
+    """Each reward minus the group's mean, divided by the group's (population) standard deviation when ``scale``.
+
+    A group whose rewards are all equal teaches nothing: every advantage is 0.
+    """
+    if not rewards:
+        return []
+    mean = sum(rewards) / len(rewards)
+    centred = [reward - mean for reward in rewards]
+    if not scale:
+        return centred
+    spread = math.sqrt(sum(value * value for value in centred) / len(rewards))
+    if spread < epsilon:
+        return [0.0 for _ in rewards]
+    return [value / (spread + epsilon) for value in centred]
+
+
+@dataclass
+class Turn:
+    """One generated turn: the row the reasoner decoded after (block KV + prompt) and the tokens it sampled."""
+
+    row: PromptRow
+    completion: list[int]
+    kind: str  # "update" or "answer"
+
+
+@dataclass
+class Trajectory:
+    """One sampled pass over a bank: its turns in order, its answer, reward and advantage."""
+
+    question: str
+    turns: list[Turn] = field(default_factory=list)
+    answer: str = ""
+    reward: float = 0.0
+    advantage: float = 0.0
+    blocks_read: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AdapterShape:
+    """The reasoner adapter's LoRA shape (what ``GateAdapter`` injects)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = REASONER_TARGETS
+
+
+def new_reasoner_adapter(engine: Any, shape: AdapterShape = AdapterShape()) -> GateAdapter:
+    """A fresh LoRA on the engine's backbone (B = 0: the policy starts as the untrained reasoner), off by default."""
+    if shape.rank < 1:
+        raise ValueError(f"adapter rank must be at least 1, got {shape.rank}")
+    return GateAdapter(engine.loaded.model, shape, REASONER_ADAPTER)  # type: ignore[arg-type]
+
+
+def _completion(generation: Generation, stop_token: int | None) -> list[int]:
+    """The sampled tokens, with the stop token the decoder consumed (so the policy also learns when to stop)."""
+    tokens = list(generation.token_ids)
+    if generation.stopped and stop_token is not None:
+        tokens.append(stop_token)
+    return tokens
+
+
+@contextlib.contextmanager
+def _sampling(engine: Any, temperature: float, top_p: float, seed: int) -> Iterator[None]:
+    reasoner = engine.reasoner
+    settings = reasoner.settings
+    reasoner.settings = settings.model_copy(update={"temperature": temperature, "top_p": top_p, "seed": seed})
+    try:
+        yield
+    finally:
+        reasoner.settings = settings
+
+
+def rollout_group(
+    engine: Any,
+    adapter: GateAdapter,
+    question: str,
+    bank: Any,
+    group: int,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> list[Trajectory]:
+    """``group`` sampled trajectories of one question over ``bank``, recorded turn by turn.
+
+    The engine's own scan runs (gate, state-aware re-judging, budgets); only its memory-update step is wrapped to
+    record each row and sampled completion, with the adapter on for reasoner calls alone.
+    """
+    reasoner, loaded = engine.reasoner, engine.loaded
+    stop_token = loaded.stop_token_ids[0] if loaded.stop_token_ids else None
+    trajectories: dict[int, Trajectory] = {}
+    kv_mode = reasoner.read_mode == "kv"
+
+    def recording_updater(scanned_bank: Any):
+        def update(hits: list[tuple[Any, int]]) -> list[str]:
+            requests = [
+                UpdateRequest(
+                    state.question,
+                    state.memory,
+                    block=scanned_bank.block(index) if kv_mode else None,
+                    chunk_ids=None if kv_mode else scanned_bank.block(index).token_ids.tolist(),
+                )
+                for state, index in hits
+            ]
+            rows = [reasoner.update_row(request) for request in requests]
+            with adapter.active():
+                generations = reasoner.update(requests)
+            for (state, index), row, generation in zip(hits, rows, generations):
+                trajectory = trajectories.setdefault(id(state), Trajectory(state.question))
+                trajectory.turns.append(Turn(row, _completion(generation, stop_token), "update"))
+                trajectory.blocks_read.append(index)
+                state.reasoner_prompt_tokens += generation.prompt_tokens
+                state.memory_tokens += len(generation.token_ids)
+            return [generation.text for generation in generations]
+
+        return update
+
+    with engine.lock, _sampling(engine, temperature, top_p, seed):
+        engine._updater = recording_updater  # the instance attribute shadows the method for this scan only
+        try:
+            states, _ = engine._scan([question] * group, bank, False)
+        finally:
+            del engine._updater
+        memories = [state.memory for state in states]
+        rows = [PromptRow(engine.prompts.final_prompt(question, memory)) for memory in memories]
+        with adapter.active():
+            answers = reasoner.answer([question] * group, memories)
+    result = []
+    for state, row, generation in zip(states, rows, answers):
+        trajectory = trajectories.get(id(state), Trajectory(question))
+        trajectory.turns.append(Turn(row, _completion(generation, stop_token), "answer"))
+        trajectory.answer = generation.text
+        result.append(trajectory)
+    return result
+
+
+def completion_log_probs(loaded: Any, turns: Sequence[Turn]) -> list[torch.Tensor]:
+    """Per-token log-probs of each turn's completion after its prefix (block KV + prompt), with autograd as set.
+
+    Rows are laid out left-padded so every sequence ends at the same index: the completion is the last ``c``
+    tokens of its row, predicted from the ``c`` positions before them.
+    """
+    rows = [PromptRow(turn.row.prompt_ids + turn.completion, turn.row.block, turn.row.opening) for turn in turns]
+    batch, hidden = prefill_with_gradients(loaded, rows)
+    width = batch.input_ids.shape[1]
+    result = []
+    for position, turn in enumerate(turns):
+        count = len(turn.completion)
+        if count == 0:
+            result.append(hidden.new_zeros(0, dtype=torch.float32))
+            continue
+        logits = logits_of(loaded, hidden[position, width - count - 1 : width - 1])
+        targets = batch.input_ids[position, width - count :]
+        result.append(torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1))
+    return result
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The policy loss: PPO-style clipping of the ratio, and the weight of the k3 KL to the frozen model."""
+
+    clip: float = 0.2
+    kl: float = 0.0
+    minibatch: int = 4  # turns per forward
+
+
+def training_turns(trajectories: Sequence[Trajectory]) -> list[tuple[Turn, float]]:
+    """Every turn with a completion, carrying its trajectory's advantage (a turn of a 0-advantage group stays:
+    it adds tokens to the normaliser and, with a KL, its divergence)."""
+    return [(turn, trajectory.advantage) for trajectory in trajectories for turn in trajectory.turns if turn.completion]
+
+
+def fixed_log_probs(
+    loaded: Any, adapter: GateAdapter | None, turns: Sequence[Turn], minibatch: int
+) -> list[torch.Tensor]:
+    """Log-probs without gradients: the behaviour policy's (``adapter`` on) before an update, or the frozen
+    reference's (``adapter`` None: the backbone alone)."""
+    result: list[torch.Tensor] = []
+    with torch.no_grad():
+        for start in range(0, len(turns), minibatch):
+            part = turns[start : start + minibatch]
+            with adapter.active() if adapter is not None else contextlib.nullcontext():
+                result.extend(completion_log_probs(loaded, part))
+    return result
+
+
+def policy_loss_and_backward(
+    loaded: Any,
+    adapter: GateAdapter,
+    turns: Sequence[tuple[Turn, float]],
+    old: Sequence[torch.Tensor],
+    settings: LossSettings,
+    reference: Sequence[torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Backpropagate one epoch's loss into the adapter, normalised by the tokens of every turn (token-level).
+
+    ``old``: the behaviour policy's log-probs (``fixed_log_probs`` before the first epoch), so the first epoch's
+    ratio is 1 and later epochs are bounded by the clip; ``reference``: the frozen backbone's, for the KL term.
+    """
+    total = sum(len(turn.completion) for turn, _ in turns)
+    if total == 0:
+        return {"loss": 0.0, "kl": 0.0, "tokens": 0, "clipped": 0.0}
+    if settings.kl > 0 and reference is None:
+        raise ValueError("a KL weight needs the reference log-probs")
+    loss_sum = kl_sum = clipped = 0.0
+    for start in range(0, len(turns), settings.minibatch):
+        part = turns[start : start + settings.minibatch]
+        # Backward runs with the adapter on: peft drops requires_grad on a layer's LoRA when it is disabled.
+        with adapter.active():
+            current = completion_log_probs(loaded, [turn for turn, _ in part])
+            loss = current[0].new_zeros(())
+            for index, ((_, advantage), new) in enumerate(zip(part, current), start=start):
+                ratio = torch.exp(new - old[index])
+                bounded = torch.clamp(ratio, 1.0 - settings.clip, 1.0 + settings.clip)
+                per_token = -torch.minimum(ratio * advantage, bounded * advantage)
+                clipped += float(((ratio - bounded).abs() > 1e-6).sum())
+                if reference is not None and settings.kl > 0:
+                    gap = reference[index] - new
+                    divergence = torch.exp(gap) - gap - 1.0
+                    per_token = per_token + settings.kl * divergence
+                    kl_sum += float(divergence.detach().sum())
+                loss = loss + per_token.sum()
+            (loss / total).backward()
+        loss_sum += float(loss.detach())
+    return {"loss": loss_sum / total, "kl": kl_sum / total, "tokens": total, "clipped": clipped / total}
+
+
+@contextlib.contextmanager
+def only_adapter_trains(model: torch.nn.Module, adapter: GateAdapter) -> Iterator[list[torch.nn.Parameter]]:
+    """Freeze every parameter but the adapter's for the block (restoring each flag after)."""
+    trainable = {id(parameter) for parameter in adapter.parameters()}
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    try:
+        for parameter, _ in flags:
+            parameter.requires_grad_(id(parameter) in trainable)
+        yield [parameter for parameter, _ in flags if id(parameter) in trainable]
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+@dataclass
+class RLExample:
+    """One training question: its documents (compressed once into a bank), the question and its gold answers."""
+
+    question: str
+    gold: list[str]
+    documents: list[Any]
+
+
+@dataclass(frozen=True)
+class RLSettings:
+    """One GRPO run: group size, learning rate, sampling, epochs per rollout, reward, loss, adapter shape, seed."""
+
+    group: int = 4
+    learning_rate: float = 1e-5
+    temperature: float = 1.0
+    top_p: float = 1.0
+    epochs: int = 1
+    reward: RewardKind = "sub_em"
+    scale_advantages: bool = True
+    max_grad_norm: float = 1.0
+    loss: LossSettings = LossSettings()
+    shape: AdapterShape = AdapterShape()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.group < 2:
+            raise ValueError(f"a group needs at least 2 rollouts to compare, got {self.group}")
+        if self.epochs < 1 or not self.learning_rate > 0 or not self.temperature > 0:
+            raise ValueError("epochs must be at least 1, and learning_rate and temperature positive")
+
+
+class RLTrainer:
+    """GRPO on the engine's reasoner: each ``step`` samples a group for one example and updates the LoRA adapter.
+
+    ``reward`` (default: ``answer_reward`` of the settings' kind against the example's gold) may be replaced for
+    toy tasks. Banks are built once per example (in memory, with the engine's compressor and no adapter).
+    """
+
+    def __init__(self, engine: Any, examples: Sequence[RLExample], settings: RLSettings = RLSettings(), reward=None):
+        if not examples:
+            raise ValueError("GRPO needs at least one training example")
+        self.engine, self.examples, self.settings = engine, list(examples), settings
+        # reward(trajectory, example) -> float; by default the answer's score against the gold
+        self.reward = reward or (
+            lambda trajectory, example: answer_reward(trajectory.answer, example.gold, settings.reward)
+        )
+        torch.manual_seed(settings.seed)
+        self.adapter = new_reasoner_adapter(engine, settings.shape)
+        self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+        self._banks: dict[int, Any] = {}
+
+    def bank(self, position: int) -> Any:
+        if position not in self._banks:
+            self._banks[position] = self.engine.ingest(self.examples[position].documents, show_progress=False)
+        return self._banks[position]
+
+    def step(self, step: int) -> dict[str, float]:
+        """One rollout group and its update; returns reward, loss, KL, tokens and the time of each phase."""
+        import time
+
+        position = step % len(self.examples)
+        example, settings, loaded = self.examples[position], self.settings, self.engine.loaded
+        started = time.perf_counter()
+        trajectories = rollout_group(
+            self.engine,
+            self.adapter,
+            example.question,
+            self.bank(position),
+            settings.group,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            seed=settings.seed * 1_000_003 + step,
+        )
+        rewards = [self.reward(trajectory, example) for trajectory in trajectories]
+        for trajectory, reward, advantage in zip(
+            trajectories, rewards, group_advantages(rewards, settings.scale_advantages)
+        ):
+            trajectory.reward, trajectory.advantage = reward, advantage
+        rolled = time.perf_counter()
+        turns = training_turns(trajectories)
+        stats: dict[str, float] = {"loss": 0.0, "kl": 0.0, "tokens": 0, "clipped": 0.0}
+        with self.adapter.active(), only_adapter_trains(loaded.model, self.adapter):
+            just_turns = [turn for turn, _ in turns]
+            old = fixed_log_probs(loaded, self.adapter, just_turns, settings.loss.minibatch)
+            reference = fixed_log_probs(loaded, None, just_turns, settings.loss.minibatch) if settings.loss.kl else None
+            for _ in range(settings.epochs):
+                self.optimizer.zero_grad(set_to_none=True)
+                stats = policy_loss_and_backward(loaded, self.adapter, turns, old, settings.loss, reference)
+                torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), settings.max_grad_norm)
+                self.optimizer.step()
+        finished = time.perf_counter()
+        return {
+            "step": step,
+            "reward": sum(rewards) / len(rewards),
+            "turns": len(turns),
+            "blocks_read": sum(len(t.blocks_read) for t in trajectories) / len(trajectories),
+            "rollout_seconds": rolled - started,
+            "update_seconds": finished - rolled,
+            **stats,
+        }
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        return self.adapter.state_tensors()
+
+    def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str = "adapter tensors") -> None:
+        self.adapter.load_tensors(tensors, source)
+
+
+REASONER_FORMAT = "lychee-reasoner-lora"
+
+
+def save_reasoner_adapter(path: Any, trainer: RLTrainer, evidence: str = "") -> Any:
+    """Write the trained adapter (safetensors, atomically) with its shape, the backbone's fingerprint and evidence."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shape = trainer.settings.shape
+    metadata = {
+        "format": REASONER_FORMAT,
+        "format_version": "1",
+        "rank": str(shape.rank),
+        "alpha": json.dumps(shape.alpha),
+        "targets": json.dumps(list(shape.targets)),
+        "base_fingerprint": trainer.engine.loaded.fingerprint(),
+        "evidence": evidence,
+    }
+    partial = target.with_name(target.name + ".partial")
+    tensors = {name: tensor.contiguous().cpu() for name, tensor in trainer.adapter_tensors().items()}
+    save_file(tensors, str(partial), metadata)
+    partial.replace(target)
+    return target
+
+
+def load_reasoner_adapter(path: Any, trainer: RLTrainer) -> dict[str, str]:
+    """Load a saved adapter into ``trainer``'s (same shape, same backbone); returns the file's metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    if metadata.get("format") != REASONER_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a reasoner adapter file")
+    if metadata.get("base_fingerprint") != trainer.engine.loaded.fingerprint():
+        raise ValueError(f"{str(path)!r} was trained on another backbone")
+    trainer.load_adapter_tensors(tensors, repr(str(path)))
+    return metadata

@@ -1,0 +1,205 @@
+"""GRPO over LycheeMemory trajectories: rewards, advantages, log-probs after the KV prefix, where gradients go,
+and a few steps on a toy task raising the reward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lychee_memory import Document
+from lychee_memory.config import EngineConfig, ModelSettings
+from lychee_memory.engine import LycheeMemory
+from lychee_memory.model_loading import load_model
+from lychee_memory.training.rl import (
+    LossSettings,
+    RLExample,
+    RLSettings,
+    RLTrainer,
+    Turn,
+    answer_reward,
+    completion_log_probs,
+    fixed_log_probs,
+    group_advantages,
+    new_reasoner_adapter,
+    only_adapter_trains,
+    policy_loss_and_backward,
+    rollout_group,
+    training_turns,
+)
+
+from .conftest import FACTS_DOCUMENT
+
+
+def fresh_engine(**options) -> LycheeMemory:
+    """An engine on its own tiny model (an adapter is injected into the model: never into the shared one)."""
+    defaults = dict(chunk_tokens=64, max_memory_tokens=8, max_answer_tokens=4, show_progress=False, gate="all")
+    defaults.update(options)
+    config = EngineConfig.from_kwargs(spec="tiny-random-llama", **defaults)
+    return LycheeMemory(load_model(ModelSettings(spec="tiny-random-llama")), config)
+
+
+def test_rewards_and_group_advantages_are_exact_on_a_hand_made_group():
+    assert answer_reward("The code is 58213.", "58213") == 1.0
+    assert answer_reward("The code is 58213.", "58213", "em") == 0.0
+    assert answer_reward("58213", ["58213", "x"], "em") == 1.0
+    assert answer_reward("code 58213 here", "the code 58213", "f1") == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
+    rewards = [1.0, 0.0, 0.0, 1.0]
+    spread = 0.5  # population standard deviation of the group
+    unit = 0.5 / (spread + 1e-4)
+    assert group_advantages(rewards) == pytest.approx([unit, -unit, -unit, unit])
+    assert group_advantages(rewards, scale=False) == [0.5, -0.5, -0.5, 0.5]
+    assert group_advantages([1.0, 1.0, 1.0]) == [0.0, 0.0, 0.0], "a group that all agrees teaches nothing"
+    rewards = [0.2, 0.9, 0.4]
+    mean = sum(rewards) / 3
+    spread = math.sqrt(sum((r - mean) ** 2 for r in rewards) / 3)
+    assert group_advantages(rewards) == pytest.approx([(r - mean) / (spread + 1e-4) for r in rewards])
+
+
+def test_completion_log_probs_match_a_plain_forward_of_prompt_and_completion():
+    engine = fresh_engine()
+    loaded = engine.loaded
+    prompt = engine.prompts.final_prompt("What is the access code?", "the code is 58213")
+    completions = [[11, 12, 13], [40, 41]]
+    turns = [Turn(engine_row(engine, prompt), completion, "answer") for completion in completions]
+    with torch.no_grad():
+        measured = completion_log_probs(loaded, turns)
+        for turn, values in zip(turns, measured):
+            sequence = torch.tensor([prompt + turn.completion])
+            logits = loaded.model(input_ids=sequence).logits[0].float()
+            expected = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
+            expected = expected.gather(-1, torch.tensor(turn.completion)[:, None]).squeeze(-1)
+            torch.testing.assert_close(values, expected, atol=1e-4, rtol=1e-4)
+
+
+def engine_row(engine, prompt):
+    from lychee_memory.kv_prefix import PromptRow
+
+    return PromptRow(list(prompt))
+
+
+def test_gradients_reach_the_reasoner_adapter_and_nothing_else():
+    engine = fresh_engine(compressor="none", read_mode="kv")  # memory updates read the block's KV as a prefix
+    adapter = new_reasoner_adapter(engine)
+    bank = engine.ingest([Document(text=FACTS_DOCUMENT, id="facts")])
+    trajectories = rollout_group(engine, adapter, "What is the access code?", bank, 2, seed=3)
+    assert all(t.turns and t.turns[-1].kind == "answer" for t in trajectories)
+    assert any(turn.kind == "update" and turn.row.block is not None for t in trajectories for turn in t.turns)
+    trajectories[0].advantage, trajectories[1].advantage = 1.0, -1.0
+    turns = training_turns(trajectories)
+    model = engine.loaded.model
+    with only_adapter_trains(model, adapter) as trainable:
+        old = fixed_log_probs(engine.loaded, adapter, [turn for turn, _ in turns], 4)
+        stats = policy_loss_and_backward(engine.loaded, adapter, turns, old, LossSettings(kl=0.1), reference=old)
+    assert stats["tokens"] == sum(len(turn.completion) for turn, _ in turns) > 0
+    adapter_ids = {id(p) for p in adapter.parameters()}
+    assert {id(p) for p in trainable} == adapter_ids
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name and "lychee_reasoner" in name]
+    assert lora_b and all(p.grad is not None for p in lora_b) and any(float(p.grad.abs().sum()) > 0 for p in lora_b)
+    others = [name for name, p in model.named_parameters() if id(p) not in adapter_ids and p.grad is not None]
+    assert others == [], f"gradients leaked into {others[:3]}"
+
+
+def test_the_adapter_is_off_outside_reasoner_calls_and_starts_as_the_backbone():
+    engine = fresh_engine()
+    prompt = engine.prompts.final_prompt("What is the access code?", "nothing yet")
+    turn = Turn(engine_row(engine, prompt), [11, 12], "answer")
+    before = fixed_log_probs(engine.loaded, None, [turn], 1)[0]
+    adapter = new_reasoner_adapter(engine)
+    on = fixed_log_probs(engine.loaded, adapter, [turn], 1)[0]
+    torch.testing.assert_close(on, before)  # B = 0: the untrained policy is the backbone
+    with torch.no_grad():
+        for name, parameter in engine.loaded.model.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(0.05)
+    changed = fixed_log_probs(engine.loaded, adapter, [turn], 1)[0]
+    off = fixed_log_probs(engine.loaded, None, [turn], 1)[0]
+    assert not torch.allclose(changed, before) and torch.allclose(off, before), "off unless active"
+
+
+def sampled_reward(trainer: RLTrainer, seeds: range) -> float:
+    """Mean reward of ``len(seeds)`` groups sampled with fixed seeds (the same draws before and after training)."""
+    example, settings = trainer.examples[0], trainer.settings
+    rewards = [
+        trainer.reward(trajectory, example)
+        for seed in seeds
+        for trajectory in rollout_group(
+            trainer.engine,
+            trainer.adapter,
+            example.question,
+            trainer.bank(0),
+            settings.group,
+            temperature=settings.temperature,
+            seed=seed,
+        )
+    ]
+    return sum(rewards) / len(rewards)
+
+
+def test_a_few_grpo_steps_raise_the_reward_of_a_toy_task():
+    """Toy task: the reward is 1 when the answer starts with one fixed token, the one the untrained policy samples
+    most often first (about 3 % of answers). Eight GRPO steps must raise the mean reward of the same seeded draws."""
+    from collections import Counter
+
+    engine = fresh_engine()
+    example = RLExample("What is the digit?", ["7"], [Document(text="The digit is 7.", id="digit")])
+    settings = RLSettings(group=8, learning_rate=2e-2, temperature=0.5, seed=1, loss=LossSettings(minibatch=8))
+    trainer = RLTrainer(engine, [example], settings, reward=lambda trajectory, _: 0.0)
+    firsts = Counter(
+        trajectory.turns[-1].completion[0]
+        for seed in range(50, 54)
+        for trajectory in rollout_group(
+            engine, trainer.adapter, example.question, trainer.bank(0), 8, temperature=0.5, seed=seed
+        )
+        if trajectory.turns[-1].completion
+    )
+    target = firsts.most_common(1)[0][0]
+    trainer.reward = lambda trajectory, _: float(trajectory.turns[-1].completion[:1] == [target])
+    before = sampled_reward(trainer, range(100, 104))
+    rewards = [trainer.step(step)["reward"] for step in range(8)]
+    after = sampled_reward(trainer, range(100, 104))
+    assert after > before + 0.2, (before, after, rewards)
+
+
+def test_a_positive_advantage_raises_its_completions_and_a_negative_one_lowers_them():
+    """One update on a hand-set group: every answer with advantage +1 becomes likelier, every one with -1 less so;
+    later epochs on the same rollout are bounded by the clip."""
+    engine = fresh_engine()
+    example = RLExample("What is the digit?", ["7"], [Document(text="The digit is 7.", id="digit")])
+    trainer = RLTrainer(engine, [example], RLSettings(group=4, learning_rate=5e-2), reward=lambda trajectory, _: 0.0)
+    trajectories = rollout_group(engine, trainer.adapter, example.question, trainer.bank(0), 4, seed=5)
+    for trajectory, advantage in zip(trajectories, [1.0, -1.0, 1.0, -1.0]):
+        trajectory.advantage = advantage
+    turns = training_turns(trajectories)
+    answers = [trajectory.turns[-1] for trajectory in trajectories]
+    before = [float(values.sum()) for values in fixed_log_probs(engine.loaded, trainer.adapter, answers, 8)]
+    with trainer.adapter.active(), only_adapter_trains(engine.loaded.model, trainer.adapter):
+        old = fixed_log_probs(engine.loaded, trainer.adapter, [turn for turn, _ in turns], 8)
+        for _ in range(3):
+            trainer.optimizer.zero_grad()
+            stats = policy_loss_and_backward(engine.loaded, trainer.adapter, turns, old, LossSettings(minibatch=8))
+            trainer.optimizer.step()
+    after = [float(values.sum()) for values in fixed_log_probs(engine.loaded, trainer.adapter, answers, 8)]
+    assert after[0] > before[0] and after[2] > before[2] and after[1] < before[1] and after[3] < before[3]
+    assert stats["clipped"] > 0, "the third epoch's ratios hit the clip"
+
+
+def test_a_saved_adapter_loads_back_into_a_fresh_trainer_with_the_same_log_probs(tmp_path):
+    from lychee_memory.training.rl import load_reasoner_adapter, save_reasoner_adapter
+
+    example = RLExample("What is the digit?", ["7"], [Document(text="The digit is 7.", id="digit")])
+    trained = RLTrainer(fresh_engine(), [example], RLSettings(group=2, learning_rate=5e-2))
+    with torch.no_grad():  # as if trained: nonzero B everywhere
+        for parameter in trained.adapter.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    path = save_reasoner_adapter(tmp_path / "reasoner.safetensors", trained, evidence="two toy steps")
+    fresh = RLTrainer(fresh_engine(), [example], RLSettings(group=2))
+    prompt = fresh.engine.prompts.final_prompt(example.question, "the digit is 7")
+    turn = Turn(engine_row(fresh.engine, prompt), [11, 12, 13], "answer")
+    untrained = fixed_log_probs(fresh.engine.loaded, fresh.adapter, [turn], 1)[0]
+    assert load_reasoner_adapter(path, fresh)["evidence"] == "two toy steps"
+    loaded = fixed_log_probs(fresh.engine.loaded, fresh.adapter, [turn], 1)[0]
+    reference = fixed_log_probs(trained.engine.loaded, trained.adapter, [turn], 1)[0]
+    torch.testing.assert_close(loaded, reference)
+    assert not torch.allclose(loaded, untrained)
