@@ -80,6 +80,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--read-mode", choices=["auto", "kv", "text"], default=None, help="reasoner reads the block's KV or its text"
     )
+    group.add_argument(
+        "--reasoner-weights", default=None, help="reasoner adapter (lychee train rl); 'none' = the plain backbone"
+    )
     group.add_argument("--max-memory-tokens", type=int, default=None)
     group.add_argument("--max-answer-tokens", type=int, default=None)
     group.add_argument("--temperature", type=float, default=None, help="0 = greedy (default)")
@@ -109,6 +112,7 @@ _OPTION_NAMES = {
     "candidates": "candidates",
     "prefilter_heads": "prefilter_heads",
     "read_mode": "read_mode",
+    "reasoner_weights": "reasoner_weights",
     "max_memory_tokens": "max_memory_tokens",
     "max_answer_tokens": "max_answer_tokens",
     "temperature": "temperature",

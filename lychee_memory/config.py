@@ -145,6 +145,11 @@ class ReasonerSettings(_Settings):
     """How the reasoner reads a block and writes working memory and answers."""
 
     read_mode: ReadMode = Field("auto", description="kv = compressed KV prefix, text = re-read source text")
+    weights: str | None = Field(
+        None,
+        description="a reasoner adapter written by `lychee train rl`, on for reasoner calls only; None = the model's "
+        "shipped one if any, 'none' = the plain backbone",
+    )
     max_memory_tokens: int = Field(1024, ge=1, description="cap on the working memory written per update")
     max_answer_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy decoding")
@@ -316,6 +321,7 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "candidates": ("gate", "candidates"),
     "prefilter_heads": ("gate", "prefilter_heads"),
     "read_mode": ("reasoner", "read_mode"),
+    "reasoner_weights": ("reasoner", "weights"),
     "max_memory_tokens": ("reasoner", "max_memory_tokens"),
     "max_answer_tokens": ("reasoner", "max_answer_tokens"),
     "temperature": ("reasoner", "temperature"),

@@ -39,6 +39,7 @@ from .progress import progress_bar
 from .prompts import PromptBuilder
 from .questions import clean_question
 from .reasoner import Reasoner, UpdateRequest
+from .reasoner_weights import attach_reasoner
 from .store import BlockRecipe, MemoryStore, StoredBank, as_store
 
 logger = logging.getLogger(__name__)
@@ -158,6 +159,8 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
                 setattr(resolved.prompts, field_name, template)
         if not resolved.reasoner.stop_strings and preset.stop_strings:
             resolved.reasoner.stop_strings = list(preset.stop_strings)
+    if resolved.reasoner.weights is None and preset is not None and preset.reasoner_weights:
+        resolved.reasoner.weights = str(trained_file(preset.reasoner_weights))
     if resolved.reasoner.read_mode == "auto":
         trained = compressor.kind == "learned" or (compressor.kind == "beacon" and loaded.has_trained_memory)
         if preset is not None and preset.read_mode is not None and compressor.kind == preset.compressor:
@@ -209,6 +212,8 @@ class LycheeMemory:
             self.config.gate.batch_size,
             self.opening,
         )
+        if self.config.reasoner.weights not in (None, "none"):
+            self.reasoner.adapter = attach_reasoner(loaded, self.config.reasoner.weights)
         self._prefilters: dict[str, Prefilter] = {}
         self._unindexed_warned: set[str] = set()
         self.lock = threading.RLock()
@@ -779,5 +784,8 @@ class LycheeMemory:
                 "weights_sha256": self.rule.adapter.digest if isinstance(self.rule, TrainedGateRule) else None,
             },
             "opening_tokens": len(self.opening.token_ids) if self.opening is not None else 0,
-            "reasoner": self.config.reasoner.model_dump(),
+            "reasoner": {
+                **self.config.reasoner.model_dump(),
+                "weights_sha256": self.reasoner.adapter.digest if self.reasoner.adapter is not None else None,
+            },
         }

@@ -7,8 +7,10 @@ at a time, never across a ``yield``: the consumer's own code between pieces runs
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -135,14 +137,21 @@ class DecodeStream:
     step left it, so code between pieces runs with autograd as the caller set it.
     """
 
-    def __init__(self, loaded: LoadedModel, rows: list[PromptRow], settings: DecodingSettings):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        rows: list[PromptRow],
+        settings: DecodingSettings,
+        around_step: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    ):
         self.loaded, self.rows, self.settings = loaded, rows, settings
+        self.around_step = around_step  # entered around each decoding step (e.g. the reasoner's adapter on)
         self.results: list[Generation] | None = None
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
         steps = self._steps()
         while True:
-            with torch.inference_mode():
+            with torch.inference_mode(), self.around_step():
                 pieces = next(steps, None)
             if pieces is None:
                 return

@@ -59,6 +59,7 @@ class ModelPreset:
     ] = ()  # (layer, query head) of the gate index, from `lychee probe heads`
     compressor_weights: str | None = None  # a trained file in lychee_memory/trained/, loaded beside the model
     gate_weights: str | None = None  # a trained gate adapter in lychee_memory/trained/ (gate "auto" -> "trained")
+    reasoner_weights: str | None = None  # an RL-trained reasoner adapter in lychee_memory/trained/
     evidence: str = ""
     source: str = SHIPPED  # "shipped", or the path of the user preset file it came from
     fingerprint: str | None = None  # the model fingerprint a user file was measured on (None: any checkpoint)

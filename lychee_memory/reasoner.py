@@ -8,7 +8,9 @@ loses exact names and numbers on small models). On a raw-KV block both feed the 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 from .blocks import BlockOpening, MemoryBlock
 from .config import ReasonerSettings
@@ -48,6 +50,11 @@ class Reasoner:
         self.read_mode = read_mode
         self.batch_size = batch_size
         self.opening = opening  # what framed blocks were encoded after, put before them in KV reads
+        self.adapter: Any = None  # a reasoner LoRA (reasoner_weights.py), on for this reasoner's forwards only
+
+    def _policy(self) -> contextlib.AbstractContextManager[Any]:
+        """The trained adapter switched on for a reasoner forward (a no-op without one)."""
+        return self.adapter.active() if self.adapter is not None else contextlib.nullcontext()
 
     def _decoding(self, max_new_tokens: int) -> DecodingSettings:
         return DecodingSettings.for_reasoner(self.settings, max_new_tokens)
@@ -69,9 +76,9 @@ class Reasoner:
         for start in range(0, len(requests), self.batch_size):
             part = requests[start : start + self.batch_size]
             rows = [self.update_row(request) for request in part]
-            for request, generation in zip(
-                part, generate(self.loaded, rows, self._decoding(self.settings.max_memory_tokens))
-            ):
+            with self._policy():
+                generations = generate(self.loaded, rows, self._decoding(self.settings.max_memory_tokens))
+            for request, generation in zip(part, generations):
                 if not generation.text:
                     generation.text = request.memory
                 results.append(generation)
@@ -91,17 +98,18 @@ class Reasoner:
                 def callback(row: int, piece: str, offset: int = offset) -> None:
                     on_text(row + offset, piece)
 
-            results.extend(
-                generate(
-                    self.loaded,
-                    rows[start : start + self.batch_size],
-                    self._decoding(self.settings.max_answer_tokens),
-                    callback,
+            with self._policy():
+                results.extend(
+                    generate(
+                        self.loaded,
+                        rows[start : start + self.batch_size],
+                        self._decoding(self.settings.max_answer_tokens),
+                        callback,
+                    )
                 )
-            )
         return results
 
     def answer_stream(self, question: str, memory: str) -> DecodeStream:
         """The final answer of one question as a stream of text pieces."""
         row = PromptRow(self.prompts.final_prompt(question, memory))
-        return DecodeStream(self.loaded, [row], self._decoding(self.settings.max_answer_tokens))
+        return DecodeStream(self.loaded, [row], self._decoding(self.settings.max_answer_tokens), self._policy)

@@ -11,7 +11,9 @@ import torch
 from lychee_memory import Document
 from lychee_memory.config import EngineConfig, ModelSettings
 from lychee_memory.engine import LycheeMemory
+from lychee_memory.errors import ConfigurationError, ModelNotFoundError, UnsupportedModelError
 from lychee_memory.model_loading import load_model
+from lychee_memory.reasoner_weights import new_reasoner_adapter, read_reasoner_file, save_reasoner_file
 from lychee_memory.training.rl import (
     LossSettings,
     RLExample,
@@ -22,7 +24,6 @@ from lychee_memory.training.rl import (
     completion_log_probs,
     fixed_log_probs,
     group_advantages,
-    new_reasoner_adapter,
     only_adapter_trains,
     policy_loss_and_backward,
     rollout_group,
@@ -81,7 +82,7 @@ def engine_row(engine, prompt):
 
 def test_gradients_reach_the_reasoner_adapter_and_nothing_else():
     engine = fresh_engine(compressor="none", read_mode="kv")  # memory updates read the block's KV as a prefix
-    adapter = new_reasoner_adapter(engine)
+    adapter = new_reasoner_adapter(engine.loaded)
     bank = engine.ingest([Document(text=FACTS_DOCUMENT, id="facts")])
     trajectories = rollout_group(engine, adapter, "What is the access code?", bank, 2, seed=3)
     assert all(t.turns and t.turns[-1].kind == "answer" for t in trajectories)
@@ -106,7 +107,7 @@ def test_the_adapter_is_off_outside_reasoner_calls_and_starts_as_the_backbone():
     prompt = engine.prompts.final_prompt("What is the access code?", "nothing yet")
     turn = Turn(engine_row(engine, prompt), [11, 12], "answer")
     before = fixed_log_probs(engine.loaded, None, [turn], 1)[0]
-    adapter = new_reasoner_adapter(engine)
+    adapter = new_reasoner_adapter(engine.loaded)
     on = fixed_log_probs(engine.loaded, adapter, [turn], 1)[0]
     torch.testing.assert_close(on, before)  # B = 0: the untrained policy is the backbone
     with torch.no_grad():
@@ -185,21 +186,161 @@ def test_a_positive_advantage_raises_its_completions_and_a_negative_one_lowers_t
     assert stats["clipped"] > 0, "the third epoch's ratios hit the clip"
 
 
-def test_a_saved_adapter_loads_back_into_a_fresh_trainer_with_the_same_log_probs(tmp_path):
-    from lychee_memory.training.rl import load_reasoner_adapter, save_reasoner_adapter
-
+def test_a_saved_adapter_loads_into_an_engine_as_its_reasoner_and_never_touches_the_bank(tmp_path):
     example = RLExample("What is the digit?", ["7"], [Document(text="The digit is 7.", id="digit")])
     trained = RLTrainer(fresh_engine(), [example], RLSettings(group=2, learning_rate=5e-2))
     with torch.no_grad():  # as if trained: nonzero B everywhere
         for parameter in trained.adapter.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
-    path = save_reasoner_adapter(tmp_path / "reasoner.safetensors", trained, evidence="two toy steps")
-    fresh = RLTrainer(fresh_engine(), [example], RLSettings(group=2))
-    prompt = fresh.engine.prompts.final_prompt(example.question, "the digit is 7")
-    turn = Turn(engine_row(fresh.engine, prompt), [11, 12, 13], "answer")
-    untrained = fixed_log_probs(fresh.engine.loaded, fresh.adapter, [turn], 1)[0]
-    assert load_reasoner_adapter(path, fresh)["evidence"] == "two toy steps"
-    loaded = fixed_log_probs(fresh.engine.loaded, fresh.adapter, [turn], 1)[0]
-    reference = fixed_log_probs(trained.engine.loaded, trained.adapter, [turn], 1)[0]
-    torch.testing.assert_close(loaded, reference)
-    assert not torch.allclose(loaded, untrained)
+    path = save_reasoner_file(
+        tmp_path / "reasoner.safetensors",
+        trained.adapter,
+        trained.settings.shape,
+        trained.engine.loaded.fingerprint(),
+        "two toy steps",
+    )
+    assert read_reasoner_file(path).metadata["evidence"] == "two toy steps"
+    plain, adapted = fresh_engine(), fresh_engine(reasoner_weights=str(path))
+    assert adapted.info()["reasoner"]["weights_sha256"] == read_reasoner_file(path).digest
+    prompt = plain.prompts.final_prompt(example.question, "the digit is 7")
+    turn = Turn(engine_row(plain, prompt), [11, 12, 13], "answer")
+    expected = fixed_log_probs(trained.engine.loaded, trained.adapter, [turn], 1)[0]
+    torch.testing.assert_close(fixed_log_probs(adapted.loaded, adapted.reasoner.adapter, [turn], 1)[0], expected)
+    assert not torch.allclose(fixed_log_probs(plain.loaded, None, [turn], 1)[0], expected)
+    # The bank and the gate's scores are the backbone's: the same with and without the adapter.
+    documents = [Document(text=FACTS_DOCUMENT, id="facts")]
+    plain_bank, adapted_bank = plain.ingest(documents), adapted.ingest(documents)
+    for index in range(len(plain_bank)):
+        for mine, theirs in zip(plain_bank.block(index).keys, adapted_bank.block(index).keys):
+            torch.testing.assert_close(mine, theirs)
+    question = "What is the access code?"
+    plain_answer, adapted_answer = plain.ask(question, plain_bank), adapted.ask(question, adapted_bank)
+    assert [b.score for b in plain_answer.blocks] == pytest.approx([b.score for b in adapted_answer.blocks])
+    # The reasoner's calls do use it: its greedy answer is the trained adapter's, not the backbone's.
+    with torch.no_grad():
+        reference = adapted.reasoner.answer([question], ["the digit is 7"])[0].token_ids
+        adapted.reasoner.adapter, own = None, adapted.reasoner.adapter
+        backbone = adapted.reasoner.answer([question], ["the digit is 7"])[0].token_ids
+        adapted.reasoner.adapter = own
+    assert reference != backbone or len(reference) == 0
+
+
+def test_bad_reasoner_files_get_specific_errors(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        fresh_engine(reasoner_weights=str(tmp_path / "missing.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UnsupportedModelError, match="damaged or not safetensors"):
+        fresh_engine(reasoner_weights=str(tmp_path / "junk.safetensors"))
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "gate.safetensors"), {"format": "lychee-gate-lora"})
+    with pytest.raises(UnsupportedModelError, match="not a reasoner adapter"):
+        fresh_engine(reasoner_weights=str(tmp_path / "gate.safetensors"))
+    engine = fresh_engine()
+    adapter = new_reasoner_adapter(engine.loaded)
+    path = save_reasoner_file(tmp_path / "other.safetensors", adapter, RLSettings().shape, "another-backbone")
+    with pytest.raises(UnsupportedModelError, match="never applies to another backbone"):
+        fresh_engine(reasoner_weights=str(path))
+
+
+def test_one_epoch_without_old_log_probs_gives_the_same_gradient():
+    """A single epoch may skip the behaviour policy's forward (old = the current log-probs, detached)."""
+    engine = fresh_engine()
+    example = RLExample("What is the digit?", ["7"], [Document(text="The digit is 7.", id="digit")])
+    trainer = RLTrainer(engine, [example], RLSettings(group=4), reward=lambda trajectory, _: 0.0)
+    with torch.no_grad():
+        for parameter in trainer.adapter.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    trajectories = rollout_group(engine, trainer.adapter, example.question, trainer.bank(0), 4, seed=5)
+    for trajectory, advantage in zip(trajectories, [1.0, -1.0, 0.5, -0.5]):
+        trajectory.advantage = advantage
+    turns = training_turns(trajectories)
+    gradients = []
+    for with_old in (True, False):
+        with only_adapter_trains(engine.loaded.model, trainer.adapter):
+            old = fixed_log_probs(engine.loaded, trainer.adapter, [t for t, _ in turns], 4) if with_old else None
+            trainer.optimizer.zero_grad()
+            policy_loss_and_backward(engine.loaded, trainer.adapter, turns, old, LossSettings())
+            gradients.append([p.grad.clone() for p in trainer.adapter.parameters()])
+    for first, second in zip(*gradients):
+        torch.testing.assert_close(first, second)
+
+
+def test_a_group_that_all_agrees_skips_its_update():
+    engine = fresh_engine()
+    example = RLExample("What is the digit?", ["7"], [Document(text="The digit is 7.", id="digit")])
+    trainer = RLTrainer(engine, [example], RLSettings(group=2, learning_rate=5e-2), reward=lambda trajectory, _: 1.0)
+    before = {name: tensor.clone() for name, tensor in trainer.adapter_tensors().items()}
+    record = trainer.step(0)
+    assert record["updated"] == 0.0 and record["spread"] == 0.0 and record["update_seconds"] < 1.0
+    after = trainer.adapter_tensors()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def learned_engine(tmp_path, **options) -> LycheeMemory:
+    """A tiny engine whose blocks come from a (random, nonzero) learned compressor, read as KV."""
+    from .test_learned_compressor import _random_weights, _write
+
+    loaded = load_model(ModelSettings(spec="tiny-random-llama"))
+    path = _write(tmp_path, loaded, _random_weights(loaded))
+    return LycheeMemory.from_pretrained(
+        "tiny-random-llama",
+        compressor="learned",
+        compressor_weights=str(path),
+        chunk_tokens=64,
+        max_memory_tokens=8,
+        max_answer_tokens=4,
+        gate="all",
+        show_progress=False,
+        **options,
+    )
+
+
+def test_a_differentiable_block_equals_the_stored_one(tmp_path):
+    from lychee_memory.training.rl import differentiable_block, only_these_train
+
+    engine = learned_engine(tmp_path)
+    assert engine.reasoner.read_mode == "kv"
+    bank = engine.ingest([Document(text=FACTS_DOCUMENT, id="facts")])
+    memory = engine.compressor.weights
+    with only_these_train([memory], list(memory.parameters())):
+        for index in range(len(bank)):
+            stored = bank.block(index)
+            rebuilt = differentiable_block(engine, stored)
+            torch.testing.assert_close(rebuilt.keys, stored.keys, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(rebuilt.values, stored.values, atol=1e-5, rtol=1e-4)
+            assert rebuilt.keys.requires_grad and rebuilt.values.requires_grad
+
+
+@pytest.mark.parametrize("train_reasoner", [True, False])
+def test_joint_training_reaches_the_compressor_through_the_blocks_read_and_nothing_else(tmp_path, train_reasoner):
+    import itertools
+
+    engine = learned_engine(tmp_path)
+    example = RLExample("What is the access code?", ["58213"], [Document(text=FACTS_DOCUMENT, id="facts")])
+    calls = itertools.count()
+    settings = RLSettings(group=2, learning_rate=1e-2, train_compressor=True, train_reasoner=train_reasoner)
+    trainer = RLTrainer(engine, [example], settings, reward=lambda trajectory, _: float(next(calls) % 2 == 0))
+    memory = engine.compressor.weights
+    before = {name: parameter.detach().clone() for name, parameter in memory.named_parameters()}
+    first_bank = trainer.bank(0)
+    lora_before = {name: tensor.clone() for name, tensor in trainer.adapter_tensors().items()}
+    record = trainer.step(0)
+    assert record["updated"] == 1.0 and record["turns"] > 2
+    moved = [name for name, parameter in memory.named_parameters() if not torch.equal(parameter, before[name])]
+    assert moved, "the memory weights learned from the reward"
+    lora_after = trainer.adapter_tensors()
+    lora_moved = any(not torch.equal(lora_before[name], lora_after[name]) for name in lora_before)
+    assert lora_moved == train_reasoner, "the reasoner's LoRA trains only when switched on"
+    backbone = [n for n, p in engine.loaded.model.named_parameters() if "lora_" not in n and p.grad is not None]
+    assert backbone == [], f"gradients leaked into the backbone: {backbone[:3]}"
+    assert trainer.bank(0) is not first_bank, "blocks are compressed again with the new memory weights"
+    assert not any(parameter.requires_grad for parameter in memory.parameters()), "flags restored after the step"
+
+
+def test_joint_training_needs_a_learned_compressor_read_as_kv():
+    example = RLExample("What is the digit?", ["7"], [Document(text="The digit is 7.", id="digit")])
+    with pytest.raises(ConfigurationError, match="compressor='learned'"):
+        RLTrainer(fresh_engine(), [example], RLSettings(group=2, train_compressor=True))
+    with pytest.raises(ValueError, match="nothing to train"):
+        RLSettings(train_reasoner=False)

@@ -17,23 +17,25 @@ never see the adapter (it is on only inside reasoner calls and the loss forwards
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from ..blocks import MemoryBlock
+from ..errors import ConfigurationError
 from ..eval.metrics import exact_match, f1_score, sub_em
-from ..gate_weights import DEFAULT_TARGETS, GateAdapter
+from ..gate_weights import GateAdapter
 from ..generation import Generation
 from ..kv_prefix import PromptRow, logits_of, prefill_with_gradients
 from ..reasoner import UpdateRequest
+from ..reasoner_weights import ReasonerAdapterShape, new_reasoner_adapter
+from .rl_data import RLExample
 
 RewardKind = Literal["sub_em", "em", "f1"]
-REASONER_ADAPTER = "lychee_reasoner"
-# Attention and MLP: what the reasoner writes is decided by both (attention alone barely moves its output).
-REASONER_TARGETS = (*DEFAULT_TARGETS, "gate_proj", "up_proj", "down_proj")
 
 
 def answer_reward(prediction: str, gold: str | Sequence[str], kind: RewardKind = "sub_em") -> float:
@@ -85,22 +87,6 @@ class Trajectory:
     blocks_read: list[int] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class AdapterShape:
-    """The reasoner adapter's LoRA shape (what ``GateAdapter`` injects)."""
-
-    rank: int = 8
-    alpha: float = 16.0
-    targets: tuple[str, ...] = REASONER_TARGETS
-
-
-def new_reasoner_adapter(engine: Any, shape: AdapterShape = AdapterShape()) -> GateAdapter:
-    """A fresh LoRA on the engine's backbone (B = 0: the policy starts as the untrained reasoner), off by default."""
-    if shape.rank < 1:
-        raise ValueError(f"adapter rank must be at least 1, got {shape.rank}")
-    return GateAdapter(engine.loaded.model, shape, REASONER_ADAPTER)  # type: ignore[arg-type]
-
-
 def _completion(generation: Generation, stop_token: int | None) -> list[int]:
     """The sampled tokens, with the stop token the decoder consumed (so the policy also learns when to stop)."""
     tokens = list(generation.token_ids)
@@ -110,14 +96,17 @@ def _completion(generation: Generation, stop_token: int | None) -> list[int]:
 
 
 @contextlib.contextmanager
-def _sampling(engine: Any, temperature: float, top_p: float, seed: int) -> Iterator[None]:
+def policy_of(engine: Any, adapter: GateAdapter | None, **sampling: Any) -> Iterator[None]:
+    """The engine's reasoner with ``adapter`` as its LoRA and, if given, other decoding settings (temperature,
+    top_p, seed), for the block only: gate, compressor and prefilter keep the plain backbone."""
     reasoner = engine.reasoner
-    settings = reasoner.settings
-    reasoner.settings = settings.model_copy(update={"temperature": temperature, "top_p": top_p, "seed": seed})
+    settings, own = reasoner.settings, reasoner.adapter
+    reasoner.settings = settings.model_copy(update=sampling)
+    reasoner.adapter = adapter
     try:
         yield
     finally:
-        reasoner.settings = settings
+        reasoner.settings, reasoner.adapter = settings, own
 
 
 def rollout_group(
@@ -153,8 +142,7 @@ def rollout_group(
                 for state, index in hits
             ]
             rows = [reasoner.update_row(request) for request in requests]
-            with adapter.active():
-                generations = reasoner.update(requests)
+            generations = reasoner.update(requests)  # the adapter is the reasoner's for this scan
             for (state, index), row, generation in zip(hits, rows, generations):
                 trajectory = trajectories.setdefault(id(state), Trajectory(state.question))
                 trajectory.turns.append(Turn(row, _completion(generation, stop_token), "update"))
@@ -165,7 +153,7 @@ def rollout_group(
 
         return update
 
-    with engine.lock, _sampling(engine, temperature, top_p, seed):
+    with engine.lock, policy_of(engine, adapter, temperature=temperature, top_p=top_p, seed=seed):
         engine._updater = recording_updater  # the instance attribute shadows the method for this scan only
         try:
             states, _ = engine._scan([question] * group, bank, False)
@@ -173,8 +161,7 @@ def rollout_group(
             del engine._updater
         memories = [state.memory for state in states]
         rows = [PromptRow(engine.prompts.final_prompt(question, memory)) for memory in memories]
-        with adapter.active():
-            answers = reasoner.answer([question] * group, memories)
+        answers = reasoner.answer([question] * group, memories)
     result = []
     for state, row, generation in zip(states, rows, answers):
         trajectory = trajectories.get(id(state), Trajectory(question))
@@ -184,13 +171,24 @@ def rollout_group(
     return result
 
 
-def completion_log_probs(loaded: Any, turns: Sequence[Turn]) -> list[torch.Tensor]:
+BlockRebuild = Callable[[MemoryBlock], MemoryBlock]
+
+
+def completion_log_probs(loaded: Any, turns: Sequence[Turn], rebuild: BlockRebuild | None = None) -> list[torch.Tensor]:
     """Per-token log-probs of each turn's completion after its prefix (block KV + prompt), with autograd as set.
 
     Rows are laid out left-padded so every sequence ends at the same index: the completion is the last ``c``
-    tokens of its row, predicted from the ``c`` positions before them.
+    tokens of its row, predicted from the ``c`` positions before them. ``rebuild`` recomputes each read block
+    (joint training: the compressor's KV with autograd, so gradients reach its parameters).
     """
-    rows = [PromptRow(turn.row.prompt_ids + turn.completion, turn.row.block, turn.row.opening) for turn in turns]
+    rows = [
+        PromptRow(
+            turn.row.prompt_ids + turn.completion,
+            rebuild(turn.row.block) if rebuild is not None and turn.row.block is not None else turn.row.block,
+            turn.row.opening,
+        )
+        for turn in turns
+    ]
     batch, hidden = prefill_with_gradients(loaded, rows)
     width = batch.input_ids.shape[1]
     result = []
@@ -238,14 +236,16 @@ def policy_loss_and_backward(
     loaded: Any,
     adapter: GateAdapter,
     turns: Sequence[tuple[Turn, float]],
-    old: Sequence[torch.Tensor],
+    old: Sequence[torch.Tensor] | None,
     settings: LossSettings,
     reference: Sequence[torch.Tensor] | None = None,
+    rebuild: BlockRebuild | None = None,
 ) -> dict[str, float]:
     """Backpropagate one epoch's loss into the adapter, normalised by the tokens of every turn (token-level).
 
     ``old``: the behaviour policy's log-probs (``fixed_log_probs`` before the first epoch), so the first epoch's
-    ratio is 1 and later epochs are bounded by the clip; ``reference``: the frozen backbone's, for the KL term.
+    ratio is 1 and later epochs are bounded by the clip; None for a single epoch, whose behaviour policy is the
+    current one (the ratio is 1 in value, its gradient the policy gradient), saving a forward; ``reference``: the frozen backbone's, for the KL term.
     """
     total = sum(len(turn.completion) for turn, _ in turns)
     if total == 0:
@@ -257,10 +257,10 @@ def policy_loss_and_backward(
         part = turns[start : start + settings.minibatch]
         # Backward runs with the adapter on: peft drops requires_grad on a layer's LoRA when it is disabled.
         with adapter.active():
-            current = completion_log_probs(loaded, [turn for turn, _ in part])
+            current = completion_log_probs(loaded, [turn for turn, _ in part], rebuild)
             loss = current[0].new_zeros(())
             for index, ((_, advantage), new) in enumerate(zip(part, current), start=start):
-                ratio = torch.exp(new - old[index])
+                ratio = torch.exp(new - (old[index] if old is not None else new.detach()))
                 bounded = torch.clamp(ratio, 1.0 - settings.clip, 1.0 + settings.clip)
                 per_token = -torch.minimum(ratio * advantage, bounded * advantage)
                 clipped += float(((ratio - bounded).abs() > 1e-6).sum())
@@ -275,27 +275,67 @@ def policy_loss_and_backward(
     return {"loss": loss_sum / total, "kl": kl_sum / total, "tokens": total, "clipped": clipped / total}
 
 
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _average_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
+    """Mean of every rank's adapter gradients (a rank with nothing to learn adds zeros), in one flat all-reduce."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= torch.distributed.get_world_size()
+    offset = 0
+    for parameter in parameters:
+        count = parameter.numel()
+        parameter.grad = flat[offset : offset + count].view_as(parameter).clone()
+        offset += count
+
+
 @contextlib.contextmanager
-def only_adapter_trains(model: torch.nn.Module, adapter: GateAdapter) -> Iterator[list[torch.nn.Parameter]]:
-    """Freeze every parameter but the adapter's for the block (restoring each flag after)."""
-    trainable = {id(parameter) for parameter in adapter.parameters()}
-    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+def only_these_train(
+    modules: Sequence[torch.nn.Module], trainable: Sequence[torch.nn.Parameter]
+) -> Iterator[list[torch.nn.Parameter]]:
+    """Every parameter of ``modules`` frozen but ``trainable`` for the block (restoring each flag after)."""
+    chosen = {id(parameter) for parameter in trainable}
+    flags = [(parameter, parameter.requires_grad) for module in modules for parameter in module.parameters()]
     try:
         for parameter, _ in flags:
-            parameter.requires_grad_(id(parameter) in trainable)
-        yield [parameter for parameter, _ in flags if id(parameter) in trainable]
+            parameter.requires_grad_(id(parameter) in chosen)
+        yield [parameter for parameter, _ in flags if id(parameter) in chosen]
     finally:
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
 
 
-@dataclass
-class RLExample:
-    """One training question: its documents (compressed once into a bank), the question and its gold answers."""
+def only_adapter_trains(model: torch.nn.Module, adapter: GateAdapter):
+    """Freeze every parameter of ``model`` but the adapter's for the block."""
+    return only_these_train([model], adapter.parameters())
 
-    question: str
-    gold: list[str]
-    documents: list[Any]
+
+def differentiable_block(engine: Any, block: MemoryBlock) -> MemoryBlock:
+    """``block`` recomputed by the engine's learned compressor with autograd on its memory weights: the frozen
+    raw forward of opening + chunk runs without gradients, the memory tokens over it with them."""
+    from ..compressors.learned import memory_stream
+    from ..compressors.selection import run_chunks
+
+    compressor, loaded = engine.compressor, engine.loaded
+    opening = compressor.opening_for(loaded)
+    prefix, chunk = opening.num_slots, block.token_ids.tolist()
+    forward = run_chunks(loaded, [list(opening.token_ids) + chunk], None, prefix)
+    raw_keys = [layer.clone() for layer in forward.keys]  # out of inference mode, so autograd may save them
+    raw_values = [layer.clone() for layer in forward.values]
+    keys, values = memory_stream(
+        loaded, compressor.weights, raw_keys, raw_values, [len(chunk)], compressor.ratio, prefix
+    )
+    slots = block.keys.shape[2]
+    return dataclasses.replace(
+        block,
+        keys=torch.stack([layer[0, :, :slots] for layer in keys]),
+        values=torch.stack([layer[0, :, :slots] for layer in values]),
+    )
 
 
 @dataclass(frozen=True)
@@ -311,10 +351,14 @@ class RLSettings:
     scale_advantages: bool = True
     max_grad_norm: float = 1.0
     loss: LossSettings = LossSettings()
-    shape: AdapterShape = AdapterShape()
+    shape: ReasonerAdapterShape = ReasonerAdapterShape()
     seed: int = 0
+    train_reasoner: bool = True  # the reasoner's LoRA
+    train_compressor: bool = False  # a learned compressor's memory weights, through the KV of the blocks read
 
     def __post_init__(self) -> None:
+        if not (self.train_reasoner or self.train_compressor):
+            raise ValueError("nothing to train: enable train_reasoner, train_compressor or both")
         if self.group < 2:
             raise ValueError(f"a group needs at least 2 rollouts to compare, got {self.group}")
         if self.epochs < 1 or not self.learning_rate > 0 or not self.temperature > 0:
@@ -336,21 +380,50 @@ class RLTrainer:
         self.reward = reward or (
             lambda trajectory, example: answer_reward(trajectory.answer, example.gold, settings.reward)
         )
+        if engine.reasoner.adapter is not None:
+            raise ConfigurationError(
+                "RL trains a fresh reasoner adapter on the plain backbone: load the engine with reasoner_weights='none' "
+                "(a run may start from a file's tensors with load_adapter_tensors)"
+            )
+        if settings.train_compressor and (engine.compressor.name != "learned" or engine.reasoner.read_mode != "kv"):
+            raise ConfigurationError(
+                "train_compressor trains a learned compressor through the KV the reasoner reads: the engine needs "
+                f"compressor='learned' with its weights and read_mode='kv' (it has {engine.compressor.name!r}, "
+                f"{engine.reasoner.read_mode!r})"
+            )
         torch.manual_seed(settings.seed)
-        self.adapter = new_reasoner_adapter(engine, settings.shape)
-        self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+        self.adapter = new_reasoner_adapter(engine.loaded, settings.shape)
+        self.trainable: list[torch.nn.Parameter] = []
+        if settings.train_reasoner:
+            self.trainable += self.adapter.parameters()
+        if settings.train_compressor:
+            self.trainable += list(engine.compressor.weights.parameters())
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=settings.learning_rate, weight_decay=0.0)
         self._banks: dict[int, Any] = {}
+        # Data parallel (torchrun): each rank rolls out its own question, gradients are averaged before a step.
+        self.data_parallel = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if self.data_parallel else 0
+        self.world_size = torch.distributed.get_world_size() if self.data_parallel else 1
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        """Everything whose parameters a step may touch: the backbone (with its adapters) and a learned compressor."""
+        modules: list[torch.nn.Module] = [self.engine.loaded.model]
+        if self.engine.compressor.name == "learned":
+            modules.append(self.engine.compressor.weights)
+        return modules
 
     def bank(self, position: int) -> Any:
         if position not in self._banks:
             self._banks[position] = self.engine.ingest(self.examples[position].documents, show_progress=False)
         return self._banks[position]
 
-    def step(self, step: int) -> dict[str, float]:
-        """One rollout group and its update; returns reward, loss, KL, tokens and the time of each phase."""
+    def step(self, step: int, position: int | None = None) -> dict[str, float]:
+        """One rollout group (for example ``position``, default ``step`` modulo the examples) and its update;
+        returns reward, loss, KL, lengths and the seconds of each phase. A group whose rewards are all equal has
+        no advantage: without a KL term it has no gradient either, so its update is skipped."""
         import time
 
-        position = step % len(self.examples)
+        position = step % len(self.examples) if position is None else position
         example, settings, loaded = self.examples[position], self.settings, self.engine.loaded
         started = time.perf_counter()
         trajectories = rollout_group(
@@ -361,31 +434,53 @@ class RLTrainer:
             settings.group,
             temperature=settings.temperature,
             top_p=settings.top_p,
-            seed=settings.seed * 1_000_003 + step,
+            seed=(settings.seed * 1_000_003 + step) * self.world_size + self.rank,
         )
         rewards = [self.reward(trajectory, example) for trajectory in trajectories]
-        for trajectory, reward, advantage in zip(
-            trajectories, rewards, group_advantages(rewards, settings.scale_advantages)
-        ):
+        advantages = group_advantages(rewards, settings.scale_advantages)
+        for trajectory, reward, advantage in zip(trajectories, rewards, advantages):
             trajectory.reward, trajectory.advantage = reward, advantage
         rolled = time.perf_counter()
         turns = training_turns(trajectories)
         stats: dict[str, float] = {"loss": 0.0, "kl": 0.0, "tokens": 0, "clipped": 0.0}
-        with self.adapter.active(), only_adapter_trains(loaded.model, self.adapter):
+        updated = bool(turns) and (any(advantages) or settings.loss.kl > 0)
+        if self.data_parallel:  # every rank steps together when any rank has something to learn
+            updated = _any_rank(updated, self.trainable[0].device)
+        if updated:
             just_turns = [turn for turn, _ in turns]
-            old = fixed_log_probs(loaded, self.adapter, just_turns, settings.loss.minibatch)
+            # The reference is the backbone alone: computed before any adapter is switched on.
             reference = fixed_log_probs(loaded, None, just_turns, settings.loss.minibatch) if settings.loss.kl else None
-            for _ in range(settings.epochs):
-                self.optimizer.zero_grad(set_to_none=True)
-                stats = policy_loss_and_backward(loaded, self.adapter, turns, old, settings.loss, reference)
-                torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), settings.max_grad_norm)
-                self.optimizer.step()
+            rebuild = (lambda block: differentiable_block(self.engine, block)) if settings.train_compressor else None
+            with only_these_train(self.frozen_modules(), self.trainable):
+                old = (
+                    fixed_log_probs(loaded, self.adapter, just_turns, settings.loss.minibatch)
+                    if settings.epochs > 1
+                    else None
+                )
+                for _ in range(settings.epochs):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    stats = policy_loss_and_backward(
+                        loaded, self.adapter, turns, old, settings.loss, reference, rebuild
+                    )
+                    if self.data_parallel:
+                        _average_gradients(self.trainable)
+                    torch.nn.utils.clip_grad_norm_(self.trainable, settings.max_grad_norm)
+                    self.optimizer.step()
+            if settings.train_compressor:  # the banks' blocks came from the old memory weights: compress again
+                self._banks.clear()
         finished = time.perf_counter()
+        answers = [turn for trajectory in trajectories for turn in trajectory.turns if turn.kind == "answer"]
+        updates = [turn for trajectory in trajectories for turn in trajectory.turns if turn.kind == "update"]
         return {
             "step": step,
+            "example": example.key or str(position),
             "reward": sum(rewards) / len(rewards),
+            "spread": float(any(advantages)),
+            "updated": float(updated),
             "turns": len(turns),
             "blocks_read": sum(len(t.blocks_read) for t in trajectories) / len(trajectories),
+            "answer_tokens": sum(len(t.completion) for t in answers) / max(1, len(answers)),
+            "memory_tokens": sum(len(t.completion) for t in updates) / max(1, len(updates)),
             "rollout_seconds": rolled - started,
             "update_seconds": finished - rolled,
             **stats,
@@ -396,47 +491,3 @@ class RLTrainer:
 
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str = "adapter tensors") -> None:
         self.adapter.load_tensors(tensors, source)
-
-
-REASONER_FORMAT = "lychee-reasoner-lora"
-
-
-def save_reasoner_adapter(path: Any, trainer: RLTrainer, evidence: str = "") -> Any:
-    """Write the trained adapter (safetensors, atomically) with its shape, the backbone's fingerprint and evidence."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shape = trainer.settings.shape
-    metadata = {
-        "format": REASONER_FORMAT,
-        "format_version": "1",
-        "rank": str(shape.rank),
-        "alpha": json.dumps(shape.alpha),
-        "targets": json.dumps(list(shape.targets)),
-        "base_fingerprint": trainer.engine.loaded.fingerprint(),
-        "evidence": evidence,
-    }
-    partial = target.with_name(target.name + ".partial")
-    tensors = {name: tensor.contiguous().cpu() for name, tensor in trainer.adapter_tensors().items()}
-    save_file(tensors, str(partial), metadata)
-    partial.replace(target)
-    return target
-
-
-def load_reasoner_adapter(path: Any, trainer: RLTrainer) -> dict[str, str]:
-    """Load a saved adapter into ``trainer``'s (same shape, same backbone); returns the file's metadata."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    if metadata.get("format") != REASONER_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a reasoner adapter file")
-    if metadata.get("base_fingerprint") != trainer.engine.loaded.fingerprint():
-        raise ValueError(f"{str(path)!r} was trained on another backbone")
-    trainer.load_adapter_tensors(tensors, repr(str(path)))
-    return metadata

@@ -1,0 +1,399 @@
+"""A ``lychee train rl`` run: settings, data, held-out evaluation, checkpoints, the curves PNG and the summary.
+
+The run trains the reasoner adapter with :class:`RLTrainer` (GRPO over whole trajectories) on training
+questions, and every ``eval_every`` steps answers the same held-out questions greedily with the current adapter
+(step 0 is the untrained reasoner: a fresh adapter's B is 0). It is resumable (a checkpoint at every
+evaluation holds the adapter, the optimizer and the history) and deterministic for a seed (example order,
+LoRA initialisation and every rollout's sampling seed derive from it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..compressors.memory_weights import save_memory_weights
+from ..engine import LycheeMemory
+from ..eval.metrics import f1_score, normalize_answer, sub_em
+from ..progress import progress_bar
+from ..reasoner_weights import REASONER_TARGETS, ReasonerAdapterShape, save_reasoner_file
+from .rl import LossSettings, RLSettings, RLTrainer, policy_of
+from .rl_data import RLExample, rl_examples
+from .runs import CHECKPOINT_NAME, load_checkpoint, moving_mean, pyplot, save_checkpoint
+
+ADAPTER_NAME = "reasoner.safetensors"
+COMPRESSOR_NAME = "compressor.safetensors"
+
+
+class RLTrainingConfig(BaseModel):
+    """Everything a run depends on; stored in the output directory so a resumed run is the same run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("smollm2-135m", description="the backbone (alias, HF dir or GGUF), frozen under the LoRA")
+    data: str | None = Field(None, description="shared data dir (HotpotQA, SQuAD); None = generated needles only")
+    per_family: dict[str, int] | None = Field(None, description="questions per family (rl_data defaults)")
+    document_tokens: int = Field(1500, ge=128, description="tokens of each question's document (training length)")
+    heldout_share: float = Field(0.4, gt=0, lt=1)
+    steps: int = Field(120, ge=1, description="rollout groups (one training question each)")
+    group: int = Field(8, ge=2, description="sampled trajectories per question (GRPO's G)")
+    learning_rate: float = Field(3e-5, gt=0)
+    temperature: float = Field(0.8, gt=0, description="sampling temperature of the rollouts")
+    top_p: float = Field(1.0, gt=0, le=1)
+    epochs: int = Field(1, ge=1, description="updates per rollout group (more than 1 makes the clip bite)")
+    reward: Literal["sub_em", "em", "f1"] = "sub_em"
+    kl: float = Field(0.0, ge=0, description="weight of the k3 KL to the frozen backbone (0 = no reference pass)")
+    clip: float = Field(0.2, gt=0, lt=1)
+    minibatch: int = Field(4, ge=1, description="turns per forward of the update")
+    max_grad_norm: float = Field(1.0, gt=0)
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    targets: list[str] = Field(list(REASONER_TARGETS), min_length=1)
+    max_memory_tokens: int = Field(160, ge=8, description="cap on each memory update while training and evaluating")
+    max_answer_tokens: int = Field(48, ge=4)
+    eval_every: int = Field(20, ge=1)
+    eval_questions: int = Field(24, ge=1, description="held-out questions answered at each evaluation")
+    compressor_weights: str | None = Field(
+        None, description="a learned compressor's weights (lychee train compressor): banks use it, read as KV"
+    )
+    chunk_tokens: int | None = Field(None, ge=16, description="tokens per block (None = the model's default)")
+    train_reasoner: bool = Field(True, description="train the reasoner's LoRA")
+    train_compressor: bool = Field(False, description="also train the learned compressor through the blocks read")
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def settings(self) -> RLSettings:
+        return RLSettings(
+            group=self.group,
+            learning_rate=self.learning_rate,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            epochs=self.epochs,
+            reward=self.reward,
+            max_grad_norm=self.max_grad_norm,
+            loss=LossSettings(clip=self.clip, kl=self.kl, minibatch=self.minibatch),
+            shape=ReasonerAdapterShape(self.rank, self.alpha, tuple(self.targets)),
+            seed=self.seed,
+            train_reasoner=self.train_reasoner,
+            train_compressor=self.train_compressor,
+        )
+
+
+@dataclass
+class RLTrainingState:
+    """What a checkpoint restores: the step reached, the per-step records and the evaluations."""
+
+    step: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _balanced(examples: list[RLExample], count: int) -> list[RLExample]:
+    """Up to ``count`` examples taken in turn from each family (so every family is in a small held-out set)."""
+    by_family: dict[str, list[RLExample]] = {}
+    for example in examples:
+        by_family.setdefault(example.family, []).append(example)
+    chosen: list[RLExample] = []
+    while len(chosen) < count and any(by_family.values()):
+        for family in list(by_family):
+            if by_family[family] and len(chosen) < count:
+                chosen.append(by_family[family].pop(0))
+    return chosen
+
+
+def _holds_answer(text: str, gold: list[str]) -> bool:
+    """Whether a block's text contains a gold answer (normalised): the reasoner read what it needed."""
+    normalised = normalize_answer(text)
+    return any(normalize_answer(answer) and normalize_answer(answer) in normalised for answer in gold)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """The process's peak resident memory (CPU) or peak allocated accelerator memory, in GiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def start_data_parallel(device: str) -> tuple[int, int, str]:
+    """Join the process group torchrun set up (WORLD_SIZE > 1): (rank, world size, this rank's device).
+
+    NCCL with one GPU per rank (LOCAL_RANK) on CUDA, gloo on CPU; a single process returns (0, 1, device).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    distributed = torch.distributed
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if not distributed.is_initialized():
+        distributed.init_process_group("nccl" if cuda else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return distributed.get_rank(), distributed.get_world_size(), device
+
+
+class RLRun:
+    """Loads the backbone and the questions once, then trains step by step (resumable, deterministic).
+
+    Under ``torchrun`` each rank rolls out its own question per step and the adapter's gradients are averaged
+    (``RLTrainer`` data parallel); rank 0 evaluates, writes the outputs and checks every rank holds the same
+    adapter at each checkpoint.
+    """
+
+    def __init__(self, config: RLTrainingConfig, out: str | Path, show_progress: bool = True):
+        self.config, self.out = config, Path(out)
+        self.rank, self.world_size, device = start_data_parallel(config.device)
+        self.show_progress = show_progress and self.rank == 0
+        torch.manual_seed(config.seed)
+        options: dict[str, Any] = {"chunk_tokens": config.chunk_tokens} if config.chunk_tokens else {}
+        if config.compressor_weights:
+            options.update(compressor="learned", compressor_weights=config.compressor_weights)
+        self.engine = LycheeMemory.from_pretrained(
+            config.model,
+            **options,
+            device=device,
+            dtype=config.dtype,
+            reasoner_weights="none",
+            max_memory_tokens=config.max_memory_tokens,
+            max_answer_tokens=config.max_answer_tokens,
+            show_progress=False,
+        )
+        self.loaded = self.engine.loaded
+        tokenizer = self.loaded.tokenizer
+        split = rl_examples(
+            Path(config.data) if config.data else None,
+            tokens=config.document_tokens,
+            per_family=config.per_family,
+            seed=config.seed,
+            heldout_share=config.heldout_share,
+            count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False).input_ids),
+        )
+        self.train_examples = split["train"]
+        self.heldout = _balanced(split["heldout"], config.eval_questions)
+        self.order = list(range(len(self.train_examples)))
+        random.Random(f"rl-order-{config.seed}").shuffle(self.order)
+        self.trainer = RLTrainer(self.engine, self.train_examples, config.settings())
+        self.state = RLTrainingState()
+        self._heldout_banks: dict[int, Any] = {}
+
+    # Evaluation ---------------------------------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, Any]:
+        """Greedy answers to the held-out questions with the current adapter: sub_em, F1, and how often the
+        answer was wrong although a block holding it was read (the reasoner copied the wrong thing)."""
+        rows = []
+        with policy_of(self.engine, self.trainer.adapter):
+            for position, example in enumerate(self.heldout):
+                if position not in self._heldout_banks:
+                    self._heldout_banks[position] = self.engine.ingest(example.documents, show_progress=False)
+                answer = self.engine.ask(example.question, self._heldout_banks[position])
+                text = example.documents[0].text
+                found = any(_holds_answer(text[b.char_start : b.char_end], example.gold) for b in answer.blocks)
+                hit = sub_em(answer.text, example.gold)
+                rows.append(
+                    {
+                        "family": example.family,
+                        "sub_em": float(hit),
+                        "f1": f1_score(answer.text, example.gold),
+                        "found": float(found),
+                        "copy_failure": float(found and not hit),
+                    }
+                )
+
+        def summary(part: list[dict[str, Any]]) -> dict[str, float]:
+            count = max(1, len(part))
+            return {key: sum(row[key] for row in part) / count for key in ("sub_em", "f1", "found")} | {
+                "copy_failures": sum(row["copy_failure"] for row in part),
+                "n": len(part),
+            }
+
+        families = sorted({row["family"] for row in rows})
+        return {"all": summary(rows), **{f: summary([r for r in rows if r["family"] == f]) for f in families}}
+
+    # Running ------------------------------------------------------------------------------------------------
+
+    def run(self, stop_at: int | None = None) -> RLTrainingState:
+        """Train to ``config.steps`` (resuming a checkpoint in ``out``); ``stop_at`` ends early, as an interruption
+        would, with that step's checkpoint saved."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(self.config.model_dump_json(indent=2))
+        self._resume()
+        bar = progress_bar(self.config.steps, "training reasoner (GRPO)", self.show_progress, unit="step")
+        bar.update(self.state.step)
+        if self.state.step == 0 and not self.state.evaluations:
+            self._record_evaluation()
+        started = time.perf_counter() - self.state.seconds
+        end = self.config.steps if stop_at is None else min(stop_at, self.config.steps)
+        while self.state.step < end:
+            step = self.state.step
+            position = self.order[(step * self.world_size + self.rank) % len(self.order)]
+            record = self.trainer.step(step, position)
+            self.state.history.append(record)
+            self.state.step += 1
+            self.state.seconds = time.perf_counter() - started
+            rewards = [r["reward"] for r in self.state.history]
+            bar.update(1)
+            bar.set_postfix(
+                reward=f"{moving_mean(rewards)[-1]:.2f}",
+                kl=f"{record['kl']:.4f}",
+                length=f"{record['answer_tokens']:.0f}/{record['memory_tokens']:.0f}",
+            )
+            if self.state.step % self.config.eval_every == 0 or self.state.step == self.config.steps:
+                self._record_evaluation()
+                self._save_checkpoint()
+                self.state.seconds = time.perf_counter() - started
+        bar.close()
+        self._save_checkpoint()
+        return self.state
+
+    def _record_evaluation(self) -> None:
+        if self.world_size > 1:
+            self._check_ranks_agree()
+            if self.rank != 0:  # the other ranks wait while rank 0 evaluates and writes
+                torch.distributed.barrier()
+                return
+        metrics = self.evaluate()
+        self.state.evaluations.append({"step": self.state.step, "seconds": round(self.state.seconds, 1), **metrics})
+        print(json.dumps({"step": self.state.step, **metrics["all"]}), flush=True)
+        self.save(self.out / ADAPTER_NAME)
+        if self.config.train_compressor:
+            self.save_compressor(self.out / COMPRESSOR_NAME)
+        plot_rl_training(self.state, self.out / "training_curve.png")
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def _check_ranks_agree(self) -> None:
+        """Every rank must hold the same adapter (they apply the same averaged gradients); stop if not."""
+        total = torch.stack([p.detach().double().sum() for p in self.trainer.adapter.parameters()]).sum().reshape(1)
+        gathered = [torch.zeros_like(total) for _ in range(self.world_size)]
+        torch.distributed.all_gather(gathered, total)
+        if any(not torch.allclose(value, gathered[0], rtol=1e-5, atol=1e-7) for value in gathered):
+            raise RuntimeError(f"data-parallel ranks hold different adapters at step {self.state.step}: {gathered}")
+
+    def evidence(self) -> str:
+        evaluations = self.state.evaluations
+        if not evaluations:
+            return ""
+        first, last = evaluations[0], evaluations[-1]
+        return (
+            f"lychee train rl: {self.state.step} steps, group {self.config.group}, lr {self.config.learning_rate}, "
+            f"{self.config.document_tokens}-token documents; held-out sub_em {first['all']['sub_em']:.3f} at step 0 "
+            f"-> {last['all']['sub_em']:.3f} at step {last['step']} (n={last['all']['n']})"
+        )
+
+    def save(self, path: Path) -> Path:
+        return save_reasoner_file(
+            path, self.trainer.adapter, self.trainer.settings.shape, self.loaded.fingerprint(), self.evidence()
+        )
+
+    def save_compressor(self, path: Path) -> str:
+        """The jointly trained memory weights, in the compressor trainer's format (its sha256 is a new identity)."""
+        compressor = self.engine.compressor
+        return save_memory_weights(path, compressor.weights, compressor.settings)
+
+    def _save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        payload = {
+            "compressor": self.engine.compressor.weights.state_dict() if self.config.train_compressor else None,
+            "adapter": self.trainer.adapter.state_tensors(),
+            "optimizer": self.trainer.optimizer.state_dict(),
+            "state": asdict(self.state),
+            "config": self.config.model_dump(),
+        }
+        save_checkpoint(self.out, payload)
+
+    def _resume(self) -> None:
+        payload = load_checkpoint(self.out, self.config.model_dump(), self.loaded.device)
+        if payload is None:
+            return
+        self.trainer.load_adapter_tensors(payload["adapter"], str(self.out / CHECKPOINT_NAME))
+        if payload.get("compressor") is not None:
+            self.engine.compressor.weights.load_state_dict(payload["compressor"])
+        self.trainer.optimizer.load_state_dict(payload["optimizer"])
+        self.state = RLTrainingState(**payload["state"])
+
+    def summary(self) -> dict[str, Any]:
+        """The run in numbers: held-out before/after, cost per step and its split, peak memory."""
+        history = self.state.history
+        count = max(1, len(history))
+        rollout = sum(r["rollout_seconds"] for r in history) / count
+        update = sum(r["update_seconds"] for r in history) / count
+        return {
+            "steps": self.state.step,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "train_questions": len(self.train_examples),
+            "heldout_questions": len(self.heldout),
+            "seconds": round(self.state.seconds, 1),
+            "seconds_per_step": round(rollout + update, 2),
+            "rollout_seconds_per_step": round(rollout, 2),
+            "update_seconds_per_step": round(update, 2),
+            "groups_with_spread": sum(r["spread"] for r in history) / count,
+            "mean_reward": sum(r["reward"] for r in history) / count,
+            "peak_memory_gib": round(peak_memory_gib(self.loaded.device), 2),
+            "before": self.state.evaluations[0] if self.state.evaluations else None,
+            "after": self.state.evaluations[-1] if self.state.evaluations else None,
+            "adapter": str(self.out / ADAPTER_NAME),
+            "compressor": str(self.out / COMPRESSOR_NAME) if self.config.train_compressor else None,
+        }
+
+
+def plot_rl_training(state: RLTrainingState, path: Path) -> None:
+    """Reward (per step and smoothed), held-out sub_em, KL and completion lengths against steps, one PNG."""
+    plt = pyplot()
+    if plt is None:
+        return
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    reward_axis, heldout_axis, length_axis = axes
+    if state.history:
+        steps = [r["step"] + 1 for r in state.history]
+        rewards = [r["reward"] for r in state.history]
+        reward_axis.plot(steps, rewards, ".", alpha=0.3, label="group mean reward")
+        reward_axis.plot(steps, moving_mean(rewards), label="20-step mean")
+        reward_axis.legend()
+        length_axis.plot(steps, moving_mean([r["answer_tokens"] for r in state.history]), label="answer tokens")
+        length_axis.plot(steps, moving_mean([r["memory_tokens"] for r in state.history]), label="memory tokens")
+        kl_axis = length_axis.twinx()
+        kl_axis.plot(steps, [r["kl"] for r in state.history], color="grey", alpha=0.5, label="KL (right)")
+        kl_axis.set_ylabel("KL to the backbone")
+        length_axis.legend(loc="upper left")
+    reward_axis.set_xlabel("step")
+    reward_axis.set_title("training reward")
+    if state.evaluations:
+        steps = [r["step"] for r in state.evaluations]
+        heldout_axis.plot(steps, [r["all"]["sub_em"] for r in state.evaluations], marker="o", label="sub_em")
+        heldout_axis.plot(steps, [r["all"]["f1"] for r in state.evaluations], marker="o", label="F1")
+        heldout_axis.legend()
+    heldout_axis.set_ylim(0, 1)
+    heldout_axis.set_xlabel("step")
+    heldout_axis.set_title("held-out questions (greedy)")
+    length_axis.set_xlabel("step")
+    length_axis.set_title("completion lengths (20-step mean)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def train_rl(config: RLTrainingConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a GRPO run into ``out``; returns :meth:`RLRun.summary` (also written to summary.json)."""
+    run = RLRun(config, out, show_progress)
+    run.run()
+    summary = run.summary()
+    if run.rank == 0:
+        (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
