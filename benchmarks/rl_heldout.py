@@ -97,19 +97,10 @@ def by_length(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 def training_questions(run_directory: Path) -> set[str]:
     """The questions a `lychee train rl` run trained on, rebuilt from its config.json."""
-    from lychee_memory.training.rl_data import rl_examples
     from lychee_memory.training.rl_run import RLTrainingConfig
 
     config = RLTrainingConfig.model_validate_json((run_directory / "config.json").read_text())
-    engine_tokenizer = LycheeMemory.from_pretrained(show_progress=False).loaded.tokenizer
-    split = rl_examples(
-        Path(config.data) if config.data else None,
-        tokens=config.document_tokens,
-        per_family=config.per_family,
-        seed=config.seed,
-        heldout_share=config.heldout_share,
-        count_tokens=lambda text: len(engine_tokenizer(text, add_special_tokens=False).input_ids),
-    )
+    split = config.examples(LycheeMemory.from_pretrained(show_progress=False).loaded.tokenizer)
     return {example.question for example in split["train"]}
 
 

@@ -173,6 +173,9 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
     return resolved
 
 
+UpdateObserver = Callable[[ScanState, int, UpdateRequest, Any], None]
+
+
 def _exclusive(method: Callable[..., Result]) -> Callable[..., Result]:
     """Run an engine method holding the engine's lock (re-entrant, so engine methods may call each other)."""
 
@@ -650,8 +653,14 @@ class LycheeMemory:
         return bank, time.perf_counter() - started
 
     def _scan(
-        self, questions: list[str], bank: MemoryBank, show_progress: bool | None
+        self,
+        questions: list[str],
+        bank: MemoryBank,
+        show_progress: bool | None,
+        observe: UpdateObserver | None = None,
     ) -> tuple[list[ScanState], GateScan]:
+        """The gate's state-aware scan with memory updates; ``observe(state, index, request, generation)`` hears
+        each update (the RL trainer records its turns this way)."""
         states = [ScanState(question, self.config.prompts.initial_memory) for question in questions]
         gate = self.config.gate
         assert gate.boundary_tolerance is not None
@@ -666,10 +675,12 @@ class LycheeMemory:
                 bar.update,
                 self.prefilter_for(bank),
             )
-            scan.run(bank, states, self._updater(bank))
+            scan.run(bank, states, self._updater(bank, observe))
         return states, scan
 
-    def _updater(self, bank: MemoryBank) -> Callable[[list[tuple[ScanState, int]]], list[str]]:
+    def _updater(
+        self, bank: MemoryBank, observe: UpdateObserver | None = None
+    ) -> Callable[[list[tuple[ScanState, int]]], list[str]]:
         kv_mode = self.reasoner.read_mode == "kv"
 
         def update(hits: list[tuple[ScanState, int]]) -> list[str]:
@@ -683,9 +694,11 @@ class LycheeMemory:
                 for state, index in hits
             ]
             generations = self.reasoner.update(requests)
-            for (state, _), generation in zip(hits, generations):
+            for (state, index), request, generation in zip(hits, requests, generations):
                 state.reasoner_prompt_tokens += generation.prompt_tokens
                 state.memory_tokens += len(generation.token_ids)
+                if observe is not None:
+                    observe(state, index, request, generation)
             return [generation.text for generation in generations]
 
         return update

@@ -202,3 +202,15 @@ def test_a_joint_run_writes_a_compressor_that_engines_load_as_a_new_identity(tmp
     resumed._resume()
     restored = resumed.engine.compressor.weights.state_dict()
     assert any(not torch.equal(weights[k], restored[k]) for k in weights), "the checkpoint restores trained weights"
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_as_that_settings_default(tmp_path):
+    RLRun(tiny_config(steps=1), tmp_path / "old", show_progress=False).run()
+    path = tmp_path / "old" / "checkpoint.pt"
+    payload = torch.load(path, weights_only=False)
+    del payload["config"]["train_compressor"], payload["config"]["chunk_tokens"]  # written by an older version
+    torch.save(payload, path)
+    resumed = RLRun(tiny_config(steps=2), tmp_path / "old", show_progress=False)
+    assert resumed.run().step == 2
+    with pytest.raises(ConfigurationError, match="chunk_tokens"):
+        RLRun(tiny_config(steps=3, chunk_tokens=64), tmp_path / "old", show_progress=False).run()

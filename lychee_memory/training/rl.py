@@ -122,43 +122,20 @@ def rollout_group(
 ) -> list[Trajectory]:
     """``group`` sampled trajectories of one question over ``bank``, recorded turn by turn.
 
-    The engine's own scan runs (gate, state-aware re-judging, budgets); only its memory-update step is wrapped to
-    record each row and sampled completion, with the adapter on for reasoner calls alone.
+    The engine's own scan runs (gate, state-aware re-judging, budgets) with the adapter as the reasoner's; each
+    memory update is observed to record its row and sampled completion.
     """
     reasoner, loaded = engine.reasoner, engine.loaded
     stop_token = loaded.stop_token_ids[0] if loaded.stop_token_ids else None
     trajectories: dict[int, Trajectory] = {}
-    kv_mode = reasoner.read_mode == "kv"
 
-    def recording_updater(scanned_bank: Any):
-        def update(hits: list[tuple[Any, int]]) -> list[str]:
-            requests = [
-                UpdateRequest(
-                    state.question,
-                    state.memory,
-                    block=scanned_bank.block(index) if kv_mode else None,
-                    chunk_ids=None if kv_mode else scanned_bank.block(index).token_ids.tolist(),
-                )
-                for state, index in hits
-            ]
-            rows = [reasoner.update_row(request) for request in requests]
-            generations = reasoner.update(requests)  # the adapter is the reasoner's for this scan
-            for (state, index), row, generation in zip(hits, rows, generations):
-                trajectory = trajectories.setdefault(id(state), Trajectory(state.question))
-                trajectory.turns.append(Turn(row, _completion(generation, stop_token), "update"))
-                trajectory.blocks_read.append(index)
-                state.reasoner_prompt_tokens += generation.prompt_tokens
-                state.memory_tokens += len(generation.token_ids)
-            return [generation.text for generation in generations]
-
-        return update
+    def record(state: Any, index: int, request: UpdateRequest, generation: Generation) -> None:
+        trajectory = trajectories.setdefault(id(state), Trajectory(state.question))
+        trajectory.turns.append(Turn(reasoner.update_row(request), _completion(generation, stop_token), "update"))
+        trajectory.blocks_read.append(index)
 
     with engine.lock, policy_of(engine, adapter, temperature=temperature, top_p=top_p, seed=seed):
-        engine._updater = recording_updater  # the instance attribute shadows the method for this scan only
-        try:
-            states, _ = engine._scan([question] * group, bank, False)
-        finally:
-            del engine._updater
+        states, _ = engine._scan([question] * group, bank, False, observe=record)
         memories = [state.memory for state in states]
         rows = [PromptRow(engine.prompts.final_prompt(question, memory)) for memory in memories]
         answers = reasoner.answer([question] * group, memories)

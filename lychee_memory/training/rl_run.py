@@ -73,6 +73,17 @@ class RLTrainingConfig(BaseModel):
     device: str = "auto"
     dtype: str = "auto"
 
+    def examples(self, tokenizer) -> dict[str, list[RLExample]]:
+        """The run's training and held-out questions (``rl_data.rl_examples``), token counts by ``tokenizer``."""
+        return rl_examples(
+            Path(self.data) if self.data else None,
+            tokens=self.document_tokens,
+            per_family=self.per_family,
+            seed=self.seed,
+            heldout_share=self.heldout_share,
+            count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False).input_ids),
+        )
+
     def settings(self) -> RLSettings:
         return RLSettings(
             group=self.group,
@@ -173,15 +184,7 @@ class RLRun:
             show_progress=False,
         )
         self.loaded = self.engine.loaded
-        tokenizer = self.loaded.tokenizer
-        split = rl_examples(
-            Path(config.data) if config.data else None,
-            tokens=config.document_tokens,
-            per_family=config.per_family,
-            seed=config.seed,
-            heldout_share=config.heldout_share,
-            count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False).input_ids),
-        )
+        split = config.examples(self.loaded.tokenizer)
         self.train_examples = split["train"]
         self.heldout = _balanced(split["heldout"], config.eval_questions)
         self.order = list(range(len(self.train_examples)))
@@ -242,6 +245,7 @@ class RLRun:
             step = self.state.step
             position = self.order[(step * self.world_size + self.rank) % len(self.order)]
             record = self.trainer.step(step, position)
+            record["peak_memory_gib"] = round(peak_memory_gib(self.loaded.device), 3)
             self.state.history.append(record)
             self.state.step += 1
             self.state.seconds = time.perf_counter() - started
@@ -318,7 +322,8 @@ class RLRun:
         save_checkpoint(self.out, payload)
 
     def _resume(self) -> None:
-        payload = load_checkpoint(self.out, self.config.model_dump(), self.loaded.device)
+        defaults = {name: field.default for name, field in RLTrainingConfig.model_fields.items()}
+        payload = load_checkpoint(self.out, self.config.model_dump(), self.loaded.device, defaults)
         if payload is None:
             return
         self.trainer.load_adapter_tensors(payload["adapter"], str(self.out / CHECKPOINT_NAME))
@@ -345,7 +350,7 @@ class RLRun:
             "update_seconds_per_step": round(update, 2),
             "groups_with_spread": sum(r["spread"] for r in history) / count,
             "mean_reward": sum(r["reward"] for r in history) / count,
-            "peak_memory_gib": round(peak_memory_gib(self.loaded.device), 2),
+            "peak_memory_gib": max((r.get("peak_memory_gib", 0.0) for r in history), default=0.0),
             "before": self.state.evaluations[0] if self.state.evaluations else None,
             "after": self.state.evaluations[-1] if self.state.evaluations else None,
             "adapter": str(self.out / ADAPTER_NAME),

@@ -14,8 +14,13 @@ CHECKPOINT_NAME = "checkpoint.pt"
 RESUMABLE_CHANGES = ("steps", "eval_every")  # a resumed run may train longer or evaluate more often
 
 
-def check_resume(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    """Refuse to resume a checkpoint written with other settings (naming them), so a resumed run is the same run."""
+def check_resume(
+    saved: dict[str, Any], current: dict[str, Any], path: Path, defaults: dict[str, Any] | None = None
+) -> None:
+    """Refuse to resume a checkpoint written with other settings (naming them), so a resumed run is the same run.
+
+    A setting added after the checkpoint was written counts as its ``defaults`` value (what that run did)."""
+    saved = {**(defaults or {}), **saved}
     saved = {key: value for key, value in saved.items() if key not in RESUMABLE_CHANGES}
     current = {key: value for key, value in current.items() if key not in RESUMABLE_CHANGES}
     if saved != current:
@@ -35,7 +40,9 @@ def save_checkpoint(directory: Path, payload: dict[str, Any]) -> None:
     staging.replace(directory / CHECKPOINT_NAME)
 
 
-def load_checkpoint(directory: Path, current: dict[str, Any], device) -> dict[str, Any] | None:
+def load_checkpoint(
+    directory: Path, current: dict[str, Any], device, defaults: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """The run's checkpoint, if any, after checking it was written with the same settings (``check_resume``)."""
     import torch
 
@@ -43,7 +50,7 @@ def load_checkpoint(directory: Path, current: dict[str, Any], device) -> dict[st
     if not path.is_file():
         return None
     payload = torch.load(path, map_location=device, weights_only=False)
-    check_resume(payload["config"], current, path)
+    check_resume(payload["config"], current, path, defaults)
     return payload
 
 
