@@ -38,8 +38,7 @@ from .presets import preset_for, trained_file
 from .progress import progress_bar
 from .prompts import PromptBuilder
 from .questions import clean_question
-from .reasoner import Reasoner, UpdateRequest
-from .reasoner_weights import attach_reasoner
+from .reasoner import Reasoner, UpdateObserver, UpdateRequest
 from .store import BlockRecipe, MemoryStore, StoredBank, as_store
 
 logger = logging.getLogger(__name__)
@@ -173,9 +172,6 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
     return resolved
 
 
-UpdateObserver = Callable[[ScanState, int, UpdateRequest, Any], None]
-
-
 def _exclusive(method: Callable[..., Result]) -> Callable[..., Result]:
     """Run an engine method holding the engine's lock (re-entrant, so engine methods may call each other)."""
 
@@ -215,8 +211,6 @@ class LycheeMemory:
             self.config.gate.batch_size,
             self.opening,
         )
-        if self.config.reasoner.weights not in (None, "none"):
-            self.reasoner.adapter = attach_reasoner(loaded, self.config.reasoner.weights)
         self._prefilters: dict[str, Prefilter] = {}
         self._unindexed_warned: set[str] = set()
         self.lock = threading.RLock()

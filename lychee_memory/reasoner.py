@@ -9,6 +9,7 @@ loses exact names and numbers on small models). On a raw-KV block both feed the 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from .generation import DecodeStream, DecodingSettings, Generation, TokenCallbac
 from .kv_prefix import PromptRow
 from .model_loading import LoadedModel
 from .prompts import PromptBuilder
+from .reasoner_weights import attach_reasoner
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,10 @@ class UpdateRequest:
     memory: str
     block: MemoryBlock | None = None
     chunk_ids: list[int] | None = None
+
+
+# observe(scan state, block index, request, generation): hears each memory update of a scan (the RL trainer).
+UpdateObserver = Callable[[Any, int, UpdateRequest, Generation], None]
 
 
 class Reasoner:
@@ -50,7 +56,10 @@ class Reasoner:
         self.read_mode = read_mode
         self.batch_size = batch_size
         self.opening = opening  # what framed blocks were encoded after, put before them in KV reads
-        self.adapter: Any = None  # a reasoner LoRA (reasoner_weights.py), on for this reasoner's forwards only
+        # The RL-trained LoRA (reasoner_weights.py), on for this reasoner's forwards only; None = the plain backbone.
+        self.adapter: Any = (
+            attach_reasoner(loaded, settings.weights) if settings.weights not in (None, "none") else None
+        )
 
     def _policy(self) -> contextlib.AbstractContextManager[Any]:
         """The trained adapter switched on for a reasoner forward (a no-op without one)."""
