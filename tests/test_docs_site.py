@@ -4,6 +4,7 @@ its configuration reference lists every field of the pydantic models it is gener
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,24 @@ def test_the_configuration_reference_lists_every_engine_setting():
                 assert f"| `{name}` |" in reference, f"{section}.{name} missing from the configuration reference"
         else:
             assert f"| `{section}` |" in reference, f"{section} missing from the configuration reference"
+
+
+def test_every_flat_option_the_reference_names_is_accepted():
+    reference = load_hooks().engine_config_reference()
+    defaults = EngineConfig()
+    named = 0
+    for section, field in EngineConfig.model_fields.items():
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        table = reference.split(f"### `{section}`")[1].split("\n### ")[0]
+        for name in model.model_fields:
+            found = re.search(rf"^\| `{name}` \| `(\w+)` \|", table, flags=re.M)
+            if found:
+                named += 1
+                value = getattr(getattr(defaults, section), name)
+                assert getattr(getattr(EngineConfig.from_kwargs(**{found.group(1): value}), section), name) == value
+    assert named >= 10, "the reference names the flat keywords of LycheeMemory.from_pretrained"
 
 
 def test_the_configuration_reference_lists_every_server_setting():
