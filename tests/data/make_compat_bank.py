@@ -6,7 +6,7 @@ release recorded in ``compat_expected.json`` did: a failure there means stored b
 meaning (or stop opening), which a refactor must not do. Regenerate only when a release deliberately changes
 the store format or the answers, and say so in its notes.
 
-    python tests/data/make_compat_bank.py            # from the repository root
+    python tests/data/make_compat_bank.py --overwrite    # from the repository root, with the release to record
 
 The bank is built by a tiny random-init Llama (``tiny-random-llama``: seeded, so rebuilt bit-identically; its
 fingerprint is recorded) over three short documents, in two banks of one store: ``harbour`` (bfloat16 blocks,
@@ -196,8 +196,11 @@ def main() -> int:
     import lychee_memory
     from lychee_memory.store import MemoryStore
 
-    if STORE_DIR.exists():
-        shutil.rmtree(STORE_DIR)
+    if STORE_DIR.exists() or EXPECTED_FILE.exists():
+        if "--overwrite" not in sys.argv[1:]:
+            print(f"{STORE_DIR.name} is the record of an earlier release: pass --overwrite only to record a new one")
+            return 2
+        shutil.rmtree(STORE_DIR, ignore_errors=True)
     engine = make_engine()
     write_store(engine, STORE_DIR)
     with MemoryStore(STORE_DIR, create=False) as store:
