@@ -129,6 +129,23 @@ def test_stored_blocks_decode_to_todays_blocks(engine, store_dir):
                 torch.testing.assert_close(old_index.float(), new_index.float(), atol=1e-3 * scale, rtol=0)
 
 
+def test_an_old_bank_can_still_be_changed_and_collected(engine, tmp_path):
+    """Removing a document rewrites the old manifest; gc then frees exactly that document's blocks and text."""
+    from lychee_memory.store import MemoryStore
+
+    shutil.copytree(FIXTURE_STORE, tmp_path / "store")
+    harbour = EXPECTED["banks"]["harbour"]
+    kept, removed = harbour["documents"]
+    with MemoryStore(tmp_path / "store", create=False) as store:
+        engine.remove_documents(engine.open_bank("harbour", store), [removed["id"]])
+        report = store.gc()
+        assert report.removed_blocks == len(removed["blocks"]) and report.removed_texts == 1
+        assert report.removed_indexes == len(removed["blocks"])
+        assert _keys(generator.manifest_facts(store, "harbour")) == _keys({"documents": [kept]})
+        assert generator.manifest_facts(store, "garden-int8") == EXPECTED["banks"]["garden-int8"]
+        assert store.verify().ok
+
+
 @pytest.mark.parametrize("position", range(len(generator.QUESTIONS)))
 def test_answers_are_unchanged(observed, position):
     expected, answer = EXPECTED["answers"][position], observed["answers"][position]

@@ -71,7 +71,7 @@ SELECT_K = 3
 
 def documents(names: list[str]) -> list[Any]:
     """The bank's documents as the public API takes them."""
-    from lychee_memory.documents import Document
+    from lychee_memory import Document
 
     return [Document(id=name, text=DOCUMENTS[name], metadata=METADATA[name]) for name in names]
 
