@@ -58,8 +58,3 @@ def run_triton_or_reference(
             error,
         )
         return reference_call()
-
-
-def triton_failed(kernel_name: str) -> bool:
-    """Has this kernel failed in this process, so that its dispatcher now always takes the reference?"""
-    return kernel_name in _failed_kernels

@@ -28,6 +28,7 @@ import torch
 
 from .config import ModelSettings, cache_root
 from .errors import ModelNotFoundError, UnsupportedModelError
+from .testing import TINY_FAMILIES
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MEMORY_TENSOR = re.compile(r"(?:^|\.)(?:lychee_memory|beacon)_")
 _MEMORY_CONFIG_PREFIXES = ("lychee_memory_", "beacon_")
 _SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral", "qwen3")
+_TINY_ALIASES = tuple(f"tiny-random-{family}" for family in TINY_FAMILIES)
 # Tagged into every fingerprint, so fingerprints of another scheme (the sampled ones before) never collide.
 FINGERPRINT_SCHEME = "lychee-fingerprint/2"
 _WEIGHT_FILE_PATTERNS = (
@@ -341,13 +343,9 @@ def file_sha256s(paths: list[Path]) -> list[str]:
     return digests
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 (hex) of one file, through the digest cache (see :func:`file_sha256s`)."""
-    return file_sha256s([Path(path)])[0]
-
-
 def known_aliases() -> list[str]:
-    return [EMBEDDED_DEFAULT, "smollm2", "tiny-random-llama", "tiny-random-qwen2", "tiny-random-llama-bos"]
+    """Every alias a spec may be: the embedded default (two names) and the tiny test models."""
+    return [EMBEDDED_DEFAULT, "smollm2", *_TINY_ALIASES]
 
 
 def _embedded_default_path() -> tuple[Path | None, str]:
@@ -380,12 +378,9 @@ def resolve_spec(spec: str) -> ResolvedSpec:
         tried.append(problem)
     elif spec.startswith("tiny-random-"):
         family = spec.removeprefix("tiny-random-")
-        if family in ("llama", "qwen2", "llama-bos"):
+        if family in TINY_FAMILIES:
             return ResolvedSpec(spec, "tiny", None, tiny_family=family)
-        tried.append(
-            f"alias {spec!r}: unknown tiny model family "
-            "(known: tiny-random-llama, tiny-random-qwen2, tiny-random-llama-bos)"
-        )
+        tried.append(f"alias {spec!r}: unknown tiny model family (known: {', '.join(_TINY_ALIASES)})")
     else:
         tried.append(f"alias: not one of {', '.join(known_aliases())}")
 

@@ -305,13 +305,13 @@ class Prefilter:
         scored, means, missing = self.raw_scores(query, index_keys, indices)
         if not scored:
             return {}, missing
-        combined = _zscore(means[:, :, 0] - means[:, :, 2]).mean(dim=1)
+        combined = zscore(means[:, :, 0] - means[:, :, 2]).mean(dim=1)
         if query.has_memory:
-            combined = combined + self.memory_weight * _zscore(means[:, :, 1] - means[:, :, 2]).mean(dim=1)
+            combined = combined + self.memory_weight * zscore(means[:, :, 1] - means[:, :, 2]).mean(dim=1)
         return dict(zip(scored, combined.tolist())), missing
 
 
-def _zscore(values: torch.Tensor) -> torch.Tensor:
+def zscore(values: torch.Tensor) -> torch.Tensor:
     """Standardise [blocks, heads] per head across blocks (a constant column stays 0)."""
     if values.shape[0] < 2:
         return torch.zeros_like(values)

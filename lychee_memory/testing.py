@@ -18,7 +18,7 @@ _CHAT_TEMPLATE = (
 )
 _SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 _BOS_TOKEN = "<|startoftext|>"
-TINY_FAMILIES = ("llama", "qwen2", "llama-bos")
+TINY_FAMILIES = ("llama", "qwen2", "llama-bos")  # the tiny-random-* specs model_loading resolves
 _TRAINING_TEXT = """
 The lighthouse keeper wrote the code 58213 in the logbook before the storm reached the harbour.
 A ship called the Silver Heron anchored in the bay; its captain asked who had built the old tower.

@@ -29,9 +29,7 @@ from lychee_memory.eval.tasks import (
     needle_document,
     parse_lengths,
     published_samples,
-    reference_samples,
     ruler_hqa_at_length,
-    ruler_hqa_sample,
 )
 from lychee_memory.testing import build_tiny_tokenizer
 
@@ -74,23 +72,6 @@ def _hotpot_rows(count: int) -> list[dict]:
     return rows
 
 
-def test_ruler_hqa_sample_holds_its_own_paragraphs_plus_distractors():
-    rows = _hotpot_rows(8)
-    sample = ruler_hqa_sample(rows[0], rows, n_documents=30, seed=1)
-    documents = sample.context.split("\n\n")
-    assert len(documents) == 30
-    assert all(doc.startswith(f"Document {i + 1}:\n") for i, doc in enumerate(documents))
-    for k in range(10):
-        assert f"\nTitle 0-{k}\nSentence about Title 0-{k}. More." in sample.context
-    assert sample.answers == ["answer 0"]
-    assert ruler_hqa_sample(rows[0], rows, 30, seed=1).context == sample.context, "seeded: reproducible"
-    evidence = sorted(
-        (sample.context[start:end] for start, end in sample.evidence), key=lambda text: text.split("\n")[1]
-    )
-    assert len(evidence) == 2 and evidence[0].endswith("\nTitle 0-0\nSentence about Title 0-0. More.")
-    assert evidence[1].endswith("\nTitle 0-1\nSentence about Title 0-1. More.")
-
-
 def test_needle_document_places_the_fact_and_reaches_the_size():
     tokenizer = build_tiny_tokenizer()
     paragraphs = [(f"Title {i}", f"Paragraph number {i} talks about the weather in town {i}. " * 3) for i in range(200)]
@@ -119,7 +100,7 @@ SHARED = Path(os.environ.get("LYCHEE_DATA_DIR", Path(__file__).parent.parent.par
 
 @pytest.mark.skipif(not (SHARED / "hotpotqa").is_dir(), reason="the shared dataset directory is not present")
 def test_our_ruler_hqa_format_matches_the_reference_samples():
-    reference = reference_samples(SHARED)
+    reference = published_samples(SHARED / "hotpotqa" / "lycheememory_reference_samples.json")
     assert reference and all(sample.context.count("Document ") >= 50 for sample in reference)
     first = reference[0].context.split("\n\n")[0]
     assert first.startswith("Document 1:\n") and first.count("\n") == 2

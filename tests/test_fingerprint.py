@@ -25,7 +25,7 @@ from lychee_memory.model_loading import (
     LoadedModel,
     ResolvedSpec,
     digest_cache_path,
-    file_sha256,
+    file_sha256s,
     load_model,
     resolve_spec,
 )
@@ -40,6 +40,11 @@ def _load(spec: str | Path, dtype: str = "float32", **options) -> LoadedModel:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """One file's digest through the loader's digest cache."""
+    return file_sha256s([path])[0]
 
 
 def _save_tiny(directory: Path, family: str = "llama") -> Path:

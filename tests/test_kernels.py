@@ -196,7 +196,7 @@ def test_token_logprobs_falls_back_for_good_after_a_triton_failure(
         second = token_logprobs(hidden, weight, targets, bias)
     assert calls == [1], "the failed kernel must not be tried again"
     assert len([record for record in caplog.records if "token_logprobs" in record.getMessage()]) == 1
-    assert triton_support.triton_failed("token_logprobs")
+    assert "token_logprobs" in triton_support._failed_kernels
     for result in (first, second):
         assert (result - expected).abs().max().item() <= 1e-4
 
@@ -258,8 +258,8 @@ def test_bad_shapes_raise_without_disabling_triton(monkeypatch: pytest.MonkeyPat
         prefix_attention(torch.randn(1, 4, 4, 16), key, value, torch.zeros(1, 1, 4, 5))
     with pytest.raises(ValueError, match="targets"):
         token_logprobs(torch.randn(3, 8), torch.randn(10, 8), torch.zeros(2, dtype=torch.long))
-    assert not triton_support.triton_failed("prefix_attention")
-    assert not triton_support.triton_failed("token_logprobs")
+    assert "prefix_attention" not in triton_support._failed_kernels
+    assert "token_logprobs" not in triton_support._failed_kernels
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -394,7 +394,7 @@ def test_key_logsumexp_rejects_bad_shapes(
     for function in (key_logsumexp_reference, key_logsumexp):
         with pytest.raises(ValueError, match=message):
             function(**arguments, scale=0.25)
-    assert not triton_support.triton_failed("key_logsumexp")
+    assert "key_logsumexp" not in triton_support._failed_kernels
 
 
 def test_key_logsumexp_dispatcher_takes_the_reference_for_cpu_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -424,7 +424,7 @@ def test_key_logsumexp_falls_back_for_good_after_a_triton_failure(
         results = [key_logsumexp(queries, keys, key_valid, head_pairs, scale) for _ in range(2)]
     assert calls == [1], "the failed kernel must not be tried again"
     assert len([record for record in caplog.records if "key_logsumexp" in record.getMessage()]) == 1
-    assert triton_support.triton_failed("key_logsumexp")
+    assert "key_logsumexp" in triton_support._failed_kernels
     for result in results:
         _assert_key_scores_match(result, expected, key_valid, case.tolerance)
 

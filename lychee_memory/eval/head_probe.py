@@ -17,7 +17,7 @@ import torch
 
 from ..blocks import MemoryBank
 from ..engine import LycheeMemory
-from ..prefilter import IndexSpec, Prefilter, _zscore, model_geometry
+from ..prefilter import IndexSpec, Prefilter, model_geometry, zscore
 from ..progress import progress_bar
 from .tasks import QASample
 
@@ -85,7 +85,7 @@ def head_scores(engine: LycheeMemory, bank: MemoryBank, question: str, spec: Ind
     query = prefilter.query(question, engine.config.prompts.initial_memory)
     scored, means, missing = prefilter.raw_scores(query, _full_index(bank, spec), range(len(bank)))
     assert not missing and scored == list(range(len(bank)))
-    return _zscore(means[:, :, 0] - means[:, :, 2])
+    return zscore(means[:, :, 0] - means[:, :, 2])
 
 
 def _rank(scores: torch.Tensor, target: int) -> int:

@@ -138,14 +138,12 @@ class SentenceEncoder:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.max_tokens = max_tokens
-        started = time.perf_counter()
         try:
             with _quiet_loading():
                 self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
                 self.model = AutoModel.from_pretrained(str(self.path), dtype=torch.float32).to(self.device).eval()
         except (OSError, ValueError) as error:
             raise ModelNotFoundError(f"could not load the embedding model from {str(self.path)!r}: {error}") from error
-        self.load_seconds = time.perf_counter() - started
 
     @property
     def dimension(self) -> int:
@@ -306,11 +304,6 @@ class RagBaseline:
         self.show_progress = show_progress
         _require_llama_index()
         self.embed_model = minilm_embedding(embedding_model)
-
-    @property
-    def embedding_load_seconds(self) -> float:
-        """Seconds the embedding model took to load (once per process; not part of any answer's timings)."""
-        return self.embed_model.encoder.load_seconds
 
     def build(self, documents: DocumentInput | Iterable[DocumentInput] | MemoryBank) -> RagIndex:
         """Chunk documents with the engine's tokenizer and embed the chunks into a VectorStoreIndex."""

@@ -25,7 +25,6 @@ from .needles import NEEDLE_FAMILIES, Needle
 
 HOTPOT_FILE = Path("hotpotqa") / "hotpot_dev_distractor_q0-59.json"
 SQUAD_FILE = Path("squad") / "squad_dev_v2_subset.json"
-REFERENCE_FILE = Path("hotpotqa") / "lycheememory_reference_samples.json"
 TASKS = ("ruler-hqa", "needle", "needle-multikey", "needle-twohop")
 
 Tokenizer = Any  # a Hugging Face tokenizer: called as tokenizer(text, add_special_tokens=False).input_ids
@@ -191,19 +190,6 @@ def _hotpot_paragraphs(row: dict) -> list[tuple[str, str]]:
     ]
 
 
-def ruler_hqa_sample(row: dict, pool: list[dict], n_documents: int, seed: int) -> QASample:
-    """RULER-HQA by document count: the question's own 10 paragraphs plus random dev paragraphs, shuffled."""
-    rng = random.Random(seed)
-    own = _hotpot_paragraphs(row)
-    others = [paragraph for other in pool if other is not row for paragraph in _hotpot_paragraphs(other)]
-    rng.shuffle(others)
-    paragraphs = own + others[: max(0, n_documents - len(own))]
-    rng.shuffle(paragraphs)
-    gold = _gold_positions(row, paragraphs)
-    context, spans = _join_paragraphs(paragraphs, gold)
-    return QASample(row["question"], [row["answer"]], context, f"hotpot-{row.get('_id', seed)}-{n_documents}", spans)
-
-
 def _gold_positions(row: dict, paragraphs: Sequence[tuple[str, str]]) -> set[int]:
     own = dict(_hotpot_paragraphs(row))
     titles = set(row.get("supporting_facts", {}).get("title", []))
@@ -293,11 +279,6 @@ def published_samples(path: Path, n: int | None = None) -> list[QASample]:
         answers = [answers] if isinstance(answers, str) else list(answers)
         samples.append(QASample(question, answers, row["context"], f"{path.stem}-{row.get('index', position)}"))
     return samples
-
-
-def reference_samples(directory: Path) -> list[QASample]:
-    """The RULER-HQA rows exactly as the reference implementation built them (50 documents each)."""
-    return published_samples(directory / REFERENCE_FILE)
 
 
 # Needles ----------------------------------------------------------------------------------------------------
