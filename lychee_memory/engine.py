@@ -30,7 +30,7 @@ from .documents import Document, DocumentInput, load_documents
 from .errors import ConfigurationError, ContextTooLongError
 from .filters import DocumentFilter
 from .gate import RULES, GateRule, GateScan, ScanState, TrainedGateRule, build_rule
-from .gate_weights import attach_gate, read_gate_file
+from .gate.adapter import attach_gate, read_gate_file
 from .kv_prefix import encode_opening
 from .model_loading import LoadedModel, load_model
 from .prefilter import IndexSpec, Prefilter, model_geometry, resolve_heads

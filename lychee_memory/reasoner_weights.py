@@ -17,7 +17,7 @@ import torch
 
 from .compressors.memory_weights import file_digest
 from .errors import ConfigurationError, ModelNotFoundError, UnsupportedModelError
-from .gate_weights import DEFAULT_TARGETS, GateAdapter
+from .gate.adapter import DEFAULT_TARGETS, GateAdapter
 
 REASONER_FORMAT = "lychee-reasoner-lora"
 REASONER_FORMAT_VERSION = 1

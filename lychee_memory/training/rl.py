@@ -28,7 +28,7 @@ import torch
 from ..blocks import MemoryBlock
 from ..errors import ConfigurationError
 from ..eval.metrics import exact_match, f1_score, sub_em
-from ..gate_weights import GateAdapter
+from ..gate.adapter import GateAdapter
 from ..generation import Generation
 from ..kv_prefix import PromptRow, logits_of, prefill_with_gradients
 from ..reasoner import UpdateRequest

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .compressors.memory_weights import base_geometry, file_digest
-from .errors import ConfigurationError, ModelNotFoundError, UnsupportedModelError
+from ..compressors.memory_weights import base_geometry, file_digest
+from ..errors import ConfigurationError, ModelNotFoundError, UnsupportedModelError
 
 FORMAT = "lychee-gate-lora"
 FORMAT_VERSION = 1

@@ -39,13 +39,13 @@ import torch
 
 from lychee_memory.kernels import token_logprobs
 
-from .blocks import BlockOpening, MemoryBank, MemoryBlock
-from .config import GateSettings, PromptSettings
-from .gate_weights import GateAdapter
-from .kv_prefix import PromptRow, logits_of, prefill, prefill_with_gradients
-from .model_loading import LoadedModel
-from .prefilter import Prefilter, choose_candidates
-from .prompts import PromptBuilder
+from ..blocks import BlockOpening, MemoryBank, MemoryBlock
+from ..config import GateSettings, PromptSettings
+from .adapter import GateAdapter
+from ..kv_prefix import PromptRow, logits_of, prefill, prefill_with_gradients
+from ..model_loading import LoadedModel
+from ..prefilter import Prefilter, choose_candidates
+from ..prompts import PromptBuilder
 
 
 @dataclass(frozen=True)
