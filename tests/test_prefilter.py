@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lychee_memory.errors import ConfigurationError
+from lychee_memory.gate import IndexSpec, choose_candidates, generic_heads
 from lychee_memory.kv_prefix import apply_rope
-from lychee_memory.prefilter import IndexSpec, choose_candidates, generic_heads
 
 from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
 from .test_gate import QUESTION, _scripted_memory

@@ -17,7 +17,9 @@ import torch
 
 from ..blocks import MemoryBank
 from ..engine import LycheeMemory
-from ..prefilter import IndexSpec, Prefilter, _zscore, model_geometry
+from ..gate.heads import model_geometry
+from ..gate.index_format import IndexSpec
+from ..gate.key_scorer import KeyScorer, zscore
 from ..progress import progress_bar
 from .tasks import QASample
 
@@ -71,21 +73,11 @@ def _full_index(bank: MemoryBank, spec: IndexSpec):
 
 def head_scores(engine: LycheeMemory, bank: MemoryBank, question: str, spec: IndexSpec) -> torch.Tensor:
     """Calibrated, z-scored stage-1 scores [blocks, heads] of every head of ``spec`` for one question."""
-    prefilter = Prefilter(
-        engine.loaded,
-        engine.prompts,
-        engine.opening,
-        spec,
-        engine.compressor.prompt_position(engine.chunk_tokens, engine.opening.num_slots if engine.opening else 0),
-        engine.config.gate.memory_weight,
-        engine.config.prompts.initial_memory,
-        engine.config.prompts.query_likelihood,
-        engine.config.prompts.query_likelihood_memory,
-    )
+    prefilter = KeyScorer(engine.stage_one.context, spec)
     query = prefilter.query(question, engine.config.prompts.initial_memory)
     scored, means, missing = prefilter.raw_scores(query, _full_index(bank, spec), range(len(bank)))
     assert not missing and scored == list(range(len(bank)))
-    return _zscore(means[:, :, 0] - means[:, :, 2])
+    return zscore(means[:, :, 0] - means[:, :, 2])
 
 
 def _rank(scores: torch.Tensor, target: int) -> int:
