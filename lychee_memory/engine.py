@@ -50,7 +50,7 @@ DEFAULT_RATIO = 4
 SMALL_MODEL_WINDOW = 16384  # models with a shorter context window default to 1024-token chunks
 SMALL_MODEL_CHUNK_TOKENS = 1024
 DEFAULT_CHUNK_TOKENS = 4096
-# Scores this close to the gate threshold are scored again alone (see gate.py). Measured batch-vs-alone
+# Scores this close to the gate threshold are scored again alone (see gate/scan.py). Measured batch-vs-alone
 # differences of gate gains on SmolLM2-135M (12K-token needle bank, batches of 8 vs 1, CPU): at most 4.3e-6 nats
 # in float32 and 0.035 nats in bfloat16; the tolerances sit two orders (float32) and seven times (16-bit) above.
 BOUNDARY_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.25, torch.float16: 0.25}

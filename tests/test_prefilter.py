@@ -5,12 +5,13 @@ re-ranked with the memory after each update, blocks without an index never dropp
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 
 from lychee_memory.errors import ConfigurationError
-from lychee_memory.gate import IndexSpec, choose_candidates, generic_heads
+from lychee_memory.gate import GenericHeadsWarning, IndexSpec, choose_candidates, generic_heads
 from lychee_memory.kv_prefix import apply_rope
 
 from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
@@ -182,8 +183,14 @@ def test_heads_that_do_not_exist_are_refused(family):
         make_engine(family, compressor="none", gate={"prefilter_heads": [(0, 4)]})
 
 
-def test_generic_heads_without_a_preset_are_mid_depth_and_warned_once(family, caplog):
-    engine = make_engine(family, compressor="none")
+def test_generic_heads_without_a_preset_are_mid_depth_and_warned_once(family):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("once", category=GenericHeadsWarning)  # what the gate package installs
+        engine = make_engine(family, compressor="none")
+        make_engine(family, compressor="none")
+    generic = [warning for warning in caught if issubclass(warning.category, GenericHeadsWarning)]
+    assert len(generic) == 1 and "no measured prefilter heads" in str(generic[0].message)
     config = engine.loaded.config
     assert engine.index_spec.heads == generic_heads(config)
     from types import SimpleNamespace

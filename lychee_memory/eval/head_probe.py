@@ -1,6 +1,6 @@
 """Which attention heads make a good gate index: a probe over planted facts (``lychee probe heads``).
 
-Every (layer, query head) scores every block of a needle haystack with the stage-1 formula of ``prefilter.py``
+Every (layer, query head) scores every block of a needle haystack with the stage-1 formula of ``gate/key_scorer.py``
 (mean over the question's tokens of logsumexp q.k/sqrt(d) over the block's keys, minus the null question's,
 z-scored across blocks). Heads are ranked by the mean reciprocal rank of the fact's block over the probe samples;
 the chosen heads' combined score is then checked on held-out samples (other facts, depths and lengths), where the

@@ -68,7 +68,7 @@ class IndexSpec:
         )
 
     def extract(self, layer_keys: Sequence[torch.Tensor], row: int, start: int, length: int) -> torch.Tensor:
-        """The index of one chunk from its forward's keys (per layer [B, H_kv, S, D]; the chunk at start..start+length)."""
+        """The index of one chunk from its forward's keys (per layer [B, H_kv, S, D]; the chunk at start..+length)."""
         skip = min(self.skip_tokens, max(0, length - 1))
         parts = [layer_keys[layer][row, kv_head, start + skip : start + length] for layer, kv_head in self.pairs]
         return torch.stack(parts).to(device="cpu", dtype=INDEX_DTYPE).contiguous()

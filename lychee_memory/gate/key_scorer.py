@@ -142,7 +142,7 @@ class KeyScorer(StageOneScorer):
     def scores(
         self, query: StageOneQuery, index_keys: Callable[[int], torch.Tensor | None], indices: Sequence[int]
     ) -> tuple[dict[int, float], list[int]]:
-        """Calibrated stage-1 score per block of ``indices`` (higher = more likely relevant), and blocks with no index."""
+        """Calibrated stage-1 score per block of ``indices`` (higher: more likely relevant), and those with no index."""
         scored, means, missing = self.raw_scores(query, index_keys, indices)
         if not scored:
             return {}, missing
