@@ -11,7 +11,7 @@ Framed blocks (training-free compressors): every chunk is encoded after the same
 read puts before a chunk (sequence start and the chat user-turn opening). The opening's KV is the same for every
 block, so a block holds only its chunk's slots and a reader puts ``BlockOpening`` in front of them; a prompt that
 continues after [opening | block] sees exactly the tokens a text read of the chunk sees. A block may also carry
-``gate_keys``, its gate index (see ``prefilter.py``).
+``gate_keys``, its gate index (see ``gate/index_format.py``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class MemoryBlock:
 
     keys, values: [layers, kv_heads, slots, head_dim]; valid: [slots] bool (False marks padding slots);
     token_ids: the chunk's tokens, which name the block in a store. gate_keys: the block's gate index
-    ([pairs, tokens, head_dim] keys of the prefilter's heads, ``prefilter.py``), or None when it has none.
+    ([pairs, tokens, head_dim] keys of the prefilter's heads, ``gate/index_format.py``), or None when it has none.
     """
 
     keys: torch.Tensor

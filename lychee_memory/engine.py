@@ -29,11 +29,10 @@ from .config import EngineConfig, PromptSettings
 from .documents import Document, DocumentInput, load_documents
 from .errors import ConfigurationError, ContextTooLongError
 from .filters import DocumentFilter
-from .gate import RULES, GateRule, GateScan, ScanState, TrainedGateRule, build_rule
-from .gate_weights import attach_gate, read_gate_file
+from .gate import RULES, GateRule, GateScan, IndexSpec, ScanState, StageOne, StageOneScorer, TrainedGateRule, build_rule
+from .gate.adapter import attach_gate, read_gate_file
 from .kv_prefix import encode_opening
 from .model_loading import LoadedModel, load_model
-from .prefilter import IndexSpec, Prefilter, model_geometry, resolve_heads
 from .presets import preset_for, trained_file
 from .progress import progress_bar
 from .prompts import PromptBuilder
@@ -51,7 +50,7 @@ DEFAULT_RATIO = 4
 SMALL_MODEL_WINDOW = 16384  # models with a shorter context window default to 1024-token chunks
 SMALL_MODEL_CHUNK_TOKENS = 1024
 DEFAULT_CHUNK_TOKENS = 4096
-# Scores this close to the gate threshold are scored again alone (see gate.py). Measured batch-vs-alone
+# Scores this close to the gate threshold are scored again alone (see gate/scan.py). Measured batch-vs-alone
 # differences of gate gains on SmolLM2-135M (12K-token needle bank, batches of 8 vs 1, CPU): at most 4.3e-6 nats
 # in float32 and 0.035 nats in bfloat16; the tolerances sit two orders (float32) and seven times (16-bit) above.
 BOUNDARY_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.25, torch.float16: 0.25}
@@ -196,7 +195,16 @@ class LycheeMemory:
         if self.compressor.framed:
             self.opening = encode_opening(loaded, self.prompts.block_opening_ids())
             self.compressor.opening = self.opening
-        self.index_spec: IndexSpec | None = self._index_spec()
+        opening_slots = self.opening.num_slots if self.opening else 0
+        self.stage_one = StageOne(
+            loaded,
+            self.config,
+            self.prompts,
+            self.opening,
+            self.compressor.prompt_position(self.chunk_tokens, opening_slots),
+            self.compressor.builds_gate_index,
+        )
+        self.index_spec: IndexSpec | None = self.stage_one.index_spec
         if self.compressor.builds_gate_index:
             self.compressor.index_spec = self.index_spec
         adapter = attach_gate(loaded, self.config.gate.weights) if self.config.gate.rule == "trained" else None
@@ -211,8 +219,6 @@ class LycheeMemory:
             self.config.gate.batch_size,
             self.opening,
         )
-        self._prefilters: dict[str, Prefilter] = {}
-        self._unindexed_warned: set[str] = set()
         self.lock = threading.RLock()
         self._check_budget("")
 
@@ -242,54 +248,9 @@ class LycheeMemory:
         opening = self.opening.token_ids if self.opening is not None else ()
         return BankIdentity(self.loaded.fingerprint(), self.compressor.describe(), self.chunk_tokens, opening)
 
-    def _index_spec(self) -> IndexSpec | None:
-        """The gate index this engine writes at ingest: None when the prefilter is off or the rule reads all blocks."""
-        gate = self.config.gate
-        if gate.prefilter == "off" or not RULES[gate.rule].needs_model:
-            return None
-        preset = preset_for(self.loaded.config, self.loaded.fingerprint()) if self.config.use_presets else None
-        heads = resolve_heads(
-            self.loaded.config,
-            gate.prefilter_heads,
-            preset.prefilter_heads if preset is not None else (),
-            self.loaded.resolved.spec,
-        )
-        _, query_heads, kv_heads, _ = model_geometry(self.loaded.config)
-        skip = gate.prefilter_skip_tokens
-        if skip is None:
-            skip = 0 if self.opening is not None and self.opening.num_slots else 4
-        return IndexSpec(heads=heads, skip_tokens=skip, group=query_heads // kv_heads)
-
-    def prefilter_for(self, bank: MemoryBank) -> Prefilter | None:
-        """Stage 1 for a bank: scoring with the heads its index was built with (None: prefilter off or no index)."""
-        if self.index_spec is None:
-            return None
-        if bank.gate_index is None:
-            if self.gate_index_description is None:  # this engine's compressor builds no index (beacon)
-                return None
-            if len(bank) > self.config.gate.candidates and (bank.name or "") not in self._unindexed_warned:
-                self._unindexed_warned.add(bank.name or "")
-                logger.warning(
-                    "bank %s has no gate index (it was built with gate.prefilter='off'): the gate judges every block; "
-                    "ingest into it again with this engine to use the prefilter (a stored bank is re-indexed from its "
-                    "stored text)",
-                    bank.name or "(unnamed)",
-                )
-            return None
-        key = repr(sorted(bank.gate_index.items()))
-        if key not in self._prefilters:
-            self._prefilters[key] = Prefilter(
-                self.loaded,
-                self.prompts,
-                self.opening,
-                IndexSpec.from_description(bank.gate_index),
-                self.compressor.prompt_position(self.chunk_tokens, self.opening.num_slots if self.opening else 0),
-                self.config.gate.memory_weight,
-                self.config.prompts.initial_memory,
-                self.config.prompts.query_likelihood,
-                self.config.prompts.query_likelihood_memory,
-            )
-        return self._prefilters[key]
+    def prefilter_for(self, bank: MemoryBank) -> StageOneScorer | None:
+        """Stage 1 for a bank (None: stage 1 off, or the bank lacks what the scorer reads, such as its gate index)."""
+        return self.stage_one.for_bank(bank)
 
     @property
     def ingest_batch_size(self) -> int:

@@ -85,7 +85,7 @@ class LoadedModel:
     # What the fingerprint hashes: file or weight digests of the source, set by load_model (see fingerprint()).
     source_digests: dict[str, str] = field(default_factory=dict)
     _fingerprint: str | None = field(default=None, repr=False)
-    # Trained gate adapters injected into the model, by file digest (gate_weights.attach_gate): off outside gate rows.
+    # Trained gate adapters injected into the model, by file digest (gate.adapter.attach_gate): off outside gate rows.
     gate_adapters: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property

@@ -2,7 +2,7 @@
 
 The gate, the compressor and the prefilter always run the plain backbone, so a bank never depends on it and
 the same bank serves the untrained and the trained reasoner. File: safetensors holding the LoRA tensors (names
-without the adapter name, as ``GateAdapter.state_tensors`` gives them); metadata: ``format``
+without the adapter name, as ``LoraAdapter.state_tensors`` gives them); metadata: ``format``
 (``lychee-reasoner-lora``), ``format_version``, ``rank``, ``alpha``, ``targets``, ``base_fingerprint`` (the
 backbone it was trained on; it never applies to another) and ``evidence`` (what the run measured).
 """
@@ -17,7 +17,7 @@ import torch
 
 from .compressors.memory_weights import file_digest
 from .errors import ConfigurationError, ModelNotFoundError, UnsupportedModelError
-from .gate_weights import DEFAULT_TARGETS, GateAdapter
+from .lora import DEFAULT_TARGETS, LoraAdapter
 
 REASONER_FORMAT = "lychee-reasoner-lora"
 REASONER_FORMAT_VERSION = 1
@@ -49,15 +49,15 @@ class ReasonerFile:
 
 def new_reasoner_adapter(
     loaded, shape: ReasonerAdapterShape = ReasonerAdapterShape(), name: str = "lychee_reasoner"
-) -> GateAdapter:
+) -> LoraAdapter:
     """A fresh LoRA (B = 0: the policy starts as the untrained reasoner), off outside ``active()``."""
     if shape.rank < 1:
         raise ConfigurationError(f"reasoner adapter rank must be at least 1, got {shape.rank}")
-    return GateAdapter(loaded.model, shape, name)  # type: ignore[arg-type]
+    return LoraAdapter(loaded.model, shape, name)
 
 
 def save_reasoner_file(
-    path: str | Path, adapter: GateAdapter, shape: ReasonerAdapterShape, base_fingerprint: str, evidence: str = ""
+    path: str | Path, adapter: LoraAdapter, shape: ReasonerAdapterShape, base_fingerprint: str, evidence: str = ""
 ) -> Path:
     """Write the adapter atomically (temporary file, then rename), so an interrupted save never leaves half."""
     from safetensors.torch import save_file
@@ -110,7 +110,7 @@ def read_reasoner_file(path: str | Path) -> ReasonerFile:
     return ReasonerFile(tensors, shape, metadata, file_digest(path))
 
 
-def attach_reasoner(loaded, path: str | Path) -> GateAdapter:
+def attach_reasoner(loaded, path: str | Path) -> LoraAdapter:
     """Load an adapter file beside ``loaded``'s model (once per file digest) after checking its backbone."""
     read = read_reasoner_file(path)
     source = f"reasoner weights {str(path)!r}"
@@ -120,7 +120,7 @@ def attach_reasoner(loaded, path: str | Path) -> GateAdapter:
             f"{source} was trained on the backbone {trained_on}, not on this one ({loaded.fingerprint_source()}); "
             "a reasoner adapter never applies to another backbone"
         )
-    adapters: dict[str, GateAdapter] = loaded.gate_adapters
+    adapters: dict[str, LoraAdapter] = loaded.gate_adapters
     key = f"reasoner-{read.digest}"
     if key not in adapters:
         adapter = new_reasoner_adapter(loaded, read.shape, f"lychee_reasoner_{read.digest[:12]}")

@@ -5,13 +5,16 @@ re-ranked with the memory after each update, blocks without an index never dropp
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
 
 from lychee_memory.errors import ConfigurationError
+from lychee_memory.gate import GenericHeadsWarning, IndexSpec, StageOneScorer, choose_candidates, generic_heads
 from lychee_memory.kv_prefix import apply_rope
-from lychee_memory.prefilter import IndexSpec, choose_candidates, generic_heads
 
 from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
 from .test_gate import QUESTION, _scripted_memory
@@ -182,8 +185,14 @@ def test_heads_that_do_not_exist_are_refused(family):
         make_engine(family, compressor="none", gate={"prefilter_heads": [(0, 4)]})
 
 
-def test_generic_heads_without_a_preset_are_mid_depth_and_warned_once(family, caplog):
-    engine = make_engine(family, compressor="none")
+def test_generic_heads_without_a_preset_are_mid_depth_and_warned_once(family):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("once", category=GenericHeadsWarning)  # what the gate package installs
+        engine = make_engine(family, compressor="none")
+        make_engine(family, compressor="none")
+    generic = [warning for warning in caught if issubclass(warning.category, GenericHeadsWarning)]
+    assert len(generic) == 1 and "no measured prefilter heads" in str(generic[0].message)
     config = engine.loaded.config
     assert engine.index_spec.heads == generic_heads(config)
     from types import SimpleNamespace
@@ -196,3 +205,34 @@ def test_generic_heads_without_a_preset_are_mid_depth_and_warned_once(family, ca
 def test_index_spec_rejects_an_empty_head_list():
     with pytest.raises(ValueError, match="at least one head"):
         IndexSpec(heads=(), skip_tokens=0, group=1)
+
+
+@dataclass
+class _WordScorer(StageOneScorer):
+    """A stage-1 scorer of the shape a lexical one takes: it reads the blocks' text, the question and the notes."""
+
+    name: ClassVar[str] = "words"
+
+    @classmethod
+    def for_bank(cls, context, bank):
+        return cls()
+
+    def rank(self, bank, question, memory, indices):
+        words = set(f"{question} {memory}".lower().split())
+        return {index: float(len(words & set(bank.spans[index].text.lower().split()))) for index in indices}, []
+
+
+def test_a_registered_scorer_serves_stage_one_without_the_engine_changing(family, monkeypatch):
+    from lychee_memory.gate import scorers
+
+    monkeypatch.setitem(scorers.SCORERS, "keys", _WordScorer)
+    engine = _engine(family, gate={"candidates": 1, "candidate_margin": 0.0}, threshold=1e9)
+    assert engine.index_spec is None, "a scorer that reads no keys makes ingest write no gate index"
+    bank = engine.ingest([FACTS_DOCUMENT, SECOND_DOCUMENT])
+    assert bank.gate_index is None and len(bank) > 2
+    scorer = engine.prefilter_for(bank)
+    assert isinstance(scorer, _WordScorer) and engine.prefilter_for(bank) is scorer
+    answer = engine.ask(QUESTION, bank)
+    scores, _ = scorer.rank(bank, QUESTION, engine.config.prompts.initial_memory, range(len(bank)))
+    assert answer.candidates[0] == choose_candidates(scores, 1, 0.0)
+    assert [score.index for score in answer.gate_scores if score.memory_step == 0] == answer.candidates[0]

@@ -1,4 +1,4 @@
-"""The trained gate (gate_weights.py, gate.TrainedGateRule, training/gate.py) on tiny random models."""
+"""The trained gate (gate/adapter.py, gate.TrainedGateRule, training/gate.py) on tiny random models."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from lychee_memory.errors import ConfigurationError, ModelNotFoundError, UnsupportedModelError
 from lychee_memory.gate import ScoreRequest
-from lychee_memory.gate_weights import GateAdapterSettings, read_gate_file, save_gate_file
+from lychee_memory.gate.adapter import GateAdapterSettings, read_gate_file, save_gate_file
 from lychee_memory.training.gate import GateTrainer, GateTrainingConfig, memories_of, states_for, train_gate
 from lychee_memory.training.gate_data import GateExample
 
@@ -212,7 +212,7 @@ def test_without_peft_the_trained_gate_says_what_to_install(trained, monkeypatch
     import sys
 
     from lychee_memory.config import ModelSettings
-    from lychee_memory.gate_weights import attach_gate
+    from lychee_memory.gate.adapter import attach_gate
     from lychee_memory.model_loading import load_model
 
     out, _ = trained

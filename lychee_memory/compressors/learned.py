@@ -32,9 +32,9 @@ from torch.utils.checkpoint import checkpoint
 from ..blocks import BlockOpening, MemoryBlock
 from ..chunking import Chunk
 from ..errors import UnsupportedModelError
+from ..gate.index_format import IndexSpec
 from ..kv_prefix import apply_rope
 from ..model_loading import LoadedModel
-from ..prefilter import IndexSpec
 from .base import Compressor, slots_for, span_of
 from .memory_weights import LearnedSettings, MemoryWeights
 from .selection import run_chunks

@@ -5,7 +5,7 @@ opening, its KV computed once), gives every layer's keys and values (post-RoPE, 
 scoring rule ranks the chunk's positions per layer and KV head, and the top ceil(L / ratio) are kept in position
 order. The opening's slots are not kept (readers put the shared opening before the block). Prompts read the block
 continuing at position P + L (P = opening length), as if opening and chunk had been there. When the compressor has
-an ``index_spec``, the same forward's keys give each block its gate index (``prefilter.py``).
+an ``index_spec``, the same forward's keys give each block its gate index (``gate/index_format.py``).
 
 - ``none``: keep everything (ratio 1), the reference and ablation.
 - ``key_norm``: keep the keys with the smallest L2 norm (low-norm keys draw the most attention).
@@ -25,9 +25,9 @@ from transformers import DynamicCache
 
 from ..blocks import BlockOpening, MemoryBlock
 from ..chunking import Chunk
+from ..gate.index_format import IndexSpec
 from ..kv_prefix import apply_rope
 from ..model_loading import LoadedModel
-from ..prefilter import IndexSpec
 from .base import Compressor, slots_for, span_of
 
 

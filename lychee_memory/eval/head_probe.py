@@ -1,6 +1,6 @@
 """Which attention heads make a good gate index: a probe over planted facts (``lychee probe heads``).
 
-Every (layer, query head) scores every block of a needle haystack with the stage-1 formula of ``prefilter.py``
+Every (layer, query head) scores every block of a needle haystack with the stage-1 formula of ``gate/key_scorer.py``
 (mean over the question's tokens of logsumexp q.k/sqrt(d) over the block's keys, minus the null question's,
 z-scored across blocks). Heads are ranked by the mean reciprocal rank of the fact's block over the probe samples;
 the chosen heads' combined score is then checked on held-out samples (other facts, depths and lengths), where the
@@ -17,7 +17,9 @@ import torch
 
 from ..blocks import MemoryBank
 from ..engine import LycheeMemory
-from ..prefilter import IndexSpec, Prefilter, model_geometry, zscore
+from ..gate.heads import model_geometry
+from ..gate.index_format import IndexSpec
+from ..gate.key_scorer import KeyScorer, zscore
 from ..progress import progress_bar
 from .tasks import QASample
 
@@ -71,17 +73,7 @@ def _full_index(bank: MemoryBank, spec: IndexSpec):
 
 def head_scores(engine: LycheeMemory, bank: MemoryBank, question: str, spec: IndexSpec) -> torch.Tensor:
     """Calibrated, z-scored stage-1 scores [blocks, heads] of every head of ``spec`` for one question."""
-    prefilter = Prefilter(
-        engine.loaded,
-        engine.prompts,
-        engine.opening,
-        spec,
-        engine.compressor.prompt_position(engine.chunk_tokens, engine.opening.num_slots if engine.opening else 0),
-        engine.config.gate.memory_weight,
-        engine.config.prompts.initial_memory,
-        engine.config.prompts.query_likelihood,
-        engine.config.prompts.query_likelihood_memory,
-    )
+    prefilter = KeyScorer(engine.stage_one.context, spec)
     query = prefilter.query(question, engine.config.prompts.initial_memory)
     scored, means, missing = prefilter.raw_scores(query, _full_index(bank, spec), range(len(bank)))
     assert not missing and scored == list(range(len(bank)))

@@ -46,7 +46,7 @@ def index_key(block_key: str, spec: Mapping[str, Any]) -> str:
 
 def encode_index(keys: torch.Tensor, block_key: str, spec: Mapping[str, Any], head_dim: int) -> bytes:
     """A gate index as a framed safetensors record (float16 keys; metadata: block key, spec, head_dim)."""
-    from ..prefilter import INDEX_DTYPE
+    from ..gate.index_format import INDEX_DTYPE
 
     metadata = {
         "format": str(FORMAT_VERSION),
@@ -61,7 +61,7 @@ def encode_index(keys: torch.Tensor, block_key: str, spec: Mapping[str, Any], he
 @functools.lru_cache(maxsize=16)
 def _parsed_spec(canonical: str):
     """The IndexSpec of a canonical spec description, or None when it cannot be read (parsed once per spec)."""
-    from ..prefilter import IndexSpec
+    from ..gate.index_format import IndexSpec
 
     try:
         return IndexSpec.from_description(json.loads(canonical))
@@ -71,7 +71,7 @@ def _parsed_spec(canonical: str):
 
 def decode_index(data: bytes, block_key: str, spec: Mapping[str, Any], tokens: int) -> torch.Tensor:
     """The float16 index keys of a stored item (on CPU), checked against its block and spec; Damaged if not."""
-    from ..prefilter import INDEX_DTYPE
+    from ..gate.index_format import INDEX_DTYPE
 
     payload = unframe(INDEX_MAGIC, data)
     metadata = safetensors_header(payload).get("__metadata__") or {}

@@ -35,7 +35,7 @@ from ..documents import Document
 from ..engine import LycheeMemory
 from ..errors import ConfigurationError
 from ..gate import GateRule, ScoreRequest, TrainedGateRule
-from ..gate_weights import GateAdapterSettings, file_digest, new_gate, save_gate_file
+from ..gate.adapter import GateAdapterSettings, file_digest, new_gate, save_gate_file
 from ..progress import progress_bar
 from .gate_data import GateExample, gate_examples
 from .runs import CHECKPOINT_NAME, load_checkpoint, moving_mean, pyplot, save_checkpoint

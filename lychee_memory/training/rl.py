@@ -28,9 +28,9 @@ import torch
 from ..blocks import MemoryBlock
 from ..errors import ConfigurationError
 from ..eval.metrics import exact_match, f1_score, sub_em
-from ..gate_weights import GateAdapter
 from ..generation import Generation
 from ..kv_prefix import PromptRow, logits_of, prefill_with_gradients
+from ..lora import LoraAdapter
 from ..reasoner import UpdateRequest
 from ..reasoner_weights import ReasonerAdapterShape, new_reasoner_adapter
 from .rl_data import RLExample
@@ -96,7 +96,7 @@ def _completion(generation: Generation, stop_token: int | None) -> list[int]:
 
 
 @contextlib.contextmanager
-def policy_of(engine: Any, adapter: GateAdapter | None, **sampling: Any) -> Iterator[None]:
+def policy_of(engine: Any, adapter: LoraAdapter | None, **sampling: Any) -> Iterator[None]:
     """The engine's reasoner with ``adapter`` as its LoRA and, if given, other decoding settings (temperature,
     top_p, seed), for the block only: gate, compressor and prefilter keep the plain backbone."""
     reasoner = engine.reasoner
@@ -111,7 +111,7 @@ def policy_of(engine: Any, adapter: GateAdapter | None, **sampling: Any) -> Iter
 
 def rollout_group(
     engine: Any,
-    adapter: GateAdapter,
+    adapter: LoraAdapter,
     question: str,
     bank: Any,
     group: int,
@@ -196,7 +196,7 @@ def training_turns(trajectories: Sequence[Trajectory]) -> list[tuple[Turn, float
 
 
 def fixed_log_probs(
-    loaded: Any, adapter: GateAdapter | None, turns: Sequence[Turn], minibatch: int
+    loaded: Any, adapter: LoraAdapter | None, turns: Sequence[Turn], minibatch: int
 ) -> list[torch.Tensor]:
     """Log-probs without gradients: the behaviour policy's (``adapter`` on) before an update, or the frozen
     reference's (``adapter`` None: the backbone alone)."""
@@ -211,7 +211,7 @@ def fixed_log_probs(
 
 def policy_loss_and_backward(
     loaded: Any,
-    adapter: GateAdapter,
+    adapter: LoraAdapter,
     turns: Sequence[tuple[Turn, float]],
     old: Sequence[torch.Tensor] | None,
     settings: LossSettings,
@@ -287,7 +287,7 @@ def only_these_train(
             parameter.requires_grad_(flag)
 
 
-def only_adapter_trains(model: torch.nn.Module, adapter: GateAdapter):
+def only_adapter_trains(model: torch.nn.Module, adapter: LoraAdapter):
     """Freeze every parameter of ``model`` but the adapter's for the block."""
     return only_these_train([model], adapter.parameters())
 

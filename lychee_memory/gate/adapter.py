@@ -1,9 +1,9 @@
-"""The trained gate's adapter: a peft LoRA on the backbone, its file format, and switching it on for gate rows only.
+"""The trained gate's adapter: a LoRA on the backbone (``lora.py``), its file format, and its checks on a backbone.
 
 The gate reads a block's KV (encoded without the adapter, so banks never depend on the gate), then a short
 prompt with the question and the working memory, and scores ``logit(yes) - logit(no)`` at the prompt's last
 token; the adapter is what training changes. It is injected into the shared model once and stays disabled
-except inside :func:`GateAdapter.active`, so compression, the reasoner and the answer run the plain backbone.
+except inside :meth:`LoraAdapter.active`, so compression, the reasoner and the answer run the plain backbone.
 
 File: safetensors holding peft's LoRA tensors (``...q_proj.lora_A.weight`` and so on, adapter name stripped);
 the metadata holds the settings (rank, alpha, target modules, the prompt template, the yes/no tokens, the
@@ -14,23 +14,18 @@ any backbone it was not trained on.
 from __future__ import annotations
 
 import json
-import threading
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from .compressors.memory_weights import base_geometry, file_digest
-from .errors import ConfigurationError, ModelNotFoundError, UnsupportedModelError
+from ..compressors.memory_weights import base_geometry, file_digest
+from ..errors import ConfigurationError, ModelNotFoundError, UnsupportedModelError
+from ..lora import DEFAULT_TARGETS, LoraAdapter
 
 FORMAT = "lychee-gate-lora"
 FORMAT_VERSION = 1
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 @dataclass(frozen=True)
@@ -94,98 +89,10 @@ def save_gate_file(path: str | Path, tensors: dict[str, torch.Tensor], settings:
     return path
 
 
-class GateAdapter:
-    """A LoRA adapter injected into a model under its own name, off except inside :meth:`active`."""
+class GateAdapter(LoraAdapter):
+    """The trained gate's LoRA: its settings also carry the prompt, the yes/no tokens and the threshold."""
 
-    def __init__(self, model: nn.Module, settings: GateAdapterSettings, name: str):
-        try:
-            from peft import LoraConfig, inject_adapter_in_model
-        except ImportError:
-            raise ConfigurationError(
-                "the trained gate needs peft, a dependency of lychee-memory: pip install 'peft>=0.21,<0.22' (or choose "
-                "another gate rule)"
-            ) from None
-
-        self.model, self.settings, self.name = model, settings, name
-        self.digest = ""
-        self.source = "untrained"
-        self._lock = threading.RLock()
-        self._depth = 0
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        config = LoraConfig(
-            r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.targets), lora_dropout=0.0
-        )
-        with warnings.catch_warnings():  # several adapters in one model (one per gate file) is intended here
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            inject_adapter_in_model(config, model, adapter_name=name)
-        for parameter_name, parameter in model.named_parameters():  # peft froze the rest: put it back as it was
-            if parameter_name in trainable:
-                parameter.requires_grad_(True)
-        self._set_enabled(False)
-
-    def layers(self) -> Iterator[nn.Module]:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for module in self.model.modules():
-            if isinstance(module, BaseTunerLayer) and self.name in getattr(module, "lora_A", {}):
-                yield module
-
-    def _set_enabled(self, enabled: bool) -> None:
-        for module in self.layers():
-            if enabled:
-                module.set_adapter(self.name)
-            module.enable_adapters(enabled)
-
-    @contextmanager
-    def active(self) -> Iterator[None]:
-        """The adapter applies to forwards inside this block only (gate rows), never to other work."""
-        with self._lock:  # re-entrant: only the outermost block switches it (a trainer's step holds it on)
-            self._depth += 1
-            if self._depth == 1:
-                self._set_enabled(True)
-            try:
-                yield
-            finally:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._set_enabled(False)
-
-    def parameters(self) -> list[nn.Parameter]:
-        return [
-            p
-            for module in self.layers()
-            for n in ("lora_A", "lora_B")
-            for p in getattr(module, n)[self.name].parameters()
-        ]
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The adapter's tensors named without the adapter name (the file's names)."""
-        marker = f".{self.name}."
-        return {
-            name.replace(marker, "."): tensor.detach().clone()
-            for name, tensor in self.model.state_dict().items()
-            if marker in name and ".lora_" in name
-        }
-
-    def load_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
-        own = {
-            name.replace(f".{self.name}.", "."): name for name in self.model.state_dict() if f".{self.name}." in name
-        }
-        missing, unknown = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
-        if missing or unknown:
-            raise UnsupportedModelError(
-                f"{source} does not fit this model's layers: missing {missing[:3]}, unexpected {unknown[:3]}"
-            )
-        state = self.model.state_dict()
-        for short, full in own.items():
-            if tuple(tensors[short].shape) != tuple(state[full].shape):
-                raise UnsupportedModelError(
-                    f"{source}: tensor {short} has shape {tuple(tensors[short].shape)}, the model needs "
-                    f"{tuple(state[full].shape)}"
-                )
-        with torch.no_grad():
-            for short, full in own.items():
-                state[full].copy_(tensors[short].to(state[full].dtype))
+    settings: GateAdapterSettings
 
 
 def check_backbone(settings: GateAdapterSettings, loaded, source: str) -> None:

@@ -1,0 +1,160 @@
+"""The key scorer (``gate.prefilter = "keys"``): stage 1 from a small index of each block's own keys.
+
+Index: see ``index_format.py`` (the keys of a few chosen heads, stored per block at ingest).
+
+Query: one forward of the gate prompt alone (after the opening, at the positions the prompt takes after a full
+block); at each chosen (layer, query head) the query vectors of the question's tokens (and of the memory's once it
+holds notes), RoPE applied. A null question ("N/A") is run the same way once per engine, for calibration.
+
+Score of block b at head h for a group of query tokens: the mean over the group of
+``logsumexp_t(q . k_t / sqrt(head_dim))`` over the block's index keys, minus the same for the null question (some
+blocks draw every query); z-scored across the bank's blocks per head; averaged over heads. Once the memory holds
+notes its tokens add ``memory_weight`` times their own z-score, so the block of hop 2 can enter once hop 1 is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from lychee_memory.kernels import key_logsumexp
+
+from ..blocks import MemoryBank
+from .heads import model_geometry
+from .hooks import capture_queries
+from .index_format import INDEX_DTYPE, IndexSpec
+from .stage1 import StageOneContext, StageOneScorer
+
+NULL_QUESTION = "N/A"
+BLOCKS_PER_BATCH = 64  # blocks whose index keys are scored in one kernel call (bounds memory, not results)
+
+
+@dataclass
+class StageOneQuery:
+    """Query vectors of one (question, memory) and, per group of its tokens, their weights (rows sum to 1).
+
+    Groups: 0 the question, 1 the memory (empty while it is the initial placeholder), 2 the null question.
+    """
+
+    vectors: torch.Tensor  # [heads, Q, head_dim]
+    weights: torch.Tensor  # [3, Q]
+    has_memory: bool
+
+
+def _mean_weights(length: int, spans: list[tuple[int, int] | None], offset_by: list[int]) -> torch.Tensor:
+    weights = torch.zeros(len(spans), length)
+    for group, (span, offset) in enumerate(zip(spans, offset_by)):
+        if span is not None and span[1] > span[0]:
+            weights[group, offset + span[0] : offset + span[1]] = 1.0 / (span[1] - span[0])
+    return weights
+
+
+@dataclass
+class KeyScorer(StageOneScorer):
+    """Scores blocks from their index keys (the heads of ``spec``) against the question's query vectors."""
+
+    name: ClassVar[str] = "keys"
+    needs_key_index: ClassVar[bool] = True
+
+    context: StageOneContext
+    spec: IndexSpec
+    _null: tuple[torch.Tensor, tuple[int, int]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @classmethod
+    def bank_key(cls, bank: MemoryBank) -> str | None:
+        return None if bank.gate_index is None else repr(sorted(bank.gate_index.items()))
+
+    @classmethod
+    def for_bank(cls, context: StageOneContext, bank: MemoryBank) -> KeyScorer:
+        """Scoring with the heads the bank's index was built with."""
+        assert bank.gate_index is not None
+        return cls(context, IndexSpec.from_description(bank.gate_index))
+
+    @property
+    def scale(self) -> float:
+        return model_geometry(self.context.loaded.model.config)[3] ** -0.5
+
+    def rank(self, bank, question, memory, indices):
+        return self.scores(self.query(question, memory), bank.gate_keys, indices)
+
+    def _vectors(self, prompt_ids: list[int]) -> torch.Tensor:
+        context = self.context
+        return capture_queries(context.loaded, context.opening, prompt_ids, context.start_position, self.spec.heads)
+
+    def _null_vectors(self) -> tuple[torch.Tensor, tuple[int, int]]:
+        if self._null is None:
+            segmented = self.context.questions.segments(
+                self.context.prompts, NULL_QUESTION, self.context.questions.initial_memory
+            )
+            self._null = (self._vectors(segmented.token_ids), segmented.spans["question"])
+        return self._null
+
+    def query(self, question: str, memory: str) -> StageOneQuery:
+        """The stage-1 query of a question under a memory (its notes count once it is not the placeholder)."""
+        has_memory = self.context.questions.has_notes(memory)
+        segmented = self.context.questions.segments(self.context.prompts, question, memory)
+        vectors = self._vectors(segmented.token_ids)
+        null_vectors, null_span = self._null_vectors()
+        own = vectors.shape[1]
+        weights = _mean_weights(
+            own + null_vectors.shape[1],
+            [segmented.spans["question"], segmented.spans.get("memory") if has_memory else None, null_span],
+            [0, 0, own],
+        )
+        return StageOneQuery(torch.cat([vectors, null_vectors], dim=1), weights, has_memory)
+
+    def raw_scores(
+        self, query: StageOneQuery, index_keys: Callable[[int], torch.Tensor | None], indices: Sequence[int]
+    ) -> tuple[list[int], torch.Tensor, list[int]]:
+        """(scored indices, their group means [n, heads, 3], indices without a usable index)."""
+        head_dim = model_geometry(self.context.loaded.model.config)[3]
+        device = self.context.loaded.device
+        used = query.weights.sum(dim=0) > 0  # template tokens ("Question:") carry no weight: not scored at all
+        vectors = query.vectors[:, used].to(device)
+        weights = query.weights[:, used].to(device)
+        head_pairs = torch.tensor(self.spec.head_pairs, dtype=torch.long, device=device)
+        scored, missing, results = [], [], []
+        for start in range(0, len(indices), BLOCKS_PER_BATCH):
+            group = []
+            for index in indices[start : start + BLOCKS_PER_BATCH]:
+                keys = index_keys(index)
+                if keys is None or not self.spec.check(keys, head_dim):
+                    missing.append(index)
+                else:
+                    group.append((index, keys))
+            if not group:
+                continue
+            longest = max(keys.shape[1] for _, keys in group)
+            stacked = torch.zeros(len(group), len(self.spec.pairs), longest, head_dim, dtype=INDEX_DTYPE)
+            valid = torch.zeros(len(group), longest, dtype=torch.bool)
+            for row, (_, keys) in enumerate(group):
+                stacked[row, :, : keys.shape[1]] = keys
+                valid[row, : keys.shape[1]] = True
+            lse = key_logsumexp(vectors, stacked.to(device), valid.to(device), head_pairs, self.scale)
+            results.append(torch.einsum("nhq,gq->nhg", lse, weights).cpu())
+            scored.extend(index for index, _ in group)
+        means = torch.cat(results) if results else torch.zeros(0, len(self.spec.heads), 3)
+        return scored, means, missing
+
+    def scores(
+        self, query: StageOneQuery, index_keys: Callable[[int], torch.Tensor | None], indices: Sequence[int]
+    ) -> tuple[dict[int, float], list[int]]:
+        """Calibrated stage-1 score per block of ``indices`` (higher: more likely relevant), and those with no index."""
+        scored, means, missing = self.raw_scores(query, index_keys, indices)
+        if not scored:
+            return {}, missing
+        combined = zscore(means[:, :, 0] - means[:, :, 2]).mean(dim=1)
+        if query.has_memory:
+            combined = combined + self.context.memory_weight * zscore(means[:, :, 1] - means[:, :, 2]).mean(dim=1)
+        return dict(zip(scored, combined.tolist())), missing
+
+
+def zscore(values: torch.Tensor) -> torch.Tensor:
+    """Standardise [blocks, heads] per head across blocks (a constant column stays 0)."""
+    if values.shape[0] < 2:
+        return torch.zeros_like(values)
+    std = values.std(dim=0, keepdim=True)
+    return (values - values.mean(dim=0, keepdim=True)) / torch.where(std > 0, std, torch.ones_like(std))

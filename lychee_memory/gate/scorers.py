@@ -1,0 +1,77 @@
+"""The stage-1 scorers by name (``gate.prefilter``), and an engine's stage 1: its scorer, built once per kind of bank.
+
+Add a scorer by writing a :class:`~lychee_memory.gate.stage1.StageOneScorer` and naming it in :data:`SCORERS`
+(and in ``config.PrefilterName``); the engine and the scan stay as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..blocks import BlockOpening, MemoryBank
+from ..config import EngineConfig
+from ..model_loading import LoadedModel
+from ..prompts import PromptBuilder
+from .heads import index_spec_for
+from .index_format import IndexSpec
+from .key_scorer import KeyScorer
+from .question_template import QuestionTemplate
+from .rules import RULES
+from .stage1 import StageOneContext, StageOneScorer
+
+logger = logging.getLogger(__name__)
+
+SCORERS: dict[str, type[StageOneScorer]] = {
+    "keys": KeyScorer,
+}
+
+
+class StageOne:
+    """An engine's stage 1: the scorer ``gate.prefilter`` names (none when it is off or the rule reads every
+    block), the gate index ingest writes for it, and one scorer per kind of bank."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        config: EngineConfig,
+        prompts: PromptBuilder,
+        opening: BlockOpening | None,
+        start_position: int,
+        builds_index: bool,
+    ):
+        gate = config.gate
+        self.gate = gate
+        off = gate.prefilter == "off" or not RULES[gate.rule].needs_model
+        self.scorer: type[StageOneScorer] | None = None if off else SCORERS[gate.prefilter]
+        self.index_spec: IndexSpec | None = None
+        if self.scorer is not None and self.scorer.needs_key_index:
+            self.index_spec = index_spec_for(loaded, gate, opening, config.use_presets)
+        self.builds_index = builds_index  # whether the engine's compressor writes the index (beacon does not)
+        questions = QuestionTemplate.from_settings(config.prompts)
+        self.context = StageOneContext(loaded, prompts, opening, start_position, gate.memory_weight, questions)
+        self._scorers: dict[str, StageOneScorer] = {}
+        self._unindexed_warned: set[str] = set()
+
+    def for_bank(self, bank: MemoryBank) -> StageOneScorer | None:
+        """The scorer for ``bank``; None when stage 1 is off or the bank lacks what the scorer reads."""
+        if self.scorer is None:
+            return None
+        key = self.scorer.bank_key(bank)
+        if key is None:
+            if self.scorer.needs_key_index and self.builds_index:
+                self._warn_unindexed(bank)
+            return None
+        if key not in self._scorers:
+            self._scorers[key] = self.scorer.for_bank(self.context, bank)
+        return self._scorers[key]
+
+    def _warn_unindexed(self, bank: MemoryBank) -> None:
+        """Once per bank: a bank built without a gate index is judged block by block."""
+        if len(bank) > self.gate.candidates and (bank.name or "") not in self._unindexed_warned:
+            self._unindexed_warned.add(bank.name or "")
+            logger.warning(
+                "bank %s has no gate index (it was built with gate.prefilter='off'): the gate judges every block; "
+                "ingest into it again with this engine to use the prefilter (a stored bank is re-indexed from its "
+                "stored text)",
+                bank.name or "(unnamed)",
+            )
