@@ -186,8 +186,9 @@ def test_measured_presets_fill_open_settings_unless_turned_off(monkeypatch):
     from lychee_memory import presets
 
     # The tiny model stands in for SmolLM2; its heads and gate are not SmolLM2's, so those are left out.
-    smollm2 = dataclasses.replace(presets.PRESETS[0], prefilter_heads=(), gate_weights=None)
-    monkeypatch.setattr("lychee_memory.engine.preset_for", lambda config, fingerprint=None: smollm2)
+    tiny = {"model_type": "llama", "hidden_size": make_engine().loaded.config.hidden_size}
+    smollm2 = dataclasses.replace(presets.PRESETS[0], architecture=tiny, prefilter_heads=(), gate_weights=None)
+    monkeypatch.setattr(presets, "PRESETS", [smollm2])  # wherever the engine asks for its preset
     with_preset = make_engine(chunk_tokens=None)
     assert with_preset.config.compressor.kind == smollm2.compressor
     assert with_preset.config.reasoner.stop_strings == list(smollm2.stop_strings)
