@@ -24,6 +24,7 @@ ReadMode = Literal["auto", "kv", "text"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 AttentionName = Literal["auto", "sdpa", "eager", "flash_attention_2", "triton"]
 
+DEFAULT_MODEL = "smollm2-135m"  # the embedded default: what loads when no model is named
 # What a setting left at None becomes when the model's preset (presets.py) does not say: each defined here only.
 DEFAULT_RATIO = 4
 DEFAULT_CHUNK_TOKENS = 4096
@@ -54,7 +55,7 @@ class _Settings(BaseModel):
 class ModelSettings(_Settings):
     """Which weights to load and where to run them."""
 
-    spec: str = Field("smollm2-135m", min_length=1, description="alias, local HF dir, GGUF file, or cached hub id")
+    spec: str = Field(DEFAULT_MODEL, min_length=1, description="alias, local HF dir, GGUF file, or cached hub id")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     dtype: DtypeName = Field("auto", description="auto = bfloat16 on GPU, float32 on CPU")
     attention: AttentionName = Field(
@@ -125,7 +126,9 @@ class GateSettings(_Settings):
 
     rule: GateRuleName = "auto"
     threshold: float | None = Field(
-        None, description="a block is relevant when its score reaches this; None = rule default"
+        None,
+        description="a block is relevant when its score reaches this; None = the model's preset, else the "
+        "rule's default (gate.RULES)",
     )
     weights: str | None = Field(
         None,

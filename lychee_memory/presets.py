@@ -3,7 +3,7 @@
 A preset applies only to settings left at "auto"/None. Each one records the measurement behind it, so a
 default is never a guess dressed up as a fact. Models without a preset get the generic defaults of
 ``config.py`` through ``resolution.resolve_config`` (the beacon compressor for trained checkpoints, else
-attention-guided selection at ratio 4 read back as text).
+attention-guided selection at the default ratio read back as text).
 
 Besides the shipped ``PRESETS``, user preset files (JSON, written by ``lychee calibrate``) are read from
 ``$LYCHEE_PRESETS`` (a file, or a directory of ``*.json``) and then from ``<cache dir>/presets/*.json``. A user
