@@ -453,6 +453,35 @@ class LycheeMemory:
 
         return AnswerStream(pieces(), lambda: scanned["answer"], scan_once)
 
+    @_exclusive
+    def scan(
+        self,
+        questions: list[str],
+        bank: MemoryBank,
+        show_progress: bool | None = None,
+        observe: UpdateObserver | None = None,
+    ) -> tuple[list[ScanState], GateScan]:
+        """The gate's state-aware scan of a checked bank with memory updates, without the final answers.
+
+        ``observe(state, index, request, generation)`` hears each update (the RL trainer records its turns so).
+        """
+        states = [ScanState(question, self.config.prompts.initial_memory) for question in questions]
+        gate = self.config.gate
+        assert gate.boundary_tolerance is not None
+        with progress_bar(len(bank) * len(questions), "scanning", self.show_progress(show_progress)) as bar:
+            scan = GateScan(
+                self.loaded,
+                self.prompts,
+                self.rule,
+                gate,
+                self.threshold,
+                gate.boundary_tolerance,
+                bar.update,
+                self.prefilter_for(bank),
+            )
+            scan.run(bank, states, lambda reads: self.memory_strategy.update(self.reasoner, bank, reads, observe))
+        return states, scan
+
     def check_question(self, question: object) -> str:
         """The stripped question, refused when empty or when its prompts cannot fit the model's window."""
         question = clean_question(question)
@@ -474,34 +503,6 @@ class LycheeMemory:
             return MemoryBank.from_blocks([], [], self.identity, gate_index=self.gate_index_description), 0.0
         bank = self.ingest(kept, show_progress=show_progress)  # documents the filter drops are never compressed
         return bank, time.perf_counter() - started
-
-    def scan(
-        self,
-        questions: list[str],
-        bank: MemoryBank,
-        show_progress: bool | None = None,
-        observe: UpdateObserver | None = None,
-    ) -> tuple[list[ScanState], GateScan]:
-        """The gate's state-aware scan with memory updates, without the final answers; the caller holds the lock.
-
-        ``observe(state, index, request, generation)`` hears each update (the RL trainer records its turns so).
-        """
-        states = [ScanState(question, self.config.prompts.initial_memory) for question in questions]
-        gate = self.config.gate
-        assert gate.boundary_tolerance is not None
-        with progress_bar(len(bank) * len(questions), "scanning", self.show_progress(show_progress)) as bar:
-            scan = GateScan(
-                self.loaded,
-                self.prompts,
-                self.rule,
-                gate,
-                self.threshold,
-                gate.boundary_tolerance,
-                bar.update,
-                self.prefilter_for(bank),
-            )
-            scan.run(bank, states, lambda reads: self.memory_strategy.update(self.reasoner, bank, reads, observe))
-        return states, scan
 
     def info(self) -> dict[str, Any]:
         """What is loaded and how it is configured (the CLI's ``lychee info``)."""
