@@ -4,7 +4,9 @@
 ``ingest`` builds a bank (in memory, or in a ``MemoryStore``), ``ask``/``ask_many``/``stream``/``select``
 answer over it. One re-entrant lock per engine serialises calls from several threads; a stream holds it one
 decoding step at a time, never while the caller handles a piece. Baselines (``lychee_memory.baselines``) run
-on an engine; the engine knows none of them.
+on an engine; the engine knows none of them. The engine wires the parts whose concepts live elsewhere: settings
+resolution (``resolution.py``), the prompt budget (``budget.py``), the gate's scan (``gate``), the memory strategy
+(``working_memory.py``) and answer assembly (``answer.py``).
 """
 
 from __future__ import annotations
