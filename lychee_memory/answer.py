@@ -1,11 +1,15 @@
 """What a question returns: the answer, the blocks read (with gate scores and sources), the memory
-after each step, timings by phase and token counts; ``to_dict`` gives the CLI's JSON."""
+after each step, timings by phase and token counts; ``to_dict`` gives the CLI's JSON. ``answer_from_scan``
+assembles one from a finished scan."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from .blocks import MemoryBank
+from .gate import GateScan, ScanState, ScanTimings
 
 
 @dataclass(frozen=True)
@@ -163,3 +167,88 @@ def phase_timings(load_model: float, ingest: float, **phases: float) -> dict[str
     ``query`` is what a user waits for once the model is loaded and the bank built (the warm latency).
     """
     return {"load_model": load_model, "ingest": ingest, **phases, "query": sum(phases.values())}
+
+
+# From a scan to an Answer ----------------------------------------------------------------------------------
+
+
+def selected_block(bank: MemoryBank, index: int, score: float, fallback: bool, selected: bool = True) -> SelectedBlock:
+    """Block ``index`` of the scanned bank as its own bank numbers it (a filtered view or a union reports each
+    block under the bank it belongs to), with where its text comes from."""
+    span = bank.spans[index]
+    origin, at = bank.origin(index)
+    return SelectedBlock(
+        at, score, span.document_id, span.char_start, span.char_end, span.text, fallback, selected, origin.name
+    )
+
+
+def selected_blocks(state: ScanState, bank: MemoryBank) -> list[SelectedBlock]:
+    """The blocks a scan read, in reading order, with the gate score that selected each."""
+    blocks = []
+    for index in state.selected:
+        decision = next(d for d in reversed(state.decisions) if d.index == index)
+        blocks.append(selected_block(bank, index, decision.score, decision.fallback))
+    return blocks
+
+
+def k_blocks(state: ScanState, bank: MemoryBank, scan: GateScan, k: int | None) -> list[SelectedBlock]:
+    """The blocks a retriever asking for ``k`` gets (all the scan read when k is None): when the scan read more,
+    the k best by gate score among them, in reading order; when fewer, its reads and then the best-scoring blocks
+    it did not read under the final memory (``selected=False``), best first."""
+    blocks = selected_blocks(state, bank)
+    if k is not None and len(blocks) > k:
+        best = set(sorted(range(len(blocks)), key=lambda position: -blocks[position].score)[:k])
+        blocks = [block for position, block in enumerate(blocks) if position in best]
+    elif k is not None and len(blocks) < k:
+        blocks += [
+            selected_block(bank, index, gain, fallback=False, selected=False)
+            for index, gain in scan.best_unread(bank, state, k - len(blocks))
+        ]
+    return blocks
+
+
+def answer_from_scan(
+    state: ScanState,
+    bank: MemoryBank,
+    timings: ScanTimings,
+    text: str,
+    *,
+    load_seconds: float,
+    ingest_seconds: float,
+    answer_seconds: float,
+    answer_tokens: int,
+) -> Answer:
+    """The Answer of one question's finished scan: its blocks, memory steps, gate verdicts, timings and counts."""
+    counts = {
+        "reasoner_prompt_tokens": state.reasoner_prompt_tokens,
+        "memory_tokens": state.memory_tokens,
+        "document_tokens": bank.num_tokens,
+        "memory_slots": bank.num_slots,
+        "blocks": len(bank),
+        "blocks_read": len(state.selected),
+        "gate_rows": timings.gate_rows,
+        "rejudged_blocks": state.rejudged,
+        "prefiltered_blocks": timings.prefiltered_blocks,
+        "candidates": len(set().union(*state.candidate_history)) if state.candidate_history else len(bank),
+        "answer_tokens": answer_tokens,
+    }
+    return Answer(
+        question=state.question,
+        text=text,
+        mode="lychee",
+        blocks=selected_blocks(state, bank),
+        memory_steps=list(state.memories),
+        gate_scores=[
+            GateScore(bank.origin(d.index)[1], d.score, d.relevant, d.memory_step, d.rejudged) for d in state.decisions
+        ],
+        candidates=[[bank.origin(index)[1] for index in picks] for picks in state.candidate_history],
+        timings=phase_timings(
+            load_seconds,
+            ingest_seconds,
+            prefilter=timings.prefilter_seconds,
+            gate=timings.gate_seconds,
+            reason=timings.reason_seconds,
+            answer=answer_seconds,
+        ),
+        token_counts=counts,
+    )

@@ -1,6 +1,6 @@
 """Comparison methods that run on an engine's model, tokenizer, prompts and decoding, for honest comparisons.
 
-- ``MemAgent(engine)``: raw-text chunks (5000 tokens by default, clipped to fit the window), every chunk
+- ``MemAgent(engine)``: raw-text chunks (``baselines.memagent_chunk_tokens``, clipped to fit the window), every chunk
   updates the working memory through the text-mode reasoner, the answer comes from memory. No compression,
   no gate.
 - ``FullContext(engine)``: the whole corpus in one prompt, when it fits the model's window.
@@ -12,20 +12,18 @@ The RAG baseline (a vector index over a local MiniLM) lives with the research ha
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from .answer import Answer, SelectedBlock, phase_timings
 from .blocks import MemoryBank
 from .chunking import chunk_documents
-from .documents import Document, DocumentInput, load_documents
-from .engine import LycheeMemory
+from .documents import Document, load_documents
+from .engine import LycheeMemory, Source
 from .errors import ContextTooLongError
 from .generation import DecodingSettings, generate
 from .kv_prefix import PromptRow
 from .progress import progress_bar
 from .reasoner import Reasoner, UpdateRequest
-
-Source = MemoryBank | DocumentInput | Iterable[DocumentInput]
 
 
 def documents_of(source: Source) -> list[Document]:

@@ -1,7 +1,8 @@
 """Validated configuration for every stage: model, chunking, compressor, gate, reasoner, prompts.
 
-Fields left at "auto" (or None) are resolved per model once it is loaded (see ``engine.resolve_config``),
-so one config file works for the embedded 135M default and for a 7B checkpoint on a GPU.
+Fields left at "auto" (or None) are resolved per model once it is loaded (see ``resolution.resolve_config``),
+so one config file works for the embedded 135M default and for a 7B checkpoint on a GPU. The generic defaults
+they resolve to when no preset says otherwise are defined once, below, and the field descriptions quote them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,18 @@ ReadMode = Literal["auto", "kv", "text"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 AttentionName = Literal["auto", "sdpa", "eager", "flash_attention_2", "triton"]
 
+DEFAULT_MODEL = "smollm2-135m"  # the embedded default: what loads when no model is named
+# What a setting left at None becomes when the model's preset (presets.py) does not say: each defined here only.
+DEFAULT_RATIO = 4
+DEFAULT_CHUNK_TOKENS = 4096
+SMALL_MODEL_WINDOW = 16384  # models with a shorter context window default to SMALL_MODEL_CHUNK_TOKENS
+SMALL_MODEL_CHUNK_TOKENS = 1024
+INGEST_BATCH_SIZE = {"cpu": 1, "cuda": 4}  # chunks per forward by device type (others: the CPU value)
+# Scores this close to the gate threshold are scored again alone (see gate.py). Measured batch-vs-alone
+# differences of gate gains on SmolLM2-135M (12K-token needle bank, batches of 8 vs 1, CPU): at most 4.3e-6 nats
+# in float32 and 0.035 nats in bfloat16; the tolerances sit two orders (float32) and seven times (16-bit) above.
+BOUNDARY_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.25, "float16": 0.25}  # by dtype name; others: bfloat16's
+
 
 def cache_root() -> Path:
     """Directory for lychee-memory's caches (converted models, default store, presets); LYCHEE_CACHE_DIR overrides."""
@@ -42,7 +55,7 @@ class _Settings(BaseModel):
 class ModelSettings(_Settings):
     """Which weights to load and where to run them."""
 
-    spec: str = Field("smollm2-135m", min_length=1, description="alias, local HF dir, GGUF file, or cached hub id")
+    spec: str = Field(DEFAULT_MODEL, min_length=1, description="alias, local HF dir, GGUF file, or cached hub id")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     dtype: DtypeName = Field("auto", description="auto = bfloat16 on GPU, float32 on CPU")
     attention: AttentionName = Field(
@@ -70,7 +83,10 @@ class ChunkingSettings(_Settings):
     """How documents are cut into chunks before compression."""
 
     chunk_tokens: int | None = Field(
-        None, ge=1, description="tokens per chunk; None = the model's default (4096, or 1024 for small models)"
+        None,
+        ge=1,
+        description=f"tokens per chunk; None = the model's default ({DEFAULT_CHUNK_TOKENS}, or "
+        f"{SMALL_MODEL_CHUNK_TOKENS} for small models)",
     )
     boundary_lookback: float = Field(
         0.125,
@@ -84,12 +100,18 @@ class CompressorSettings(_Settings):
     """Which compressor turns a chunk into a memory block, and how hard it compresses."""
 
     kind: CompressorKind = "auto"
-    ratio: int | None = Field(None, ge=1, description="raw tokens per memory slot; None = 4 (1 for none)")
+    ratio: int | None = Field(
+        None, ge=1, description=f"raw tokens per memory slot; None = {DEFAULT_RATIO} (1 for none)"
+    )
     observation_window: int = Field(32, ge=1, description="attention compressor: tail tokens whose queries vote")
     pooling_kernel: int = Field(5, ge=1, description="attention compressor: smoothing width over positions (odd)")
     beacon_window: int = Field(2048, ge=1, description="beacon: raw tokens per compression window (= stride)")
     key_norm_keep: Literal["low", "high"] = Field("low", description="key_norm: keep the lowest or the highest norms")
-    ingest_batch_size: int | None = Field(None, ge=1, description="chunks per forward; None = 1 on CPU, 4 on GPU")
+    ingest_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description=f"chunks per forward; None = {INGEST_BATCH_SIZE['cpu']} on CPU, {INGEST_BATCH_SIZE['cuda']} on GPU",
+    )
 
     @field_validator("pooling_kernel")
     @classmethod
@@ -104,7 +126,9 @@ class GateSettings(_Settings):
 
     rule: GateRuleName = "auto"
     threshold: float | None = Field(
-        None, description="a block is relevant when its score reaches this; None = rule default"
+        None,
+        description="a block is relevant when its score reaches this; None = the model's preset, else the "
+        "rule's default (gate.RULES)",
     )
     weights: str | None = Field(
         None,
@@ -118,7 +142,8 @@ class GateSettings(_Settings):
         None,
         ge=0.0,
         description="a score this close to the threshold is scored again on its own, so batching never changes a "
-        "decision; None = per dtype (engine.BOUNDARY_TOLERANCE: far above the rounding batching causes)",
+        f"decision; None = per dtype ({', '.join(f'{k} {v}' for k, v in BOUNDARY_TOLERANCE.items())}: far above the "
+        "rounding batching causes)",
     )
     prefilter: PrefilterName = Field(
         "keys",

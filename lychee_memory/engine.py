@@ -4,171 +4,45 @@
 ``ingest`` builds a bank (in memory, or in a ``MemoryStore``), ``ask``/``ask_many``/``stream``/``select``
 answer over it. One re-entrant lock per engine serialises calls from several threads; a stream holds it one
 decoding step at a time, never while the caller handles a piece. Baselines (``lychee_memory.baselines``) run
-on an engine; the engine knows none of them.
+on an engine; the engine knows none of them. The engine wires the parts whose concepts live elsewhere: settings
+resolution (``resolution.py``), the prompt budget (``budget.py``), the gate's scan (``gate``), the memory strategy
+(``working_memory.py``) and answer assembly (``answer.py``).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-import torch
-
-from .answer import Answer, AnswerStream, GateScore, SelectedBlock, phase_timings
+from .answer import Answer, AnswerStream, SelectedBlock, answer_from_scan, k_blocks, selected_blocks
 from .blocks import BankIdentity, BlockOpening, MemoryBank, MemoryBlock
+from .budget import PromptBudget
 from .chunking import Chunk, chunk_documents, tokenize_with_offsets
 from .compressors import Compressor, build_compressor
-from .compressors.beacon import BeaconSettings
-from .compressors.memory_weights import LearnedSettings, is_learned_layout
-from .config import EngineConfig, PromptSettings
+from .config import INGEST_BATCH_SIZE, EngineConfig
 from .documents import Document, DocumentInput, load_documents
-from .errors import ConfigurationError, ContextTooLongError
+from .errors import ConfigurationError
 from .filters import DocumentFilter
-from .gate import RULES, GateRule, GateScan, IndexSpec, ScanState, StageOne, StageOneScorer, TrainedGateRule, build_rule
-from .gate.adapter import attach_gate, read_gate_file
+from .gate import GateRule, GateScan, IndexSpec, ScanState, StageOne, StageOneScorer, TrainedGateRule, build_rule
+from .gate.adapter import attach_gate
 from .kv_prefix import encode_opening
 from .model_loading import LoadedModel, load_model
-from .presets import preset_for, trained_file
 from .progress import progress_bar
 from .prompts import PromptBuilder
 from .questions import clean_question
-from .reasoner import Reasoner, UpdateObserver, UpdateRequest
+from .reasoner import Reasoner, UpdateObserver
+from .resolution import resolve_config
 from .store import BlockRecipe, MemoryStore, StoredBank, as_store
+from .working_memory import MemoryStrategy, memory_strategy
 
-logger = logging.getLogger(__name__)
 
 Source = MemoryBank | DocumentInput | Iterable[DocumentInput]
 Filters = Mapping[str, Any] | DocumentFilter | None
 Result = TypeVar("Result")
-
-DEFAULT_RATIO = 4
-SMALL_MODEL_WINDOW = 16384  # models with a shorter context window default to 1024-token chunks
-SMALL_MODEL_CHUNK_TOKENS = 1024
-DEFAULT_CHUNK_TOKENS = 4096
-# Scores this close to the gate threshold are scored again alone (see gate/scan.py). Measured batch-vs-alone
-# differences of gate gains on SmolLM2-135M (12K-token needle bank, batches of 8 vs 1, CPU): at most 4.3e-6 nats
-# in float32 and 0.035 nats in bfloat16; the tolerances sit two orders (float32) and seven times (16-bit) above.
-BOUNDARY_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.25, torch.float16: 0.25}
-
-
-def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
-    """Replace every "auto"/None setting by the value that works best for this model, and validate.
-
-    Order: a trained checkpoint decides the compressor; a measured preset (``presets.py``) fills what the
-    user left open; generic defaults fill the rest.
-    """
-    resolved = config.model_copy(deep=True)
-    preset = preset_for(loaded.config, loaded.fingerprint()) if config.use_presets else None
-    compressor = resolved.compressor
-    learned_weights = loaded.has_trained_memory and is_learned_layout(loaded.memory_config)
-    if compressor.kind == "auto":
-        if loaded.has_trained_memory:
-            compressor.kind = "learned" if learned_weights else "beacon"
-        elif preset is not None and preset.compressor is not None and compressor.ratio is None:
-            compressor.kind = preset.compressor
-        else:
-            compressor.kind = "attention"
-    if compressor.kind == "none":
-        compressor.ratio = 1
-    elif compressor.kind == "learned":
-        if not learned_weights:
-            raise ConfigurationError(
-                "compressor 'learned' needs trained memory weights in the learned layout: pass compressor_weights=PATH "
-                "(--compressor-weights), or train them with `lychee train compressor`"
-            )
-        learned = LearnedSettings.from_checkpoint_config(loaded.memory_config)
-        learned.check_base(loaded.config)
-        compressor.ratio = learned.ratios[0] if compressor.ratio is None else compressor.ratio
-        learned.check_ratio(compressor.ratio)
-    elif compressor.kind == "beacon" and loaded.has_trained_memory and learned_weights:
-        raise ConfigurationError(
-            f"the memory weights of {loaded.memory_source} are in the learned layout, not the beacon one; "
-            "use compressor 'learned'"
-        )
-    elif compressor.kind == "beacon" and loaded.has_trained_memory:
-        checkpoint = BeaconSettings.from_checkpoint_config(loaded.memory_config)
-        compressor.ratio, compressor.beacon_window = checkpoint.ratio, checkpoint.window
-    elif compressor.ratio is None:
-        compressor.ratio = DEFAULT_RATIO
-    if resolved.chunking.chunk_tokens is None:
-        if preset is not None and preset.chunk_tokens is not None:
-            resolved.chunking.chunk_tokens = min(preset.chunk_tokens, loaded.context_window)
-        elif loaded.context_window < SMALL_MODEL_WINDOW:
-            resolved.chunking.chunk_tokens = SMALL_MODEL_CHUNK_TOKENS
-        else:
-            resolved.chunking.chunk_tokens = DEFAULT_CHUNK_TOKENS
-    chunk_tokens = resolved.chunking.chunk_tokens
-    if chunk_tokens > loaded.context_window:
-        raise ContextTooLongError(
-            f"chunk size {chunk_tokens} tokens exceeds the model's context window of {loaded.context_window} tokens; "
-            "choose a smaller chunk_tokens"
-        )
-    if compressor.kind == "learned":
-        window = learned.window
-        if chunk_tokens > window:
-            raise ConfigurationError(
-                f"chunk size {chunk_tokens} tokens is longer than the {window} tokens the compressor weights "
-                f"({loaded.memory_source}) were trained for; choose chunk_tokens <= {window}"
-            )
-    elif compressor.kind == "beacon":
-        if compressor.beacon_window % compressor.ratio:
-            raise ConfigurationError(
-                f"compression ratio {compressor.ratio} does not divide the beacon window {compressor.beacon_window}; "
-                "choose a ratio that divides it (e.g. 2, 4, 8)"
-            )
-    elif chunk_tokens % compressor.ratio:
-        raise ConfigurationError(
-            f"compression ratio {compressor.ratio} does not divide the chunk window of {chunk_tokens} tokens; "
-            "choose a ratio that divides it (e.g. 2, 4, 8)"
-        )
-    gate_file = trained_file(preset.gate_weights) if preset is not None and preset.gate_weights else None
-    if resolved.gate.rule == "auto":
-        trained = resolved.gate.weights is not None or gate_file is not None
-        resolved.gate.rule = "trained" if trained else "query_likelihood"
-    elif resolved.gate.weights is not None and resolved.gate.rule != "trained":
-        raise ConfigurationError(
-            f"gate_weights is the trained gate's file, but the gate rule is {resolved.gate.rule!r}: "
-            "choose gate='trained' (or leave it on auto), or drop gate_weights"
-        )
-    if resolved.gate.rule == "trained":
-        if resolved.gate.weights is None:
-            if gate_file is None:
-                raise ConfigurationError(
-                    "gate='trained' needs a trained gate file: set gate_weights=PATH (CLI --gate-weights, config "
-                    "gate.weights) to a file written by `lychee train gate`; this model ships none"
-                )
-            resolved.gate.weights = str(gate_file)
-        if resolved.gate.threshold is None:  # the threshold calibrated when the gate was trained
-            resolved.gate.threshold = read_gate_file(resolved.gate.weights)[1].threshold
-    if resolved.gate.threshold is None:
-        measured = preset.thresholds.get((compressor.kind, resolved.gate.rule)) if preset else None
-        resolved.gate.threshold = measured if measured is not None else RULES[resolved.gate.rule].default_threshold
-    if resolved.gate.boundary_tolerance is None:
-        resolved.gate.boundary_tolerance = BOUNDARY_TOLERANCE.get(loaded.dtype, BOUNDARY_TOLERANCE[torch.bfloat16])
-    if preset is not None:
-        defaults = PromptSettings()
-        for field_name, template in preset.prompts.items():
-            if getattr(resolved.prompts, field_name) == getattr(defaults, field_name):
-                setattr(resolved.prompts, field_name, template)
-        if not resolved.reasoner.stop_strings and preset.stop_strings:
-            resolved.reasoner.stop_strings = list(preset.stop_strings)
-    if resolved.reasoner.weights is None and preset is not None and preset.reasoner_weights:
-        resolved.reasoner.weights = str(trained_file(preset.reasoner_weights))
-    if resolved.reasoner.read_mode == "auto":
-        trained = compressor.kind == "learned" or (compressor.kind == "beacon" and loaded.has_trained_memory)
-        if preset is not None and preset.read_mode is not None and compressor.kind == preset.compressor:
-            resolved.reasoner.read_mode = preset.read_mode
-        else:
-            # A trained compressor's KV is what its reasoner learned to read. Anything else is re-read as
-            # text inside the chat turn: compression loses exact names and numbers, and even raw KV sits
-            # outside the chat turn of an instruct model (measured on SmolLM2, see presets.py).
-            resolved.reasoner.read_mode = "kv" if trained else "text"
-    return resolved
 
 
 def _exclusive(method: Callable[..., Result]) -> Callable[..., Result]:
@@ -211,16 +85,16 @@ class LycheeMemory:
         self.rule: GateRule = build_rule(self.config.gate, self.config.prompts, loaded.tokenizer, self.opening, adapter)
         assert self.config.gate.threshold is not None
         self.threshold = self.config.gate.threshold
-        self.reasoner = Reasoner(
-            loaded,
-            self.prompts,
-            self.config.reasoner,
-            self.config.reasoner.read_mode,
-            self.config.gate.batch_size,
-            self.opening,
-        )
+        reading, batch = self.config.reasoner, self.config.gate.batch_size
+        self.reasoner = Reasoner(loaded, self.prompts, reading, reading.read_mode, batch, self.opening)
+        self.memory_strategy: MemoryStrategy = memory_strategy()  # how the working memory changes on a read
         self.lock = threading.RLock()
-        self._check_budget("")
+        start = self.opening.num_slots if self.opening is not None else len(self.prompts.block_opening_ids())
+        after_block = self.compressor.prompt_position(self.chunk_tokens, start)
+        self.budget = PromptBudget(
+            self.prompts, loaded.context_window, reading, self.chunk_tokens, after_block, self.rule
+        )
+        self.budget.check("")  # the settings alone must leave room for every prompt
 
     @classmethod
     def from_pretrained(
@@ -254,8 +128,9 @@ class LycheeMemory:
 
     @property
     def ingest_batch_size(self) -> int:
-        """Chunks compressed per forward: the configured value, else 4 on CUDA and 1 elsewhere."""
-        return self.config.compressor.ingest_batch_size or (4 if self.loaded.device.type == "cuda" else 1)
+        """Chunks compressed per forward: the configured value, else the device type's default (config.py)."""
+        default = INGEST_BATCH_SIZE.get(self.loaded.device.type, INGEST_BATCH_SIZE["cpu"])
+        return self.config.compressor.ingest_batch_size or default
 
     def show_progress(self, show: bool | None) -> bool:
         """Whether to draw progress bars: the call's choice, else the engine's ``show_progress`` setting."""
@@ -434,13 +309,20 @@ class LycheeMemory:
             raise TypeError("ask_many takes a list of questions; use ask() for one")
         questions = [self.check_question(q) for q in questions]
         bank, ingest_seconds = self._bank_of(source, show_progress, filters)
-        states, scan = self._scan(questions, bank, show_progress)
+        states, scan = self.scan(questions, bank, show_progress)
         started = time.perf_counter()
         generations = self.reasoner.answer(questions, [s.memory for s in states])
         answer_seconds = time.perf_counter() - started
         return [
-            self._build_answer(
-                state, bank, scan, generation.text, ingest_seconds, answer_seconds, len(generation.token_ids)
+            answer_from_scan(
+                state,
+                bank,
+                scan.timings,
+                generation.text,
+                load_seconds=self.loaded.load_seconds,
+                ingest_seconds=ingest_seconds,
+                answer_seconds=answer_seconds,
+                answer_tokens=len(generation.token_ids),
             )
             for state, generation in zip(states, generations)
         ]
@@ -481,20 +363,8 @@ class LycheeMemory:
             raise ConfigurationError(f"k must be a positive number of blocks, got {k!r}")
         questions = [self.check_question(question) for question in questions]
         bank, _ = self._bank_of(source, show_progress, filters)
-        states, scan = self._scan(questions, bank, show_progress)
-        selections = []
-        for state in states:
-            blocks = self._selected_blocks(state, bank)
-            if k is not None and len(blocks) > k:
-                best = set(sorted(range(len(blocks)), key=lambda position: -blocks[position].score)[:k])
-                blocks = [block for position, block in enumerate(blocks) if position in best]
-            elif k is not None and len(blocks) < k:
-                blocks += [
-                    self._block_of(bank, index, gain, fallback=False, selected=False)
-                    for index, gain in scan.best_unread(bank, state, k - len(blocks))
-                ]
-            selections.append(blocks)
-        return selections
+        states, scan = self.scan(questions, bank, show_progress)
+        return [k_blocks(state, bank, scan, k) for state in states]
 
     def stream(
         self, question: str, source: Source, *, filters: Filters = None, show_progress: bool | None = None
@@ -512,8 +382,8 @@ class LycheeMemory:
             with self.lock:
                 if not scanned:
                     bank, ingest_seconds = self._bank_of(source, show_progress, filters)
-                    (state,), scan = self._scan([question], bank, show_progress)
-                    blocks = self._selected_blocks(state, bank)
+                    (state,), scan = self.scan([question], bank, show_progress)
+                    blocks = selected_blocks(state, bank)
                     scanned.update(bank=bank, ingest_seconds=ingest_seconds, state=state, scan=scan, blocks=blocks)
             return scanned["blocks"]
 
@@ -530,92 +400,31 @@ class LycheeMemory:
                 yield step[1]
             assert decode.results is not None
             generation = decode.results[0]
-            scanned["answer"] = self._build_answer(
+            scanned["answer"] = answer_from_scan(
                 scanned["state"],
                 scanned["bank"],
-                scanned["scan"],
+                scanned["scan"].timings,
                 generation.text,
-                scanned["ingest_seconds"],
-                time.perf_counter() - started,
-                len(generation.token_ids),
+                load_seconds=self.loaded.load_seconds,
+                ingest_seconds=scanned["ingest_seconds"],
+                answer_seconds=time.perf_counter() - started,
+                answer_tokens=len(generation.token_ids),
             )
 
         return AnswerStream(pieces(), lambda: scanned["answer"], scan_once)
 
-    def check_question(self, question: object) -> str:
-        """The stripped question, refused when empty or when its prompts cannot fit the model's window."""
-        question = clean_question(question)
-        self._check_budget(question)
-        return question
-
-    # Internals ---------------------------------------------------------------------------------------
-
-    def _check_budget(self, question: str) -> None:
-        """Every prompt of a question (gate, memory update, answer) plus what it generates must fit the window.
-
-        With an empty question (at construction) this checks the settings alone.
-        """
-        window = self.loaded.context_window
-        memory, answer = self.config.reasoner.max_memory_tokens, self.config.reasoner.max_answer_tokens
-        start = self.opening.num_slots if self.opening is not None else len(self.prompts.block_opening_ids())
-        after_block = self.compressor.prompt_position(self.chunk_tokens, start)
-        text_mode = self.config.reasoner.read_mode == "text"
-        update_prompt = len(self.prompts.update_prompt(question, "", [] if text_mode else None))
-        read = self.chunk_tokens if text_mode else after_block
-        final_prompt = len(self.prompts.final_prompt(question, ""))
-        needs = {  # prompt -> (tokens needed, how they add up)
-            "memory update": (
-                read + update_prompt + 2 * memory,
-                f"{read} for the chunk, {update_prompt} of prompt, {memory} of previous and {memory} of new memory",
-            ),
-            "answer": (
-                final_prompt + memory + answer,
-                f"{final_prompt} of prompt, {memory} of memory, {answer} to answer",
-            ),
-        }
-        if self.rule.needs_model:
-            gate_prompt = self.rule.prompt_tokens(self.prompts, question)
-            needs["gate"] = (
-                after_block + gate_prompt + memory,
-                f"{after_block} for the block, {gate_prompt} of prompt and {memory} of memory",
-            )
-        what, (needed, parts) = max(needs.items(), key=lambda item: item[1][0])
-        if needed <= window:
-            return
-        if question:
-            raise ContextTooLongError(
-                f"the question is {len(self.prompts.encode_text(question))} tokens; its {what} prompt needs {needed} "
-                f"tokens ({parts}), more than the model's context window of {window}; ask a shorter question or "
-                "lower max_memory_tokens"
-            )
-        raise ContextTooLongError(
-            f"a {self.config.reasoner.read_mode}-mode {what} needs about {needed} tokens ({parts}), more than the "
-            f"model's context window of {window}; lower chunk_tokens or max_memory_tokens"
-        )
-
-    def _bank_of(self, source: Source, show_progress: bool | None, filters: Filters = None) -> tuple[MemoryBank, float]:
-        """The bank to scan (a new one for documents, timed as ingest), restricted to ``filters``' documents."""
-        document_filter = DocumentFilter.parse(filters)
-        if isinstance(source, MemoryBank):
-            self.check_bank(source)
-            return document_filter.apply(source), 0.0
-        started = time.perf_counter()
-        documents = load_documents(source)
-        kept = [document for document in documents if document_filter.matches(document.metadata)]
-        if not kept:  # nothing matches: an empty bank, and nothing compressed
-            return MemoryBank.from_blocks([], [], self.identity, gate_index=self.gate_index_description), 0.0
-        bank = self.ingest(kept, show_progress=show_progress)  # documents the filter drops are never compressed
-        return bank, time.perf_counter() - started
-
-    def _scan(
+    @_exclusive
+    def scan(
         self,
         questions: list[str],
         bank: MemoryBank,
-        show_progress: bool | None,
+        show_progress: bool | None = None,
         observe: UpdateObserver | None = None,
     ) -> tuple[list[ScanState], GateScan]:
-        """The gate's state-aware scan with memory updates; ``observe(state, index, request, generation)`` hears
-        each update (the RL trainer records its turns this way)."""
+        """The gate's state-aware scan of a checked bank with memory updates, without the final answers.
+
+        ``observe(state, index, request, generation)`` hears each update (the RL trainer records its turns so).
+        """
         states = [ScanState(question, self.config.prompts.initial_memory) for question in questions]
         gate = self.config.gate
         assert gate.boundary_tolerance is not None
@@ -630,94 +439,30 @@ class LycheeMemory:
                 bar.update,
                 self.prefilter_for(bank),
             )
-            scan.run(bank, states, self._updater(bank, observe))
+            scan.run(bank, states, lambda reads: self.memory_strategy.update(self.reasoner, bank, reads, observe))
         return states, scan
 
-    def _updater(
-        self, bank: MemoryBank, observe: UpdateObserver | None = None
-    ) -> Callable[[list[tuple[ScanState, int]]], list[str]]:
-        kv_mode = self.reasoner.read_mode == "kv"
+    def check_question(self, question: object) -> str:
+        """The stripped question, refused when empty or when its prompts cannot fit the model's window."""
+        question = clean_question(question)
+        self.budget.check(question)
+        return question
 
-        def update(hits: list[tuple[ScanState, int]]) -> list[str]:
-            requests = [
-                UpdateRequest(
-                    state.question,
-                    state.memory,
-                    block=bank.block(index) if kv_mode else None,
-                    chunk_ids=None if kv_mode else bank.block(index).token_ids.tolist(),
-                )
-                for state, index in hits
-            ]
-            generations = self.reasoner.update(requests)
-            for (state, index), request, generation in zip(hits, requests, generations):
-                state.reasoner_prompt_tokens += generation.prompt_tokens
-                state.memory_tokens += len(generation.token_ids)
-                if observe is not None:
-                    observe(state, index, request, generation)
-            return [generation.text for generation in generations]
+    # Internals ---------------------------------------------------------------------------------------
 
-        return update
-
-    def _selected_blocks(self, state: ScanState, bank: MemoryBank) -> list[SelectedBlock]:
-        """The blocks a scan read, in reading order, with the gate score that selected each."""
-        blocks = []
-        for index in state.selected:
-            decision = next(d for d in reversed(state.decisions) if d.index == index)
-            blocks.append(self._block_of(bank, index, decision.score, decision.fallback))
-        return blocks
-
-    @staticmethod
-    def _block_of(bank: MemoryBank, index: int, score: float, fallback: bool, selected: bool = True) -> SelectedBlock:
-        span = bank.spans[index]
-        origin, at = bank.origin(index)  # a filtered view or a union reports each block as its own bank numbers it
-        return SelectedBlock(
-            at, score, span.document_id, span.char_start, span.char_end, span.text, fallback, selected, origin.name
-        )
-
-    def _build_answer(
-        self,
-        state: ScanState,
-        bank: MemoryBank,
-        scan: GateScan,
-        text: str,
-        ingest_seconds: float,
-        answer_seconds: float,
-        answer_tokens: int,
-    ) -> Answer:
-        counts = {
-            "reasoner_prompt_tokens": state.reasoner_prompt_tokens,
-            "memory_tokens": state.memory_tokens,
-            "document_tokens": bank.num_tokens,
-            "memory_slots": bank.num_slots,
-            "blocks": len(bank),
-            "blocks_read": len(state.selected),
-            "gate_rows": scan.timings.gate_rows,
-            "rejudged_blocks": state.rejudged,
-            "prefiltered_blocks": scan.timings.prefiltered_blocks,
-            "candidates": len(set().union(*state.candidate_history)) if state.candidate_history else len(bank),
-            "answer_tokens": answer_tokens,
-        }
-        return Answer(
-            question=state.question,
-            text=text,
-            mode="lychee",
-            blocks=self._selected_blocks(state, bank),
-            memory_steps=list(state.memories),
-            gate_scores=[
-                GateScore(bank.origin(d.index)[1], d.score, d.relevant, d.memory_step, d.rejudged)
-                for d in state.decisions
-            ],
-            candidates=[[bank.origin(index)[1] for index in picks] for picks in state.candidate_history],
-            timings=phase_timings(
-                self.loaded.load_seconds,
-                ingest_seconds,
-                prefilter=scan.timings.prefilter_seconds,
-                gate=scan.timings.gate_seconds,
-                reason=scan.timings.reason_seconds,
-                answer=answer_seconds,
-            ),
-            token_counts=counts,
-        )
+    def _bank_of(self, source: Source, show_progress: bool | None, filters: Filters = None) -> tuple[MemoryBank, float]:
+        """The bank to scan (a new one for documents, timed as ingest), restricted to ``filters``' documents."""
+        document_filter = DocumentFilter.parse(filters)
+        if isinstance(source, MemoryBank):
+            self.check_bank(source)
+            return document_filter.apply(source), 0.0
+        started = time.perf_counter()
+        documents = load_documents(source)
+        kept = [document for document in documents if document_filter.matches(document.metadata)]
+        if not kept:  # nothing matches: an empty bank, and nothing compressed
+            return MemoryBank.from_blocks([], [], self.identity, gate_index=self.gate_index_description), 0.0
+        bank = self.ingest(kept, show_progress=show_progress)  # documents the filter drops are never compressed
+        return bank, time.perf_counter() - started
 
     def info(self) -> dict[str, Any]:
         """What is loaded and how it is configured (the CLI's ``lychee info``)."""

@@ -2,13 +2,14 @@
 
 A preset applies only to settings left at "auto"/None. Each one records the measurement behind it, so a
 default is never a guess dressed up as a fact. Models without a preset get the generic defaults of
-``engine.resolve_config`` (the beacon compressor for trained checkpoints, else attention-guided
-selection at ratio 4 read back as text).
+``config.py`` through ``resolution.resolve_config`` (the beacon compressor for trained checkpoints, else
+attention-guided selection at the default ratio read back as text).
 
 Besides the shipped ``PRESETS``, user preset files (JSON, written by ``lychee calibrate``) are read from
 ``$LYCHEE_PRESETS`` (a file, or a directory of ``*.json``) and then from ``<cache dir>/presets/*.json``. A user
 preset applies to a model with the same architecture and, when the file records one, the same fingerprint; it is
 layered over the shipped preset of that model: what the file sets wins, what it leaves out stays shipped.
+``ModelPreset`` is a pydantic dataclass: the same validation checks a shipped preset, a calibrated one and a file.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import re
 import tempfile
 import typing
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, PlainSerializer, Strict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
 
 from .config import CompressorKind, GateRuleName, PromptSettings, ReadMode
 from .errors import ConfigurationError
@@ -40,36 +44,157 @@ ARCHITECTURE_KEYS = (
     "vocab_size",
 )
 SHIPPED = "shipped"
+_COMPRESSORS = tuple(kind for kind in typing.get_args(CompressorKind) if kind != "auto")
+_RULES = tuple(rule for rule in typing.get_args(GateRuleName) if rule != "auto")
+_READ_MODES = tuple(mode for mode in typing.get_args(ReadMode) if mode != "auto")
 
 
-@dataclass(frozen=True)
+# What each preset field accepts (the messages end up after "field 'NAME'") -----------------------------------
+
+
+def _one_of(choices: tuple[str, ...]) -> BeforeValidator:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _whole(minimum: int, what: str) -> BeforeValidator:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise ValueError(f"must be {what}, got {value!r}")
+        return int(value)
+
+    return BeforeValidator(check)
+
+
+def _finite(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def threshold_key(compressor: str, rule: str) -> str:
+    """How a (compressor, rule) threshold key is written in a preset file: "none/query_likelihood"."""
+    return f"{compressor}/{rule}"
+
+
+def _threshold_keys(value: Any) -> Any:
+    """A file's "COMPRESSOR/RULE" keys as (compressor, rule) pairs, each checked."""
+    if not isinstance(value, dict):
+        raise ValueError(f'must be an object like {{"none/query_likelihood": 2.0}}, got {value!r}')
+    parsed = {}
+    for key, threshold in value.items():
+        compressor, rule = key if isinstance(key, tuple) and len(key) == 2 else (str(key).partition("/")[::2])
+        if compressor not in _COMPRESSORS or rule not in _RULES:
+            raise ValueError(
+                f"key {key!r} must be COMPRESSOR/RULE with a compressor among {', '.join(_COMPRESSORS)} "
+                f"and a rule among {', '.join(_RULES)}"
+            )
+        try:
+            parsed[(compressor, rule)] = _finite(threshold)
+        except ValueError:
+            raise ValueError(f"value of {key!r} must be a finite number, got {threshold!r}") from None
+    return parsed
+
+
+def _heads(value: Any) -> Any:
+    def is_index(item: Any) -> bool:
+        return isinstance(item, numbers.Integral) and not isinstance(item, bool) and item >= 0
+
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(pair, (list, tuple)) and len(pair) == 2 and all(is_index(item) for item in pair) for pair in value
+    ):
+        raise ValueError(f"must be a list of [layer, head] pairs of non-negative integers, got {value!r}")
+    return value
+
+
+def _stop_strings(value: Any) -> Any:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item for item in value):
+        raise ValueError(f"must be a list of non-empty strings, got {value!r}")
+    return value
+
+
+def _architecture(value: dict[str, Any]) -> dict[str, Any]:
+    for key, item in value.items():
+        if key == "model_type" and not (isinstance(item, str) and item):
+            raise ValueError(f"entry 'model_type' must be a non-empty string, got {item!r}")
+        if key != "model_type" and item is not None and (isinstance(item, bool) or not isinstance(item, (int, str))):
+            raise ValueError(f"entry {key!r} must be an integer, a string or null, got {item!r}")
+    return value
+
+
+def _prompts(value: dict[str, str]) -> dict[str, str]:
+    names = [name for name, info in PromptSettings.model_fields.items() if info.annotation is str]
+    for key in value:
+        if key not in names:
+            raise ValueError(f"key {key!r} is not a prompt template; known: {', '.join(names)}")
+    try:
+        PromptSettings(**value)
+    except ValueError as error:
+        raise ValueError(f"holds an invalid template: {error}") from None
+    return value
+
+
+def _non_empty(value: str) -> str:
+    if not value:
+        raise ValueError(f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError(f"must be a non-empty string, got {value!r}")
+    return value
+
+
+_Text = Annotated[str, Strict()]
+_NonEmpty = Annotated[str, Strict(), AfterValidator(_non_empty)]
+_NonBlank = Annotated[str, Strict(), AfterValidator(_non_blank)]
+_Thresholds = Annotated[
+    dict[tuple[str, str], float],
+    BeforeValidator(_threshold_keys),
+    PlainSerializer(lambda value: {threshold_key(*key): t for key, t in value.items()}, when_used="json"),
+]
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class ModelPreset:
     """Defaults for one model, recognised by its architecture (and, for a user file, its fingerprint)."""
 
-    name: str
-    architecture: dict[str, Any]
-    compressor: str | None = None
-    chunk_tokens: int | None = None
-    read_mode: str | None = None
-    thresholds: dict[tuple[str, str], float] = field(default_factory=dict)  # (compressor, gate rule) -> threshold
-    prompts: dict[str, str] = field(default_factory=dict)  # PromptSettings fields replacing untouched defaults
-    stop_strings: tuple[str, ...] = ()
-    prefilter_heads: tuple[
-        tuple[int, int], ...
-    ] = ()  # (layer, query head) of the gate index, from `lychee probe heads`
+    name: _NonBlank
+    architecture: Annotated[dict[str, Any], AfterValidator(_architecture)]
+    compressor: Annotated[str, _one_of(_COMPRESSORS)] | None = None
+    chunk_tokens: Annotated[int, _whole(1, "a positive integer")] | None = None
+    read_mode: Annotated[str, _one_of(_READ_MODES)] | None = None
+    thresholds: _Thresholds = dataclasses.field(default_factory=dict)  # (compressor, gate rule) -> threshold
+    # PromptSettings fields replacing untouched defaults
+    prompts: Annotated[dict[str, _Text], AfterValidator(_prompts)] = dataclasses.field(default_factory=dict)
+    stop_strings: Annotated[tuple[str, ...], BeforeValidator(_stop_strings)] = ()
+    # (layer, query head) of the gate index, from `lychee probe heads`
+    prefilter_heads: Annotated[tuple[tuple[int, int], ...], BeforeValidator(_heads)] = ()
     compressor_weights: str | None = None  # a trained file in lychee_memory/trained/, loaded beside the model
     gate_weights: str | None = None  # a trained gate adapter in lychee_memory/trained/ (gate "auto" -> "trained")
     reasoner_weights: str | None = None  # an RL-trained reasoner adapter in lychee_memory/trained/
-    evidence: str = ""
+    evidence: _Text = ""
     source: str = SHIPPED  # "shipped", or the path of the user preset file it came from
-    fingerprint: str | None = None  # the model fingerprint a user file was measured on (None: any checkpoint)
-    created: str = ""  # when a user file was written (ISO 8601)
+    fingerprint: _NonEmpty | None = None  # the model fingerprint a user file was measured on (None: any checkpoint)
+    created: _Text = ""  # when a user file was written (ISO 8601)
 
-    def matches(self, config, fingerprint: str | None = None) -> bool:
+    def matches(self, config: Any, fingerprint: str | None = None) -> bool:
         """Same architecture, and the same fingerprint when both this preset and the caller know one."""
-        if not all(getattr(config, key, None) == value for key, value in self.architecture.items()):
-            return False
-        return self.fingerprint is None or fingerprint is None or self.fingerprint == fingerprint
+        return architecture_matches(self.architecture, self.fingerprint, config, fingerprint)
+
+
+def architecture_matches(
+    architecture: Mapping[str, Any], recorded: str | None, config: Any, fingerprint: str | None = None
+) -> bool:
+    """Whether a model ``config`` (and ``fingerprint``) is the one a preset recorded."""
+    if not all(getattr(config, key, None) == value for key, value in architecture.items()):
+        return False
+    return recorded is None or fingerprint is None or recorded == fingerprint
 
 
 PRESETS = [
@@ -134,7 +259,11 @@ def preset_for(model_config, fingerprint: str | None = None) -> ModelPreset | No
     files one recorded for this very ``fingerprint`` wins over one that records none, else the first in order.
     """
     shipped = shipped_preset_for(model_config)
-    matching = [fields for fields in _user_preset_fields() if _fields_match(fields, model_config, fingerprint)]
+    matching = [
+        fields
+        for fields in _user_preset_fields()
+        if architecture_matches(fields["architecture"], fields.get("fingerprint"), model_config, fingerprint)
+    ]
     if not matching:
         return shipped
     exact = [fields for fields in matching if fingerprint is not None and fields.get("fingerprint") == fingerprint]
@@ -186,11 +315,6 @@ def _user_preset_fields() -> Iterator[dict[str, Any]]:
         yield read_preset_fields(path)
 
 
-def _fields_match(fields: Mapping[str, Any], model_config, fingerprint: str | None) -> bool:
-    probe = ModelPreset(name="", architecture=fields["architecture"], fingerprint=fields.get("fingerprint"))
-    return probe.matches(model_config, fingerprint)
-
-
 def default_preset_path(name: str, fingerprint: str | None) -> Path:
     """``<user presets dir>/<model name>-<fingerprint start>.json``, for a model spec and its fingerprint."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).name or name).strip("-.") or "model"
@@ -228,10 +352,6 @@ def where_preset_applies(preset: ModelPreset, path: Path) -> str:
 
 # The preset file format ---------------------------------------------------------------------------------
 
-Failure = Callable[[str], ConfigurationError]  # makes the error for one field from what is wrong with it
-_COMPRESSORS = tuple(kind for kind in typing.get_args(CompressorKind) if kind != "auto")
-_RULES = tuple(rule for rule in typing.get_args(GateRuleName) if rule != "auto")
-_READ_MODES = tuple(mode for mode in typing.get_args(ReadMode) if mode != "auto")
 _OPTIONAL_FIELDS = (
     "compressor",
     "chunk_tokens",
@@ -244,34 +364,30 @@ _OPTIONAL_FIELDS = (
     "fingerprint",
     "created",
 )
-_FILE_FIELDS = ("format", "name", "architecture", *_OPTIONAL_FIELDS)
-
-
-def threshold_key(compressor: str, rule: str) -> str:
-    """How a (compressor, rule) threshold key is written in a preset file: "none/query_likelihood"."""
-    return f"{compressor}/{rule}"
+_FILE_FIELDS = ("format", "name", "architecture", *_OPTIONAL_FIELDS)  # the trained files' names are shipped-only
+_WRITTEN = (  # in the order a file has them
+    "name",
+    "architecture",
+    "fingerprint",
+    "created",
+    "compressor",
+    "chunk_tokens",
+    "read_mode",
+    "thresholds",
+    "prompts",
+    "stop_strings",
+    "prefilter_heads",
+    "evidence",
+)
 
 
 def preset_to_json(preset: ModelPreset) -> dict[str, Any]:
     """The JSON object of a preset file (a trained compressor file name is a shipped-only field, left out)."""
-    data: dict[str, Any] = {"format": PRESET_FORMAT, "name": preset.name, "architecture": dict(preset.architecture)}
-    if preset.fingerprint is not None:
-        data["fingerprint"] = preset.fingerprint
-    if preset.created:
-        data["created"] = preset.created
-    for name in ("compressor", "chunk_tokens", "read_mode"):
-        if getattr(preset, name) is not None:
-            data[name] = getattr(preset, name)
-    if preset.thresholds:
-        data["thresholds"] = {threshold_key(*key): value for key, value in preset.thresholds.items()}
-    if preset.prompts:
-        data["prompts"] = dict(preset.prompts)
-    if preset.stop_strings:
-        data["stop_strings"] = list(preset.stop_strings)
-    if preset.prefilter_heads:
-        data["prefilter_heads"] = [list(head) for head in preset.prefilter_heads]
-    if preset.evidence:
-        data["evidence"] = preset.evidence
+    dumped = _ADAPTER.dump_python(preset, mode="json")
+    data: dict[str, Any] = {"format": PRESET_FORMAT}
+    for name in _WRITTEN:
+        if name in ("name", "architecture") or dumped[name] not in (None, "", [], {}):
+            data[name] = dumped[name]
     return data
 
 
@@ -315,10 +431,12 @@ def read_preset_fields(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigurationError(
             f"preset file {str(source)!r} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
         ) from None
-    return _parse_preset(data, str(source))
+    return _preset_fields(data, str(source))
 
 
-def _parse_preset(data: Any, source: str) -> dict[str, Any]:
+def _preset_fields(data: Any, source: str) -> dict[str, Any]:
+    """Checks only a file has (its format, no shipped-only field, a complete architecture), then the model's."""
+
     def fail(field_name: str, problem: str) -> ConfigurationError:
         return ConfigurationError(f"preset file {source!r}: field {field_name!r} {problem}")
 
@@ -329,123 +447,29 @@ def _parse_preset(data: Any, source: str) -> dict[str, Any]:
         raise fail(unknown[0], f"is not a preset field; known fields: {', '.join(_FILE_FIELDS)}")
     if data.get("format") != PRESET_FORMAT:
         raise fail("format", f"must be {PRESET_FORMAT!r}, got {data.get('format')!r}")
-    fields: dict[str, Any] = {"source": source}
-    name = data.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise fail("name", f"must be a non-empty string, got {name!r}")
-    fields["name"] = name
-    fields["architecture"] = _parse_architecture(data.get("architecture"), fail)
-    for key in _OPTIONAL_FIELDS:
-        if key in data and data[key] is not None:
-            fields[key] = _PARSERS[key](data[key], lambda problem, key=key: fail(key, problem))
-    return fields
-
-
-def _parse_architecture(value: Any, fail: Callable[[str, str], ConfigurationError]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise fail("architecture", f"must be an object of model config fields, got {value!r}")
-    missing = [key for key in ARCHITECTURE_KEYS if key not in value]
+    architecture = data.get("architecture")
+    if not isinstance(architecture, dict):
+        raise fail("architecture", f"must be an object of model config fields, got {architecture!r}")
+    missing = [key for key in ARCHITECTURE_KEYS if key not in architecture]
     if missing:
         raise fail(
             "architecture", f"lacks {', '.join(missing)} (a preset records all of {', '.join(ARCHITECTURE_KEYS)})"
         )
-    for key, item in value.items():
-        if key == "model_type" and not (isinstance(item, str) and item):
-            raise fail("architecture", f"entry 'model_type' must be a non-empty string, got {item!r}")
-        if key != "model_type" and item is not None and (isinstance(item, bool) or not isinstance(item, (int, str))):
-            raise fail("architecture", f"entry {key!r} must be an integer, a string or null, got {item!r}")
-    return dict(value)
-
-
-def _choice(choices: tuple[str, ...]) -> Callable[[Any, Failure], str]:
-    def parse(value: Any, fail: Failure) -> str:
-        if value not in choices:
-            raise fail(f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    return parse
-
-
-def _positive_int(value: Any, fail: Failure) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise fail(f"must be a positive integer, got {value!r}")
-    return value
-
-
-def _text(value: Any, fail: Failure) -> str:
-    if not isinstance(value, str):
-        raise fail(f"must be a string, got {value!r}")
-    return value
-
-
-def _thresholds(value: Any, fail: Failure) -> dict[tuple[str, str], float]:
-    if not isinstance(value, dict):
-        raise fail(f'must be an object like {{"none/query_likelihood": 2.0}}, got {value!r}')
-    parsed = {}
-    for key, threshold in value.items():
-        compressor, _, rule = str(key).partition("/")
-        if compressor not in _COMPRESSORS or rule not in _RULES:
-            raise fail(
-                f"key {key!r} must be COMPRESSOR/RULE with a compressor among {', '.join(_COMPRESSORS)} "
-                f"and a rule among {', '.join(_RULES)}"
-            )
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-            raise fail(f"value of {key!r} must be a finite number, got {threshold!r}")
-        parsed[(compressor, rule)] = float(threshold)
-    return parsed
-
-
-def _prompts(value: Any, fail: Failure) -> dict[str, str]:
-    names = [name for name, info in PromptSettings.model_fields.items() if info.annotation is str]
-    if not isinstance(value, dict):
-        raise fail(f"must be an object of prompt templates, got {value!r}")
-    for key, template in value.items():
-        if key not in names:
-            raise fail(f"key {key!r} is not a prompt template; known: {', '.join(names)}")
-        if not isinstance(template, str):
-            raise fail(f"value of {key!r} must be a string, got {template!r}")
+    given = {key: value for key, value in data.items() if key != "format" and (value is not None or key == "name")}
     try:
-        PromptSettings(**value)
-    except ValueError as error:
-        raise fail(f"holds an invalid template: {error}") from None
-    return dict(value)
+        preset = ModelPreset(**given, source=source)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] != "value_error":
+            message = f"is invalid: {message[:1].lower()}{message[1:]}, got {problem['input']!r}"
+        if len(problem["loc"]) > 1:  # an entry of an object: which one
+            message = f"entry {problem['loc'][1]!r} {message}"
+        raise fail(str(problem["loc"][0]) if problem["loc"] else "name", message) from None
+    return {"source": source, **{key: getattr(preset, key) for key in given}}
 
 
-def _stop_strings(value: Any, fail: Failure) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-        raise fail(f"must be a list of non-empty strings, got {value!r}")
-    return tuple(value)
-
-
-def _heads(value: Any, fail: Failure) -> tuple[tuple[int, int], ...]:
-    def is_index(item: Any) -> bool:
-        return isinstance(item, int) and not isinstance(item, bool) and item >= 0
-
-    if not isinstance(value, list) or not all(
-        isinstance(pair, list) and len(pair) == 2 and all(is_index(item) for item in pair) for pair in value
-    ):
-        raise fail(f"must be a list of [layer, head] pairs of non-negative integers, got {value!r}")
-    return tuple((pair[0], pair[1]) for pair in value)
-
-
-def _fingerprint(value: Any, fail: Failure) -> str:
-    if not isinstance(value, str) or not value:
-        raise fail(f"must be the model's fingerprint (a non-empty string) or null, got {value!r}")
-    return value
-
-
-_PARSERS = {
-    "compressor": _choice(_COMPRESSORS),
-    "chunk_tokens": _positive_int,
-    "read_mode": _choice(_READ_MODES),
-    "thresholds": _thresholds,
-    "prompts": _prompts,
-    "stop_strings": _stop_strings,
-    "prefilter_heads": _heads,
-    "evidence": _text,
-    "fingerprint": _fingerprint,
-    "created": _text,
-}
+_ADAPTER: TypeAdapter[ModelPreset] = TypeAdapter(ModelPreset)
 
 
 TRAINED_DIR = Path(__file__).parent / "trained"

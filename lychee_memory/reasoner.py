@@ -1,5 +1,7 @@
 """The reasoner: rewrites the working memory from one relevant block, and answers from memory alone.
 
+How the scan uses it to change the memory is the memory strategy's business (``working_memory.py``).
+
 Two read modes: ``kv`` puts the block's KV (after the shared opening, for framed blocks) before the update
 prompt, so only the prompt is prefilled (the paper; exact for raw KV, and what a trained compressor is for);
 ``text`` re-encodes the chunk's tokens in the prompt at full fidelity (for training-free compression, which
@@ -45,7 +47,7 @@ class Reasoner:
         prompts: PromptBuilder,
         settings: ReasonerSettings,
         read_mode: str,
-        batch_size: int = 8,
+        batch_size: int,
         opening: BlockOpening | None = None,
     ):
         if read_mode not in ("kv", "text"):

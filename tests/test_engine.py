@@ -186,8 +186,9 @@ def test_measured_presets_fill_open_settings_unless_turned_off(monkeypatch):
     from lychee_memory import presets
 
     # The tiny model stands in for SmolLM2; its heads and gate are not SmolLM2's, so those are left out.
-    smollm2 = dataclasses.replace(presets.PRESETS[0], prefilter_heads=(), gate_weights=None)
-    monkeypatch.setattr("lychee_memory.engine.preset_for", lambda config, fingerprint=None: smollm2)
+    tiny = {"model_type": "llama", "hidden_size": make_engine().loaded.config.hidden_size}
+    smollm2 = dataclasses.replace(presets.PRESETS[0], architecture=tiny, prefilter_heads=(), gate_weights=None)
+    monkeypatch.setattr(presets, "PRESETS", [smollm2])  # wherever the engine asks for its preset
     with_preset = make_engine(chunk_tokens=None)
     assert with_preset.config.compressor.kind == smollm2.compressor
     assert with_preset.config.reasoner.stop_strings == list(smollm2.stop_strings)
@@ -241,3 +242,27 @@ def test_stream_answer_after_an_early_break_is_the_whole_answer():
     closed.close()
     with pytest.raises(RuntimeError, match="closed before the answer was complete"):
         _ = closed.answer
+
+
+def test_the_memory_strategy_is_chosen_by_name_and_a_new_one_plugs_into_the_scan():
+    from dataclasses import dataclass
+
+    from lychee_memory.working_memory import MEMORY_STRATEGIES, GeneratedNotes, MemoryStrategy, memory_strategy
+
+    assert isinstance(make_engine().memory_strategy, GeneratedNotes) and MEMORY_STRATEGIES["notes"] is GeneratedNotes
+    with pytest.raises(ConfigurationError, match="unknown memory strategy 'quotes'; known: notes"):
+        memory_strategy("quotes")
+
+    @dataclass(frozen=True)
+    class Verbatim(MemoryStrategy):  # the shape of the excerpts strategy that comes next: no generation
+        name = "verbatim"
+
+        def update(self, reasoner, bank, reads, observe=None):
+            return [f"{state.memory} | {bank.spans[index].text}" for state, index in reads]
+
+    engine = make_engine(threshold=-1e9, max_relevant_blocks=2)
+    bank = engine.ingest([FACTS_DOCUMENT])
+    engine.memory_strategy = Verbatim()
+    answer = engine.ask(QUESTION, bank)
+    read = [bank.spans[block.index].text for block in answer.blocks]
+    assert answer.memory_steps[-1] == " | ".join(["No previous memory", *read])

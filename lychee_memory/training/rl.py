@@ -135,7 +135,7 @@ def rollout_group(
         trajectory.blocks_read.append(index)
 
     with engine.lock, policy_of(engine, adapter, temperature=temperature, top_p=top_p, seed=seed):
-        states, _ = engine._scan([question] * group, bank, False, observe=record)
+        states, _ = engine.scan([question] * group, bank, False, observe=record)
         memories = [state.memory for state in states]
         rows = [PromptRow(engine.prompts.final_prompt(question, memory)) for memory in memories]
         answers = reasoner.answer([question] * group, memories)
