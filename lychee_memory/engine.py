@@ -39,7 +39,6 @@ from .resolution import resolve_config
 from .store import BlockRecipe, MemoryStore, StoredBank, as_store
 from .working_memory import MemoryStrategy, memory_strategy
 
-
 Source = MemoryBank | DocumentInput | Iterable[DocumentInput]
 Filters = Mapping[str, Any] | DocumentFilter | None
 Result = TypeVar("Result")
