@@ -229,12 +229,12 @@ def test_bad_reasoner_files_get_specific_errors(tmp_path):
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         fresh_engine(reasoner_weights=str(tmp_path / "missing.safetensors"))
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(UnsupportedModelError, match="damaged or not safetensors"):
+    with pytest.raises(UnsupportedModelError, match="is damaged or not a safetensors file"):
         fresh_engine(reasoner_weights=str(tmp_path / "junk.safetensors"))
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(tmp_path / "gate.safetensors"), {"format": "lychee-gate-lora"})
-    with pytest.raises(UnsupportedModelError, match="not a reasoner adapter"):
+    with pytest.raises(UnsupportedModelError, match="is not a reasoner weights file"):
         fresh_engine(reasoner_weights=str(tmp_path / "gate.safetensors"))
     engine = fresh_engine()
     adapter = new_reasoner_adapter(engine.loaded)

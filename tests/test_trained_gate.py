@@ -159,7 +159,7 @@ def test_bad_gate_files_and_settings_get_specific_errors(trained, tmp_path):
         make_engine("llama", compressor="none", gate="trained", gate_weights=str(tmp_path / "missing.safetensors"))
     damaged = tmp_path / "damaged.safetensors"
     damaged.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(UnsupportedModelError, match="damaged"):
+    with pytest.raises(UnsupportedModelError, match="is damaged or not a safetensors file"):
         make_engine("llama", compressor="none", gate="trained", gate_weights=str(damaged))
     with pytest.raises(UnsupportedModelError, match="another model shape"):
         make_engine("qwen2", compressor="none", gate="trained", gate_weights=str(path))

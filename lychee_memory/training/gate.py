@@ -29,14 +29,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..blocks import MemoryBank
-from ..compressors.memory_weights import base_geometry
 from ..config import DEFAULT_RELEVANCE_TEMPLATE
 from ..documents import Document
 from ..engine import LycheeMemory
 from ..errors import ConfigurationError
 from ..gate import GateRule, ScoreRequest, TrainedGateRule
-from ..gate_weights import GateAdapterSettings, file_digest, new_gate, save_gate_file
+from ..gate_weights import GateAdapterSettings, new_gate, save_gate_file
 from ..progress import progress_bar
+from ..weight_files import base_geometry, file_digest
 from .gate_data import GateExample, gate_examples
 from .runs import CHECKPOINT_NAME, load_checkpoint, moving_mean, pyplot, save_checkpoint
 
