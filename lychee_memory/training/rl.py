@@ -287,11 +287,6 @@ def only_these_train(
             parameter.requires_grad_(flag)
 
 
-def only_adapter_trains(model: torch.nn.Module, adapter: GateAdapter):
-    """Freeze every parameter of ``model`` but the adapter's for the block."""
-    return only_these_train([model], adapter.parameters())
-
-
 def differentiable_block(engine: Any, block: MemoryBlock) -> MemoryBlock:
     """``block`` recomputed by the engine's learned compressor with autograd on its memory weights: the frozen
     raw forward of opening + chunk runs without gradients, the memory tokens over it with them."""
