@@ -137,6 +137,9 @@ def test_the_run_writes_a_small_file_a_curve_and_a_comparison(trained):
     assert summary["bytes"] < 200_000 and set(summary["comparison"]) == {"trained", "query_likelihood", "prompt"}
     for row in summary["comparison"].values():
         assert {"precision", "recall", "f1"} <= set(row["heldout"]["all"])
+    examples = summary["examples"]  # what the run trained on, per family and split (gate_data.split_counts)
+    assert examples["total"]["train"] > 0 and examples["total"]["heldout"] > 0
+    assert json.loads((out / "summary.json").read_text())["examples"] == examples
     tensors, settings, _ = read_gate_file(out / "gate.safetensors")
     assert settings.threshold == summary["comparison"]["trained"]["threshold"] and "held-out F1" in settings.evidence
     assert all(".lora_A." in name or ".lora_B." in name for name in tensors)
