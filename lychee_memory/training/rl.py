@@ -459,7 +459,9 @@ class RLTrainer:
         }
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The adapter's tensors (file names): what a run's checkpoint holds."""
         return self.adapter.state_tensors()
 
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str = "adapter tensors") -> None:
+        """Load tensors :meth:`adapter_tensors` gave (a checkpoint, or a file to start from)."""
         self.adapter.load_tensors(tensors, source)

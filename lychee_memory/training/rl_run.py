@@ -291,7 +291,7 @@ class RLRun(TrainingRun):
     def checkpoint(self) -> dict[str, Any]:
         return {
             "compressor": self.engine.compressor.weights.state_dict() if self.config.train_compressor else None,
-            "adapter": self.trainer.adapter.state_tensors(),
+            "adapter": self.trainer.adapter_tensors(),
             "optimizer": self.trainer.optimizer.state_dict(),
         }
 
