@@ -369,10 +369,10 @@ class CompressorTrainer(TrainingRun):
             counts.append(right)
         return counts[0], counts[1]
 
-    def progress(self, record: dict[str, float]) -> dict[str, str]:
+    def progress(self, record: dict[str, Any]) -> dict[str, str]:
         return {"loss": f"{record['loss']:.3f}", "kl": f"{record['kl']:.3f}", "ans": f"{record['answer']:.2f}"}
 
-    def keep(self, evaluation: dict[str, float]) -> None:
+    def keep(self, evaluation: dict[str, Any]) -> None:
         """The weights of the lowest held-out KL at the first ratio, and the last weights."""
         if self.improves(evaluation[f"heldout_kl_x{self.config.ratios[0]}"], higher_is_better=False):
             self.save_weights(self.out / WEIGHTS_NAME)
