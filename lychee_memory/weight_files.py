@@ -1,6 +1,6 @@
 """Trained weight files (gate, reasoner, compressor): safetensors read and write, and their checks, with one wording.
 
-Each adapter module (``gate_weights``, ``reasoner_weights``, ``compressors/memory_weights``) keeps its own tensor
+Each kind's module (the gate's adapter, ``reasoner_weights``, ``compressors/memory_weights``) keeps its own tensor
 names and metadata keys; this module holds what they share, so a missing, damaged, foreign, newer or mismatched
 file gets the same message whichever kind it is: ``ModelNotFoundError`` for a missing file, ``UnsupportedModelError``
 for everything else. Writes are atomic (a temporary file, then a rename): an interrupted save never leaves half.
