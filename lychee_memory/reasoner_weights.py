@@ -15,9 +15,16 @@ from pathlib import Path
 
 import torch
 
-from .compressors.memory_weights import file_digest
-from .errors import ConfigurationError, ModelNotFoundError, UnsupportedModelError
+from .errors import ConfigurationError
 from .lora import DEFAULT_TARGETS, LoraAdapter
+from .weight_files import (
+    check_fingerprint,
+    check_format,
+    damaged_settings,
+    describe,
+    read_weight_file,
+    write_weight_file,
+)
 
 REASONER_FORMAT = "lychee-reasoner-lora"
 REASONER_FORMAT_VERSION = 1
@@ -60,10 +67,6 @@ def save_reasoner_file(
     path: str | Path, adapter: LoraAdapter, shape: ReasonerAdapterShape, base_fingerprint: str, evidence: str = ""
 ) -> Path:
     """Write the adapter atomically (temporary file, then rename), so an interrupted save never leaves half."""
-    from safetensors.torch import save_file
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
         "format": REASONER_FORMAT,
         "format_version": str(REASONER_FORMAT_VERSION),
@@ -71,55 +74,28 @@ def save_reasoner_file(
         "base_fingerprint": base_fingerprint,
         "evidence": evidence,
     }
-    partial = target.with_name(target.name + ".partial")
-    tensors = {name: tensor.contiguous().cpu() for name, tensor in adapter.state_tensors().items()}
-    save_file(tensors, str(partial), metadata)
-    partial.replace(target)
-    return target
+    return write_weight_file(path, adapter.state_tensors(), metadata)
 
 
 def read_reasoner_file(path: str | Path) -> ReasonerFile:
     """Read an adapter file; a specific error for a missing, damaged or foreign file."""
-    from safetensors import safe_open
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ModelNotFoundError(f"reasoner weights file {str(path)!r} does not exist (reasoner_weights)")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as error:  # safetensors raises its own error types for a damaged header
-        raise UnsupportedModelError(
-            f"reasoner weights file {str(path)!r} is damaged or not safetensors: {error}"
-        ) from None
-    if metadata.get("format") != REASONER_FORMAT:
-        raise UnsupportedModelError(
-            f"{str(path)!r} is not a reasoner adapter (format {metadata.get('format')!r}, expected {REASONER_FORMAT!r})"
-        )
-    if int(metadata.get("format_version", "0")) > REASONER_FORMAT_VERSION:
-        raise UnsupportedModelError(
-            f"{str(path)!r}: reasoner file format {metadata['format_version']} is newer than ours"
-        )
+    read = read_weight_file(path, "reasoner", "reasoner_weights")
+    metadata, source = read.metadata, describe("reasoner", Path(path).expanduser())
+    check_format(metadata, source, "reasoner", REASONER_FORMAT, REASONER_FORMAT_VERSION)
     try:
         shape = ReasonerAdapterShape(
             int(metadata["rank"]), float(json.loads(metadata["alpha"])), tuple(json.loads(metadata["targets"]))
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise UnsupportedModelError(f"{str(path)!r}: damaged adapter shape ({error})") from None
-    return ReasonerFile(tensors, shape, metadata, file_digest(path))
+        raise damaged_settings(source, error) from None
+    return ReasonerFile(read.tensors, shape, metadata, read.digest)
 
 
 def attach_reasoner(loaded, path: str | Path) -> LoraAdapter:
     """Load an adapter file beside ``loaded``'s model (once per file digest) after checking its backbone."""
     read = read_reasoner_file(path)
-    source = f"reasoner weights {str(path)!r}"
-    trained_on = read.metadata.get("base_fingerprint")
-    if trained_on and trained_on != loaded.fingerprint():
-        raise UnsupportedModelError(
-            f"{source} was trained on the backbone {trained_on}, not on this one ({loaded.fingerprint_source()}); "
-            "a reasoner adapter never applies to another backbone"
-        )
+    source = describe("reasoner", path)
+    check_fingerprint(read.metadata.get("base_fingerprint"), loaded, source, "reasoner")
     adapters: dict[str, LoraAdapter] = loaded.gate_adapters
     key = f"reasoner-{read.digest}"
     if key not in adapters:

@@ -162,17 +162,17 @@ def test_bank_identity_holds_the_weights_digest(tmp_path):
 def test_weights_for_another_model_ratio_or_file_are_refused(tmp_path):
     llama = _loaded("llama")
     path = _write(tmp_path, llama, _random_weights(llama))
-    with pytest.raises(UnsupportedModelError, match="trained for another model"):
+    with pytest.raises(UnsupportedModelError, match="trained for another model shape"):
         LycheeMemory.from_pretrained("tiny-random-qwen2", compressor_weights=str(path))
     with pytest.raises(ConfigurationError, match="trained for ratio 4, not 8"):
         LycheeMemory.from_pretrained("tiny-random-llama", compressor_weights=str(path), ratio=8, chunk_tokens=64)
     with pytest.raises(ConfigurationError, match="longer than the 256 tokens"):
         LycheeMemory.from_pretrained("tiny-random-llama", compressor_weights=str(path), chunk_tokens=512)
-    with pytest.raises(ModelNotFoundError, match="not found"):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
         LycheeMemory.from_pretrained("tiny-random-llama", compressor_weights=str(tmp_path / "missing.safetensors"))
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a safetensors file")
-    with pytest.raises(UnsupportedModelError, match="not a readable safetensors"):
+    with pytest.raises(UnsupportedModelError, match="is damaged or not a safetensors file"):
         LycheeMemory.from_pretrained("tiny-random-llama", compressor_weights=str(broken))
     # A file whose tensors have the wrong shape names the tensor.
     from safetensors.torch import load_file, save_file

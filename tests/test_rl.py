@@ -24,7 +24,7 @@ from lychee_memory.training.rl import (
     completion_log_probs,
     fixed_log_probs,
     group_advantages,
-    only_adapter_trains,
+    only_these_train,
     policy_loss_and_backward,
     rollout_group,
     training_turns,
@@ -90,7 +90,7 @@ def test_gradients_reach_the_reasoner_adapter_and_nothing_else():
     trajectories[0].advantage, trajectories[1].advantage = 1.0, -1.0
     turns = training_turns(trajectories)
     model = engine.loaded.model
-    with only_adapter_trains(model, adapter) as trainable:
+    with only_these_train([model], adapter.parameters()) as trainable:
         old = fixed_log_probs(engine.loaded, adapter, [turn for turn, _ in turns], 4)
         stats = policy_loss_and_backward(engine.loaded, adapter, turns, old, LossSettings(kl=0.1), reference=old)
     assert stats["tokens"] == sum(len(turn.completion) for turn, _ in turns) > 0
@@ -175,7 +175,7 @@ def test_a_positive_advantage_raises_its_completions_and_a_negative_one_lowers_t
     turns = training_turns(trajectories)
     answers = [trajectory.turns[-1] for trajectory in trajectories]
     before = [float(values.sum()) for values in fixed_log_probs(engine.loaded, trainer.adapter, answers, 8)]
-    with trainer.adapter.active(), only_adapter_trains(engine.loaded.model, trainer.adapter):
+    with trainer.adapter.active(), only_these_train([engine.loaded.model], trainer.adapter.parameters()):
         old = fixed_log_probs(engine.loaded, trainer.adapter, [turn for turn, _ in turns], 8)
         for _ in range(3):
             trainer.optimizer.zero_grad()
@@ -229,12 +229,12 @@ def test_bad_reasoner_files_get_specific_errors(tmp_path):
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         fresh_engine(reasoner_weights=str(tmp_path / "missing.safetensors"))
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(UnsupportedModelError, match="damaged or not safetensors"):
+    with pytest.raises(UnsupportedModelError, match="is damaged or not a safetensors file"):
         fresh_engine(reasoner_weights=str(tmp_path / "junk.safetensors"))
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(tmp_path / "gate.safetensors"), {"format": "lychee-gate-lora"})
-    with pytest.raises(UnsupportedModelError, match="not a reasoner adapter"):
+    with pytest.raises(UnsupportedModelError, match="is not a reasoner weights file"):
         fresh_engine(reasoner_weights=str(tmp_path / "gate.safetensors"))
     engine = fresh_engine()
     adapter = new_reasoner_adapter(engine.loaded)
@@ -257,7 +257,7 @@ def test_one_epoch_without_old_log_probs_gives_the_same_gradient():
     turns = training_turns(trajectories)
     gradients = []
     for with_old in (True, False):
-        with only_adapter_trains(engine.loaded.model, trainer.adapter):
+        with only_these_train([engine.loaded.model], trainer.adapter.parameters()):
             old = fixed_log_probs(engine.loaded, trainer.adapter, [t for t, _ in turns], 4) if with_old else None
             trainer.optimizer.zero_grad()
             policy_loss_and_backward(engine.loaded, trainer.adapter, turns, old, LossSettings())
@@ -297,7 +297,7 @@ def learned_engine(tmp_path, **options) -> LycheeMemory:
 
 
 def test_a_differentiable_block_equals_the_stored_one(tmp_path):
-    from lychee_memory.training.rl import differentiable_block, only_these_train
+    from lychee_memory.training.rl import differentiable_block
 
     engine = learned_engine(tmp_path)
     assert engine.reasoner.read_mode == "kv"

@@ -199,7 +199,7 @@ def test_a_joint_run_writes_a_compressor_that_engines_load_as_a_new_identity(tmp
     assert before.identity != after.identity, "a bank records which memory weights built it"
     resumed = RLRun(config.model_copy(update={"steps": 3}), tmp_path / "joint", show_progress=False)
     weights = {k: v.clone() for k, v in resumed.engine.compressor.weights.state_dict().items()}
-    resumed._resume()
+    resumed.resume()
     restored = resumed.engine.compressor.weights.state_dict()
     assert any(not torch.equal(weights[k], restored[k]) for k in weights), "the checkpoint restores trained weights"
 

@@ -137,6 +137,9 @@ def test_the_run_writes_a_small_file_a_curve_and_a_comparison(trained):
     assert summary["bytes"] < 200_000 and set(summary["comparison"]) == {"trained", "query_likelihood", "prompt"}
     for row in summary["comparison"].values():
         assert {"precision", "recall", "f1"} <= set(row["heldout"]["all"])
+    examples = summary["examples"]  # what the run trained on, per family and split (gate_data.split_counts)
+    assert examples["total"]["train"] > 0 and examples["total"]["heldout"] > 0
+    assert json.loads((out / "summary.json").read_text())["examples"] == examples
     tensors, settings, _ = read_gate_file(out / "gate.safetensors")
     assert settings.threshold == summary["comparison"]["trained"]["threshold"] and "held-out F1" in settings.evidence
     assert all(".lora_A." in name or ".lora_B." in name for name in tensors)
@@ -159,7 +162,7 @@ def test_bad_gate_files_and_settings_get_specific_errors(trained, tmp_path):
         make_engine("llama", compressor="none", gate="trained", gate_weights=str(tmp_path / "missing.safetensors"))
     damaged = tmp_path / "damaged.safetensors"
     damaged.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(UnsupportedModelError, match="damaged"):
+    with pytest.raises(UnsupportedModelError, match="is damaged or not a safetensors file"):
         make_engine("llama", compressor="none", gate="trained", gate_weights=str(damaged))
     with pytest.raises(UnsupportedModelError, match="another model shape"):
         make_engine("qwen2", compressor="none", gate="trained", gate_weights=str(path))

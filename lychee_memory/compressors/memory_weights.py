@@ -13,7 +13,6 @@ each JSON-encoded) and the base model's geometry, so a file is refused by any mo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -23,7 +22,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigurationError, ModelNotFoundError, UnsupportedModelError
+from ..errors import ConfigurationError, UnsupportedModelError
+from ..weight_files import (
+    base_geometry,
+    check_geometry,
+    check_version,
+    describe,
+    file_digest,
+    foreign_file,
+    read_weight_file,
+    write_weight_file,
+)
+
+__all__ = [  # base_geometry and file_digest live in weight_files; importable from here as before
+    "FORMAT_VERSION",
+    "LAYOUT",
+    "LearnedSettings",
+    "MemoryWeights",
+    "base_geometry",
+    "file_digest",
+    "is_learned_layout",
+    "read_memory_file",
+    "save_memory_weights",
+]
 
 FORMAT_VERSION = 1
 LAYOUT = {"pos": "aligned", "attn": "read-only", "frame": "opening"}  # what tells this layout from the beacon one
@@ -34,19 +55,6 @@ _EMBED_TENSOR = re.compile(r"lychee_memory_embed_tokens\.weight$")
 def is_learned_layout(memory_config: dict[str, Any]) -> bool:
     """Whether checkpoint memory settings describe this layout (else the released beacon layout)."""
     return memory_config.get("pos") == LAYOUT["pos"]
-
-
-def base_geometry(config) -> dict[str, Any]:
-    """What a weights file must match in the model it is loaded beside."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return {
-        "model_type": str(config.model_type),
-        "hidden_size": int(config.hidden_size),
-        "num_hidden_layers": int(config.num_hidden_layers),
-        "num_attention_heads": int(config.num_attention_heads),
-        "num_key_value_heads": int(config.num_key_value_heads),
-        "head_dim": int(head_dim),
-    }
 
 
 @dataclass(frozen=True)
@@ -67,11 +75,7 @@ class LearnedSettings:
                     f"memory weights setting {key}={config.get(key)!r} does not describe the learned layout "
                     f"(expected {expected!r})"
                 )
-        version = int(config.get("format_version", FORMAT_VERSION))
-        if version > FORMAT_VERSION:
-            raise UnsupportedModelError(
-                f"memory weights format version {version} is newer than this lychee-memory reads ({FORMAT_VERSION})"
-            )
+        check_version(config.get("format_version", FORMAT_VERSION), describe("compressor"), FORMAT_VERSION)
         ratio = config.get("ratio", [4])
         ratios = tuple(int(r) for r in (ratio if isinstance(ratio, list) else [ratio]))
         param = tuple(config.get("param", ["q", "k", "v"]))
@@ -106,16 +110,8 @@ class LearnedSettings:
             )
 
     def check_base(self, config) -> None:
-        if self.base is None:
-            return
-        found = base_geometry(config)
-        mismatched = [
-            f"{key} {self.base[key]} (model has {found[key]})" for key in found if self.base.get(key) != found[key]
-        ]
-        if mismatched:
-            raise UnsupportedModelError(
-                "the compressor weights were trained for another model: " + "; ".join(mismatched)
-            )
+        """Refuse a model of another shape than the one these weights were trained for."""
+        check_geometry(self.base, config, describe("compressor"))
 
 
 class MemoryWeights(nn.Module):
@@ -224,48 +220,21 @@ class MemoryWeights(nn.Module):
 
 def save_memory_weights(path: str | Path, weights: MemoryWeights, settings: LearnedSettings) -> str:
     """Write the weights file atomically; returns its sha256 (the compressor identity banks record)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {f"lychee_memory_{key}": json.dumps(value) for key, value in settings.config_keys().items()}
-    staging = path.with_name(f".{path.name}.partial")
-    save_file(weights.to_tensors(), str(staging), metadata=metadata)
-    staging.replace(path)
-    return file_digest(path)
-
-
-def file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(write_weight_file(path, weights.to_tensors(), metadata))
 
 
 def read_memory_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
     """Tensors, config keys (prefix stripped) and sha256 of a weights file, with a specific error for each fault."""
-    from safetensors import safe_open
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ModelNotFoundError(f"compressor weights file {str(path)!r} not found")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as error:  # safetensors raises its own error types for a damaged header
-        raise UnsupportedModelError(
-            f"compressor weights file {str(path)!r} is not a readable safetensors file: {error}"
-        ) from None
+    read = read_weight_file(path, "compressor", "compressor_weights")
     config: dict[str, Any] = {}
-    for key, value in metadata.items():
+    for key, value in read.metadata.items():
         for prefix in ("lychee_memory_", "beacon_"):
             if key.startswith(prefix):
                 try:
                     config.setdefault(key.removeprefix(prefix), json.loads(value))
                 except json.JSONDecodeError:
                     config.setdefault(key.removeprefix(prefix), value)
-    if not tensors or not any("lychee_memory_" in name or "beacon_" in name for name in tensors):
-        raise UnsupportedModelError(f"compressor weights file {str(path)!r} holds no lychee_memory_* tensors")
-    return tensors, config, file_digest(path)
+    if not any("lychee_memory_" in name or "beacon_" in name for name in read.tensors):
+        raise foreign_file(describe("compressor", Path(path).expanduser()), "compressor", "no lychee_memory_* tensors")
+    return read.tensors, config, read.digest

@@ -20,9 +20,17 @@ from typing import Any
 
 import torch
 
-from ..compressors.memory_weights import base_geometry, file_digest
-from ..errors import ConfigurationError, ModelNotFoundError, UnsupportedModelError
+from ..errors import ConfigurationError, UnsupportedModelError
 from ..lora import DEFAULT_TARGETS, LoraAdapter
+from ..weight_files import (
+    check_fingerprint,
+    check_format,
+    check_geometry,
+    damaged_settings,
+    describe,
+    read_weight_file,
+    write_weight_file,
+)
 
 FORMAT = "lychee-gate-lora"
 FORMAT_VERSION = 1
@@ -49,44 +57,25 @@ class GateAdapterSettings:
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str], source: str) -> GateAdapterSettings:
-        if metadata.get("format") != FORMAT:
-            raise UnsupportedModelError(f"{source} is not a trained gate file (lychee train gate writes them)")
-        if int(metadata.get("format_version", "0")) > FORMAT_VERSION:
-            raise UnsupportedModelError(f"{source}: gate file format {metadata['format_version']} is newer than ours")
+        check_format(metadata, source, "gate", FORMAT, FORMAT_VERSION)
         try:
             values = {key: json.loads(metadata[key]) for key in cls.__dataclass_fields__ if key in metadata}
             values["targets"] = tuple(values.get("targets", DEFAULT_TARGETS))
             return cls(**values)
         except (TypeError, ValueError) as error:
-            raise UnsupportedModelError(f"{source}: damaged gate settings ({error})") from None
+            raise damaged_settings(source, error) from None
 
 
 def read_gate_file(path: str | Path) -> tuple[dict[str, torch.Tensor], GateAdapterSettings, str]:
-    """Tensors, settings and sha256 of a gate file; a specific error for a missing or damaged file."""
-    from safetensors import safe_open
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ModelNotFoundError(f"gate weights file {str(path)!r} does not exist (gate_weights / --gate-weights)")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as error:  # safetensors raises its own error types for a damaged header
-        raise UnsupportedModelError(f"gate weights file {str(path)!r} is damaged or not safetensors: {error}") from None
-    return tensors, GateAdapterSettings.from_metadata(metadata, repr(str(path))), file_digest(path)
+    """Tensors, settings and sha256 of a gate file; a specific error for a missing, damaged or foreign file."""
+    read = read_weight_file(path, "gate", "gate_weights / --gate-weights")
+    settings = GateAdapterSettings.from_metadata(read.metadata, describe("gate", Path(path).expanduser()))
+    return read.tensors, settings, read.digest
 
 
 def save_gate_file(path: str | Path, tensors: dict[str, torch.Tensor], settings: GateAdapterSettings) -> Path:
     """Write atomically (temporary file, then rename), so an interrupted save never leaves half a file."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(partial), settings.to_metadata())
-    partial.replace(path)
-    return path
+    return write_weight_file(path, tensors, settings.to_metadata())
 
 
 class GateAdapter(LoraAdapter):
@@ -97,20 +86,8 @@ class GateAdapter(LoraAdapter):
 
 def check_backbone(settings: GateAdapterSettings, loaded, source: str) -> None:
     """Refuse a gate trained on another backbone: its geometry first (a clear shape error), then its identity."""
-    geometry = base_geometry(loaded.model.config)
-    if settings.base and settings.base != geometry:
-        differing = {
-            k: (settings.base.get(k), geometry.get(k)) for k in geometry if settings.base.get(k) != geometry[k]
-        }
-        raise UnsupportedModelError(
-            f"{source} was trained for another model shape: "
-            + ", ".join(f"{k} {a} (this model: {b})" for k, (a, b) in differing.items())
-        )
-    if settings.base_fingerprint and settings.base_fingerprint != loaded.fingerprint():
-        raise UnsupportedModelError(
-            f"{source} was trained on the backbone {settings.base_fingerprint}, not on this one "
-            f"({loaded.fingerprint_source()}); a gate adapter never applies to another backbone"
-        )
+    check_geometry(settings.base, loaded.model.config, source)
+    check_fingerprint(settings.base_fingerprint, loaded, source, "gate")
     yes, no = (
         loaded.tokenizer(w, add_special_tokens=False).input_ids[:1] for w in (settings.yes_token, settings.no_token)
     )
@@ -124,7 +101,7 @@ def check_backbone(settings: GateAdapterSettings, loaded, source: str) -> None:
 def attach_gate(loaded, path: str | Path) -> GateAdapter:
     """Load a gate file beside ``loaded``'s model (once per file digest) after checking it fits that backbone."""
     tensors, settings, digest = read_gate_file(path)
-    source = f"gate weights {str(path)!r}"
+    source = describe("gate", path)
     check_backbone(settings, loaded, source)
     adapters: dict[str, GateAdapter] = loaded.gate_adapters
     if digest not in adapters:

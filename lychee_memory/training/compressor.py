@@ -19,13 +19,10 @@ Only ``MemoryWeights`` (low-rank q/k/v deltas and the memory embedding) get grad
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import random
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +34,6 @@ from ..compressors.learned import memory_stream
 from ..compressors.memory_weights import (
     LearnedSettings,
     MemoryWeights,
-    base_geometry,
     read_memory_file,
     save_memory_weights,
 )
@@ -45,9 +41,18 @@ from ..config import EngineConfig, ModelSettings
 from ..engine import LycheeMemory
 from ..errors import ConfigurationError
 from ..model_loading import LoadedModel, load_model
-from ..progress import progress_bar
+from ..weight_files import base_geometry, file_digest
 from .compressor_data import TrainingSample, make_samples, paragraph_pool
-from .runs import CHECKPOINT_NAME, load_checkpoint, moving_mean, pyplot, save_checkpoint
+from .runs import (
+    CURVE_NAME,
+    RunState,
+    TrainingRun,
+    moving_mean,
+    save_curves,
+    set_learning_rate,
+    warmup_cosine,
+    write_summary,
+)
 
 logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "compressor.safetensors"
@@ -112,18 +117,10 @@ class StepRows:
     rows: list[ContinuationRow]
 
 
-@dataclass
-class TrainingState:
-    step: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    evaluations: list[dict[str, float]] = field(default_factory=list)
-    best: float | None = None
-    seconds: float = 0.0
-    tokens_seen: int = 0
-
-
-class CompressorTrainer:
+class CompressorTrainer(TrainingRun):
     """Holds the frozen backbone, the trained weights, the data and the optimiser of one run."""
+
+    label = "training compressor"
 
     def __init__(self, config: CompressorTrainingConfig, out: Path, loaded: LoadedModel | None = None):
         self.config = config
@@ -169,7 +166,7 @@ class CompressorTrainer:
         self.eval_samples = _samples_by_length(
             paragraph_pool(data, "heldout"), tokenizer, config.chunk_tokens, config.eval_samples, config.seed + 10_000
         )
-        self.state = TrainingState()
+        self.state = RunState()
 
     # Rows ------------------------------------------------------------------------------------------------
 
@@ -298,11 +295,9 @@ class CompressorTrainer:
     # Loop ------------------------------------------------------------------------------------------------
 
     def learning_rate(self, step: int) -> float:
+        """Warmup, then a cosine down to a tenth of the peak."""
         config = self.config
-        if step < config.warmup_steps:
-            return config.learning_rate * (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+        return warmup_cosine(step, config.learning_rate, config.warmup_steps, config.steps, floor=0.1)
 
     def train_step(self, step: int) -> dict[str, float]:
         rng = random.Random(f"step-{self.config.seed}-{step}")
@@ -311,8 +306,7 @@ class CompressorTrainer:
         sample = pool[step % len(pool)]
         ratio = rng.choice(self.config.ratios)
         rows = self.rows_for(sample, rng)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate(step)
+        set_learning_rate(self.optimizer, self.learning_rate(step))
         terms, diagnostics = self.losses(rows, ratio)
         loss = (
             self.config.kl_weight * terms["kl"]
@@ -375,45 +369,17 @@ class CompressorTrainer:
             counts.append(right)
         return counts[0], counts[1]
 
-    def run(self, show_progress: bool = True, stop_at: int | None = None) -> TrainingState:
-        """Train to ``config.steps`` (resuming a checkpoint in ``out``); ``stop_at`` ends early, as an interruption
-        would, with the checkpoint of that step saved."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(self.config.model_dump_json(indent=2))
-        self._resume()
-        bar = progress_bar(self.config.steps, "training compressor", show_progress, unit="step")
-        bar.update(self.state.step)
-        if self.state.step == 0:
-            self._record_evaluation()
-        started = time.perf_counter() - self.state.seconds
-        end = self.config.steps if stop_at is None else min(stop_at, self.config.steps)
-        while self.state.step < end:
-            record = self.train_step(self.state.step)
-            self.state.history.append(record)
-            self.state.step += 1
-            self.state.seconds = time.perf_counter() - started
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record['kl']:.3f}", ans=f"{record['answer']:.2f}")
-            if self.state.step % self.config.eval_every == 0 or self.state.step == self.config.steps:
-                self._record_evaluation()
-                self._save_checkpoint()
-                self.state.seconds = time.perf_counter() - started
-        bar.close()
-        self._save_checkpoint()
-        return self.state
+    def progress(self, record: dict[str, Any]) -> dict[str, str]:
+        return {"loss": f"{record['loss']:.3f}", "kl": f"{record['kl']:.3f}", "ans": f"{record['answer']:.2f}"}
 
-    def _record_evaluation(self) -> None:
-        evaluation = {"step": self.state.step, "seconds": self.state.seconds, **self.evaluate()}
-        self.state.evaluations.append(evaluation)
-        logger.info("held-out evaluation: %s", evaluation)
-        print(json.dumps(evaluation), flush=True)
-        ratio = self.config.ratios[0]
-        score = evaluation[f"heldout_kl_x{ratio}"]
-        if self.state.best is None or score < self.state.best:
-            self.state.best = score
+    def keep(self, evaluation: dict[str, Any]) -> None:
+        """The weights of the lowest held-out KL at the first ratio, and the last weights."""
+        if self.improves(evaluation[f"heldout_kl_x{self.config.ratios[0]}"], higher_is_better=False):
             self.save_weights(self.out / WEIGHTS_NAME)
         self.save_weights(self.out / "last.safetensors")
-        plot_training(self.state, self.out / "training_curve.png")
+
+    def plot(self, path: Path) -> None:
+        plot_training(self.state, path)
 
     def settings(self) -> LearnedSettings:
         return LearnedSettings(
@@ -426,72 +392,55 @@ class CompressorTrainer:
     def save_weights(self, path: Path) -> str:
         return save_memory_weights(path, self.weights, self.settings())
 
-    def _save_checkpoint(self) -> None:
-        payload = {
-            "weights": self.weights.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "state": self.state.__dict__,
-            "config": self.config.model_dump(),
-        }
-        save_checkpoint(self.out, payload)
+    def checkpoint(self) -> dict[str, Any]:
+        return {"weights": self.weights.state_dict(), "optimizer": self.optimizer.state_dict()}
 
-    def _resume(self) -> None:
-        payload = load_checkpoint(self.out, self.config.model_dump(), self.loaded.device)
-        if payload is None:
-            return
-        path = self.out / CHECKPOINT_NAME
+    def restore(self, payload: dict[str, Any], source: str) -> None:
         self.weights.load_state_dict(payload["weights"])
         self.optimizer.load_state_dict(payload["optimizer"])
-        self.state = TrainingState(**payload["state"])
-        logger.info("resumed %s at step %d", path, self.state.step)
 
 
 def _samples_by_length(pool, tokenizer, lengths: list[int], n: int, seed: int) -> dict[int, list[TrainingSample]]:
     return {length: make_samples(pool, tokenizer, length, n, seed + length) for length in lengths}
 
 
-def plot_training(state: TrainingState, path: Path) -> None:
+def plot_training(state: RunState, path: Path) -> None:
     """Training loss (smoothed) and held-out metrics against steps, one PNG."""
-    plt = pyplot()
-    if plt is None:
-        return
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    if state.history:
-        steps = [record["step"] for record in state.history]
-        for key in ("loss", "kl", "answer"):
-            values = [record[key] for record in state.history]
-            left.plot(steps, moving_mean(values), label=f"{key} (20-step mean)")
-    left.set_xlabel("step")
-    left.set_title("training loss")
-    if state.history:
-        left.legend()
-    if state.evaluations:
-        steps = [record["step"] for record in state.evaluations]
-        for key in state.evaluations[0]:
-            if key.startswith("heldout_kl") or key.startswith("heldout_answer_nll"):
-                right.plot(steps, [record[key] for record in state.evaluations], marker="o", label=key)
-    right.set_xlabel("step")
-    right.set_title("held-out (lower is better)")
-    if state.evaluations:
-        right.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+
+    def draw(axes) -> None:
+        left, right = axes
+        if state.history:
+            steps = [record["step"] for record in state.history]
+            for key in ("loss", "kl", "answer"):
+                left.plot(steps, moving_mean([record[key] for record in state.history]), label=f"{key} (20-step mean)")
+            left.legend()
+        left.set_xlabel("step")
+        left.set_title("training loss")
+        if state.evaluations:
+            steps = [record["step"] for record in state.evaluations]
+            for key in state.evaluations[0]:
+                if key.startswith("heldout_kl") or key.startswith("heldout_answer_nll"):
+                    right.plot(steps, [record[key] for record in state.evaluations], marker="o", label=key)
+            right.legend()
+        right.set_xlabel("step")
+        right.set_title("held-out (lower is better)")
+
+    save_curves(path, 2, draw)
 
 
 def train_compressor(config: CompressorTrainingConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) training; returns a summary with the weights file, its digest and the held-out curve."""
+    """Run (or resume) training; returns a summary with the weights file, its digest and the held-out curve (also
+    written to summary.json)."""
     trainer = CompressorTrainer(config, Path(out))
-    state = trainer.run(show_progress)
+    state = trainer.run(show_progress=show_progress)
     weights = Path(out) / WEIGHTS_NAME
-    from ..compressors.memory_weights import file_digest
-
-    return {
+    summary = {
         "weights": str(weights),
         "sha256": file_digest(weights),
         "steps": state.step,
         "seconds": round(state.seconds, 1),
         "tokens_seen": state.tokens_seen,
         "evaluations": state.evaluations,
-        "curve": str(Path(out) / "training_curve.png"),
+        "curve": str(Path(out) / CURVE_NAME),
     }
+    return write_summary(Path(out), summary)

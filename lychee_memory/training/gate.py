@@ -15,13 +15,11 @@ budget), evaluation reports precision / recall / F1 on held-out questions, by so
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,16 +27,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..blocks import MemoryBank
-from ..compressors.memory_weights import base_geometry
 from ..config import DEFAULT_RELEVANCE_TEMPLATE
 from ..documents import Document
 from ..engine import LycheeMemory
 from ..errors import ConfigurationError
 from ..gate import GateRule, ScoreRequest, TrainedGateRule
-from ..gate.adapter import GateAdapterSettings, file_digest, new_gate, save_gate_file
-from ..progress import progress_bar
-from .gate_data import GateExample, gate_examples
-from .runs import CHECKPOINT_NAME, load_checkpoint, moving_mean, pyplot, save_checkpoint
+from ..gate.adapter import GateAdapterSettings, new_gate, save_gate_file
+from ..weight_files import base_geometry, file_digest
+from .gate_data import GateExample, gate_examples, split_counts
+from .runs import RunState, TrainingRun, moving_mean, save_curves, set_learning_rate, warmup_cosine, write_summary
 
 logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "gate.safetensors"
@@ -165,17 +162,10 @@ def source_of(family: str) -> str:
     return "needle"
 
 
-@dataclass
-class GateTrainingState:
-    step: int = 0
-    seconds: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
-    evaluations: list[dict[str, Any]] = field(default_factory=list)
-    best: float | None = None
-
-
-class GateTrainer:
+class GateTrainer(TrainingRun):
     """Builds the states once, then trains the adapter step by step (resumable, deterministic for a seed)."""
+
+    label = "training gate"
 
     def __init__(self, config: GateTrainingConfig, out: Path, show_progress: bool = True):
         self.config, self.out = config, Path(out)
@@ -203,7 +193,7 @@ class GateTrainer:
         self.rule.opening = self.engine.opening
         self.parameters = self.adapter.parameters()
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, weight_decay=0.0)
-        self.state = GateTrainingState()
+        self.state = RunState()
         self.examples = gate_examples(
             Path(config.data) if config.data else None,
             tokens=config.document_tokens,
@@ -278,15 +268,12 @@ class GateTrainer:
         return loss.mean()
 
     def learning_rate(self, step: int) -> float:
-        warmup, total = self.config.warmup_steps, self.config.steps
-        if step < warmup:
-            return self.config.learning_rate * (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return self.config.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        """Warmup, then a cosine down to zero."""
+        config = self.config
+        return warmup_cosine(step, config.learning_rate, config.warmup_steps, config.steps)
 
     def train_step(self, step: int) -> dict[str, float]:
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate(step)
+        set_learning_rate(self.optimizer, self.learning_rate(step))
         self.optimizer.zero_grad(set_to_none=True)
         started = time.perf_counter()
         with self.adapter.active():  # backward too: outside it the adapter's tensors stop requiring gradients
@@ -350,44 +337,17 @@ class GateTrainer:
 
     # Running ------------------------------------------------------------------------------------------------
 
-    def run(self, stop_at: int | None = None) -> GateTrainingState:
-        """Train to ``config.steps`` (resuming a checkpoint in ``out``); ``stop_at`` ends early, as an interruption
-        would, with that step's checkpoint saved."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(self.config.model_dump_json(indent=2))
-        self._resume()
-        bar = progress_bar(self.config.steps, "training gate", self.show_progress, unit="step")
-        bar.update(self.state.step)
-        if self.state.step == 0 and not self.state.evaluations:
-            self._record_evaluation()
-        started = time.perf_counter() - self.state.seconds
-        end = self.config.steps if stop_at is None else min(stop_at, self.config.steps)
-        while self.state.step < end:
-            record = self.train_step(self.state.step)
-            self.state.history.append(record)
-            self.state.step += 1
-            self.state.seconds = time.perf_counter() - started
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
-            if self.state.step % self.config.eval_every == 0 or self.state.step == self.config.steps:
-                self._record_evaluation()
-                self._save_checkpoint()
-                self.state.seconds = time.perf_counter() - started
-        bar.close()
-        self._save_checkpoint()
-        return self.state
+    def printed(self, evaluation: dict[str, Any]) -> dict[str, Any]:
+        return {"step": evaluation["step"], **evaluation["all"]}
 
-    def _record_evaluation(self) -> None:
-        metrics = self.evaluate()
-        evaluation = {"step": self.state.step, "seconds": round(self.state.seconds, 1), **metrics}
-        self.state.evaluations.append(evaluation)
-        print(json.dumps({"step": self.state.step, **{k: v for k, v in metrics["all"].items()}}), flush=True)
-        score = metrics["all"]["auc"]  # threshold-free: the threshold is calibrated afterwards
-        if self.state.best is None or score >= self.state.best:
-            self.state.best = score
+    def keep(self, evaluation: dict[str, Any]) -> None:
+        """The weights of the best held-out ranking (AUC: the threshold is calibrated afterwards), and the last."""
+        if self.improves(evaluation["all"]["auc"], higher_is_better=True):
             self.save(self.out / "best.safetensors")
         self.save(self.out / "last.safetensors")
-        plot_gate_training(self.state, self.out / "training_curve.png")
+
+    def plot(self, path: Path) -> None:
+        plot_gate_training(self.state, path)
 
     def save(self, path: Path, threshold: float | None = None, evidence: str = "") -> Path:
         settings = GateAdapterSettings(
@@ -395,48 +355,35 @@ class GateTrainer:
         )
         return save_gate_file(path, self.adapter.state_tensors(), settings)
 
-    def _save_checkpoint(self) -> None:
-        payload = {
-            "adapter": self.adapter.state_tensors(),
-            "optimizer": self.optimizer.state_dict(),
-            "state": asdict(self.state),
-            "config": self.config.model_dump(),
-        }
-        save_checkpoint(self.out, payload)
+    def checkpoint(self) -> dict[str, Any]:
+        return {"adapter": self.adapter.state_tensors(), "optimizer": self.optimizer.state_dict()}
 
-    def _resume(self) -> None:
-        payload = load_checkpoint(self.out, self.config.model_dump(), self.loaded.device)
-        if payload is None:
-            return
-        path = self.out / CHECKPOINT_NAME
-        self.adapter.load_tensors(payload["adapter"], str(path))
+    def restore(self, payload: dict[str, Any], source: str) -> None:
+        self.adapter.load_tensors(payload["adapter"], source)
         self.optimizer.load_state_dict(payload["optimizer"])
-        self.state = GateTrainingState(**payload["state"])
 
 
-def plot_gate_training(state: GateTrainingState, path: Path) -> None:
+def plot_gate_training(state: RunState, path: Path) -> None:
     """Training loss (smoothed) and held-out precision / recall / F1 against steps, one PNG."""
-    plt = pyplot()
-    if plt is None:
-        return
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    if state.history:
-        steps = [r["step"] for r in state.history]
-        left.plot(steps, moving_mean([r["loss"] for r in state.history]), label="loss (20-step mean)")
-        left.legend()
-    left.set_xlabel("step")
-    left.set_title("training loss")
-    if state.evaluations:
-        steps = [r["step"] for r in state.evaluations]
-        for key in ("precision", "recall", "f1", "auc"):
-            right.plot(steps, [r["all"][key] for r in state.evaluations], marker="o", label=key)
-        right.legend()
-    right.set_ylim(0, 1)
-    right.set_xlabel("step")
-    right.set_title("held-out states (P/R/F1 at p >= 0.5; AUC)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+
+    def draw(axes) -> None:
+        left, right = axes
+        if state.history:
+            steps = [r["step"] for r in state.history]
+            left.plot(steps, moving_mean([r["loss"] for r in state.history]), label="loss (20-step mean)")
+            left.legend()
+        left.set_xlabel("step")
+        left.set_title("training loss")
+        if state.evaluations:
+            steps = [r["step"] for r in state.evaluations]
+            for key in ("precision", "recall", "f1", "auc"):
+                right.plot(steps, [r["all"][key] for r in state.evaluations], marker="o", label=key)
+            right.legend()
+        right.set_ylim(0, 1)
+        right.set_xlabel("step")
+        right.set_title("held-out states (P/R/F1 at p >= 0.5; AUC)")
+
+    save_curves(path, 2, draw)
 
 
 def train_gate(config: GateTrainingConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
@@ -482,10 +429,10 @@ def train_gate(config: GateTrainingConfig, out: str | Path, show_progress: bool 
         "bytes": weights.stat().st_size,
         "steps": state.step,
         "seconds": round(state.seconds, 1),
+        "examples": split_counts(trainer.examples),
         "states": {split: len(states) for split, states in trainer.states.items()},
         "positives": {split: sum(s.relevant for s in states) for split, states in trainer.states.items()},
         "comparison": comparison,
         "evaluations": state.evaluations,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return write_summary(out, summary)

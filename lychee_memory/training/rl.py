@@ -287,11 +287,6 @@ def only_these_train(
             parameter.requires_grad_(flag)
 
 
-def only_adapter_trains(model: torch.nn.Module, adapter: LoraAdapter):
-    """Freeze every parameter of ``model`` but the adapter's for the block."""
-    return only_these_train([model], adapter.parameters())
-
-
 def differentiable_block(engine: Any, block: MemoryBlock) -> MemoryBlock:
     """``block`` recomputed by the engine's learned compressor with autograd on its memory weights: the frozen
     raw forward of opening + chunk runs without gradients, the memory tokens over it with them."""
@@ -464,7 +459,9 @@ class RLTrainer:
         }
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The adapter's tensors (file names): what a run's checkpoint holds."""
         return self.adapter.state_tensors()
 
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str = "adapter tensors") -> None:
+        """Load tensors :meth:`adapter_tensors` gave (a checkpoint, or a file to start from)."""
         self.adapter.load_tensors(tensors, source)

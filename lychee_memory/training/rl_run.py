@@ -9,13 +9,10 @@ LoRA initialisation and every rollout's sampling seed derive from it).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import resource
 import sys
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,11 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..compressors.memory_weights import save_memory_weights
 from ..engine import LycheeMemory
 from ..eval.metrics import f1_score, normalize_answer, sub_em
-from ..progress import progress_bar
 from ..reasoner_weights import REASONER_TARGETS, ReasonerAdapterShape, save_reasoner_file
 from .rl import LossSettings, RLSettings, RLTrainer, policy_of
 from .rl_data import RLExample, rl_examples
-from .runs import CHECKPOINT_NAME, load_checkpoint, moving_mean, pyplot, save_checkpoint
+from .runs import RunState, TrainingRun, moving_mean, save_curves, write_summary
 
 ADAPTER_NAME = "reasoner.safetensors"
 COMPRESSOR_NAME = "compressor.safetensors"
@@ -101,16 +97,6 @@ class RLTrainingConfig(BaseModel):
         )
 
 
-@dataclass
-class RLTrainingState:
-    """What a checkpoint restores: the step reached, the per-step records and the evaluations."""
-
-    step: int = 0
-    seconds: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    evaluations: list[dict[str, Any]] = field(default_factory=list)
-
-
 def _balanced(examples: list[RLExample], count: int) -> list[RLExample]:
     """Up to ``count`` examples taken in turn from each family (so every family is in a small held-out set)."""
     by_family: dict[str, list[RLExample]] = {}
@@ -157,13 +143,15 @@ def start_data_parallel(device: str) -> tuple[int, int, str]:
     return distributed.get_rank(), distributed.get_world_size(), device
 
 
-class RLRun:
+class RLRun(TrainingRun):
     """Loads the backbone and the questions once, then trains step by step (resumable, deterministic).
 
     Under ``torchrun`` each rank rolls out its own question per step and the adapter's gradients are averaged
     (``RLTrainer`` data parallel); rank 0 evaluates, writes the outputs and checks every rank holds the same
     adapter at each checkpoint.
     """
+
+    label = "training reasoner (GRPO)"
 
     def __init__(self, config: RLTrainingConfig, out: str | Path, show_progress: bool = True):
         self.config, self.out = config, Path(out)
@@ -190,7 +178,7 @@ class RLRun:
         self.order = list(range(len(self.train_examples)))
         random.Random(f"rl-order-{config.seed}").shuffle(self.order)
         self.trainer = RLTrainer(self.engine, self.train_examples, config.settings())
-        self.state = RLTrainingState()
+        self.state = RunState()
         self._heldout_banks: dict[int, Any] = {}
 
     # Evaluation ---------------------------------------------------------------------------------------------
@@ -229,56 +217,43 @@ class RLRun:
 
     # Running ------------------------------------------------------------------------------------------------
 
-    def run(self, stop_at: int | None = None) -> RLTrainingState:
-        """Train to ``config.steps`` (resuming a checkpoint in ``out``); ``stop_at`` ends early, as an interruption
-        would, with that step's checkpoint saved."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(self.config.model_dump_json(indent=2))
-        self._resume()
-        bar = progress_bar(self.config.steps, "training reasoner (GRPO)", self.show_progress, unit="step")
-        bar.update(self.state.step)
-        if self.state.step == 0 and not self.state.evaluations:
-            self._record_evaluation()
-        started = time.perf_counter() - self.state.seconds
-        end = self.config.steps if stop_at is None else min(stop_at, self.config.steps)
-        while self.state.step < end:
-            step = self.state.step
-            position = self.order[(step * self.world_size + self.rank) % len(self.order)]
-            record = self.trainer.step(step, position)
-            record["peak_memory_gib"] = round(peak_memory_gib(self.loaded.device), 3)
-            self.state.history.append(record)
-            self.state.step += 1
-            self.state.seconds = time.perf_counter() - started
-            rewards = [r["reward"] for r in self.state.history]
-            bar.update(1)
-            bar.set_postfix(
-                reward=f"{moving_mean(rewards)[-1]:.2f}",
-                kl=f"{record['kl']:.4f}",
-                length=f"{record['answer_tokens']:.0f}/{record['memory_tokens']:.0f}",
-            )
-            if self.state.step % self.config.eval_every == 0 or self.state.step == self.config.steps:
-                self._record_evaluation()
-                self._save_checkpoint()
-                self.state.seconds = time.perf_counter() - started
-        bar.close()
-        self._save_checkpoint()
-        return self.state
+    def train_step(self, step: int) -> dict[str, Any]:
+        """One rollout group for this rank's question of the step, and its update (with the peak memory so far)."""
+        position = self.order[(step * self.world_size + self.rank) % len(self.order)]
+        record = self.trainer.step(step, position)
+        record["peak_memory_gib"] = round(peak_memory_gib(self.loaded.device), 3)
+        return record
 
-    def _record_evaluation(self) -> None:
+    def progress(self, record: dict[str, Any]) -> dict[str, str]:
+        rewards = [r["reward"] for r in self.state.history]
+        return {
+            "reward": f"{moving_mean(rewards)[-1]:.2f}",
+            "kl": f"{record['kl']:.4f}",
+            "length": f"{record['answer_tokens']:.0f}/{record['memory_tokens']:.0f}",
+        }
+
+    def printed(self, evaluation: dict[str, Any]) -> dict[str, Any]:
+        return {"step": evaluation["step"], **evaluation["all"]}
+
+    def record_evaluation(self) -> None:
+        """Rank 0 evaluates and writes while the other ranks wait (after checking they all hold one adapter)."""
         if self.world_size > 1:
             self._check_ranks_agree()
-            if self.rank != 0:  # the other ranks wait while rank 0 evaluates and writes
+            if self.rank != 0:
                 torch.distributed.barrier()
                 return
-        metrics = self.evaluate()
-        self.state.evaluations.append({"step": self.state.step, "seconds": round(self.state.seconds, 1), **metrics})
-        print(json.dumps({"step": self.state.step, **metrics["all"]}), flush=True)
+        super().record_evaluation()
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def keep(self, evaluation: dict[str, Any]) -> None:
+        """The adapter (and a jointly trained compressor) after every evaluation."""
         self.save(self.out / ADAPTER_NAME)
         if self.config.train_compressor:
             self.save_compressor(self.out / COMPRESSOR_NAME)
-        plot_rl_training(self.state, self.out / "training_curve.png")
-        if self.world_size > 1:
-            torch.distributed.barrier()
+
+    def plot(self, path: Path) -> None:
+        plot_rl_training(self.state, path)
 
     def _check_ranks_agree(self) -> None:
         """Every rank must hold the same adapter (they apply the same averaged gradients); stop if not."""
@@ -309,28 +284,22 @@ class RLRun:
         compressor = self.engine.compressor
         return save_memory_weights(path, compressor.weights, compressor.settings)
 
-    def _save_checkpoint(self) -> None:
-        if self.rank != 0:
-            return
-        payload = {
-            "compressor": self.engine.compressor.weights.state_dict() if self.config.train_compressor else None,
-            "adapter": self.trainer.adapter.state_tensors(),
-            "optimizer": self.trainer.optimizer.state_dict(),
-            "state": asdict(self.state),
-            "config": self.config.model_dump(),
-        }
-        save_checkpoint(self.out, payload)
+    def save_checkpoint(self) -> None:
+        if self.rank == 0:  # every rank holds the same adapter: one writes it
+            super().save_checkpoint()
 
-    def _resume(self) -> None:
-        defaults = {name: field.default for name, field in RLTrainingConfig.model_fields.items()}
-        payload = load_checkpoint(self.out, self.config.model_dump(), self.loaded.device, defaults)
-        if payload is None:
-            return
-        self.trainer.load_adapter_tensors(payload["adapter"], str(self.out / CHECKPOINT_NAME))
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "compressor": self.engine.compressor.weights.state_dict() if self.config.train_compressor else None,
+            "adapter": self.trainer.adapter_tensors(),
+            "optimizer": self.trainer.optimizer.state_dict(),
+        }
+
+    def restore(self, payload: dict[str, Any], source: str) -> None:
+        self.trainer.load_adapter_tensors(payload["adapter"], source)
         if payload.get("compressor") is not None:
             self.engine.compressor.weights.load_state_dict(payload["compressor"])
         self.trainer.optimizer.load_state_dict(payload["optimizer"])
-        self.state = RLTrainingState(**payload["state"])
 
     def summary(self) -> dict[str, Any]:
         """The run in numbers: held-out before/after, cost per step and its split, peak memory."""
@@ -358,40 +327,37 @@ class RLRun:
         }
 
 
-def plot_rl_training(state: RLTrainingState, path: Path) -> None:
+def plot_rl_training(state: RunState, path: Path) -> None:
     """Reward (per step and smoothed), held-out sub_em, KL and completion lengths against steps, one PNG."""
-    plt = pyplot()
-    if plt is None:
-        return
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
-    reward_axis, heldout_axis, length_axis = axes
-    if state.history:
-        steps = [r["step"] + 1 for r in state.history]
-        rewards = [r["reward"] for r in state.history]
-        reward_axis.plot(steps, rewards, ".", alpha=0.3, label="group mean reward")
-        reward_axis.plot(steps, moving_mean(rewards), label="20-step mean")
-        reward_axis.legend()
-        length_axis.plot(steps, moving_mean([r["answer_tokens"] for r in state.history]), label="answer tokens")
-        length_axis.plot(steps, moving_mean([r["memory_tokens"] for r in state.history]), label="memory tokens")
-        kl_axis = length_axis.twinx()
-        kl_axis.plot(steps, [r["kl"] for r in state.history], color="grey", alpha=0.5, label="KL (right)")
-        kl_axis.set_ylabel("KL to the backbone")
-        length_axis.legend(loc="upper left")
-    reward_axis.set_xlabel("step")
-    reward_axis.set_title("training reward")
-    if state.evaluations:
-        steps = [r["step"] for r in state.evaluations]
-        heldout_axis.plot(steps, [r["all"]["sub_em"] for r in state.evaluations], marker="o", label="sub_em")
-        heldout_axis.plot(steps, [r["all"]["f1"] for r in state.evaluations], marker="o", label="F1")
-        heldout_axis.legend()
-    heldout_axis.set_ylim(0, 1)
-    heldout_axis.set_xlabel("step")
-    heldout_axis.set_title("held-out questions (greedy)")
-    length_axis.set_xlabel("step")
-    length_axis.set_title("completion lengths (20-step mean)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+
+    def draw(axes) -> None:
+        reward_axis, heldout_axis, length_axis = axes
+        if state.history:
+            steps = [r["step"] + 1 for r in state.history]
+            rewards = [r["reward"] for r in state.history]
+            reward_axis.plot(steps, rewards, ".", alpha=0.3, label="group mean reward")
+            reward_axis.plot(steps, moving_mean(rewards), label="20-step mean")
+            reward_axis.legend()
+            length_axis.plot(steps, moving_mean([r["answer_tokens"] for r in state.history]), label="answer tokens")
+            length_axis.plot(steps, moving_mean([r["memory_tokens"] for r in state.history]), label="memory tokens")
+            kl_axis = length_axis.twinx()
+            kl_axis.plot(steps, [r["kl"] for r in state.history], color="grey", alpha=0.5, label="KL (right)")
+            kl_axis.set_ylabel("KL to the backbone")
+            length_axis.legend(loc="upper left")
+        reward_axis.set_xlabel("step")
+        reward_axis.set_title("training reward")
+        if state.evaluations:
+            steps = [r["step"] for r in state.evaluations]
+            heldout_axis.plot(steps, [r["all"]["sub_em"] for r in state.evaluations], marker="o", label="sub_em")
+            heldout_axis.plot(steps, [r["all"]["f1"] for r in state.evaluations], marker="o", label="F1")
+            heldout_axis.legend()
+        heldout_axis.set_ylim(0, 1)
+        heldout_axis.set_xlabel("step")
+        heldout_axis.set_title("held-out questions (greedy)")
+        length_axis.set_xlabel("step")
+        length_axis.set_title("completion lengths (20-step mean)")
+
+    save_curves(path, 3, draw, width=15)
 
 
 def train_rl(config: RLTrainingConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
@@ -400,5 +366,5 @@ def train_rl(config: RLTrainingConfig, out: str | Path, show_progress: bool = Tr
     run.run()
     summary = run.summary()
     if run.rank == 0:
-        (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_summary(run.out, summary)
     return summary
