@@ -22,6 +22,8 @@ PrefilterName = Literal["keys", "off"]
 ReadMode = Literal["auto", "kv", "text"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 AttentionName = Literal["auto", "sdpa", "eager", "flash_attention_2", "triton"]
+# The model used when none is named: the alias of the embedded default (``model_loading`` resolves it).
+EMBEDDED_DEFAULT = "smollm2-135m"
 
 
 def cache_root() -> Path:
@@ -42,7 +44,7 @@ class _Settings(BaseModel):
 class ModelSettings(_Settings):
     """Which weights to load and where to run them."""
 
-    spec: str = Field("smollm2-135m", min_length=1, description="alias, local HF dir, GGUF file, or cached hub id")
+    spec: str = Field(EMBEDDED_DEFAULT, min_length=1, description="alias, local HF dir, GGUF file, or cached hub id")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     dtype: DtypeName = Field("auto", description="auto = bfloat16 on GPU, float32 on CPU")
     attention: AttentionName = Field(
@@ -278,8 +280,8 @@ class EngineConfig(_Settings):
         """Build a config from flat options (``ratio=8, gate="prompt"``) or section dicts (``gate={...}``)."""
         data = (base or cls()).model_dump()
         for name, value in options.items():
-            if name in _NAME_SHORTCUTS and isinstance(value, str):
-                value = {_NAME_SHORTCUTS[name]: value}
+            if name in NAME_SHORTCUTS and isinstance(value, str):
+                value = {NAME_SHORTCUTS[name]: value}
             if name in FLAT_OPTIONS:
                 section, field = FLAT_OPTIONS[name]
                 data[section][field] = value
@@ -333,7 +335,7 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
 # Settings that existed once and were retired after measurement (see presets.py): (section, field).
 RETIRED_SETTINGS: tuple[tuple[str, str], ...] = (("reasoner", "focus_tokens"), ("gate", "baseline"))
 # "compressor" and "gate" also accept a plain name: compressor="key_norm", gate="prompt".
-_NAME_SHORTCUTS = {"compressor": "kind", "gate": "rule"}
+NAME_SHORTCUTS = {"compressor": "kind", "gate": "rule"}
 
 
 def _describe_validation_error(error: ValidationError) -> str:

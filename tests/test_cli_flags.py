@@ -341,13 +341,13 @@ def test_every_engine_flag_lands_in_the_same_config_field(row):
     if target is None:  # --config names a base config file, not a field
         return
     field, value = target
-    options = cli._engine_options(_parse(("ask",), flag, *sample))
+    options = cli.engine_options(_parse(("ask",), flag, *sample))
     config = EngineConfig.from_kwargs(None, **options)
     found = config
     for name in field.split("."):
         found = getattr(found, name)
     assert found == value
-    assert EngineConfig.from_kwargs(None, **cli._engine_options(_parse(("ask",)))) == EngineConfig()
+    assert EngineConfig.from_kwargs(None, **cli.engine_options(_parse(("ask",)))) == EngineConfig()
 
 
 @pytest.mark.parametrize("path", [(), *OPTIONS], ids=lambda path: " ".join(path) or "lychee")

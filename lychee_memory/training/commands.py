@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from ..config import EMBEDDED_DEFAULT
 from ..errors import LycheeError
 
 
@@ -134,7 +135,7 @@ def add_train_commands(commands) -> None:
         "compressor", help="distil raw-KV reads into learned memory slots (resumable; writes weights, curve PNG)"
     )
     compressor.add_argument("--out", type=Path, required=True, help="output directory (resumes a run found there)")
-    compressor.add_argument("--model", default="smollm2-135m", help="the frozen backbone")
+    compressor.add_argument("--model", default=EMBEDDED_DEFAULT, help="the frozen backbone")
     compressor.add_argument("--ratio", type=int, nargs="+", default=[4], help="ratios to train (one drawn per step)")
     compressor.add_argument("--rank", type=int, default=32, help="rank of the memory q/k/v deltas")
     compressor.add_argument("--chunk-tokens", type=int, nargs="+", default=[1024], help="training chunk lengths")
@@ -160,7 +161,7 @@ def add_train_commands(commands) -> None:
         "adapter with its calibrated threshold, a curve PNG, and a comparison with the untrained rules)",
     )
     gate.add_argument("--out", type=Path, required=True, help="output directory (resumes a run found there)")
-    gate.add_argument("--model", default="smollm2-135m", help="the frozen backbone")
+    gate.add_argument("--model", default=EMBEDDED_DEFAULT, help="the frozen backbone")
     gate.add_argument("--data", default=None, help="shared HotpotQA/SQuAD directory (default $LYCHEE_DATA_DIR)")
     gate.add_argument("--rank", type=int, default=8, help="LoRA rank on q/k/v/o")
     gate.add_argument("--steps", type=int, default=300)
@@ -186,7 +187,7 @@ def add_train_commands(commands) -> None:
         "on the answer reward (resumable; writes the adapter, a curve PNG and summary.json)",
     )
     rl.add_argument("--out", type=Path, required=True, help="output directory (resumes a run found there)")
-    rl.add_argument("--model", default="smollm2-135m", help="the frozen backbone")
+    rl.add_argument("--model", default=EMBEDDED_DEFAULT, help="the frozen backbone")
     rl.add_argument("--data", default=None, help="shared HotpotQA/SQuAD directory (default $LYCHEE_DATA_DIR)")
     rl.add_argument(
         "--per-family", default=None, help='questions per family as JSON, e.g. \'{"needle": 80, "squad": 0}\''

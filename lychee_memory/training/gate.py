@@ -36,6 +36,7 @@ from ..engine import LycheeMemory
 from ..errors import ConfigurationError
 from ..gate import GateRule, ScoreRequest, TrainedGateRule
 from ..gate_weights import GateAdapterSettings, file_digest, new_gate, save_gate_file
+from ..model_loading import EMBEDDED_DEFAULT
 from ..progress import progress_bar
 from .gate_data import GateExample, gate_examples
 from .runs import CHECKPOINT_NAME, load_checkpoint, moving_mean, pyplot, save_checkpoint
@@ -50,7 +51,7 @@ class GateTrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field("smollm2-135m", description="the backbone (alias, HF dir or GGUF), frozen")
+    model: str = Field(EMBEDDED_DEFAULT, description="the backbone (alias, HF dir or GGUF), frozen")
     data: str | None = Field(None, description="shared data dir (HotpotQA, SQuAD); None = generated needles only")
     rank: int = Field(8, ge=1, description="LoRA rank on the attention projections")
     alpha: float = Field(16.0, gt=0)
