@@ -10,18 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import types
-import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from ..config import FLAT_OPTIONS, NAME_SHORTCUTS, EngineConfig
 from ..errors import LycheeError
+from .fields import field_argument, field_help, flag_name
 
 # The engine options offered as flags, in --help order, by their EngineConfig option name.
 ENGINE_FLAGS = (
@@ -48,14 +45,14 @@ ENGINE_FLAGS = (
     "attention",
 )
 # A flag is --OPTION with dashes for underscores, except these shorter spellings the command line has always had.
-FLAG_SPELLINGS = {"spec": "model", "max_relevant_blocks": "max-blocks"}
+FLAG_SPELLINGS = {"spec": "model", "max_relevant_blocks": "max_blocks"}
 # Help that says more on the command line than the field's description does.
 FLAG_HELP = {"spec": "model spec: {description}"}
 
 
 def flag_of(option: str) -> str:
     """The command-line flag of an engine option: ``max_relevant_blocks`` -> ``--max-blocks``."""
-    return "--" + FLAG_SPELLINGS.get(option, option.replace("_", "-"))
+    return flag_name(option, FLAG_SPELLINGS)
 
 
 def dest_of(option: str) -> str:
@@ -70,54 +67,15 @@ def config_field(option: str) -> FieldInfo:
     return settings.model_fields[name]  # type: ignore[union-attr]
 
 
-def _without_none(annotation: Any) -> Any:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        kept = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        return kept[0] if len(kept) == 1 else typing.Union[tuple(kept)]  # noqa: UP007
-    return annotation
-
-
-def _json_argument(annotation: Any, flag: str, description: str):
-    """An argparse type reading JSON and validating it against the field's annotation (e.g. [[17, 3], [18, 0]])."""
-    adapter = TypeAdapter(annotation)
-
-    def parse(text: str) -> Any:
-        try:
-            return adapter.validate_json(text)
-        except ValidationError as error:
-            problem = "; ".join(item["msg"] for item in error.errors())
-            raise argparse.ArgumentTypeError(f"{flag} expects JSON ({description}), got {text!r}: {problem}") from None
-
-    return parse
-
-
-def _argument_kwargs(option: str) -> dict[str, Any]:
-    """type/choices/help of an engine flag, read from its config field."""
-    field = config_field(option)
-    annotation = _without_none(field.annotation)
-    flag = flag_of(option)
-    kwargs: dict[str, Any] = {"default": None}
-    if typing.get_origin(annotation) is Literal:
-        kwargs["choices"] = list(typing.get_args(annotation))
-    elif annotation in (int, float):
-        kwargs["type"] = annotation
-    elif annotation is not str:
-        kwargs["type"] = _json_argument(annotation, flag, field.description or str(annotation))
-        kwargs["metavar"] = "JSON"
-    description = field.description or ""
-    help_text = FLAG_HELP.get(option, "{description}").format(description=description).strip()
-    if field.default not in (None, PydanticUndefined) and "default" not in help_text:
-        help_text += f" (default {field.default})"
-    kwargs["help"] = help_text.replace("None = ", "not given: ").replace("%", "%%") or None
-    return kwargs
-
-
 def add_engine_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     """Add the engine flags to a command; returns their actions (``command_line`` replays them)."""
     group = parser.add_argument_group("engine")
     actions = []
     for option in ENGINE_FLAGS:
-        actions.append(group.add_argument(flag_of(option), dest=dest_of(option), **_argument_kwargs(option)))
+        field = config_field(option)
+        help_text = field_help(field, FLAG_HELP.get(option, "{description}"))
+        kwargs = {**field_argument(field), "default": None, "help": help_text}  # None: --config and the engine decide
+        actions.append(group.add_argument(flag_of(option), dest=dest_of(option), **kwargs))
         if option == "spec":
             actions.append(
                 group.add_argument(
