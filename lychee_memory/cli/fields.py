@@ -57,7 +57,7 @@ def field_help(field: FieldInfo, template: str = "{description}") -> str | None:
     """The field's description as flag help, ending with its default when the text does not already say it."""
     text = template.format(description=field.description or "").strip()
     default = field_default(field)
-    if default not in (None, False, [], PydanticUndefined) and "default" not in text:
+    if not (default is None or default is False or default == []) and "default" not in text:
         shown = " ".join(map(str, default)) if isinstance(default, list) else default
         text = f"{text} (default {shown})".strip()
     return text.replace("None = ", "not given: ").replace("%", "%%") or None
@@ -95,12 +95,20 @@ def add_field_flags(
     names: Iterable[str],
     *,
     spellings: Mapping[str, str] = {},  # noqa: B006 (read only)
+    helps: Mapping[str, str] = {},  # noqa: B006 (read only)
     overrides: Mapping[str, Mapping[str, Any]] = {},  # noqa: B006 (read only)
 ) -> dict[str, str]:
-    """Add one flag per named field of ``model``; returns field name -> argparse dest, for ``field_values``."""
+    """Add one flag per named field of ``model``; returns field name -> argparse dest, for ``field_values``.
+
+    ``helps`` holds help templates (``"{description}, as JSON"``) for fields whose description says too little on
+    a command line; ``overrides`` replaces ``add_argument`` keywords outright.
+    """
     dests = {}
     for name in names:
-        kwargs = {**field_argument(model.model_fields[name]), **overrides.get(name, {})}
+        field = model.model_fields[name]
+        kwargs = {**field_argument(field), **overrides.get(name, {})}
+        if name in helps:
+            kwargs["help"] = field_help(field, helps[name])
         dests[name] = parser.add_argument(flag_name(name, spellings), **kwargs).dest
     return dests
 
