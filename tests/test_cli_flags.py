@@ -1,6 +1,6 @@
 """The compatibility net of the ``lychee`` command line: every command and flag it accepted when this list was written.
 
-The lists below were printed by walking the parsers of ``cli``, ``training/commands.py`` and the server command
+The lists below were printed by walking the parsers of ``cli``, ``training/commands.py`` (now ``cli/train.py``) and the server command
 (issue 25). A refactor may add flags; each listed one must still parse with the same destination and default, and
 each engine flag must still land in the same ``EngineConfig`` field. Regenerate nothing: edit a row only on purpose.
 """

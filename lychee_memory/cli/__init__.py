@@ -24,13 +24,13 @@ import sys
 
 from ..errors import LycheeError
 from ..integrations.server.command import add_serve_command
-from ..training.commands import add_train_commands
 from .ask import add_ask_command, add_ingest_command
 from .calibrate import add_calibrate_command, add_probe_command
 from .evaluation import add_bench_command, add_eval_command, add_report_command
 from .info import add_info_command
 from .options import add_engine_options, base_config, engine_options
 from .store import EXIT_DAMAGED, add_store_command, recipe_for_settings
+from .train import add_train_commands
 
 __all__ = ["EXIT_DAMAGED", "EXIT_USAGE", "build_parser", "engine_options", "main", "recipe_for_settings"]
 

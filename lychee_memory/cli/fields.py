@@ -1,7 +1,7 @@
 """Command-line flags read from pydantic fields: type, choices, default and help come from the model, never copied.
 
-The engine flags (``options.py``), the trainers' flags (``training/commands.py``) and ``lychee serve``'s flags are
-all built here from the settings models they fill, so a default or a choice is written once, in the model.
+The engine flags (``options.py``) and the trainers' flags (``train.py``) are built here from the settings models
+they fill, so a default or a choice is written once, in the model.
 """
 
 from __future__ import annotations

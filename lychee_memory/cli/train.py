@@ -1,4 +1,4 @@
-"""``lychee train ...``: the trainers' command lines (registered by ``cli``).
+"""``lychee train compressor|gate|rl``: the trainers' command lines.
 
 Each trainer's flags are read from its config model (``CompressorTrainingConfig``, ``GateTrainingConfig``,
 ``RLTrainingConfig``): type, choices, default and help are the model's, so the two cannot drift apart.
@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..cli.fields import add_field_flags, field_values
 from ..config import DtypeName
 from ..errors import LycheeError
+from .fields import add_field_flags, field_values
 
 # What the command line says differently from the config models (the env fallback, raw JSON, the dtype names).
 _SPELLINGS = {"ratios": "ratio", "init_weights": "init"}
@@ -108,7 +108,7 @@ def _training_config(model: type[BaseModel], args: argparse.Namespace, dests: Ma
 
 
 def _command_train_compressor(args: argparse.Namespace, dests: Mapping[str, str]) -> int:
-    from .compressor import CompressorTrainingConfig, train_compressor
+    from ..training.compressor import CompressorTrainingConfig, train_compressor
 
     config = _training_config(CompressorTrainingConfig, args, dests)
     summary = train_compressor(config, args.out, show_progress=not args.no_progress)
@@ -118,7 +118,7 @@ def _command_train_compressor(args: argparse.Namespace, dests: Mapping[str, str]
 
 
 def _command_train_gate(args: argparse.Namespace, dests: Mapping[str, str]) -> int:
-    from .gate import GateTrainingConfig, train_gate
+    from ..training.gate import GateTrainingConfig, train_gate
 
     config = _training_config(GateTrainingConfig, args, dests)
     summary = train_gate(config, args.out, show_progress=not args.no_progress)
@@ -137,7 +137,7 @@ def _command_train_gate(args: argparse.Namespace, dests: Mapping[str, str]) -> i
 
 
 def _command_train_rl(args: argparse.Namespace, dests: Mapping[str, str]) -> int:
-    from .rl_run import RLTrainingConfig, train_rl
+    from ..training.rl_run import RLTrainingConfig, train_rl
 
     config = _training_config(RLTrainingConfig, args, dests)
     summary = train_rl(config, args.out, show_progress=not args.no_progress)
@@ -177,9 +177,9 @@ def _add_trainer(
 
 def add_train_commands(commands: Any) -> None:
     """``lychee train compressor``, ``lychee train gate`` and ``lychee train rl``."""
-    from .compressor import CompressorTrainingConfig
-    from .gate import GateTrainingConfig
-    from .rl_run import RLTrainingConfig
+    from ..training.compressor import CompressorTrainingConfig
+    from ..training.gate import GateTrainingConfig
+    from ..training.rl_run import RLTrainingConfig
 
     train = commands.add_parser("train", help="train a learned part of the method")
     kinds = train.add_subparsers(dest="train_command", required=True)
