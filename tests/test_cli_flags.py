@@ -7,6 +7,7 @@ each engine flag must still land in the same ``EngineConfig`` field. Regenerate 
 
 from __future__ import annotations
 
+import shlex
 from functools import cache
 from pathlib import Path
 
@@ -355,3 +356,23 @@ def test_every_help_page_renders(path, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([*path, "--help"])
     assert exit_.value.code == 0 and "usage: lychee" in capsys.readouterr().out
+
+
+def test_the_recorded_calibrate_command_parses_back_to_the_same_settings():
+    from lychee_memory.cli.options import command_line
+
+    argv = ["calibrate", "--lengths", "1k,2k", "--rules", "prompt", "query_likelihood", "--skip-heads"]
+    argv += ["--model", "tiny-random-llama", "--prefilter-heads", "[[1, 2]]", "--threshold", "0.25", "--out", "x.json"]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    actions = [action for action in _calibrate_actions(parser) if action.dest != "help"]
+    line = command_line(["lychee", "calibrate"], args, actions, skip=("out", "no_progress", "config"))
+    assert line.startswith("lychee calibrate ") and "--out" not in line
+    replayed = parser.parse_args(shlex.split(line)[1:])
+    assert {**vars(replayed), "out": "x.json", "handler": None} == {**vars(args), "handler": None}
+
+
+def _calibrate_actions(parser):
+    """Every action of ``lychee calibrate`` (argparse keeps them in ``_actions``): what the handler replays."""
+    (subparsers,) = [action for action in parser._actions if action.dest == "command"]
+    return subparsers.choices["calibrate"]._actions
