@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -39,7 +39,7 @@ def _without_none(annotation: Any) -> Any:
     return annotation
 
 
-def _json_argument(annotation: Any, description: str):
+def _json_argument(annotation: Any, description: str) -> Callable[[str], Any]:
     """An argparse type reading JSON and validating it against a field's annotation (e.g. [[17, 3], [18, 0]])."""
     adapter = TypeAdapter(annotation)
 

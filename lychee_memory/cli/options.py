@@ -12,13 +12,17 @@ import json
 import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic.fields import FieldInfo
 
 from ..config import FLAT_OPTIONS, NAME_SHORTCUTS, EngineConfig
 from ..errors import LycheeError
 from .fields import field_argument, field_help, flag_name
+
+if TYPE_CHECKING:  # the engine and the store load torch: imported when a command runs
+    from ..engine import LycheeMemory
+    from ..store import MemoryStore
 
 # The engine options offered as flags, in --help order, by their EngineConfig option name.
 ENGINE_FLAGS = (
@@ -107,7 +111,7 @@ def base_config(args: argparse.Namespace) -> EngineConfig | None:
         raise LycheeError(f"config file {str(args.config)!r} is not a valid engine config: {error}") from None
 
 
-def load_engine(args: argparse.Namespace):
+def load_engine(args: argparse.Namespace) -> LycheeMemory:
     """The engine the command's flags (and --config) describe."""
     from ..engine import LycheeMemory
 
@@ -153,7 +157,7 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--bank", default=None, help="bank name in the store: reused, and created or extended")
 
 
-def open_store(args: argparse.Namespace, *, create: bool, block_dtype: str = "bfloat16"):
+def open_store(args: argparse.Namespace, *, create: bool, block_dtype: str = "bfloat16") -> MemoryStore:
     """The store named by --store (default store without it); commands that only read never create one."""
     from ..store import MemoryStore
 

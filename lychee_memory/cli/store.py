@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .options import open_store
+
+if TYPE_CHECKING:
+    from ..store import BlockRecipe
 
 EXIT_DAMAGED = 1  # `lychee store verify` found damage it did not repair
 
 
-def recipe_for_settings(settings: dict[str, Any]):
+def recipe_for_settings(settings: dict[str, Any]) -> BlockRecipe:
     """The block recipe of the engine a bank recorded, for ``store verify --repair``."""
     from ..config import EngineConfig
     from ..engine import LycheeMemory
