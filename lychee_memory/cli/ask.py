@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..baselines import BASELINES
 from ..errors import LycheeError
+from ..store import BLOCK_DTYPES
 from .options import add_engine_options, add_store_options, load_engine, open_store
 
 
@@ -41,8 +43,6 @@ def _command_ask(args: argparse.Namespace) -> int:
         ingest_seconds = time.perf_counter() - ingest_started
     mode = args.mode.replace("-", "_")
     if mode != "lychee":
-        from ..baselines import BASELINES
-
         answer = BASELINES[mode](engine).ask(args.question, documents)
         if not args.json:
             print(answer.text)
@@ -147,7 +147,7 @@ def add_ask_command(commands: Any) -> None:
     ask.add_argument("--json", action="store_true", help="print one JSON object (answer, blocks, timings, memory)")
     ask.add_argument(
         "--mode",
-        choices=["lychee", "memagent", "full-context"],
+        choices=["lychee", *(name.replace("_", "-") for name in BASELINES)],
         default="lychee",
         help="lychee (default) or a baseline",
     )
@@ -170,7 +170,7 @@ def add_ingest_command(commands: Any) -> None:
     add_store_options(ingest)
     ingest.add_argument(
         "--block-dtype",
-        choices=["float32", "bfloat16", "float16", "int8"],
+        choices=list(BLOCK_DTYPES),
         default="bfloat16",
         help="how new blocks are stored (default bfloat16; int8 with per-channel/per-slot scales)",
     )

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..eval.tasks import TASKS
 from .options import add_engine_options, evaluation_options
 
 
@@ -77,7 +78,7 @@ def _command_report(args: argparse.Namespace) -> int:
 def add_eval_command(commands: Any) -> None:
     """Register ``lychee eval``."""
     evaluate = commands.add_parser("eval", help="accuracy of every method on RULER-HQA-style or needle tasks")
-    evaluate.add_argument("task", choices=["ruler-hqa", "needle", "needle-multikey", "needle-twohop"])
+    evaluate.add_argument("task", choices=TASKS)
     evaluate.add_argument("--lengths", default="7k", help="context lengths in tokens, e.g. 7k,14k,28k (default 7k)")
     evaluate.add_argument("--n", type=int, default=8, help="samples per length (default 8)")
     evaluate.add_argument(
@@ -103,7 +104,7 @@ def add_bench_command(commands: Any) -> None:
     bench.add_argument("--quick", action="store_true", help="one short length, every method: minutes on a CPU")
     bench.add_argument("--lengths", default=None, help="context lengths (default 7k,14k,28k; --quick: 7k)")
     bench.add_argument("--methods", default=None, help="as for eval (default lychee,memagent,full-context,rag)")
-    bench.add_argument("--task", choices=["needle", "needle-multikey", "needle-twohop", "ruler-hqa"], default="needle")
+    bench.add_argument("--task", choices=TASKS, default="needle")
     bench.add_argument("--n", type=int, default=1, help="questions per length (default 1)")
     bench.add_argument("--data", default=None, help="dataset dir, as for eval")
     bench.add_argument("--json", default=None, help="write the JSON rows here (default OUT/bench.json)")
