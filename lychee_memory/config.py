@@ -22,8 +22,8 @@ PrefilterName = Literal["keys", "off"]
 ReadMode = Literal["auto", "kv", "text"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 AttentionName = Literal["auto", "sdpa", "eager", "flash_attention_2", "triton"]
-# The model used when none is named: the alias of the embedded default (``model_loading`` resolves it).
-EMBEDDED_DEFAULT = "smollm2-135m"
+
+DEFAULT_MODEL = "smollm2-135m"  # the embedded default: what loads when no model is named
 
 
 def cache_root() -> Path:
@@ -44,7 +44,7 @@ class _Settings(BaseModel):
 class ModelSettings(_Settings):
     """Which weights to load and where to run them."""
 
-    spec: str = Field(EMBEDDED_DEFAULT, min_length=1, description="alias, local HF dir, GGUF file, or cached hub id")
+    spec: str = Field(DEFAULT_MODEL, min_length=1, description="alias, local HF dir, GGUF file, or cached hub id")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     dtype: DtypeName = Field("auto", description="auto = bfloat16 on GPU, float32 on CPU")
     attention: AttentionName = Field(

@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from .config import EMBEDDED_DEFAULT, ModelSettings, cache_root
+from .config import DEFAULT_MODEL as EMBEDDED_DEFAULT
+from .config import ModelSettings, cache_root
 from .errors import ModelNotFoundError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)

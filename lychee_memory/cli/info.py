@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from ..config import EMBEDDED_DEFAULT
+from ..config import DEFAULT_MODEL
 from .options import add_engine_options, load_engine
 
 
@@ -46,7 +46,7 @@ def _command_info(args: argparse.Namespace) -> int:
         "cache_dir": str(cache_root()),
         "aliases": known_aliases(),
     }
-    spec = args.model or EMBEDDED_DEFAULT
+    spec = args.model or DEFAULT_MODEL
     resolved = resolve_spec(spec)
     info["model_spec"] = {
         "spec": spec,

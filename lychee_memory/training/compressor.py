@@ -41,10 +41,10 @@ from ..compressors.memory_weights import (
     read_memory_file,
     save_memory_weights,
 )
-from ..config import EngineConfig, ModelSettings
+from ..config import DEFAULT_MODEL, EngineConfig, ModelSettings
 from ..engine import LycheeMemory
 from ..errors import ConfigurationError
-from ..model_loading import EMBEDDED_DEFAULT, LoadedModel, load_model
+from ..model_loading import LoadedModel, load_model
 from ..progress import progress_bar
 from .compressor_data import TrainingSample, make_samples, paragraph_pool
 from .runs import CHECKPOINT_NAME, load_checkpoint, moving_mean, pyplot, save_checkpoint
@@ -58,7 +58,7 @@ class CompressorTrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(EMBEDDED_DEFAULT, description="the backbone (alias, HF dir or GGUF), frozen")
+    model: str = Field(DEFAULT_MODEL, description="the backbone (alias, HF dir or GGUF), frozen")
     ratios: list[int] = Field([4], min_length=1, description="compression ratios to train; one drawn per step")
     rank: int = Field(32, ge=1, description="rank of the memory q/k/v deltas")
     chunk_tokens: list[int] = Field([1024], min_length=1, description="training chunk lengths; one drawn per step")

@@ -30,13 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..blocks import MemoryBank
 from ..compressors.memory_weights import base_geometry
-from ..config import DEFAULT_RELEVANCE_TEMPLATE
+from ..config import DEFAULT_MODEL, DEFAULT_RELEVANCE_TEMPLATE
 from ..documents import Document
 from ..engine import LycheeMemory
 from ..errors import ConfigurationError
 from ..gate import GateRule, ScoreRequest, TrainedGateRule
 from ..gate_weights import GateAdapterSettings, file_digest, new_gate, save_gate_file
-from ..model_loading import EMBEDDED_DEFAULT
 from ..progress import progress_bar
 from .gate_data import GateExample, gate_examples
 from .runs import CHECKPOINT_NAME, load_checkpoint, moving_mean, pyplot, save_checkpoint
@@ -51,7 +50,7 @@ class GateTrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(EMBEDDED_DEFAULT, description="the backbone (alias, HF dir or GGUF), frozen")
+    model: str = Field(DEFAULT_MODEL, description="the backbone (alias, HF dir or GGUF), frozen")
     data: str | None = Field(None, description="shared data dir (HotpotQA, SQuAD); None = generated needles only")
     rank: int = Field(8, ge=1, description="LoRA rank on the attention projections")
     alpha: float = Field(16.0, gt=0)
