@@ -303,8 +303,8 @@ class EngineConfig(_Settings):
         """Build a config from flat options (``ratio=8, gate="prompt"``) or section dicts (``gate={...}``)."""
         data = (base or cls()).model_dump()
         for name, value in options.items():
-            if name in _NAME_SHORTCUTS and isinstance(value, str):
-                value = {_NAME_SHORTCUTS[name]: value}
+            if name in NAME_SHORTCUTS and isinstance(value, str):
+                value = {NAME_SHORTCUTS[name]: value}
             if name in FLAT_OPTIONS:
                 section, field = FLAT_OPTIONS[name]
                 data[section][field] = value
@@ -358,7 +358,7 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
 # Settings that existed once and were retired after measurement (see presets.py): (section, field).
 RETIRED_SETTINGS: tuple[tuple[str, str], ...] = (("reasoner", "focus_tokens"), ("gate", "baseline"))
 # "compressor" and "gate" also accept a plain name: compressor="key_norm", gate="prompt".
-_NAME_SHORTCUTS = {"compressor": "kind", "gate": "rule"}
+NAME_SHORTCUTS = {"compressor": "kind", "gate": "rule"}
 
 
 def _describe_validation_error(error: ValidationError) -> str:

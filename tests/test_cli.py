@@ -93,22 +93,22 @@ def test_bad_input_exits_2_without_traceback(tmp_path, document, args, message):
 
 
 def test_engine_flags_map_to_engine_options():
-    from lychee_memory.cli import _engine_options, build_parser
+    from lychee_memory.cli import build_parser, engine_options
 
     args = build_parser().parse_args(
         ["ask", "doc.txt", "-q", "Why?", "--attention", "eager", "--ratio", "8", "--max-blocks", "3", "--no-progress"]
     )
-    assert _engine_options(args) == {"attention": "eager", "ratio": 8, "max_relevant_blocks": 3, "show_progress": False}
+    assert engine_options(args) == {"attention": "eager", "ratio": 8, "max_relevant_blocks": 3, "show_progress": False}
 
 
 def test_prefilter_flags_map_to_gate_settings():
-    from lychee_memory.cli import _engine_options, build_parser
+    from lychee_memory.cli import build_parser, engine_options
     from lychee_memory.config import EngineConfig
 
     args = build_parser().parse_args(
         ["ask", "doc.txt", "-q", "Why?", "--prefilter", "keys", "--candidates", "6", "--prefilter-heads", "[[1, 2]]"]
     )
-    config = EngineConfig.from_kwargs(None, **_engine_options(args))
+    config = EngineConfig.from_kwargs(None, **engine_options(args))
     assert (config.gate.prefilter, config.gate.candidates, config.gate.prefilter_heads) == ("keys", 6, [(1, 2)])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["ask", "doc.txt", "-q", "Why?", "--prefilter-heads", "[1, 2"])

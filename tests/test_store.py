@@ -41,8 +41,7 @@ from lychee_memory import (
     StoreFullError,
 )
 from lychee_memory.chunking import chunk_documents
-from lychee_memory.cli import _recipe_for_settings as recipe_for_settings
-from lychee_memory.cli import main
+from lychee_memory.cli import main, recipe_for_settings
 from lychee_memory.config import EngineConfig, ModelSettings
 from lychee_memory.kv_prefix import PromptRow, logits_of, prefill
 from lychee_memory.model_loading import load_model

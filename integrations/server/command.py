@@ -1,4 +1,4 @@
-"""``lychee serve``: its command line (registered by ``lychee_memory/cli.py``).
+"""``lychee serve``: its command line (registered by the ``lychee_memory.cli`` package).
 
 Importing this module needs nothing of the server extra, so ``lychee --help`` works without it; running the
 command imports FastAPI and uvicorn, and says how to install them when they are missing.

@@ -37,7 +37,7 @@ from ..compressors.memory_weights import (
     read_memory_file,
     save_memory_weights,
 )
-from ..config import EngineConfig, ModelSettings
+from ..config import DEFAULT_MODEL, EngineConfig, ModelSettings
 from ..engine import LycheeMemory
 from ..errors import ConfigurationError
 from ..model_loading import LoadedModel, load_model
@@ -63,7 +63,7 @@ class CompressorTrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field("smollm2-135m", description="the backbone (alias, HF dir or GGUF), frozen")
+    model: str = Field(DEFAULT_MODEL, description="the backbone (alias, HF dir or GGUF), frozen")
     ratios: list[int] = Field([4], min_length=1, description="compression ratios to train; one drawn per step")
     rank: int = Field(32, ge=1, description="rank of the memory q/k/v deltas")
     chunk_tokens: list[int] = Field([1024], min_length=1, description="training chunk lengths; one drawn per step")

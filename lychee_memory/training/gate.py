@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..blocks import MemoryBank
-from ..config import DEFAULT_RELEVANCE_TEMPLATE
+from ..config import DEFAULT_MODEL, DEFAULT_RELEVANCE_TEMPLATE
 from ..documents import Document
 from ..engine import LycheeMemory
 from ..errors import ConfigurationError
@@ -47,7 +47,7 @@ class GateTrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field("smollm2-135m", description="the backbone (alias, HF dir or GGUF), frozen")
+    model: str = Field(DEFAULT_MODEL, description="the backbone (alias, HF dir or GGUF), frozen")
     data: str | None = Field(None, description="shared data dir (HotpotQA, SQuAD); None = generated needles only")
     rank: int = Field(8, ge=1, description="LoRA rank on the attention projections")
     alpha: float = Field(16.0, gt=0)

@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..compressors.memory_weights import save_memory_weights
+from ..config import DEFAULT_MODEL
 from ..engine import LycheeMemory
 from ..eval.metrics import f1_score, normalize_answer, sub_em
 from ..reasoner_weights import REASONER_TARGETS, ReasonerAdapterShape, save_reasoner_file
@@ -36,7 +37,7 @@ class RLTrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field("smollm2-135m", description="the backbone (alias, HF dir or GGUF), frozen under the LoRA")
+    model: str = Field(DEFAULT_MODEL, description="the backbone (alias, HF dir or GGUF), frozen under the LoRA")
     data: str | None = Field(None, description="shared data dir (HotpotQA, SQuAD); None = generated needles only")
     per_family: dict[str, int] | None = Field(None, description="questions per family (rl_data defaults)")
     document_tokens: int = Field(1500, ge=128, description="tokens of each question's document (training length)")
