@@ -393,7 +393,7 @@ def test_damaged_document_text_is_reported_and_not_served(tmp_path):
     engine = make_engine()
     store = MemoryStore(tmp_path)
     engine.ingest(documents(), store=store, bank="harbour")
-    manifest = store._manifest("harbour")
+    manifest = store.bank_manifest("harbour")
     corrupt_item(store, "text:" + manifest.documents[1].text_key)
     report = store.verify(repair=True, recipe=engine.block_recipe())
     assert [(p.kind, p.document_id, p.repaired) for p in report.problems] == [("document", "garden", False)]
@@ -455,7 +455,7 @@ def test_gate_index_items_round_trip_and_are_read_without_the_kv(tmp_path):
     entries = [entry for _, _, entry in manifest.entries()]
     for entry in entries:
         assert entry.index_key == index_item_key(entry.key, spec)
-        data = store._items.get("index:" + entry.index_key)
+        data = store.objects.items.get("index:" + entry.index_key)
         assert data[:8] == b"LYCHEEI1" and hashlib.sha256(data[40:]).digest() == data[8:40]
         assert entry.index_bytes == len(data)
     distinct = {entry.index_key: entry.index_bytes for entry in entries}
@@ -491,8 +491,8 @@ def test_damaged_gate_index_is_reported_and_repaired(tmp_path, damage, caplog):
             for entry in document["blocks"]:
                 if entry["key"] in (entries[victim].key, entries[other].key):
                     entry["index_key"], entry["index_bytes"] = None, 0
-        with store._catalog.changing():
-            store._write_manifest(BankManifest.model_validate(old), manifest)
+        with store.manifests.changing():
+            store.manifests.write(BankManifest.model_validate(old), manifest)
         bank = engine.open_bank("harbour", store)
     else:
         for index in (victim, other):
@@ -649,12 +649,12 @@ def test_a_bank_from_before_framed_blocks_is_refused_and_upgraded_in_place(tmp_p
         for entry in document["blocks"]:
             for field in ("index_key", "index_bytes"):
                 entry.pop(field)
-            data = store._items.get("block:" + entry["key"])
+            data = store.objects.items.get("block:" + entry["key"])
             token_ids = safetensors.torch.load(data[40:])["token_ids"]
             entry["key"] = block_key(old["model_fingerprint"], old["compressor"], entry["storage"], token_ids, None)
-            store._items.put("block:" + entry["key"], data)
-    with store._catalog.changing():
-        store._write_manifest(BankManifest.model_validate(old), store.bank_manifest("harbour"))
+            store.objects.items.put("block:" + entry["key"], data)
+    with store.manifests.changing():
+        store.manifests.write(BankManifest.model_validate(old), store.bank_manifest("harbour"))
     manifest = store.bank_manifest("harbour")
     assert manifest.opening is None and manifest.identity.opening is None and manifest.gate_index is None
     assert store.verify().ok, "its blocks still verify under the keys it was written with"
@@ -761,8 +761,8 @@ def test_new_bank_names_are_restricted_and_old_names_stay_usable(tmp_path):
     # A bank named before names had rules (written as that version did) stays readable, extendable,
     # renamable and deletable.
     legacy = store.bank_manifest("harbour").model_copy(update={"name": "old notes/2024"})
-    with store._catalog.changing():
-        store._write_manifest(legacy, None)
+    with store.manifests.changing():
+        store.manifests.write(legacy, None)
     assert engine.ask(QUESTION, engine.open_bank("old notes/2024", store)).blocks
     engine.ingest([Document.from_text(FACTS_DOCUMENT, id="facts")], store=store, bank="old notes/2024")
     store.rename_bank("old notes/2024", "old-notes-2024")
@@ -793,8 +793,8 @@ def test_a_bank_from_before_checkpoint_fingerprints_says_how_to_rebuild_it(tmp_p
     old.pop("fingerprint_scheme")  # as 0.1 wrote it: sampled weights and dtype, no scheme recorded
     old["model_fingerprint"] = "0123456789abcdef0123456789abcdef"
     old["engine_config"]["reasoner"]["focus_tokens"] = 0  # a setting 0.1 recorded and 0.2 retired
-    with store._catalog.changing():
-        store._write_manifest(BankManifest.model_validate(old), None)
+    with store.manifests.changing():
+        store.manifests.write(BankManifest.model_validate(old), None)
     with pytest.raises(BankMismatchError, match="built before lychee-memory 0.2.*recompress=True"):
         engine.open_bank("harbour", store)
     rebuilt = engine.open_bank("harbour", store, recompress=True)
@@ -1087,7 +1087,7 @@ def test_cli_ingests_once_asks_in_a_fresh_process_and_manages_the_store(tmp_path
     assert run("store", "mv", "harbour", "pier", "--store", store)[0] == 0
     status, out, _ = run("store", "du", "--store", store, "--json")
     assert json.loads(out)["banks"] == 1 and json.loads(out)["blocks"] == first_report["chunks"]
-    corrupt_item(MemoryStore(store), "block:" + MemoryStore(store)._manifest("pier").documents[0].blocks[2].key)
+    corrupt_item(MemoryStore(store), "block:" + MemoryStore(store).bank_manifest("pier").documents[0].blocks[2].key)
     status, out, _ = run("store", "verify", "--store", store)
     assert status == 1 and "DAMAGED: bank 'pier' block 2" in out
     for args, message in (

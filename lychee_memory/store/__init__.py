@@ -13,8 +13,7 @@ assemble: the steps a distributed ingest spreads), ``reading`` (a stored bank's 
 from .manifest import BANK_NAME_RULE, BLOCK_DTYPES, BankManifest, BlockDtype, check_new_bank_name
 from .recipe import BlockRecipe, RecipeForSettings
 from .reports import BankInfo, GcReport, IngestReport, StoreProblem, StoreUsage, VerifyReport
-from .store import MemoryStore, as_store, default_store_path
-from .stored_bank import StoredBank
+from .store import MemoryStore, StoredBank, as_store, default_store_path
 
 __all__ = [
     "BANK_NAME_RULE",
