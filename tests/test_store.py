@@ -40,14 +40,15 @@ from lychee_memory import (
     StoreError,
     StoreFullError,
 )
+from lychee_memory.blocks import BankIdentity, MemoryBlock, SourceSpan
 from lychee_memory.chunking import chunk_documents
 from lychee_memory.cli import _recipe_for_settings as recipe_for_settings
 from lychee_memory.cli import main
 from lychee_memory.config import EngineConfig, ModelSettings
 from lychee_memory.kv_prefix import PromptRow, logits_of, prefill
 from lychee_memory.model_loading import load_model
-from lychee_memory.store import BankManifest
-from lychee_memory.store.codec import block_key
+from lychee_memory.store import BLOCK_DTYPES, BankManifest
+from lychee_memory.store.codec import BLOCK_MAGIC, CODECS, block_key, codec_for, decode_payload, encode_block, unframe
 
 from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
 
@@ -805,6 +806,42 @@ def test_a_bank_from_before_checkpoint_fingerprints_says_how_to_rebuild_it(tmp_p
 
 
 # Quantisation ------------------------------------------------------------------------------------------
+
+
+# sha256 of encode_block's bytes for one fixed block, per (computed dtype, storage): written by lychee-memory 0.2's
+# float/int8 branches, before the codecs became registry entries; every stored block and content key depends on them.
+ENCODED_BLOCK_SHA256 = {
+    ("float32", "float32"): "98753827cf4e8113c6de34eabb8fdaba26edaace3c74eed1ed703fe2d9156bb8",
+    ("float32", "bfloat16"): "15ae403b9f6d5f5c90c76b92ad8c610208d9cbe719ae9b9fab21fb4b750cc6f2",
+    ("float32", "float16"): "ae4eee4f037f0daad6ad6557dd9fcaba6fa2a0c93d7a46e8217defd4936e34d9",
+    ("float32", "int8"): "5f27eacde9474c81a7555ddf6d298eb2ad6ff3092514dc74e6af32b3c08a7e34",
+    ("bfloat16", "float32"): "3895ab3dc96baeb16e756f37b3632f9326bfed800f6006874367c86686b9f9a4",
+    ("bfloat16", "bfloat16"): "9ed267d6453b5efd4ddddad89d47e70bca92e2528e0d43efd4019aca76355bb1",
+    ("bfloat16", "float16"): "2e00a7680bb7be30cad10351532532173fe91840481af3bfe830bbaf9ad5dca9",
+    ("bfloat16", "int8"): "7e5656cab7a07a8fb67122332dd36013048ed5ca491f7f21b4fa96b076d9057c",
+}
+
+
+def test_block_codecs_are_registry_entries_that_write_the_bytes_blocks_were_always_written_as():
+    assert sorted(CODECS) == sorted(BLOCK_DTYPES), "every storage format a store accepts has exactly one codec"
+    with pytest.raises(ConfigurationError, match="unknown block dtype 'int4'"):
+        codec_for("int4")
+    generator = torch.Generator().manual_seed(0)
+    span = SourceSpan(document_id="d", document_index=0, char_start=0, char_end=3, token_start=0, token_end=3, text="a")
+    identity = BankIdentity("fp", {"kind": "x"}, 64, (1, 2))
+    for computed in (torch.float32, torch.bfloat16):
+        keys = torch.randn(2, 2, 5, 4, generator=generator).to(computed)
+        values = torch.randn(2, 2, 5, 4, generator=generator).to(computed)
+        valid = torch.tensor([True, True, True, False, True])
+        block = MemoryBlock(keys, values, valid, 7, torch.tensor([1, 2, 3]), span, "x")
+        for storage, codec in CODECS.items():
+            data = encode_block(block, storage, identity)
+            key = (str(computed).removeprefix("torch."), storage)
+            assert hashlib.sha256(data).hexdigest() == ENCODED_BLOCK_SHA256[key], key
+            decoded = decode_payload(unframe(BLOCK_MAGIC, data))
+            assert decoded.keys.dtype == computed and decoded.metadata["storage"] == codec.name
+            element = next(tensor for name, tensor in safetensors.torch.load(data[40:]).items() if name == "keys")
+            assert element.element_size() == codec.bytes_per_element
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
