@@ -429,27 +429,45 @@ def test_a_killed_readers_lease_stops_counting(kind, tmp_path):
 # The local cache of an object store --------------------------------------------------------------------
 
 
-def test_blocks_read_twice_come_from_the_local_cache(s3_location, tmp_path):
+def count_reads(monkeypatch, store: MemoryStore) -> dict[str, int]:
+    """From now on, how many items ``store`` read, and how many of them it fetched from the object store."""
+    counts = {"reads": 0, "fetches": 0}
+    items = store.objects.items
+    read, fetch = items.get, items.remote.get
+
+    def counted(kind: str, call):
+        def counting(key: str) -> bytes | None:
+            counts[kind] += 1
+            return call(key)
+
+        return counting
+
+    monkeypatch.setattr(items, "get", counted("reads", read))
+    monkeypatch.setattr(items.remote, "get", counted("fetches", fetch))
+    return counts
+
+
+def test_blocks_read_twice_come_from_the_local_cache(s3_location, tmp_path, monkeypatch):
     engine = make_engine()
     engine.ingest(documents(), store=MemoryStore(s3_location), bank="harbour")
     reader = fresh_handle(s3_location, tmp_path)
     bank = reader.load_bank("harbour")
     keys = bank.block_keys
-    hits, misses = reader.objects.items.hits, reader.objects.items.misses
+    counts = count_reads(monkeypatch, reader)
     first = [bank.block(index) for index in range(len(bank))]
-    assert reader.objects.items.misses - misses == len(set(keys)), "each distinct block is fetched once"
-    assert reader.objects.items.hits - hits == len(keys) - len(set(keys))
+    assert counts["fetches"] == len(set(keys)), "each distinct block is fetched once"
+    assert counts["reads"] - counts["fetches"] == len(keys) - len(set(keys))
     # The object store loses them all: a second pass is served from the local copy alone.
     client, bucket, _ = _s3_object(reader, "block:" + keys[0])
     for key in set(keys):
         client.delete_object(Bucket=bucket, Key=_s3_object(reader, "block:" + key)[2])
-    hits, misses = reader.objects.items.hits, reader.objects.items.misses
+    counts.update(reads=0, fetches=0)
     for index in range(len(bank)):
         assert_same_block(bank.block(index), first[index])
-    assert (reader.objects.items.hits - hits, reader.objects.items.misses - misses) == (len(keys), 0)
+    assert (counts["reads"] - counts["fetches"], counts["fetches"]) == (len(keys), 0)
 
 
-def test_a_small_local_cache_stays_within_its_bound(s3_location, tmp_path):
+def test_a_small_local_cache_stays_within_its_bound(s3_location, tmp_path, monkeypatch):
     engine = make_engine()
     store = MemoryStore(s3_location)
     bank = engine.ingest(documents(), store=store, bank="harbour")
@@ -459,14 +477,14 @@ def test_a_small_local_cache_stays_within_its_bound(s3_location, tmp_path):
     assert reader.objects.items.cache_limit_bytes == bound
     small = reader.load_bank("harbour")
     reference = reference_bank(engine, documents(), tmp_path)
-    hits, misses = reader.objects.items.hits, reader.objects.items.misses
+    counts = count_reads(monkeypatch, reader)
     for _ in range(2):
         for index in range(len(small)):
             for _ in range(2):  # the second read of a block just read is served from the copy
                 assert_same_block(small.block(index), reference.block(index))
                 assert reader.objects.items.copy.volume() <= bound
-    assert reader.objects.items.hits > hits, "a block read again at once is served from the copy"
-    assert reader.objects.items.misses - misses > len(set(bank.block_keys)), "evicted blocks are fetched again"
+    assert counts["reads"] > counts["fetches"], "a block read again at once is served from the copy"
+    assert counts["fetches"] > len(set(bank.block_keys)), "evicted blocks are fetched again"
     assert len(reader.objects.items.copy) < len(set(bank.block_keys))
 
 

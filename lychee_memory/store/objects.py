@@ -187,7 +187,7 @@ class CachedObjects:
     """An object store with a bounded local copy of what was read (LRU, on disk), for lazy reads of remote blocks.
 
     Only ``get`` is served from the copy; existence and sizes go to the object store, so ingest and gc see the
-    truth. Counters ``hits`` and ``misses`` say how well the copy serves.
+    truth.
     """
 
     def __init__(self, remote: FsspecObjects, directory: Path, size_limit_bytes: int):
@@ -195,14 +195,13 @@ class CachedObjects:
             raise StoreError(f"the local cache size must be positive, got {size_limit_bytes!r}")
         self.remote, self.directory, self.location = remote, directory, remote.location
         self.cache_limit_bytes = size_limit_bytes
-        self.hits = self.misses = 0
         self._through = 0  # > 0 while ``reading_through``: reads skip the copy
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(f"cannot create the local cache at {str(directory)!r}: {error}") from None
         where = f"the local cache at {str(directory)!r}"
-        self.copy = open_plain_cache(directory, where, "least-recently-used", size_limit_bytes, 10)
+        self.copy = open_plain_cache(directory, where, "least-recently-used", size_limit_bytes, 10)  # the local copy
 
     def __getattr__(self, name: str) -> Any:  # size, read_prefix, keys, volume, markers: the object store's
         return getattr(self.remote, name)
@@ -232,9 +231,7 @@ class CachedObjects:
                 self.copy.delete(key, retry=True)
             data = None
         if data is not None:
-            self.hits += 1
             return data
-        self.misses += 1
         data = self.remote.get(key)
         if data is not None:
             self._keep(key, data)
