@@ -8,6 +8,10 @@ compresses nothing, and a chunk shared by two banks is stored once. A bank is a 
 atomically, after every block, index item and text it names, so a crash at any moment leaves every bank as it
 was or as it became. The store knows no engine: what it compresses with comes in as a ``BlockRecipe``.
 
+``MemoryStore`` is a facade: its items are ``objects`` (``BlockObjects``), its manifests ``manifests``
+(``Manifests``), and saving, verifying and writing banks are functions over those two parts (``save.py``,
+``verify.py``, ``writing.py``).
+
 Layout::
 
     STORE/lychee-store.json   marks the directory as a store (format version)
