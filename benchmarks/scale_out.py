@@ -58,9 +58,9 @@ def corpus(count: int, paragraphs: int) -> list[Document]:
 def stored_items(store: MemoryStore, bank: str) -> dict[str, bytes | None]:
     items: dict[str, bytes | None] = {}
     for _, _, entry in store.bank_manifest(bank).entries():
-        items["block:" + entry.key] = store._items.get("block:" + entry.key)
+        items["block:" + entry.key] = store.objects.block(entry.key)
         if entry.index_key:
-            items["index:" + entry.index_key] = store._items.get("index:" + entry.index_key)
+            items["index:" + entry.index_key] = store.objects.items.get("index:" + entry.index_key)
     return items
 
 

@@ -369,6 +369,11 @@ class MemoryBank:
     def resident_nbytes(self) -> int:
         return sum(block.nbytes for block in self._blocks if block is not None)
 
+    def resident_dtype(self) -> torch.dtype | None:
+        """The dtype of the first block held in memory (None when none is): what a copy of the bank reads back in."""
+        sample = next((block for block in self._blocks if block is not None), None)
+        return sample.keys.dtype if sample is not None else None
+
     def summary(self) -> dict[str, Any]:
         """Counts a person wants to see after an ingest."""
         return {

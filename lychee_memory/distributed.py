@@ -85,7 +85,7 @@ class BlockWriter:
 
         results = []
         for work in rows["work"]:
-            written = write_batch(self.store, pickle.loads(work), self.recipe, skip_stored=True)
+            written = write_batch(self.store.objects, pickle.loads(work), self.recipe, skip_stored=True)
             results.append(pickle.dumps(written))
         return {"batch": rows["batch"], "written": numpy.array(results, dtype=object)}
 
@@ -117,7 +117,7 @@ def ingest_with_ray(
     docs: list[Document] = load_documents(documents)
     with target.writing_blocks():  # from before the first block until the manifest names them: gc stays out
         target.check_ingest_target(bank, recipe)
-        plan = plan_blocks(target, docs, recipe)
+        plan = plan_blocks(target.objects, docs, recipe)
         written: list[WrittenBlock] = []
         if plan.batches:
             _start_ray(ray_module, settings)

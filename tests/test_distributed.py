@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from lychee_memory import Document, MemoryStore
-from lychee_memory.store.gate_index import stored_index
 from lychee_memory.store.writing import BlockWork, plan_blocks, write_batch
 
 from .conftest import make_engine
@@ -61,9 +60,9 @@ def _stored_items(store: MemoryStore, bank: str) -> dict[str, bytes]:
     manifest = store.bank_manifest(bank)
     items = {}
     for _, _, entry in manifest.entries():
-        items["block:" + entry.key] = store._items.get("block:" + entry.key)
+        items["block:" + entry.key] = store.objects.block(entry.key)
         if entry.index_key is not None:
-            items["index:" + entry.index_key] = store._items.get("index:" + entry.index_key)
+            items["index:" + entry.index_key] = store.objects.items.get("index:" + entry.index_key)
     return items
 
 
@@ -143,19 +142,19 @@ def test_a_retried_batch_whose_blocks_are_stored_is_not_compressed_again(tmp_pat
     store = MemoryStore(tmp_path / "store")
     recipe = _CountingRecipe(engine.block_recipe())
     with store.writing_blocks():
-        plan = plan_blocks(store, town_documents(2), recipe)
+        plan = plan_blocks(store.objects, town_documents(2), recipe)
         first, second = plan.batches[0], plan.batches[1]
-        written = write_batch(store, first, recipe, skip_stored=True)
+        written = write_batch(store.objects, first, recipe, skip_stored=True)
         assert recipe.compressed == 2 and all(block.compressed for block in written)
-        retried = write_batch(store, first, recipe, skip_stored=True)  # the attempt that died after writing
+        retried = write_batch(store.objects, first, recipe, skip_stored=True)  # the attempt that died after writing
         assert recipe.compressed == 2 and not any(block.compressed for block in retried)
         assert [(b.key, b.shape, b.index) for b in retried] == [(b.key, b.shape, b.index) for b in written]
-        store._items.delete("block:" + second[1].key)  # a batch half written when its actor died
+        store.objects.items.delete("block:" + second[1].key)  # a batch half written when its actor died
         partial = [BlockWork(second[0].key, second[0].chunk)] + [second[1]]
-        write_batch(store, [partial[0]], recipe)  # only its first block was written
-        redone = write_batch(store, second, recipe, skip_stored=True)
+        write_batch(store.objects, [partial[0]], recipe)  # only its first block was written
+        redone = write_batch(store.objects, second, recipe, skip_stored=True)
         assert recipe.compressed == 5  # compressed whole (same batch, same bytes), only the missing block written
-        assert store._items.has("block:" + second[1].key) and redone[1].compressed
+        assert store.objects.block(second[1].key) is not None and redone[1].compressed
 
 
 # The CLI as a separate driver: a killed driver or actor ---------------------------------------------------
@@ -200,7 +199,7 @@ def _wait_for_blocks(store_path: Path, at_least: int, process: subprocess.Popen,
     while time.monotonic() < deadline:
         if (store_path / "lychee-store.json").is_file():
             with MemoryStore(store_path, create=False) as store:
-                count = len(store._items.keys("block:"))
+                count = len(store.objects.items.keys("block:"))
             if count >= at_least:
                 return count
         if process.poll() is not None:
@@ -211,13 +210,13 @@ def _wait_for_blocks(store_path: Path, at_least: int, process: subprocess.Popen,
 
 def _complete_blocks(store: MemoryStore, recipe) -> set[str]:
     """Stored blocks that have everything the recipe needs (their index item too)."""
-    keys = [key.removeprefix("block:") for key in store._items.keys("block:")]
-    return {key for key in keys if recipe.gate_index is None or stored_index(store._items, key, recipe.gate_index)}
+    keys = [key.removeprefix("block:") for key in store.objects.items.keys("block:")]
+    return {key for key in keys if recipe.gate_index is None or store.objects.index_item(key, recipe.gate_index)}
 
 
 def _distinct_chunks(engine, documents: list[Document]) -> int:
     with MemoryStore(Path(os.environ["LYCHEE_CACHE_DIR"]) / f"count-{time.monotonic_ns()}") as scratch:
-        return plan_blocks(scratch, documents, engine.block_recipe()).to_compress
+        return plan_blocks(scratch.objects, documents, engine.block_recipe()).to_compress
 
 
 def test_a_killed_driver_leaves_no_bank_and_a_rerun_compresses_only_what_is_missing(tmp_path):

@@ -103,7 +103,7 @@ def s3_location(request, tmp_path) -> str:
 
 def _s3_object(store: MemoryStore, key: str) -> tuple[object, str, str]:
     """(boto3 client, bucket, object key) of a store key in an s3 store."""
-    path = store._items.remote.path(key)
+    path = store.objects.items.remote.path(key)
     bucket, _, name = path.partition("/")
     return services.s3_client(store.where.storage_options["endpoint_url"]), bucket, name
 
@@ -119,7 +119,7 @@ def corrupt_block(store: MemoryStore, key: str) -> None:
         data[len(data) // 2] ^= 0x55
         client.put_object(Bucket=bucket, Key=name, Body=bytes(data))
         return
-    path = Path(store._items.remote.path("block:" + key))
+    path = Path(store.objects.items.remote.path("block:" + key))
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x55
     path.write_bytes(bytes(data))
@@ -132,7 +132,7 @@ def stored_block_keys(store: MemoryStore) -> set[str]:
         rows = database.execute("SELECT key FROM Cache WHERE key LIKE 'block:%'").fetchall()
         database.close()
         return {row[0].removeprefix("block:") for row in rows}
-    root = store._items.remote.root
+    root = store.objects.items.remote.root
     if store.location.startswith("s3://"):
         bucket, _, prefix = root.partition("/")
         client = services.s3_client(store.where.storage_options["endpoint_url"])
@@ -354,7 +354,7 @@ def test_a_manifest_conflict_is_retried_and_both_documents_survive(database_loca
     facts, garden = documents()
     tides = Document.from_text(numbered_document(4, "tide-"), id="tides")
     mine, theirs = MemoryStore(database_location), MemoryStore(database_location)
-    put, writes = mine._catalog.put, []
+    put, writes = mine.manifests.catalog.put, []
 
     def racing_put(name, data, generation, expected):
         if not writes:  # between this handle's read and its write, the other handle commits
@@ -367,7 +367,7 @@ def test_a_manifest_conflict_is_retried_and_both_documents_survive(database_loca
             raise
         writes.append(("written", expected))
 
-    monkeypatch.setattr(mine._catalog, "put", racing_put)
+    monkeypatch.setattr(mine.manifests.catalog, "put", racing_put)
     engine.ingest([facts], store=mine, bank="together")  # a new bank: both create it (a primary-key clash)
     assert writes == ["theirs", ("conflict", 0), ("written", 1)]
     assert mine.bank_info("together").documents == ("garden", "facts")
@@ -423,51 +423,69 @@ def test_a_killed_readers_lease_stops_counting(kind, tmp_path):
     assert store.gc().removed_blocks == blocks
     assert stored_block_keys(store) == set()
     if database:
-        assert store._catalog.leased_keys(remove_stale=False) == set()
+        assert store.manifests.catalog.leased_keys(remove_stale=False) == set()
 
 
 # The local cache of an object store --------------------------------------------------------------------
 
 
-def test_blocks_read_twice_come_from_the_local_cache(s3_location, tmp_path):
+def count_reads(monkeypatch, store: MemoryStore) -> dict[str, int]:
+    """From now on, how many items ``store`` read, and how many of them it fetched from the object store."""
+    counts = {"reads": 0, "fetches": 0}
+    items = store.objects.items
+    read, fetch = items.get, items.remote.get
+
+    def counted(kind: str, call):
+        def counting(key: str) -> bytes | None:
+            counts[kind] += 1
+            return call(key)
+
+        return counting
+
+    monkeypatch.setattr(items, "get", counted("reads", read))
+    monkeypatch.setattr(items.remote, "get", counted("fetches", fetch))
+    return counts
+
+
+def test_blocks_read_twice_come_from_the_local_cache(s3_location, tmp_path, monkeypatch):
     engine = make_engine()
     engine.ingest(documents(), store=MemoryStore(s3_location), bank="harbour")
     reader = fresh_handle(s3_location, tmp_path)
     bank = reader.load_bank("harbour")
     keys = bank.block_keys
-    hits, misses = reader._items.hits, reader._items.misses
+    counts = count_reads(monkeypatch, reader)
     first = [bank.block(index) for index in range(len(bank))]
-    assert reader._items.misses - misses == len(set(keys)), "each distinct block is fetched once"
-    assert reader._items.hits - hits == len(keys) - len(set(keys))
+    assert counts["fetches"] == len(set(keys)), "each distinct block is fetched once"
+    assert counts["reads"] - counts["fetches"] == len(keys) - len(set(keys))
     # The object store loses them all: a second pass is served from the local copy alone.
     client, bucket, _ = _s3_object(reader, "block:" + keys[0])
     for key in set(keys):
         client.delete_object(Bucket=bucket, Key=_s3_object(reader, "block:" + key)[2])
-    hits, misses = reader._items.hits, reader._items.misses
+    counts.update(reads=0, fetches=0)
     for index in range(len(bank)):
         assert_same_block(bank.block(index), first[index])
-    assert (reader._items.hits - hits, reader._items.misses - misses) == (len(keys), 0)
+    assert (counts["reads"] - counts["fetches"], counts["fetches"]) == (len(keys), 0)
 
 
-def test_a_small_local_cache_stays_within_its_bound(s3_location, tmp_path):
+def test_a_small_local_cache_stays_within_its_bound(s3_location, tmp_path, monkeypatch):
     engine = make_engine()
     store = MemoryStore(s3_location)
     bank = engine.ingest(documents(), store=store, bank="harbour")
     bound = 64_000  # the copy's own SQLite index takes about 32 KB of it
-    assert sum(store._items.size("block:" + key) for key in bank.block_keys) > bound, "the bank does not fit"
+    assert sum(store.objects.items.size("block:" + key) for key in bank.block_keys) > bound, "the bank does not fit"
     reader = fresh_handle(with_options(s3_location, cache_bytes=bound), tmp_path)
-    assert reader._items.cache_limit_bytes == bound
+    assert reader.objects.items.cache_limit_bytes == bound
     small = reader.load_bank("harbour")
     reference = reference_bank(engine, documents(), tmp_path)
-    hits, misses = reader._items.hits, reader._items.misses
+    counts = count_reads(monkeypatch, reader)
     for _ in range(2):
         for index in range(len(small)):
             for _ in range(2):  # the second read of a block just read is served from the copy
                 assert_same_block(small.block(index), reference.block(index))
-                assert reader._items.cached_bytes() <= bound
-    assert reader._items.hits > hits, "a block read again at once is served from the copy"
-    assert reader._items.misses - misses > len(set(bank.block_keys)), "evicted blocks are fetched again"
-    assert len(reader._items._copy) < len(set(bank.block_keys))
+                assert reader.objects.items.copy.volume() <= bound
+    assert counts["reads"] > counts["fetches"], "a block read again at once is served from the copy"
+    assert counts["fetches"] > len(set(bank.block_keys)), "evicted blocks are fetched again"
+    assert len(reader.objects.items.copy) < len(set(bank.block_keys))
 
 
 # Bad input ---------------------------------------------------------------------------------------------
@@ -506,7 +524,7 @@ def test_a_database_catalog_is_shared_by_stores_without_mixing_them(tmp_path):
     engine.ingest(documents()[:1], store=one, bank="harbour")
     engine.ingest(documents()[1:], store=two, bank="garden")
     assert (one.bank_names(), two.bank_names()) == (["harbour"], ["garden"])
-    assert isinstance(one._catalog, DatabaseCatalog) and one._catalog.url == two._catalog.url
+    assert isinstance(one.manifests.catalog, DatabaseCatalog) and one.manifests.catalog.url == two.manifests.catalog.url
     gc.collect()
     assert one.gc().removed_blocks == 0 == two.gc().removed_blocks
     assert one.verify().ok and two.verify().ok

@@ -40,13 +40,14 @@ from lychee_memory import (
     StoreError,
     StoreFullError,
 )
+from lychee_memory.blocks import BankIdentity, MemoryBlock, SourceSpan
 from lychee_memory.chunking import chunk_documents
 from lychee_memory.cli import main, recipe_for_settings
 from lychee_memory.config import EngineConfig, ModelSettings
 from lychee_memory.kv_prefix import PromptRow, logits_of, prefill
 from lychee_memory.model_loading import load_model
-from lychee_memory.store import BankManifest
-from lychee_memory.store.codec import block_key
+from lychee_memory.store import BLOCK_DTYPES, BankManifest
+from lychee_memory.store.codec import BLOCK_MAGIC, CODECS, block_key, codec_for, decode_payload, encode_block, unframe
 
 from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
 
@@ -392,7 +393,7 @@ def test_damaged_document_text_is_reported_and_not_served(tmp_path):
     engine = make_engine()
     store = MemoryStore(tmp_path)
     engine.ingest(documents(), store=store, bank="harbour")
-    manifest = store._manifest("harbour")
+    manifest = store.bank_manifest("harbour")
     corrupt_item(store, "text:" + manifest.documents[1].text_key)
     report = store.verify(repair=True, recipe=engine.block_recipe())
     assert [(p.kind, p.document_id, p.repaired) for p in report.problems] == [("document", "garden", False)]
@@ -454,7 +455,7 @@ def test_gate_index_items_round_trip_and_are_read_without_the_kv(tmp_path):
     entries = [entry for _, _, entry in manifest.entries()]
     for entry in entries:
         assert entry.index_key == index_item_key(entry.key, spec)
-        data = store._items.get("index:" + entry.index_key)
+        data = store.objects.items.get("index:" + entry.index_key)
         assert data[:8] == b"LYCHEEI1" and hashlib.sha256(data[40:]).digest() == data[8:40]
         assert entry.index_bytes == len(data)
     distinct = {entry.index_key: entry.index_bytes for entry in entries}
@@ -490,8 +491,8 @@ def test_damaged_gate_index_is_reported_and_repaired(tmp_path, damage, caplog):
             for entry in document["blocks"]:
                 if entry["key"] in (entries[victim].key, entries[other].key):
                     entry["index_key"], entry["index_bytes"] = None, 0
-        with store._catalog.changing():
-            store._write_manifest(BankManifest.model_validate(old), manifest)
+        with store.manifests.changing():
+            store.manifests.write(BankManifest.model_validate(old), manifest)
         bank = engine.open_bank("harbour", store)
     else:
         for index in (victim, other):
@@ -648,12 +649,12 @@ def test_a_bank_from_before_framed_blocks_is_refused_and_upgraded_in_place(tmp_p
         for entry in document["blocks"]:
             for field in ("index_key", "index_bytes"):
                 entry.pop(field)
-            data = store._items.get("block:" + entry["key"])
+            data = store.objects.items.get("block:" + entry["key"])
             token_ids = safetensors.torch.load(data[40:])["token_ids"]
             entry["key"] = block_key(old["model_fingerprint"], old["compressor"], entry["storage"], token_ids, None)
-            store._items.put("block:" + entry["key"], data)
-    with store._catalog.changing():
-        store._write_manifest(BankManifest.model_validate(old), store.bank_manifest("harbour"))
+            store.objects.items.put("block:" + entry["key"], data)
+    with store.manifests.changing():
+        store.manifests.write(BankManifest.model_validate(old), store.bank_manifest("harbour"))
     manifest = store.bank_manifest("harbour")
     assert manifest.opening is None and manifest.identity.opening is None and manifest.gate_index is None
     assert store.verify().ok, "its blocks still verify under the keys it was written with"
@@ -760,8 +761,8 @@ def test_new_bank_names_are_restricted_and_old_names_stay_usable(tmp_path):
     # A bank named before names had rules (written as that version did) stays readable, extendable,
     # renamable and deletable.
     legacy = store.bank_manifest("harbour").model_copy(update={"name": "old notes/2024"})
-    with store._catalog.changing():
-        store._write_manifest(legacy, None)
+    with store.manifests.changing():
+        store.manifests.write(legacy, None)
     assert engine.ask(QUESTION, engine.open_bank("old notes/2024", store)).blocks
     engine.ingest([Document.from_text(FACTS_DOCUMENT, id="facts")], store=store, bank="old notes/2024")
     store.rename_bank("old notes/2024", "old-notes-2024")
@@ -792,8 +793,8 @@ def test_a_bank_from_before_checkpoint_fingerprints_says_how_to_rebuild_it(tmp_p
     old.pop("fingerprint_scheme")  # as 0.1 wrote it: sampled weights and dtype, no scheme recorded
     old["model_fingerprint"] = "0123456789abcdef0123456789abcdef"
     old["engine_config"]["reasoner"]["focus_tokens"] = 0  # a setting 0.1 recorded and 0.2 retired
-    with store._catalog.changing():
-        store._write_manifest(BankManifest.model_validate(old), None)
+    with store.manifests.changing():
+        store.manifests.write(BankManifest.model_validate(old), None)
     with pytest.raises(BankMismatchError, match="built before lychee-memory 0.2.*recompress=True"):
         engine.open_bank("harbour", store)
     rebuilt = engine.open_bank("harbour", store, recompress=True)
@@ -804,6 +805,42 @@ def test_a_bank_from_before_checkpoint_fingerprints_says_how_to_rebuild_it(tmp_p
 
 
 # Quantisation ------------------------------------------------------------------------------------------
+
+
+# sha256 of encode_block's bytes for one fixed block, per (computed dtype, storage): written by lychee-memory 0.2's
+# float/int8 branches, before the codecs became registry entries; every stored block and content key depends on them.
+ENCODED_BLOCK_SHA256 = {
+    ("float32", "float32"): "98753827cf4e8113c6de34eabb8fdaba26edaace3c74eed1ed703fe2d9156bb8",
+    ("float32", "bfloat16"): "15ae403b9f6d5f5c90c76b92ad8c610208d9cbe719ae9b9fab21fb4b750cc6f2",
+    ("float32", "float16"): "ae4eee4f037f0daad6ad6557dd9fcaba6fa2a0c93d7a46e8217defd4936e34d9",
+    ("float32", "int8"): "5f27eacde9474c81a7555ddf6d298eb2ad6ff3092514dc74e6af32b3c08a7e34",
+    ("bfloat16", "float32"): "3895ab3dc96baeb16e756f37b3632f9326bfed800f6006874367c86686b9f9a4",
+    ("bfloat16", "bfloat16"): "9ed267d6453b5efd4ddddad89d47e70bca92e2528e0d43efd4019aca76355bb1",
+    ("bfloat16", "float16"): "2e00a7680bb7be30cad10351532532173fe91840481af3bfe830bbaf9ad5dca9",
+    ("bfloat16", "int8"): "7e5656cab7a07a8fb67122332dd36013048ed5ca491f7f21b4fa96b076d9057c",
+}
+
+
+def test_block_codecs_are_registry_entries_that_write_the_bytes_blocks_were_always_written_as():
+    assert sorted(CODECS) == sorted(BLOCK_DTYPES), "every storage format a store accepts has exactly one codec"
+    with pytest.raises(ConfigurationError, match="unknown block dtype 'int4'"):
+        codec_for("int4")
+    generator = torch.Generator().manual_seed(0)
+    span = SourceSpan(document_id="d", document_index=0, char_start=0, char_end=3, token_start=0, token_end=3, text="a")
+    identity = BankIdentity("fp", {"kind": "x"}, 64, (1, 2))
+    for computed in (torch.float32, torch.bfloat16):
+        keys = torch.randn(2, 2, 5, 4, generator=generator).to(computed)
+        values = torch.randn(2, 2, 5, 4, generator=generator).to(computed)
+        valid = torch.tensor([True, True, True, False, True])
+        block = MemoryBlock(keys, values, valid, 7, torch.tensor([1, 2, 3]), span, "x")
+        for storage, codec in CODECS.items():
+            data = encode_block(block, storage, identity)
+            key = (str(computed).removeprefix("torch."), storage)
+            assert hashlib.sha256(data).hexdigest() == ENCODED_BLOCK_SHA256[key], key
+            decoded = decode_payload(unframe(BLOCK_MAGIC, data))
+            assert decoded.keys.dtype == computed and decoded.metadata["storage"] == codec.name
+            element = next(tensor for name, tensor in safetensors.torch.load(data[40:]).items() if name == "keys")
+            assert element.element_size() == codec.bytes_per_element
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -1086,7 +1123,7 @@ def test_cli_ingests_once_asks_in_a_fresh_process_and_manages_the_store(tmp_path
     assert run("store", "mv", "harbour", "pier", "--store", store)[0] == 0
     status, out, _ = run("store", "du", "--store", store, "--json")
     assert json.loads(out)["banks"] == 1 and json.loads(out)["blocks"] == first_report["chunks"]
-    corrupt_item(MemoryStore(store), "block:" + MemoryStore(store)._manifest("pier").documents[0].blocks[2].key)
+    corrupt_item(MemoryStore(store), "block:" + MemoryStore(store).bank_manifest("pier").documents[0].blocks[2].key)
     status, out, _ = run("store", "verify", "--store", store)
     assert status == 1 and "DAMAGED: bank 'pier' block 2" in out
     for args, message in (

@@ -16,7 +16,7 @@ Every catalog keeps the same three promises, which the store relies on:
 1. ``writing()`` (blocks are being written that no manifest names yet) and ``collecting()`` (gc) exclude each
    other: gc never deletes a block an ingest is about to name; a writer waits for gc, gc refuses to start.
 2. A reader leases the keys of the manifest it read, then checks the manifest did not change meanwhile
-   (``store._leased_manifest``); gc reads manifests first and leases second, so a leased block is never deleted.
+   (``Manifests.leased``); gc reads manifests first and leases second, so a leased block is never deleted.
 3. ``put`` replaces a manifest only over the generation the caller read (``ManifestConflict`` otherwise).
 """
 

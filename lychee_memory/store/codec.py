@@ -1,8 +1,12 @@
-"""Blocks and manifests as bytes: content keys, framing with a checksum, safetensors payloads, int8 quantisation.
+"""Blocks and manifests as bytes: content keys, framing with a checksum, safetensors payloads, block codecs.
 
 A framed record is ``magic | SHA-256 of the payload | payload``; every read checks the hash. A block payload is
 safetensors (never a pickle): keys, values, valid slots and token ids, with metadata naming the storage format,
 the dtype the block was computed in, the model fingerprint and the compressor settings.
+
+How keys and values are stored is a ``BlockCodec`` chosen by its name (the storage format, ``block_dtype``) from
+``CODECS``: one entry per format (float32, bfloat16, float16, int8 today). A new format is one more entry (and its
+name in ``manifest.BlockDtype``); the payload around the tensors, and so every content key, stays as it is.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +26,6 @@ from ..blocks import BankIdentity, MemoryBlock
 from ..errors import ConfigurationError
 from .manifest import BLOCK_DTYPES, FORMAT_VERSION
 
-FLOAT_STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BLOCK_MAGIC = b"LYCHEEB1"
 MANIFEST_MAGIC = b"LYCHEEM1"
 DIGEST_BYTES = 32
@@ -60,28 +64,6 @@ def block_key(
     return digest.hexdigest()
 
 
-def quantize_int8(
-    tensor: torch.Tensor, dim: int, valid: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 with one float32 scale per slice along ``dim`` (scale = max |x| / 127).
-
-    Each element is off by at most half its scale after ``dequantize_int8``. ``valid`` ([slots]) keeps
-    padding slots out of the scales; their values are clamped to the range of the real ones.
-    """
-    values = tensor.detach().to(device="cpu", dtype=torch.float32)
-    magnitudes = values.abs()
-    if valid is not None:
-        magnitudes = magnitudes * valid.to(torch.float32)[None, None, :, None]
-    peak = magnitudes.amax(dim=dim, keepdim=True)
-    scale = torch.where(peak > 0, peak / 127.0, torch.ones_like(peak))
-    quantized = torch.round(values / scale).clamp_(-127, 127).to(torch.int8)
-    return quantized, scale
-
-
-def dequantize_int8(quantized: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return (quantized.to(torch.float32) * scale).to(dtype)
-
-
 def frame(magic: bytes, payload: bytes) -> bytes:
     return magic + hashlib.sha256(payload).digest() + payload
 
@@ -97,24 +79,13 @@ def unframe(magic: bytes, data: bytes) -> bytes:
 
 
 def encode_block(block: MemoryBlock, storage: str, identity: BankIdentity) -> bytes:
-    """A block as framed safetensors bytes.
-
-    Keys per channel and values per slot get their own int8 scales (keys carry outlier channels, values
-    vary by token), the common layout of KV-cache quantisation.
-    """
-    if storage not in BLOCK_DTYPES:
-        raise ConfigurationError(f"unknown block dtype {storage!r}; choose one of {', '.join(BLOCK_DTYPES)}")
+    """A block as framed safetensors bytes, its keys and values stored by the codec named ``storage``."""
+    codec = codec_for(storage)
     tensors: dict[str, torch.Tensor] = {
         "valid": block.valid.detach().to(device="cpu", dtype=torch.bool).contiguous(),
         "token_ids": block.token_ids.detach().to(device="cpu", dtype=torch.int32).contiguous(),
+        **codec.encode(block.keys, block.values, block.valid),
     }
-    if storage == "int8":
-        tensors["keys"], tensors["key_scales"] = quantize_int8(block.keys, dim=2, valid=block.valid)
-        tensors["values"], tensors["value_scales"] = quantize_int8(block.values, dim=3)
-    else:
-        target = FLOAT_STORAGE[storage]
-        tensors["keys"] = block.keys.detach().to(device="cpu", dtype=target).contiguous()
-        tensors["values"] = block.values.detach().to(device="cpu", dtype=target).contiguous()
     metadata = {
         "format": str(FORMAT_VERSION),
         "storage": storage,
@@ -182,15 +153,120 @@ def decode_payload(payload: bytes, dtype: torch.dtype | None = None) -> DecodedB
     except Exception as error:  # safetensors raises its own error types for malformed payloads
         raise Damaged(f"its payload cannot be read ({error})") from None
     storage = metadata.get("storage")
-    if storage not in BLOCK_DTYPES or "source_dtype" not in metadata:
+    codec = CODECS.get(storage) if isinstance(storage, str) else None
+    if codec is None or "source_dtype" not in metadata:
         raise Damaged(f"its metadata names an unknown storage format {storage!r}")
     target = dtype or getattr(torch, metadata["source_dtype"])
     try:
-        if storage == "int8":
-            keys = dequantize_int8(tensors["keys"], tensors["key_scales"], target)
-            values = dequantize_int8(tensors["values"], tensors["value_scales"], target)
-        else:
-            keys, values = tensors["keys"].to(target), tensors["values"].to(target)
+        keys, values = codec.decode(tensors, target)
         return DecodedBlock(keys, values, tensors["valid"], tensors["token_ids"], dict(metadata))
     except KeyError as missing:
         raise Damaged(f"its payload lacks the tensor {missing}") from None
+
+
+# Block codecs: one entry per storage format ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockCodec(ABC):
+    """How one storage format writes a block's keys and values as named tensors, and reads them back.
+
+    ``name`` is the format's name in block metadata, content keys and ``block_dtype``; ``bytes_per_element`` what
+    one key or value element costs stored (scales aside).
+    """
+
+    name: str
+    bytes_per_element: float
+
+    @abstractmethod
+    def encode(self, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The stored tensors (CPU, contiguous) of a block's keys and values; ``valid`` marks its real slots."""
+
+    @abstractmethod
+    def decode(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values in ``dtype`` from the stored tensors; KeyError when one is missing."""
+
+
+@dataclass(frozen=True)
+class FloatCodec(BlockCodec):
+    """Keys and values as they are, cast to one floating-point dtype."""
+
+    dtype: torch.dtype
+
+    def encode(self, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "keys": keys.detach().to(device="cpu", dtype=self.dtype).contiguous(),
+            "values": values.detach().to(device="cpu", dtype=self.dtype).contiguous(),
+        }
+
+    def decode(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return tensors["keys"].to(dtype), tensors["values"].to(dtype)
+
+
+@dataclass(frozen=True)
+class Int8Codec(BlockCodec):
+    """Symmetric int8 with float32 scales: keys per channel, values per slot (keys carry outlier channels, values
+    vary by token), the common layout of KV-cache quantisation."""
+
+    name: str = "int8"
+    bytes_per_element: float = 1.0
+
+    def encode(self, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        stored: dict[str, torch.Tensor] = {}
+        stored["keys"], stored["key_scales"] = quantize_int8(keys, dim=2, valid=valid)
+        stored["values"], stored["value_scales"] = quantize_int8(values, dim=3)
+        return stored
+
+    def decode(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            dequantize_int8(tensors["keys"], tensors["key_scales"], dtype),
+            dequantize_int8(tensors["values"], tensors["value_scales"], dtype),
+        )
+
+
+CODECS: dict[str, BlockCodec] = {}
+"""Every block codec, by name: what ``encode_block`` writes with and ``decode_payload`` reads with."""
+
+
+def register_codec(codec: BlockCodec) -> BlockCodec:
+    """Add a codec to ``CODECS`` under its name (a name already taken is refused: stored blocks name it)."""
+    if not codec.name or codec.name in CODECS:
+        raise ConfigurationError(f"a block codec needs a new name, got {codec.name!r}")
+    CODECS[codec.name] = codec
+    return codec
+
+
+def codec_for(storage: str) -> BlockCodec:
+    """The codec of storage format ``storage``; ConfigurationError naming the formats there are when unknown."""
+    codec = CODECS.get(storage) if storage in BLOCK_DTYPES else None
+    if codec is None:
+        raise ConfigurationError(f"unknown block dtype {storage!r}; choose one of {', '.join(BLOCK_DTYPES)}")
+    return codec
+
+
+def quantize_int8(
+    tensor: torch.Tensor, dim: int, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one float32 scale per slice along ``dim`` (scale = max |x| / 127).
+
+    Each element is off by at most half its scale after ``dequantize_int8``. ``valid`` ([slots]) keeps
+    padding slots out of the scales; their values are clamped to the range of the real ones.
+    """
+    values = tensor.detach().to(device="cpu", dtype=torch.float32)
+    magnitudes = values.abs()
+    if valid is not None:
+        magnitudes = magnitudes * valid.to(torch.float32)[None, None, :, None]
+    peak = magnitudes.amax(dim=dim, keepdim=True)
+    scale = torch.where(peak > 0, peak / 127.0, torch.ones_like(peak))
+    quantized = torch.round(values / scale).clamp_(-127, 127).to(torch.int8)
+    return quantized, scale
+
+
+def dequantize_int8(quantized: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (quantized.to(torch.float32) * scale).to(dtype)
+
+
+register_codec(FloatCodec("float32", 4.0, torch.float32))
+register_codec(FloatCodec("bfloat16", 2.0, torch.bfloat16))
+register_codec(FloatCodec("float16", 2.0, torch.float16))
+register_codec(Int8Codec())

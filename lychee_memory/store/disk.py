@@ -93,9 +93,6 @@ class Items:
         except (OSError, sqlite3.Error) as error:
             raise StoreError(f"cannot read {key!r} from store {str(self.store_path)!r}: {error}") from None
 
-    def has(self, key: str) -> bool:
-        return key in self.cache
-
     def put(self, key: str, data: bytes) -> None:
         """Write one item, refusing (StoreFullError) when the size limit or the disk is full."""
         where = str(self.store_path)

@@ -188,6 +188,37 @@ class BankManifest(_Record):
         )
 
 
+def manifest_for(
+    name: str,
+    identity: BankIdentity,
+    documents: list[StoredDocument],
+    *,
+    current: BankManifest | None = None,
+    gate_index: dict[str, Any] | None = None,
+    fingerprint_scheme: str = FINGERPRINT_SCHEME,
+    model_spec: str | None = None,
+    model_dtype: str | None = None,
+    engine_config: dict[str, Any] | None = None,
+) -> BankManifest:
+    """A new manifest of ``documents`` built by ``identity``, keeping ``current``'s creation time (if any)."""
+    moment = now()
+    return BankManifest(
+        name=name,
+        created=current.created if current is not None else moment,
+        updated=moment,
+        model_fingerprint=identity.model_fingerprint,
+        fingerprint_scheme=fingerprint_scheme,
+        model_spec=model_spec,
+        model_dtype=model_dtype,
+        compressor=dict(identity.compressor),
+        chunk_tokens=identity.chunk_tokens,
+        engine_config=engine_config,
+        opening=list(identity.opening) if identity.opening is not None else None,
+        gate_index=gate_index,
+        documents=documents,
+    )
+
+
 def merge_documents(
     current: list[StoredDocument], incoming: list[StoredDocument]
 ) -> tuple[list[StoredDocument], int, int]:

@@ -64,12 +64,6 @@ class FsspecObjects:
         except Exception as error:
             raise self._error("read", key, error) from None
 
-    def has(self, key: str) -> bool:
-        try:
-            return bool(self.fs.exists(self.path(key)))
-        except Exception as error:
-            raise self._error("look up", key, error) from None
-
     def size(self, key: str) -> int:
         try:
             return int(self.fs.size(self.path(key)))
@@ -193,7 +187,7 @@ class CachedObjects:
     """An object store with a bounded local copy of what was read (LRU, on disk), for lazy reads of remote blocks.
 
     Only ``get`` is served from the copy; existence and sizes go to the object store, so ingest and gc see the
-    truth. Counters ``hits`` and ``misses`` say how well the copy serves.
+    truth.
     """
 
     def __init__(self, remote: FsspecObjects, directory: Path, size_limit_bytes: int):
@@ -201,20 +195,19 @@ class CachedObjects:
             raise StoreError(f"the local cache size must be positive, got {size_limit_bytes!r}")
         self.remote, self.directory, self.location = remote, directory, remote.location
         self.cache_limit_bytes = size_limit_bytes
-        self.hits = self.misses = 0
         self._through = 0  # > 0 while ``reading_through``: reads skip the copy
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(f"cannot create the local cache at {str(directory)!r}: {error}") from None
         where = f"the local cache at {str(directory)!r}"
-        self._copy = open_plain_cache(directory, where, "least-recently-used", size_limit_bytes, 10)
+        self.copy = open_plain_cache(directory, where, "least-recently-used", size_limit_bytes, 10)  # the local copy
 
-    def __getattr__(self, name: str) -> Any:  # has, size, read_prefix, keys, volume, markers: the object store's
+    def __getattr__(self, name: str) -> Any:  # size, read_prefix, keys, volume, markers: the object store's
         return getattr(self.remote, name)
 
     def close(self) -> None:
-        self._copy.close()
+        self.copy.close()
         self.remote.close()
 
     @contextlib.contextmanager
@@ -230,17 +223,15 @@ class CachedObjects:
         data = None
         if not self._through:
             try:
-                data = self._copy.get(key, retry=True)
+                data = self.copy.get(key, retry=True)
             except (OSError, sqlite3.Error) as error:
                 logger.warning("local cache %s unreadable (%s); reading %s from the store", self.directory, error, key)
         if data is not None and not _sound(key, data):  # damaged on the local disk: drop it, ask the store
             with contextlib.suppress(OSError, sqlite3.Error):
-                self._copy.delete(key, retry=True)
+                self.copy.delete(key, retry=True)
             data = None
         if data is not None:
-            self.hits += 1
             return data
-        self.misses += 1
         data = self.remote.get(key)
         if data is not None:
             self._keep(key, data)
@@ -250,7 +241,7 @@ class CachedObjects:
         if len(data) > self.cache_limit_bytes or not _sound(key, data):  # a damaged object, once repaired, is
             return  # read again from the store, never served from a copy of its damage
         try:
-            self._copy.set(key, data, retry=True)
+            self.copy.set(key, data, retry=True)
         except (OSError, sqlite3.Error) as error:  # a full local disk only costs speed
             logger.warning("cannot keep %s in the local cache %s: %s", key, self.directory, error)
 
@@ -258,11 +249,8 @@ class CachedObjects:
         self.remote.put(key, data)
 
     def delete(self, key: str) -> bool:
-        self._copy.delete(key, retry=True)
+        self.copy.delete(key, retry=True)
         return self.remote.delete(key)
-
-    def cached_bytes(self) -> int:
-        return int(self._copy.volume())
 
 
 def _sound(key: str, data: bytes) -> bool:

@@ -4,28 +4,27 @@ stored text."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..chunking import Chunk
 from ..errors import CorruptDocumentError, StoreError
-from .codec import Damaged, block_key, encode_block
-from .gate_index import index_key, read_index, write_index
+from .block_objects import BlockObjects
+from .codec import Damaged, block_key
+from .gate_index import index_key
 from .manifest import BankManifest, StoredBlock, StoredDocument, now
+from .manifests import Change, Manifests
 from .reading import check_block
 from .recipe import BlockRecipe, RecipeForSettings
 from .reports import StoreProblem, VerifyReport
-
-if TYPE_CHECKING:
-    from .store import MemoryStore
 
 # (block index, document, entry, what is wrong with the block, what is wrong with its gate index)
 _Damage = tuple[int, StoredDocument, StoredBlock, str | None, str | None]
 
 
 def verify_store(
-    store: MemoryStore,
+    objects: BlockObjects,
+    manifests: Manifests,
     repair: bool,
     recipe: BlockRecipe | None,
     recipe_for_settings: RecipeForSettings | None,
@@ -42,11 +41,11 @@ def verify_store(
     checked: dict[str, str | None] = {}  # block key -> reason it is damaged, None when fine
     checked_indexes: dict[str, str | None] = {}  # index key -> reason it is damaged, None when fine
     documents_checked = 0
-    names = store.bank_names()
+    names = manifests.names()
     recipes: dict[str, BlockRecipe] = {}
     for name in names:
         try:
-            manifest = store._manifest(name)
+            manifest = manifests.require(name)
         except StoreError as error:
             problems.append(StoreProblem(bank=name, kind="manifest", reason=str(error)))
             continue
@@ -54,24 +53,24 @@ def verify_store(
         for stored in manifest.documents:
             documents_checked += 1
             try:
-                texts[stored.id] = store._read_text(name, stored)
+                texts[stored.id] = objects.read_text(name, stored)
             except CorruptDocumentError as error:
                 texts[stored.id] = None
                 problems.append(StoreProblem(name, "document", str(error), stored.text_key, None, stored.id))
         damaged: list[_Damage] = []
         for index, (_, stored, entry) in enumerate(manifest.entries()):
             if entry.key not in checked:
-                checked[entry.key] = _block_damage(store, entry, manifest)
-            index_reason = _index_damage(store, entry, manifest, checked_indexes)
+                checked[entry.key] = _block_damage(objects, entry, manifest)
+            index_reason = _index_damage(objects, entry, manifest, checked_indexes)
             if checked[entry.key] is not None or index_reason is not None:
                 damaged.append((index, stored, entry, checked[entry.key], index_reason))
         if not damaged:
             continue
         if repair:
-            with store.writing_blocks():  # until the manifest names the rewritten index items (gc waits)
-                notes, indexes = _repair_bank(store, manifest, damaged, texts, recipe, recipe_for_settings, recipes)
+            with manifests.writing():  # until the manifest names the rewritten index items (gc waits)
+                notes, indexes = _repair_bank(objects, manifest, damaged, texts, recipe, recipe_for_settings, recipes)
                 if indexes:
-                    _record_indexes(store, name, manifest, indexes)
+                    manifests.update(name, _naming(manifest, indexes))
         for index, stored, entry, block_reason, index_reason in damaged:
             note = notes[entry.key] if repair else None
             repaired = repair and note is None
@@ -92,8 +91,8 @@ def verify_store(
     )
 
 
-def _block_damage(store: MemoryStore, entry: StoredBlock, manifest: BankManifest) -> str | None:
-    data = store._items.get("block:" + entry.key)
+def _block_damage(objects: BlockObjects, entry: StoredBlock, manifest: BankManifest) -> str | None:
+    data = objects.block(entry.key)
     if data is None:
         return "the block is missing"
     try:
@@ -104,21 +103,21 @@ def _block_damage(store: MemoryStore, entry: StoredBlock, manifest: BankManifest
 
 
 def _index_damage(
-    store: MemoryStore, entry: StoredBlock, manifest: BankManifest, checked: dict[str, str | None]
+    objects: BlockObjects, entry: StoredBlock, manifest: BankManifest, checked: dict[str, str | None]
 ) -> str | None:
     """What is wrong with an entry's gate index item (None: fine, or the bank has no gate index)."""
     if manifest.gate_index is None:
         return None
     expected = index_key(entry.key, manifest.gate_index)
     if entry.index_key != expected:  # the manifest names none, or one of another spec
-        return read_index(store._items, entry, manifest)[1]
+        return objects.read_index(entry, manifest)[1]
     if expected not in checked:
-        checked[expected] = read_index(store._items, entry, manifest)[1]
+        checked[expected] = objects.read_index(entry, manifest)[1]
     return checked[expected]
 
 
 def _repair_bank(
-    store: MemoryStore,
+    objects: BlockObjects,
     manifest: BankManifest,
     damaged: list[_Damage],
     texts: dict[str, str | None],
@@ -134,18 +133,18 @@ def _repair_bank(
             continue
         if block_reason is None and manifest.gate_index is not None:
             item = index_key(entry.key, manifest.gate_index)
-            if read_index(store._items, entry.model_copy(update={"index_key": item}), manifest)[1] is None:
+            if objects.read_index(entry.model_copy(update={"index_key": item}), manifest)[1] is None:
                 notes[entry.key] = None  # the item is fine (another bank's repair wrote it): name it
-                indexes[entry.key] = (item, store._items.size("index:" + item))
+                indexes[entry.key] = (item, objects.index_size(item))
                 continue
         notes[entry.key] = _repair_block(
-            store, manifest, entry, texts.get(stored.id), recipe, recipe_for_settings, recipes, indexes
+            objects, manifest, entry, texts.get(stored.id), recipe, recipe_for_settings, recipes, indexes
         )
     return notes, indexes
 
 
 def _repair_block(
-    store: MemoryStore,
+    objects: BlockObjects,
     manifest: BankManifest,
     entry: StoredBlock,
     text: str | None,
@@ -196,25 +195,26 @@ def _repair_block(
     spec = manifest.gate_index
     if spec is not None and block.gate_keys is None:
         return "the engine made no gate index for the block"
-    store._items.put("block:" + entry.key, encode_block(block, entry.storage, identity))
+    objects.write_block(entry.key, block, identity, entry.storage)
     if spec is not None and block.gate_keys is not None:
-        indexes[entry.key] = write_index(store._items, entry.key, spec, block.gate_keys, block.keys.shape[-1])
+        indexes[entry.key] = objects.write_index(entry.key, spec, block.gate_keys, block.keys.shape[-1])
     return None
 
 
-def _record_indexes(store: MemoryStore, name: str, read: BankManifest, indexes: dict[str, tuple[str, int]]) -> None:
-    """Name the rewritten index items in the bank's manifest (if it is still indexed as when it was read)."""
-    for attempt in store._manifest_updates():
-        with attempt:
-            current = store._read_manifest(name)
-            if current is None or current.gate_index != read.gate_index:
-                return
-            previous = current.model_copy()
-            changed = False
-            for _, _, entry in current.entries():
-                if entry.key in indexes and (entry.index_key, entry.index_bytes) != indexes[entry.key]:
-                    entry.index_key, entry.index_bytes = indexes[entry.key]
-                    changed = True
-            if changed:
-                current.updated = now()
-                store._write_manifest(current, previous)
+def _naming(read: BankManifest, indexes: dict[str, tuple[str, int]]) -> Change:
+    """The change naming the rewritten index items in the bank's manifest (if it is still indexed as when read)."""
+
+    def change(current: BankManifest | None) -> BankManifest | None:
+        if current is None or current.gate_index != read.gate_index:
+            return None
+        changed = False
+        for _, _, entry in current.entries():
+            if entry.key in indexes and (entry.index_key, entry.index_bytes) != indexes[entry.key]:
+                entry.index_key, entry.index_bytes = indexes[entry.key]
+                changed = True
+        if not changed:
+            return None
+        current.updated = now()
+        return current
+
+    return change
