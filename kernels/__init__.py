@@ -6,6 +6,7 @@ are on a CUDA device and Triton imports, and the torch reference otherwise (or w
 ``register_triton_attention()`` makes the attention kernel available to transformers as "lychee_triton".
 """
 
+from ._triton_support import triton_importable
 from .hf_attention import ATTENTION_NAME, lychee_triton_attention_forward, register_triton_attention
 from .key_scores import key_logsumexp, key_logsumexp_reference
 from .prefix_attention import prefix_attention, prefix_attention_reference
@@ -21,4 +22,5 @@ __all__ = [
     "register_triton_attention",
     "token_logprobs",
     "token_logprobs_reference",
+    "triton_importable",
 ]

@@ -16,7 +16,7 @@ def _command_info(args: argparse.Namespace) -> int:
     import torch
 
     from ..config import cache_root
-    from ..kernels._triton_support import triton_importable
+    from ..kernels import triton_importable
     from ..model_loading import known_aliases, resolve_spec
 
     def version(name: str) -> str | None:

@@ -109,7 +109,7 @@ def format_paragraph(index: int, title: str, text: str) -> str:
     return f"Document {index}:\n{title}\n{text}"
 
 
-def _join_paragraphs(paragraphs: Sequence[tuple[str, str]], marked: set[int]) -> tuple[str, list[tuple[int, int]]]:
+def join_paragraphs(paragraphs: Sequence[tuple[str, str]], marked: set[int]) -> tuple[str, list[tuple[int, int]]]:
     """Numbered paragraphs joined by blank lines, and the character spans of the ``marked`` ones."""
     pieces, spans, offset = [], [], 0
     for position, (title, text) in enumerate(paragraphs):
@@ -184,14 +184,14 @@ def draw_paragraphs(
 # RULER-HQA --------------------------------------------------------------------------------------------------
 
 
-def _hotpot_paragraphs(row: dict) -> list[tuple[str, str]]:
+def hotpot_paragraphs(row: dict) -> list[tuple[str, str]]:
     return [
         (title, "".join(sentences)) for title, sentences in zip(row["context"]["title"], row["context"]["sentences"])
     ]
 
 
 def _gold_positions(row: dict, paragraphs: Sequence[tuple[str, str]]) -> set[int]:
-    own = dict(_hotpot_paragraphs(row))
+    own = dict(hotpot_paragraphs(row))
     titles = set(row.get("supporting_facts", {}).get("title", []))
     return {i for i, (title, text) in enumerate(paragraphs) if title in titles and own.get(title) == text}
 
@@ -206,14 +206,14 @@ def ruler_hqa_at_length(
 ) -> QASample:
     """RULER-HQA by length: the question's own paragraphs plus shuffled distractors until ``target_tokens``."""
     rng = random.Random(seed)
-    paragraphs = _hotpot_paragraphs(row)
+    paragraphs = hotpot_paragraphs(row)
     own_titles = {title for title, _ in paragraphs}
     own_tokens = sum(count(title, text) for title, text in paragraphs)
     paragraphs += draw_paragraphs(
         distractors, count, target_tokens, rng, start_tokens=own_tokens, keep=lambda p: p[0] not in own_titles
     )
     rng.shuffle(paragraphs)
-    context, spans = _join_paragraphs(paragraphs, _gold_positions(row, paragraphs))
+    context, spans = join_paragraphs(paragraphs, _gold_positions(row, paragraphs))
     return QASample(row["question"], [row["answer"]], context, sample_id, spans)
 
 
@@ -226,8 +226,8 @@ def ruler_hqa_samples(
     count = TokenCounter(tokenizer)
     samples = []
     for index, row in enumerate(chosen):
-        own = {title for title, _ in _hotpot_paragraphs(row)}
-        distractors = [p for other in rows if other is not row for p in _hotpot_paragraphs(other) if p[0] not in own]
+        own = {title for title, _ in hotpot_paragraphs(row)}
+        distractors = [p for other in rows if other is not row for p in hotpot_paragraphs(other) if p[0] not in own]
         squad_path = directory / SQUAD_FILE
         if squad_path.is_file():
             distractors += load_squad_paragraphs_cached(directory)
@@ -300,7 +300,7 @@ def haystack_with_facts(
     for position, fact in zip(positions, shuffled_facts):
         title, text = chosen[position]
         chosen[position] = (title, f"{text} {fact}")
-    context, _ = _join_paragraphs(chosen, set())
+    context, _ = join_paragraphs(chosen, set())
     spans = []
     for fact in facts:
         start = context.index(fact)
@@ -333,7 +333,7 @@ def needle_document(
     position = min(len(chosen) - 1, max(0, round(depth * (len(chosen) - 1))))
     title, text = chosen[position]
     chosen[position] = (title, text + " " + needle.fact)
-    return _join_paragraphs(chosen, set())[0]
+    return join_paragraphs(chosen, set())[0]
 
 
 def task_source(task: str, data: str | os.PathLike[str] | None = None) -> Path | None:

@@ -45,11 +45,11 @@ from ..eval.tasks import (
     HOTPOT_FILE,
     SQUAD_FILE,
     TokenCounter,
-    _hotpot_paragraphs,
-    _join_paragraphs,
     draw_paragraphs,
     format_paragraph,
     haystack_with_facts,
+    hotpot_paragraphs,
+    join_paragraphs,
     load_hotpot,
 )
 from .compressor_data import SPLITS, Split, paragraph_pool, sentence_ends
@@ -136,7 +136,7 @@ def _document(
     rng.shuffle(order)
     shuffled = [paragraphs[index] for index in order]
     positions = [order.index(index) for index in evidence]
-    text, spans = _join_paragraphs(shuffled, set(positions))
+    text, spans = join_paragraphs(shuffled, set(positions))
     by_position = dict(zip(sorted(positions), spans))
     return text, tuple(by_position[position] for position in positions)
 
@@ -245,7 +245,7 @@ def _hotpot_example(
     row = question.row
     split = splits[id(row)]
     rng = random.Random(f"gate-hotpot-{seed}-{question.identity}")
-    own = dict(_hotpot_paragraphs(row))
+    own = dict(hotpot_paragraphs(row))
     gold = [(title, own[title]) for title in question.gold]
     distractors = [(title, text) for title, text in own.items() if title not in question.gold]
     rng.shuffle(distractors)
@@ -253,7 +253,7 @@ def _hotpot_example(
     # Then paragraphs of other questions of the same split (never a held-out question's in a train document), and
     # SQuAD paragraphs of the split; none with one of this question's titles or its answer.
     pool = [other for other in questions if other.row is not row and splits[id(other.row)] == split]
-    others = [paragraph for other in pool for paragraph in _hotpot_paragraphs(other.row)]
+    others = [paragraph for other in pool for paragraph in hotpot_paragraphs(other.row)]
     others = list(dict.fromkeys(others + squad[split]))
     answer = str(row["answer"])
     chosen += _fill(others, count, total, tokens, rng, lambda p: p[0] not in own and not _contains_answer(p[1], answer))
