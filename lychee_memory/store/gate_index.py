@@ -1,4 +1,4 @@
-"""Gate index items: each block's gate index (``prefilter.py``) stored next to the block, read without its KV.
+"""Gate index items: each block's gate index (``gate/index_format.py``) stored next to the block, read without its KV.
 
 One item per (block, index spec): key ``index:<sha256 of the block key, a zero byte and the spec's canonical
 JSON>``, value a framed record (magic ``LYCHEEI1``, SHA-256 of the payload) holding safetensors
