@@ -19,7 +19,7 @@ _EXPORTS = {
     "Tenant": "auth",
     "run_server": "runner",
     "MemoryService": "service",
-    "ServerSettings": "service",
+    "ServerSettings": "settings",
 }
 
 __all__ = sorted(_EXPORTS)

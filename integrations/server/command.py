@@ -7,19 +7,25 @@ command imports FastAPI and uvicorn, and says how to install them when they are 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from lychee_memory.cli.fields import add_field_flags, field_values
 from lychee_memory.errors import LycheeError
+
+from .settings import ServerSettings
 
 OptionsOf = Callable[[argparse.Namespace], dict[str, Any]]
 ConfigOf = Callable[[argparse.Namespace], Any]
 
+# The ServerSettings fields that are flags of ``lychee serve`` (``engine`` and ``engine_config`` come from the
+# engine options, which every engine command shares).
+SERVE_FIELDS = [name for name in ServerSettings.model_fields if name not in ("engine", "engine_config")]
 
-def _serve(args: argparse.Namespace, engine_options: OptionsOf, base_config: ConfigOf) -> int:
+
+def _serve(args: argparse.Namespace, dests: Mapping[str, str], engine_options: OptionsOf, base_config: ConfigOf) -> int:
     try:
-        from . import ServerSettings, run_server
+        from .runner import run_server
     except ImportError as error:
         raise LycheeError(
             f"lychee serve needs the server extra ({error.name or error} is missing): pip install 'lychee-memory[server]'"
@@ -29,18 +35,9 @@ def _serve(args: argparse.Namespace, engine_options: OptionsOf, base_config: Con
     options = engine_options(args)
     options.setdefault("show_progress", False)
     try:
+        values = field_values(args, dests)
         settings = ServerSettings(
-            store=args.store,
-            host=args.host,
-            port=args.port,
-            api_keys=args.api_key or [],
-            keys_file=args.keys_file,
-            max_document_bytes=args.max_document_bytes,
-            max_request_bytes=args.max_request_bytes,
-            batch_window_ms=args.batch_window_ms,
-            max_batch=args.max_batch,
-            recompress=args.recompress,
-            shutdown_timeout=args.shutdown_timeout,
+            **{**values, "api_keys": values["api_keys"] or []},
             engine=options,
             engine_config=base_config(args),
         )
@@ -60,33 +57,17 @@ def add_serve_command(
     serve = commands.add_parser(
         "serve", help="HTTP memory service: banks, ingest jobs, query, retrieve, OpenAI-compatible chat, metrics"
     )
-    serve.add_argument(
-        "--store",
-        default=None,
-        help="store directory, or URL such as s3://bucket/prefix?manifests=postgresql://host/db (default store)",
-    )
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
-    )
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument(
-        "--api-key", action="append", default=None, help="require 'Authorization: Bearer KEY' (repeatable; any bank)"
-    )
-    serve.add_argument(
-        "--keys-file", type=Path, default=None, help='JSON {"KEY": ["bank-prefix", ...]}: each key reaches its banks'
-    )
-    serve.add_argument("--max-document-bytes", type=int, default=8 * 1024 * 1024, help="largest document (413 above)")
-    serve.add_argument("--max-request-bytes", type=int, default=64 * 1024 * 1024, help="largest request body")
-    serve.add_argument(
-        "--batch-window-ms", type=float, default=5.0, help="how long a question waits to share a batched scan"
-    )
-    serve.add_argument("--max-batch", type=int, default=16, help="questions answered by one batched scan")
-    serve.add_argument(
-        "--recompress", action="store_true", help="rebuild banks another model or other settings built (else refuse)"
-    )
-    serve.add_argument(
-        "--shutdown-timeout", type=float, default=60.0, help="seconds a running ingest may take to finish on shutdown"
+    dests = add_field_flags(
+        serve,
+        ServerSettings,
+        SERVE_FIELDS,
+        spellings={"api_keys": "api_key"},
+        helps={"api_keys": "{description} (repeatable)"},
+        overrides={
+            "api_keys": {"action": "append", "nargs": None, "default": None},  # --api-key A --api-key B
+            "recompress": {"action": "store_true"},
+        },
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     add_engine_options(serve)
-    serve.set_defaults(handler=lambda args: _serve(args, engine_options, base_config))
+    serve.set_defaults(handler=lambda args: _serve(args, dests, engine_options, base_config))
