@@ -1,31 +1,29 @@
-"""``lychee serve``: its command line (registered by the ``lychee_memory.cli`` package).
+"""``lychee serve``: its flags, choices and defaults come from ``ServerSettings`` (``integrations/server/settings.py``).
 
-Importing this module needs nothing of the server extra, so ``lychee --help`` works without it; running the
-command imports FastAPI and uvicorn, and says how to install them when they are missing.
+Registering the command needs nothing of the server extra, so ``lychee --help`` works without it; running it
+imports FastAPI and uvicorn, and says how to install them when they are missing.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from lychee_memory.cli.fields import add_field_flags, field_values
-from lychee_memory.errors import LycheeError
-
-from .settings import ServerSettings
-
-OptionsOf = Callable[[argparse.Namespace], dict[str, Any]]
-ConfigOf = Callable[[argparse.Namespace], Any]
+from ..errors import LycheeError
+from ..integrations.server.settings import ServerSettings
+from .fields import add_field_flags, field_values
+from .options import add_engine_options, base_config, engine_options
 
 # The ServerSettings fields that are flags of ``lychee serve`` (``engine`` and ``engine_config`` come from the
 # engine options, which every engine command shares).
 SERVE_FIELDS = [name for name in ServerSettings.model_fields if name not in ("engine", "engine_config")]
+LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
-def _serve(args: argparse.Namespace, dests: Mapping[str, str], engine_options: OptionsOf, base_config: ConfigOf) -> int:
+def _serve(args: argparse.Namespace, dests: Mapping[str, str]) -> int:
     try:
-        from .runner import run_server
+        from ..integrations.server.runner import run_server
     except ImportError as error:
         raise LycheeError(
             f"lychee serve needs the server extra ({error.name or error} is missing): pip install 'lychee-memory[server]'"
@@ -34,12 +32,10 @@ def _serve(args: argparse.Namespace, dests: Mapping[str, str], engine_options: O
 
     options = engine_options(args)
     options.setdefault("show_progress", False)
+    values = field_values(args, dests)
     try:
-        values = field_values(args, dests)
         settings = ServerSettings(
-            **{**values, "api_keys": values["api_keys"] or []},
-            engine=options,
-            engine_config=base_config(args),
+            **{**values, "api_keys": values["api_keys"] or []}, engine=options, engine_config=base_config(args)
         )
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
@@ -47,13 +43,8 @@ def _serve(args: argparse.Namespace, dests: Mapping[str, str], engine_options: O
     return run_server(settings, log_level=args.log_level)
 
 
-def add_serve_command(
-    commands: Any,
-    add_engine_options: Callable[[argparse.ArgumentParser], None],
-    engine_options: OptionsOf,
-    base_config: ConfigOf,
-) -> None:
-    """Register ``lychee serve`` with the CLI's engine options (``--model``, ``--chunk-tokens``, ...)."""
+def add_serve_command(commands: Any) -> None:
+    """Register ``lychee serve``: one flag per ``ServerSettings`` field, ``--log-level``, and the engine options."""
     serve = commands.add_parser(
         "serve", help="HTTP memory service: banks, ingest jobs, query, retrieve, OpenAI-compatible chat, metrics"
     )
@@ -68,6 +59,11 @@ def add_serve_command(
             "recompress": {"action": "store_true"},
         },
     )
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    serve.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="log level of the server and uvicorn (access lines at debug)",
+    )
     add_engine_options(serve)
-    serve.set_defaults(handler=lambda args: _serve(args, dests, engine_options, base_config))
+    serve.set_defaults(handler=lambda args: _serve(args, dests))
