@@ -56,11 +56,12 @@ class ModelSettings(_Settings):
     """Which weights to load and where to run them."""
 
     spec: str = Field(DEFAULT_MODEL, min_length=1, description="alias, local HF dir, GGUF file, or cached hub id")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps; auto = cuda when available, else cpu")
     dtype: DtypeName = Field("auto", description="auto = bfloat16 on GPU, float32 on CPU")
     attention: AttentionName = Field(
         "auto",
-        description="attention for the model's forwards; triton = lychee's GQA prefix kernel (torch fallback off GPU)",
+        description="attention for the model's forwards; auto = sdpa; triton = lychee's GQA prefix kernel (torch "
+        "fallback off GPU)",
     )
     cache_converted_gguf: bool = Field(
         True, description="keep a float copy of a GGUF model in the cache dir so later loads skip dequantisation"
@@ -99,7 +100,12 @@ class ChunkingSettings(_Settings):
 class CompressorSettings(_Settings):
     """Which compressor turns a chunk into a memory block, and how hard it compresses."""
 
-    kind: CompressorKind = "auto"
+    kind: CompressorKind = Field(
+        "auto",
+        description="learned / beacon = trained memory tokens, attention / key_norm = keep the chunk's most attended "
+        "/ lowest-key-norm KV slots (training-free), none = the raw KV; auto = the model's trained weights' kind "
+        "when it has some, else its preset, else attention",
+    )
     ratio: int | None = Field(
         None, ge=1, description=f"raw tokens per memory slot; None = {DEFAULT_RATIO} (1 for none)"
     )
@@ -124,7 +130,12 @@ class CompressorSettings(_Settings):
 class GateSettings(_Settings):
     """Which blocks the reasoner reads: scoring rule, threshold and budget."""
 
-    rule: GateRuleName = "auto"
+    rule: GateRuleName = Field(
+        "auto",
+        description="how a block is scored: query_likelihood = how much it raises the question's likelihood, "
+        "prompt = the model's yes to 'does this help?', trained = the gate adapter, all = every block is read; "
+        "auto = trained when a gate file is given or the model ships one, else query_likelihood",
+    )
     threshold: float | None = Field(
         None,
         description="a block is relevant when its score reaches this; None = the model's preset, else the "
@@ -176,10 +187,18 @@ class ReasonerSettings(_Settings):
         "shipped one if any, 'none' = the plain backbone",
     )
     max_memory_tokens: int = Field(1024, ge=1, description="cap on the working memory written per update")
-    max_answer_tokens: int = Field(256, ge=1)
+    max_answer_tokens: int = Field(256, ge=1, description="cap on the tokens of a final answer")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy decoding")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    top_p: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="nucleus sampling: sample among the likeliest tokens holding this much probability; 1 = all "
+        "(used when temperature > 0)",
+    )
+    seed: int | None = Field(
+        None, description="seed of the sampling generator when temperature > 0; None = unseeded (varies per run)"
+    )
     stop_strings: list[str] = Field(default_factory=list, description="memory and answers end before any of these")
     repeat_ngram: int = Field(
         16, ge=0, description="stop a generation whose last n tokens repeat an earlier n-gram (a loop); 0 = off"
@@ -226,17 +245,32 @@ def _placeholders(template: str) -> set[str]:
 class PromptSettings(_Settings):
     """Prompt templates; the defaults follow the released checkpoint's update and answer prompts."""
 
-    initial_memory: str = "No previous memory"
-    update: str = DEFAULT_UPDATE_TEMPLATE
-    final: str = DEFAULT_FINAL_TEMPLATE
-    relevance: str = DEFAULT_RELEVANCE_TEMPLATE
+    initial_memory: str = Field("No previous memory", description="the working memory before the first block is read")
+    update: str = Field(
+        DEFAULT_UPDATE_TEMPLATE,
+        description="after a block: rewrite the memory ({question}, {memory}); left at the default, the model's "
+        "preset may replace it",
+    )
+    final: str = Field(
+        DEFAULT_FINAL_TEMPLATE,
+        description="the answer from the memory ({question}, {memory}); left at the default, the model's preset "
+        "may replace it",
+    )
+    relevance: str = Field(
+        DEFAULT_RELEVANCE_TEMPLATE,
+        description="the prompt rule's yes/no question after a block ({question}, {memory})",
+    )
     query_likelihood: str = Field(
         DEFAULT_QUERY_LIKELIHOOD_TEMPLATE, description="text scored after a block while the memory is still empty"
     )
     query_likelihood_memory: str = Field(
         DEFAULT_QUERY_LIKELIHOOD_MEMORY_TEMPLATE, description="text scored after a block once the memory holds notes"
     )
-    full_context: str = DEFAULT_FULL_CONTEXT_TEMPLATE
+    full_context: str = Field(
+        DEFAULT_FULL_CONTEXT_TEMPLATE,
+        description="the full-context baseline and RAG evaluation: answer with the text in the prompt "
+        "({document}, {question})",
+    )
     use_chat_template: bool = Field(True, description="wrap prompts in the tokenizer's chat template when it has one")
 
     @model_validator(mode="after")
@@ -268,14 +302,14 @@ class BaselineSettings(_Settings):
 class EngineConfig(_Settings):
     """Everything the engine needs; build it with ``EngineConfig.from_kwargs`` for flat options."""
 
-    model: ModelSettings = Field(default_factory=ModelSettings)
-    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
-    compressor: CompressorSettings = Field(default_factory=CompressorSettings)
-    gate: GateSettings = Field(default_factory=GateSettings)
-    reasoner: ReasonerSettings = Field(default_factory=ReasonerSettings)
-    prompts: PromptSettings = Field(default_factory=PromptSettings)
-    baselines: BaselineSettings = Field(default_factory=BaselineSettings)
-    show_progress: bool = True
+    model: ModelSettings = Field(default_factory=ModelSettings, description=ModelSettings.__doc__)
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings, description=ChunkingSettings.__doc__)
+    compressor: CompressorSettings = Field(default_factory=CompressorSettings, description=CompressorSettings.__doc__)
+    gate: GateSettings = Field(default_factory=GateSettings, description=GateSettings.__doc__)
+    reasoner: ReasonerSettings = Field(default_factory=ReasonerSettings, description=ReasonerSettings.__doc__)
+    prompts: PromptSettings = Field(default_factory=PromptSettings, description=PromptSettings.__doc__)
+    baselines: BaselineSettings = Field(default_factory=BaselineSettings, description=BaselineSettings.__doc__)
+    show_progress: bool = Field(True, description="draw progress bars (a call's show_progress= overrides it)")
     use_presets: bool = Field(
         True,
         description="fill settings left open from the model's measured preset (presets.py); False keeps the "

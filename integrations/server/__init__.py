@@ -5,7 +5,8 @@
 - ``run_server(settings)``: serve it with uvicorn (what ``lychee serve`` runs).
 - ``MemoryService``: what the routes call (engine, store, jobs, batching, auth).
 
-Names are imported on first use, so ``command`` (the CLI's registration) loads without FastAPI installed.
+Names are imported on first use, so ``ServerSettings`` (``settings.py``, what ``lychee serve``'s flags are
+derived from) loads without FastAPI installed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ _EXPORTS = {
     "Tenant": "auth",
     "run_server": "runner",
     "MemoryService": "service",
-    "ServerSettings": "service",
+    "ServerSettings": "settings",
 }
 
 __all__ = sorted(_EXPORTS)

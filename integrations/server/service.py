@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
-from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lychee_memory import (
     Answer,
@@ -24,7 +20,6 @@ from lychee_memory import (
     ConfigurationError,
     Document,
     DocumentFilter,
-    EngineConfig,
     LycheeError,
     LycheeMemory,
     MemoryBank,
@@ -41,39 +36,9 @@ from .batching import QueryBatcher
 from .jobs import IngestWorker, Job, JobBook
 from .metrics import ServerMetrics
 from .problems import ApiError
+from .settings import ServerSettings
 
 logger = logging.getLogger("lychee_memory.server")
-
-MiB = 1024 * 1024
-
-
-class ServerSettings(BaseModel):
-    """How ``lychee serve`` runs: where the store is, who may call, limits, batching and the engine's options."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    store: str | None = Field(
-        default=None,
-        description="store directory or URL (s3://bucket/prefix?manifests=postgresql://...; default store)",
-    )
-
-    @field_validator("store", mode="before")
-    @classmethod
-    def _store_text(cls, value: object) -> object:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    api_keys: list[str] = Field(default_factory=list, description="keys that reach every bank")
-    keys_file: Path | None = Field(default=None, description='JSON {"KEY": ["bank-prefix", ...]}')
-    max_document_bytes: int = Field(default=8 * MiB, gt=0, description="largest document text accepted (413)")
-    max_request_bytes: int = Field(default=64 * MiB, gt=0, description="largest request body accepted (413)")
-    batch_window_ms: float = Field(default=5.0, ge=0, le=1000, description="how long a question waits for others")
-    max_batch: int = Field(default=16, ge=1, le=256, description="questions answered by one batched scan")
-    recompress: bool = Field(default=False, description="rebuild banks built with another model at startup")
-    shutdown_timeout: float = Field(default=60.0, ge=0, description="seconds a running ingest may take to finish")
-    engine: dict[str, Any] = Field(default_factory=dict, description="LycheeMemory.from_pretrained options")
-    engine_config: EngineConfig | None = None
 
 
 class MemoryService:

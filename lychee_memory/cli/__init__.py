@@ -23,12 +23,12 @@ import argparse
 import sys
 
 from ..errors import LycheeError
-from ..integrations.server.command import add_serve_command
 from .ask import add_ask_command, add_ingest_command
 from .calibrate import add_calibrate_command, add_probe_command
 from .evaluation import add_bench_command, add_eval_command, add_report_command
 from .info import add_info_command
-from .options import add_engine_options, base_config, engine_options
+from .options import engine_options
+from .serve import add_serve_command
 from .store import EXIT_DAMAGED, add_store_command, recipe_for_settings
 from .train import add_train_commands
 
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibrate_command(commands)
     add_train_commands(commands)
     add_report_command(commands)
-    add_serve_command(commands, add_engine_options, engine_options, base_config)
+    add_serve_command(commands)
     add_info_command(commands)
     return parser
 

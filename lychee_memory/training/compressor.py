@@ -67,23 +67,27 @@ class CompressorTrainingConfig(BaseModel):
     ratios: list[int] = Field([4], min_length=1, description="compression ratios to train; one drawn per step")
     rank: int = Field(32, ge=1, description="rank of the memory q/k/v deltas")
     chunk_tokens: list[int] = Field([1024], min_length=1, description="training chunk lengths; one drawn per step")
-    steps: int = Field(400, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
-    warmup_steps: int = Field(20, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
+    steps: int = Field(400, ge=1, description="optimiser steps, one training chunk each")
+    learning_rate: float = Field(2e-3, gt=0, description="peak learning rate (warmup, then cosine to a tenth)")
+    warmup_steps: int = Field(20, ge=0, description="steps of linear warmup to the peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of the trained weights")
     questions_per_chunk: int = Field(2, ge=1, description="questions asked after each chunk (2 rows each)")
-    kl_weight: float = Field(1.0, ge=0)
-    answer_weight: float = Field(0.5, ge=0)
-    match_weight: float = Field(0.1, ge=0)
-    dependence_floor: float = Field(0.25, ge=0, description="weight every continuation token keeps")
+    kl_weight: float = Field(1.0, ge=0, description="weight of the KL to the raw-KV teacher in the loss")
+    answer_weight: float = Field(0.5, ge=0, description="weight of the target note / answer cross-entropy")
+    match_weight: float = Field(
+        0.1, ge=0, description="weight of the per-layer hidden-state match to the teacher; 0 = skip it"
+    )
+    dependence_floor: float = Field(
+        0.25, ge=0, description="KL weight every continuation token keeps, on top of how much it depends on the block"
+    )
     train_samples: int = Field(2000, ge=1, description="distinct training chunks generated (cycled)")
-    eval_every: int = Field(50, ge=1)
-    eval_samples: int = Field(12, ge=1)
-    seed: int = 0
+    eval_every: int = Field(50, ge=1, description="steps between evaluations and checkpoints")
+    eval_samples: int = Field(12, ge=1, description="held-out chunks per chunk length scored at each evaluation")
+    seed: int = Field(0, description="seed of the data, the step draws and the initial weights")
     init_weights: str | None = Field(None, description="start from this weights file (e.g. 4x weights for an 8x run)")
     data: str | None = Field(None, description="directory of the shared HotpotQA/SQuAD pools; None = generated text")
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps; auto = cuda when available, else cpu")
+    dtype: str = Field("auto", description="float32, bfloat16 or float16; auto = bfloat16 on GPU, float32 on CPU")
     gradient_checkpointing: bool | None = Field(None, description="None = on for GPUs, off on CPU")
 
     @field_validator("ratios")

@@ -50,26 +50,35 @@ class GateTrainingConfig(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="the backbone (alias, HF dir or GGUF), frozen")
     data: str | None = Field(None, description="shared data dir (HotpotQA, SQuAD); None = generated needles only")
     rank: int = Field(8, ge=1, description="LoRA rank on the attention projections")
-    alpha: float = Field(16.0, gt=0)
-    targets: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
-    steps: int = Field(300, ge=1)
+    alpha: float = Field(16.0, gt=0, description="LoRA scale (the update is alpha / rank times the delta)")
+    targets: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, description="projections the LoRA adapts"
+    )
+    steps: int = Field(300, ge=1, description="optimiser steps, one batch of states each")
     batch_size: int = Field(8, ge=2, description="states per step, half of them relevant")
-    learning_rate: float = Field(5e-4, gt=0)
-    warmup_steps: int = Field(20, ge=0)
-    loss: Literal["bce", "focal"] = "bce"
-    focal_gamma: float = Field(2.0, ge=0)
+    learning_rate: float = Field(5e-4, gt=0, description="peak learning rate (warmup, then cosine to 0)")
+    warmup_steps: int = Field(20, ge=0, description="steps of linear warmup to the peak learning rate")
+    loss: Literal["bce", "focal"] = Field(
+        "bce", description="binary cross-entropy, or focal loss (down-weights states already classified well)"
+    )
+    focal_gamma: float = Field(2.0, ge=0, description="focal loss: exponent on (1 - agreement); 0 = plain BCE")
     document_tokens: int = Field(1500, ge=128, description="tokens of each example's text (about 1.5 blocks)")
     examples_per_document: int = Field(4, ge=1, description="examples joined into one compressed document")
     per_family: dict[str, int] | None = Field(None, description="examples per family (gate_data defaults)")
-    heldout_share: float = Field(0.4, gt=0, lt=1)
-    eval_every: int = Field(50, ge=1)
+    heldout_share: float = Field(
+        0.4, gt=0, lt=1, description="share of questions held out for evaluation (fixed by a hash of the question)"
+    )
+    eval_every: int = Field(50, ge=1, description="steps between evaluations and checkpoints")
     eval_states: int = Field(240, ge=10, description="held-out states scored at each evaluation")
     calibration_states: int = Field(400, ge=10, description="training states the threshold is calibrated on")
     read_budget: float = Field(1.0, ge=0, description="false reads allowed per question and memory at calibration")
-    template: str = DEFAULT_RELEVANCE_TEMPLATE
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
+    template: str = Field(
+        DEFAULT_RELEVANCE_TEMPLATE,
+        description="question asked after a block ({question}, {memory}): the relevance prompt",
+    )
+    seed: int = Field(0, description="seed of the data, the batches and the adapter's initial weights")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps; auto = cuda when available, else cpu")
+    dtype: str = Field("auto", description="float32, bfloat16 or float16; auto = bfloat16 on GPU, float32 on CPU")
 
 
 @dataclass(frozen=True)

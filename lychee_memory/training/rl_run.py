@@ -41,24 +41,32 @@ class RLTrainingConfig(BaseModel):
     data: str | None = Field(None, description="shared data dir (HotpotQA, SQuAD); None = generated needles only")
     per_family: dict[str, int] | None = Field(None, description="questions per family (rl_data defaults)")
     document_tokens: int = Field(1500, ge=128, description="tokens of each question's document (training length)")
-    heldout_share: float = Field(0.4, gt=0, lt=1)
+    heldout_share: float = Field(
+        0.4, gt=0, lt=1, description="share of questions held out for evaluation (fixed by a hash of the question)"
+    )
     steps: int = Field(120, ge=1, description="rollout groups (one training question each)")
     group: int = Field(8, ge=2, description="sampled trajectories per question (GRPO's G)")
-    learning_rate: float = Field(3e-5, gt=0)
+    learning_rate: float = Field(3e-5, gt=0, description="AdamW learning rate (constant)")
     temperature: float = Field(0.8, gt=0, description="sampling temperature of the rollouts")
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of the rollouts; 1 = all tokens")
     epochs: int = Field(1, ge=1, description="updates per rollout group (more than 1 makes the clip bite)")
-    reward: Literal["sub_em", "em", "f1"] = "sub_em"
+    reward: Literal["sub_em", "em", "f1"] = Field(
+        "sub_em",
+        description="outcome reward of an answer: sub_em = gold in answer or answer in gold, em = exact match, "
+        "f1 = token F1",
+    )
     kl: float = Field(0.0, ge=0, description="weight of the k3 KL to the frozen backbone (0 = no reference pass)")
-    clip: float = Field(0.2, gt=0, lt=1)
+    clip: float = Field(0.2, gt=0, lt=1, description="PPO clip range of the probability ratio")
     minibatch: int = Field(4, ge=1, description="turns per forward of the update")
-    max_grad_norm: float = Field(1.0, gt=0)
-    rank: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0)
-    targets: list[str] = Field(list(REASONER_TARGETS), min_length=1)
+    max_grad_norm: float = Field(1.0, gt=0, description="gradients are clipped to this norm")
+    rank: int = Field(8, ge=1, description="LoRA rank of the reasoner adapter")
+    alpha: float = Field(16.0, gt=0, description="LoRA scale (the update is alpha / rank times the delta)")
+    targets: list[str] = Field(
+        list(REASONER_TARGETS), min_length=1, description="projections the reasoner's LoRA adapts"
+    )
     max_memory_tokens: int = Field(160, ge=8, description="cap on each memory update while training and evaluating")
-    max_answer_tokens: int = Field(48, ge=4)
-    eval_every: int = Field(20, ge=1)
+    max_answer_tokens: int = Field(48, ge=4, description="cap on each final answer while training and evaluating")
+    eval_every: int = Field(20, ge=1, description="steps between evaluations and checkpoints")
     eval_questions: int = Field(24, ge=1, description="held-out questions answered at each evaluation")
     compressor_weights: str | None = Field(
         None, description="a learned compressor's weights (lychee train compressor): banks use it, read as KV"
@@ -66,9 +74,9 @@ class RLTrainingConfig(BaseModel):
     chunk_tokens: int | None = Field(None, ge=16, description="tokens per block (None = the model's default)")
     train_reasoner: bool = Field(True, description="train the reasoner's LoRA")
     train_compressor: bool = Field(False, description="also train the learned compressor through the blocks read")
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
+    seed: int = Field(0, description="seed of the generated data, the question order and the rollouts' sampling")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps; auto = cuda when available, else cpu")
+    dtype: str = Field("auto", description="float32, bfloat16 or float16; auto = bfloat16 on GPU, float32 on CPU")
 
     def examples(self, tokenizer) -> dict[str, list[RLExample]]:
         """The run's training and held-out questions (``rl_data.rl_examples``), token counts by ``tokenizer``."""
