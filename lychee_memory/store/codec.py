@@ -166,6 +166,8 @@ def decode_payload(payload: bytes, dtype: torch.dtype | None = None) -> DecodedB
         return DecodedBlock(keys, values, tensors["valid"], tensors["token_ids"], dict(metadata))
     except KeyError as missing:
         raise Damaged(f"its payload lacks the tensor {missing}") from None
+    except (RuntimeError, ValueError) as error:  # tensors that are not what the codec it names writes
+        raise Damaged(f"its tensors do not fit its {storage} codec ({str(error)[:120]})") from None
 
 
 # Block codecs: one entry per storage format ---------------------------------------------------------------
