@@ -207,6 +207,21 @@ def test_non_finite_scales_are_a_specific_error_at_encode_and_at_decode():
             unframe(BLOCK_MAGIC, bytes(damaged))
 
 
+def test_an_ingest_whose_kv_cannot_be_quantised_names_the_bank_and_writes_no_bank(tmp_path, monkeypatch):
+    import lychee_memory.store.codec as codec_module
+
+    real = codec_module.quantize_groups
+
+    def poisoned(tensor, *args, **kwargs):
+        return real(torch.full_like(tensor, float("nan")), *args, **kwargs)
+
+    monkeypatch.setattr(codec_module, "quantize_groups", poisoned)
+    store = MemoryStore(tmp_path, block_dtype="int4")
+    with pytest.raises(NonFiniteScalesError, match="bank 'harbour'.*non-finite"):
+        make_engine().ingest([Document.from_text(FACTS_DOCUMENT, id="facts")], store=store, bank="harbour")
+    assert store.bank_names() == []
+
+
 def test_codecs_keep_bits_only_downwards():
     allowed = {
         (source, target) for source in CODECS for target in CODECS if keeps_bits_for(CODECS[source], CODECS[target])

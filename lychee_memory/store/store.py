@@ -42,7 +42,7 @@ import torch
 from ..blocks import BankIdentity, MemoryBank, SourceSpan
 from ..config import cache_root
 from ..documents import Document
-from ..errors import ConfigurationError, DocumentNotFoundError, StoreError
+from ..errors import ConfigurationError, DocumentNotFoundError, NonFiniteScalesError, StoreError
 from .block_objects import BLOCK_PREFIX, TEXT_PREFIX, BlockObjects
 from .catalog import Catalog, DatabaseCatalog, LocalCatalog
 from .disk import Items
@@ -395,7 +395,10 @@ class MemoryStore:
         started = time.perf_counter()
         with self.writing_blocks():
             self.check_ingest_target(name, recipe)
-            stored, *counts = write_blocks(self.objects, list(documents), recipe, show_progress)
+            try:
+                stored, *counts = write_blocks(self.objects, list(documents), recipe, show_progress)
+            except NonFiniteScalesError as error:
+                raise NonFiniteScalesError(f"bank {name!r} in store {self.location!r}: {error}") from None
             return self.commit_documents(name, stored, recipe, counts, started, show_progress=show_progress)
 
     def check_ingest_target(self, name: str, recipe: BlockRecipe) -> None:
