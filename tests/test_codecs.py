@@ -384,3 +384,30 @@ def test_the_previous_release_bank_recompressed_to_int4_shrinks_and_still_answer
             answer = engine.ask(question, engine.open_bank(bank_name, store))
             assert isinstance(answer.text, str) and answer.blocks
     assert _store_bytes(FIXTURE_STORE) == fixture, "the checked-in fixture was written"
+
+
+def test_recompress_catches_up_with_a_writer_that_changed_the_bank_meanwhile(tmp_path, monkeypatch):
+    from lychee_memory.store.block_objects import BlockObjects
+
+    engine = make_engine()
+    store = MemoryStore(tmp_path)
+    engine.ingest([Document.from_text(FACTS_DOCUMENT, id="facts")], store=store, bank="harbour")
+    real = BlockObjects.write_block
+    calls = []
+
+    def write_then_ingest(self, *args, **kwargs):
+        written = real(self, *args, **kwargs)
+        if not calls:  # another writer adds a document while the conversion runs
+            calls.append(1)
+            engine.ingest(
+                [Document.from_text(SECOND_DOCUMENT, id="garden")], store=MemoryStore(tmp_path), bank="harbour"
+            )
+        return written
+
+    monkeypatch.setattr(BlockObjects, "write_block", write_then_ingest)
+    report = store.recompress("harbour", "int4")
+    monkeypatch.undo()
+    manifest = store.bank_manifest("harbour")
+    assert [document.id for document in manifest.documents] == ["facts", "garden"]
+    assert {entry.storage for _, _, entry in manifest.entries()} == {"int4"}
+    assert report.generation == manifest.generation == 3 and store.verify().ok
