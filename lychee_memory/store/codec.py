@@ -295,6 +295,12 @@ class GroupCodec(BlockCodec):
     value_bits: int = 4
     group: int = 64
 
+    def __post_init__(self) -> None:
+        if self.key_bits not in (2, 4) or self.value_bits not in (2, 4) or self.group < 1:
+            raise ConfigurationError(f"codec {self.name}: codes of 2 or 4 bits and a positive group, got {self}")
+        if self.bytes_per_element != (self.key_bits + self.value_bits) / 16:
+            raise ConfigurationError(f"codec {self.name}: bytes_per_element must be the mean code width in bytes")
+
     @property
     def widths(self) -> tuple[int, int]:
         return self.key_bits, self.value_bits
