@@ -62,6 +62,11 @@ class StoreFullError(StoreError):
     """The disk or the store's size limit is full; nothing already stored was changed."""
 
 
+class NonFiniteScalesError(StoreError):
+    """A block's keys or values give non-finite quantisation scales (inf or NaN in its KV, or a range beyond
+    float16): a quantised codec cannot store it. A stored block with such scales reads as a CorruptBlockError."""
+
+
 class CorruptDocumentError(StoreError):
     """A document's stored text is missing or fails its checksum; names the bank and document."""
 

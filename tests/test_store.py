@@ -343,7 +343,7 @@ def test_bad_store_input_is_refused_clearly(tmp_path):
     with pytest.raises(StoreError, match="is a file"):
         MemoryStore(tmp_path / "file")
     with pytest.raises(ConfigurationError, match="block dtype"):
-        MemoryStore(tmp_path / "store", block_dtype="int4")
+        MemoryStore(tmp_path / "store", block_dtype="int7")
     engine = make_engine()
     with pytest.raises(ConfigurationError, match="bank name"):
         engine.ingest([SECOND_DOCUMENT], store=tmp_path / "store", bank="")
@@ -823,8 +823,8 @@ ENCODED_BLOCK_SHA256 = {
 
 def test_block_codecs_are_registry_entries_that_write_the_bytes_blocks_were_always_written_as():
     assert sorted(CODECS) == sorted(BLOCK_DTYPES), "every storage format a store accepts has exactly one codec"
-    with pytest.raises(ConfigurationError, match="unknown block dtype 'int4'"):
-        codec_for("int4")
+    with pytest.raises(ConfigurationError, match="unknown block dtype 'int7'"):
+        codec_for("int7")
     generator = torch.Generator().manual_seed(0)
     span = SourceSpan(document_id="d", document_index=0, char_start=0, char_end=3, token_start=0, token_end=3, text="a")
     identity = BankIdentity("fp", {"kind": "x"}, 64, (1, 2))
@@ -834,6 +834,8 @@ def test_block_codecs_are_registry_entries_that_write_the_bytes_blocks_were_alwa
         valid = torch.tensor([True, True, True, False, True])
         block = MemoryBlock(keys, values, valid, 7, torch.tensor([1, 2, 3]), span, "x")
         for storage, codec in CODECS.items():
+            if storage not in {written for _, written in ENCODED_BLOCK_SHA256}:
+                continue  # a codec added since (tests/test_codecs.py)
             data = encode_block(block, storage, identity)
             key = (str(computed).removeprefix("torch."), storage)
             assert hashlib.sha256(data).hexdigest() == ENCODED_BLOCK_SHA256[key], key

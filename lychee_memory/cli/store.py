@@ -1,4 +1,5 @@
-"""``lychee store ls|du|rm|mv|gc|verify``: list, measure, delete, rename, collect and verify stored banks."""
+"""``lychee store ls|du|rm|mv|gc|verify|recompress``: list, measure, delete, rename, collect, verify and
+recompress stored banks."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
+from ..store import BLOCK_DTYPES
 from .options import open_store
 
 if TYPE_CHECKING:
@@ -81,6 +83,19 @@ def _command_store(args: argparse.Namespace) -> int:
                 f"freed {report.freed_bytes / 2**20:.1f} MiB"
             )
         return 0
+    if action == "recompress":
+        converted = store.recompress(args.bank, args.codec)
+        if args.json:
+            print(json.dumps(converted.to_dict(), indent=2))
+        elif not converted.changed:
+            print(f"bank {converted.bank!r} is already stored as {converted.codec}: nothing changed")
+        else:
+            print(
+                f"recompressed bank {converted.bank!r} from {', '.join(converted.from_codecs)} to {converted.codec}: "
+                f"{converted.converted} block(s), {converted.bytes_before / 2**20:.1f} MiB -> "
+                f"{converted.bytes_after / 2**20:.1f} MiB; run `lychee store gc` to free the old blocks"
+            )
+        return 0
     report = store.verify(repair=args.repair, recipe_for_settings=recipe_for_settings)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -98,7 +113,9 @@ def _command_store(args: argparse.Namespace) -> int:
 
 def add_store_command(commands: Any) -> None:
     """Register ``lychee store``."""
-    store = commands.add_parser("store", help="list, measure, delete, rename, collect and verify stored banks")
+    store = commands.add_parser(
+        "store", help="list, measure, delete, rename, collect, verify and recompress stored banks"
+    )
     actions = store.add_subparsers(dest="store_command", required=True)
     for action, description in (
         ("ls", "list the banks"),
@@ -107,6 +124,7 @@ def add_store_command(commands: Any) -> None:
         ("mv", "rename a bank"),
         ("gc", "delete blocks and texts no bank references"),
         ("verify", "check every checksum; --repair recompresses damaged blocks from the stored text"),
+        ("recompress", "convert a bank's blocks in place to a narrower codec, without a model"),
     ):
         sub = actions.add_parser(action, help=description)
         sub.add_argument("--store", default=None, help="store directory or URL (default: the user cache's store)")
@@ -119,5 +137,13 @@ def add_store_command(commands: Any) -> None:
         elif action == "verify":
             sub.add_argument(
                 "--repair", action="store_true", help="recompress damaged blocks with the settings the bank recorded"
+            )
+        elif action == "recompress":
+            sub.add_argument("bank", metavar="BANK")
+            sub.add_argument(
+                "--codec",
+                required=True,
+                choices=list(BLOCK_DTYPES),
+                help="the codec to store the bank's blocks with; one that needs bits already thrown away is refused",
             )
     store.set_defaults(handler=_command_store)

@@ -3,8 +3,8 @@
 ``store`` (``MemoryStore`` and the ``StoredBank`` it opens) is a facade over two parts: ``block_objects`` (blocks,
 gate index items and texts by content key) and ``manifests`` (bank records: read, require, write, and the
 read-change-write loop with its generation check). ``save`` (``save_bank``), ``verify`` (checks and repairs) and
-``writing`` (plan, write batches, assemble, commit: the steps a distributed ingest spreads) are functions over
-those parts and never import the facade (an import contract in ``pyproject.toml``). Below them, one module per
+``writing`` (plan, write batches, assemble, commit: the steps a distributed ingest spreads) and ``recompress``
+(a bank's blocks converted to another codec) are functions over those parts and never import the facade (an import contract in ``pyproject.toml``). Below them, one module per
 concept: ``codec`` (blocks and manifests as checked bytes; block codecs by storage format), ``gate_index`` (each
 block's gate index as its own item), ``manifest`` (the bank record and bank names), ``location`` (a store path or
 URL), ``disk`` (local objects: diskcache without pickles), ``objects`` (objects on any fsspec filesystem, and the
@@ -16,7 +16,7 @@ block loader).
 
 from .manifest import BANK_NAME_RULE, BLOCK_DTYPES, BankManifest, BlockDtype, check_new_bank_name
 from .recipe import BlockRecipe, RecipeForSettings
-from .reports import BankInfo, GcReport, IngestReport, StoreProblem, StoreUsage, VerifyReport
+from .reports import BankInfo, GcReport, IngestReport, RecompressReport, StoreProblem, StoreUsage, VerifyReport
 from .store import MemoryStore, StoredBank, as_store, default_store_path
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "IngestReport",
     "MemoryStore",
     "RecipeForSettings",
+    "RecompressReport",
     "StoreProblem",
     "StoreUsage",
     "StoredBank",

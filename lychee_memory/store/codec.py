@@ -5,8 +5,9 @@ safetensors (never a pickle): keys, values, valid slots and token ids, with meta
 the dtype the block was computed in, the model fingerprint and the compressor settings.
 
 How keys and values are stored is a ``BlockCodec`` chosen by its name (the storage format, ``block_dtype``) from
-``CODECS``: one entry per format (float32, bfloat16, float16, int8 today). A new format is one more entry (and its
-name in ``manifest.BlockDtype``); the payload around the tensors, and so every content key, stays as it is.
+``CODECS``: one entry per format (float32, bfloat16, float16, int8, and the group-quantised int4, int2 and k4v2).
+A new format is one more entry (and its name in ``manifest.BlockDtype``); the payload around the tensors, and so
+every content key, stays as it is.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ import safetensors.torch
 import torch
 
 from ..blocks import BankIdentity, MemoryBlock
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, NonFiniteScalesError
 from .manifest import BLOCK_DTYPES, FORMAT_VERSION
 
 BLOCK_MAGIC = b"LYCHEEB1"
 MANIFEST_MAGIC = b"LYCHEEM1"
 DIGEST_BYTES = 32
+# Elements per group of the quantised codecs (int4, int2, k4v2), chosen by benchmarks/codec_fidelity.py (BENCHMARKS.md,
+# "Unreleased: quantised block codecs"). Part of what a codec's name means: a new group size is a new name.
+QUANTISATION_GROUP = 64
 HEADER_BYTES = len(BLOCK_MAGIC) + DIGEST_BYTES + 8  # magic, digest, safetensors header length
 
 
@@ -162,6 +166,8 @@ def decode_payload(payload: bytes, dtype: torch.dtype | None = None) -> DecodedB
         return DecodedBlock(keys, values, tensors["valid"], tensors["token_ids"], dict(metadata))
     except KeyError as missing:
         raise Damaged(f"its payload lacks the tensor {missing}") from None
+    except (RuntimeError, ValueError) as error:  # tensors that are not what the codec it names writes
+        raise Damaged(f"its tensors do not fit its {storage} codec ({str(error)[:120]})") from None
 
 
 # Block codecs: one entry per storage format ---------------------------------------------------------------
@@ -177,6 +183,12 @@ class BlockCodec(ABC):
 
     name: str
     bytes_per_element: float
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        """Bits each stored key and value element keeps (scales aside): what a conversion may not ask back."""
+        bits = round(self.bytes_per_element * 8)
+        return bits, bits
 
     @abstractmethod
     def encode(self, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -266,7 +278,140 @@ def dequantize_int8(quantized: torch.Tensor, scale: torch.Tensor, dtype: torch.d
     return (quantized.to(torch.float32) * scale).to(dtype)
 
 
+@dataclass(frozen=True)
+class GroupCodec(BlockCodec):
+    """Asymmetric group quantisation (KIVI): a float16 scale and zero (the group's minimum) per ``group`` elements,
+    keys grouped per channel along slots (keys carry outlier channels), values per slot along channels; codes of
+    ``key_bits``/``value_bits`` (2 or 4) packed into uint8 along the channels. Padding slots stay out of key groups'
+    ranges. Each element is off by at most half its group's step, (max - min) / (2**bits - 1), plus float16 rounding
+    of the zero.
+
+    Stored tensors: ``keys``/``values`` uint8 [layers, heads, slots, ceil(head_dim * bits / 8)];
+    ``key_scales``/``key_zeros`` float16 [layers, heads, ceil(slots / group), head_dim];
+    ``value_scales``/``value_zeros`` float16 [layers, heads, slots, ceil(head_dim / group)].
+    """
+
+    key_bits: int = 4
+    value_bits: int = 4
+    group: int = 64
+
+    def __post_init__(self) -> None:
+        if self.key_bits not in (2, 4) or self.value_bits not in (2, 4) or self.group < 1:
+            raise ConfigurationError(f"codec {self.name}: codes of 2 or 4 bits and a positive group, got {self}")
+        if self.bytes_per_element != (self.key_bits + self.value_bits) / 16:
+            raise ConfigurationError(f"codec {self.name}: bytes_per_element must be the mean code width in bytes")
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        return self.key_bits, self.value_bits
+
+    def stored_bytes_per_element(self) -> float:
+        """Bytes per key or value element with full groups: the codes plus a float16 scale and zero per group."""
+        return self.bytes_per_element + 4 / self.group
+
+    def encode(self, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        if keys.shape != values.shape:
+            raise ConfigurationError(f"codec {self.name}: keys {tuple(keys.shape)} and values differ in shape")
+        key_codes, key_scales, key_zeros = quantize_groups(keys, self.key_bits, self.group, dim=2, valid=valid)
+        value_codes, value_scales, value_zeros = quantize_groups(values, self.value_bits, self.group, dim=3)
+        return {
+            "keys": pack_codes(key_codes, self.key_bits),
+            "key_scales": key_scales,
+            "key_zeros": key_zeros,
+            "values": pack_codes(value_codes, self.value_bits),
+            "value_scales": value_scales,
+            "value_zeros": value_zeros,
+        }
+
+    def decode(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key_scales, key_zeros = tensors["key_scales"], tensors["key_zeros"]
+        value_scales, value_zeros = tensors["value_scales"], tensors["value_zeros"]
+        packed_keys, packed_values = tensors["keys"], tensors["values"]
+        if (
+            key_scales.dim() != 4
+            or packed_keys.dim() != 4
+            or packed_values.shape != packed_keys.shape[:3] + (-(-key_scales.shape[3] * self.value_bits // 8),)
+        ):
+            raise Damaged(f"its {self.name} tensors do not have the codec's shapes")
+        head_dim, slots = key_scales.shape[3], packed_keys.shape[2]
+        keys = unpack_codes(packed_keys, self.key_bits, head_dim)
+        values = unpack_codes(packed_values, self.value_bits, head_dim)
+        return (
+            dequantize_groups(keys, key_scales, key_zeros, self.group, dim=2, size=slots).to(dtype),
+            dequantize_groups(values, value_scales, value_zeros, self.group, dim=3, size=head_dim).to(dtype),
+        )
+
+
+def quantize_groups(
+    tensor: torch.Tensor, bits: int, group: int, dim: int, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes (uint8, 0 .. 2**bits - 1, ``tensor``'s shape) and float16 scales and zeros, one per ``group`` elements
+    along ``dim`` (the last group may be short); ``valid`` ([slots], with ``dim`` the slots) keeps padding slots out
+    of the ranges. Codes are computed against the float16 scale and zero, so decoding reproduces them exactly.
+    NonFiniteScalesError when a scale or zero is not finite."""
+    levels = 2**bits - 1
+    moved = tensor.detach().to(device="cpu", dtype=torch.float32).movedim(dim, -1)
+    size = moved.shape[-1]
+    pad = -size % group
+    counted = torch.ones(size, dtype=torch.bool) if valid is None else valid.to(device="cpu", dtype=torch.bool)
+    counted = torch.nn.functional.pad(counted, (0, pad)).view(-1, group)
+    grouped = torch.nn.functional.pad(moved, (0, pad)).reshape(*moved.shape[:-1], -1, group)
+    low = torch.where(counted, grouped, torch.inf).amin(dim=-1)
+    high = torch.where(counted, grouped, -torch.inf).amax(dim=-1)
+    empty = ~counted.any(dim=-1)  # a group of padding slots only
+    low, high = torch.where(empty, 0.0, low), torch.where(empty, 0.0, high)
+    zero = low.to(torch.float16)
+    scale = ((high - low) / levels).to(torch.float16)
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # a constant group (or one below float16)
+    if not (torch.isfinite(scale).all() and torch.isfinite(zero).all()):
+        raise NonFiniteScalesError(
+            f"a block's {'keys' if dim == 2 else 'values'} give non-finite {bits}-bit scales (inf or NaN in the KV, or "
+            "a range beyond float16): it cannot be stored quantised; store it as bfloat16 or float32"
+        )
+    codes = torch.round((grouped - zero.float()[..., None]) / scale.float()[..., None]).clamp_(0, levels)
+    codes = codes.reshape(*moved.shape[:-1], -1)[..., :size].to(torch.uint8).movedim(-1, dim).contiguous()
+    return codes, scale.movedim(-1, dim).contiguous(), zero.movedim(-1, dim).contiguous()
+
+
+def dequantize_groups(
+    codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int, dim: int, size: int
+) -> torch.Tensor:
+    """Float32 values of ``codes`` from their groups' scales and zeros along ``dim`` (``size`` elements there);
+    Damaged when the scales do not fit the codes or are not finite."""
+    if scale.shape != zero.shape or scale.shape[dim] != -(-size // group) or codes.shape[dim] != size:
+        raise Damaged("its quantisation scales do not fit its codes")
+    scale, zero = scale.to(torch.float32), zero.to(torch.float32)
+    if not (torch.isfinite(scale).all() and torch.isfinite(zero).all()):
+        raise Damaged("its quantisation scales are not finite")
+    scale = scale.repeat_interleave(group, dim=dim).narrow(dim, 0, size)
+    zero = zero.repeat_interleave(group, dim=dim).narrow(dim, 0, size)
+    return codes.to(torch.float32) * scale + zero
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """``bits``-wide codes (uint8) packed 8 // bits per byte along the last dimension, first code in the low bits
+    (the last byte padded with zero codes)."""
+    per_byte = 8 // bits
+    padded = torch.nn.functional.pad(codes.to(torch.int32), (0, -codes.shape[-1] % per_byte))
+    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
+    grouped = padded.reshape(*codes.shape[:-1], -1, per_byte) << shifts
+    return grouped.sum(dim=-1).to(torch.uint8).contiguous()
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, size: int) -> torch.Tensor:
+    """The first ``size`` codes along the last dimension of ``pack_codes`` output (uint8)."""
+    per_byte = 8 // bits
+    if packed.dtype != torch.uint8 or packed.shape[-1] != -(-size // per_byte):
+        raise Damaged(f"its packed {bits}-bit codes do not have the expected shape")
+    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
+    codes = (packed.to(torch.int32)[..., None] >> shifts) & (2**bits - 1)
+    return codes.reshape(*packed.shape[:-1], -1)[..., :size].to(torch.uint8)
+
+
 register_codec(FloatCodec("float32", 4.0, torch.float32))
 register_codec(FloatCodec("bfloat16", 2.0, torch.bfloat16))
 register_codec(FloatCodec("float16", 2.0, torch.float16))
 register_codec(Int8Codec())
+register_codec(GroupCodec("int4", 0.5, key_bits=4, value_bits=4, group=QUANTISATION_GROUP))
+register_codec(GroupCodec("int2", 0.25, key_bits=2, value_bits=2, group=QUANTISATION_GROUP))
+register_codec(GroupCodec("k4v2", 0.375, key_bits=4, value_bits=2, group=QUANTISATION_GROUP))

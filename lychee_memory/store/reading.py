@@ -20,6 +20,8 @@ def check_block(data: bytes, entry: StoredBlock, manifest: BankManifest, dtype: 
     """Checksum, decode, and confirm the block is the one the key names (same model, compressor, opening, tokens)."""
     decoded = decode_payload(unframe(BLOCK_MAGIC, data), dtype)
     metadata = decoded.metadata
+    if metadata["storage"] != entry.storage:  # never read with a codec the bank's manifest did not write it with
+        raise Damaged(f"it is stored as {metadata['storage']}, its manifest says {entry.storage}")
     if metadata.get("model_fingerprint") != manifest.model_fingerprint:
         raise Damaged("it was computed by another model than the bank's")
     if json.loads(metadata.get("compressor", "null")) != manifest.compressor:

@@ -142,3 +142,27 @@ class IngestReport(Report):
     reused: int
     written_bytes: int
     seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RecompressReport(Report):
+    """What ``MemoryStore.recompress`` did to a bank: which blocks it converted from which codecs, and the bytes of
+    the bank's distinct blocks before and after (the old blocks stay until ``gc``). ``changed`` False: every block
+    was already stored with ``codec`` and nothing was written."""
+
+    derived: ClassVar[tuple[str, ...]] = ("saved_bytes",)
+
+    bank: str
+    codec: str
+    from_codecs: tuple[str, ...]
+    blocks: int  # the bank's blocks (entries)
+    converted: int  # distinct blocks converted
+    bytes_before: int
+    bytes_after: int
+    changed: bool
+    generation: int  # the bank's manifest generation after the command
+    seconds: float
+
+    @property
+    def saved_bytes(self) -> int:
+        return self.bytes_before - self.bytes_after

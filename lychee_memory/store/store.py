@@ -42,7 +42,7 @@ import torch
 from ..blocks import BankIdentity, MemoryBank, SourceSpan
 from ..config import cache_root
 from ..documents import Document
-from ..errors import ConfigurationError, DocumentNotFoundError, StoreError
+from ..errors import ConfigurationError, DocumentNotFoundError, NonFiniteScalesError, StoreError
 from .block_objects import BLOCK_PREFIX, TEXT_PREFIX, BlockObjects
 from .catalog import Catalog, DatabaseCatalog, LocalCatalog
 from .disk import Items
@@ -63,7 +63,8 @@ from .manifests import Manifests
 from .objects import CachedObjects, FsspecObjects
 from .reading import BlockLoader
 from .recipe import BlockRecipe, RecipeForSettings
-from .reports import BankInfo, GcReport, IngestReport, StoreUsage, VerifyReport
+from .recompress import recompress_bank
+from .reports import BankInfo, GcReport, IngestReport, RecompressReport, StoreUsage, VerifyReport
 from .save import save_bank
 from .verify import verify_store
 from .writing import commit_documents, rebuild_documents, write_blocks
@@ -80,7 +81,7 @@ class MemoryStore:
     """A directory of memory banks on diskcache: content-addressed blocks, JSON manifests, checksums.
 
     ``block_dtype`` is how new blocks are written (bfloat16 by default; int8 keeps per-channel key and
-    per-slot value scales); blocks are converted back to the engine's dtype when read. diskcache's
+    per-slot value scales; int4, int2 and k4v2 are group-quantised, ``codec.GroupCodec``); blocks are converted back to the engine's dtype when read. diskcache's
     eviction is off, so nothing is ever dropped silently; ``size_limit_bytes`` is enforced by the store
     and a full store or disk raises StoreFullError without changing any bank. With ``create=False`` a
     missing store is a StoreError instead of a new empty directory (for commands that only read).
@@ -394,7 +395,10 @@ class MemoryStore:
         started = time.perf_counter()
         with self.writing_blocks():
             self.check_ingest_target(name, recipe)
-            stored, *counts = write_blocks(self.objects, list(documents), recipe, show_progress)
+            try:
+                stored, *counts = write_blocks(self.objects, list(documents), recipe, show_progress)
+            except NonFiniteScalesError as error:
+                raise NonFiniteScalesError(f"bank {name!r} in store {self.location!r}: {error}") from None
             return self.commit_documents(name, stored, recipe, counts, started, show_progress=show_progress)
 
     def check_ingest_target(self, name: str, recipe: BlockRecipe) -> None:
@@ -446,6 +450,16 @@ class MemoryStore:
         rebuilt, totals = rebuild_documents(self.objects, self.manifests, name, recipe, show_progress)
         self.last_ingest = IngestReport(name, 0, rebuilt, *totals, seconds=time.perf_counter() - started)
         return self.load_bank(name, dtype=recipe.dtype, device=recipe.device)
+
+    def recompress(self, name: str, codec: str) -> RecompressReport:
+        """Convert bank ``name``'s blocks in place to ``codec`` (a ``BLOCK_DTYPES`` name) from their stored payloads,
+        without a model; generation-checked like every rebuild, the old blocks left for ``gc``.
+
+        Refused (ConfigurationError naming the bank, nothing stored changed): an unknown codec, or one that would
+        need bits the stored codec threw away (int4 to int8, int8 to bfloat16). A bank already stored as ``codec``
+        is left as it is (``report.changed`` False).
+        """
+        return recompress_bank(self.objects, self.manifests, name, codec)
 
     def save_bank(self, bank: MemoryBank, name: str | None = None) -> StoredBank:
         """Write any bank (built in memory, or read from another store) into this store, in this store's format.
