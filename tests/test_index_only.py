@@ -31,7 +31,7 @@ def _ingest(engine, path, block_dtype: str, bank: str = "harbour") -> MemoryStor
 
 
 def test_an_index_only_bank_stores_no_payload_and_answers_as_the_float32_bank(tmp_path):
-    engine = make_engine(ingest_batch_size=1)
+    engine = make_engine()
     index_only = _ingest(engine, tmp_path / "none", "none")
     float32 = _ingest(engine, tmp_path / "float32", "float32")
     items = index_only.objects.items
@@ -48,7 +48,7 @@ def test_an_index_only_bank_stores_no_payload_and_answers_as_the_float32_bank(tm
     assert usage.blocks == usage.block_bytes == 0 and usage.bytes < float32.usage().bytes
     assert text_bytes == len(FACTS_DOCUMENT.encode()) + len(SECOND_DOCUMENT.encode())
 
-    fresh = make_engine(ingest_batch_size=1)  # a cold cache
+    fresh = make_engine()  # a cold cache
     stored = fresh.open_bank("harbour", index_only)
     reference = fresh.open_bank("harbour", float32)
     for index in range(len(stored.spans)):
@@ -115,7 +115,7 @@ def test_the_block_cache_is_bounded_and_evicts_the_least_recently_used(tmp_path)
 
 
 def test_verify_recompress_and_gc_on_index_only_banks(tmp_path):
-    engine = make_engine(ingest_batch_size=1)
+    engine = make_engine()
     store = _ingest(engine, tmp_path, "none")
     assert store.verify().ok, "the missing KV is not damage"
     snapshot = store.bank_manifest("harbour").model_dump_json()
@@ -132,7 +132,7 @@ def test_verify_recompress_and_gc_on_index_only_banks(tmp_path):
     assert all(entry.index_key for _, _, entry in store.bank_manifest("kept").entries())
     assert store.gc().removed_blocks > 0 and list(store.objects.items.keys("block:")) == []
     assert store.verify().ok
-    after = make_engine(ingest_batch_size=1).ask(QUESTION, make_engine().open_bank("kept", store))
+    after = make_engine().ask(QUESTION, make_engine().open_bank("kept", store))
     assert after.text == before.text and [b.index for b in after.blocks] == [b.index for b in before.blocks]
 
 
