@@ -30,8 +30,10 @@ def _ingest(engine, path, block_dtype: str, bank: str = "harbour") -> MemoryStor
     return store
 
 
-def test_an_index_only_bank_stores_no_payload_and_answers_as_the_float32_bank(tmp_path):
-    engine = make_engine()
+@pytest.mark.parametrize("batch", [1, 4])
+def test_an_index_only_bank_stores_no_payload_and_answers_as_the_float32_bank(tmp_path, batch):
+    """Ingest compresses ``batch`` chunks per forward; a read encodes one: the KV is the same to the bit."""
+    engine = make_engine(ingest_batch_size=batch)
     index_only = _ingest(engine, tmp_path / "none", "none")
     float32 = _ingest(engine, tmp_path / "float32", "float32")
     items = index_only.objects.items
@@ -48,7 +50,7 @@ def test_an_index_only_bank_stores_no_payload_and_answers_as_the_float32_bank(tm
     assert usage.blocks == usage.block_bytes == 0 and usage.bytes < float32.usage().bytes
     assert text_bytes == len(FACTS_DOCUMENT.encode()) + len(SECOND_DOCUMENT.encode())
 
-    fresh = make_engine()  # a cold cache
+    fresh = make_engine()  # a cold cache, one chunk per forward
     stored = fresh.open_bank("harbour", index_only)
     reference = fresh.open_bank("harbour", float32)
     for index in range(len(stored.spans)):
