@@ -152,6 +152,9 @@ def test_errors_name_the_bank_and_the_document(tmp_path):
         make_engine().open_bank("harbour", store)
     report = store.verify()
     assert [(problem.kind, problem.document_id) for problem in report.problems] == [("document", "garden")]
+    store.objects.items.delete("text:" + text_key)
+    with pytest.raises(CorruptDocumentError, match="'harbour'.*'garden' is missing"):
+        make_engine().open_bank("harbour", store)
 
 
 def test_ingest_block_dtype_none_on_the_command_line(tmp_path, capsys):
