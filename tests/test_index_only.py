@@ -50,6 +50,10 @@ def test_an_index_only_bank_stores_no_payload_and_answers_as_the_float32_bank(tm
     assert usage.blocks == usage.block_bytes == 0 and usage.bytes < float32.usage().bytes
     assert text_bytes == len(FACTS_DOCUMENT.encode()) + len(SECOND_DOCUMENT.encode())
 
+    engine.ingest(_docs(), store=index_only, bank="harbour")  # unchanged documents: nothing compressed again
+    assert index_only.last_ingest is not None and index_only.last_ingest.compressed == 0
+    assert index_only.bank_manifest("harbour").documents == manifest.documents
+
     fresh = make_engine()  # a cold cache, one chunk per forward
     stored = fresh.open_bank("harbour", index_only)
     reference = fresh.open_bank("harbour", float32)

@@ -415,10 +415,19 @@ class MemoryStore:
         with self.writing_blocks():
             self.check_ingest_target(name, recipe)
             try:
-                stored, *counts = write_blocks(self.objects, list(documents), recipe, show_progress)
+                index_only = self.index_only_slots(name)
+                stored, *counts = write_blocks(self.objects, list(documents), recipe, show_progress, index_only)
             except NonFiniteScalesError as error:
                 raise NonFiniteScalesError(f"bank {name!r} in store {self.location!r}: {error}") from None
             return self.commit_documents(name, stored, recipe, counts, started, show_progress=show_progress)
+
+    def index_only_slots(self, name: str) -> dict[str, int]:
+        """Slots of bank ``name``'s index-only blocks by key: they have no payload, so re-ingesting an unchanged
+        document finds them here instead of in the items."""
+        manifest = self.manifests.read(name)
+        if manifest is None:
+            return {}
+        return {entry.key: entry.slots for _, _, entry in manifest.entries() if entry.storage == INDEX_ONLY}
 
     def check_ingest_target(self, name: str, recipe: BlockRecipe) -> None:
         """Refuse, before anything is compressed, a bank name that is not allowed or a bank another engine built."""
