@@ -84,9 +84,8 @@ class MemoryStore:
     ``block_dtype`` is how new blocks are written (bfloat16 by default; int8 keeps per-channel key and
     per-slot value scales; int4, int2 and k4v2 are group-quantised, ``codec.GroupCodec``; ``none`` keeps only the
     gate index and the texts, its blocks encoded when read); blocks are converted back to the engine's dtype when
-    read. diskcache's
-    eviction is off, so nothing is ever dropped silently; ``size_limit_bytes`` is enforced by the store
-    and a full store or disk raises StoreFullError without changing any bank. With ``create=False`` a
+    read. diskcache's eviction is off, so nothing is ever dropped silently; ``size_limit_bytes`` is enforced by the
+    store and a full store or disk raises StoreFullError without changing any bank. With ``create=False`` a
     missing store is a StoreError instead of a new empty directory (for commands that only read).
     """
 
