@@ -17,7 +17,7 @@ import torch
 from ..blocks import BankIdentity, MemoryBlock
 from ..documents import Document
 from ..errors import CorruptDocumentError
-from .codec import HEADER_BYTES, Damaged, encode_block, header_length, safetensors_header
+from .codec import HEADER_BYTES, INDEX_ONLY, Damaged, encode_block, header_length, safetensors_header
 from .disk import Items
 from .gate_index import INDEX_PREFIX, read_index, stored_index, write_index
 from .manifest import BankManifest, BlockDtype, StoredBlock, StoredDocument
@@ -47,7 +47,10 @@ class BlockObjects:
         return self.items.get(BLOCK_PREFIX + key)
 
     def write_block(self, key: str, block: MemoryBlock, identity: BankIdentity, storage: str | None = None) -> int:
-        """Encode ``block`` (as ``storage``, default the store's block dtype) and write it; returns its bytes."""
+        """Encode ``block`` (as ``storage``, default the store's block dtype) and write it; returns its bytes (0 for
+        the index-only ``none``, which writes nothing: its KV is encoded from the text when read)."""
+        if (storage or self.block_dtype) == INDEX_ONLY:
+            return 0
         data = encode_block(block, storage or self.block_dtype, identity)
         self.items.put(BLOCK_PREFIX + key, data)
         return len(data)
