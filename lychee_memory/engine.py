@@ -37,6 +37,7 @@ from .questions import clean_question
 from .reasoner import Reasoner, UpdateObserver
 from .resolution import resolve_config
 from .store import BlockRecipe, MemoryStore, StoredBank, as_store
+from .store.reading import blocks_once
 from .working_memory import MemoryStrategy, memory_strategy
 
 Source = MemoryBank | DocumentInput | Iterable[DocumentInput]
@@ -438,7 +439,10 @@ class LycheeMemory:
                 bar.update,
                 self.prefilter_for(bank),
             )
-            scan.run(bank, states, lambda reads: self.memory_strategy.update(self.reasoner, bank, reads, observe))
+            with blocks_once(bank) as scanned:  # a block scored by the gate and read by the reasoner: decoded once
+                scan.run(
+                    scanned, states, lambda reads: self.memory_strategy.update(self.reasoner, scanned, reads, observe)
+                )
         return states, scan
 
     def check_question(self, question: object) -> str:

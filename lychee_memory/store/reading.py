@@ -1,13 +1,17 @@
-"""Reading a stored bank's blocks: one block per call, checked against its key and manifest, keeping nothing."""
+"""Reading a stored bank's blocks: one block per call, checked against its key and manifest, keeping nothing;
+and the per-query cache that fetches (and decodes) each block at most once while one query runs."""
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..blocks import MemoryBlock, SourceSpan
+from ..blocks import MemoryBank, MemoryBlock, SourceSpan
 from ..errors import CorruptBlockError
 from .codec import BLOCK_MAGIC, Damaged, DecodedBlock, block_key, decode_payload, unframe
 from .manifest import BankManifest, StoredBlock
@@ -81,3 +85,61 @@ class BlockLoader:
             span=span,
             compressor=decoded.metadata["compressor_name"],
         )
+
+
+QUERY_CACHE_BYTES = 512 * 2**20  # the most a query's block cache holds (at least its last block is always kept)
+
+
+class QueryBlocks:
+    """The blocks one query (or one batch of questions scanned together) has fetched, so a block scored as a
+    stage-2 row and then read by the reasoner is fetched and decoded once. Least recently used blocks go first
+    once ``budget_bytes`` is exceeded; ``clear`` when the query ends, so nothing outlives it."""
+
+    def __init__(self, fetch: Callable[[int], MemoryBlock], budget_bytes: int = QUERY_CACHE_BYTES):
+        self.fetch, self.budget_bytes = fetch, budget_bytes
+        self.blocks: OrderedDict[int, MemoryBlock] = OrderedDict()
+        self.held_bytes = self.fetches = self.hits = 0
+
+    def __call__(self, index: int) -> MemoryBlock:
+        block = self.blocks.get(index)
+        if block is not None:
+            self.blocks.move_to_end(index)
+            self.hits += 1
+            return block
+        block = self.fetch(index)
+        self.fetches += 1
+        self.blocks[index] = block
+        self.held_bytes += block.nbytes
+        while self.held_bytes > self.budget_bytes and len(self.blocks) > 1:
+            _, dropped = self.blocks.popitem(last=False)
+            self.held_bytes -= dropped.nbytes
+        return block
+
+    def clear(self) -> None:
+        self.blocks.clear()
+        self.held_bytes = 0
+
+
+@contextmanager
+def blocks_once(bank: MemoryBank, budget_bytes: int = QUERY_CACHE_BYTES) -> Iterator[MemoryBank]:
+    """``bank`` as seen by one query: the same blocks, spans and origins, each block fetched at most once while
+    the query runs (within ``budget_bytes``); the cache is dropped when the ``with`` ends. A bank that holds all
+    its blocks in memory is handed back as it is (nothing to fetch)."""
+    if bank.loader is None:
+        yield bank
+        return
+    cache = QueryBlocks(bank.block, budget_bytes)
+    try:
+        yield MemoryBank(
+            documents=bank.documents,
+            spans=bank.spans,
+            slot_counts=bank.slot_counts,
+            identity=bank.identity,
+            name=bank.name,
+            loader=cache,
+            gate_index=bank.gate_index,
+            index_loader=bank.gate_keys,
+            origins=[bank.origin(index) for index in range(len(bank))],
+        )
+    finally:
+        cache.clear()
