@@ -97,6 +97,10 @@ class BlockObjects:
             self.items.put(TEXT_PREFIX + key, data)
         return key
 
+    def text_size(self, key: str) -> int:
+        """Bytes of a stored document text (``key``: its hash), 0 when missing."""
+        return self.items.size(TEXT_PREFIX + key)
+
     def read_text(self, bank: str, document: StoredDocument) -> str:
         """A stored document's text, checked against its hash; CorruptDocumentError when missing or damaged."""
         data = self.items.get(TEXT_PREFIX + document.text_key)
