@@ -439,7 +439,9 @@ class LycheeMemory:
                 bar.update,
                 self.prefilter_for(bank),
             )
-            with blocks_once(bank) as scanned:  # a block scored by the gate and read by the reasoner: decoded once
+            # One scan step's blocks stay decoded: a block scored by the gate and read by the reasoner, or scored for
+            # several questions, is fetched and decoded once.
+            with blocks_once(bank, gate.batch_size * len(questions)) as scanned:
                 scan.run(
                     scanned, states, lambda reads: self.memory_strategy.update(self.reasoner, scanned, reads, observe)
                 )

@@ -11,6 +11,7 @@ import pytest
 
 from lychee_memory import Document
 from lychee_memory.store import MemoryStore
+from lychee_memory.store.reading import QueryBlocks, blocks_once
 
 from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
 
@@ -42,7 +43,7 @@ def counted_bank(store):
 
 
 def without_cache(monkeypatch):
-    monkeypatch.setattr("lychee_memory.engine.blocks_once", lambda bank: contextlib.nullcontext(bank))
+    monkeypatch.setattr("lychee_memory.engine.blocks_once", lambda bank, max_blocks: contextlib.nullcontext(bank))
 
 
 def test_a_block_scored_by_the_gate_and_read_by_the_reasoner_is_fetched_once(stored, monkeypatch):
@@ -77,6 +78,25 @@ def test_ask_many_fetches_each_block_once_per_batch(stored, monkeypatch):
         uncached = engine.ask_many(questions, bank)
     assert max(before.values()) > 1
     assert [answer.text for answer in uncached] == [answer.text for answer in cached]
+
+
+def test_the_query_cache_keeps_at_most_its_blocks_and_bytes_and_nothing_after_the_query(stored):
+    _, store = stored
+    bank = store.load_bank("harbour")
+    size = bank.block(0).nbytes
+    cache = QueryBlocks(bank.block, max_blocks=2)
+    for index in (0, 1, 0, 2):  # 0 used again, so 1 is the least recently used when 2 arrives
+        cache(index)
+    assert list(cache.blocks) == [0, 2] and cache.fetches == 3 and cache.hits == 1
+    small = QueryBlocks(bank.block, max_blocks=8, budget_bytes=size + 1)
+    for index in range(3):
+        small(index)
+    assert list(small.blocks) == [2] and small.held_bytes == small.blocks[2].nbytes  # the last one is always kept
+    with blocks_once(bank, max_blocks=4) as scanned:
+        assert len(scanned) == len(bank) and scanned.origin(3) == (bank, 3)
+        assert scanned.block(3).span == bank.spans[3]
+        cached = scanned.loader
+    assert not cached.blocks and cached.held_bytes == 0
 
 
 # Bytes per token by part ------------------------------------------------------------------------------------------

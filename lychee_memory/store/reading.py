@@ -91,12 +91,15 @@ QUERY_CACHE_BYTES = 512 * 2**20  # the most a query's block cache holds (at leas
 
 
 class QueryBlocks:
-    """The blocks one query (or one batch of questions scanned together) has fetched, so a block scored as a
-    stage-2 row and then read by the reasoner is fetched and decoded once. Least recently used blocks go first
-    once ``budget_bytes`` is exceeded; ``clear`` when the query ends, so nothing outlives it."""
+    """The blocks one query (or one batch of questions scanned together) fetched last, so a block scored as a
+    stage-2 row and then read by the reasoner, or scored for several questions, is fetched and decoded once.
 
-    def __init__(self, fetch: Callable[[int], MemoryBlock], budget_bytes: int = QUERY_CACHE_BYTES):
-        self.fetch, self.budget_bytes = fetch, budget_bytes
+    At most ``max_blocks`` blocks (the engine passes the gate's batch size, so a query holds about one batch as
+    before) and ``budget_bytes``; least recently used go first. ``clear`` when the query ends.
+    """
+
+    def __init__(self, fetch: Callable[[int], MemoryBlock], max_blocks: int, budget_bytes: int = QUERY_CACHE_BYTES):
+        self.fetch, self.max_blocks, self.budget_bytes = fetch, max(1, max_blocks), budget_bytes
         self.blocks: OrderedDict[int, MemoryBlock] = OrderedDict()
         self.held_bytes = self.fetches = self.hits = 0
 
@@ -110,7 +113,7 @@ class QueryBlocks:
         self.fetches += 1
         self.blocks[index] = block
         self.held_bytes += block.nbytes
-        while self.held_bytes > self.budget_bytes and len(self.blocks) > 1:
+        while len(self.blocks) > 1 and (len(self.blocks) > self.max_blocks or self.held_bytes > self.budget_bytes):
             _, dropped = self.blocks.popitem(last=False)
             self.held_bytes -= dropped.nbytes
         return block
@@ -121,14 +124,14 @@ class QueryBlocks:
 
 
 @contextmanager
-def blocks_once(bank: MemoryBank, budget_bytes: int = QUERY_CACHE_BYTES) -> Iterator[MemoryBank]:
-    """``bank`` as seen by one query: the same blocks, spans and origins, each block fetched at most once while
-    the query runs (within ``budget_bytes``); the cache is dropped when the ``with`` ends. A bank that holds all
-    its blocks in memory is handed back as it is (nothing to fetch)."""
+def blocks_once(bank: MemoryBank, max_blocks: int, budget_bytes: int = QUERY_CACHE_BYTES) -> Iterator[MemoryBank]:
+    """``bank`` as seen by one query: the same blocks, spans and origins, keeping the last ``max_blocks`` fetched
+    (``QueryBlocks``), so a block the gate just scored reaches the reasoner without a second fetch and decode; the
+    cache is dropped when the ``with`` ends. A bank holding all its blocks in memory is handed back as it is."""
     if bank.loader is None:
         yield bank
         return
-    cache = QueryBlocks(bank.block, budget_bytes)
+    cache = QueryBlocks(bank.block, max_blocks, budget_bytes)
     try:
         yield MemoryBank(
             documents=bank.documents,
