@@ -38,6 +38,7 @@ from .questions import clean_question
 from .reasoner import Reasoner, UpdateObserver
 from .resolution import resolve_config
 from .store import BlockRecipe, MemoryStore, StoredBank, as_store
+from .store.reading import blocks_once
 from .working_memory import MemoryStrategy, memory_strategy
 
 Source = MemoryBank | DocumentInput | Iterable[DocumentInput]
@@ -441,7 +442,12 @@ class LycheeMemory:
                 bar.update,
                 self.prefilter_for(bank),
             )
-            scan.run(bank, states, lambda reads: self.memory_strategy.update(self.reasoner, bank, reads, observe))
+            # One scan step's blocks stay decoded: a block scored by the gate and read by the reasoner, or scored for
+            # several questions, is fetched and decoded once.
+            with blocks_once(bank, gate.batch_size * len(questions)) as scanned:
+                scan.run(
+                    scanned, states, lambda reads: self.memory_strategy.update(self.reasoner, scanned, reads, observe)
+                )
         return states, scan
 
     def check_question(self, question: object) -> str:

@@ -32,6 +32,9 @@ class BlockObjects:
 
     def __init__(self, items: Items | CachedObjects, location: str, block_dtype: BlockDtype):
         self.items, self.location, self.block_dtype = items, location, block_dtype
+        # A text's size by its hash (content-addressed, so it never changes): an ingest's report sizes a bank's
+        # texts without asking an object store once per document every time.
+        self.text_sizes: dict[str, int] = {}
 
     def close(self) -> None:
         self.items.close()
@@ -98,7 +101,17 @@ class BlockObjects:
             stored = self.items.get(TEXT_PREFIX + key)
         if stored is None or hashlib.sha256(stored).hexdigest() != key:
             self.items.put(TEXT_PREFIX + key, data)
+        self.text_sizes[key] = len(data)
         return key
+
+    def text_size(self, key: str) -> int:
+        """Bytes of a stored document text (``key``: its hash), 0 when missing."""
+        if key not in self.text_sizes:
+            size = self.items.size(TEXT_PREFIX + key)
+            if not size:
+                return 0
+            self.text_sizes[key] = size
+        return self.text_sizes[key]
 
     def read_text(self, bank: str, document: StoredDocument) -> str:
         """A stored document's text, checked against its hash; CorruptDocumentError when missing or damaged."""

@@ -1,4 +1,5 @@
-"""Reading a stored bank's blocks: one block per call, checked against its key and manifest, keeping nothing.
+"""Reading a stored bank's blocks: one block per call, checked against its key and manifest, keeping nothing;
+and the per-query cache that fetches (and decodes) each block at most once while one query runs.
 
 An index-only (``none``) block has no payload: it is encoded from the bank's stored text with the engine's recipe
 (the same chunk tokens and opening, so the same KV ingest computed) through the engine's shared ``BlockCache``.
@@ -9,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..blocks import MemoryBlock, SourceSpan
+from ..blocks import MemoryBank, MemoryBlock, SourceSpan
 from ..chunking import Chunk
 from ..documents import Document
 from ..errors import CorruptBlockError, StoreError
@@ -137,3 +141,64 @@ class BlockLoader:
             f"{where} cannot be encoded: the stored text of document {span.document_id!r} no longer gives the block's "
             "tokens (its text or the tokenizer changed); ingest the document again"
         )
+
+
+QUERY_CACHE_BYTES = 512 * 2**20  # the most a query's block cache holds (at least its last block is always kept)
+
+
+class QueryBlocks:
+    """The blocks one query (or one batch of questions scanned together) fetched last, so a block scored as a
+    stage-2 row and then read by the reasoner, or scored for several questions, is fetched and decoded once.
+
+    At most ``max_blocks`` blocks (the engine passes the gate's batch size, so a query holds about one batch as
+    before) and ``budget_bytes``; least recently used go first. ``clear`` when the query ends.
+    """
+
+    def __init__(self, fetch: Callable[[int], MemoryBlock], max_blocks: int, budget_bytes: int = QUERY_CACHE_BYTES):
+        self.fetch, self.max_blocks, self.budget_bytes = fetch, max(1, max_blocks), budget_bytes
+        self.blocks: OrderedDict[int, MemoryBlock] = OrderedDict()
+        self.held_bytes = self.fetches = self.hits = 0
+
+    def __call__(self, index: int) -> MemoryBlock:
+        block = self.blocks.get(index)
+        if block is not None:
+            self.blocks.move_to_end(index)
+            self.hits += 1
+            return block
+        block = self.fetch(index)
+        self.fetches += 1
+        self.blocks[index] = block
+        self.held_bytes += block.nbytes
+        while len(self.blocks) > 1 and (len(self.blocks) > self.max_blocks or self.held_bytes > self.budget_bytes):
+            _, dropped = self.blocks.popitem(last=False)
+            self.held_bytes -= dropped.nbytes
+        return block
+
+    def clear(self) -> None:
+        self.blocks.clear()
+        self.held_bytes = 0
+
+
+@contextmanager
+def blocks_once(bank: MemoryBank, max_blocks: int, budget_bytes: int = QUERY_CACHE_BYTES) -> Iterator[MemoryBank]:
+    """``bank`` as seen by one query: the same blocks, spans and origins, keeping the last ``max_blocks`` fetched
+    (``QueryBlocks``), so a block the gate just scored reaches the reasoner without a second fetch and decode; the
+    cache is dropped when the ``with`` ends. A bank holding all its blocks in memory is handed back as it is."""
+    if bank.loader is None:
+        yield bank
+        return
+    cache = QueryBlocks(bank.block, max_blocks, budget_bytes)
+    try:
+        yield MemoryBank(
+            documents=bank.documents,
+            spans=bank.spans,
+            slot_counts=bank.slot_counts,
+            identity=bank.identity,
+            name=bank.name,
+            loader=cache,
+            gate_index=bank.gate_index,
+            index_loader=bank.gate_keys,
+            origins=[bank.origin(index) for index in range(len(bank))],
+        )
+    finally:
+        cache.clear()

@@ -31,7 +31,7 @@ import json
 import os
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +65,7 @@ from .objects import CachedObjects, FsspecObjects
 from .reading import BlockLoader
 from .recipe import BlockRecipe, RecipeForSettings
 from .recompress import recompress_bank
-from .reports import BankInfo, GcReport, IngestReport, RecompressReport, StoreUsage, VerifyReport
+from .reports import BankInfo, BytesByPart, GcReport, IngestReport, RecompressReport, StoreUsage, VerifyReport
 from .save import save_bank
 from .verify import verify_store
 from .writing import commit_documents, rebuild_documents, write_blocks
@@ -244,6 +244,20 @@ class MemoryStore:
         indexes = [key.removeprefix(INDEX_PREFIX) for key in items.keys(INDEX_PREFIX)]
         index_sizes = {key: items.size(INDEX_PREFIX + key) for key in indexes}
         unreferenced_indexes = [key for key in indexes if key not in referenced_indexes and key not in live]
+        texts = [key.removeprefix(TEXT_PREFIX) for key in items.keys(TEXT_PREFIX)]
+        text_sizes = {key: items.size(TEXT_PREFIX + key) for key in texts}
+        manifest_sizes = {manifest.name: self.manifests.size(manifest.name) for manifest in manifests}
+        bank_parts = {
+            manifest.name: bytes_by_part(manifest, sizes, index_sizes, text_sizes, manifest_sizes[manifest.name])
+            for manifest in manifests
+        }
+        parts = BytesByPart(
+            tokens=sum(part.tokens for part in bank_parts.values()),
+            blocks=sum(sizes.values()),
+            index=sum(index_sizes.values()),
+            texts=sum(text_sizes.values()),
+            manifests=sum(manifest_sizes.values()),
+        )
         return StoreUsage(
             path=self.location if self.where.remote else self.path,
             bytes=items.volume(),
@@ -264,6 +278,22 @@ class MemoryStore:
             indexes=len(indexes),
             index_bytes=sum(index_sizes.values()),
             unreferenced_indexes=len(unreferenced_indexes),
+            parts=parts,
+            bank_parts=bank_parts,
+        )
+
+    def bank_parts(self, name: str) -> BytesByPart:
+        """The bank's bytes by part and per document token (its distinct blocks, index items and texts, and its
+        manifest), from the item sizes its manifest recorded and one size look-up per document text."""
+        manifest = self.manifests.require(name)
+        entries = [entry for _, _, entry in manifest.entries()]
+        texts = {document.text_key: self.objects.text_size(document.text_key) for document in manifest.documents}
+        return bytes_by_part(
+            manifest,
+            {entry.key: entry.nbytes for entry in entries},
+            {entry.index_key: entry.index_bytes for entry in entries if entry.index_key is not None},
+            texts,
+            self.manifests.size(name),
         )
 
     # Changing banks --------------------------------------------------------------------------------
@@ -464,6 +494,7 @@ class MemoryStore:
             reused=totals[2],
             written_bytes=totals[3],
             seconds=time.perf_counter() - started,
+            parts=self.bank_parts(name),
         )
         return self.load_bank(name, dtype=recipe.dtype, device=recipe.device, recipe=recipe)
 
@@ -475,7 +506,9 @@ class MemoryStore:
         """
         started = time.perf_counter()
         rebuilt, totals = rebuild_documents(self.objects, self.manifests, name, recipe, show_progress)
-        self.last_ingest = IngestReport(name, 0, rebuilt, *totals, seconds=time.perf_counter() - started)
+        self.last_ingest = IngestReport(
+            name, 0, rebuilt, *totals, seconds=time.perf_counter() - started, parts=self.bank_parts(name)
+        )
         return self.load_bank(name, dtype=recipe.dtype, device=recipe.device, recipe=recipe)
 
     def recompress(self, name: str, codec: str) -> RecompressReport:
@@ -539,6 +572,23 @@ class StoredBank(MemoryBank):
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "store": self.store.location if self.store is not None else None}
+
+
+def bytes_by_part(
+    manifest: BankManifest,
+    block_sizes: Mapping[str, int],
+    index_sizes: Mapping[str, int],
+    text_sizes: Mapping[str, int],
+    manifest_bytes: int,
+) -> BytesByPart:
+    """A bank's bytes by part: each distinct item its manifest names, sized from the maps given (0 when absent)."""
+    return BytesByPart(
+        tokens=manifest.info().tokens,
+        blocks=sum(block_sizes.get(key, 0) for key in manifest.block_keys()),
+        index=sum(index_sizes.get(key, 0) for key in manifest.index_keys()),
+        texts=sum(text_sizes.get(key, 0) for key in {document.text_key for document in manifest.documents}),
+        manifests=manifest_bytes,
+    )
 
 
 def as_store(store: MemoryStore | str | os.PathLike[str] | None, *, create: bool = True) -> MemoryStore:
