@@ -118,6 +118,12 @@ class CompressorSettings(_Settings):
         ge=1,
         description=f"chunks per forward; None = {INGEST_BATCH_SIZE['cpu']} on CPU, {INGEST_BATCH_SIZE['cuda']} on GPU",
     )
+    block_cache_mb: float = Field(
+        512.0,
+        ge=0,
+        description="MB of encoded blocks an engine keeps for index-only banks (stored with block dtype none: gate "
+        "index and texts only, each block encoded from its text when read), shared by its banks; 0 = keep none",
+    )
 
     @field_validator("pooling_kernel")
     @classmethod
@@ -372,6 +378,7 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "observation_window": ("compressor", "observation_window"),
     "beacon_window": ("compressor", "beacon_window"),
     "ingest_batch_size": ("compressor", "ingest_batch_size"),
+    "block_cache_mb": ("compressor", "block_cache_mb"),
     "threshold": ("gate", "threshold"),
     "gate_weights": ("gate", "weights"),
     "max_relevant_blocks": ("gate", "max_relevant_blocks"),

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .answer import Answer, AnswerStream, SelectedBlock, answer_from_scan, k_blocks, selected_blocks
+from .block_cache import BlockCache
 from .blocks import BankIdentity, BlockOpening, MemoryBank, MemoryBlock
 from .budget import PromptBudget
 from .chunking import Chunk, chunk_documents, tokenize_with_offsets
@@ -37,6 +38,7 @@ from .questions import clean_question
 from .reasoner import Reasoner, UpdateObserver
 from .resolution import resolve_config
 from .store import BlockRecipe, MemoryStore, StoredBank, as_store
+from .store.reading import blocks_once
 from .working_memory import MemoryStrategy, memory_strategy
 
 Source = MemoryBank | DocumentInput | Iterable[DocumentInput]
@@ -88,6 +90,7 @@ class LycheeMemory:
         self.reasoner = Reasoner(loaded, self.prompts, reading, reading.read_mode, batch, self.opening)
         self.memory_strategy: MemoryStrategy = memory_strategy()  # how the working memory changes on a read
         self.lock = threading.RLock()
+        self.block_cache = BlockCache(int(self.config.compressor.block_cache_mb * 2**20))  # index-only banks' blocks
         start = self.opening.num_slots if self.opening is not None else len(self.prompts.block_opening_ids())
         after_block = self.compressor.prompt_position(self.chunk_tokens, start)
         self.budget = PromptBudget(
@@ -172,6 +175,7 @@ class LycheeMemory:
             device=self.loaded.device,
             model_spec=self.loaded.resolved.spec,
             settings=self.config.model_dump(mode="json"),
+            block_cache=self.block_cache,
         )
 
     @property
@@ -261,7 +265,7 @@ class LycheeMemory:
             if recompress:
                 return target.rebuild_bank(name, self.block_recipe(), show_progress=self.show_progress(None))
             target.check_bank_identity(manifest, self.identity)
-        return target.load_bank(name, dtype=self.loaded.dtype, device=self.loaded.device)
+        return target.load_bank(name, dtype=self.loaded.dtype, device=self.loaded.device, recipe=self.block_recipe())
 
     @_exclusive
     def remove_documents(self, bank: MemoryBank, document_ids: Iterable[str]) -> MemoryBank:
@@ -271,7 +275,7 @@ class LycheeMemory:
         """
         if isinstance(bank, StoredBank) and bank.store is not None and bank.name is not None:
             return bank.store.remove_documents(
-                bank.name, document_ids, dtype=self.loaded.dtype, device=self.loaded.device
+                bank.name, document_ids, dtype=self.loaded.dtype, device=self.loaded.device, recipe=self.block_recipe()
             )
         return bank.without_documents(document_ids)
 
@@ -438,7 +442,12 @@ class LycheeMemory:
                 bar.update,
                 self.prefilter_for(bank),
             )
-            scan.run(bank, states, lambda reads: self.memory_strategy.update(self.reasoner, bank, reads, observe))
+            # One scan step's blocks stay decoded: a block scored by the gate and read by the reasoner, or scored for
+            # several questions, is fetched and decoded once.
+            with blocks_once(bank, gate.batch_size * len(questions)) as scanned:
+                scan.run(
+                    scanned, states, lambda reads: self.memory_strategy.update(self.reasoner, scanned, reads, observe)
+                )
         return states, scan
 
     def check_question(self, question: object) -> str:

@@ -32,6 +32,8 @@ pytest.importorskip("prometheus_client")
 openai = pytest.importorskip("openai")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from lychee_memory.store import BLOCK_DTYPES  # noqa: E402
+
 TINY = ["--chunk-tokens", "64", "--max-memory-tokens", "12", "--max-answer-tokens", "6"]
 BLOCK_FIELDS = {"index", "score", "doc", "start", "end", "text", "bank", "selected"}
 FINISHED = ("done", "failed")
@@ -334,7 +336,17 @@ class TestOpenServer:
         listed = {entry["name"]: entry for entry in ok(open_client.get("/v1/banks"))["banks"]}
         assert set(listed) >= {ALPHA, BETA}
         alpha = listed[ALPHA]
-        assert set(alpha) == {"name", "documents", "tokens", "blocks", "stored_bytes", "updated"}
+        assert set(alpha) == {
+            "name",
+            "documents",
+            "tokens",
+            "blocks",
+            "stored_bytes",
+            "index_bytes",
+            "block_dtypes",
+            "updated",
+        }
+        assert alpha["block_dtypes"] and set(alpha["block_dtypes"]) <= set(BLOCK_DTYPES)  # the codec(s) named
         assert alpha["documents"] == 3 and alpha["blocks"] == banks[ALPHA]["result"]["bank"]["blocks"]
         assert alpha["tokens"] > 0 and alpha["stored_bytes"] > 0 and alpha["updated"]
         assert ok(open_client.get(f"/v1/banks/{ALPHA}")) == alpha

@@ -175,6 +175,8 @@ class MemoryService:
                     "tokens": info.tokens,
                     "blocks": info.blocks,
                     "stored_bytes": info.stored_bytes,
+                    "index_bytes": info.index_bytes,
+                    "block_dtypes": list(info.block_dtypes),  # the codec(s) its blocks are stored with
                     "updated": info.updated.isoformat(),
                 }
             )

@@ -118,6 +118,9 @@ def _command_ingest(args: argparse.Namespace) -> int:
         summary["stored"] = store.last_ingest.to_dict()
         info = store.bank_info(args.bank)
         summary["stored_bytes"], summary["index_bytes"] = info.stored_bytes, info.index_bytes
+    if store is not None:
+        summary["bytes_by_part"] = store.bank_parts(args.bank).to_dict()  # bytes per document token by part
+        summary["block_dtypes"] = list(store.bank_info(args.bank).block_dtypes)
     if args.json:
         print(json.dumps(summary, indent=2))
     elif store is not None:
@@ -126,7 +129,8 @@ def _command_ingest(args: argparse.Namespace) -> int:
             f"bank {args.bank!r} in {store.location}: {summary['documents']} document(s), {summary['tokens']} tokens, "
             f"{summary['blocks']} blocks, {summary['stored_bytes'] / 2**20:.1f} MiB stored (gate index "
             f"{summary['index_bytes'] / 2**20:.1f} MiB); this ingest compressed "
-            f"{report['compressed']} new block(s) and reused {report['reused']} in {summary['timings']['ingest']:.1f}s"
+            f"{report['compressed']} new block(s) and reused {report['reused']} in {summary['timings']['ingest']:.1f}s; "
+            f"{summary['bytes_by_part']['per_token']['total']:.0f} bytes per token all-in"
         )
     else:
         print(

@@ -53,6 +53,9 @@ def _command_info(args: argparse.Namespace) -> int:
         "kind": resolved.kind,
         "path": str(resolved.path / resolved.gguf_file) if resolved.gguf_file else str(resolved.path),
     }
+    banks = _banks(args.store)
+    if banks is not None:
+        info["banks"] = banks
     if not args.no_load:
         info["engine"] = load_engine(args).info()
     if args.json:
@@ -60,6 +63,29 @@ def _command_info(args: argparse.Namespace) -> int:
     else:
         _print_tree(info)
     return 0
+
+
+def _banks(store_path: str | None) -> dict[str, Any] | None:
+    """Each bank of the store (``--store``, else the default store when there is one): its codec(s) and size."""
+    from ..errors import StoreError
+    from ..store import MemoryStore
+
+    try:
+        store = MemoryStore(store_path, create=False)
+    except StoreError:
+        if store_path is not None:
+            raise
+        return None  # no default store yet: nothing to list
+    with store:
+        return {
+            bank.name: {
+                "block_dtypes": list(bank.block_dtypes),
+                "documents": len(bank.documents),
+                "tokens": bank.tokens,
+                "stored_bytes": bank.stored_bytes,
+            }
+            for bank in store.list_banks()
+        }
 
 
 def _print_tree(data: dict[str, Any], indent: int = 0) -> None:
@@ -76,5 +102,6 @@ def add_info_command(commands: Any) -> None:
     info = commands.add_parser("info", help="show versions, hardware, the resolved model and its defaults")
     info.add_argument("--json", action="store_true")
     info.add_argument("--no-load", action="store_true", help="do not load the model (skip the resolved defaults)")
+    info.add_argument("--store", default=None, help="list this store's banks and their codecs (default store: if any)")
     add_engine_options(info)
     info.set_defaults(handler=_command_info)

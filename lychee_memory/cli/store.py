@@ -8,10 +8,12 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ..store import BLOCK_DTYPES
+from ..store.reports import PARTS
 from .options import open_store
 
 if TYPE_CHECKING:
     from ..store import BlockRecipe
+    from ..store.reports import BytesByPart
 
 EXIT_DAMAGED = 1  # `lychee store verify` found damage it did not repair
 
@@ -22,6 +24,12 @@ def recipe_for_settings(settings: dict[str, Any]) -> BlockRecipe:
     from ..engine import LycheeMemory
 
     return LycheeMemory.from_pretrained(config=EngineConfig.from_recorded(settings)).block_recipe()
+
+
+def _per_token(parts: BytesByPart) -> str:
+    """Bytes per document token, all-in and by part, in one line."""
+    each = ", ".join(f"{part} {parts.per_token[part]:.0f}" for part in PARTS)
+    return f"{parts.per_token['total']:.0f} B/token all-in ({each}) over {parts.tokens} tokens"
 
 
 def _command_store(args: argparse.Namespace) -> int:
@@ -50,8 +58,11 @@ def _command_store(args: argparse.Namespace) -> int:
                 f"{usage.path}: {usage.bytes / 2**20:.1f} MiB in {usage.blocks} blocks and {usage.indexes} gate "
                 f"indexes ({usage.index_bytes / 2**20:.1f} MiB), {usage.banks} bank(s)"
             )
+            if usage.parts is not None:
+                print(f"  all banks: {_per_token(usage.parts)}")
             for name, size in sorted(usage.bank_bytes.items()):
-                print(f"  {name}: {size / 2**20:.1f} MiB")
+                parts = usage.bank_parts.get(name)
+                print(f"  {name}: {size / 2**20:.1f} MiB" + (f"; {_per_token(parts)}" if parts is not None else ""))
             print(
                 f"  unreferenced: {usage.unreferenced_blocks} block(s), {usage.unreferenced_indexes} index(es), "
                 f"{usage.unreferenced_bytes / 2**20:.1f} MiB "

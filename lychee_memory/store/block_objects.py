@@ -17,7 +17,7 @@ import torch
 from ..blocks import BankIdentity, MemoryBlock
 from ..documents import Document
 from ..errors import CorruptDocumentError
-from .codec import HEADER_BYTES, Damaged, encode_block, header_length, safetensors_header
+from .codec import HEADER_BYTES, INDEX_ONLY, Damaged, encode_block, header_length, safetensors_header
 from .disk import Items
 from .gate_index import INDEX_PREFIX, read_index, stored_index, write_index
 from .manifest import BankManifest, BlockDtype, StoredBlock, StoredDocument
@@ -32,6 +32,9 @@ class BlockObjects:
 
     def __init__(self, items: Items | CachedObjects, location: str, block_dtype: BlockDtype):
         self.items, self.location, self.block_dtype = items, location, block_dtype
+        # A text's size by its hash (content-addressed, so it never changes): an ingest's report sizes a bank's
+        # texts without asking an object store once per document every time.
+        self.text_sizes: dict[str, int] = {}
 
     def close(self) -> None:
         self.items.close()
@@ -47,7 +50,10 @@ class BlockObjects:
         return self.items.get(BLOCK_PREFIX + key)
 
     def write_block(self, key: str, block: MemoryBlock, identity: BankIdentity, storage: str | None = None) -> int:
-        """Encode ``block`` (as ``storage``, default the store's block dtype) and write it; returns its bytes."""
+        """Encode ``block`` (as ``storage``, default the store's block dtype) and write it; returns its bytes (0 for
+        the index-only ``none``, which writes nothing: its KV is encoded from the text when read)."""
+        if (storage or self.block_dtype) == INDEX_ONLY:
+            return 0
         data = encode_block(block, storage or self.block_dtype, identity)
         self.items.put(BLOCK_PREFIX + key, data)
         return len(data)
@@ -95,7 +101,17 @@ class BlockObjects:
             stored = self.items.get(TEXT_PREFIX + key)
         if stored is None or hashlib.sha256(stored).hexdigest() != key:
             self.items.put(TEXT_PREFIX + key, data)
+        self.text_sizes[key] = len(data)
         return key
+
+    def text_size(self, key: str) -> int:
+        """Bytes of a stored document text (``key``: its hash), 0 when missing."""
+        if key not in self.text_sizes:
+            size = self.items.size(TEXT_PREFIX + key)
+            if not size:
+                return 0
+            self.text_sizes[key] = size
+        return self.text_sizes[key]
 
     def read_text(self, bank: str, document: StoredDocument) -> str:
         """A stored document's text, checked against its hash; CorruptDocumentError when missing or damaged."""

@@ -5,7 +5,8 @@ safetensors (never a pickle): keys, values, valid slots and token ids, with meta
 the dtype the block was computed in, the model fingerprint and the compressor settings.
 
 How keys and values are stored is a ``BlockCodec`` chosen by its name (the storage format, ``block_dtype``) from
-``CODECS``: one entry per format (float32, bfloat16, float16, int8, and the group-quantised int4, int2 and k4v2).
+``CODECS``: one entry per format (float32, bfloat16, float16, int8, the group-quantised int4, int2 and k4v2, and
+``none``, the index-only tier that stores no payload at all).
 A new format is one more entry (and its name in ``manifest.BlockDtype``); the payload around the tensors, and so
 every content key, stays as it is.
 """
@@ -408,6 +409,24 @@ def unpack_codes(packed: torch.Tensor, bits: int, size: int) -> torch.Tensor:
     return codes.reshape(*packed.shape[:-1], -1)[..., :size].to(torch.uint8)
 
 
+INDEX_ONLY = "none"
+
+
+@dataclass(frozen=True)
+class IndexOnlyCodec(BlockCodec):
+    """The ``none`` tier: no payload is ever written (a bank keeps its gate index items and texts only); its blocks
+    are encoded from the stored text when read (``reading.BlockLoader``), so there is nothing to decode here."""
+
+    name: str = INDEX_ONLY
+    bytes_per_element: float = 0.0
+
+    def encode(self, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise ConfigurationError("block dtype 'none' stores no payload: an index-only block is never encoded")
+
+    def decode(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        raise Damaged("it names the index-only format 'none', which stores no payload")
+
+
 register_codec(FloatCodec("float32", 4.0, torch.float32))
 register_codec(FloatCodec("bfloat16", 2.0, torch.bfloat16))
 register_codec(FloatCodec("float16", 2.0, torch.float16))
@@ -415,3 +434,4 @@ register_codec(Int8Codec())
 register_codec(GroupCodec("int4", 0.5, key_bits=4, value_bits=4, group=QUANTISATION_GROUP))
 register_codec(GroupCodec("int2", 0.25, key_bits=2, value_bits=2, group=QUANTISATION_GROUP))
 register_codec(GroupCodec("k4v2", 0.375, key_bits=4, value_bits=2, group=QUANTISATION_GROUP))
+register_codec(IndexOnlyCodec())

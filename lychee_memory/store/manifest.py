@@ -23,7 +23,8 @@ from ..errors import ConfigurationError, DocumentError
 from .reports import BankInfo
 
 FORMAT_VERSION = 1
-BlockDtype = Literal["float32", "bfloat16", "float16", "int8", "int4", "int2", "k4v2"]
+# "none": an index-only bank, its KV never stored but encoded from the stored text when read (codec.IndexOnlyCodec).
+BlockDtype = Literal["float32", "bfloat16", "float16", "int8", "int4", "int2", "k4v2", "none"]
 BLOCK_DTYPES: tuple[str, ...] = get_args(BlockDtype)
 
 # How the model fingerprint of a manifest was computed. Manifests written before the field existed hashed

@@ -77,6 +77,11 @@ class Manifests:
                 f"the manifest of bank {name!r} in store {self.location!r} is not a valid manifest: {error}"
             ) from None
 
+    def size(self, name: str) -> int:
+        """Bytes of the bank's manifest as stored (framed), 0 when there is no such bank."""
+        data = self.catalog.read(name)
+        return len(data) if data is not None else 0
+
     def require(self, name: str) -> BankManifest:
         """The bank's manifest; BankNotFoundError naming the banks there are when there is no such bank."""
         manifest = self.read(check_bank_name(name))

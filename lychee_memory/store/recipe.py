@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..blocks import BankIdentity, MemoryBlock
 from ..chunking import Chunk
 from ..documents import Document
+
+if TYPE_CHECKING:
+    from ..block_cache import BlockCache
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class BlockRecipe:
     settings: dict[str, Any] | None = None  # the engine's resolved configuration (JSON)
     # Told (chunks compressed, chunks to compress) before the first batch and after each (an ingest job's progress)
     progress: Callable[[int, int], None] | None = None
+    # The engine's encoded blocks, shared by its banks: what index-only (``none``) banks read (``block_cache.py``)
+    block_cache: BlockCache | None = None
 
     @property
     def model_dtype(self) -> str:

@@ -6,7 +6,9 @@ Each block is decoded with the codec it was written with and encoded with the ne
 written last, with the store's generation check like every rebuild, so a bank that changed meanwhile is converted
 again from a fresh read. The old blocks stay until ``gc``. A conversion that would need bits the stored codec
 threw away (to a wider codec) is refused, as is an unknown codec; every block is checked before anything is
-written, so a refused or failed command changes nothing stored.
+written, so a refused or failed command changes nothing stored. Converting to the index-only ``none`` keeps the
+gate index items and drops the payloads (its KV is encoded from the text when read); from ``none`` is refused:
+the KV was never kept, so the bank must be ingested again.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from ..blocks import MemoryBlock, SourceSpan
 from ..errors import BankNotFoundError, ConfigurationError, CorruptBlockError, NonFiniteScalesError, StoreError
 from .block_objects import BlockObjects
-from .codec import BlockCodec, Damaged, DecodedBlock, block_key, codec_for
+from .codec import INDEX_ONLY, BlockCodec, Damaged, DecodedBlock, block_key, codec_for
 from .manifest import BLOCK_DTYPES, BankManifest, StoredBlock, now
 from .manifests import Manifests
 from .reading import check_block
@@ -67,6 +69,12 @@ def recompress_bank(objects: BlockObjects, manifests: Manifests, name: str, code
 
 def _refuse_lost_bits(name: str, sources: list[str], target: BlockCodec) -> None:
     for source in sources:
+        if source == INDEX_ONLY and target.name != INDEX_ONLY:
+            raise ConfigurationError(
+                f"cannot recompress bank {name!r} to {target.name}: it is index-only (block dtype none), its KV was "
+                f"never stored; ingest it again with --block-dtype {target.name} (ingest --recompress rebuilds it from "
+                "its stored text)"
+            )
         stored = codec_for(source)
         if not keeps_bits_for(stored, target):
             raise ConfigurationError(

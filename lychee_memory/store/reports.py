@@ -54,6 +54,33 @@ class BankInfo(Report):
     index_bytes: int = 0  # bytes of the distinct gate index items its blocks name (not in stored_bytes)
 
 
+PARTS = ("blocks", "index", "texts", "manifests")  # what a bank stores, in the order reports name them
+
+
+@dataclasses.dataclass(frozen=True)
+class BytesByPart(Report):
+    """What a bank (or a store) costs on disk by part, and per document token: blocks, gate index items, document
+    texts and manifests, plus the all-in ``total``; ``per_token`` divides each by ``tokens`` (0.0 without tokens)."""
+
+    derived: ClassVar[tuple[str, ...]] = ("total", "per_token")
+
+    tokens: int  # document tokens (a store: summed over its banks)
+    blocks: int
+    index: int
+    texts: int
+    manifests: int
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, part) for part in PARTS)
+
+    @property
+    def per_token(self) -> dict[str, float]:
+        """Bytes per document token of each part and of the total."""
+        sizes = {part: getattr(self, part) for part in PARTS} | {"total": self.total}
+        return {part: size / self.tokens if self.tokens else 0.0 for part, size in sizes.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class StoreUsage(Report):
     """Disk use of a store: totals, blocks nothing references (what gc frees), and each bank's share.
@@ -76,6 +103,10 @@ class StoreUsage(Report):
     indexes: int = 0  # gate index items (one per block and index spec)
     index_bytes: int = 0
     unreferenced_indexes: int = 0  # index items nothing references (gc frees them, bytes in unreferenced_bytes)
+    # Bytes by part and per document token: the store's (every stored item once, shared or not) and each bank's
+    # (the distinct items it names, so banks sharing blocks or texts each count them).
+    parts: BytesByPart | None = None
+    bank_parts: dict[str, BytesByPart] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +173,7 @@ class IngestReport(Report):
     reused: int
     written_bytes: int
     seconds: float
+    parts: BytesByPart | None = None  # the bank's bytes by part and per document token after the ingest
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ import json
 import os
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,7 @@ from ..documents import Document
 from ..errors import ConfigurationError, DocumentNotFoundError, NonFiniteScalesError, StoreError
 from .block_objects import BLOCK_PREFIX, TEXT_PREFIX, BlockObjects
 from .catalog import Catalog, DatabaseCatalog, LocalCatalog
+from .codec import INDEX_ONLY
 from .disk import Items
 from .gate_index import INDEX_PREFIX, IndexLoader
 from .location import StoreLocation, open_filesystem, parse_store_location
@@ -64,7 +65,7 @@ from .objects import CachedObjects, FsspecObjects
 from .reading import BlockLoader
 from .recipe import BlockRecipe, RecipeForSettings
 from .recompress import recompress_bank
-from .reports import BankInfo, GcReport, IngestReport, RecompressReport, StoreUsage, VerifyReport
+from .reports import BankInfo, BytesByPart, GcReport, IngestReport, RecompressReport, StoreUsage, VerifyReport
 from .save import save_bank
 from .verify import verify_store
 from .writing import commit_documents, rebuild_documents, write_blocks
@@ -81,9 +82,10 @@ class MemoryStore:
     """A directory of memory banks on diskcache: content-addressed blocks, JSON manifests, checksums.
 
     ``block_dtype`` is how new blocks are written (bfloat16 by default; int8 keeps per-channel key and
-    per-slot value scales; int4, int2 and k4v2 are group-quantised, ``codec.GroupCodec``); blocks are converted back to the engine's dtype when read. diskcache's
-    eviction is off, so nothing is ever dropped silently; ``size_limit_bytes`` is enforced by the store
-    and a full store or disk raises StoreFullError without changing any bank. With ``create=False`` a
+    per-slot value scales; int4, int2 and k4v2 are group-quantised, ``codec.GroupCodec``; ``none`` keeps only the
+    gate index and the texts, its blocks encoded when read); blocks are converted back to the engine's dtype when
+    read. diskcache's eviction is off, so nothing is ever dropped silently; ``size_limit_bytes`` is enforced by the
+    store and a full store or disk raises StoreFullError without changing any bank. With ``create=False`` a
     missing store is a StoreError instead of a new empty directory (for commands that only read).
     """
 
@@ -242,6 +244,20 @@ class MemoryStore:
         indexes = [key.removeprefix(INDEX_PREFIX) for key in items.keys(INDEX_PREFIX)]
         index_sizes = {key: items.size(INDEX_PREFIX + key) for key in indexes}
         unreferenced_indexes = [key for key in indexes if key not in referenced_indexes and key not in live]
+        texts = [key.removeprefix(TEXT_PREFIX) for key in items.keys(TEXT_PREFIX)]
+        text_sizes = {key: items.size(TEXT_PREFIX + key) for key in texts}
+        manifest_sizes = {manifest.name: self.manifests.size(manifest.name) for manifest in manifests}
+        bank_parts = {
+            manifest.name: bytes_by_part(manifest, sizes, index_sizes, text_sizes, manifest_sizes[manifest.name])
+            for manifest in manifests
+        }
+        parts = BytesByPart(
+            tokens=sum(part.tokens for part in bank_parts.values()),
+            blocks=sum(sizes.values()),
+            index=sum(index_sizes.values()),
+            texts=sum(text_sizes.values()),
+            manifests=sum(manifest_sizes.values()),
+        )
         return StoreUsage(
             path=self.location if self.where.remote else self.path,
             bytes=items.volume(),
@@ -262,6 +278,22 @@ class MemoryStore:
             indexes=len(indexes),
             index_bytes=sum(index_sizes.values()),
             unreferenced_indexes=len(unreferenced_indexes),
+            parts=parts,
+            bank_parts=bank_parts,
+        )
+
+    def bank_parts(self, name: str) -> BytesByPart:
+        """The bank's bytes by part and per document token (its distinct blocks, index items and texts, and its
+        manifest), from the item sizes its manifest recorded and one size look-up per document text."""
+        manifest = self.manifests.require(name)
+        entries = [entry for _, _, entry in manifest.entries()]
+        texts = {document.text_key: self.objects.text_size(document.text_key) for document in manifest.documents}
+        return bytes_by_part(
+            manifest,
+            {entry.key: entry.nbytes for entry in entries},
+            {entry.index_key: entry.index_bytes for entry in entries if entry.index_key is not None},
+            texts,
+            self.manifests.size(name),
         )
 
     # Changing banks --------------------------------------------------------------------------------
@@ -281,8 +313,10 @@ class MemoryStore:
         *,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        recipe: BlockRecipe | None = None,
     ) -> StoredBank:
-        """Rewrite a bank without some documents (their blocks stay until ``gc``); returns the new bank."""
+        """Rewrite a bank without some documents (their blocks stay until ``gc``); returns the new bank (``recipe``:
+        as for ``load_bank``)."""
         ids = [document_ids] if isinstance(document_ids, str) else list(document_ids)
 
         def without(manifest: BankManifest | None) -> BankManifest:
@@ -299,7 +333,7 @@ class MemoryStore:
             return manifest
 
         self.manifests.update(name, without, require=True)
-        return self.load_bank(name, dtype=dtype, device=device)
+        return self.load_bank(name, dtype=dtype, device=device, recipe=recipe)
 
     def gc(self) -> GcReport:
         """Delete blocks, gate index items and texts nothing references, and files a killed writer left behind.
@@ -330,15 +364,29 @@ class MemoryStore:
     # Reading banks ---------------------------------------------------------------------------------
 
     def load_bank(
-        self, name: str, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+        self,
+        name: str,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        recipe: BlockRecipe | None = None,
     ) -> StoredBank:
         """A lazy bank: documents and spans in memory, each block read (and checked) only when used.
 
         Blocks come back in ``dtype`` on ``device`` (default: the dtype they were computed in, on CPU); a block's
         gate index (``bank.gate_keys(i)``) is read alone, float16 on CPU, None when missing or damaged. While the
         bank lives, its blocks and index items are leased: ``gc`` in any process keeps them even if the bank changes.
+        An index-only (``none``) bank's blocks are encoded from its stored text with ``recipe`` (an engine's; one
+        that did not build the bank is refused) through the recipe's block cache; without one, reading such a block
+        is a StoreError.
         """
         manifest, lease = self.manifests.leased(name)
+        if recipe is not None and manifest.identity != recipe.identity:
+            if any(entry.storage == INDEX_ONLY for _, _, entry in manifest.entries()):
+                if lease is not None:
+                    lease.release()
+                self.check_bank_identity(manifest, recipe.identity)
+            recipe = None
         try:
             documents, spans, slot_counts, entries = [], [], [], []
             for document_index, stored in enumerate(manifest.documents):
@@ -369,7 +417,7 @@ class MemoryStore:
             slot_counts=slot_counts,
             identity=manifest.identity,
             name=name,
-            loader=BlockLoader(items, self.location, manifest, entries, spans, dtype, device),
+            loader=BlockLoader(items, self.location, manifest, entries, spans, dtype, device, documents, recipe),
             gate_index=manifest.gate_index,
             index_loader=IndexLoader(items, self.location, manifest, entries, spans),
             store=self,
@@ -396,10 +444,19 @@ class MemoryStore:
         with self.writing_blocks():
             self.check_ingest_target(name, recipe)
             try:
-                stored, *counts = write_blocks(self.objects, list(documents), recipe, show_progress)
+                index_only = self.index_only_slots(name)
+                stored, *counts = write_blocks(self.objects, list(documents), recipe, show_progress, index_only)
             except NonFiniteScalesError as error:
                 raise NonFiniteScalesError(f"bank {name!r} in store {self.location!r}: {error}") from None
             return self.commit_documents(name, stored, recipe, counts, started, show_progress=show_progress)
+
+    def index_only_slots(self, name: str) -> dict[str, int]:
+        """Slots of bank ``name``'s index-only blocks by key: they have no payload, so re-ingesting an unchanged
+        document finds them here instead of in the items."""
+        manifest = self.manifests.read(name)
+        if manifest is None:
+            return {}
+        return {entry.key: entry.slots for _, _, entry in manifest.entries() if entry.storage == INDEX_ONLY}
 
     def check_ingest_target(self, name: str, recipe: BlockRecipe) -> None:
         """Refuse, before anything is compressed, a bank name that is not allowed or a bank another engine built."""
@@ -437,8 +494,9 @@ class MemoryStore:
             reused=totals[2],
             written_bytes=totals[3],
             seconds=time.perf_counter() - started,
+            parts=self.bank_parts(name),
         )
-        return self.load_bank(name, dtype=recipe.dtype, device=recipe.device)
+        return self.load_bank(name, dtype=recipe.dtype, device=recipe.device, recipe=recipe)
 
     def rebuild_bank(self, name: str, recipe: BlockRecipe, *, show_progress: bool = False) -> StoredBank:
         """Rebuild a bank from its stored text with another engine (``recipe``), under the same name.
@@ -448,8 +506,10 @@ class MemoryStore:
         """
         started = time.perf_counter()
         rebuilt, totals = rebuild_documents(self.objects, self.manifests, name, recipe, show_progress)
-        self.last_ingest = IngestReport(name, 0, rebuilt, *totals, seconds=time.perf_counter() - started)
-        return self.load_bank(name, dtype=recipe.dtype, device=recipe.device)
+        self.last_ingest = IngestReport(
+            name, 0, rebuilt, *totals, seconds=time.perf_counter() - started, parts=self.bank_parts(name)
+        )
+        return self.load_bank(name, dtype=recipe.dtype, device=recipe.device, recipe=recipe)
 
     def recompress(self, name: str, codec: str) -> RecompressReport:
         """Convert bank ``name``'s blocks in place to ``codec`` (a ``BLOCK_DTYPES`` name) from their stored payloads,
@@ -512,6 +572,23 @@ class StoredBank(MemoryBank):
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "store": self.store.location if self.store is not None else None}
+
+
+def bytes_by_part(
+    manifest: BankManifest,
+    block_sizes: Mapping[str, int],
+    index_sizes: Mapping[str, int],
+    text_sizes: Mapping[str, int],
+    manifest_bytes: int,
+) -> BytesByPart:
+    """A bank's bytes by part: each distinct item its manifest names, sized from the maps given (0 when absent)."""
+    return BytesByPart(
+        tokens=manifest.info().tokens,
+        blocks=sum(block_sizes.get(key, 0) for key in manifest.block_keys()),
+        index=sum(index_sizes.get(key, 0) for key in manifest.index_keys()),
+        texts=sum(text_sizes.get(key, 0) for key in {document.text_key for document in manifest.documents}),
+        manifests=manifest_bytes,
+    )
 
 
 def as_store(store: MemoryStore | str | os.PathLike[str] | None, *, create: bool = True) -> MemoryStore:

@@ -10,7 +10,7 @@ import torch
 from ..chunking import Chunk
 from ..errors import CorruptDocumentError, StoreError
 from .block_objects import BlockObjects
-from .codec import Damaged, block_key
+from .codec import INDEX_ONLY, Damaged, block_key
 from .gate_index import index_key
 from .manifest import BankManifest, StoredBlock, StoredDocument, now
 from .manifests import Change, Manifests
@@ -92,6 +92,8 @@ def verify_store(
 
 
 def _block_damage(objects: BlockObjects, entry: StoredBlock, manifest: BankManifest) -> str | None:
+    if entry.storage == INDEX_ONLY:  # no payload was ever stored: its text (checked above) is its source
+        return None
     data = objects.block(entry.key)
     if data is None:
         return "the block is missing"

@@ -13,7 +13,7 @@ and ``rebuild_documents`` then write the manifest, last (``Manifests``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -77,11 +77,17 @@ class BlockPlan:
         return sum(len(batch) for batch in self.batches)
 
 
-def plan_blocks(objects: BlockObjects, documents: list[Document], recipe: BlockRecipe) -> BlockPlan:
+def plan_blocks(
+    objects: BlockObjects,
+    documents: list[Document],
+    recipe: BlockRecipe,
+    index_only: Mapping[str, int] | None = None,
+) -> BlockPlan:
     """Write the documents' texts and decide which chunks need compressing (call with ``writing_blocks`` held).
 
     A stored block whose gate index item is missing while the recipe builds an index is compressed again (the
     only way to get its index keys), so a bank's index is always complete. Identical chunks are compressed once.
+    ``index_only`` (block key -> slots, from manifests) names index-only blocks, which have no payload to find.
     """
     identity, storage, spec = recipe.identity, objects.block_dtype, recipe.gate_index
     metadata = {document.id: json_metadata(document) for document in documents}
@@ -98,7 +104,7 @@ def plan_blocks(objects: BlockObjects, documents: list[Document], recipe: BlockR
     for key, chunk in zip(keys, chunks):
         if key in plan.known or key in work:
             continue
-        complete, shape = _stored(objects, key, spec)
+        complete, shape = _stored(objects, key, spec, index_only)
         if complete is not None:
             plan.known[key] = complete
         else:
@@ -142,10 +148,13 @@ def write_batch(
     return results
 
 
-def _stored(objects: BlockObjects, key: str, spec: dict | None) -> tuple[WrittenBlock | None, tuple[int, int] | None]:
+def _stored(
+    objects: BlockObjects, key: str, spec: dict | None, index_only: Mapping[str, int] | None = None
+) -> tuple[WrittenBlock | None, tuple[int, int] | None]:
     """One look at the store: the block as stored with everything the recipe needs (its index item when it builds
-    one), else None; and the block's stored (slots, bytes), else None (missing)."""
-    shape = objects.block_shape(key)
+    one), else None; and the block's stored (slots, bytes), else None (missing). An index-only block counts as
+    stored when ``index_only`` names it (its slots; it has no payload)."""
+    shape = (index_only[key], 0) if index_only and key in index_only else objects.block_shape(key)
     if shape is None:
         return None, None
     index = objects.index_item(key, spec) if spec is not None else None
@@ -180,11 +189,16 @@ def assemble_documents(plan: BlockPlan, written: list[WrittenBlock], storage: st
 
 
 def write_blocks(
-    objects: BlockObjects, documents: list[Document], recipe: BlockRecipe, show_progress: bool
+    objects: BlockObjects,
+    documents: list[Document],
+    recipe: BlockRecipe,
+    show_progress: bool,
+    index_only: Mapping[str, int] | None = None,
 ) -> tuple[list[StoredDocument], int, int, int, int]:
     """All three steps in this process (call with ``writing_blocks`` held): the documents' manifest entries and the
-    counts (chunks, compressed, reused, bytes written). Memory stays one batch deep."""
-    plan = plan_blocks(objects, documents, recipe)
+    counts (chunks, compressed, reused, bytes written). Memory stays one batch deep. ``index_only``: as for
+    ``plan_blocks``."""
+    plan = plan_blocks(objects, documents, recipe, index_only)
     total, written = plan.to_compress, []
     if recipe.progress is not None:
         recipe.progress(0, total)
