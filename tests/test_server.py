@@ -117,10 +117,17 @@ class Server:
     def openai(self, key: str = "unused") -> Any:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=60)
 
-    def log(self) -> str:
+    def log(self, tail: int = 4000) -> str:
         with contextlib.suppress(OSError):
-            return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-tail:]
         return ""
+
+    def dump_stacks(self) -> None:
+        """Print the running server's thread stacks (``lychee serve`` dumps them on SIGUSR1) and its log's tail."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+        print(f"--- log of {' '.join(self.command[3:5])} on port {self.port} ---\n{self.log(tail=30000)}")
 
     def stop(self, timeout: float = 60) -> int | None:
         """SIGTERM, then SIGKILL if it does not exit in time; the exit status."""
@@ -139,8 +146,13 @@ class Server:
 
 @contextlib.contextmanager
 def running(server: Server) -> Iterator[Server]:
+    """A started server, stopped after; when the body fails, the server's threads' stacks and log are printed
+    (pytest shows them with the failure), so a request that timed out says where the server was stuck."""
     try:
         yield server.start()
+    except BaseException:
+        server.dump_stacks()
+        raise
     finally:
         server.stop()
 
@@ -304,6 +316,19 @@ def banks(open_client) -> dict[str, dict[str, Any]]:
 class TestOpenServer:
     def test_healthz_is_ok_with_the_model(self, open_client):
         assert ok(open_client.get("/healthz")) == {"status": "ok", "model": "tiny-random-llama"}
+
+    @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this platform")
+    def test_sigusr1_prints_every_threads_stack_and_the_server_keeps_serving(self, open_server, open_client):
+        """An operator (or a test whose request timed out) sees where a stuck server is, without stopping it."""
+        before = len(open_server.log(tail=10**9))
+        open_server.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while "most recent call first" not in open_server.log(tail=10**9)[before:] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        dumped = open_server.log(tail=10**9)[before:]
+        assert "most recent call first" in dumped and "Thread 0x" in dumped, dumped[-2000:]
+        assert "uvicorn" in dumped  # the main thread's stack, inside the server loop
+        assert ok(open_client.get("/healthz"))["status"] == "ok"
 
     def test_routes_answer_503_while_the_model_loads(self, open_server, tmp_path, cache):
         """/healthz and every /v1 route answer 503 JSON until the model is loaded (a window of about a second)."""

@@ -4,6 +4,7 @@ the service cannot start (a model that fails to load, a store built with another
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -23,6 +24,8 @@ def run_server(settings: ServerSettings, log_level: str = "info") -> int:
     import uvicorn
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s: %(message)s")
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack to stderr: a stuck server explains itself
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     fatal: list[str] = []
     servers: list[uvicorn.Server] = []
 
