@@ -24,7 +24,7 @@ def run_server(settings: ServerSettings, log_level: str = "info") -> int:
     import uvicorn
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s: %(message)s")
-    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack to stderr: a stuck server explains itself
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack to stderr: a stuck server says where
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     fatal: list[str] = []
     servers: list[uvicorn.Server] = []
