@@ -49,6 +49,8 @@ def uploaded_documents(
     """
     if not uploads:
         raise ApiError(400, "invalid_request", "send the documents as multipart/form-data parts named 'files'")
+    if any(not upload.name for upload in uploads):
+        raise ApiError(400, "invalid_request", "each part named 'files' needs a filename")
     names = [upload.name for upload in uploads]
     duplicate = next((name for name in names if names.count(name) > 1), None)
     if duplicate is not None:
