@@ -26,13 +26,12 @@ pytest.importorskip("fastapi")
 httpx2 = pytest.importorskip("httpx2")
 from mcp import Client, StdioServerParameters  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
-from mcp.shared.exceptions import MCPError  # noqa: E402
 
 TINY = ["--model", "tiny-random-llama", "--chunk-tokens", "64", "--max-memory-tokens", "12", "--max-answer-tokens", "6"]
 TOOLS = {"remember", "recall", "ask", "forget", "list_banks"}
 FACT = "The access code for the east pier storage shed is 58213. Only the harbourmaster knows it."
 OTHER = "Kestrel Hall has a walled garden; its head gardener is a botanist named Odile Fenwick."
-LONG = " ".join(f"Line {n} of the harbour log: the boats came back with the tide." for n in range(120))
+LONG = " ".join(f"Line {n} of the harbour log: the boats came back with the tide." for n in range(250))  # ~65 blocks
 KEYS = {"key-acme": ["acme-"], "key-all": [""]}
 
 
@@ -189,8 +188,9 @@ def test_stdout_holds_only_json_rpc_and_initialize_answers_before_the_model_load
             f"\ninitialize answered {initialize_seconds:.2f} s after spawn; the first remember (model load) took {tool_seconds:.2f} s"
         )
         process.stdin.close()
+        rest = process.stdout.read()
+        assert all(json.loads(line)["jsonrpc"] == "2.0" for line in rest.splitlines() if line.strip())
         assert process.wait(60) == 0
-        assert process.stdout.read().strip() == "" or all(json.loads(line) for line in process.stdout)
     finally:
         if process.poll() is None:
             process.kill()
@@ -281,11 +281,10 @@ async def test_http_tools_with_keys_and_bank_prefixes(tmp_path, cache):
             assert "may not use bank 'beta-notes'" in error_text(
                 await client.call_tool("recall", {"query": "gardener", "bank": "beta-notes"})
             )
-        for key in ("key-wrong", None):  # refused before any MCP message is read
-            with pytest.raises(Exception) as refused:  # noqa: B017 (the SDK wraps the 401 in a group or an MCPError)
+        for key in ("key-wrong", None):  # the SDK's client cannot connect without a known key
+            with pytest.raises(Exception):  # noqa: B017 (the SDK reports the 401 as an MCPError or an exception group)
                 async with http_client(url, key) as client:
                     await client.list_tools()
-            assert "401" in repr(refused.value) or isinstance(refused.value, MCPError) or refused.value.exceptions
         async with httpx2.AsyncClient() as raw:  # the refusal itself: 401 with the server's error body
             response = await raw.post(url, json={}, headers={"Authorization": "Bearer key-wrong"})
             assert response.status_code == 401
