@@ -164,3 +164,16 @@ def test_lychee_ingest_skips_the_corrupt_pdf_reports_it_and_ingests_the_rest(fil
     assert data["documents"] == 4 and len(data["skipped"]) == 1 and "broken.pdf" in data["skipped"][0]
     stored = MemoryStore(store).bank_manifest("mixed")
     assert sorted(Path(document.id).name for document in stored.documents) == sorted(p.name for p in files.values())
+
+
+def test_conversion_needs_no_network(files, monkeypatch):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a converter tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    for kind in ("pdf", "docx", "pptx", "html"):
+        assert FACT in " ".join(load_documents(files[kind])[0].text.split())

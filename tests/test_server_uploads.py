@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("markitdown")
 pytest.importorskip("reportlab")
-pytest.importorskip("multipart")
+pytest.importorskip("python_multipart")
 
 from lychee_memory.converters import units_of  # noqa: E402
 

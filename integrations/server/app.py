@@ -25,7 +25,7 @@ from .auth import Tenant
 from .metrics import PROMETHEUS_CONTENT_TYPE, RequestMetrics
 from .problems import ApiError, body, from_library, install_handlers, logger
 from .service import MemoryService, ServerSettings, answer_json, block_json
-from .uploads import Upload, upload_metadata, uploaded_documents
+from .uploads import Upload, require_multipart, upload_metadata, uploaded_documents
 
 
 class _Request(BaseModel):
@@ -196,6 +196,7 @@ def create_app(settings: ServerSettings, service: MemoryService | None = None) -
         tenant.require(bank)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ApiError(400, "invalid_request", "send the files as multipart/form-data (parts named 'files')")
+        require_multipart()
         form = await request.form()
         uploads = [
             Upload(part.filename or "", await part.read())

@@ -26,6 +26,16 @@ class Upload:
     data: bytes
 
 
+def require_multipart() -> None:
+    """501 naming the extra when the server cannot parse multipart bodies (python-multipart is missing)."""
+    try:
+        import python_multipart  # noqa: F401 (python-multipart, which Starlette's form parsing needs)
+    except ImportError:
+        raise ApiError(
+            501, "not_implemented", "file uploads need the documents extra: pip install 'lychee-memory[documents]'"
+        ) from None
+
+
 def upload_metadata(raw: str | None) -> dict[str, Any]:
     """The request's ``metadata`` part: a JSON object, or nothing."""
     if raw is None or not raw.strip():
