@@ -27,6 +27,11 @@ class DocumentError(LycheeError, ValueError):
     """A document is missing, unreadable, not UTF-8, or empty."""
 
 
+class UnconvertibleDocumentError(DocumentError):
+    """A file's converter (PDF, DOCX, PPTX, HTML) could not read it, or it held no text; names the file. In a batch
+    (``load_documents(..., skipped=[])``, ``lychee ingest``, the server's uploads) the other files still ingest."""
+
+
 class FilterError(LycheeError, ValueError):
     """A metadata filter is malformed (unknown operator, wrong value type)."""
 

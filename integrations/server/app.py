@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Header
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
@@ -25,6 +25,7 @@ from .auth import Tenant
 from .metrics import PROMETHEUS_CONTENT_TYPE, RequestMetrics
 from .problems import ApiError, body, from_library, install_handlers, logger
 from .service import MemoryService, ServerSettings, answer_json, block_json
+from .uploads import Upload, require_multipart, upload_metadata, uploaded_documents
 
 
 class _Request(BaseModel):
@@ -188,6 +189,25 @@ def create_app(settings: ServerSettings, service: MemoryService | None = None) -
         tenant.require(bank)
         job = service.submit_documents(tenant, bank, check_documents(request))
         return {"job": job.id, "status": job.status}
+
+    @app.post("/v1/banks/{bank}/files", status_code=202)
+    async def add_files(bank: str, request: Request, tenant: Tenant = Depends(ready)) -> dict[str, Any]:
+        """multipart/form-data: parts named ``files`` (text, PDF, DOCX, PPTX, HTML), optionally ``metadata``."""
+        tenant.require(bank)
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise ApiError(400, "invalid_request", "send the files as multipart/form-data (parts named 'files')")
+        require_multipart()
+        form = await request.form()
+        uploads = [
+            Upload(part.filename or "", await part.read())
+            for part in form.getlist("files")
+            if not isinstance(part, str)
+        ]
+        metadata = form.get("metadata")
+        metadata = upload_metadata(metadata if isinstance(metadata, str) else None)
+        documents, skipped = await run_in_threadpool(uploaded_documents, uploads, metadata, settings.max_document_bytes)
+        job = await run_in_threadpool(service.submit_documents, tenant, bank, documents)
+        return {"job": job.id, "status": job.status, "documents": [d.id for d in documents], "skipped": skipped}
 
     @app.delete("/v1/banks/{bank}/documents/{document_id:path}")
     def delete_document(bank: str, document_id: str, tenant: Tenant = Depends(ready)) -> dict[str, Any]:

@@ -11,6 +11,7 @@
     lychee calibrate [--lengths 7k] [--rules RULE...] [--out PRESET]
     lychee train compressor|gate|rl --out DIR [--model SPEC] [...]
     lychee serve [--store DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY]... [engine options]
+    lychee mcp [--store DIR] [--transport stdio|http] [--port 8765] [--api-key KEY]... [engine options]
     lychee info [--no-load]
 
 Every command that builds an engine takes the engine options of ``options.py``, derived from ``EngineConfig``.
@@ -27,6 +28,7 @@ from .ask import add_ask_command, add_ingest_command
 from .calibrate import add_calibrate_command, add_probe_command
 from .evaluation import add_bench_command, add_eval_command, add_report_command
 from .info import add_info_command
+from .mcp import add_mcp_command
 from .options import engine_options
 from .serve import add_serve_command
 from .store import EXIT_DAMAGED, add_store_command, recipe_for_settings
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_commands(commands)
     add_report_command(commands)
     add_serve_command(commands)
+    add_mcp_command(commands)
     add_info_command(commands)
     return parser
 

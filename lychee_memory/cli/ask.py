@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from ..baselines import BASELINES
-from ..errors import LycheeError
+from ..errors import LycheeError, UnconvertibleDocumentError
 from ..store import BLOCK_DTYPES
 from .options import add_engine_options, add_store_options, load_engine, open_store
+
+EXIT_SKIPPED = 3  # lychee ingest: the readable files were ingested, some others could not be converted
 
 
 def _paths(values: list[str]) -> list[Path]:
@@ -88,7 +90,10 @@ def _command_ingest(args: argparse.Namespace) -> int:
 
     if args.store is not None and args.bank is None:
         raise LycheeError("--store needs --bank NAME: the bank to add the documents to")
-    documents = load_documents(_paths(args.paths))
+    skipped: list[UnconvertibleDocumentError] = []  # files a converter could not read: reported, the rest ingest
+    documents = load_documents(_paths(args.paths), skipped=skipped)
+    for error in skipped:
+        print(f"lychee: skipped: {error}", file=sys.stderr)
     store = open_store(args, create=True, block_dtype=args.block_dtype) if args.bank is not None else None
     engine = load_engine(args)
     ingest_started = time.perf_counter()
@@ -121,6 +126,8 @@ def _command_ingest(args: argparse.Namespace) -> int:
     if store is not None:
         summary["bytes_by_part"] = store.bank_parts(args.bank).to_dict()  # bytes per document token by part
         summary["block_dtypes"] = list(store.bank_info(args.bank).block_dtypes)
+    if skipped:
+        summary["skipped"] = [str(error) for error in skipped]
     if args.json:
         print(json.dumps(summary, indent=2))
     elif store is not None:
@@ -138,14 +145,16 @@ def _command_ingest(args: argparse.Namespace) -> int:
             f"{summary['slots']} memory slots ({summary['compression']}x), {summary['resident_bytes'] / 2**20:.1f} MiB "
             f"in {summary['timings']['ingest']:.1f}s"
         )
-    return 0
+    return EXIT_SKIPPED if skipped else 0
 
 
 def add_ask_command(commands: Any) -> None:
     """Register ``lychee ask``."""
     ask = commands.add_parser("ask", help="answer a question over documents")
     ask.add_argument(
-        "paths", nargs="*", help="text files (UTF-8) or directories of them; optional with --bank (added to it)"
+        "paths",
+        nargs="*",
+        help="text files (UTF-8), PDF/DOCX/PPTX/HTML files or directories of them; optional with --bank (added to it)",
     )
     ask.add_argument("--question", "-q", required=True)
     ask.add_argument("--json", action="store_true", help="print one JSON object (answer, blocks, timings, memory)")
@@ -169,7 +178,12 @@ def add_ask_command(commands: Any) -> None:
 def add_ingest_command(commands: Any) -> None:
     """Register ``lychee ingest``."""
     ingest = commands.add_parser("ingest", help="compress documents into memory blocks")
-    ingest.add_argument("paths", nargs="+")
+    ingest.add_argument(
+        "paths",
+        nargs="+",
+        help="text files, PDF/DOCX/PPTX/HTML files (the documents extra), or directories of them; a file that "
+        f"cannot be converted is reported and skipped (exit status {EXIT_SKIPPED})",
+    )
     ingest.add_argument("--json", action="store_true")
     add_store_options(ingest)
     ingest.add_argument(

@@ -1,0 +1,84 @@
+"""``run_mcp``: serve the memory tools over stdio (the default: the client starts ``lychee mcp`` itself) or over
+streamable HTTP, with ``lychee serve``'s keys.
+
+Over HTTP every request needs ``Authorization: Bearer KEY`` when keys are set (401 otherwise, before any MCP
+message is read), and each tool call reaches only the key's bank prefixes. Over stdio there are no headers: with
+keys set, the key comes from the ``LYCHEE_API_KEY`` environment variable, checked at startup. Logs go to stderr;
+stdout carries the protocol alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Literal
+
+import anyio
+
+from lychee_memory import ConfigurationError
+
+from ..server.auth import KeyRing, Tenant
+from ..server.problems import ApiError, body
+from ..server.service import MemoryService
+from ..server.settings import ServerSettings
+from .tools import MemoryTools, build_server
+
+KEY_VARIABLE = "LYCHEE_API_KEY"
+Transport = Literal["stdio", "http"]
+MCP_PATH = "/mcp"
+
+
+def stdio_tenant(keys: KeyRing, environ: dict[str, str] | None = None) -> Tenant | None:
+    """The caller of a stdio session: the tenant of ``LYCHEE_API_KEY`` when the server has keys, else None (open)."""
+    if not keys.enabled:
+        return None
+    key = (environ if environ is not None else dict(os.environ)).get(KEY_VARIABLE, "")
+    if not key.strip():
+        raise ConfigurationError(
+            f"this server has API keys: over stdio give yours in the environment variable {KEY_VARIABLE}"
+        )
+    try:
+        return keys.tenant(f"Bearer {key}")
+    except ApiError as error:
+        raise ConfigurationError(f"{KEY_VARIABLE}: {error.message}") from None
+
+
+class KeyCheck:
+    """ASGI middleware: refuse an HTTP request without a known key (401, the server's error body)."""
+
+    def __init__(self, app: Any, keys: KeyRing):
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.keys.enabled:
+            headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+            try:
+                self.keys.tenant(headers.get("authorization"))
+            except ApiError as error:
+                from starlette.responses import JSONResponse
+
+                response = JSONResponse(body(error), status_code=error.status, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def run_mcp(settings: ServerSettings, transport: Transport = "stdio", log_level: str = "warning") -> int:
+    """Serve until the client closes stdin (stdio) or the process is stopped (HTTP); the exit status."""
+    logging.basicConfig(stream=sys.stderr, level=log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
+    service = MemoryService(settings)  # loads no model: the first tool that needs one starts it
+    tenant = stdio_tenant(service.keys) if transport == "stdio" else None
+    server = build_server(MemoryTools(service, tenant))
+    try:
+        if transport == "stdio":
+            anyio.run(server.run_stdio_async)
+        else:
+            import uvicorn
+
+            app = KeyCheck(server.streamable_http_app(streamable_http_path=MCP_PATH, host=settings.host), service.keys)
+            uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+    finally:
+        service.stop()
+    return 0
