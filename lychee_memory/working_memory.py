@@ -155,14 +155,18 @@ class ExcerptMemory(MemoryStrategy):
         return excerpts
 
     def query_memory(self, excerpts: Sequence[Excerpt], count: Callable[[str], int]) -> str:
-        """The best excerpts (by score) that fit ``query_tokens``, in memory order: stage 1's queries."""
-        order = sorted(range(len(excerpts)), key=lambda position: -excerpts[position].score)
-        chosen = keep_within(
-            [excerpts[position].score + 1.0 for position in order],  # every excerpt is a candidate query
-            [count(excerpts[position].text) + 1 for position in order],
-            self.query_tokens,
-        )
-        return self.render([excerpts[position] for position in sorted(order[place] for place in chosen)])
+        """The best excerpts (by score) whose text, rendered in memory order, fits ``query_tokens``: stage 1's
+        queries (at least the best one, cut to the cap at a word boundary when it alone is longer)."""
+        chosen: list[int] = []
+        for position in sorted(range(len(excerpts)), key=lambda position: -excerpts[position].score):
+            trial = sorted([*chosen, position])
+            if count(self.render([excerpts[place] for place in trial])) <= self.query_tokens:
+                chosen = trial
+        if not chosen and excerpts:
+            best = max(excerpts, key=lambda excerpt: excerpt.score).text
+            start, end = fit_pieces(best, (0, len(best)), self.query_tokens, count)[0]
+            return best[start:end]
+        return self.render([excerpts[place] for place in chosen])
 
     def update(
         self,
