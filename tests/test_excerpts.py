@@ -294,3 +294,38 @@ def test_answers_expose_evidence_to_the_server_and_llama_index():
     assert answer.to_dict()["evidence"] == expected
     assert answer_json(answer)["evidence"] == expected
     assert answer_metadata(answer)["evidence"] == expected
+
+
+# Calibration ------------------------------------------------------------------------------------------------------
+
+
+def test_calibration_answers_with_each_memory_and_picks_by_answers_then_decodes():
+    from lychee_memory.calibration import measure_memory
+    from lychee_memory.eval.tasks import QASample
+
+    engine = make_engine("llama", max_memory_tokens=16, max_relevant_blocks=2)
+    document = FACTS_DOCUMENT[: len(FACTS_DOCUMENT) // 3]
+    samples = [
+        QASample(CODE_QUESTION, ["58213"], document, "code"),
+        QASample("Who sells wool?", ["market"], document, "w"),
+    ]
+    result = measure_memory(engine, samples, {}, False)
+    assert set(result.correct) == set(MEMORY_STRATEGIES) and result.questions == len(samples)
+    # Excerpts decode only the answers; notes decode their notes too.
+    assert result.decoded["excerpts"] <= len(samples) * engine.config.reasoner.max_answer_tokens
+    assert result.decoded["notes"] > result.decoded["excerpts"]
+    best = max(result.correct.values())
+    tied = [name for name, correct in result.correct.items() if correct == best]
+    assert result.chosen == min(tied, key=result.decoded.__getitem__)
+
+
+def test_the_calibration_table_and_evidence_name_the_memory():
+    from lychee_memory.calibration import Calibration, MemoryResult, format_table
+
+    engine = make_engine("llama")
+    config = engine.loaded.config
+    architecture = {key: getattr(config, key) for key in ("model_type", "hidden_size", "num_hidden_layers")}
+    preset = ModelPreset(name="tiny", architecture=architecture, memory="excerpts")
+    memory = MemoryResult({"notes": 1, "excerpts": 3}, {"notes": 400, "excerpts": 20}, 4, "excerpts")
+    table = format_table(Calibration(preset, None, [], None, None, 4, 0, memory))
+    assert "| memory | excerpts | - | notes 1/4 (400 tokens decoded), excerpts 3/4 (20 tokens decoded) |" in table
