@@ -18,6 +18,7 @@ import bisect
 import dataclasses
 import math
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from .blocks import MemoryBank
-from .config import EngineConfig
+from .config import EngineConfig, MemoryMode
 from .engine import LycheeMemory
 from .errors import ConfigurationError, ContextTooLongError
 from .eval.head_probe import ProbeResult, fact_blocks, probe_heads
@@ -354,7 +355,8 @@ def measure_memory(
     engine: LycheeMemory, samples: Sequence[QASample], options: dict[str, Any], show_progress: bool
 ) -> MemoryResult:
     """Answer ``samples`` with every memory strategy; the most answered wins, a tie the fewest decoded tokens."""
-    readers = {name: engine_variant(engine, memory=name, **options) for name in MEMORY_STRATEGIES}
+    names = [name for name in typing.get_args(MemoryMode) if name in MEMORY_STRATEGIES]  # those a setting can name
+    readers = {name: engine_variant(engine, memory=name, **options) for name in names}
     correct = dict.fromkeys(readers, 0)
     decoded = dict.fromkeys(readers, 0)
     with progress_bar(len(samples), "answering with each memory", show_progress, unit="question") as bar:
