@@ -80,10 +80,9 @@ class GeneratedNotes(MemoryStrategy):
 class ExcerptMemory(MemoryStrategy):
     """Keeps each read block's sentences most relevant to the question and the memory, verbatim, with spans.
 
-    Per read, the sentences the block overlaps, whole (``excerpts.block_sentences``: a sentence cut by the block's
-    edge is completed from the document); one longer than ``read_tokens`` is cut at spaces
-    into whole-word pieces) are scored lexically against the question and the current excerpts, and the best are
-    kept within ``read_tokens`` (at least the best one: the gate judged the block relevant). Past ``total_tokens``
+    Per read, the sentences the block overlaps are taken whole (``excerpts.block_sentences`` completes one the
+    block's edge cuts from the document; one longer than ``read_tokens`` is cut at spaces into whole-word pieces),
+    scored lexically against the question and the current excerpts, and the best are kept within ``read_tokens`` (at least the best one: the gate judged the block relevant). Past ``total_tokens``
     every kept excerpt is scored again against the question and the others, and the least relevant is dropped
     whole until the memory fits. The memory is the excerpts' text, one per line in reading order; stage 1 takes
     the best ones up to ``query_tokens`` as queries. Nothing is decoded, so no observer hears an update.
