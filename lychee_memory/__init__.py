@@ -33,6 +33,7 @@ from .errors import (
     StoreFullError,
     UnsupportedModelError,
 )
+from .excerpts import Excerpt
 from .filters import DocumentFilter
 from .store import (
     BankInfo,
@@ -66,6 +67,7 @@ __all__ = [
     "DocumentNotFoundError",
     "EmptyQuestionError",
     "EngineConfig",
+    "Excerpt",
     "FilterError",
     "FullContext",
     "GateScore",

@@ -1,6 +1,6 @@
 """What a question returns: the answer, the blocks read (with gate scores and sources), the memory
-after each step, timings by phase and token counts; ``to_dict`` gives the CLI's JSON. ``answer_from_scan``
-assembles one from a finished scan."""
+after each step, the sentences kept as evidence (excerpt memory), timings by phase and token counts; ``to_dict``
+gives the CLI's JSON. ``answer_from_scan`` assembles one from a finished scan."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .blocks import MemoryBank
+from .excerpts import Excerpt
 from .gate import GateScan, ScanState, ScanTimings
 
 
@@ -68,6 +69,8 @@ class Answer:
     # The blocks stage 1 of the gate passed on to the rule, one list per ranking (at the start, then after each
     # memory update); empty when stage 1 did not run (prefilter off, or a bank no larger than gate.candidates).
     candidates: list[list[int]] = field(default_factory=list)
+    # The sentences the answer was written from, verbatim with their spans (excerpt memory); empty with notes.
+    evidence: list[Excerpt] = field(default_factory=list)
 
     @property
     def memory(self) -> str:
@@ -86,6 +89,7 @@ class Answer:
             "memory": self.memory_steps,
             "timings": {name: round(value, 4) for name, value in self.timings.items()},
             "tokens": self.token_counts,
+            "evidence": [excerpt.to_dict() for excerpt in self.evidence],
         }
         if include_scores:
             data["candidates"] = self.candidates
@@ -251,4 +255,5 @@ def answer_from_scan(
             answer=answer_seconds,
         ),
         token_counts=counts,
+        evidence=list(state.excerpts),
     )

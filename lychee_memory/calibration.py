@@ -5,7 +5,9 @@ Three measurements, each on needle samples whose planted facts say which blocks 
 - the gate threshold of each rule: every block of every sample is scored (minus the block-free baseline where the
   rule uses one), and the threshold is the one with the best recall of fact blocks within a budget of false reads;
 - the prefilter heads: ``eval.head_probe.probe_heads`` on a raw-KV engine;
-- the read mode: the same questions answered reading blocks as KV and as text; KV unless text answers more.
+- the read mode: the same questions answered reading blocks as KV and as text; KV unless text answers more;
+- the memory strategy: the same questions answered with each of ``MEMORY_STRATEGIES`` (generated notes, verbatim
+  excerpts) in the chosen read mode; the one answering most, a tie going to the one decoding fewer tokens.
 
 The result is a ``ModelPreset`` written as a user preset file, which ``presets.preset_for`` picks up for the model.
 """
@@ -16,6 +18,7 @@ import bisect
 import dataclasses
 import math
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,7 @@ from typing import Any
 import torch
 
 from .blocks import MemoryBank
-from .config import EngineConfig
+from .config import EngineConfig, MemoryMode
 from .engine import LycheeMemory
 from .errors import ConfigurationError, ContextTooLongError
 from .eval.head_probe import ProbeResult, fact_blocks, probe_heads
@@ -34,6 +37,7 @@ from .eval.tasks import QASample, build_samples, source_name, task_source
 from .gate import RULES, GateRule, ScoreRequest
 from .presets import ARCHITECTURE_KEYS, ModelPreset, read_preset_file, shipped_preset_for, threshold_key
 from .progress import progress_bar
+from .working_memory import MEMORY_STRATEGIES
 
 DEFAULT_FAMILIES = ("needle", "needle-multikey")
 # Compressors a preset may name as the model's default: the ones that need no trained weights.
@@ -160,7 +164,8 @@ class CalibrationSettings:
     head_count: int = 8
     skip_heads: bool = False
     skip_read_mode: bool = False
-    read_questions: int = 4  # probe questions answered in each read mode
+    skip_memory: bool = False
+    read_questions: int = 4  # probe questions answered in each read mode and each memory strategy
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -207,6 +212,16 @@ class ReadModeResult:
 
 
 @dataclass(frozen=True)
+class MemoryResult:
+    """Per memory strategy: questions answered right (sub_em) and tokens decoded (memory and answers)."""
+
+    correct: dict[str, int]
+    decoded: dict[str, int]
+    questions: int
+    chosen: str
+
+
+@dataclass(frozen=True)
 class Calibration:
     """Everything ``calibrate`` measured, and the preset made from it."""
 
@@ -217,6 +232,7 @@ class Calibration:
     read_mode: ReadModeResult | None
     samples: int
     heldout_samples: int
+    memory: MemoryResult | None = None
 
 
 # Measuring ----------------------------------------------------------------------------------------------
@@ -324,6 +340,37 @@ def measure_read_mode(
     return ReadModeResult(correct, len(samples), chosen)
 
 
+def _answering_options(
+    results: Sequence[RuleCalibration], heads: ProbeResult | None, engine: LycheeMemory
+) -> dict[str, Any]:
+    """Engine options answering as the calibrated preset will: the chosen heads and the engine rule's threshold."""
+    options: dict[str, Any] = {"prefilter_heads": heads.chosen} if heads is not None else {}
+    own = next((result for result in results if result.rule == engine.rule.name), None)
+    if own is not None:
+        options["threshold"] = own.chosen.threshold
+    return options
+
+
+def measure_memory(
+    engine: LycheeMemory, samples: Sequence[QASample], options: dict[str, Any], show_progress: bool
+) -> MemoryResult:
+    """Answer ``samples`` with every memory strategy; the most answered wins, a tie the fewest decoded tokens."""
+    names = [name for name in typing.get_args(MemoryMode) if name in MEMORY_STRATEGIES]  # those a setting can name
+    readers = {name: engine_variant(engine, memory=name, **options) for name in names}
+    correct = dict.fromkeys(readers, 0)
+    decoded = dict.fromkeys(readers, 0)
+    with progress_bar(len(samples), "answering with each memory", show_progress, unit="question") as bar:
+        for sample in samples:
+            bank = engine.ingest(sample.context, show_progress=False)
+            for name, reader in readers.items():
+                answer = reader.ask(sample.question, bank, show_progress=False)
+                correct[name] += int(sub_em(answer.text, sample.answers))
+                decoded[name] += answer.token_counts["memory_tokens"] + answer.token_counts["answer_tokens"]
+            bar.update(1)
+    chosen = min(readers, key=lambda name: (-correct[name], decoded[name], name != "notes"))
+    return MemoryResult(correct, decoded, len(samples), chosen)
+
+
 def calibrate(engine: LycheeMemory, settings: CalibrationSettings, command: str = "") -> Calibration:
     """Measure thresholds, heads and read mode for the engine's model and compressor; return them as a preset."""
     rules = _rules(engine, settings.rules)
@@ -347,17 +394,21 @@ def calibrate(engine: LycheeMemory, settings: CalibrationSettings, command: str 
         heads = probe_heads(raw, probe, heldout, count=settings.head_count, show_progress=settings.show_progress)
     read_mode = None
     if not settings.skip_read_mode:
-        options: dict[str, Any] = {"prefilter_heads": heads.chosen} if heads is not None else {}
-        own = next((result for result in results if result.rule == engine.rule.name), None)
-        if own is not None:
-            options["threshold"] = own.chosen.threshold
+        options = _answering_options(results, heads, engine)
         read_mode = measure_read_mode(engine, probe[: settings.read_questions], options, settings.show_progress)
+    memory = None
+    if not settings.skip_memory:
+        chosen_options = _answering_options(results, heads, engine)
+        if read_mode is not None:
+            chosen_options["read_mode"] = read_mode.chosen
+        memory = measure_memory(engine, probe[: settings.read_questions], chosen_options, settings.show_progress)
     preset = ModelPreset(
         name=engine.loaded.resolved.spec,
         architecture={key: getattr(engine.loaded.config, key, None) for key in ARCHITECTURE_KEYS},
         compressor=compressor if compressor in TRAINING_FREE else None,
         chunk_tokens=engine.chunk_tokens,
         read_mode=read_mode.chosen if read_mode is not None else None,
+        memory=memory.chosen if memory is not None else None,
         thresholds={(result.compressor, result.rule): result.chosen.threshold for result in results},
         prefilter_heads=tuple(heads.chosen) if heads is not None else (),
         fingerprint=engine.loaded.fingerprint(),
@@ -365,7 +416,7 @@ def calibrate(engine: LycheeMemory, settings: CalibrationSettings, command: str 
         source="calibrated",
     )
     calibration = Calibration(
-        preset, shipped_preset_for(engine.loaded.config), results, heads, read_mode, len(probe), len(heldout)
+        preset, shipped_preset_for(engine.loaded.config), results, heads, read_mode, len(probe), len(heldout), memory
     )
     evidence = _evidence(calibration, settings, engine, command)
     return dataclasses.replace(calibration, preset=dataclasses.replace(preset, evidence=evidence))
@@ -399,6 +450,13 @@ def _read_mode_text(result: ReadModeResult) -> str:
     )
 
 
+def _memory_text(result: MemoryResult) -> str:
+    return ", ".join(
+        f"{name} {result.correct[name]}/{result.questions} ({result.decoded[name]} tokens decoded)"
+        for name in result.correct
+    )
+
+
 def _evidence(calibration: Calibration, settings: CalibrationSettings, engine: LycheeMemory, command: str) -> str:
     """The preset's evidence: what was measured, on what, by which command, and the numbers."""
     source = source_name(settings.families[0], task_source(settings.families[0], settings.data))
@@ -427,6 +485,12 @@ def _evidence(calibration: Calibration, settings: CalibrationSettings, engine: L
     if calibration.read_mode is not None:
         mode = calibration.read_mode
         parts.append(f"Read mode {mode.chosen}: questions answered (sub_em) {_read_mode_text(mode)}.")
+    if calibration.memory is not None:
+        memory = calibration.memory
+        parts.append(
+            f"Memory {memory.chosen} (most answered, a tie to fewer decoded tokens): questions answered (sub_em) "
+            f"{_memory_text(memory)}."
+        )
     return " ".join(parts)
 
 
@@ -459,6 +523,10 @@ def format_table(calibration: Calibration) -> str:
         lines.append(
             f"| read mode | {mode.chosen} | {before(shipped.read_mode if same else None)} | {_read_mode_text(mode)} |"
         )
+    if calibration.memory is not None:
+        memory = calibration.memory
+        shipped_memory = shipped.memory if shipped is not None else None
+        lines.append(f"| memory | {memory.chosen} | {before(shipped_memory)} | {_memory_text(memory)} |")
     lines.append(f"| chunk tokens | {preset.chunk_tokens} | {before(shipped.chunk_tokens if shipped else None)} | |")
     for result in calibration.rules:
         if result.chosen.fact_hits == 0:
@@ -489,6 +557,8 @@ def merge_earlier(preset: ModelPreset, path: Path) -> tuple[ModelPreset, list[st
         updates["prefilter_heads"], kept = earlier.prefilter_heads, [*kept, "prefilter heads"]
     if preset.read_mode is None and earlier.read_mode is not None and earlier.compressor == preset.compressor:
         updates["read_mode"], kept = earlier.read_mode, [*kept, "read mode"]
+    if preset.memory is None and earlier.memory is not None:
+        updates["memory"], kept = earlier.memory, [*kept, "memory"]
     if kept:
         updates["evidence"] = f"{preset.evidence} Kept from the earlier calibration: {earlier.evidence}"
     return dataclasses.replace(preset, **updates), kept

@@ -21,6 +21,7 @@ CompressorKind = Literal["auto", "learned", "beacon", "attention", "key_norm", "
 GateRuleName = Literal["auto", "query_likelihood", "prompt", "trained", "all"]
 PrefilterName = Literal["keys", "off"]
 ReadMode = Literal["auto", "kv", "text"]
+MemoryMode = Literal["auto", "notes", "excerpts"]  # "auto" -> the model's preset, else "notes" (working_memory.py)
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 AttentionName = Literal["auto", "sdpa", "eager", "flash_attention_2", "triton"]
 
@@ -30,6 +31,8 @@ DEFAULT_RATIO = 4
 DEFAULT_CHUNK_TOKENS = 4096
 SMALL_MODEL_WINDOW = 16384  # models with a shorter context window default to SMALL_MODEL_CHUNK_TOKENS
 SMALL_MODEL_CHUNK_TOKENS = 1024
+DEFAULT_EXCERPT_READ_TOKENS = 96  # excerpt memory: tokens kept per block read, and in all (ReasonerSettings)
+DEFAULT_EXCERPT_TOTAL_TOKENS = 384
 INGEST_BATCH_SIZE = {"cpu": 1, "cuda": 4}  # chunks per forward by device type (others: the CPU value)
 # Scores this close to the gate threshold are scored again alone (see gate.py). Measured batch-vs-alone
 # differences of gate gains on SmolLM2-135M (12K-token needle bank, batches of 8 vs 1, CPU): at most 4.3e-6 nats
@@ -209,6 +212,51 @@ class ReasonerSettings(_Settings):
     repeat_ngram: int = Field(
         16, ge=0, description="stop a generation whose last n tokens repeat an earlier n-gram (a loop); 0 = off"
     )
+    memory: MemoryMode = Field(
+        "auto",
+        description="working memory: notes = the reasoner rewrites notes from each block read; excerpts = the block's "
+        "most relevant sentences are kept verbatim with their spans (no decoding) and the answer reads them; "
+        "auto = the model's preset, else notes",
+    )
+    excerpt_read_tokens: int | None = Field(
+        None,
+        ge=1,
+        description=f"excerpts: at most this many tokens of sentences kept from one block read; None = "
+        f"{DEFAULT_EXCERPT_READ_TOKENS} (or the total cap when smaller)",
+    )
+    excerpt_total_tokens: int | None = Field(
+        None,
+        ge=1,
+        description=f"excerpts: the whole memory's cap; past it the least relevant sentences (re-scored against the "
+        f"question and the other excerpts) are dropped whole, never cut; at most max_memory_tokens; None = "
+        f"{DEFAULT_EXCERPT_TOTAL_TOKENS} (or max_memory_tokens when smaller)",
+    )
+    excerpt_query_tokens: int = Field(
+        128,
+        ge=1,
+        description="excerpts: the most relevant excerpts up to this many tokens are stage-1 queries (its cost grows "
+        "with them)",
+    )
+
+    @model_validator(mode="after")
+    def _excerpt_budgets(self) -> ReasonerSettings:
+        if self.excerpt_total_tokens is not None and self.excerpt_total_tokens > self.max_memory_tokens:
+            raise ValueError(
+                f"excerpt_total_tokens ({self.excerpt_total_tokens}) cannot exceed max_memory_tokens "
+                f"({self.max_memory_tokens}): the prompts are budgeted for that much memory"
+            )
+        if self.excerpt_read_tokens is not None and self.excerpt_read_tokens > self.excerpt_budgets[1]:
+            raise ValueError(
+                f"excerpt_read_tokens ({self.excerpt_read_tokens}) cannot exceed the excerpts' total cap "
+                f"({self.excerpt_budgets[1]}): one read could never be kept"
+            )
+        return self
+
+    @property
+    def excerpt_budgets(self) -> tuple[int, int]:
+        """(tokens kept per read, tokens kept in all) of the excerpt memory, defaults applied."""
+        total = self.excerpt_total_tokens or min(DEFAULT_EXCERPT_TOTAL_TOKENS, self.max_memory_tokens)
+        return self.excerpt_read_tokens or min(DEFAULT_EXCERPT_READ_TOKENS, total), total
 
 
 DEFAULT_UPDATE_TEMPLATE = (
@@ -388,6 +436,10 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "prefilter_heads": ("gate", "prefilter_heads"),
     "read_mode": ("reasoner", "read_mode"),
     "reasoner_weights": ("reasoner", "weights"),
+    "memory": ("reasoner", "memory"),
+    "excerpt_read_tokens": ("reasoner", "excerpt_read_tokens"),
+    "excerpt_total_tokens": ("reasoner", "excerpt_total_tokens"),
+    "excerpt_query_tokens": ("reasoner", "excerpt_query_tokens"),
     "max_memory_tokens": ("reasoner", "max_memory_tokens"),
     "max_answer_tokens": ("reasoner", "max_answer_tokens"),
     "temperature": ("reasoner", "temperature"),

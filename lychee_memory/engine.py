@@ -88,7 +88,8 @@ class LycheeMemory:
         self.threshold = self.config.gate.threshold
         reading, batch = self.config.reasoner, self.config.gate.batch_size
         self.reasoner = Reasoner(loaded, self.prompts, reading, reading.read_mode, batch, self.opening)
-        self.memory_strategy: MemoryStrategy = memory_strategy()  # how the working memory changes on a read
+        # How the working memory changes on a read (reasoner.memory: notes, or excerpts kept verbatim).
+        self.memory_strategy: MemoryStrategy = memory_strategy(reading.memory, reading)
         self.lock = threading.RLock()
         self.block_cache = BlockCache(int(self.config.compressor.block_cache_mb * 2**20))  # index-only banks' blocks
         start = self.opening.num_slots if self.opening is not None else len(self.prompts.block_opening_ids())

@@ -29,7 +29,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, PlainSerializer, Strict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from .config import CompressorKind, GateRuleName, PromptSettings, ReadMode
+from .config import CompressorKind, GateRuleName, MemoryMode, PromptSettings, ReadMode
 from .errors import ConfigurationError
 
 PRESET_FORMAT = "lychee-preset/1"
@@ -47,6 +47,7 @@ SHIPPED = "shipped"
 _COMPRESSORS = tuple(kind for kind in typing.get_args(CompressorKind) if kind != "auto")
 _RULES = tuple(rule for rule in typing.get_args(GateRuleName) if rule != "auto")
 _READ_MODES = tuple(mode for mode in typing.get_args(ReadMode) if mode != "auto")
+_MEMORY_MODES = tuple(mode for mode in typing.get_args(MemoryMode) if mode != "auto")
 
 
 # What each preset field accepts (the messages end up after "field 'NAME'") -----------------------------------
@@ -169,6 +170,7 @@ class ModelPreset:
     compressor: Annotated[str, _one_of(_COMPRESSORS)] | None = None
     chunk_tokens: Annotated[int, _whole(1, "a positive integer")] | None = None
     read_mode: Annotated[str, _one_of(_READ_MODES)] | None = None
+    memory: Annotated[str, _one_of(_MEMORY_MODES)] | None = None  # the reasoner's memory strategy (notes, excerpts)
     thresholds: _Thresholds = dataclasses.field(default_factory=dict)  # (compressor, gate rule) -> threshold
     # PromptSettings fields replacing untouched defaults
     prompts: Annotated[dict[str, _Text], AfterValidator(_prompts)] = dataclasses.field(default_factory=dict)
@@ -356,6 +358,7 @@ _OPTIONAL_FIELDS = (
     "compressor",
     "chunk_tokens",
     "read_mode",
+    "memory",
     "thresholds",
     "prompts",
     "stop_strings",
@@ -373,6 +376,7 @@ _WRITTEN = (  # in the order a file has them
     "compressor",
     "chunk_tokens",
     "read_mode",
+    "memory",
     "thresholds",
     "prompts",
     "stop_strings",

@@ -139,4 +139,6 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
             # text inside the chat turn: compression loses exact names and numbers, and even raw KV sits
             # outside the chat turn of an instruct model (measured on SmolLM2, see presets.py).
             resolved.reasoner.read_mode = "kv" if trained else "text"
+    if resolved.reasoner.memory == "auto":
+        resolved.reasoner.memory = preset.memory if preset is not None and preset.memory is not None else "notes"
     return resolved

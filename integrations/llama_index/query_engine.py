@@ -38,12 +38,13 @@ dispatcher = instrument.get_dispatcher(__name__)
 
 
 def answer_metadata(answer: Answer) -> dict[str, Any]:
-    """What a Response's metadata carries besides the text: working memory, timings and token counts."""
+    """What a Response's metadata carries besides the text: working memory, timings, token counts, evidence."""
     return {
         "memory": answer.memory,
         "memory_steps": list(answer.memory_steps),
         "timings": dict(answer.timings),
         "token_counts": dict(answer.token_counts),
+        "evidence": [excerpt.to_dict() for excerpt in answer.evidence],
     }
 
 

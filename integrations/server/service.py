@@ -354,4 +354,5 @@ def answer_json(answer: Answer, queued: float = 0.0) -> dict[str, Any]:
         "blocks": [block_json(block) for block in answer.blocks],
         "timings": timings,
         "tokens": answer.token_counts,
+        "evidence": [excerpt.to_dict() for excerpt in answer.evidence],
     }

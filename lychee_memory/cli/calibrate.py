@@ -68,6 +68,7 @@ def _command_calibrate(args: argparse.Namespace, actions: list[argparse.Action])
         head_count=args.head_count,
         skip_heads=args.skip_heads,
         skip_read_mode=args.skip_read_mode,
+        skip_memory=args.skip_memory,
         read_questions=args.read_questions,
         show_progress=not args.no_progress,
     )
@@ -132,7 +133,13 @@ def add_calibrate_command(commands: Any) -> None:
     add("--head-count", type=int, default=8, help="prefilter heads to choose (default 8)")
     add("--skip-heads", action="store_true", help="do not probe the prefilter heads")
     add("--skip-read-mode", action="store_true", help="do not compare the kv and text read modes")
-    add("--read-questions", type=int, default=4, help="questions answered in each read mode (default 4)")
+    add("--skip-memory", action="store_true", help="do not compare the memory strategies (notes, excerpts)")
+    add(
+        "--read-questions",
+        type=int,
+        default=4,
+        help="questions answered in each read mode and each memory strategy (default 4)",
+    )
     add("--out", default=None, help="preset file to write (default: the user presets dir, which the engine reads)")
     add("--data", default=None, help="dataset dir for a SQuAD haystack (default: the generated one)")
     add("--sample-seed", type=int, default=0, help="seed of the probe samples (held out: +1)")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from ..blocks import MemoryBank
 from ..config import GateSettings
+from ..excerpts import Excerpt
 from ..model_loading import LoadedModel
 from ..prompts import PromptBuilder
 from .rules import GateRule, ScoreRequest
@@ -69,6 +70,13 @@ class ScanState:
     judged: dict[int, int] = field(default_factory=dict)
     fallback_done: bool = False
     reached: int = 0  # how far the first sweep got (for progress)
+    excerpts: list[Excerpt] = field(default_factory=list)  # the sentences an excerpt memory keeps (none with notes)
+    query_memory: str | None = None  # what of the memory stage 1 uses as queries (None: all of it)
+
+    @property
+    def stage_one_memory(self) -> str:
+        """The memory as stage-1 queries: capped by the memory strategy (excerpts), else the whole memory."""
+        return self.memory if self.query_memory is None else self.query_memory
 
     def pending(self, index: int) -> bool:
         return self.judged.get(index) != self.version and index not in self.selected
@@ -222,7 +230,7 @@ class GateScan:
         """``indices`` best first by stage 1 under the current memory (document order without a prefilter)."""
         if self.prefilter is None or not indices:
             return list(indices)
-        scores, missing = self.prefilter.rank(bank, state.question, state.memory, list(indices))
+        scores, missing = self.prefilter.rank(bank, state.question, state.stage_one_memory, list(indices))
         ranked = sorted(scores, key=lambda index: (-scores[index], index))
         return sorted(missing) + ranked
 
@@ -244,7 +252,7 @@ class GateScan:
             state.candidates = None if state.candidates is None else remaining
             return
         started = time.perf_counter()
-        scores, missing = self.prefilter.rank(bank, state.question, state.memory, remaining)
+        scores, missing = self.prefilter.rank(bank, state.question, state.stage_one_memory, remaining)
         picked = choose_candidates(scores, self.settings.candidates, self.settings.candidate_margin)
         state.candidates = sorted(set(picked) | set(missing))  # a block without an index is judged by the rule
         state.candidate_history.append(list(state.candidates))
