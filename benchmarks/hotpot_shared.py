@@ -1,0 +1,105 @@
+"""HotpotQA in one shared haystack: both-gold coverage, sub_em and supporting-fact recall per method and block size.
+
+For each length one haystack holds the gold paragraphs of the shared file's questions (as many as fit in
+--gold-share of it) among all the questions' other paragraphs (eval.shared_haystack); it is ingested once per
+block size and every question is asked with every method. Methods are named engine-setting overrides
+(``NAME`` or ``NAME:section.field=value;...``); each RAG variant (eval.shared_bench.RAG_VARIANTS, MiniLM over
+256-token chunks) retrieves, per question, as many tokens as that method's run read. Questions are split as the
+gate trainer split them: its held-out ~40 % confirm what the others tuned; every measure is given per split,
+with exact 95 % intervals and paired wins/losses against each RAG (eval.paired).
+
+    python benchmarks/hotpot_shared.py --data ../shared/data --lengths 28k --block-tokens 256,512,1024 --n 10
+    python benchmarks/hotpot_shared.py --lengths 28k,56k --method default \\
+        --method excerpts:reasoner.memory=excerpts --method hybrid:gate.prefilter=hybrid --rag rag
+
+Writes records.jsonl, summary.md (shares, paired table, banks) and shares.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def block_sizes(text: str) -> list[int | None]:
+    """``"256,512,1024"`` -> sizes; ``preset`` (or an empty value) keeps the engine's own block size."""
+    sizes: list[int | None] = []
+    for item in filter(None, (piece.strip() for piece in text.split(","))):
+        if item == "preset":
+            sizes.append(None)
+        elif item.isdigit() and int(item) > 0:
+            sizes.append(int(item))
+        else:
+            raise SystemExit(f"--block-tokens: {item!r} is neither a positive number of tokens nor 'preset'")
+    return sizes or [None]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None, help="dataset directory holding hotpotqa/ (else $LYCHEE_DATA_DIR)")
+    parser.add_argument("--hotpot-file", type=Path, default=None, help="a HotpotQA JSON file instead of --data's")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--lengths", default="28k")
+    parser.add_argument("--block-tokens", default="preset", help="comma-separated block sizes, or 'preset'")
+    parser.add_argument("--method", action="append", default=None, help="NAME[:key=value;...] (repeat; default: default)")
+    parser.add_argument("--rag", action="append", default=None, help="RAG variant (repeat; default: rag)")
+    parser.add_argument("--n", type=int, default=0, help="questions asked per length, alternating splits (0 = all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gold-share", type=float, default=None, help="largest share of a length that is gold")
+    parser.add_argument("--engine-option", action="append", default=[], help="key=value for every method's engine")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hotpot_shared"))
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    from lychee_memory import LycheeMemory
+    from lychee_memory.eval.shared_bench import (
+        parse_method,
+        parse_methods,
+        plot_shares,
+        rag_variants,
+        run_shared,
+        summary_markdown,
+    )
+    from lychee_memory.eval.shared_haystack import DEFAULT_GOLD_SHARE, build_shared_haystack
+    from lychee_memory.eval.tasks import TokenCounter, data_dir, load_hotpot, parse_lengths
+
+    methods = parse_methods(args.method or ["default"])
+    rags = rag_variants(args.rag if args.rag is not None else ["rag"])
+    sizes = block_sizes(args.block_tokens)
+    rows = json.loads(args.hotpot_file.read_text()) if args.hotpot_file else load_hotpot(data_dir(args.data))
+    common = parse_method("all:" + ";".join(args.engine_option)).options
+    base = LycheeMemory.from_pretrained(args.model, show_progress=not args.quiet, **common)
+    count = TokenCounter(base.loaded.tokenizer)
+    args.out.mkdir(parents=True, exist_ok=True)
+    records, banks = [], []
+    with open(args.out / "records.jsonl", "w", encoding="utf-8") as log:
+        for length in parse_lengths(args.lengths):
+            haystack = build_shared_haystack(rows, count, length, args.seed, args.gold_share or DEFAULT_GOLD_SHARE)
+            asked = list(haystack.questions)
+            if args.n:  # alternate the splits so a small n samples both
+                tuning = [q for q in asked if q.split == "tuning"]
+                confirming = [q for q in asked if q.split == "confirming"]
+                mixed = [q for pair in zip(tuning, confirming) for q in pair]
+                mixed += tuning[len(confirming) :] + confirming[len(tuning) :]
+                asked = mixed[: args.n]
+            print(
+                f"{length} tokens: {haystack.paragraphs} paragraphs (~{haystack.tokens} tokens), "
+                f"{len(haystack.questions)} questions in it ({len(haystack.left_out)} left out), {len(asked)} asked",
+                flush=True,
+            )
+            for record in run_shared(base, haystack, methods, sizes, rags, asked, not args.quiet, banks):
+                records.append(record)
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+    summary = summary_markdown(records, banks)
+    command = "python benchmarks/hotpot_shared.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    (args.out / "summary.md").write_text(f"`{command}`\n\n{summary}\n", encoding="utf-8")
+    (args.out / "banks.json").write_text(json.dumps(banks, indent=2), encoding="utf-8")
+    plot_shares(records, args.out / "shares.png")
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
