@@ -43,30 +43,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--lengths", default="28k")
     parser.add_argument("--block-tokens", default="preset", help="comma-separated block sizes, or 'preset'")
-    parser.add_argument("--method", action="append", default=None, help="NAME[:key=value;...] (repeat; default: default)")
-    parser.add_argument("--rag", action="append", default=None, help="RAG variant (repeat; default: rag)")
+    parser.add_argument(
+        "--method", action="append", default=None, help="NAME[:key=value;...] (repeat; default: default)"
+    )
+    parser.add_argument(
+        "--rag", action="append", default=None, help="RAG variant (repeat; default: rag; none = no RAG)"
+    )
     parser.add_argument("--n", type=int, default=0, help="questions asked per length, alternating splits (0 = all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gold-share", type=float, default=None, help="largest share of a length that is gold")
     parser.add_argument("--engine-option", action="append", default=[], help="key=value for every method's engine")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hotpot_shared"))
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--from-records",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="write the summary and plot of earlier runs' records.jsonl files (their banks.json beside them) to --out",
+    )
     args = parser.parse_args(argv)
+
+    if args.from_records:
+        return write_outputs(read_runs(args.from_records), args.out, argv)
 
     from lychee_memory import LycheeMemory
     from lychee_memory.eval.shared_bench import (
         parse_method,
         parse_methods,
-        plot_shares,
         rag_variants,
         run_shared,
-        summary_markdown,
     )
     from lychee_memory.eval.shared_haystack import DEFAULT_GOLD_SHARE, build_shared_haystack
     from lychee_memory.eval.tasks import TokenCounter, data_dir, load_hotpot, parse_lengths
 
     methods = parse_methods(args.method or ["default"])
-    rags = rag_variants(args.rag if args.rag is not None else ["rag"])
+    rags = rag_variants([name for name in args.rag or ["rag"] if name != "none"])
     sizes = block_sizes(args.block_tokens)
     rows = json.loads(args.hotpot_file.read_text()) if args.hotpot_file else load_hotpot(data_dir(args.data))
     common = parse_method("all:" + ";".join(args.engine_option)).options
@@ -93,11 +105,30 @@ def main(argv: list[str] | None = None) -> None:
                 records.append(record)
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+                (args.out / "banks.json").write_text(json.dumps(banks, indent=2), encoding="utf-8")
+    write_outputs((records, banks), args.out, argv)
+
+
+def read_runs(paths: list[Path]) -> tuple[list[dict], list[dict]]:
+    """Records and bank rows of earlier runs (a run stopped early still has every record it finished)."""
+    records, banks = [], []
+    for path in paths:
+        records += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if (path.parent / "banks.json").is_file():
+            banks += json.loads((path.parent / "banks.json").read_text(encoding="utf-8"))
+    return records, banks
+
+
+def write_outputs(run: tuple[list[dict], list[dict]], out: Path, argv: list[str] | None) -> None:
+    """summary.md (with the command) and shares.png in ``out``; the summary is printed too."""
+    from lychee_memory.eval.shared_bench import plot_shares, summary_markdown
+
+    records, banks = run
+    out.mkdir(parents=True, exist_ok=True)
     summary = summary_markdown(records, banks)
     command = "python benchmarks/hotpot_shared.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    (args.out / "summary.md").write_text(f"`{command}`\n\n{summary}\n", encoding="utf-8")
-    (args.out / "banks.json").write_text(json.dumps(banks, indent=2), encoding="utf-8")
-    plot_shares(records, args.out / "shares.png")
+    (out / "summary.md").write_text(f"`{command}`\n\n{summary}\n", encoding="utf-8")
+    plot_shares(records, out / "shares.png")
     print(summary)
 
 

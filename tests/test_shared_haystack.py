@@ -154,8 +154,12 @@ def test_paired_comparison_against_a_hand_computed_case():
 
 
 def test_methods_are_names_with_dotted_overrides(engine_factory):
-    method = parse_method("few:gate.max_relevant_blocks=2;reasoner.stop_strings=[\"\\n\"], read_mode=text")
-    assert method.options == {"gate": {"max_relevant_blocks": 2}, "reasoner": {"stop_strings": ["\n"]}, "read_mode": "text"}
+    method = parse_method('few:gate.max_relevant_blocks=2;reasoner.stop_strings=["\\n"], read_mode=text')
+    assert method.options == {
+        "gate": {"max_relevant_blocks": 2},
+        "reasoner": {"stop_strings": ["\n"]},
+        "read_mode": "text",
+    }
     engine = method_engine(engine_factory(), method, 32)
     assert engine.config.gate.max_relevant_blocks == 2 and engine.chunk_tokens == 32
     assert engine.config.reasoner.read_mode == "text"
@@ -182,8 +186,8 @@ def test_the_script_explains_itself():
     assert "--block-tokens" in result.stdout and "--method" in result.stdout and "confirm" in result.stdout
 
 
-def test_the_script_runs_end_to_end_on_a_tiny_model(rows, tmp_path):
-    pytest.importorskip("llama_index.core")
+def run_script(rows: list[dict], tmp_path: Path, rag: str) -> tuple[list[dict], Path]:
+    """The script in this process on the tiny model: two questions, two block sizes, two methods."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         import hotpot_shared
@@ -193,35 +197,59 @@ def test_the_script_runs_end_to_end_on_a_tiny_model(rows, tmp_path):
     data.write_text(json.dumps(rows))
     out = tmp_path / "out"
     argv = ["--hotpot-file", str(data), "--model", "tiny-random-llama", "--lengths", "600", "--block-tokens"]
-    argv += ["48,96", "--method", "default", "--method", "one:gate.max_relevant_blocks=1", "--out", str(out)]
+    argv += ["48,96", "--method", "every:gate.rule=all", "--method", "one:gate.rule=all;gate.max_relevant_blocks=1"]
+    argv += ["--out", str(out)]
     argv += ["--engine-option", "max_memory_tokens=8", "--engine-option", "max_answer_tokens=4", "--quiet"]
-    hotpot_shared.main(argv)
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 2 * 2 * 4  # questions x block sizes x (2 methods + RAG matched to each)
-    assert {(r["block_tokens"], r["method"]) for r in records} == {
-        (size, name) for size in (48, 96) for name in ("default", "one", "rag@default", "rag@one")
-    }
+    hotpot_shared.main([*argv, "--rag", rag])
+    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()], out
+
+
+def check_evidence_measures(rows: list[dict], records: list[dict]) -> None:
+    """Each record's fact recall and both-gold flag against an independent reference: a supporting sentence is
+    held when its text lies inside one merged piece of the record's evidence."""
     haystack = build_shared_haystack(rows, _tiny_counter(), 600, 0)
-    context = haystack.context
-    by_id = {q.sample_id: q for q in haystack.questions}
+    context, by_id = haystack.context, {q.sample_id: q for q in haystack.questions}
     for record in records:
-        # independent reference: a supporting sentence is held when its text lies inside one merged evidence piece
         pieces = [context[s:e] for s, e in merge_spans(tuple(span) for span in record["spans"])]
-        question = by_id[record["sample_id"]]
-        found = [any(context[s:e] in piece for piece in pieces) for s, e in question.facts]
+        found = [any(context[s:e] in piece for piece in pieces) for s, e in by_id[record["sample_id"]].facts]
         assert record["fact_recall"] == pytest.approx(sum(found) / len(found))
         assert record["both_gold"] == all(found)  # one fact per gold paragraph in these records
-        if record["method"] == "one":
-            assert record["blocks_read"] <= 1
+
+
+def test_the_script_runs_end_to_end_on_a_tiny_model(rows, tmp_path):
+    records, out = run_script(rows, tmp_path, "none")
+    assert len(records) == 2 * 2 * 2  # questions x block sizes x methods
+    assert {(r["block_tokens"], r["method"]) for r in records} == {
+        (size, name) for size in (48, 96) for name in ("every", "one")
+    }
+    assert all(r["blocks_read"] <= 1 for r in records if r["method"] == "one")
+    assert all(r["blocks_read"] > 1 for r in records if r["method"] == "every")  # each override reached its engine
+    check_evidence_measures(rows, records)
+    summary = (out / "summary.md").read_text()
+    splits = {r["split"] for r in records}
+    assert all(f"| {split} | 48 | one |" in summary and f"| {split} | 96 | every |" in summary for split in splits)
+    assert "| all | 48 | one | 2 |" in summary
+    assert (out / "shares.png").stat().st_size > 1000
+
+
+@pytest.mark.slow  # loading LlamaIndex and MiniLM takes 10-60 s on the shared 2-core machine
+def test_the_script_matches_rag_tokens_to_each_method(rows, tmp_path):
+    pytest.importorskip("llama_index.core")
+    records, out = run_script(rows, tmp_path, "rag")
+    assert len(records) == 2 * 2 * 4  # questions x block sizes x (2 methods + RAG matched to each)
+    check_evidence_measures(rows, records)
+    for record in records:
         if record["kind"] == "rag":
             matched = next(
-                r for r in records if r["method"] == record["matched_to"] and r["sample_id"] == record["sample_id"]
+                r
+                for r in records
+                if r["method"] == record["matched_to"]
+                and r["sample_id"] == record["sample_id"]
                 and r["block_tokens"] == record["block_tokens"]
             )
             assert record["top_k"] == max(1, round(matched["tokens_read"] / 256))
-    summary = (out / "summary.md").read_text()
-    assert "confirming" in summary and "rag@one" in summary and "| 48 |" in summary
-    assert (out / "shares.png").stat().st_size > 1000
+            assert record["evidence"] == "chunks" and record["blocks_read"] == record["top_k"]
+    assert "| all | 96 | one | rag@one |" in (out / "summary.md").read_text()
 
 
 def _tiny_counter():

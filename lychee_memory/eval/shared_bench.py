@@ -193,7 +193,10 @@ def run_shared(
                         if key not in rag_answers:
                             rag.top_k = top_k
                             began = time.perf_counter()
-                            rag_answers[key] = (rag.ask(question.question, rag_indexes[name]), time.perf_counter() - began)
+                            rag_answers[key] = (
+                                rag.ask(question.question, rag_indexes[name]),
+                                time.perf_counter() - began,
+                            )
                         rag_answer, rag_seconds = rag_answers[key]
                         rag_row = _record(haystack, engine.chunk_tokens, question, f"{name}@{method.name}", rag_answer)
                         rag_row.update(

@@ -56,7 +56,7 @@ class SharedHaystack:
 
 
 def question_split_name(question: str) -> str:
-    """"tuning" or "confirming": the gate trainer's split of this question (held out = confirming)."""
+    """The split a question belongs to, "tuning" or "confirming": the gate trainer's (held out = confirming)."""
     return SPLIT_NAMES[question_split(question)]
 
 
