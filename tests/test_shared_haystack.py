@@ -186,13 +186,18 @@ def test_the_script_explains_itself():
     assert "--block-tokens" in result.stdout and "--method" in result.stdout and "confirm" in result.stdout
 
 
-def run_script(rows: list[dict], tmp_path: Path, rag: str) -> tuple[list[dict], Path]:
-    """The script in this process on the tiny model: two questions, two block sizes, two methods."""
+def script():
+    """The benchmark script as a module."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         import hotpot_shared
     finally:
         sys.path.remove(str(SCRIPT.parent))
+    return hotpot_shared
+
+
+def run_script(rows: list[dict], tmp_path: Path, rag: str) -> tuple[list[dict], Path]:
+    """The script in this process on the tiny model: two questions, two block sizes, two methods."""
     data = tmp_path / "hotpot.json"
     data.write_text(json.dumps(rows))
     out = tmp_path / "out"
@@ -200,7 +205,7 @@ def run_script(rows: list[dict], tmp_path: Path, rag: str) -> tuple[list[dict], 
     argv += ["48,96", "--method", "every:gate.rule=all", "--method", "one:gate.rule=all;gate.max_relevant_blocks=1"]
     argv += ["--out", str(out)]
     argv += ["--engine-option", "max_memory_tokens=8", "--engine-option", "max_answer_tokens=4", "--quiet"]
-    hotpot_shared.main([*argv, "--rag", rag])
+    script().main([*argv, "--rag", rag])
     return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()], out
 
 
@@ -230,6 +235,10 @@ def test_the_script_runs_end_to_end_on_a_tiny_model(rows, tmp_path):
     assert all(f"| {split} | 48 | one |" in summary and f"| {split} | 96 | every |" in summary for split in splits)
     assert "| all | 48 | one | 2 |" in summary
     assert (out / "shares.png").stat().st_size > 1000
+    # a run's records are enough to write its summary again (runs stopped early, runs merged)
+    script().main(["--from-records", str(out / "records.jsonl"), "--out", str(tmp_path / "again")])
+    again = (tmp_path / "again" / "summary.md").read_text()
+    assert again.split("\n", 1)[1] == summary.split("\n", 1)[1]  # all but the command line
 
 
 @pytest.mark.slow  # loading LlamaIndex and MiniLM takes 10-60 s on the shared 2-core machine
