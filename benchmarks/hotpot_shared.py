@@ -124,6 +124,17 @@ def write_outputs(run: tuple[list[dict], list[dict]], out: Path, argv: list[str]
     from lychee_memory.eval.shared_bench import plot_shares, summary_markdown
 
     records, banks = run
+    groups: dict[tuple, set[str]] = {}
+    for record in records:
+        groups.setdefault((record["length"], record["block_tokens"], record["method"]), set()).add(record["sample_id"])
+    common = {  # per length, the questions every block size and method answered (runs stopped early differ)
+        length: set.intersection(*[ids for key, ids in groups.items() if key[0] == length])
+        for length in {key[0] for key in groups}
+    }
+    kept = [record for record in records if record["sample_id"] in common[record["length"]]]
+    if len(kept) != len(records):
+        print(f"kept the questions every block size and method answered: {len(kept)} of {len(records)} records")
+        records = kept
     out.mkdir(parents=True, exist_ok=True)
     summary = summary_markdown(records, banks)
     command = "python benchmarks/hotpot_shared.py " + " ".join(argv if argv is not None else sys.argv[1:])

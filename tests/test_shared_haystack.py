@@ -232,8 +232,10 @@ def test_the_script_runs_end_to_end_on_a_tiny_model(rows, tmp_path):
     check_evidence_measures(rows, records)
     summary = (out / "summary.md").read_text()
     splits = {r["split"] for r in records}
-    assert all(f"| {split} | 48 | one |" in summary and f"| {split} | 96 | every |" in summary for split in splits)
-    assert "| all | 48 | one | 2 |" in summary
+    assert all(
+        f"| {split} | 600 | 48 | one |" in summary and f"| {split} | 600 | 96 | every |" in summary for split in splits
+    )
+    assert "| all | 600 | 48 | one | 2 |" in summary
     assert (out / "shares.png").stat().st_size > 1000
     # a run's records are enough to write its summary again (runs stopped early, runs merged)
     script().main(["--from-records", str(out / "records.jsonl"), "--out", str(tmp_path / "again")])
@@ -258,7 +260,7 @@ def test_the_script_matches_rag_tokens_to_each_method(rows, tmp_path):
             )
             assert record["top_k"] == max(1, round(matched["tokens_read"] / 256))
             assert record["evidence"] == "chunks" and record["blocks_read"] == record["top_k"]
-    assert "| all | 96 | one | rag@one |" in (out / "summary.md").read_text()
+    assert "| all | 600 | 96 | one | rag@one |" in (out / "summary.md").read_text()
 
 
 def _tiny_counter():

@@ -220,11 +220,11 @@ def _in_split(rows: Sequence[dict[str, Any]], split: str) -> list[dict[str, Any]
     return [row for row in rows if split == "all" or row["split"] == split]
 
 
-def _groups(records: Sequence[dict[str, Any]]) -> dict[tuple[int, str], list[dict[str, Any]]]:
-    """Records by (block size, method), in first-seen order."""
-    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+def _groups(records: Sequence[dict[str, Any]]) -> dict[tuple[int, int, str], list[dict[str, Any]]]:
+    """Records by (length, block size, method), in first-seen order."""
+    groups: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
     for row in records:
-        groups.setdefault((row["block_tokens"], row["method"]), []).append(row)
+        groups.setdefault((row["length"], row["block_tokens"], row["method"]), []).append(row)
     return groups
 
 
@@ -240,21 +240,21 @@ def _mean(values: Sequence[float | None]) -> str:
 
 
 def share_table(records: Sequence[dict[str, Any]]) -> str:
-    """Markdown: per split and (block size, method), both-gold and sub_em shares with 95 % Clopper-Pearson
+    """Markdown: per split and (length, block size, method), both-gold and sub_em shares with 95 % Clopper-Pearson
     intervals, mean supporting-fact recall, blocks and tokens read, median seconds per question."""
     lines = [
-        "| split | block | method | n | both gold [95% CI] | sub_em [95% CI] | fact recall | blocks read | "
+        "| split | length | block | method | n | both gold [95% CI] | sub_em [95% CI] | fact recall | blocks read | "
         "tokens read | s/question (median) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for split in SPLITS:
-        for (block, method), rows in _groups(records).items():
+        for (length, block, method), rows in _groups(records).items():
             chosen = _in_split(rows, split)
             if not chosen:
                 continue
             seconds = statistics.median(row["seconds"] for row in chosen)
             lines.append(
-                f"| {split} | {block} | {method} | {len(chosen)} | {_share(chosen, 'both_gold')} | "
+                f"| {split} | {length} | {block} | {method} | {len(chosen)} | {_share(chosen, 'both_gold')} | "
                 f"{_share(chosen, 'sub_em')} | {_mean([row['fact_recall'] for row in chosen])} | "
                 f"{_mean([row['blocks_read'] for row in chosen])} | {_mean([row['tokens_read'] for row in chosen])} | "
                 f"{seconds:.1f} |"
@@ -266,17 +266,17 @@ def paired_table(records: Sequence[dict[str, Any]]) -> str:
     """Markdown: each LycheeMemory method against each RAG variant at its matched tokens, per split, paired by
     question: wins/losses/ties, the difference of shares with its exact 95 % interval, and the sign-test p."""
     lines = [
-        "| split | block | method | vs | both gold: +wins/-losses (=ties), diff [95% CI], p | sub_em: same |",
-        "|---|---|---|---|---|---|",
+        "| split | length | block | method | vs | both gold: +wins/-losses (=ties), diff [95% CI], p | sub_em: same |",
+        "|---|---|---|---|---|---|---|",
     ]
     groups = _groups(records)
     for split in SPLITS:
-        for (block, method), rows in groups.items():
+        for (length, block, method), rows in groups.items():
             if rows[0]["kind"] != "lychee":
                 continue
             mine = {row["sample_id"]: row for row in _in_split(rows, split)}
-            for (other_block, other), others in groups.items():
-                if other_block != block or others[0].get("matched_to") != method:
+            for (other_length, other_block, other), others in groups.items():
+                if (other_length, other_block) != (length, block) or others[0].get("matched_to") != method:
                     continue
                 theirs = {row["sample_id"]: row for row in _in_split(others, split)}
                 shared = [sample for sample in mine if sample in theirs]
@@ -288,7 +288,7 @@ def paired_table(records: Sequence[dict[str, Any]]) -> str:
                         [bool(mine[s][key]) for s in shared], [bool(theirs[s][key]) for s in shared]
                     )
                     cells.append(comparison.describe())
-                lines.append(f"| {split} | {block} | {method} | {other} | {cells[0]} | {cells[1]} |")
+                lines.append(f"| {split} | {length} | {block} | {method} | {other} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -313,10 +313,13 @@ def summary_markdown(records: Sequence[dict[str, Any]], banks: Sequence[dict[str
 
 
 def plot_shares(records: Sequence[dict[str, Any]], path: Path) -> None:
-    """PNG: both-gold share and sub_em per (block size, method), tuning and confirming bars, 95 % CP bars."""
+    """PNG: both-gold share and sub_em per (length, block size, method), tuning and confirming bars, 95 % CP bars."""
     plt = pyplot()
     groups = _groups(records)
-    labels = [f"{method}\n{block}" for block, method in groups]
+    lengths = {length for length, _, _ in groups}
+    labels = [
+        f"{method}\n{block}" + (f" @{length // 1000}K" if len(lengths) > 1 else "") for length, block, method in groups
+    ]
     figure, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(labels) + 3), 4.6), sharey=True)
     width = 0.38
     for axis, key, title in zip(axes, ("both_gold", "sub_em"), ("both gold paragraphs in the evidence", "sub_em")):
