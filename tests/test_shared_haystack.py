@@ -117,7 +117,8 @@ def test_coverage_and_fact_recall_against_hand_computed_values():
     block = SimpleNamespace(char_start=0, char_end=100)
     excerpt = SimpleNamespace(char_start=10, char_end=20)
     assert answer_evidence(SimpleNamespace(blocks=[block])) == ("blocks", [(0, 100)])
-    assert answer_evidence(SimpleNamespace(blocks=[block], excerpts=[excerpt])) == ("excerpts", [(10, 20)])
+    assert answer_evidence(SimpleNamespace(blocks=[block], evidence=[])) == ("blocks", [(0, 100)])
+    assert answer_evidence(SimpleNamespace(blocks=[block], evidence=[excerpt])) == ("excerpts", [(10, 20)])
 
 
 # Exact intervals -------------------------------------------------------------------------------------------

@@ -54,8 +54,9 @@ def spans_of(items: Iterable[Any]) -> list[Span]:
 
 def answer_evidence(answer: Any) -> tuple[str, list[Span]]:
     """(what, spans) of the evidence that reached ``answer``: ``"excerpts"`` when the answer reports kept
-    excerpts (an excerpt memory's ``excerpts``, each with ``char_start``/``char_end``), else ``"blocks"`` read."""
-    excerpts = getattr(answer, "excerpts", None)
+    excerpts (an excerpt memory's ``Answer.evidence``, each with ``char_start``/``char_end``), else ``"blocks"``
+    read (a notes memory's answer has no excerpts; engines from before the excerpt memory have no ``evidence``)."""
+    excerpts = getattr(answer, "evidence", None)
     if excerpts:
         return "excerpts", spans_of(excerpts)
     return "blocks", spans_of(answer.blocks)
