@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rag", action="append", default=None, help="RAG variant (repeat; default: rag; none = no RAG)"
     )
-    parser.add_argument("--n", type=int, default=0, help="questions asked per length, alternating splits (0 = all)")
+    parser.add_argument("--n", type=int, default=0, help="questions asked per length, splits alternating (0 = all)")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first SKIP questions of that order")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gold-share", type=float, default=None, help="largest share of a length that is gold")
     parser.add_argument("--engine-option", action="append", default=[], help="key=value for every method's engine")
@@ -89,13 +90,12 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.out / "records.jsonl", "w", encoding="utf-8") as log:
         for length in parse_lengths(args.lengths):
             haystack = build_shared_haystack(rows, count, length, args.seed, args.gold_share or DEFAULT_GOLD_SHARE)
-            asked = list(haystack.questions)
-            if args.n:  # alternate the splits so a small n samples both
-                tuning = [q for q in asked if q.split == "tuning"]
-                confirming = [q for q in asked if q.split == "confirming"]
-                mixed = [q for pair in zip(tuning, confirming) for q in pair]
-                mixed += tuning[len(confirming) :] + confirming[len(tuning) :]
-                asked = mixed[: args.n]
+            # the splits alternate, so a small --n samples both
+            tuning = [q for q in haystack.questions if q.split == "tuning"]
+            confirming = [q for q in haystack.questions if q.split == "confirming"]
+            mixed = [q for pair in zip(tuning, confirming) for q in pair]
+            mixed += tuning[len(confirming) :] + confirming[len(tuning) :]
+            asked = mixed[args.skip : args.skip + args.n] if args.n else mixed[args.skip :]
             print(
                 f"{length} tokens: {haystack.paragraphs} paragraphs (~{haystack.tokens} tokens), "
                 f"{len(haystack.questions)} questions in it ({len(haystack.left_out)} left out), {len(asked)} asked",
