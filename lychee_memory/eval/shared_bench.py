@@ -1,0 +1,347 @@
+"""Every question of a shared haystack asked with every method, at each block size, with RAG at matched tokens.
+
+A method is a name with engine-setting overrides written as dotted ``key=value`` pairs (``excerpts:reasoner.memory=
+excerpts``; plain flat names such as ``gate=trained`` work too), so settings added later need no change here. The
+haystack is ingested once per block size (and per bank recipe, when a method's overrides change how blocks are
+built); each RAG variant indexes it once and, per question and method, retrieves as many tokens as that method's
+run read. Records are one dict per (block size, question, method) with the measures of ``eval.evidence``; the
+summary and plot compare shares per split with exact intervals and paired wins/losses (``eval.paired``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import EngineConfig
+from ..engine import LycheeMemory
+from ..errors import ConfigurationError
+from ..progress import progress_bar
+from .evidence import answer_evidence, fact_recall, paragraphs_covered, spans_of
+from .metrics import sub_em
+from .paired import clopper_pearson, paired_comparison
+from .plots import pyplot
+from .rag import RagBaseline
+from .shared_haystack import SPLIT_NAMES, SharedHaystack
+
+RAG_CHUNK_TOKENS = 256
+# RAG variants by name: each builds a retriever-answerer over an engine (``top_k`` set per question, ``build``
+# and ``ask`` as RagBaseline's). A new variant is one line here.
+RAG_VARIANTS: dict[str, Callable[[LycheeMemory], Any]] = {
+    "rag": lambda engine: RagBaseline(engine, chunk_tokens=RAG_CHUNK_TOKENS, show_progress=False),
+}
+PROMPT_ALLOWANCE = 512  # tokens of a RAG prompt besides its chunks (template, question): room kept for them
+SPLITS = (*SPLIT_NAMES.values(), "all")
+
+
+@dataclass(frozen=True)
+class NamedMethod:
+    """A LycheeMemory configuration under test: a name and the engine options it overrides."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)  # EngineConfig.from_kwargs options (sections nested)
+
+
+def setting_value(text: str) -> Any:
+    """A setting's value from text: JSON when it parses (numbers, true/false, null, lists), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_method(text: str) -> NamedMethod:
+    """``"name"`` or ``"name:section.field=value;flat_option=value"`` (``,`` also separates pairs)."""
+    name, _, settings = text.partition(":")
+    name = name.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+        raise ConfigurationError(f"method name {name!r} in {text!r}: use letters, digits, _ . + -")
+    options: dict[str, Any] = {}
+    for pair in filter(None, (piece.strip() for piece in re.split(r"[;,]", settings))):
+        key, equals, value = pair.partition("=")
+        key = key.strip()
+        if not equals or not key:
+            raise ConfigurationError(f"setting {pair!r} of method {name!r} is not KEY=VALUE")
+        parts = key.split(".")
+        if len(parts) > 2 or not all(parts):
+            raise ConfigurationError(f"setting {key!r} of method {name!r}: use section.field or a flat option name")
+        if len(parts) == 2:
+            section = options.setdefault(parts[0], {})
+            if not isinstance(section, dict):
+                raise ConfigurationError(f"method {name!r} sets {parts[0]!r} both as a name and as a section")
+            section[parts[1]] = setting_value(value.strip())
+        else:
+            options[key] = setting_value(value.strip())
+    return NamedMethod(name, options)
+
+
+def parse_methods(texts: Sequence[str]) -> list[NamedMethod]:
+    """Methods from their texts; names must differ and must not be a RAG variant's."""
+    methods = [parse_method(text) for text in texts]
+    names = [method.name for method in methods]
+    if not methods:
+        raise ConfigurationError("no methods given")
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"a method name is given twice: {', '.join(names)}")
+    taken = set(names) & set(RAG_VARIANTS)
+    if taken:
+        raise ConfigurationError(f"method names {sorted(taken)} are RAG variants' names; choose others")
+    return methods
+
+
+def rag_variants(names: Sequence[str]) -> list[str]:
+    """The named RAG variants, checked against the registry."""
+    unknown = [name for name in names if name not in RAG_VARIANTS]
+    if unknown:
+        raise ConfigurationError(f"unknown RAG variant(s) {unknown}; known: {', '.join(RAG_VARIANTS)}")
+    return list(dict.fromkeys(names))
+
+
+def method_engine(base: LycheeMemory, method: NamedMethod, block_tokens: int | None) -> LycheeMemory:
+    """An engine over ``base``'s loaded model with the method's overrides and the block size (None: the base's)."""
+    options = {**method.options, **({"chunk_tokens": block_tokens} if block_tokens else {})}
+    return LycheeMemory(base.loaded, EngineConfig.from_kwargs(base.config, **options))
+
+
+def _record(haystack: SharedHaystack, block_tokens: int, question: Any, method: str, answer: Any) -> dict[str, Any]:
+    what, spans = answer_evidence(answer)
+    covered = paragraphs_covered(spans, question.gold_facts)
+    return {
+        "length": haystack.target_tokens,
+        "block_tokens": block_tokens,
+        "sample_id": question.sample_id,
+        "type": question.kind,
+        "split": question.split,
+        "method": method,
+        "answer": answer.text,
+        "answers": list(question.answers),
+        "sub_em": sub_em(answer.text, list(question.answers)),
+        "evidence": "chunks" if answer.mode == "rag" else what,
+        "gold": len(question.gold),
+        "gold_covered": covered,
+        "both_gold": covered == len(question.gold),
+        "fact_recall": fact_recall(spans, question.facts),
+        "blocks_read": len(answer.blocks),
+        "spans": [list(span) for span in spans],  # the evidence's character spans in the haystack
+    }
+
+
+def run_shared(
+    base: LycheeMemory,
+    haystack: SharedHaystack,
+    methods: Sequence[NamedMethod],
+    block_sizes: Sequence[int | None],
+    rags: Sequence[str],
+    questions: Sequence[Any] | None = None,
+    show_progress: bool = True,
+    banks: list[dict[str, Any]] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Records of every (block size, question, method), then of each RAG variant matched to that method.
+
+    ``banks``, when given, gains one dict per ingest (block size, recipe, blocks, bytes, seconds).
+    """
+    asked = list(haystack.questions if questions is None else questions)
+    rag_engines = {name: RAG_VARIANTS[name](base) for name in rags}
+    rag_indexes = {name: rag.build(haystack.context) for name, rag in rag_engines.items()}
+    rag_answers: dict[tuple[str, str, int], tuple[Any, float]] = {}
+    window = base.loaded.context_window - base.config.reasoner.max_answer_tokens - PROMPT_ALLOWANCE
+    for block_tokens in block_sizes:
+        engines = {method.name: method_engine(base, method, block_tokens) for method in methods}
+        built: dict[str, Any] = {}
+        for method in methods:
+            engine = engines[method.name]
+            recipe = repr(engine.identity)
+            if recipe not in built:
+                started = time.perf_counter()
+                bank = engine.ingest(haystack.context, show_progress=show_progress)
+                built[recipe] = bank
+                if banks is not None:
+                    banks.append(
+                        {
+                            "length": haystack.target_tokens,
+                            "block_tokens": engine.chunk_tokens,
+                            "methods": [m.name for m in methods if repr(engines[m.name].identity) == recipe],
+                            "blocks": len(bank),
+                            "resident_bytes": bank.resident_nbytes(),
+                            "ingest_seconds": round(time.perf_counter() - started, 2),
+                        }
+                    )
+        bar = progress_bar(len(asked) * len(methods), f"questions at {block_tokens or 'preset'}", show_progress, "ask")
+        with bar:
+            for question in asked:
+                for method in methods:
+                    engine = engines[method.name]
+                    bank = built[repr(engine.identity)]
+                    started = time.perf_counter()
+                    answer = engine.ask(question.question, bank, show_progress=False)
+                    seconds = time.perf_counter() - started
+                    tokens = sum(bank.spans[b.index].token_end - bank.spans[b.index].token_start for b in answer.blocks)
+                    row = _record(haystack, engine.chunk_tokens, question, method.name, answer)
+                    row.update(kind="lychee", tokens_read=tokens, seconds=round(seconds, 3))
+                    row["evidence_chars"] = sum(end - start for start, end in answer_evidence(answer)[1])
+                    yield row
+                    for name, rag in rag_engines.items():
+                        wanted = max(1, round(tokens / RAG_CHUNK_TOKENS))
+                        top_k = min(wanted, max(1, window // RAG_CHUNK_TOKENS), len(rag_indexes[name]))
+                        key = (name, question.sample_id, top_k)
+                        if key not in rag_answers:
+                            rag.top_k = top_k
+                            began = time.perf_counter()
+                            rag_answers[key] = (
+                                rag.ask(question.question, rag_indexes[name]),
+                                time.perf_counter() - began,
+                            )
+                        rag_answer, rag_seconds = rag_answers[key]
+                        rag_row = _record(haystack, engine.chunk_tokens, question, f"{name}@{method.name}", rag_answer)
+                        rag_row.update(
+                            kind="rag",
+                            rag=name,
+                            matched_to=method.name,
+                            top_k=top_k,
+                            capped=top_k < wanted,
+                            tokens_read=int(rag_answer.token_counts.get("retrieved_tokens", 0)),
+                            seconds=round(rag_seconds, 3),
+                            evidence_chars=sum(end - start for start, end in spans_of(rag_answer.blocks)),
+                        )
+                        yield rag_row
+                    bar.update(1)
+
+
+# Summary ---------------------------------------------------------------------------------------------------
+
+
+def _in_split(rows: Sequence[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    return [row for row in rows if split == "all" or row["split"] == split]
+
+
+def _groups(records: Sequence[dict[str, Any]]) -> dict[tuple[int, int, str], list[dict[str, Any]]]:
+    """Records by (length, block size, method), in first-seen order."""
+    groups: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
+    for row in records:
+        groups.setdefault((row["length"], row["block_tokens"], row["method"]), []).append(row)
+    return groups
+
+
+def _share(rows: Sequence[dict[str, Any]], key: str) -> str:
+    hits = sum(bool(row[key]) for row in rows)
+    low, high = clopper_pearson(hits, len(rows))
+    return f"{hits}/{len(rows)} = {hits / len(rows):.0%} [{low:.0%}, {high:.0%}]" if rows else "-"
+
+
+def _mean(values: Sequence[float | None]) -> str:
+    kept = [value for value in values if value is not None]
+    return f"{statistics.fmean(kept):.2f}" if kept else "-"
+
+
+def share_table(records: Sequence[dict[str, Any]]) -> str:
+    """Markdown: per split and (length, block size, method), both-gold and sub_em shares with 95 % Clopper-Pearson
+    intervals, mean supporting-fact recall, blocks and tokens read, median seconds per question."""
+    lines = [
+        "| split | length | block | method | n | both gold [95% CI] | sub_em [95% CI] | fact recall | blocks read | "
+        "tokens read | s/question (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for split in SPLITS:
+        for (length, block, method), rows in _groups(records).items():
+            chosen = _in_split(rows, split)
+            if not chosen:
+                continue
+            seconds = statistics.median(row["seconds"] for row in chosen)
+            lines.append(
+                f"| {split} | {length} | {block} | {method} | {len(chosen)} | {_share(chosen, 'both_gold')} | "
+                f"{_share(chosen, 'sub_em')} | {_mean([row['fact_recall'] for row in chosen])} | "
+                f"{_mean([row['blocks_read'] for row in chosen])} | {_mean([row['tokens_read'] for row in chosen])} | "
+                f"{seconds:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def paired_table(records: Sequence[dict[str, Any]]) -> str:
+    """Markdown: each LycheeMemory method against each RAG variant at its matched tokens, per split, paired by
+    question: wins/losses/ties, the difference of shares with its exact 95 % interval, and the sign-test p."""
+    lines = [
+        "| split | length | block | method | vs | both gold: +wins/-losses (=ties), diff [95% CI], p | sub_em: same |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    groups = _groups(records)
+    for split in SPLITS:
+        for (length, block, method), rows in groups.items():
+            if rows[0]["kind"] != "lychee":
+                continue
+            mine = {row["sample_id"]: row for row in _in_split(rows, split)}
+            for (other_length, other_block, other), others in groups.items():
+                if (other_length, other_block) != (length, block) or others[0].get("matched_to") != method:
+                    continue
+                theirs = {row["sample_id"]: row for row in _in_split(others, split)}
+                shared = [sample for sample in mine if sample in theirs]
+                if not shared:
+                    continue
+                cells = []
+                for key in ("both_gold", "sub_em"):
+                    comparison = paired_comparison(
+                        [bool(mine[s][key]) for s in shared], [bool(theirs[s][key]) for s in shared]
+                    )
+                    cells.append(comparison.describe())
+                lines.append(f"| {split} | {length} | {block} | {method} | {other} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def bank_table(banks: Sequence[dict[str, Any]]) -> str:
+    """Markdown: one row per ingest (block size, blocks, resident MB, seconds)."""
+    lines = ["| length | block | methods | blocks | bank MB | ingest s |", "|---|---|---|---|---|---|"]
+    for bank in banks:
+        lines.append(
+            f"| {bank['length']} | {bank['block_tokens']} | {', '.join(bank['methods'])} | {bank['blocks']} | "
+            f"{bank['resident_bytes'] / 2**20:.1f} | {bank['ingest_seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def summary_markdown(records: Sequence[dict[str, Any]], banks: Sequence[dict[str, Any]] = ()) -> str:
+    """The share table, the paired table and (when given) the ingests, as one markdown text."""
+    parts = ["## Shares per split", share_table(records), "", "## Paired against RAG at matched tokens"]
+    parts += [paired_table(records), ""]
+    if banks:
+        parts += ["## Banks", bank_table(banks), ""]
+    return "\n".join(parts)
+
+
+def plot_shares(records: Sequence[dict[str, Any]], path: Path) -> None:
+    """PNG: both-gold share and sub_em per (length, block size, method), tuning and confirming bars, 95 % CP bars."""
+    plt = pyplot()
+    groups = _groups(records)
+    lengths = {length for length, _, _ in groups}
+    labels = [
+        f"{method}\n{block}" + (f" @{length // 1000}K" if len(lengths) > 1 else "") for length, block, method in groups
+    ]
+    figure, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(labels) + 3), 4.6), sharey=True)
+    width = 0.38
+    for axis, key, title in zip(axes, ("both_gold", "sub_em"), ("both gold paragraphs in the evidence", "sub_em")):
+        for offset, split in ((-width / 2, "tuning"), (width / 2, "confirming")):
+            heights, errors = [], [[], []]
+            for rows in groups.values():
+                chosen = _in_split(rows, split)
+                hits = sum(bool(row[key]) for row in chosen)
+                share = hits / len(chosen) if chosen else 0.0
+                low, high = clopper_pearson(hits, len(chosen))
+                heights.append(100 * share)
+                errors[0].append(100 * (share - low))
+                errors[1].append(100 * (high - share))
+            positions = [index + offset for index in range(len(labels))]
+            axis.bar(positions, heights, width, yerr=errors, capsize=3, label=split)
+        axis.set_xticks(range(len(labels)))
+        axis.set_xticklabels(labels, fontsize=7)
+        axis.set_title(title)
+        axis.set_ylim(0, 100)
+        axis.grid(True, axis="y", alpha=0.3)
+    axes[0].set_ylabel("% of questions (95% Clopper-Pearson)")
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,272 @@
+"""HotpotQA in one shared haystack: the haystack, evidence coverage, supporting-fact recall, exact paired
+intervals, and the benchmark script end to end on a tiny model with fake HotpotQA records."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from lychee_memory.errors import ConfigurationError, DocumentError
+from lychee_memory.eval.evidence import answer_evidence, fact_recall, held, merge_spans, paragraphs_covered
+from lychee_memory.eval.paired import clopper_pearson, paired_comparison, sign_test_p
+from lychee_memory.eval.shared_bench import method_engine, parse_method, parse_methods, rag_variants
+from lychee_memory.eval.shared_haystack import build_shared_haystack, question_split_name
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+SCRIPT = REPOSITORY / "benchmarks" / "hotpot_shared.py"
+
+
+def fake_row(tag: str, answer: str, shared: tuple[str, list[str]] | None = None) -> dict:
+    """A HotpotQA record with 6 paragraphs: gold ``{tag} one`` (fact: sentence 1) and ``{tag} two`` (fact:
+    sentence 0), four distractors; ``shared`` replaces the last distractor (a paragraph of another record)."""
+    titles = [f"{tag} one", f"{tag} two", *(f"{tag} filler {i}" for i in range(4))]
+    sentences = [
+        [f"The {tag} tower stands by the river.", f" Its keeper was {answer} of {tag}ville.", " It has a bell."],
+        [f"{answer} of {tag}ville was born in the year {len(tag) + 1900}.", " He liked boats."],
+        *([f"Filler {tag} paragraph {i} talks about grain.", f" Barley grows in field {i}."] for i in range(4)),
+    ]
+    if shared is not None:
+        titles[-1], sentences[-1] = shared
+    return {
+        "question": f"When was the keeper of the {tag} tower born?",
+        "answer": answer,
+        "type": "bridge",
+        "supporting_facts": {"title": [f"{tag} one", f"{tag} two", f"{tag} two"], "sent_id": [1, 0, 7]},
+        "context": {"title": titles, "sentences": sentences},
+    }
+
+
+def words(title: str, text: str) -> int:
+    """A stand-in token counter: words plus the header."""
+    return len(text.split()) + 3
+
+
+def all_tokens(rows: list[dict]) -> int:
+    """Tokens of every distinct paragraph of ``rows``: a target that places each of them once."""
+    paragraphs = {(t, "".join(s)) for row in rows for t, s in zip(row["context"]["title"], row["context"]["sentences"])}
+    return sum(words(title, text) for title, text in paragraphs)
+
+
+@pytest.fixture
+def rows() -> list[dict]:
+    first = fake_row("Arvel", "Odile Fenwick")
+    second = fake_row("Kestrel", "Bram Holt", shared=(first["context"]["title"][0], first["context"]["sentences"][0]))
+    return [first, second]
+
+
+# The haystack ----------------------------------------------------------------------------------------------
+
+
+def test_every_gold_paragraph_appears_exactly_once_and_spans_point_at_it(rows):
+    haystack = build_shared_haystack(rows, words, all_tokens(rows), seed=3)
+    assert [q.sample_id for q in haystack.questions] == ["hotpot-0", "hotpot-1"]
+    # "Arvel one" is gold for the first record and a distractor of the second: still placed once.
+    for row in rows:
+        for title, sentences in zip(row["context"]["title"], row["context"]["sentences"]):
+            if title in row["supporting_facts"]["title"]:
+                assert haystack.context.count("".join(sentences)) == 1, title
+    assert haystack.paragraphs == 11  # 12 paragraphs, one shared
+    for question, row in zip(haystack.questions, rows):
+        gold = [haystack.context[start:end] for start, end in question.gold]
+        assert [piece.split("\n")[1] for piece in gold] == row["supporting_facts"]["title"][:2]
+        assert all(piece.startswith("Document ") for piece in gold)
+        # sentence 1 of paragraph one and sentence 0 of paragraph two; the out-of-range id 7 is skipped
+        expected = [[row["context"]["sentences"][0][1].strip()], [row["context"]["sentences"][1][0].strip()]]
+        assert [[haystack.context[s:e] for s, e in facts] for facts in question.gold_facts] == expected
+        for (start, end), facts in zip(question.gold, question.gold_facts):
+            assert all(start <= s < e <= end for s, e in facts)
+        assert question.split == question_split_name(row["question"])
+
+
+def test_the_haystack_is_deterministic_by_seed(rows):
+    target = all_tokens(rows)
+    first = build_shared_haystack(rows, words, target, seed=0)
+    assert build_shared_haystack(rows, words, target, seed=0) == first
+    assert any(build_shared_haystack(rows, words, target, seed=s).context != first.context for s in range(1, 6))
+
+
+def test_questions_whose_gold_does_not_fit_are_left_out(rows):
+    # each record's gold holds 18 + 13 words (+3 each) -> 37 tokens; 60 % of 100 fits one record only
+    haystack = build_shared_haystack(rows, words, 100, seed=0, gold_share=0.6)
+    assert [q.sample_id for q in haystack.questions] == ["hotpot-0"]
+    assert haystack.left_out == ("hotpot-1",)
+    with pytest.raises(DocumentError, match="fit"):
+        build_shared_haystack(rows, words, 20, seed=0)
+    with pytest.raises(ConfigurationError, match="gold_share"):
+        build_shared_haystack(rows, words, 100, gold_share=0)
+
+
+# Coverage and supporting-fact recall -----------------------------------------------------------------------
+
+
+def test_coverage_and_fact_recall_against_hand_computed_values():
+    assert merge_spans([(5, 10), (0, 3), (3, 4), (9, 12), (7, 7)]) == [(0, 4), (5, 12)]
+    assert held((2, 8), [(0, 5), (5, 9)])  # a sentence cut by a block boundary, both blocks read
+    assert not held((2, 8), [(0, 5), (6, 9)])
+    assert fact_recall([(0, 5), (5, 9)], [(2, 8), (10, 12), (0, 1)]) == pytest.approx(2 / 3)
+    assert fact_recall([(0, 5)], []) is None
+    gold_facts = [[(2, 8)], [(10, 12), (0, 1)], []]
+    assert paragraphs_covered([(0, 9)], gold_facts) == 1  # the second misses (10, 12); the third records none
+    assert paragraphs_covered([(0, 13)], gold_facts) == 2
+    block = SimpleNamespace(char_start=0, char_end=100)
+    excerpt = SimpleNamespace(char_start=10, char_end=20)
+    assert answer_evidence(SimpleNamespace(blocks=[block])) == ("blocks", [(0, 100)])
+    assert answer_evidence(SimpleNamespace(blocks=[block], evidence=[])) == ("blocks", [(0, 100)])
+    assert answer_evidence(SimpleNamespace(blocks=[block], evidence=[excerpt])) == ("excerpts", [(10, 20)])
+
+
+# Exact intervals -------------------------------------------------------------------------------------------
+
+
+def test_clopper_pearson_matches_closed_forms_and_tables():
+    assert clopper_pearson(0, 5) == pytest.approx((0.0, 1 - 0.025 ** (1 / 5)), abs=1e-9)
+    assert clopper_pearson(5, 5) == pytest.approx((0.025 ** (1 / 5), 1.0), abs=1e-9)
+    assert clopper_pearson(5, 10) == pytest.approx((0.187086, 0.812914), abs=1e-6)  # published table value
+    assert clopper_pearson(0, 0) == (0.0, 1.0)
+    with pytest.raises(ConfigurationError):
+        clopper_pearson(3, 2)
+
+
+def test_paired_comparison_against_a_hand_computed_case():
+    a = [True, True, True, False, True, False, False, True, False, False]
+    b = [False, False, False, False, True, False, False, True, False, False]
+    result = paired_comparison(a, b)
+    assert (result.n, result.wins, result.losses, result.ties) == (10, 3, 0, 7)
+    assert result.difference == pytest.approx(0.3)
+    lower = 0.025 ** (1 / 3)  # Clopper-Pearson lower bound of 3/3 wins
+    assert result.win_share_interval == pytest.approx((lower, 1.0), abs=1e-9)
+    assert result.difference_interval == pytest.approx((0.3 * (2 * lower - 1), 0.3), abs=1e-9)
+    assert result.p_value == pytest.approx(2 * 0.5**3)
+    assert sign_test_p(2, 2) == 1.0 and sign_test_p(0, 0) == 1.0
+    assert sign_test_p(1, 4) == pytest.approx(2 * (1 + 5) / 32)
+    assert paired_comparison(b, a).difference_interval == pytest.approx((-0.3, -0.3 * (2 * lower - 1)), abs=1e-9)
+    with pytest.raises(ConfigurationError, match="same questions"):
+        paired_comparison(a, b[:3])
+    assert not math.isnan(paired_comparison([], []).difference)
+
+
+# Methods ---------------------------------------------------------------------------------------------------
+
+
+def test_methods_are_names_with_dotted_overrides(engine_factory):
+    method = parse_method('few:gate.max_relevant_blocks=2;reasoner.stop_strings=["\\n"], read_mode=text')
+    assert method.options == {
+        "gate": {"max_relevant_blocks": 2},
+        "reasoner": {"stop_strings": ["\n"]},
+        "read_mode": "text",
+    }
+    engine = method_engine(engine_factory(), method, 32)
+    assert engine.config.gate.max_relevant_blocks == 2 and engine.chunk_tokens == 32
+    assert engine.config.reasoner.read_mode == "text"
+    with pytest.raises(ConfigurationError, match="KEY=VALUE"):
+        parse_method("bad:gate.rule")
+    with pytest.raises(ConfigurationError, match="section.field"):
+        parse_method("bad:a.b.c=1")
+    with pytest.raises(ConfigurationError, match="twice"):
+        parse_methods(["x", "x:gate=prompt"])
+    with pytest.raises(ConfigurationError, match="RAG"):
+        parse_methods(["rag"])
+    with pytest.raises(ConfigurationError, match="unknown RAG"):
+        rag_variants(["bm25-only"])
+    with pytest.raises(ConfigurationError, match="unknown option"):
+        method_engine(engine_factory(), parse_method("x:no_such_setting=1"), None)
+
+
+# The script ------------------------------------------------------------------------------------------------
+
+
+def test_the_script_explains_itself():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "--block-tokens" in result.stdout and "--method" in result.stdout and "confirm" in result.stdout
+
+
+def script():
+    """The benchmark script as a module."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import hotpot_shared
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return hotpot_shared
+
+
+def run_script(rows: list[dict], tmp_path: Path, rag: str) -> tuple[list[dict], Path]:
+    """The script in this process on the tiny model: two questions, two block sizes, two methods."""
+    data = tmp_path / "hotpot.json"
+    data.write_text(json.dumps(rows))
+    out = tmp_path / "out"
+    argv = ["--hotpot-file", str(data), "--model", "tiny-random-llama", "--lengths", "600", "--block-tokens"]
+    argv += ["48,96", "--method", "every:gate.rule=all", "--method", "one:gate.rule=all;gate.max_relevant_blocks=1"]
+    argv += ["--out", str(out)]
+    argv += ["--engine-option", "max_memory_tokens=8", "--engine-option", "max_answer_tokens=4", "--quiet"]
+    script().main([*argv, "--rag", rag])
+    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()], out
+
+
+def check_evidence_measures(rows: list[dict], records: list[dict]) -> None:
+    """Each record's fact recall and both-gold flag against an independent reference: a supporting sentence is
+    held when its text lies inside one merged piece of the record's evidence."""
+    haystack = build_shared_haystack(rows, _tiny_counter(), 600, 0)
+    context, by_id = haystack.context, {q.sample_id: q for q in haystack.questions}
+    for record in records:
+        pieces = [context[s:e] for s, e in merge_spans(tuple(span) for span in record["spans"])]
+        found = [any(context[s:e] in piece for piece in pieces) for s, e in by_id[record["sample_id"]].facts]
+        assert record["fact_recall"] == pytest.approx(sum(found) / len(found))
+        assert record["both_gold"] == all(found)  # one fact per gold paragraph in these records
+
+
+def test_the_script_runs_end_to_end_on_a_tiny_model(rows, tmp_path):
+    records, out = run_script(rows, tmp_path, "none")
+    assert len(records) == 2 * 2 * 2  # questions x block sizes x methods
+    assert {(r["block_tokens"], r["method"]) for r in records} == {
+        (size, name) for size in (48, 96) for name in ("every", "one")
+    }
+    assert all(r["blocks_read"] <= 1 for r in records if r["method"] == "one")
+    assert all(r["blocks_read"] > 1 for r in records if r["method"] == "every")  # each override reached its engine
+    check_evidence_measures(rows, records)
+    summary = (out / "summary.md").read_text()
+    splits = {r["split"] for r in records}
+    assert all(
+        f"| {split} | 600 | 48 | one |" in summary and f"| {split} | 600 | 96 | every |" in summary for split in splits
+    )
+    assert "| all | 600 | 48 | one | 2 |" in summary
+    assert (out / "shares.png").stat().st_size > 1000
+    # a run's records are enough to write its summary again (runs stopped early, runs merged)
+    script().main(["--from-records", str(out / "records.jsonl"), "--out", str(tmp_path / "again")])
+    again = (tmp_path / "again" / "summary.md").read_text()
+    assert again.split("\n", 1)[1] == summary.split("\n", 1)[1]  # all but the command line
+
+
+@pytest.mark.slow  # loading LlamaIndex and MiniLM takes 10-60 s on the shared 2-core machine
+def test_the_script_matches_rag_tokens_to_each_method(rows, tmp_path):
+    pytest.importorskip("llama_index.core")
+    records, out = run_script(rows, tmp_path, "rag")
+    assert len(records) == 2 * 2 * 4  # questions x block sizes x (2 methods + RAG matched to each)
+    check_evidence_measures(rows, records)
+    for record in records:
+        if record["kind"] == "rag":
+            matched = next(
+                r
+                for r in records
+                if r["method"] == record["matched_to"]
+                and r["sample_id"] == record["sample_id"]
+                and r["block_tokens"] == record["block_tokens"]
+            )
+            assert record["top_k"] == max(1, round(matched["tokens_read"] / 256))
+            assert record["evidence"] == "chunks" and record["blocks_read"] == record["top_k"]
+    assert "| all | 600 | 96 | one | rag@one |" in (out / "summary.md").read_text()
+
+
+def _tiny_counter():
+    from lychee_memory.config import ModelSettings
+    from lychee_memory.eval.tasks import TokenCounter
+    from lychee_memory.model_loading import load_model
+
+    return TokenCounter(load_model(ModelSettings(spec="tiny-random-llama")).tokenizer)
