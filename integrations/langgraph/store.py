@@ -265,6 +265,8 @@ class LycheeStore(BaseStore):
         if removed:
             assert bank is not None  # something stored was found
             engine.remove_documents(self._banks.open(engine, self._store, self.bank_name), removed)
+        if documents or removed:  # drop the old version now: its lease would keep removed blocks from gc
+            self._banks.open(engine, self._store, self.bank_name)
 
     def _document(self, op: PutOp, created: datetime.datetime | None, at: float) -> Document:
         if not isinstance(op.value, Mapping):
