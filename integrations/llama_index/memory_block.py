@@ -53,7 +53,10 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
     model: Any = Field(default=None, exclude=True, description="LycheeMemory engine, model spec or None.")
     store: Any = Field(default=None, exclude=True, description="MemoryStore, directory or URL; None: default store.")
     bank: str = Field(default=DEFAULT_BANK, description="The bank in the store that holds the messages.")
-    k: int = Field(default=3, ge=1, description="How many messages a recall returns at most.")
+    k: int = Field(default=2, ge=1, description="How many messages a recall returns at most.")
+    candidates: int = Field(
+        default=2, ge=1, description="The gate selects k x candidates blocks; recency then keeps the best k of them."
+    )
     retrieval_context_window: int = Field(default=5, ge=1, description="Recent messages the gate is asked about.")
     all_sessions: bool = Field(default=False, description="Recall from every session even when given a session id.")
     filters: Any = Field(default=None, exclude=True, description="A metadata filter every recall obeys.")
@@ -66,8 +69,9 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
     _filters: dict[str, Any] | None = PrivateAttr(default=None)
     _last_sources: list[dict[str, Any]] = PrivateAttr(default_factory=list)
 
-    def model_post_init(self, context: Any) -> None:
-        self._filters = to_lychee_filters(self.filters)
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        self._filters = to_lychee_filters(self.filters)  # a bad filter raises FilterError now, not at the first recall
         if isinstance(self.model, LycheeMemory):
             self._engine = self.model
 
@@ -85,7 +89,8 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
 
     @property
     def last_sources(self) -> list[dict[str, Any]]:
-        """The sources of the last recall, best first: document id, score, session, role, turn time and text."""
+        """The sources of the last recall, best first: document id, score, session, role, turn time, text and whether
+    the gate selected it (False: the best-scoring message it did not read, added to reach k)."""
         return list(self._last_sources)
 
     # Writing ---------------------------------------------------------------------------------------
@@ -160,8 +165,9 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
         view = bank if not filters else _matching(bank, filters)
         if view is None:
             return []
-        blocks = engine.select(query, view, k=self.k)
+        blocks = engine.select(query, view, k=self.k * self.candidates)
         best = best_per_document((block.document_id, block.score) for block in blocks)
+        chosen = {block.document_id for block in blocks if block.selected}
         by_id = {document.id: document for document in bank.documents}
         order = {document.id: position for position, document in enumerate(bank.documents)}
         ranked = newest_first_among_ties(
@@ -179,6 +185,7 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
                     "role": document.metadata.get(ROLE_KEY),
                     "turn_time": document.metadata.get(TIME_KEY),
                     "text": document.text,
+                    "selected": item.document_id in chosen,
                 }
             )
         return sources
