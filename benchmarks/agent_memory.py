@@ -22,7 +22,7 @@ import random
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 # attribute: (statement template, update template or None, probe question, values to draw from)
@@ -63,10 +63,25 @@ FACTS: dict[str, tuple[str, str | None, str, list[str]]] = {
         "Which football team do I support?",
         ["Rosenborg", "Celtic", "Boca Juniors", "Ajax", "Benfica"],
     ),
-    "pet": ("I have a cat called {v}.", None, "What is my cat called?", ["Miso", "Pickle", "Tofu", "Biscuit", "Juniper"]),
-    "allergy": ("I am allergic to {v}.", None, "What am I allergic to?", ["peanuts", "penicillin", "shellfish", "kiwi"]),
+    "pet": (
+        "I have a cat called {v}.",
+        None,
+        "What is my cat called?",
+        ["Miso", "Pickle", "Tofu", "Biscuit", "Juniper"],
+    ),
+    "allergy": (
+        "I am allergic to {v}.",
+        None,
+        "What am I allergic to?",
+        ["peanuts", "penicillin", "shellfish", "kiwi"],
+    ),
     "sister": ("My sister is called {v}.", None, "What is my sister's name?", ["Ingrid", "Marisol", "Yuki", "Agnes"]),
-    "instrument": ("I play the {v} in a band.", None, "Which instrument do I play?", ["cello", "oboe", "banjo", "tuba"]),
+    "instrument": (
+        "I play the {v} in a band.",
+        None,
+        "Which instrument do I play?",
+        ["cello", "oboe", "banjo", "tuba"],
+    ),
     "birthday": ("My birthday is in {v}.", None, "When is my birthday?", ["March", "July", "October", "January"]),
     "book": ("My favourite book is {v}.", None, "What is my favourite book?", ["Dune", "Middlemarch", "Solaris"]),
     "language": ("I am learning {v} at night school.", None, "Which language am I learning?", ["Finnish", "Korean"]),
@@ -168,7 +183,9 @@ def current(values: dict[str, list[str]], name: str) -> str:
 
 def passes(probe: Probe, recalled: str) -> bool:
     text = recalled.lower()
-    return all(value.lower() in text for value in probe.right) and not any(value.lower() in text for value in probe.stale)
+    return all(value.lower() in text for value in probe.right) and not any(
+        value.lower() in text for value in probe.stale
+    )
 
 
 def newer_first(probe: Probe, recalled: str) -> bool | None:
@@ -296,6 +313,7 @@ def main() -> None:
     }
     if not args.skip_vector:
         from llama_index.core.memory import VectorMemoryBlock
+
         from lychee_memory.eval.rag import minilm_embedding
 
         vector = VectorMemoryBlock(

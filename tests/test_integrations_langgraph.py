@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,11 +16,11 @@ pytest.importorskip("langgraph.store.base")
 
 from langgraph.store.base import GetOp, InvalidNamespaceError, ListNamespacesOp, PutOp, SearchOp  # noqa: E402
 from langgraph.store.memory import InMemoryStore  # noqa: E402
-
-from lychee_memory import FilterError, MemoryStore  # noqa: E402
 from lychee_memory.integrations.langgraph import LycheeStore  # noqa: E402
 
-from .conftest import make_engine  # noqa: E402
+from lychee_memory import FilterError, MemoryStore  # noqa: E402
+
+from .conftest import make_engine, requires_embedded_model  # noqa: E402
 from .test_shared_store import make_location  # noqa: E402
 
 ITEMS = [
@@ -253,3 +255,30 @@ def test_many_puts_in_one_batch_commit_once(engine, tmp_path):
     store.batch([PutOp(("bulk",), f"k{i}", {"text": f"Fact {i}: the code is {i * 7}."}) for i in range(200)])
     assert memory.bank_generation("langgraph") == 1
     assert len(store.search(("bulk",), limit=1000)) == 200
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "langgraph_memory.py"
+
+
+def run_example(*arguments: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), *arguments], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_langgraph_example_stores_in_one_thread_and_recalls_in_others(tmp_path):
+    output = run_example("--store", str(tmp_path / "store"))
+    assert output.count("-> stored: ") == 3 and output.count("-> recalled: ") == 2
+    recalled = [line.split("-> recalled: ")[1] for line in output.splitlines() if "-> recalled: " in line]
+    assert all("Bob" not in text for text in recalled)  # alice's namespace only, never bob's
+    assert set(recalled) <= {"My sister Ingrid lives in Bergen.", "I drink green tea every morning."}
+    assert "python examples/langgraph_memory.py --model smollm2-135m" in EXAMPLE.read_text()
+
+
+@requires_embedded_model
+@pytest.mark.slow
+def test_langgraph_example_on_the_embedded_default(tmp_path):
+    output = run_example("--model", "smollm2-135m", "--store", str(tmp_path / "store"))
+    assert "Where does my sister live?\n   -> recalled: My sister Ingrid lives in Bergen." in output

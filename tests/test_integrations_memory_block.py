@@ -9,10 +9,10 @@ import itertools
 import pytest
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.memory import BaseMemoryBlock, Memory
-
-from lychee_memory import FilterError, MemoryStore
 from lychee_memory.integrations.llama_index import LycheeMemoryBlock
 from lychee_memory.integrations.recency import Recalled, newest_first_among_ties
+
+from lychee_memory import FilterError, MemoryStore
 
 from .conftest import make_engine, requires_embedded_model
 

@@ -90,7 +90,7 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
     @property
     def last_sources(self) -> list[dict[str, Any]]:
         """The sources of the last recall, best first: document id, score, session, role, turn time, text and whether
-    the gate selected it (False: the best-scoring message it did not read, added to reach k)."""
+        the gate selected it (False: the best-scoring message it did not read, added to reach k)."""
         return list(self._last_sources)
 
     # Writing ---------------------------------------------------------------------------------------
