@@ -197,7 +197,8 @@ def newer_first(probe: Probe, recalled: str) -> bool | None:
     return text.index(new) < text.index(old)
 
 
-async def run_block(block: Any, script: Script, sessions_of: Any = None) -> dict[str, Any]:
+async def run_block(block: Any, script: Script, margins: list[float] | None = None) -> dict[str, dict[str, Any]]:
+    """Flush the conversation into ``block`` once, then run the probes (once per recency margin for Lychee)."""
     from llama_index.core.base.llms.types import ChatMessage
 
     flush_seconds = []
@@ -208,26 +209,31 @@ async def run_block(block: Any, script: Script, sessions_of: Any = None) -> dict
             session_id=f"session-{session}",
         )
         flush_seconds.append(time.perf_counter() - started)
-    results, get_seconds = [], []
-    for probe in script.probes:
-        started = time.perf_counter()
-        recalled = await block.aget([ChatMessage(role="user", content=probe.question)])
-        get_seconds.append(time.perf_counter() - started)
-        row: dict[str, Any] = {"kind": probe.kind, "question": probe.question, "recalled": recalled}
-        if probe.kind != "never":
-            row["pass"] = passes(probe, recalled)
-        if probe.kind == "updated":
-            row["newer_first"] = newer_first(probe, recalled)
-        if hasattr(block, "last_sources"):
-            row["gate_selected"] = any(source["selected"] for source in block.last_sources)
-        results.append(row)
-    return {
-        "probes": results,
-        "flush_seconds_mean": statistics.fmean(flush_seconds),
-        "seconds_per_turn": sum(flush_seconds) / (2 * len(script.exchanges)),
-        "aget_p50": statistics.median(get_seconds),
-        "aget_p95": sorted(get_seconds)[max(0, round(0.95 * len(get_seconds)) - 1)],
-    }
+    runs = {}
+    for margin in margins or [None]:
+        if margin is not None:
+            block.recency_margin = margin
+        results, get_seconds = [], []
+        for probe in script.probes:
+            started = time.perf_counter()
+            recalled = await block.aget([ChatMessage(role="user", content=probe.question)])
+            get_seconds.append(time.perf_counter() - started)
+            row: dict[str, Any] = {"kind": probe.kind, "question": probe.question, "recalled": recalled}
+            if probe.kind != "never":
+                row["pass"] = passes(probe, recalled)
+            if probe.kind == "updated":
+                row["newer_first"] = newer_first(probe, recalled)
+            if hasattr(block, "last_sources"):
+                row["gate_selected"] = any(source["selected"] for source in block.last_sources)
+            results.append(row)
+        runs["" if margin is None else f"_margin_{margin}"] = {
+            "probes": results,
+            "flush_seconds_mean": statistics.fmean(flush_seconds),
+            "seconds_per_turn": sum(flush_seconds) / (2 * len(script.exchanges)),
+            "aget_p50": statistics.median(get_seconds),
+            "aget_p95": sorted(get_seconds)[max(0, round(0.95 * len(get_seconds)) - 1)],
+        }
+    return runs
 
 
 def summary(run: dict[str, Any]) -> dict[str, Any]:
@@ -319,20 +325,20 @@ def main() -> None:
         vector = VectorMemoryBlock(
             name="vector", vector_store=text_vector_store(), embed_model=minilm_embedding(), similarity_top_k=args.k
         )
-        run = asyncio.run(run_block(vector, script))
+        run = asyncio.run(run_block(vector, script))[""]
         report["runs"]["vector_minilm"] = {**summary(run), "rows": run["probes"]}
         print("vector_minilm", json.dumps(summary(run)))
     from lychee_memory.integrations.engines import resolve_engine
     from lychee_memory.integrations.llama_index import LycheeMemoryBlock
 
     engine = resolve_engine(args.model)
-    for margin in [float(value) for value in args.margins.split(",")]:
-        with tempfile.TemporaryDirectory() as directory:
-            block = LycheeMemoryBlock(name="lychee", model=engine, store=directory, k=args.k, recency_margin=margin)
-            run = asyncio.run(run_block(block, script))
-        name = f"lychee_margin_{margin}"
-        report["runs"][name] = {**summary(run), "rows": run["probes"]}
-        print(name, json.dumps(summary(run)))
+    margins = [float(value) for value in args.margins.split(",")]
+    with tempfile.TemporaryDirectory() as directory:
+        block = LycheeMemoryBlock(name="lychee", model=engine, store=directory, k=args.k)
+        runs = asyncio.run(run_block(block, script, margins))
+    for suffix, run in runs.items():
+        report["runs"][f"lychee{suffix}"] = {**summary(run), "rows": run["probes"]}
+        print(f"lychee{suffix}", json.dumps(summary(run)))
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(report, handle, indent=1, default=str)

@@ -18,6 +18,10 @@ DEFAULT_RECENCY_MARGIN = 0.25
 benchmarks/agent_memory.py, where it turned stale-first recalls of updated facts into fresh-first ones)."""
 
 
+TIE_TOLERANCE = 1e-4
+"""Scores closer than this fraction of the largest one count as equal (then the newer document leads)."""
+
+
 @dataclass(frozen=True)
 class Recalled:
     """One recalled document: its id, its best block score and when it was written (larger is newer)."""
@@ -37,7 +41,8 @@ def best_per_document(scored: Iterable[tuple[str, float]]) -> dict[str, float]:
 
 
 def newest_first_among_ties(recalled: Sequence[Recalled], margin: float = DEFAULT_RECENCY_MARGIN) -> list[Recalled]:
-    """``recalled`` best first: gate score plus the recency bonus; equal adjusted scores go newest first."""
+    """``recalled`` best first: gate score plus the recency bonus; equal adjusted scores (to TIE_TOLERANCE) go newest
+    first."""
     if margin < 0:
         raise ValueError(f"recency margin must be 0 or more, got {margin!r}")
     if not recalled:
@@ -45,7 +50,9 @@ def newest_first_among_ties(recalled: Sequence[Recalled], margin: float = DEFAUL
     scores = [item.score for item in recalled]
     spread = max(scores) - min(scores)
     ranks = _time_ranks([item.time for item in recalled])
-    adjusted = [item.score + margin * spread * rank for item, rank in zip(recalled, ranks)]
+    # Scores equal to about 4 significant digits are ties: one text scored in two batch rows differs in the last bits.
+    quantum = max(1e-12, TIE_TOLERANCE * max(abs(score) for score in scores))
+    adjusted = [round((item.score + margin * spread * rank) / quantum) for item, rank in zip(recalled, ranks)]
     order = sorted(range(len(recalled)), key=lambda i: (-adjusted[i], -recalled[i].time))
     return [recalled[i] for i in order]
 

@@ -179,3 +179,19 @@ def test_works_alone_on_the_embedded_default(tmp_path, monkeypatch):
         return await block.aget([chat("user", "Where does my sister live?")])
 
     assert "Bergen" in asyncio.run(run())
+
+
+def test_recall_decodes_nothing_and_leaves_the_engine_as_it_was(engine, tmp_path, monkeypatch):
+    block = LycheeMemoryBlock(name="m", model=engine, store=tmp_path / "s", k=2)
+    asyncio.run(block.aput([chat("user", f"Fact {index}: the ferry leaves at {index} o'clock.") for index in range(6)]))
+    bank = engine.open_bank("agent_memory", store=MemoryStore(tmp_path / "s"))
+    updates: list[int] = []
+    original = engine.reasoner.update
+    monkeypatch.setattr(engine.reasoner, "update", lambda requests: updates.append(len(requests)) or original(requests))
+    engine.select("When does the ferry leave?", bank, k=2)
+    assert updates  # the engine's own select writes notes for the blocks it reads: the check below can fail
+    updates.clear()
+    strategy = engine.memory_strategy
+    asyncio.run(block.aget([chat("user", "When does the ferry leave?")]))
+    assert len(block.last_sources) == 2 and updates == []
+    assert engine.memory_strategy is strategy

@@ -45,6 +45,7 @@ from lychee_memory import ConfigurationError, Document, LycheeMemory, MemoryBank
 
 from ..banks import OpenBanks, StoreChoice
 from ..engines import ModelChoice, call_engine, resolve_engine
+from ..recall import recall
 from ..recency import DEFAULT_RECENCY_MARGIN, Recalled, best_per_document, newest_first_among_ties
 from .filters import check_filter, matches
 
@@ -223,7 +224,7 @@ class LycheeStore(BaseStore):
         wanted = op.offset + op.limit
         ranked: list[StoredItem] = []
         if indexed:
-            blocks = engine.select(op.query, bank.view([stored.document_id for stored in indexed]), k=wanted)
+            blocks = recall(engine, op.query, bank.view([stored.document_id for stored in indexed]), wanted)
             best = best_per_document((block.document_id, block.score) for block in blocks)
             by_id = {stored.document_id: stored for stored in indexed}
             order = newest_first_among_ties(

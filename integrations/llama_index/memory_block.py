@@ -27,6 +27,7 @@ from lychee_memory import Document, DocumentFilter, LycheeMemory, MemoryBank, Me
 
 from ..banks import OpenBanks
 from ..engines import call_engine_async, resolve_engine
+from ..recall import recall
 from ..recency import DEFAULT_RECENCY_MARGIN, Recalled, best_per_document, newest_first_among_ties
 from .nodes import to_lychee_filters
 
@@ -153,7 +154,7 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
         return text[-MAX_QUERY_CHARS:].strip()
 
     def recall(self, query: str, session: str | None = None) -> list[dict[str, Any]]:
-        """The messages recalled for ``query`` (gate selection, no decoding), best first, as source dicts."""
+        """The messages recalled for ``query`` (the gate's selection, nothing decoded), best first, as source dicts."""
         engine = self.engine
         store = self.memory_store
         if not store.has_bank(self.bank):
@@ -165,7 +166,7 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
         view = bank if not filters else _matching(bank, filters)
         if view is None:
             return []
-        blocks = engine.select(query, view, k=self.k * self.candidates)
+        blocks = recall(engine, query, view, self.k * self.candidates)
         best = best_per_document((block.document_id, block.score) for block in blocks)
         chosen = {block.document_id for block in blocks if block.selected}
         by_id = {document.id: document for document in bank.documents}
