@@ -11,6 +11,7 @@ selected something, Lychee only). Both blocks are flushed the same exchanges (on
 and return the same number of messages (k). Latency: seconds per flush and per turn, p50/p95 of ``_aget``.
 
     python benchmarks/agent_memory.py --turns 320 --seed 0 --k 2 --out agent_memory.json
+    python benchmarks/agent_memory.py --puts 1000 --batches 1,100 --model tiny-random-llama   # LangGraph puts
 """
 
 from __future__ import annotations
@@ -299,6 +300,44 @@ def text_vector_store() -> Any:
     return TextVectorStore()
 
 
+def measure_puts(model: str | None, count: int, batch: int) -> dict[str, Any]:
+    """``count`` LycheeStore puts, one ``put`` each (batch 1) or ``batch`` PutOps per ``batch()`` call: seconds per
+    put and the manifest bytes written per put (the bank's manifest is rewritten whole at each commit)."""
+    from langgraph.store.base import PutOp
+    from lychee_memory.integrations.engines import resolve_engine
+    from lychee_memory.integrations.langgraph import LycheeStore
+
+    from lychee_memory import MemoryStore
+
+    engine = resolve_engine(model)
+    with tempfile.TemporaryDirectory() as directory:
+        store = LycheeStore(store=directory, model=engine)
+        handle = MemoryStore(directory)
+        written = 0
+        started = time.perf_counter()
+        for start in range(0, count, batch):
+            ops = [
+                PutOp(
+                    ("bench", f"user{index % 10}"),
+                    f"k{index}",
+                    {"text": f"Fact {index}: locker {index} holds {index * 7} keys."},
+                )
+                for index in range(start, min(count, start + batch))
+            ]
+            store.batch(ops)
+            written += handle.bank_parts("langgraph").manifests
+        seconds = time.perf_counter() - started
+        final = handle.bank_parts("langgraph").manifests
+    return {
+        "puts": count,
+        "batch": batch,
+        "seconds_per_put": round(seconds / count, 5),
+        "manifest_bytes_per_put": round(written / count),
+        "final_manifest_bytes": final,
+        "manifest_bytes_per_item": round(final / count),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=320)
@@ -308,7 +347,17 @@ def main() -> None:
     parser.add_argument("--margins", default="0,0.25", help="recency margins to run Lychee with")
     parser.add_argument("--skip-vector", action="store_true")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--puts", type=int, default=0, help="measure this many LycheeStore puts instead")
+    parser.add_argument("--batches", default="1,100", help="puts per batch() call to measure with --puts")
     args = parser.parse_args()
+    if args.puts:
+        rows = [measure_puts(args.model, args.puts, int(size)) for size in args.batches.split(",")]
+        for row in rows:
+            print(json.dumps(row))
+        if args.out:
+            with open(args.out, "w") as handle:
+                json.dump(rows, handle, indent=1)
+        return
     script = make_script(args.turns, args.seed)
     report: dict[str, Any] = {
         "turns": 2 * len(script.exchanges),
