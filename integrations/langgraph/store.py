@@ -62,11 +62,10 @@ INDEXED_KEY = "lg_indexed"
 
 @dataclass
 class StoredItem:
-    """An item as the bank holds it: the LangGraph item, its document id and text, expiry and whether indexed."""
+    """An item as the bank's manifest holds it: the LangGraph item, its document id, expiry and whether indexed."""
 
     item: Item
     document_id: str
-    text: str
     indexed: bool
     ttl_minutes: float | None
     expires_at: float | None
@@ -155,29 +154,33 @@ class LycheeStore(BaseStore):
         engine = self.engine
 
         def sweep() -> int:
-            bank, items = self._items(engine)
-            expired = [stored.document_id for stored in items.values() if stored.expired(time.time())]
+            expired = [stored.document_id for stored in self._items().values() if stored.expired(time.time())]
             if expired:
-                engine.remove_documents(bank, expired)
+                engine.remove_documents(self._bank(engine), expired)
+                self._bank(engine)  # drop the old version now: its lease would keep removed blocks from gc
             return len(expired)
 
         return call_engine(engine, sweep)
 
     # Internals -------------------------------------------------------------------------------------
 
-    def _items(self, engine: LycheeMemory) -> tuple[MemoryBank | None, dict[tuple[tuple[str, ...], str], StoredItem]]:
+    def _items(self) -> dict[tuple[tuple[str, ...], str], StoredItem]:
+        """Every stored item, read from the bank's manifest alone (no text is read: gets and lists stay cheap)."""
         if not self._store.has_bank(self.bank_name):
-            return None, {}
-        bank = self._banks.open(engine, self._store, self.bank_name)
+            return {}
         items = {}
-        for document in bank.documents:
-            stored = from_document(document)
+        for document in self._store.bank_manifest(self.bank_name).documents:
+            stored = from_metadata(document.id, document.metadata)
             if stored is not None:
                 items[(stored.item.namespace, stored.item.key)] = stored
-        return bank, items
+        return items
+
+    def _bank(self, engine: LycheeMemory) -> MemoryBank:
+        """The bank itself (texts and blocks, lazily), opened again only when it changed."""
+        return self._banks.open(engine, self._store, self.bank_name)
 
     def _run(self, engine: LycheeMemory, ops: list[Op]) -> list[Result]:
-        bank, items = self._items(engine)
+        items = self._items()
         at = time.time()
         live = {address: stored for address, stored in items.items() if not stored.expired(at)}
         results: list[Result] = []
@@ -190,7 +193,7 @@ class LycheeStore(BaseStore):
                 if stored is not None and op.refresh_ttl:
                     refresh[(op.namespace, op.key)] = stored
             elif isinstance(op, SearchOp):
-                found = self._search(engine, bank, live, op)
+                found = self._search(engine, live, op)
                 results.append([stored.item for stored in found])
                 if op.refresh_ttl:
                     refresh.update({(stored.item.namespace, stored.item.key): stored for stored in found})
@@ -199,13 +202,12 @@ class LycheeStore(BaseStore):
             else:
                 puts[(op.namespace, op.key)] = op
                 results.append(None)
-        self._write(engine, bank, items, puts, refresh, at)
+        self._write(engine, items, puts, refresh, at)
         return results
 
     def _search(
         self,
         engine: LycheeMemory,
-        bank: MemoryBank | None,
         live: Mapping[tuple[tuple[str, ...], str], StoredItem],
         op: SearchOp,
     ) -> list[StoredItem]:
@@ -218,13 +220,14 @@ class LycheeStore(BaseStore):
         ]
         if op.limit <= 0:
             return []
-        if not op.query or bank is None:
+        if not op.query:
             return [plain(stored) for stored in candidates[op.offset : op.offset + op.limit]]
         indexed = [stored for stored in candidates if stored.indexed]
         wanted = op.offset + op.limit
         ranked: list[StoredItem] = []
         if indexed:
-            blocks = recall(engine, op.query, bank.view([stored.document_id for stored in indexed]), wanted)
+            view = self._bank(engine).view([stored.document_id for stored in indexed])
+            blocks = recall(engine, op.query, view, wanted)
             best = best_per_document((block.document_id, block.score) for block in blocks)
             by_id = {stored.document_id: stored for stored in indexed}
             order = newest_first_among_ties(
@@ -242,7 +245,6 @@ class LycheeStore(BaseStore):
     def _write(
         self,
         engine: LycheeMemory,
-        bank: MemoryBank | None,
         items: Mapping[tuple[tuple[str, ...], str], StoredItem],
         puts: Mapping[tuple[tuple[str, ...], str], PutOp],
         refresh: Mapping[tuple[tuple[str, ...], str], StoredItem],
@@ -258,16 +260,18 @@ class LycheeStore(BaseStore):
                 continue
             created = existing.item.created_at if existing is not None and not existing.expired(at) else None
             documents.append(self._document(op, created, at))
-        for address, stored in refresh.items():
-            if address not in puts and stored.ttl_minutes is not None:
-                documents.append(with_expiry(stored, at + stored.ttl_minutes * 60))
+        refreshed = [
+            stored for address, stored in refresh.items() if address not in puts and stored.ttl_minutes is not None
+        ]
+        if refreshed:
+            texts = {document.id: document.text for document in self._bank(engine).documents}
+            for stored in refreshed:
+                documents.append(with_expiry(stored, texts[stored.document_id], at + stored.ttl_minutes * 60))
         if documents:
             engine.ingest(documents, store=self._store, bank=self.bank_name)
         if removed:
-            assert bank is not None  # something stored was found
-            engine.remove_documents(self._banks.open(engine, self._store, self.bank_name), removed)
-        if documents or removed:  # drop the old version now: its lease would keep removed blocks from gc
-            self._banks.open(engine, self._store, self.bank_name)
+            engine.remove_documents(self._bank(engine), removed)
+            self._bank(engine)  # drop the old version now: its lease would keep removed blocks from gc
 
     def _document(self, op: PutOp, created: datetime.datetime | None, at: float) -> Document:
         if not isinstance(op.value, Mapping):
@@ -321,9 +325,8 @@ def index_text(value: Mapping[str, Any], fields: list[str]) -> str:
     return "\n".join(text for field in fields for text in get_text_at_path(value, field) if text)
 
 
-def from_document(document: Document) -> StoredItem | None:
-    """The stored item a document holds; None for a document that is not a LangGraph item."""
-    metadata = document.metadata
+def from_metadata(document_id: str, metadata: Mapping[str, Any]) -> StoredItem | None:
+    """The stored item a document's metadata holds; None for a document that is not a LangGraph item."""
     if VALUE_KEY not in metadata or NAMESPACE_KEY not in metadata:
         return None
     item = Item(
@@ -333,12 +336,10 @@ def from_document(document: Document) -> StoredItem | None:
         created_at=datetime.datetime.fromisoformat(metadata[CREATED_KEY]),
         updated_at=datetime.datetime.fromisoformat(metadata[UPDATED_KEY]),
     )
-    return StoredItem(
-        item, document.id, document.text, bool(metadata[INDEXED_KEY]), metadata[TTL_KEY], metadata[EXPIRES_KEY]
-    )
+    return StoredItem(item, document_id, bool(metadata[INDEXED_KEY]), metadata[TTL_KEY], metadata[EXPIRES_KEY])
 
 
-def with_expiry(stored: StoredItem, expires_at: float) -> Document:
+def with_expiry(stored: StoredItem, text: str, expires_at: float) -> Document:
     """The item's document again with a new expiry (same text: nothing is compressed)."""
     item = stored.item
     metadata = {
@@ -351,7 +352,7 @@ def with_expiry(stored: StoredItem, expires_at: float) -> Document:
         EXPIRES_KEY: expires_at,
         INDEXED_KEY: stored.indexed,
     }
-    return Document(text=stored.text, id=stored.document_id, metadata=metadata)
+    return Document(text=text, id=stored.document_id, metadata=metadata)
 
 
 def plain(stored: StoredItem) -> StoredItem:
@@ -363,7 +364,7 @@ def scored(stored: StoredItem, score: float | None) -> StoredItem:
     """The stored item as a search result with the gate's score."""
     item = stored.item
     result = SearchItem(item.namespace, item.key, item.value, item.created_at, item.updated_at, score=score)
-    return StoredItem(result, stored.document_id, stored.text, stored.indexed, stored.ttl_minutes, stored.expires_at)
+    return StoredItem(result, stored.document_id, stored.indexed, stored.ttl_minutes, stored.expires_at)
 
 
 def list_namespaces(items: Iterable[StoredItem], op: ListNamespacesOp) -> list[tuple[str, ...]]:
