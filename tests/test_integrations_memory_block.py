@@ -119,8 +119,7 @@ def test_forget_then_gc_leaves_no_trace_of_the_message(engine, tmp_path):
 
 
 def test_the_newer_of_two_near_tied_messages_is_recalled_first(engine, tmp_path):
-    """The same statement made twice scores alike: the later one leads; with a large margin a newer message whose
-    score is a little lower also leads (the gate order alone would put it second)."""
+    """The same statement made twice scores alike (to the last bits of a batched forward): the later one leads."""
     block = LycheeMemoryBlock(name="m", model=engine, store=tmp_path / "s", k=2)
     asyncio.run(block.aput([chat("user", "The meeting room is on floor three.")], session_id="old"))
     asyncio.run(block.aput([chat("user", "The meeting room is on floor three.")], session_id="new"))
