@@ -18,7 +18,7 @@ from langgraph.store.base import GetOp, InvalidNamespaceError, ListNamespacesOp,
 from langgraph.store.memory import InMemoryStore  # noqa: E402
 from lychee_memory.integrations.langgraph import LycheeStore  # noqa: E402
 
-from lychee_memory import FilterError, MemoryStore  # noqa: E402
+from lychee_memory import ConfigurationError, FilterError, MemoryStore  # noqa: E402
 
 from .conftest import make_engine, requires_embedded_model  # noqa: E402
 from .test_shared_store import make_location  # noqa: E402
@@ -132,6 +132,8 @@ def test_bad_filters_and_namespaces_are_refused_by_name(engine, tmp_path):
         store.get(("langgraph",), "k")
     with pytest.raises(TypeError, match="must be a dict"):
         store.put(("a",), "k", ["not", "a", "dict"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="list of JSON paths"):
+        store.put(("a",), "k", {"text": "x"}, index="text")  # type: ignore[arg-type]
     assert not MemoryStore(tmp_path / "store").has_bank("langgraph")  # nothing was written
 
 

@@ -278,6 +278,12 @@ class LycheeStore(BaseStore):
             raise TypeError(f"a store value must be a dict, got {type(op.value).__name__}")
         if not isinstance(op.key, str):
             raise TypeError(f"a store key must be a string, got {type(op.key).__name__}")
+        if op.index not in (None, False) and (
+            not isinstance(op.index, list) or not all(isinstance(field, str) and field for field in op.index)
+        ):
+            raise ConfigurationError(
+                f"index must be False, None or a list of JSON paths such as ['text'], got {op.index!r}"
+            )
         fields = self.fields if op.index is None else op.index
         text = "" if fields is False else index_text(op.value, fields)
         indexed = bool(text.strip())
