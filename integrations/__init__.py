@@ -1,7 +1,9 @@
 """Thin adapters that put lychee-memory inside other frameworks; the engine never imports them.
 
-- ``lychee_memory.integrations.llama_index``: ``LycheeQueryEngine``, ``LycheeRetriever``, ``LycheeIndex``
-  (install ``lychee-memory[llama-index]``).
+- ``lychee_memory.integrations.llama_index``: ``LycheeQueryEngine``, ``LycheeRetriever``, ``LycheeIndex``,
+  ``LycheeMemoryBlock`` (install ``lychee-memory[llama-index]``).
+- ``lychee_memory.integrations.langgraph``: ``LycheeStore``, a LangGraph long-term memory store (install
+  ``lychee-memory[langgraph]``).
 - ``lychee_memory.integrations.langchain``: ``LycheeReader``, ``LycheeRetriever``
   (install ``lychee-memory[langchain]``).
 

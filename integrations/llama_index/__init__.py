@@ -17,6 +17,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from .index import LycheeIndex
+from .memory_block import LycheeMemoryBlock
 from .nodes import block_to_node, blocks_to_nodes, to_lychee_documents
 from .query_engine import LycheeQueryEngine
 from .remote import LycheeServerRetriever
@@ -24,6 +25,7 @@ from .retriever import LycheeRetriever
 
 __all__ = [
     "LycheeIndex",
+    "LycheeMemoryBlock",
     "LycheeQueryEngine",
     "LycheeRetriever",
     "LycheeServerRetriever",

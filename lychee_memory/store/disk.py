@@ -71,6 +71,7 @@ def open_plain_cache(
             cull_limit=cull_limit,
             statistics=0,
             tag_index=0,
+            sqlite_secure_delete=1,  # a deleted value is overwritten with zeros, not left in a free page
         )
     except (OSError, sqlite3.Error) as error:
         raise StoreError(f"cannot open {what}: {error}") from None
@@ -162,3 +163,6 @@ class Items:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.cache.check(fix=True, retry=True)
+        # Copy the write-ahead log into the database and empty it: old versions of deleted values live on there.
+        with contextlib.closing(sqlite3.connect(self.cache.directory + "/cache.db", timeout=60)) as connection:
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
