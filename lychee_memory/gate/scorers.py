@@ -12,9 +12,11 @@ from ..blocks import BlockOpening, MemoryBank
 from ..config import EngineConfig
 from ..model_loading import LoadedModel
 from ..prompts import PromptBuilder
+from .fused_scorer import HybridScorer, HybridSumScorer
 from .heads import index_spec_for
 from .index_format import IndexSpec
 from .key_scorer import KeyScorer
+from .lexical_scorer import LexicalScorer
 from .question_template import QuestionTemplate
 from .rules import RULES
 from .stage1 import StageOneContext, StageOneScorer
@@ -23,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 SCORERS: dict[str, type[StageOneScorer]] = {
     "keys": KeyScorer,
+    "lexical": LexicalScorer,
+    "hybrid": HybridScorer,
+    "hybrid_sum": HybridSumScorer,
 }
 
 
