@@ -13,6 +13,7 @@ they are read through.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections import Counter, OrderedDict
@@ -141,11 +142,14 @@ class TermCountCache:
 Item = TypeVar("Item", bound=Hashable)
 
 
-def reciprocal_rank_fusion(rankings: Sequence[Sequence[Item]], k: int = RRF_K) -> dict[Item, float]:
-    """Sum over rankings of 1 / (k + rank) (rank 1 = best) per item; an item missing from a ranking gets nothing
-    from it."""
+def reciprocal_rank_fusion(rankings: Sequence[Mapping[Item, float]], k: int = RRF_K) -> dict[Item, float]:
+    """Sum over rankings of 1 / (k + rank) per item, where an item's rank in a ranking is 1 + the number of items
+    scored strictly higher there (equal scores share a rank, so ties, such as texts sharing no term with the
+    query, favour none of them); an item a ranking does not score gets nothing from it."""
     fused: dict[Item, float] = {}
-    for ranking in rankings:
-        for rank, item in enumerate(ranking, start=1):
+    for scores in rankings:
+        descending = sorted(-score for score in scores.values())  # ascending negatives: bisect counts those above
+        for item, score in scores.items():
+            rank = 1 + bisect.bisect_left(descending, -score)
             fused[item] = fused.get(item, 0.0) + 1.0 / (k + rank)
     return fused

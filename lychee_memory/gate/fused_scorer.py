@@ -1,7 +1,7 @@
 """The fused scorers: stage 1 from the key scorer and the lexical scorer over the same blocks.
 
 ``hybrid`` fuses their rankings by reciprocal rank (``lexical.reciprocal_rank_fusion``, k = 60): a block's score
-is minus its place in the fused order (equal fused values share a place), so ``gate.candidate_margin`` admits exact
+is minus its place in the fused order (equal scores share a rank in each ranking and equal fused values a place), so ``gate.candidate_margin`` admits exact
 ties only (a margin on raw RRF sums, all within 2/61 of each other, would admit every block). ``hybrid_sum`` adds
 the two calibrated scores instead (each already z-scored across the ranked blocks; their mean), so the margin
 keeps its z-score meaning. A bank without a gate index (built with ``prefilter = "off"``, or a union of banks
@@ -28,8 +28,9 @@ def _best_first(scores: dict[int, float]) -> list[int]:
     return sorted(scores, key=lambda index: (-scores[index], index))
 
 
-def fused_places(rankings: Sequence[Sequence[int]]) -> dict[int, float]:
-    """Minus each block's place (0 = best) in the reciprocal-rank fusion of ``rankings``; equal sums share one."""
+def fused_places(rankings: Sequence[dict[int, float]]) -> dict[int, float]:
+    """Minus each block's place (0 = best) in the reciprocal-rank fusion of the score maps ``rankings``; equal
+    fused values share a place."""
     fused = reciprocal_rank_fusion(rankings)
     places: dict[int, float] = {}
     previous, place = None, -1
@@ -72,7 +73,7 @@ class HybridScorer(StageOneScorer):
 
     def fuse(self, keys: dict[int, float], lexical: dict[int, float]) -> dict[int, float]:
         """The fused score per block from the two scorers' scores over the same blocks."""
-        return fused_places([_best_first(keys), _best_first(lexical)])
+        return fused_places([keys, lexical])
 
 
 @dataclass
