@@ -16,6 +16,10 @@ chunks at the same tokens (k = C * chunk_tokens / 256). --no-ask skips the engin
     python benchmarks/prefilter_recall.py --task ruler-hqa --lengths 28k --n 20 --data ../shared/data --no-ask \
         --scorers keys,lexical,hybrid,hybrid_sum --at 2,4,8
 
+--shared (ruler-hqa, with --no-ask) puts many questions in one haystack: consecutive HotpotQA questions' own
+paragraphs (gold and distractors) are shuffled together, up to the length, topped up with SQuAD paragraphs; one
+ingest then serves every question in it (n questions, as many haystacks as they need).
+
 Writes samples.jsonl and summary.md to --out and prints the summary.
 """
 
@@ -50,12 +54,15 @@ def main() -> None:
     parser.add_argument("--at", default="4", help="candidate counts (blocks) for --scorers' recall (comma list)")
     parser.add_argument("--chunk-tokens", type=int, default=None, help="block size (default: the engine's)")
     parser.add_argument("--no-ask", action="store_true", help="skip the engine's own answer (with --scorers)")
+    parser.add_argument("--shared", action="store_true", help="ruler-hqa: many questions per haystack (--no-ask)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prefilter"))
     args = parser.parse_args()
     scorer_names = [name for name in args.scorers.split(",") if name]
     counts = sorted({int(count) for count in args.at.split(",") if count})
     if args.no_ask and not scorer_names:
         parser.error("--no-ask needs --scorers")
+    if args.shared and (args.task != "ruler-hqa" or not args.no_ask or not args.data):
+        parser.error("--shared needs --task ruler-hqa, --data and --no-ask")
 
     from tqdm import tqdm
 
@@ -97,16 +104,26 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     lengths = parse_lengths(args.lengths)
-    samples = [
-        (length, s)
-        for length in lengths
-        for s in build_samples(args.task, engine.loaded.tokenizer, length, args.n, args.data, args.seed)
-    ]
+    if args.shared:
+        samples = [
+            (length, s)
+            for length in lengths
+            for s in shared_samples(Path(args.data), engine.loaded.tokenizer, length, args.n, args.seed)
+        ]
+    else:
+        samples = [
+            (length, s)
+            for length in lengths
+            for s in build_samples(args.task, engine.loaded.tokenizer, length, args.n, args.data, args.seed)
+        ]
+    banks: dict[str, tuple[Any, float]] = {}
     with open(args.out / "samples.jsonl", "w", encoding="utf-8") as log:
         for length, sample in tqdm(samples, desc="samples"):
-            started = time.perf_counter()
-            bank = engine.ingest(sample.context)
-            ingest = time.perf_counter() - started
+            if sample.context not in banks:
+                banks.clear()  # one haystack at a time
+                started = time.perf_counter()
+                banks[sample.context] = (engine.ingest(sample.context), time.perf_counter() - started)
+            bank, ingest = banks[sample.context]
 
             def spans(picks: list[int], bank=bank) -> list[tuple[int, int]]:
                 return [(bank.spans[i].char_start, bank.spans[i].char_end) for i in picks]
@@ -197,6 +214,53 @@ def main() -> None:
 
 
 RAG_CHUNK_TOKENS = 256  # the RAG baselines' chunk size (their default)
+
+
+def shared_samples(directory: Path, tokenizer: Any, target_tokens: int, n: int, seed: int) -> list[Any]:
+    """The first ``n`` HotpotQA questions, consecutive ones sharing a haystack of ``target_tokens``: their own
+    paragraphs shuffled together, topped up with SQuAD paragraphs; each sample's evidence is its gold paragraphs."""
+    import random
+
+    from lychee_memory.eval.tasks import (
+        QASample,
+        TokenCounter,
+        draw_paragraphs,
+        hotpot_paragraphs,
+        join_paragraphs,
+        load_hotpot,
+        load_squad_paragraphs,
+    )
+
+    rows = load_hotpot(directory)[:n]
+    count = TokenCounter(tokenizer)
+    groups: list[list[dict]] = [[]]
+    used = 0
+    for row in rows:
+        tokens = sum(count(*p) for p in hotpot_paragraphs(row))
+        if groups[-1] and used + tokens > target_tokens:
+            groups.append([])
+            used = 0
+        groups[-1].append(row)
+        used += tokens
+    samples = []
+    squad = load_squad_paragraphs(directory)
+    for number, group in enumerate(groups):
+        rng = random.Random(seed + number)
+        paragraphs = list(dict.fromkeys(p for row in group for p in hotpot_paragraphs(row)))
+        titles = {title for title, _ in paragraphs}
+        start = sum(count(*p) for p in paragraphs)
+        paragraphs += draw_paragraphs(
+            squad, count, target_tokens, rng, start_tokens=start, keep=lambda p, titles=titles: p[0] not in titles
+        )
+        rng.shuffle(paragraphs)
+        for row in group:
+            gold = set(row["supporting_facts"]["title"])
+            own = dict(hotpot_paragraphs(row))
+            marked = {i for i, (title, text) in enumerate(paragraphs) if title in gold and own.get(title) == text}
+            context, spans = join_paragraphs(paragraphs, marked)
+            index = rows.index(row)
+            samples.append(QASample(row["question"], [row["answer"]], context, f"hotpot-{index}-shared{number}", spans))
+    return samples
 
 
 def _with_prefilter(engine: Any, name: str) -> Any:
