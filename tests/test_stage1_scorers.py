@@ -162,11 +162,15 @@ def test_fused_scorers_equal_an_independent_fusion_of_keys_and_lexical(memory):
     assert mean == pytest.approx({index: (keys[index] + lexical[index]) / 2 for index in indices})
 
 
-def test_a_fused_scorer_ranks_a_bank_without_a_gate_index_lexically():
+def test_a_fused_scorer_ranks_a_bank_without_a_gate_index_lexically(caplog):
     bank = _engine("lexical").ingest([FACTS_DOCUMENT, SECOND_DOCUMENT])
     assert bank.gate_index is None
     engine = _engine("hybrid")
-    scorer = engine.prefilter_for(bank)
+    with caplog.at_level("WARNING", logger="lychee_memory.gate.scorers"):
+        scorer = engine.prefilter_for(bank)
+        engine.prefilter_for(bank)
+    warned = [r.getMessage() for r in caplog.records if "no gate index" in r.getMessage()]
+    assert len(warned) == 1 and "stage 1 ranks it by its text" in warned[0]
     assert isinstance(scorer, HybridScorer) and scorer.keys is None
     lexical, _ = _engine("lexical").prefilter_for(bank).rank(bank, QUESTION, _initial(engine), range(len(bank)))
     assert scorer.rank(bank, QUESTION, _initial(engine), range(len(bank))) == (lexical, [])
