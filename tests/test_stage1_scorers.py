@@ -169,8 +169,10 @@ def test_a_fused_scorer_ranks_a_bank_without_a_gate_index_lexically(caplog):
     with caplog.at_level("WARNING", logger="lychee_memory.gate.scorers"):
         scorer = engine.prefilter_for(bank)
         engine.prefilter_for(bank)
+        assert _engine("keys").prefilter_for(bank) is None
     warned = [r.getMessage() for r in caplog.records if "no gate index" in r.getMessage()]
-    assert len(warned) == 1 and "stage 1 ranks it by its text" in warned[0]
+    assert len(warned) == 2 and "stage 1 ranks it by its text" in warned[0]
+    assert "the gate judges every block" in warned[1], "the key scorer cannot rank it at all"
     assert isinstance(scorer, HybridScorer) and scorer.keys is None
     lexical, _ = _engine("lexical").prefilter_for(bank).rank(bank, QUESTION, _initial(engine), range(len(bank)))
     assert scorer.rank(bank, QUESTION, _initial(engine), range(len(bank))) == (lexical, [])
