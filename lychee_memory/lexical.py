@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
+import sys
 from collections import Counter, OrderedDict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ class TermCounts:
     @classmethod
     def of(cls, text: str) -> TermCounts:
         found = terms(text)
-        return cls(Counter(found), len(found))
+        return cls(Counter(sys.intern(term) for term in found), len(found))  # interned: blocks share term strings
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,10 @@ class Bm25Statistics:
 
 class TermCountCache:
     """Term counts of texts seen before, keyed by the text (content-addressed): at most ``capacity`` kept, the
-    least recently used dropped first, so a long-running engine holds a bounded amount."""
+    least recently used dropped first, so a long-running engine holds a bounded amount (a 1024-token block's
+    counts take about 15 KB: the default holds 20M tokens of blocks in about 300 MB)."""
 
-    def __init__(self, capacity: int = 100_000):
+    def __init__(self, capacity: int = 20_000):
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.capacity = capacity
