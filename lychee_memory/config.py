@@ -19,7 +19,7 @@ from .errors import ConfigurationError
 
 CompressorKind = Literal["auto", "learned", "beacon", "attention", "key_norm", "none"]
 GateRuleName = Literal["auto", "query_likelihood", "prompt", "trained", "all"]
-PrefilterName = Literal["keys", "off"]
+PrefilterName = Literal["keys", "lexical", "hybrid", "hybrid_sum", "off"]
 ReadMode = Literal["auto", "kv", "text"]
 MemoryMode = Literal["auto", "notes", "excerpts"]  # "auto" -> the model's preset, else "notes" (working_memory.py)
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
@@ -168,7 +168,9 @@ class GateSettings(_Settings):
     prefilter: PrefilterName = Field(
         "keys",
         description="stage 1 before the rule: keys = rank blocks from an index of their own keys (made at ingest) "
-        "and let the rule judge only the candidates; off = the rule judges every block",
+        "and let the rule judge only the candidates; lexical = BM25 of the question and the memory's notes over the "
+        "blocks' text (document frequencies of the bank at query time); hybrid = keys and lexical fused by "
+        "reciprocal rank; hybrid_sum = the mean of their z-scores; off = the rule judges every block",
     )
     candidates: int = Field(
         4, ge=1, description="blocks stage 1 passes on to the rule (and again after each memory update)"

@@ -84,7 +84,8 @@ def add_eval_command(commands: Any) -> None:
     evaluate.add_argument(
         "--methods",
         default="lychee,memagent,full-context,rag",
-        help="comma list: lychee, lychee:KEY=VALUE;..., lychee-variants, memagent, full-context, rag[:top_k=K]",
+        help="comma list: lychee, lychee:KEY=VALUE;..., lychee-variants, memagent, full-context, rag[:top_k=K], "
+        "hybrid-rag[:top_k=K] (BM25 + MiniLM, reciprocal rank)",
     )
     evaluate.add_argument(
         "--data",

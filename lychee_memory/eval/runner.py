@@ -4,7 +4,8 @@ and F1, with gate diagnostics, per-sample JSONL, a markdown table and plots (``l
 Methods are named on the command line: ``lychee`` (the engine's defaults for the model), ``lychee:KEY=VALUE,...``
 (engine options, e.g. ``lychee:compressor=attention,ratio=4``), ``lychee-variants`` (each compressor and each
 gate), ``memagent`` (``memagent:use_presets=false``: the released prompts, memories up to 1024 tokens), ``full-context`` (skipped where the context does not fit the window) and ``rag``
-(``rag:top_k=8,chunk_tokens=256``: LlamaIndex VectorStoreIndex over a local MiniLM, the same LLM answering).
+(``rag:top_k=8,chunk_tokens=256``: LlamaIndex VectorStoreIndex over a local MiniLM, the same LLM answering) and
+``hybrid-rag`` (the same with BM25 and MiniLM fused by reciprocal rank: ``rag:retrieval=hybrid``).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def parse_methods(text: str) -> list[Method]:
         "full-context": "full-context",
         "full_context": "full-context",
         "rag": "rag",
+        "hybrid-rag": "rag",
     }
     pending = [item.strip() for item in re.split(r",(?![^:,]*=)", text) if item.strip()]
     for item in pending:
@@ -78,7 +80,7 @@ def parse_methods(text: str) -> list[Method]:
         if name not in kinds:
             raise ConfigurationError(
                 f"unknown method {name!r}; choose from lychee, lychee:KEY=VALUE, lychee-variants, memagent, "
-                "full-context, rag"
+                "full-context, rag, hybrid-rag"
             )
         options = {}
         for pair in filter(None, re.split(r"[;,]", option_text)):
@@ -86,6 +88,8 @@ def parse_methods(text: str) -> list[Method]:
             if not equals or not key.strip():
                 raise ConfigurationError(f"method option {pair!r} in {item!r} is not KEY=VALUE")
             options[key.strip()] = _option_value(value.strip())
+        if name == "hybrid-rag":
+            options.setdefault("retrieval", "hybrid")
         methods.append(Method(item, kinds[name], options))
     if not methods:
         raise ConfigurationError("no methods given")

@@ -4,7 +4,8 @@
 - ``rules.py``: stage 2, the rule interface, each rule and the ``RULES`` registry ``build_rule`` uses
 - ``question_template.py``: the question prompt both stages read (one place chooses it)
 - ``stage1.py``: stage 1, the scorer interface and the candidate choice; ``scorers.py``: the ``SCORERS`` registry
-  and an engine's stage 1; ``key_scorer.py``: the key scorer (``gate.prefilter = "keys"``)
+  and an engine's stage 1; ``key_scorer.py``: the key scorer (``gate.prefilter = "keys"``); ``lexical_scorer.py``:
+  BM25 over the blocks' text (``"lexical"``); ``fused_scorer.py``: both fused (``"hybrid"``, ``"hybrid_sum"``)
 - ``index_format.py``: ``IndexSpec``, the stored gate index; ``heads.py``: which heads it serves;
   ``hooks.py``: the forward hooks that read query vectors
 - ``adapter.py``: the trained gate's file format and attachment (its LoRA is ``lychee_memory.lora``)
@@ -39,6 +40,9 @@ _HOMES = {
     "SCORERS": "scorers",
     "StageOne": "scorers",
     "KeyScorer": "key_scorer",
+    "LexicalScorer": "lexical_scorer",
+    "HybridScorer": "fused_scorer",
+    "HybridSumScorer": "fused_scorer",
     "IndexSpec": "index_format",
     "GenericHeadsWarning": "heads",
     "generic_heads": "heads",
@@ -56,8 +60,11 @@ __all__ = [
     "GateRule",
     "GateScan",
     "GenericHeadsWarning",
+    "HybridScorer",
+    "HybridSumScorer",
     "IndexSpec",
     "KeyScorer",
+    "LexicalScorer",
     "MemoryUpdater",
     "PromptRule",
     "QueryLikelihoodRule",
@@ -80,9 +87,11 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .adapter import GateAdapter, GateAdapterSettings, attach_gate
+    from .fused_scorer import HybridScorer, HybridSumScorer
     from .heads import GenericHeadsWarning, generic_heads, resolve_heads
     from .index_format import IndexSpec
     from .key_scorer import KeyScorer
+    from .lexical_scorer import LexicalScorer
     from .question_template import QuestionTemplate
     from .rules import (
         RULES,

@@ -12,9 +12,11 @@ from ..blocks import BlockOpening, MemoryBank
 from ..config import EngineConfig
 from ..model_loading import LoadedModel
 from ..prompts import PromptBuilder
+from .fused_scorer import HybridScorer, HybridSumScorer
 from .heads import index_spec_for
 from .index_format import IndexSpec
 from .key_scorer import KeyScorer
+from .lexical_scorer import LexicalScorer
 from .question_template import QuestionTemplate
 from .rules import RULES
 from .stage1 import StageOneContext, StageOneScorer
@@ -23,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 SCORERS: dict[str, type[StageOneScorer]] = {
     "keys": KeyScorer,
+    "lexical": LexicalScorer,
+    "hybrid": HybridScorer,
+    "hybrid_sum": HybridSumScorer,
 }
 
 
@@ -57,21 +62,23 @@ class StageOne:
         if self.scorer is None:
             return None
         key = self.scorer.bank_key(bank)
+        if self.scorer.needs_key_index and self.builds_index and bank.gate_index is None:
+            self._warn_unindexed(bank, "the gate judges every block" if key is None else "stage 1 ranks it by its text")
         if key is None:
-            if self.scorer.needs_key_index and self.builds_index:
-                self._warn_unindexed(bank)
             return None
         if key not in self._scorers:
             self._scorers[key] = self.scorer.for_bank(self.context, bank)
         return self._scorers[key]
 
-    def _warn_unindexed(self, bank: MemoryBank) -> None:
-        """Once per bank: a bank built without a gate index is judged block by block."""
+    def _warn_unindexed(self, bank: MemoryBank, instead: str) -> None:
+        """Once per bank: a bank built without a gate index is judged block by block (or, by a fused scorer,
+        ranked by its text alone)."""
         if len(bank) > self.gate.candidates and (bank.name or "") not in self._unindexed_warned:
             self._unindexed_warned.add(bank.name or "")
             logger.warning(
-                "bank %s has no gate index (it was built with gate.prefilter='off'): the gate judges every block; "
-                "ingest into it again with this engine to use the prefilter (a stored bank is re-indexed from its "
+                "bank %s has no gate index (it was built with gate.prefilter='off' or 'lexical'): %s; "
+                "ingest into it again with this engine to use the key index (a stored bank is re-indexed from its "
                 "stored text)",
                 bank.name or "(unnamed)",
+                instead,
             )
