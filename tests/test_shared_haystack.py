@@ -15,7 +15,7 @@ import pytest
 from lychee_memory.errors import ConfigurationError, DocumentError
 from lychee_memory.eval.evidence import answer_evidence, fact_recall, held, merge_spans, paragraphs_covered
 from lychee_memory.eval.paired import clopper_pearson, paired_comparison, sign_test_p
-from lychee_memory.eval.shared_bench import method_engine, parse_method, parse_methods, rag_variants
+from lychee_memory.eval.shared_bench import RAG_VARIANTS, method_engine, parse_method, parse_methods, rag_variants
 from lychee_memory.eval.shared_haystack import build_shared_haystack, question_split_name
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -174,6 +174,11 @@ def test_methods_are_names_with_dotted_overrides(engine_factory):
         parse_methods(["rag"])
     with pytest.raises(ConfigurationError, match="unknown RAG"):
         rag_variants(["bm25-only"])
+    assert rag_variants(["rag", "rag-hybrid"]) == ["rag", "rag-hybrid"]
+    assert {name: RAG_VARIANTS[name](engine).retrieval for name in ("rag", "rag-hybrid")} == {
+        "rag": "dense",
+        "rag-hybrid": "hybrid",  # the hybrid RAG (BM25 + MiniLM by reciprocal rank) a hybrid first stage must beat
+    }
     with pytest.raises(ConfigurationError, match="unknown option"):
         method_engine(engine_factory(), parse_method("x:no_such_setting=1"), None)
 

@@ -35,6 +35,9 @@ RAG_CHUNK_TOKENS = 256
 # and ``ask`` as RagBaseline's). A new variant is one line here.
 RAG_VARIANTS: dict[str, Callable[[LycheeMemory], Any]] = {
     "rag": lambda engine: RagBaseline(engine, chunk_tokens=RAG_CHUNK_TOKENS, show_progress=False),
+    "rag-hybrid": lambda engine: RagBaseline(
+        engine, chunk_tokens=RAG_CHUNK_TOKENS, show_progress=False, retrieval="hybrid"
+    ),
 }
 PROMPT_ALLOWANCE = 512  # tokens of a RAG prompt besides its chunks (template, question): room kept for them
 SPLITS = (*SPLIT_NAMES.values(), "all")
