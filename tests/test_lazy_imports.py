@@ -121,3 +121,30 @@ def test_the_command_lines_choices_are_the_implementations_names():
 
     assert tuple(BASELINES) == BASELINE_NAMES
     assert STORE_DTYPES is BLOCK_DTYPES and tasks.TASKS is TASKS
+
+
+def test_the_mcp_service_is_built_on_first_use_and_its_keys_at_startup(tmp_path):
+    pytest.importorskip("mcp", reason="the mcp extra")
+    from lychee_memory.integrations.mcp.runner import DeferredService
+    from lychee_memory.integrations.server.service import MemoryService
+    from lychee_memory.integrations.server.settings import ServerSettings
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from lychee_memory import ConfigurationError
+
+    service = DeferredService(ServerSettings(store=str(tmp_path / "store"), api_keys=["key-a"]))
+    assert service.built is None and service.keys.enabled  # the keys are read, nothing else is built
+    assert not (tmp_path / "store").exists()
+    assert service.list_banks(None) == []  # the first use builds the service (and creates the store)
+    built = service.built
+    assert isinstance(built, MemoryService) and service.service() is built and service.store is built.store
+    service.stop()
+
+    with pytest.raises(ConfigurationError):  # a key file that is not there still fails at startup
+        DeferredService(ServerSettings(store=str(tmp_path / "store"), keys_file=str(tmp_path / "no-keys.json")))
+    (tmp_path / "a-file").write_text("not a store")
+    broken = DeferredService(ServerSettings(store=str(tmp_path / "a-file")))
+    with pytest.raises(ToolError, match="a-file"):  # a store that cannot open is the tool's error, naming it
+        broken.list_banks(None)
+    assert broken.built is None
+    broken.stop()  # nothing was built: nothing to stop

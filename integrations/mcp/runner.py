@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from lychee_memory import ConfigurationError
+from lychee_memory import ConfigurationError, LycheeError
 
 from ..server.auth import KeyRing, Tenant
 from ..server.problems import ApiError, body
 from ..server.settings import ServerSettings
-from .tools import MemoryTools, build_server
+from .tools import MemoryTools, build_server, tool_error
 
 if TYPE_CHECKING:
     from ..server.service import MemoryService
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 KEY_VARIABLE = "LYCHEE_API_KEY"
 Transport = Literal["stdio", "http"]
 MCP_PATH = "/mcp"
+logger = logging.getLogger("lychee_memory.mcp")
 
 
 def stdio_tenant(keys: KeyRing, environ: dict[str, str] | None = None) -> Tenant | None:
@@ -50,7 +51,8 @@ def stdio_tenant(keys: KeyRing, environ: dict[str, str] | None = None) -> Tenant
 class DeferredService:
     """The server's ``MemoryService``, imported and built when a tool first reaches it: that module brings the engine,
     the store and torch, which ``initialize`` needs none of. The keys are read at startup (a bad key file, or a
-    missing ``LYCHEE_API_KEY``, still fails there); every other attribute is the service's."""
+    missing ``LYCHEE_API_KEY``, still fails there); every other attribute is the service's. A store that cannot be
+    opened is each tool's error, naming it, as the server's tools report every library error."""
 
     def __init__(self, settings: ServerSettings):
         self.settings = settings
@@ -64,7 +66,11 @@ class DeferredService:
             if self.built is None:
                 from ..server.service import MemoryService
 
-                self.built = MemoryService(self.settings)
+                try:
+                    self.built = MemoryService(self.settings)
+                except LycheeError as error:
+                    logger.error("the memory service did not start: %s", error)
+                    raise tool_error(error) from None
             return self.built
 
     def __getattr__(self, name: str) -> Any:
