@@ -12,21 +12,25 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Literal
+import threading
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from lychee_memory import ConfigurationError
+from lychee_memory import ConfigurationError, LycheeError
 
 from ..server.auth import KeyRing, Tenant
 from ..server.problems import ApiError, body
-from ..server.service import MemoryService
 from ..server.settings import ServerSettings
-from .tools import MemoryTools, build_server
+from .tools import MemoryTools, build_server, tool_error
+
+if TYPE_CHECKING:
+    from ..server.service import MemoryService
 
 KEY_VARIABLE = "LYCHEE_API_KEY"
 Transport = Literal["stdio", "http"]
 MCP_PATH = "/mcp"
+logger = logging.getLogger("lychee_memory.mcp")
 
 
 def stdio_tenant(keys: KeyRing, environ: dict[str, str] | None = None) -> Tenant | None:
@@ -42,6 +46,40 @@ def stdio_tenant(keys: KeyRing, environ: dict[str, str] | None = None) -> Tenant
         return keys.tenant(f"Bearer {key}")
     except ApiError as error:
         raise ConfigurationError(f"{KEY_VARIABLE}: {error.message}") from None
+
+
+class DeferredService:
+    """The server's ``MemoryService``, imported and built when a tool first reaches it: that module brings the engine,
+    the store and torch, which ``initialize`` needs none of. The keys are read at startup (a bad key file, or a
+    missing ``LYCHEE_API_KEY``, still fails there); every other attribute is the service's. A store that cannot be
+    opened is each tool's error, naming it, as the server's tools report every library error."""
+
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.keys = KeyRing.build(settings.api_keys, settings.keys_file)
+        self.built: MemoryService | None = None
+        self.lock = threading.Lock()
+
+    def service(self) -> MemoryService:
+        """The service, built on the first call (thread-safe)."""
+        with self.lock:
+            if self.built is None:
+                from ..server.service import MemoryService
+
+                try:
+                    self.built = MemoryService(self.settings)
+                except LycheeError as error:
+                    logger.error("the memory service did not start: %s", error)
+                    raise tool_error(error) from None
+            return self.built
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.service(), name)
+
+    def stop(self) -> None:
+        """Stop the service if a tool built it; nothing to stop otherwise."""
+        if self.built is not None:
+            self.built.stop()
 
 
 class KeyCheck:
@@ -68,9 +106,9 @@ class KeyCheck:
 def run_mcp(settings: ServerSettings, transport: Transport = "stdio", log_level: str = "warning") -> int:
     """Serve until the client closes stdin (stdio) or the process is stopped (HTTP); the exit status."""
     logging.basicConfig(stream=sys.stderr, level=log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
-    service = MemoryService(settings)  # loads no model: the first tool that needs one starts it
+    service = DeferredService(settings)  # imports no engine and loads no model: the first tool that needs one does
     tenant = stdio_tenant(service.keys) if transport == "stdio" else None
-    server = build_server(MemoryTools(service, tenant))
+    server = build_server(MemoryTools(service, tenant))  # type: ignore[arg-type]  # a MemoryService on first use
     try:
         if transport == "stdio":
             anyio.run(server.run_stdio_async)

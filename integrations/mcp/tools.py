@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from mcp.server.context import ServerRequestContext
@@ -19,13 +19,16 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.types import ListResourcesResult, PaginatedRequestParams, Resource
 
-from lychee_memory import Document, LycheeError, SelectedBlock
+from lychee_memory import Document, LycheeError
 from lychee_memory.converters import UNIT_KEYS, units_of
 
 from ..server.auth import OPEN, Tenant
-from ..server.jobs import UNFINISHED
 from ..server.problems import ApiError, from_library
-from ..server.service import MemoryService
+
+if TYPE_CHECKING:  # the service and the answer import the engine and torch: lychee mcp's runner defers them
+    from lychee_memory import SelectedBlock
+
+    from ..server.service import MemoryService
 
 DEFAULT_BANK = "memory"
 POLL_SECONDS = 0.02  # how often a waiting tool looks at the model's load or its ingest job
@@ -171,6 +174,8 @@ def build_server(tools: MemoryTools) -> MCPServer:
         if len(text.encode("utf-8")) > limit:
             raise ToolError(f"the text is over this server's limit of {limit} bytes")
         await tools.ready(ctx)
+        from ..server.jobs import UNFINISHED  # imports the store: loaded with the model by now, never before it
+
         document = await tools.call(Document.from_text, text, None, metadata)
         job = await tools.call(service.submit_documents, tenant, bank, [document])
         seen = (-1, -1)

@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..baselines import BASELINES
+from ..choices import BASELINE_NAMES, BLOCK_DTYPES
 from ..errors import LycheeError, UnconvertibleDocumentError
-from ..store import BLOCK_DTYPES
 from .options import add_engine_options, add_store_options, load_engine, open_store
 
 EXIT_SKIPPED = 3  # lychee ingest: the readable files were ingested, some others could not be converted
@@ -45,6 +44,8 @@ def _command_ask(args: argparse.Namespace) -> int:
         ingest_seconds = time.perf_counter() - ingest_started
     mode = args.mode.replace("-", "_")
     if mode != "lychee":
+        from ..baselines import BASELINES
+
         answer = BASELINES[mode](engine).ask(args.question, documents)
         if not args.json:
             print(answer.text)
@@ -160,7 +161,7 @@ def add_ask_command(commands: Any) -> None:
     ask.add_argument("--json", action="store_true", help="print one JSON object (answer, blocks, timings, memory)")
     ask.add_argument(
         "--mode",
-        choices=["lychee", *(name.replace("_", "-") for name in BASELINES)],
+        choices=["lychee", *(name.replace("_", "-") for name in BASELINE_NAMES)],
         default="lychee",
         help="lychee (default) or a baseline",
     )

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..eval.tasks import TASKS
+from ..choices import TASKS
 from .options import add_engine_options, evaluation_options
 
 

@@ -7,8 +7,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..store import BLOCK_DTYPES
-from ..store.reports import PARTS
+from ..choices import BLOCK_DTYPES
 from .options import open_store
 
 if TYPE_CHECKING:
@@ -28,6 +27,8 @@ def recipe_for_settings(settings: dict[str, Any]) -> BlockRecipe:
 
 def _per_token(parts: BytesByPart) -> str:
     """Bytes per document token, all-in and by part, in one line."""
+    from ..store.reports import PARTS
+
     each = ", ".join(f"{part} {parts.per_token[part]:.0f}" for part in PARTS)
     return f"{parts.per_token['total']:.0f} B/token all-in ({each}) over {parts.tokens} tokens"
 

@@ -1,16 +1,19 @@
 """``lychee train compressor|gate|rl``: the trainers' command lines.
 
 Each trainer's flags are read from its config model (``CompressorTrainingConfig``, ``GateTrainingConfig``,
-``RLTrainingConfig``): type, choices, default and help are the model's, so the two cannot drift apart.
+``RLTrainingConfig``): type, choices, default and help are the model's, so the two cannot drift apart. The config
+models live beside their trainers, which import torch: a trainer's flags are added when its command is parsed or its
+help shown (``DeferredParser``), so building the rest of the command line imports neither.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,36 +161,67 @@ def _command_train_rl(args: argparse.Namespace, dests: Mapping[str, str]) -> int
     return 0
 
 
+class DeferredParser(argparse.ArgumentParser):
+    """A command's parser whose arguments ``populate`` adds the first time it parses or renders help or usage, so a
+    command whose flags come from a heavy module costs nothing until it is the command run (or asked about)."""
+
+    def __init__(self, *args: Any, populate: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.populate = populate
+
+    def ensure_populated(self) -> None:
+        """Add the deferred arguments once."""
+        populate, self.populate = self.populate, None
+        if populate is not None:
+            populate(self)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self.ensure_populated()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self.ensure_populated()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self.ensure_populated()
+        return super().format_help()
+
+
 def _add_trainer(
     kinds: Any,
     name: str,
     help_text: str,
-    model: type[BaseModel],
+    model: str,
     flags: tuple[str, ...],
     handler: Any,
     helps: Mapping[str, str] | None = None,
 ) -> argparse.ArgumentParser:
-    parser = kinds.add_parser(name, help=help_text)
-    parser.add_argument("--out", type=Path, required=True, help="output directory (resumes a run found there)")
-    dests = add_field_flags(parser, model, flags, spellings=_SPELLINGS, helps=helps or {}, overrides=_OVERRIDES)
-    parser.add_argument("--no-progress", action="store_true")
-    parser.set_defaults(handler=lambda args: handler(args, dests))
-    return parser
+    """Register ``lychee train NAME``; ``model`` ("module:Class" under ``lychee_memory.training``) is imported and
+    its flags added only when the command is parsed or its help shown."""
+
+    def populate(parser: argparse.ArgumentParser) -> None:
+        module, _, class_name = model.partition(":")
+        config: type[BaseModel] = getattr(importlib.import_module(f"..training.{module}", __package__), class_name)
+        parser.add_argument("--out", type=Path, required=True, help="output directory (resumes a run found there)")
+        dests = add_field_flags(parser, config, flags, spellings=_SPELLINGS, helps=helps or {}, overrides=_OVERRIDES)
+        parser.add_argument("--no-progress", action="store_true")
+        parser.set_defaults(handler=lambda args: handler(args, dests))
+
+    return kinds.add_parser(name, help=help_text, populate=populate)
 
 
 def add_train_commands(commands: Any) -> None:
     """``lychee train compressor``, ``lychee train gate`` and ``lychee train rl``."""
-    from ..training.compressor import CompressorTrainingConfig
-    from ..training.gate import GateTrainingConfig
-    from ..training.rl_run import RLTrainingConfig
-
     train = commands.add_parser("train", help="train a learned part of the method")
-    kinds = train.add_subparsers(dest="train_command", required=True)
+    kinds = train.add_subparsers(dest="train_command", required=True, parser_class=DeferredParser)
     _add_trainer(
         kinds,
         "compressor",
         "distil raw-KV reads into learned memory slots (resumable; writes weights, curve PNG)",
-        CompressorTrainingConfig,
+        "compressor:CompressorTrainingConfig",
         _COMPRESSOR_FLAGS,
         _command_train_compressor,
     )
@@ -196,7 +230,7 @@ def add_train_commands(commands: Any) -> None:
         "gate",
         "train the gate as a LoRA classifier over (question, memory, block) states (resumable; writes the adapter "
         "with its calibrated threshold, a curve PNG, and a comparison with the untrained rules)",
-        GateTrainingConfig,
+        "gate:GateTrainingConfig",
         _GATE_FLAGS,
         _command_train_gate,
         _GATE_HELP,
@@ -206,7 +240,7 @@ def add_train_commands(commands: Any) -> None:
         "rl",
         "train the reasoner as a LoRA adapter with GRPO over whole trajectories (memory updates and answer) on the "
         "answer reward (resumable; writes the adapter, a curve PNG and summary.json)",
-        RLTrainingConfig,
+        "rl_run:RLTrainingConfig",
         _RL_FLAGS,
         _command_train_rl,
         _RL_HELP,

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..choices import TASKS
 from ..errors import ConfigurationError, DocumentError
 from .haystack import generated_paragraphs
 from .needles import NEEDLE_FAMILIES, Needle
 
 HOTPOT_FILE = Path("hotpotqa") / "hotpot_dev_distractor_q0-59.json"
 SQUAD_FILE = Path("squad") / "squad_dev_v2_subset.json"
-TASKS = ("ruler-hqa", "needle", "needle-multikey", "needle-twohop")
 
 Tokenizer = Any  # a Hugging Face tokenizer: called as tokenizer(text, add_special_tokens=False).input_ids
 

@@ -13,19 +13,18 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Any, Literal, get_args
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from ..blocks import BankIdentity
+from ..choices import BLOCK_DTYPES as BLOCK_DTYPES  # re-exported: where the store and its users import it
+from ..choices import BlockDtype
 from ..documents import Document
 from ..errors import ConfigurationError, DocumentError
 from .reports import BankInfo
 
 FORMAT_VERSION = 1
-# "none": an index-only bank, its KV never stored but encoded from the stored text when read (codec.IndexOnlyCodec).
-BlockDtype = Literal["float32", "bfloat16", "float16", "int8", "int4", "int2", "k4v2", "none"]
-BLOCK_DTYPES: tuple[str, ...] = get_args(BlockDtype)
 
 # How the model fingerprint of a manifest was computed. Manifests written before the field existed hashed
 # sampled weight values and the dtype; their banks must be rebuilt once (the text is kept) to be read again.
