@@ -30,6 +30,7 @@ DEFINED_IN = {
     "EngineConfig": "config",
     "Document": "documents",
     "LycheeMemory": "engine",
+    "Excerpt": "excerpts",
     "DocumentFilter": "filters",
     "BankInfo": "store.reports",
     "BlockRecipe": "store.recipe",
