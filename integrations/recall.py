@@ -39,18 +39,6 @@ class KeptMemory(MemoryStrategy):
 def recall(
     engine: LycheeMemory, query: str, bank: MemoryBank, k: int, filters: dict[str, object] | None = None
 ) -> list[SelectedBlock]:
-    """The ``k`` blocks the gate selects for ``query`` (``engine.select`` semantics), decoding nothing.
-
-    The engine's memory strategy is swapped for ``KeptMemory`` while its lock is held, so no other caller of the
-    engine ever scans with it.
-    """
-
-    def select() -> list[SelectedBlock]:
-        kept = engine.memory_strategy
-        engine.memory_strategy = KeptMemory()
-        try:
-            return engine.select(query, bank, k=k, filters=filters)
-        finally:
-            engine.memory_strategy = kept
-
-    return call_engine(engine, select)
+    """The ``k`` blocks the gate selects for ``query`` (``engine.select`` semantics), decoding nothing: the scan's
+    memory strategy for this call is ``KeptMemory``; the engine's own is never touched."""
+    return call_engine(engine, lambda: engine.select(query, bank, k=k, filters=filters, memory=KeptMemory()))

@@ -339,6 +339,7 @@ class LycheeMemory:
         k: int | None = None,
         filters: Filters = None,
         show_progress: bool | None = None,
+        memory: MemoryStrategy | None = None,
     ) -> list[SelectedBlock]:
         """The blocks the gate selects for a question, without writing the final answer (for retrievers).
 
@@ -346,9 +347,10 @@ class LycheeMemory:
         ``k`` asks for exactly k blocks when the bank has that many: when the gate read more, the k best by
         gate score among them (in reading order); when it read fewer, its selections (``selected=True``), then
         the best-scoring blocks it did not read under the final memory (``selected=False``), best first.
-        ``filters`` (``filters.py``) restricts the scan to matching documents.
+        ``filters`` (``filters.py``) restricts the scan to matching documents. ``memory`` replaces the engine's memory
+        strategy for this call only (an agent's recall passes one that decodes nothing).
         """
-        return self.select_many([question], source, k=k, filters=filters, show_progress=show_progress)[0]
+        return self.select_many([question], source, k=k, filters=filters, show_progress=show_progress, memory=memory)[0]
 
     @_exclusive
     def select_many(
@@ -359,6 +361,7 @@ class LycheeMemory:
         k: int | None = None,
         filters: Filters = None,
         show_progress: bool | None = None,
+        memory: MemoryStrategy | None = None,
     ) -> list[list[SelectedBlock]]:
         """``select`` for several questions over one source, their scans batched together (a server's retrieve)."""
         if isinstance(questions, str):
@@ -367,7 +370,7 @@ class LycheeMemory:
             raise ConfigurationError(f"k must be a positive number of blocks, got {k!r}")
         questions = [self.check_question(question) for question in questions]
         bank, _ = self._bank_of(source, show_progress, filters)
-        states, scan = self.scan(questions, bank, show_progress)
+        states, scan = self.scan(questions, bank, show_progress, memory=memory)
         return [k_blocks(state, bank, scan, k) for state in states]
 
     def stream(
@@ -424,11 +427,14 @@ class LycheeMemory:
         bank: MemoryBank,
         show_progress: bool | None = None,
         observe: UpdateObserver | None = None,
+        memory: MemoryStrategy | None = None,
     ) -> tuple[list[ScanState], GateScan]:
         """The gate's state-aware scan of a checked bank with memory updates, without the final answers.
 
-        ``observe(state, index, request, generation)`` hears each update (the RL trainer records its turns so).
+        ``observe(state, index, request, generation)`` hears each update (the RL trainer records its turns so);
+        ``memory`` is the memory strategy of this scan (default: the engine's).
         """
+        strategy = memory if memory is not None else self.memory_strategy
         states = [ScanState(question, self.config.prompts.initial_memory) for question in questions]
         gate = self.config.gate
         assert gate.boundary_tolerance is not None
@@ -446,9 +452,7 @@ class LycheeMemory:
             # One scan step's blocks stay decoded: a block scored by the gate and read by the reasoner, or scored for
             # several questions, is fetched and decoded once.
             with blocks_once(bank, gate.batch_size * len(questions)) as scanned:
-                scan.run(
-                    scanned, states, lambda reads: self.memory_strategy.update(self.reasoner, scanned, reads, observe)
-                )
+                scan.run(scanned, states, lambda reads: strategy.update(self.reasoner, scanned, reads, observe))
         return states, scan
 
     def check_question(self, question: object) -> str:

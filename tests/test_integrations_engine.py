@@ -33,6 +33,31 @@ def test_select_returns_the_blocks_ask_reads(engine, bank):
     assert len(selected) == 4  # every block passes this threshold; the budget stops the scan
 
 
+def test_select_takes_a_memory_strategy_for_one_call_and_keeps_the_engines(engine, bank):
+    """A retriever that must not decode passes its own strategy; later calls use the engine's again."""
+    from lychee_memory.working_memory import GeneratedNotes
+
+    class Recorded(GeneratedNotes):
+        reads: list[int] = []
+
+        def update(self, reasoner, bank, reads, observe=None):
+            Recorded.reads.extend(index for _, index in reads)
+            return [state.memory for state, _ in reads]  # the memory as it was: nothing decoded
+
+    generated: list[int] = []
+    original = engine.reasoner.update
+    engine.reasoner.update = lambda requests: generated.append(len(requests)) or original(requests)
+    try:
+        strategy = engine.memory_strategy
+        selected = engine.select(QUESTION, bank, memory=Recorded())
+        assert [block.index for block in selected] == Recorded.reads and generated == []
+        assert engine.memory_strategy is strategy
+        engine.select(QUESTION, bank)
+        assert generated  # the engine's own strategy writes notes again
+    finally:
+        del engine.reasoner.update
+
+
 def test_select_with_k_keeps_the_best_scores_in_reading_order(engine, bank):
     everything = engine.select(QUESTION, bank)
     best_two = engine.select(QUESTION, bank, k=2)
