@@ -9,12 +9,13 @@ memory's at a lower weight), and fitting scored sentences into a token budget wi
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from .lexical import Bm25Statistics, TermCounts
 
 # Words after which a period does not end a sentence (compared lowercased, without the final period).
 ABBREVIATIONS = frozenset(
@@ -31,7 +32,6 @@ STOPWORDS = frozenset(
 )
 _CANDIDATE_END = re.compile(r"[.!?]+[\"')\]\u201d\u2019]*(?=\s)")
 _TERM = re.compile(r"[0-9A-Za-z\u00c0-\uffff]+")
-BM25_K1, BM25_B = 1.2, 0.75
 SENTENCE_REACH = 1000  # characters looked at past a block's edge to complete a sentence it cuts
 
 
@@ -160,29 +160,16 @@ class LexicalScorer:
 
     def scores(self, sentences: Sequence[str], question: str, memories: Sequence[str]) -> list[float]:
         """Score of each sentence; ``memories[i]`` is the memory text sentence ``i`` is judged against."""
-        bags = [Counter(terms(sentence)) for sentence in sentences]
-        count = len(bags)
-        if count == 0:
+        counts = [TermCounts(Counter(found), len(found)) for found in map(terms, sentences)]
+        if not counts:
             return []
-        frequency = Counter(term for bag in bags for term in bag)
-        average = sum(sum(bag.values()) for bag in bags) / count or 1.0
+        statistics = Bm25Statistics.of(counts)  # the project's BM25 (lexical.py), over these sentences
         asked = set(terms(question))
-
-        def weight(term: str) -> float:
-            return math.log(1.0 + (count - frequency[term] + 0.5) / (frequency[term] + 0.5))
-
-        results = []
-        for bag, memory in zip(bags, memories):
-            length = sum(bag.values())
-            noted = set(terms(memory)) - asked
-            total = 0.0
-            for term, tf in bag.items():
-                boost = 1.0 if term in asked else self.memory_weight if term in noted else 0.0
-                if boost:
-                    saturation = tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * length / average))
-                    total += boost * weight(term) * saturation
-            results.append(total)
-        return results
+        return [
+            statistics.score(asked, sentence)
+            + self.memory_weight * statistics.score(set(terms(memory)) - asked, sentence)
+            for sentence, memory in zip(counts, memories)
+        ]
 
 
 def keep_within(scores: Sequence[float], costs: Sequence[int], budget: int, at_least_one: bool = True) -> list[int]:
