@@ -295,6 +295,64 @@ def test_gc_during_a_live_lazy_query_deletes_nothing_it_reads(location, tmp_path
     assert writer.gc().removed_blocks == chunk_count(engine, [facts]), "freed once the reader is gone"
 
 
+def bytes_holding(store: MemoryStore, directory: Path, needle: bytes) -> list[str]:
+    """Every place of the backend whose bytes hold ``needle``: local files (store, SQLite, caches), S3 objects
+    read with boto3, and the PostgreSQL database's own table files (its write-ahead log aside)."""
+    places = [str(path) for path in directory.rglob("*") if path.is_file() and needle in path.read_bytes()]
+    if store.location.startswith("s3://"):
+        bucket = store.objects.items.remote.root.partition("/")[0]
+        client = services.s3_client(store.where.storage_options["endpoint_url"])
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                if needle in client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read():
+                    places.append("s3://" + bucket + "/" + item["Key"])
+    manifests = store.where.manifests or ""
+    if manifests.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(manifests, autocommit=True) as connection:
+            connection.execute("CHECKPOINT")  # the table files on disk, not the server's buffers
+            data = Path(connection.execute("SHOW data_directory").fetchone()[0])
+            (database,) = connection.execute(
+                "SELECT oid FROM pg_database WHERE datname = current_database()"
+            ).fetchone()
+        tables = data / "base" / str(database)
+        if not os.access(tables, os.R_OK):
+            pytest.skip("the PostgreSQL server's files are not readable from this process")
+        places += [str(path) for path in tables.iterdir() if path.is_file() and needle in path.read_bytes()]
+    return places
+
+
+def test_a_removed_document_leaves_no_trace_after_gc(location, tmp_path):
+    """Forgetting is for real: after a document is removed and gc runs, no byte of its text or metadata is left
+    anywhere the backend keeps data, including the old manifest versions a database keeps; the rest still opens."""
+    engine = make_engine()
+    store = MemoryStore(location)
+    if "postgresql://" in location:  # PostgreSQL would compress the manifest rows: keep them as plain bytes to search
+        import psycopg
+
+        with psycopg.connect(store.where.manifests, autocommit=True) as connection:
+            connection.execute("ALTER TABLE lychee_manifests ALTER COLUMN data SET STORAGE EXTERNAL")
+    keep = Document.from_text("The east pier shed code is 58213.", id="facts")
+    forget = Document.from_text(
+        "The forgotten password is copper-heron-4411.", id="secret", metadata={"n": "copper-heron"}
+    )
+    engine.ingest([keep], store=store, bank="mixed")
+    engine.ingest([forget], store=store, bank="mixed")  # the manifest is rewritten: old versions exist
+    gc.collect()
+    before = bytes_holding(store, tmp_path, b"copper-heron")
+    assert before, "the needle is findable before it is forgotten"
+    if "postgresql://" in location:
+        assert any("/base/" in place for place in before), "the manifest rows themselves are searched"
+    store.remove_documents("mixed", ["secret"])
+    report = store.gc()
+    assert report.removed_texts == 1
+    assert bytes_holding(store, tmp_path, b"copper-heron") == []
+    assert [document.id for document in store.bank_manifest("mixed").documents] == ["facts"]
+    assert store.verify().ok
+    assert len(engine.open_bank("mixed", store)) == chunk_count(engine, [keep])
+
+
 def test_gc_refuses_while_another_handle_writes_blocks(location):
     engine = make_engine()
     store = MemoryStore(location)

@@ -104,6 +104,10 @@ class Catalog(ABC):
     def leased_keys(self, remove_stale: bool) -> set[str]:
         """Keys named by live leases; with ``remove_stale``, forget the leases of dead processes."""
 
+    def scrub(self) -> None:  # noqa: B027 (a catalog whose files keep no old copies has nothing to do)
+        """After gc: drop the old copies of replaced or deleted manifests the catalog's own files still hold, so a
+        forgotten document's text and metadata leave no trace (a no-op where the objects' store does it)."""
+
     def close(self) -> None:  # noqa: B027 (most catalogs hold nothing to release)
         """Release connections (a no-op where there are none)."""
 
@@ -232,6 +236,7 @@ class DatabaseCatalog(Catalog):
                 )
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA busy_timeout=60000")
+                connection.execute("PRAGMA secure_delete=ON")  # a replaced manifest's page space is zeroed, not kept
                 return connection
             try:
                 import psycopg
@@ -346,6 +351,19 @@ class DatabaseCatalog(Catalog):
         with self._transaction():
             self.put(new, data, generation, 0)
             self.remove(old, expected)
+
+    def scrub(self) -> None:
+        """SQLite: copy the write-ahead log into the file and empty it (old manifest versions live on there; the
+        file's own freed space is zeroed by ``secure_delete``). PostgreSQL: ``VACUUM FULL`` rewrites the manifest
+        table without its dead row versions; the server's own write-ahead log keeps them until it recycles its
+        segments, which is the database's durability, not something a client can erase."""
+        try:
+            if self.dialect is SQLITE:
+                self._execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            else:
+                self._execute("VACUUM FULL lychee_manifests")
+        except StoreError as error:  # a reader holding the log or a role that does not own the table: gc still ran
+            logger.warning("gc could not scrub old manifest versions from %s: %s", self.location, error)
 
     # Leases --------------------------------------------------------------------------------------------
 

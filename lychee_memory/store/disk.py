@@ -77,6 +77,13 @@ def open_plain_cache(
         raise StoreError(f"cannot open {what}: {error}") from None
 
 
+def empty_write_ahead_log(cache: diskcache.Cache) -> None:
+    """Copy a diskcache's write-ahead log into its database and empty it: old versions of deleted values live on
+    there (the database's own freed pages are zeroed by ``sqlite_secure_delete``)."""
+    with contextlib.closing(sqlite3.connect(cache.directory + "/cache.db", timeout=60)) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
 class Items:
     """Plain bytes under string keys in ``directory``, with the store's errors instead of OSError/sqlite3's."""
 
@@ -163,6 +170,4 @@ class Items:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.cache.check(fix=True, retry=True)
-        # Copy the write-ahead log into the database and empty it: old versions of deleted values live on there.
-        with contextlib.closing(sqlite3.connect(self.cache.directory + "/cache.db", timeout=60)) as connection:
-            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        empty_write_ahead_log(self.cache)

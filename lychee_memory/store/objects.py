@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import StoreError, StoreFullError
 from .codec import Damaged, unframe
-from .disk import open_plain_cache
+from .disk import empty_write_ahead_log, open_plain_cache
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +251,12 @@ class CachedObjects:
     def delete(self, key: str) -> bool:
         self.copy.delete(key, retry=True)
         return self.remote.delete(key)
+
+    def remove_orphan_files(self) -> None:
+        """The object store's leftovers, and the deleted values' old versions in the local copy's log (gc)."""
+        self.remote.remove_orphan_files()
+        with contextlib.suppress(OSError, sqlite3.Error):  # an unreadable local copy only costs speed, as in get
+            empty_write_ahead_log(self.copy)
 
 
 def _sound(key: str, data: bytes) -> bool:

@@ -357,6 +357,7 @@ class MemoryStore:
                         if key.removeprefix(prefix) not in kept:
                             removed[prefix] += items.delete(key)
                 items.remove_orphan_files()  # no writer runs now
+                catalog.scrub()
                 return GcReport(
                     removed[BLOCK_PREFIX], removed[TEXT_PREFIX], before, items.volume(), removed[INDEX_PREFIX]
                 )
