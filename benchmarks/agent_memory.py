@@ -10,7 +10,7 @@ sessions, both needed), ``never`` (never mentioned: nothing right to find; repor
 selected something, Lychee only). Both blocks are flushed the same exchanges (one ``aput`` per user+assistant pair)
 and return the same number of messages (k). Latency: seconds per flush and per turn, p50/p95 of ``_aget``.
 
-    python benchmarks/agent_memory.py --turns 320 --seed 0 --k 2 --out agent_memory.json
+    python benchmarks/agent_memory.py --turns 320 --seed 0 --k 2 --recalls gate,lexical:supersede:floor=0 --out x.json
     python benchmarks/agent_memory.py --puts 1000 --batches 1,100 --model tiny-random-llama   # LangGraph puts
 """
 
@@ -198,8 +198,30 @@ def newer_first(probe: Probe, recalled: str) -> bool | None:
     return text.index(new) < text.index(old)
 
 
-async def run_block(block: Any, script: Script, margins: list[float] | None = None) -> dict[str, dict[str, Any]]:
-    """Flush the conversation into ``block`` once, then run the probes (once per recency margin for Lychee)."""
+def parse_recall(spec: str) -> Any:
+    """A RecallSettings from ``ranker[:judged=N][:prior][:supersede][:floor=X]`` (e.g. ``lexical:supersede:floor=0``)."""
+    from lychee_memory.integrations.recall import RecallSettings
+
+    ranker, *options = spec.strip().split(":")
+    fields: dict[str, Any] = {"ranker": ranker}
+    for option in options:
+        name, _, value = option.partition("=")
+        if name in ("prior", "supersede"):
+            fields[name] = True
+        elif name == "judged":
+            fields[name] = int(value)
+        elif name == "floor":
+            fields[name] = float(value)
+        else:
+            raise SystemExit(f"unknown recall option {option!r} in {spec!r}")
+    return RecallSettings(**fields)
+
+
+async def run_block(
+    block: Any, script: Script, configs: list[tuple[str, Any, float]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Flush the conversation into ``block`` once, then run the probes once per (label, recall settings, recency
+    margin) for Lychee."""
     from llama_index.core.base.llms.types import ChatMessage
 
     flush_seconds = []
@@ -211,8 +233,9 @@ async def run_block(block: Any, script: Script, margins: list[float] | None = No
         )
         flush_seconds.append(time.perf_counter() - started)
     runs = {}
-    for margin in margins or [None]:
-        if margin is not None:
+    for label, settings, margin in configs or [("", None, None)]:
+        if settings is not None:
+            block.recall_settings = settings
             block.recency_margin = margin
         results, get_seconds = [], []
         for probe in script.probes:
@@ -226,8 +249,9 @@ async def run_block(block: Any, script: Script, margins: list[float] | None = No
                 row["newer_first"] = newer_first(probe, recalled)
             if hasattr(block, "last_sources"):
                 row["gate_selected"] = any(source["selected"] for source in block.last_sources)
+            row["nothing"] = not recalled.strip()
             results.append(row)
-        runs["" if margin is None else f"_margin_{margin}"] = {
+        runs[label] = {
             "probes": results,
             "flush_seconds_mean": statistics.fmean(flush_seconds),
             "seconds_per_turn": sum(flush_seconds) / (2 * len(script.exchanges)),
@@ -250,6 +274,7 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
             entry["newer_first"] = sum(both)
         if rows and "gate_selected" in rows[0]:
             entry["gate_selected"] = sum(row["gate_selected"] for row in rows)
+        entry["nothing"] = sum(row["nothing"] for row in rows)
         by_kind[kind] = entry
     scored = [row for row in run["probes"] if "pass" in row]
     return {
@@ -344,7 +369,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--model", default=None, help="Lychee model spec (default: the embedded default)")
-    parser.add_argument("--margins", default="0,0.25", help="recency margins to run Lychee with")
+    parser.add_argument("--margins", default="0", help="recency margins to run Lychee with")
+    parser.add_argument(
+        "--recalls",
+        default="gate,lexical:supersede:floor=0",
+        help="recall settings to run Lychee with, ranker[:judged=N][:prior][:supersede][:floor=X], comma-separated",
+    )
     parser.add_argument("--skip-vector", action="store_true")
     parser.add_argument("--out", default=None)
     parser.add_argument("--puts", type=int, default=0, help="measure this many LycheeStore puts instead")
@@ -382,12 +412,17 @@ def main() -> None:
 
     engine = resolve_engine(args.model)
     margins = [float(value) for value in args.margins.split(",")]
+    configs = [
+        (f"lychee_{spec}_margin_{margin}", parse_recall(spec), margin)
+        for spec in args.recalls.split(",")
+        for margin in margins
+    ]
     with tempfile.TemporaryDirectory() as directory:
         block = LycheeMemoryBlock(name="lychee", model=engine, store=directory, k=args.k)
-        runs = asyncio.run(run_block(block, script, margins))
-    for suffix, run in runs.items():
-        report["runs"][f"lychee{suffix}"] = {**summary(run), "rows": run["probes"]}
-        print(f"lychee{suffix}", json.dumps(summary(run)))
+        runs = asyncio.run(run_block(block, script, configs))
+    for label, run in runs.items():
+        report["runs"][label] = {**summary(run), "rows": run["probes"]}
+        print(label, json.dumps(summary(run)))
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(report, handle, indent=1, default=str)

@@ -27,7 +27,7 @@ from lychee_memory import Document, DocumentFilter, LycheeMemory, MemoryBank, Me
 
 from ..banks import OpenBanks
 from ..engines import call_engine_async, resolve_engine
-from ..recall import recall
+from ..recall import CONVERSATION_RECALL, RecallSettings, recall
 from ..recency import DEFAULT_RECENCY_MARGIN, Recalled, best_per_document, newest_first_among_ties
 from .nodes import to_lychee_filters
 
@@ -63,6 +63,9 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
     filters: Any = Field(default=None, exclude=True, description="A metadata filter every recall obeys.")
     recency_margin: float = Field(
         default=DEFAULT_RECENCY_MARGIN, ge=0, description="Recency bonus of the newest recalled message (see recency)."
+    )
+    recall_settings: RecallSettings = Field(
+        default=CONVERSATION_RECALL, description="How recall ranks the messages and when it returns none (see recall)."
     )
 
     _engine: LycheeMemory | None = PrivateAttr(default=None)
@@ -166,7 +169,7 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
         view = bank if not filters else _matching(bank, filters)
         if view is None:
             return []
-        blocks = recall(engine, query, view, self.k * self.candidates)
+        blocks = recall(engine, query, view, self.k * self.candidates, settings=self.recall_settings)
         best = best_per_document((block.document_id, block.score) for block in blocks)
         chosen = {block.document_id for block in blocks if block.selected}
         by_id = {document.id: document for document in bank.documents}
