@@ -6,8 +6,8 @@ themselves early, chats about other things for hundreds of turns across several 
 (moves, changes a preference), and is then probed. Each probe is one user message given to ``_aget``; a probe
 passes when the recalled text holds the right value and not the stale one. Kinds: ``single`` (a fact stated once),
 ``updated`` (stated, then changed: the new value must be there, the old one not), ``multi`` (two facts from two
-sessions, both needed), ``never`` (never mentioned: nothing right to find; reported as how often the gate still
-selected something, Lychee only). Both blocks are flushed the same exchanges (one ``aput`` per user+assistant pair)
+sessions, both needed), ``never`` (never mentioned: nothing right to find; reported as how often nothing was
+recalled, and for the gate how often it still selected something). Both blocks are flushed the same exchanges (one ``aput`` per user+assistant pair)
 and return the same number of messages (k). Latency: seconds per flush and per turn, p50/p95 of ``_aget``.
 
     python benchmarks/agent_memory.py --turns 320 --seed 0 --k 2 --recalls gate,lexical:supersede:floor=0 --out x.json

@@ -1,4 +1,4 @@
-"""``LycheeMemoryBlock``: long-term memory for LlamaIndex agents, kept as compressed blocks and recalled by the gate.
+"""``LycheeMemoryBlock``: long-term memory for LlamaIndex agents, kept as compressed blocks, recalled without decoding.
 
     from llama_index.core.memory import Memory
     from lychee_memory.integrations.llama_index import LycheeMemoryBlock
@@ -7,9 +7,10 @@
 
 Messages that ``Memory`` flushes out of its chat history are appended to a bank of a MemoryStore, one document per
 message (role, session id and turn time in its metadata): only the new messages are compressed, nothing stored is
-encoded again. ``aget`` runs the gate's selection against the recent messages (no answer is decoded) and returns
-the relevant messages, newest first among near ties, each with its source. ``forget`` removes messages; after
-``MemoryStore.gc()`` their text is gone from the store.
+encoded again. ``aget`` recalls the messages that matter for the recent ones (``recall_settings``; by default BM25
+over the messages, an older statement superseded by a newer one of the same slot, nothing when no message shares a
+term: ``recall.CONVERSATION_RECALL``; nothing is decoded) and returns them, each with its source. ``forget``
+removes messages; after ``MemoryStore.gc()`` their text is gone from the store.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ MAX_QUERY_CHARS = 2000  # the gate's question: the tail of the recent messages
 
 
 class LycheeMemoryBlock(BaseMemoryBlock[str]):
-    """Flushed chat messages compressed into a Lychee bank; recall is the gate's selection over them.
+    """Flushed chat messages compressed into a Lychee bank, recalled by ``recall_settings`` (integrations/recall.py).
 
     ``model``: a LycheeMemory engine, a model spec or None (the embedded default). ``store``: a MemoryStore, a
     directory or a store URL (None: the default store); ``bank``: the bank's name there. ``k``: messages recalled.
@@ -157,7 +158,7 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
         return text[-MAX_QUERY_CHARS:].strip()
 
     def recall(self, query: str, session: str | None = None) -> list[dict[str, Any]]:
-        """The messages recalled for ``query`` (the gate's selection, nothing decoded), best first, as source dicts."""
+        """The messages recalled for ``query`` (by ``recall_settings``, nothing decoded), best first, as source dicts."""
         engine = self.engine
         store = self.memory_store
         if not store.has_bank(self.bank):
