@@ -195,3 +195,7 @@ def test_the_memory_block_defaults_to_conversation_recall(engine, tmp_path):
     block = LycheeMemoryBlock(name="m", model=engine, store=tmp_path / "s")
     assert block.recall_settings == CONVERSATION_RECALL
     assert CONVERSATION_RECALL == RecallSettings(ranker="lexical", supersede=True, floor=0.0)
+    given = LycheeMemoryBlock(name="m", model=engine, recall_settings={"ranker": "lexical", "floor": 1.5})
+    assert given.recall_settings == RecallSettings(ranker="lexical", floor=1.5)
+    with pytest.raises(ValueError, match="recall_settings.ranker"):
+        LycheeMemoryBlock(name="m", model=engine, recall_settings={"ranker": "bm42"})

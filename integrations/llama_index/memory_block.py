@@ -57,7 +57,7 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
     bank: str = Field(default=DEFAULT_BANK, description="The bank in the store that holds the messages.")
     k: int = Field(default=2, ge=1, description="How many messages a recall returns at most.")
     candidates: int = Field(
-        default=2, ge=1, description="The gate selects k x candidates blocks; recency then keeps the best k of them."
+        default=2, ge=1, description="Recall returns k x candidates blocks; recency then keeps the best k of them."
     )
     retrieval_context_window: int = Field(default=5, ge=1, description="Recent messages the gate is asked about.")
     all_sessions: bool = Field(default=False, description="Recall from every session even when given a session id.")
@@ -141,7 +141,7 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
     # Reading ---------------------------------------------------------------------------------------
 
     async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
-        """The messages the gate selects for the recent ones, best first, each with its source; "" when none."""
+        """The messages recalled for the recent ones, best first, each with its source; "" when none."""
         query = self.query_text(messages or [])
         if not query:
             return ""
