@@ -66,8 +66,9 @@ class RecallSettings:
 
     ``ranker``: ``"gate"`` (the engine's scan) or a stage-1 scorer name. ``judged``: blocks of stage 1's best the
     gate's rule judges (0: stage 1 alone; ignored by ``"gate"``). ``prior``: subtract each judged block's own gain
-    for ``null_question``. ``floor``: the lowest score recalled (None: the k best are always returned); its scale is
+    for ``null_question``. ``floor``: only scores above it are recalled (None: the k best always are); its scale is
     the final score's (nats of gain when blocks are judged, else BM25 for lexical, z-scores for the others).
+    ``supersede``: drop a recalled block when a newer recalled one contains every query term it contains.
     """
 
     ranker: RecallRanker = "gate"
