@@ -6,11 +6,11 @@ themselves early, chats about other things for hundreds of turns across several 
 (moves, changes a preference), and is then probed. Each probe is one user message given to ``_aget``; a probe
 passes when the recalled text holds the right value and not the stale one. Kinds: ``single`` (a fact stated once),
 ``updated`` (stated, then changed: the new value must be there, the old one not), ``multi`` (two facts from two
-sessions, both needed), ``never`` (never mentioned: nothing right to find; reported as how often the gate still
-selected something, Lychee only). Both blocks are flushed the same exchanges (one ``aput`` per user+assistant pair)
+sessions, both needed), ``never`` (never mentioned: nothing right to find; reported as how often nothing was
+recalled, and for the gate how often it still selected something). Both blocks are flushed the same exchanges (one ``aput`` per user+assistant pair)
 and return the same number of messages (k). Latency: seconds per flush and per turn, p50/p95 of ``_aget``.
 
-    python benchmarks/agent_memory.py --turns 320 --seed 0 --k 2 --out agent_memory.json
+    python benchmarks/agent_memory.py --turns 320 --seed 0 --k 2 --recalls gate,lexical:supersede:floor=0 --out x.json
     python benchmarks/agent_memory.py --puts 1000 --batches 1,100 --model tiny-random-llama   # LangGraph puts
 """
 
@@ -198,21 +198,52 @@ def newer_first(probe: Probe, recalled: str) -> bool | None:
     return text.index(new) < text.index(old)
 
 
-async def run_block(block: Any, script: Script, margins: list[float] | None = None) -> dict[str, dict[str, Any]]:
-    """Flush the conversation into ``block`` once, then run the probes (once per recency margin for Lychee)."""
+def parse_recall(spec: str) -> Any:
+    """A RecallSettings from ``ranker[:judged=N][:prior][:supersede][:floor=X]`` (e.g. ``lexical:supersede:floor=0``)."""
+    from lychee_memory.integrations.recall import RecallSettings
+
+    ranker, *options = spec.strip().split(":")
+    fields: dict[str, Any] = {"ranker": ranker}
+    for option in options:
+        name, _, value = option.partition("=")
+        if name in ("prior", "supersede"):
+            fields[name] = True
+        elif name == "judged":
+            fields[name] = int(value)
+        elif name == "floor":
+            fields[name] = float(value)
+        else:
+            raise SystemExit(f"unknown recall option {option!r} in {spec!r}")
+    return RecallSettings(**fields)
+
+
+async def flush(block: Any, script: Script) -> list[float]:
+    """One ``aput`` per exchange (user message and reply, with the session id); the seconds of each."""
     from llama_index.core.base.llms.types import ChatMessage
 
-    flush_seconds = []
+    seconds = []
     for session, user, reply in script.exchanges:
         started = time.perf_counter()
         await block.aput(
             [ChatMessage(role="user", content=user), ChatMessage(role="assistant", content=reply)],
             session_id=f"session-{session}",
         )
-        flush_seconds.append(time.perf_counter() - started)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+async def run_block(
+    block: Any, script: Script, configs: list[tuple[str, Any, float]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Flush the conversation into ``block`` once, then run the probes once per (label, recall settings, recency
+    margin) for Lychee."""
+    from llama_index.core.base.llms.types import ChatMessage
+
+    flush_seconds = await flush(block, script)
     runs = {}
-    for margin in margins or [None]:
-        if margin is not None:
+    for label, settings, margin in configs or [("", None, None)]:
+        if settings is not None:
+            block.recall_settings = settings
             block.recency_margin = margin
         results, get_seconds = [], []
         for probe in script.probes:
@@ -226,8 +257,9 @@ async def run_block(block: Any, script: Script, margins: list[float] | None = No
                 row["newer_first"] = newer_first(probe, recalled)
             if hasattr(block, "last_sources"):
                 row["gate_selected"] = any(source["selected"] for source in block.last_sources)
+            row["nothing"] = not recalled.strip()
             results.append(row)
-        runs["" if margin is None else f"_margin_{margin}"] = {
+        runs[label] = {
             "probes": results,
             "flush_seconds_mean": statistics.fmean(flush_seconds),
             "seconds_per_turn": sum(flush_seconds) / (2 * len(script.exchanges)),
@@ -250,6 +282,7 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
             entry["newer_first"] = sum(both)
         if rows and "gate_selected" in rows[0]:
             entry["gate_selected"] = sum(row["gate_selected"] for row in rows)
+        entry["nothing"] = sum(row["nothing"] for row in rows)
         by_kind[kind] = entry
     scored = [row for row in run["probes"] if "pass" in row]
     return {
@@ -338,15 +371,126 @@ def measure_puts(model: str | None, count: int, batch: int) -> dict[str, Any]:
     }
 
 
+# The recall sweep: every probe scored against every message block by each candidate scorer once, then the
+# variants ranked offline from those scores (how the memory block's default was chosen, seed 0, and confirmed, seed 1).
+
+NULL_QUESTIONS = ["N/A", "What is it?", "Tell me about it.", "What do I like?"]
+
+
+def score_matrix(engine: Any, bank: Any, script: Script) -> dict[str, Any]:
+    """Per probe: the gate rule's gain for every block (``s2``), the stage-1 scores (keys, lexical BM25,
+    hybrid_sum), and per block its gain for each null question (the prior). Blocks with equal text are scored once."""
+    from lychee_memory.gate import SCORERS, GateScan, ScanState
+    from lychee_memory.lexical import terms
+
+    gate = engine.config.gate
+    scan = GateScan(engine.loaded, engine.prompts, engine.rule, gate, engine.threshold, gate.boundary_tolerance)
+    initial = engine.config.prompts.initial_memory
+    texts = [span.text for span in bank.spans]
+    first = {text: index for index, text in reversed(list(enumerate(texts)))}
+    unique = sorted(first.values())
+
+    def gains(question: str) -> list[float]:
+        found = dict(zip(unique, scan.gains(bank, ScanState(question, initial), unique)))
+        return [found[first[text]] for text in texts]
+
+    scorers = {name: SCORERS[name].for_bank(engine.stage_one.context, bank) for name in ("keys", "hybrid_sum")}
+    lexical = SCORERS["lexical"].for_bank(engine.stage_one.context, bank)
+    matrix: dict[str, Any] = {"texts": texts, "null": {q: gains(q) for q in NULL_QUESTIONS}, "probes": []}
+    everything = list(range(len(bank)))
+    for probe in script.probes:
+        row: dict[str, Any] = {"kind": probe.kind, "question": probe.question, "right": probe.right}
+        row["stale"] = probe.stale
+        row["s2"] = gains(probe.question)
+        for name, scorer in scorers.items():
+            scores, _ = scorer.rank(bank, probe.question, initial, everything)
+            row[name] = [scores.get(index, float("-inf")) for index in everything]
+        row["lexical"] = lexical.bm25(bank, terms(probe.question), everything)
+        matrix["probes"].append(row)
+        print(probe.kind, probe.question, flush=True)
+    return matrix
+
+
+def _z(values: Any) -> Any:
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    spread = values.std()
+    return (values - values.mean()) / (spread if spread > 0 else 1.0)
+
+
+def variant_scores(matrix: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """Each ranking tried, as one score per block."""
+    import numpy as np
+
+    s2 = np.asarray(row["s2"], dtype=float)
+    nulls = {q: np.asarray(values, dtype=float) for q, values in matrix["null"].items()}
+    found = {"gate rule, every block (s2)": s2}
+    for question, null in nulls.items():
+        found[f"s2 - prior[{question}]"] = s2 - null
+    found["s2 - prior[mean of 4]"] = s2 - np.mean(list(nulls.values()), axis=0)
+    found["keys"] = np.asarray(row["keys"], dtype=float)
+    found["lexical"] = np.asarray(row["lexical"], dtype=float)
+    found["hybrid_sum"] = np.asarray(row["hybrid_sum"], dtype=float)
+    found["z(lexical) + z(s2)"] = _z(row["lexical"]) + _z(s2)
+    found["z(lexical) + z(s2 - prior[N/A])"] = _z(row["lexical"]) + _z(s2 - nulls["N/A"])
+    for n in (4, 16):
+        top = np.argsort(-found["lexical"], kind="stable")[:n]
+        staged = np.full(len(s2), -1e9)
+        staged[top] = (s2 - nulls["N/A"])[top]
+        found[f"lexical top {n} -> s2 - prior[N/A]"] = staged
+    return found
+
+
+def sweep(matrix: dict[str, Any], k: int = 2, candidates: int = 4) -> list[dict[str, Any]]:
+    """Pass counts of every variant: plain, with superseding, and with superseding and the lexical floor (a block
+    must share a term with the probe), the memory block's way: the best ``k * candidates``, then the best k."""
+    import numpy as np
+    from lychee_memory.integrations.recall import superseded
+
+    from lychee_memory import SelectedBlock
+
+    texts = matrix["texts"]
+    names = list(variant_scores(matrix, matrix["probes"][0]))
+    table = []
+    for name in names:
+        for supersede, floor in ((False, False), (True, False), (True, True)):
+            counts: dict[str, int] = {"single": 0, "updated": 0, "multi": 0, "never_nothing": 0, "real_nothing": 0}
+            for row in matrix["probes"]:
+                scores = variant_scores(matrix, row)[name]
+                order = [int(index) for index in np.argsort(-scores, kind="stable")[: k * candidates]]
+                if floor:
+                    order = [index for index in order if row["lexical"][index] > 0]
+                if supersede:
+                    blocks = [SelectedBlock(index, 0.0, f"d{index}", 0, 0, texts[index]) for index in order]
+                    order = [block.index for block in superseded(row["question"], blocks)]
+                recalled = "\n".join(texts[index] for index in order[:k])
+                if row["kind"] == "never":
+                    counts["never_nothing"] += not order
+                    continue
+                counts["real_nothing"] += not order
+                counts[row["kind"]] += passes(Probe(row["kind"], row["question"], row["right"], row["stale"]), recalled)
+            counts["all"] = counts["single"] + counts["updated"] + counts["multi"]
+            table.append({"variant": name, "supersede": supersede, "lexical_floor": floor, **counts})
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=320)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--model", default=None, help="Lychee model spec (default: the embedded default)")
-    parser.add_argument("--margins", default="0,0.25", help="recency margins to run Lychee with")
+    parser.add_argument("--margins", default="0", help="recency margins to run Lychee with")
+    parser.add_argument(
+        "--recalls",
+        default="gate,lexical:supersede:floor=0",
+        help="recall settings to run Lychee with, ranker[:judged=N][:prior][:supersede][:floor=X], comma-separated",
+    )
     parser.add_argument("--skip-vector", action="store_true")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--sweep", action="store_true", help="score every probe x block, then rank the variants")
+    parser.add_argument("--sweep-from", default=None, help="rank the variants of a score matrix saved by --sweep")
     parser.add_argument("--puts", type=int, default=0, help="measure this many LycheeStore puts instead")
     parser.add_argument("--batches", default="1,100", help="puts per batch() call to measure with --puts")
     args = parser.parse_args()
@@ -358,7 +502,32 @@ def main() -> None:
             with open(args.out, "w") as handle:
                 json.dump(rows, handle, indent=1)
         return
+    if args.sweep_from:
+        with open(args.sweep_from) as handle:
+            matrix = json.load(handle)
+        table = sweep(matrix, args.k)
+        for row in table:
+            print(json.dumps(row))
+        if args.out:
+            with open(args.out, "w") as handle:
+                json.dump(
+                    {"seed": matrix.get("seed"), "turns": matrix.get("turns"), "k": args.k, "table": table}, handle
+                )
+        return
     script = make_script(args.turns, args.seed)
+    if args.sweep:
+        from lychee_memory.integrations.engines import resolve_engine
+        from lychee_memory.integrations.llama_index import LycheeMemoryBlock
+
+        engine = resolve_engine(args.model)
+        with tempfile.TemporaryDirectory() as directory:
+            block = LycheeMemoryBlock(name="lychee", model=engine, store=directory, k=args.k)
+            asyncio.run(flush(block, script))
+            bank = engine.open_bank(block.bank, store=block.memory_store)
+            matrix = {"seed": args.seed, "turns": args.turns, **score_matrix(engine, bank, script)}
+        with open(args.out or "agent_memory_matrix.json", "w") as handle:
+            json.dump(matrix, handle)
+        return
     report: dict[str, Any] = {
         "turns": 2 * len(script.exchanges),
         "probes": len(script.probes),
@@ -382,12 +551,17 @@ def main() -> None:
 
     engine = resolve_engine(args.model)
     margins = [float(value) for value in args.margins.split(",")]
+    configs = [
+        (f"lychee_{spec}_margin_{margin}", parse_recall(spec), margin)
+        for spec in args.recalls.split(",")
+        for margin in margins
+    ]
     with tempfile.TemporaryDirectory() as directory:
         block = LycheeMemoryBlock(name="lychee", model=engine, store=directory, k=args.k)
-        runs = asyncio.run(run_block(block, script, margins))
-    for suffix, run in runs.items():
-        report["runs"][f"lychee{suffix}"] = {**summary(run), "rows": run["probes"]}
-        print(f"lychee{suffix}", json.dumps(summary(run)))
+        runs = asyncio.run(run_block(block, script, configs))
+    for label, run in runs.items():
+        report["runs"][label] = {**summary(run), "rows": run["probes"]}
+        print(label, json.dumps(summary(run)))
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(report, handle, indent=1, default=str)

@@ -10,6 +10,7 @@ import pytest
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.memory import BaseMemoryBlock, Memory
 from lychee_memory.integrations.llama_index import LycheeMemoryBlock
+from lychee_memory.integrations.recall import GATE_RECALL
 from lychee_memory.integrations.recency import Recalled, newest_first_among_ties
 
 from lychee_memory import FilterError, MemoryStore
@@ -53,7 +54,7 @@ def test_aput_appends_messages_without_compressing_stored_ones_again(engine, tmp
 
 
 def test_aget_recalls_with_sources_and_filters_by_session(engine, tmp_path):
-    block = LycheeMemoryBlock(name="m", model=engine, store=tmp_path / "s", k=2)
+    block = LycheeMemoryBlock(name="m", model=engine, store=tmp_path / "s", k=2, recall_settings=GATE_RECALL)
     asyncio.run(block.aput([chat("user", "The boat is moored at pier nine.")], session_id="a"))
     asyncio.run(block.aput([chat("user", "The vault code is 4471.")], session_id="b"))
     asyncio.run(block.aput([chat("user", "Lunch is at noon on Fridays.")], session_id="b"))
@@ -64,10 +65,14 @@ def test_aget_recalls_with_sources_and_filters_by_session(engine, tmp_path):
     only_a = asyncio.run(block.aget([chat("user", "Where is the boat?")], session_id="a"))
     assert [source["session_id"] for source in block.last_sources] == ["a"]
     assert "pier nine" in only_a and "vault" not in only_a
-    everyone = LycheeMemoryBlock(name="m", model=engine, store=tmp_path / "s", k=3, all_sessions=True)
+    everyone = LycheeMemoryBlock(
+        name="m", model=engine, store=tmp_path / "s", k=3, all_sessions=True, recall_settings=GATE_RECALL
+    )
     asyncio.run(everyone.aget([chat("user", "Where is the boat?")], session_id="a"))
     assert {source["session_id"] for source in everyone.last_sources} == {"a", "b"}
-    pinned = LycheeMemoryBlock(name="m", model=engine, store=tmp_path / "s", k=3, filters={"session_id": "b"})
+    pinned = LycheeMemoryBlock(
+        name="m", model=engine, store=tmp_path / "s", k=3, filters={"session_id": "b"}, recall_settings=GATE_RECALL
+    )
     asyncio.run(pinned.aget([chat("user", "Where is the boat?")]))
     assert {source["session_id"] for source in pinned.last_sources} == {"b"}
     with pytest.raises(FilterError, match="unknown operator"):
@@ -94,7 +99,7 @@ def test_memory_flushes_into_the_block_and_recalls_in_its_output(engine, tmp_pat
 
 
 def test_atruncate_drops_the_least_relevant_messages_first(engine, tmp_path):
-    block = LycheeMemoryBlock(name="m", model=engine, store=tmp_path / "s", k=3)
+    block = LycheeMemoryBlock(name="m", model=engine, store=tmp_path / "s", k=3, recall_settings=GATE_RECALL)
     asyncio.run(block.aput([chat("user", f"Fact {index}: the tower has {index} bells.") for index in range(4)]))
     text = asyncio.run(block.aget([chat("user", "How many bells?")]))
     sources = block.last_sources
@@ -120,7 +125,7 @@ def test_forget_then_gc_leaves_no_trace_of_the_message(engine, tmp_path):
 
 def test_the_newer_of_two_near_tied_messages_is_recalled_first(engine, tmp_path):
     """The same statement made twice scores alike (to the last bits of a batched forward): the later one leads."""
-    block = LycheeMemoryBlock(name="m", model=engine, store=tmp_path / "s", k=2)
+    block = LycheeMemoryBlock(name="m", model=engine, store=tmp_path / "s", k=2, recall_settings=GATE_RECALL)
     asyncio.run(block.aput([chat("user", "The meeting room is on floor three.")], session_id="old"))
     asyncio.run(block.aput([chat("user", "The meeting room is on floor three.")], session_id="new"))
     asyncio.run(block.aget([chat("user", "Which floor is the meeting room on?")]))
@@ -181,7 +186,7 @@ def test_works_alone_on_the_embedded_default(tmp_path, monkeypatch):
 
 
 def test_recall_decodes_nothing_and_leaves_the_engine_as_it_was(engine, tmp_path, monkeypatch):
-    block = LycheeMemoryBlock(name="m", model=engine, store=tmp_path / "s", k=2)
+    block = LycheeMemoryBlock(name="m", model=engine, store=tmp_path / "s", k=2, recall_settings=GATE_RECALL)
     asyncio.run(block.aput([chat("user", f"Fact {index}: the ferry leaves at {index} o'clock.") for index in range(6)]))
     bank = engine.open_bank("agent_memory", store=MemoryStore(tmp_path / "s"))
     updates: list[int] = []

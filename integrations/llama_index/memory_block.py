@@ -1,4 +1,4 @@
-"""``LycheeMemoryBlock``: long-term memory for LlamaIndex agents, kept as compressed blocks and recalled by the gate.
+"""``LycheeMemoryBlock``: long-term memory for LlamaIndex agents, kept as compressed blocks, recalled without decoding.
 
     from llama_index.core.memory import Memory
     from lychee_memory.integrations.llama_index import LycheeMemoryBlock
@@ -7,9 +7,10 @@
 
 Messages that ``Memory`` flushes out of its chat history are appended to a bank of a MemoryStore, one document per
 message (role, session id and turn time in its metadata): only the new messages are compressed, nothing stored is
-encoded again. ``aget`` runs the gate's selection against the recent messages (no answer is decoded) and returns
-the relevant messages, newest first among near ties, each with its source. ``forget`` removes messages; after
-``MemoryStore.gc()`` their text is gone from the store.
+encoded again. ``aget`` recalls the messages that matter for the recent ones (``recall_settings``; by default BM25
+over the messages, an older statement superseded by a newer one of the same slot, nothing when no message shares a
+term: ``recall.CONVERSATION_RECALL``; nothing is decoded) and returns them, each with its source. ``forget``
+removes messages; after ``MemoryStore.gc()`` their text is gone from the store.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from lychee_memory import Document, DocumentFilter, LycheeMemory, MemoryBank, Me
 
 from ..banks import OpenBanks
 from ..engines import call_engine_async, resolve_engine
-from ..recall import recall
+from ..recall import CONVERSATION_RECALL, RecallSettings, recall
 from ..recency import DEFAULT_RECENCY_MARGIN, Recalled, best_per_document, newest_first_among_ties
 from .nodes import to_lychee_filters
 
@@ -39,7 +40,7 @@ MAX_QUERY_CHARS = 2000  # the gate's question: the tail of the recent messages
 
 
 class LycheeMemoryBlock(BaseMemoryBlock[str]):
-    """Flushed chat messages compressed into a Lychee bank; recall is the gate's selection over them.
+    """Flushed chat messages compressed into a Lychee bank, recalled by ``recall_settings`` (integrations/recall.py).
 
     ``model``: a LycheeMemory engine, a model spec or None (the embedded default). ``store``: a MemoryStore, a
     directory or a store URL (None: the default store); ``bank``: the bank's name there. ``k``: messages recalled.
@@ -56,13 +57,16 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
     bank: str = Field(default=DEFAULT_BANK, description="The bank in the store that holds the messages.")
     k: int = Field(default=2, ge=1, description="How many messages a recall returns at most.")
     candidates: int = Field(
-        default=2, ge=1, description="The gate selects k x candidates blocks; recency then keeps the best k of them."
+        default=2, ge=1, description="Recall returns k x candidates blocks; recency then keeps the best k of them."
     )
     retrieval_context_window: int = Field(default=5, ge=1, description="Recent messages the gate is asked about.")
     all_sessions: bool = Field(default=False, description="Recall from every session even when given a session id.")
     filters: Any = Field(default=None, exclude=True, description="A metadata filter every recall obeys.")
     recency_margin: float = Field(
         default=DEFAULT_RECENCY_MARGIN, ge=0, description="Recency bonus of the newest recalled message (see recency)."
+    )
+    recall_settings: RecallSettings = Field(
+        default=CONVERSATION_RECALL, description="How recall ranks the messages and when it returns none (see recall)."
     )
 
     _engine: LycheeMemory | None = PrivateAttr(default=None)
@@ -137,7 +141,7 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
     # Reading ---------------------------------------------------------------------------------------
 
     async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
-        """The messages the gate selects for the recent ones, best first, each with its source; "" when none."""
+        """The messages recalled for the recent ones, best first, each with its source; "" when none."""
         query = self.query_text(messages or [])
         if not query:
             return ""
@@ -154,7 +158,7 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
         return text[-MAX_QUERY_CHARS:].strip()
 
     def recall(self, query: str, session: str | None = None) -> list[dict[str, Any]]:
-        """The messages recalled for ``query`` (the gate's selection, nothing decoded), best first, as source dicts."""
+        """The messages recalled for ``query`` (by ``recall_settings``, nothing decoded), best first, as source dicts."""
         engine = self.engine
         store = self.memory_store
         if not store.has_bank(self.bank):
@@ -166,7 +170,7 @@ class LycheeMemoryBlock(BaseMemoryBlock[str]):
         view = bank if not filters else _matching(bank, filters)
         if view is None:
             return []
-        blocks = recall(engine, query, view, self.k * self.candidates)
+        blocks = recall(engine, query, view, self.k * self.candidates, settings=self.recall_settings)
         best = best_per_document((block.document_id, block.score) for block in blocks)
         chosen = {block.document_id for block in blocks if block.selected}
         by_id = {document.id: document for document in bank.documents}
