@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lychee_memory.kernels import key_logsumexp
 
 from lychee_memory.block_cache import BoundedCache
 from lychee_memory.errors import ConfigurationError
 from lychee_memory.gate import choose_candidates
 from lychee_memory.gate.index_cache import IndexCache
-from lychee_memory.kernels import key_logsumexp
 from lychee_memory.store import MemoryStore
 
 from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
