@@ -193,3 +193,17 @@ def test_the_scan_caps_near_ties(tmp_path):
     bank = _stored(engine, tmp_path, [FACTS_DOCUMENT, SECOND_DOCUMENT])
     answer = engine.ask(QUESTION, bank)
     assert answer.candidates and all(len(picked) == 3 for picked in answer.candidates)
+
+
+def test_banks_holding_the_same_blocks_share_the_cached_batches(tmp_path):
+    engine = _engine()
+    store = MemoryStore(tmp_path / "store")
+    first = engine.ingest([FACTS_DOCUMENT], store=store, bank="first")
+    second = engine.ingest([FACTS_DOCUMENT], store=store, bank="second")
+    initial = engine.config.prompts.initial_memory
+    everything = list(range(len(first)))
+    engine.prefilter_for(first).rank(first, QUESTION, initial, everything)
+    made = engine.stage_one.index_cache.stats().misses
+    scores, _ = engine.prefilter_for(second).rank(second, QUESTION, initial, everything)
+    assert engine.stage_one.index_cache.stats().misses == made, "the second bank read no index item"
+    _assert_close(scores, _reference_scores(engine, second, QUESTION, initial, everything))
