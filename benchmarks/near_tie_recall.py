@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 
@@ -26,23 +27,48 @@ def main() -> None:
     parser.add_argument("--lengths", default="7k,14k,28k")
     parser.add_argument("--n", default="4,2,1", help="samples per length (comma list, one per length)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--needles", type=int, default=1, help="distinct needles per haystack, each asked (one ingest)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     from lychee_memory import LycheeMemory
     from lychee_memory.eval.haystack import generated_paragraphs
-    from lychee_memory.eval.tasks import needle_samples, parse_lengths
+    from lychee_memory.eval.needles import single_needle
+    from lychee_memory.eval.tasks import QASample, TokenCounter, haystack_with_facts, needle_samples, parse_lengths
     from lychee_memory.gate import choose_candidates
 
     engine = LycheeMemory.from_pretrained()
     gate = engine.config.gate
-    pool = generated_paragraphs(count=600)
+    pool = generated_paragraphs(count=1500)
     records = []
+    banks: dict[str, object] = {}
+    ingest = 0.0
+
+    def samples(length: int, n: int) -> list:
+        """n haystacks at ``length``, each with ``--needles`` distinct needles: one sample per needle."""
+        if args.needles == 1:
+            return needle_samples("needle", pool, engine.loaded.tokenizer, length, n, seed=args.seed)
+        found = []
+        for index in range(n):
+            rng = random.Random(f"needles-{args.seed}-{index}-{length}")
+            needles: dict[str, tuple[str, str, str]] = {}
+            while len(needles) < args.needles:
+                (fact,), question, answer = single_needle(rng)
+                needles.setdefault(question, (fact, question, answer))
+            facts = [fact for fact, _, _ in needles.values()]
+            context, spans = haystack_with_facts(pool, TokenCounter(engine.loaded.tokenizer), length, facts, rng)
+            for (_fact, question, answer), span in zip(needles.values(), spans):
+                found.append(QASample(question, [answer], context, f"needles-{index}-{length // 1000}k", [span]))
+        return found
+
     for length, n in zip(parse_lengths(args.lengths), [int(part) for part in args.n.split(",")]):
-        for sample in needle_samples("needle", pool, engine.loaded.tokenizer, length, n, seed=args.seed):
-            started = time.perf_counter()
-            bank = engine.ingest(sample.context, show_progress=False)
-            ingest = time.perf_counter() - started
+        for sample in samples(length, n):
+            if sample.context not in banks:
+                started = time.perf_counter()
+                banks.clear()
+                banks[sample.context] = engine.ingest(sample.context, show_progress=False)
+                ingest = time.perf_counter() - started
+            bank = banks[sample.context]
             scorer = engine.prefilter_for(bank)
             scores, missing = scorer.rank(bank, sample.question, engine.config.prompts.initial_memory, range(len(bank)))
             ((start, end),) = sample.evidence
