@@ -39,7 +39,11 @@ class IndexBatch:
 
 
 def stack_indexes(
-    indexes: Sequence[torch.Tensor | None], check: Callable[[torch.Tensor], bool], pairs: int, head_dim: int, device
+    indexes: Sequence[torch.Tensor | None],
+    check: Callable[[torch.Tensor], bool],
+    pairs: int,
+    head_dim: int,
+    device: torch.device | str,
 ) -> IndexBatch:
     """One batch from per-block index tensors ([pairs, tokens, head_dim], or None); ``check`` says which are usable."""
     usable = tuple(keys is not None and check(keys) for keys in indexes)
