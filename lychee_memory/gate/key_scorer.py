@@ -161,8 +161,9 @@ class KeyScorer(StageOneScorer):
             blocks = list(range(first, min(first + BLOCKS_PER_BATCH, len(bank))))
             rows: list[int | None] = [at if at in wanted else None for at in blocks]
             content = [bank.gate_index_key(at) for at in blocks]
-            if any(key is None for key in content):
-                yield rows, stack(blocks)
+            if any(key is None for key in content):  # not cacheable: only the asked blocks
+                asked = [at for at in blocks if at in wanted]
+                yield list(asked), stack(asked)
                 continue
             key = batch_key([str(part) for part in content], device)
             batch = cache.get(key)
