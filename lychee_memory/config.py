@@ -181,8 +181,8 @@ class GateSettings(_Settings):
     max_near_ties: int | None = Field(
         None,
         ge=0,
-        description="the most blocks candidate_margin adds beyond the candidates (the best of them), so stage 2 does "
-        "not grow with the bank (near-ties: 2 at 7K tokens, 11 at 1M); None = no cap",
+        description="the most blocks candidate_margin adds beyond the candidates (the best of them), so the rows stage 2 "
+        "judges per ranking stay bounded however large the bank; None = no cap",
     )
     index_cache_mb: float = Field(
         1024.0,
