@@ -239,6 +239,14 @@ class MemoryBank:
             return self.index_loader(index)
         return self.block(index).gate_keys
 
+    def gate_index_key(self, index: int) -> str | None:
+        """A content key of the block's gate index (one key, one index: a cache may keep what it read under it), from
+        the bank the block comes from; None when that bank cannot name one (blocks held in memory)."""
+        if self.origins is None:
+            return None
+        source, at = self.origins[index]
+        return source.gate_index_key(at)
+
     def __iter__(self) -> Iterator[MemoryBlock]:
         return (self.block(index) for index in range(len(self)))
 

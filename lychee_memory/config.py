@@ -178,6 +178,19 @@ class GateSettings(_Settings):
     candidate_margin: float = Field(
         0.5, ge=0.0, description="blocks whose stage-1 score is within this of the best also go on (near-ties)"
     )
+    max_near_ties: int | None = Field(
+        None,
+        ge=0,
+        description="the most blocks candidate_margin adds beyond the candidates (the best of them), so the rows stage 2 "
+        "judges per ranking stay bounded however large the bank; None = no cap",
+    )
+    index_cache_mb: float = Field(
+        1024.0,
+        ge=0,
+        description="MB of decoded gate indexes an engine keeps in memory (stacked as stage 1 scores them), shared by "
+        "its banks and callers, so a stored bank's index is read and checksummed once, not on every stage-1 pass; "
+        "0 = keep none (a million-token bank of SmolLM2 needs about 770 MB)",
+    )
     prefilter_heads: list[tuple[int, int]] | None = Field(
         None,
         description="(layer, query head) pairs whose keys form the gate index; None = the model's preset (measured "

@@ -14,7 +14,7 @@ notes its tokens add ``memory_weight`` times their own z-score, so the block of 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -25,11 +25,11 @@ from lychee_memory.kernels import key_logsumexp
 from ..blocks import MemoryBank
 from .heads import model_geometry
 from .hooks import capture_queries
-from .index_format import INDEX_DTYPE, IndexSpec
+from .index_cache import BLOCKS_PER_BATCH, IndexBatch, batch_key, stack_indexes
+from .index_format import IndexSpec
 from .stage1 import StageOneContext, StageOneScorer
 
 NULL_QUESTION = "N/A"
-BLOCKS_PER_BATCH = 64  # blocks whose index keys are scored in one kernel call (bounds memory, not results)
 
 
 @dataclass
@@ -78,7 +78,7 @@ class KeyScorer(StageOneScorer):
         return model_geometry(self.context.loaded.model.config)[3] ** -0.5
 
     def rank(self, bank, question, memory, indices):
-        return self.scores(self.query(question, memory), bank.gate_keys, indices)
+        return self.scores(self.query(question, memory), bank.gate_keys, indices, bank)
 
     def _vectors(self, prompt_ids: list[int]) -> torch.Tensor:
         context = self.context
@@ -107,43 +107,82 @@ class KeyScorer(StageOneScorer):
         return StageOneQuery(torch.cat([vectors, null_vectors], dim=1), weights, has_memory)
 
     def raw_scores(
-        self, query: StageOneQuery, index_keys: Callable[[int], torch.Tensor | None], indices: Sequence[int]
+        self,
+        query: StageOneQuery,
+        index_keys: Callable[[int], torch.Tensor | None],
+        indices: Sequence[int],
+        bank: MemoryBank | None = None,
     ) -> tuple[list[int], torch.Tensor, list[int]]:
-        """(scored indices, their group means [n, heads, 3], indices without a usable index)."""
-        head_dim = model_geometry(self.context.loaded.model.config)[3]
+        """(scored indices, their group means [n, heads, 3], indices without a usable index).
+
+        With ``bank`` (whose ``gate_keys`` is ``index_keys``) and the engine's index cache, the bank's indexes are
+        read in position-aligned batches kept in the cache (``index_cache.py``), so a later pass reads none again.
+        """
         device = self.context.loaded.device
         used = query.weights.sum(dim=0) > 0  # template tokens ("Question:") carry no weight: not scored at all
         vectors = query.vectors[:, used].to(device)
         weights = query.weights[:, used].to(device)
         head_pairs = torch.tensor(self.spec.head_pairs, dtype=torch.long, device=device)
         scored, missing, results = [], [], []
-        for start in range(0, len(indices), BLOCKS_PER_BATCH):
-            group = []
-            for index in indices[start : start + BLOCKS_PER_BATCH]:
-                keys = index_keys(index)
-                if keys is None or not self.spec.check(keys, head_dim):
-                    missing.append(index)
-                else:
-                    group.append((index, keys))
-            if not group:
+        for positions, batch in self.batches(index_keys, indices, bank):
+            rows = [row for row, ok in enumerate(batch.usable) if ok and positions[row] is not None]
+            missing.extend(at for at, ok in zip(positions, batch.usable) if at is not None and not ok)
+            if not rows:
                 continue
-            longest = max(keys.shape[1] for _, keys in group)
-            stacked = torch.zeros(len(group), len(self.spec.pairs), longest, head_dim, dtype=INDEX_DTYPE)
-            valid = torch.zeros(len(group), longest, dtype=torch.bool)
-            for row, (_, keys) in enumerate(group):
-                stacked[row, :, : keys.shape[1]] = keys
-                valid[row, : keys.shape[1]] = True
-            lse = key_logsumexp(vectors, stacked.to(device), valid.to(device), head_pairs, self.scale)
-            results.append(torch.einsum("nhq,gq->nhg", lse, weights).cpu())
-            scored.extend(index for index, _ in group)
+            lse = key_logsumexp(vectors, batch.keys, batch.valid, head_pairs, self.scale)
+            means = torch.einsum("nhq,gq->nhg", lse, weights).cpu()
+            results.append(means if len(rows) == len(positions) else means[rows])
+            scored.extend(positions[row] for row in rows)
         means = torch.cat(results) if results else torch.zeros(0, len(self.spec.heads), 3)
         return scored, means, missing
 
+    def batches(
+        self, index_keys: Callable[[int], torch.Tensor | None], indices: Sequence[int], bank: MemoryBank | None
+    ) -> Iterator[tuple[list[int | None], IndexBatch]]:
+        """Stacked indexes of ``indices``, a batch at a time, with each row's block (None: a row not asked for).
+
+        Cached: the bank's aligned batches that hold an asked block, from the engine's index cache (made and kept on
+        a miss, unless a block in it has no content key or no usable index). Uncached: ``indices`` in order."""
+        head_dim = model_geometry(self.context.loaded.model.config)[3]
+        pairs, device = len(self.spec.pairs), self.context.loaded.device
+
+        def stack(blocks: Sequence[int]) -> IndexBatch:
+            indexes = [index_keys(at) for at in blocks]
+            return stack_indexes(indexes, lambda keys: self.spec.check(keys, head_dim), pairs, head_dim, device)
+
+        cache = self.context.index_cache
+        if bank is None or cache is None or cache.capacity_bytes == 0:
+            for start in range(0, len(indices), BLOCKS_PER_BATCH):
+                group = list(indices[start : start + BLOCKS_PER_BATCH])
+                yield list(group), stack(group)
+            return
+        wanted = set(indices)
+        for first in sorted({at - at % BLOCKS_PER_BATCH for at in wanted}):
+            blocks = list(range(first, min(first + BLOCKS_PER_BATCH, len(bank))))
+            rows: list[int | None] = [at if at in wanted else None for at in blocks]
+            content = [bank.gate_index_key(at) for at in blocks]
+            if any(key is None for key in content):  # not cacheable: only the asked blocks
+                asked = [at for at in blocks if at in wanted]
+                yield list(asked), stack(asked)
+                continue
+            key = batch_key([str(part) for part in content], device)
+            batch = cache.get(key)
+            if batch is None:
+                batch = stack(blocks)
+                if all(batch.usable):
+                    cache.put(key, batch)
+            yield rows, batch
+
     def scores(
-        self, query: StageOneQuery, index_keys: Callable[[int], torch.Tensor | None], indices: Sequence[int]
+        self,
+        query: StageOneQuery,
+        index_keys: Callable[[int], torch.Tensor | None],
+        indices: Sequence[int],
+        bank: MemoryBank | None = None,
     ) -> tuple[dict[int, float], list[int]]:
-        """Calibrated stage-1 score per block of ``indices`` (higher: more likely relevant), and those with no index."""
-        scored, means, missing = self.raw_scores(query, index_keys, indices)
+        """Calibrated stage-1 score per block of ``indices`` (higher: more likely relevant), and those with no index
+        (``bank``: read through the index cache, see ``raw_scores``)."""
+        scored, means, missing = self.raw_scores(query, index_keys, indices, bank)
         if not scored:
             return {}, missing
         combined = zscore(means[:, :, 0] - means[:, :, 2]).mean(dim=1)

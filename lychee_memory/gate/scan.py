@@ -253,7 +253,8 @@ class GateScan:
             return
         started = time.perf_counter()
         scores, missing = self.prefilter.rank(bank, state.question, state.stage_one_memory, remaining)
-        picked = choose_candidates(scores, self.settings.candidates, self.settings.candidate_margin)
+        settings = self.settings
+        picked = choose_candidates(scores, settings.candidates, settings.candidate_margin, settings.max_near_ties)
         state.candidates = sorted(set(picked) | set(missing))  # a block without an index is judged by the rule
         state.candidate_history.append(list(state.candidates))
         self.timings.prefiltered_blocks += len(remaining)

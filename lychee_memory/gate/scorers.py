@@ -14,6 +14,7 @@ from ..model_loading import LoadedModel
 from ..prompts import PromptBuilder
 from .fused_scorer import HybridScorer, HybridSumScorer
 from .heads import index_spec_for
+from .index_cache import IndexCache
 from .index_format import IndexSpec
 from .key_scorer import KeyScorer
 from .lexical_scorer import LexicalScorer
@@ -53,7 +54,10 @@ class StageOne:
             self.index_spec = index_spec_for(loaded, gate, opening, config.use_presets)
         self.builds_index = builds_index  # whether the engine's compressor writes the index (beacon does not)
         questions = QuestionTemplate.from_settings(config.prompts)
-        self.context = StageOneContext(loaded, prompts, opening, start_position, gate.memory_weight, questions)
+        self.index_cache = IndexCache(int(gate.index_cache_mb * 2**20))  # shared by the engine's banks and callers
+        self.context = StageOneContext(
+            loaded, prompts, opening, start_position, gate.memory_weight, questions, self.index_cache
+        )
         self._scorers: dict[str, StageOneScorer] = {}
         self._unindexed_warned: set[str] = set()
 

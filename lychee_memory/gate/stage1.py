@@ -16,6 +16,7 @@ from typing import ClassVar
 from ..blocks import BlockOpening, MemoryBank
 from ..model_loading import LoadedModel
 from ..prompts import PromptBuilder
+from .index_cache import IndexCache
 from .question_template import QuestionTemplate
 
 
@@ -29,6 +30,7 @@ class StageOneContext:
     start_position: int  # where the gate's prompt sits after a full block
     memory_weight: float  # how much the memory's notes count beside the question
     questions: QuestionTemplate
+    index_cache: IndexCache | None = None  # decoded gate indexes, shared by the engine's banks (``index_cache.py``)
 
 
 class StageOneScorer(ABC):
@@ -54,11 +56,14 @@ class StageOneScorer(ABC):
         """Score per block of ``indices``, and the blocks it could not score (the rule judges those anyway)."""
 
 
-def choose_candidates(scores: dict[int, float], count: int, margin: float) -> list[int]:
-    """The ``count`` best blocks plus any within ``margin`` of the best, in document order (ties by position)."""
+def choose_candidates(scores: dict[int, float], count: int, margin: float, near_ties: int | None = None) -> list[int]:
+    """The ``count`` best blocks plus any within ``margin`` of the best, in document order (ties by position).
+
+    ``near_ties`` caps how many blocks the margin adds beyond the ``count`` best (the best-scoring of them): in a
+    large bank many blocks fall within the margin, and each is a stage-2 row. None: no cap."""
     if not scores:
         return []
     ranked = sorted(scores, key=lambda index: (-scores[index], index))
     best = scores[ranked[0]]
-    chosen = set(ranked[:count]) | {index for index in ranked if scores[index] >= best - margin}
-    return sorted(chosen)
+    close = [index for index in ranked[count:] if scores[index] >= best - margin]  # best first
+    return sorted(ranked[:count] + (close if near_ties is None else close[:near_ties]))

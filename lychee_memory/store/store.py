@@ -47,7 +47,7 @@ from .block_objects import BLOCK_PREFIX, TEXT_PREFIX, BlockObjects
 from .catalog import Catalog, DatabaseCatalog, LocalCatalog
 from .codec import INDEX_ONLY
 from .disk import Items
-from .gate_index import INDEX_PREFIX, IndexLoader
+from .gate_index import INDEX_PREFIX, IndexLoader, conforms
 from .location import StoreLocation, open_filesystem, parse_store_location
 from .manifest import (
     BLOCK_DTYPES,
@@ -565,6 +565,14 @@ class StoredBank(MemoryBank):
     block_keys: list[str] = field(default_factory=list, repr=False)
     generation: int = 0
     fingerprint_scheme: str = field(default=FINGERPRINT_SCHEME, repr=False)
+
+    def gate_index_key(self, index: int) -> str | None:
+        """The key of the block's gate index item (content-addressed: the block's key and the index spec); None
+        when the manifest names no item of the bank's spec."""
+        if self.origins is not None or not isinstance(self.index_loader, IndexLoader):
+            return super().gate_index_key(index)
+        entry = self.index_loader.entries[index]
+        return entry.index_key if self.gate_index is not None and conforms(entry, self.gate_index) else None
 
     def is_current(self) -> bool:
         """Whether the store still holds this version of the bank (no writer changed it since it was read)."""
