@@ -109,7 +109,9 @@ def add_bench_command(commands: Any) -> None:
     bench = commands.add_parser("bench", help="cost vs context length of every method, side by side")
     bench.add_argument("--quick", action="store_true", help="one short length, every method: minutes on a CPU")
     bench.add_argument("--lengths", default=None, help="context lengths (default 7k,14k,28k; --quick: 7k)")
-    bench.add_argument("--methods", default=None, help="as for eval (default lychee,memagent,full-context,rag,hybrid-rag)")
+    bench.add_argument(
+        "--methods", default=None, help="as for eval (default lychee,memagent,full-context,rag,hybrid-rag)"
+    )
     bench.add_argument("--task", choices=TASKS, default="needle")
     bench.add_argument(
         "--n", "--samples", dest="n", type=int, default=1, help="distinct questions per length, for p50/p95 (default 1)"

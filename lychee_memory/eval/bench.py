@@ -235,9 +235,7 @@ def worker(request: dict[str, Any]) -> list[dict[str, Any]]:
                 count += r.tokens.get("document_tokens", 0)  # ingest is a forward over every token
             prefilled.append(count)
         streamed = all(t.first_token_seconds is not None for t in ran)
-        firsts = [
-            (t.first_token_seconds or 0.0) + (t.result.ingest_seconds if phase == "cold" else 0.0) for t in ran
-        ]
+        firsts = [(t.first_token_seconds or 0.0) + (t.result.ingest_seconds if phase == "cold" else 0.0) for t in ran]
         rows.append(
             {
                 **measured,
@@ -267,7 +265,18 @@ def worker(request: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     if request.get("cli") and method.kind == "lychee":
-        rows.append(_cli_row(runner, method, samples, ran, rows[-1]))
+        try:
+            rows.append(_cli_row(runner, method, samples, ran, rows[-1]))
+        except RuntimeError as error:  # the in-process rows stand; the row says why the fresh process failed
+            rows.append(
+                {
+                    **measured,
+                    "context_tokens": rows[-1]["context_tokens"],
+                    "phase": "cli",
+                    "seconds": None,
+                    "skipped": str(error),
+                }
+            )
     return rows
 
 
@@ -362,7 +371,8 @@ def ratio_table(rows: Sequence[dict[str, Any]]) -> str:
 
     for row in sorted(rows, key=lambda r: (r["target_tokens"], r["method"], r["phase"])):
         if row.get("seconds") is None:
-            lines.append(f"{row['method']:<28} {row['context_tokens']:>7} {row['phase']:>5}   skipped: does not fit")
+            why = "failed" if row["phase"] == "cli" else "does not fit"
+            lines.append(f"{row['method']:<28} {row['context_tokens']:>7} {row['phase']:>5}   skipped: {why}")
             continue
         lychee = row["kind"] == "lychee" and row["seconds"] > 0
         shares = []  # LycheeMemory's seconds over RAG's: at most 1.00 means never slower than RAG
