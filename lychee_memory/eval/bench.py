@@ -195,9 +195,17 @@ def worker(request: dict[str, Any]) -> list[dict[str, Any]]:
 
         torch.cuda.reset_peak_memory_stats()
     timed = []
-    for sample in samples:
-        tokens = len(runner.loaded.tokenizer(sample.context, add_special_tokens=False, verbose=False).input_ids)
-        timed.append(timed_answer(runner, method, sample, request["task"], request["length"], tokens))
+    cli_runs: list[tuple[dict[str, Any], float, QASample]] = []  # (lychee ask's JSON, wall seconds, sample)
+    cli_failed: str | None = None
+    with tempfile.TemporaryDirectory(prefix="lychee-bench-") as folder:
+        for sample in samples:
+            tokens = len(runner.loaded.tokenizer(sample.context, add_special_tokens=False, verbose=False).input_ids)
+            timed.append(timed_answer(runner, method, sample, request["task"], request["length"], tokens))
+            if request.get("cli") and method.kind == "lychee" and timed[-1].result.skipped is None and not cli_failed:
+                try:
+                    cli_runs.append((*cli_run(runner, method, sample, Path(folder), len(cli_runs)), sample))
+                except RuntimeError as error:  # the in-process rows stand; the cli row says why the process failed
+                    cli_failed = str(error)
     results = [t.result for t in timed]
     peak = peak_memory_mb(runner.loaded.device.type)
     text_source = source_name(request["task"], Path(request["data"]) if request["data"] else None)
@@ -264,20 +272,28 @@ def worker(request: dict[str, Any]) -> list[dict[str, Any]]:
                 "answers": [t.result.prediction for t in ran],
             }
         )
-    if request.get("cli") and method.kind == "lychee":
-        try:
-            rows.append(_cli_row(runner, method, samples, ran, rows[-1]))
-        except RuntimeError as error:  # the in-process rows stand; the row says why the fresh process failed
-            rows.append(
-                {
-                    **measured,
-                    "context_tokens": rows[-1]["context_tokens"],
-                    "phase": "cli",
-                    "seconds": None,
-                    "skipped": str(error),
-                }
-            )
+    if cli_failed is not None:
+        rows.append({**measured, "context_tokens": rows[-1]["context_tokens"], "phase": "cli", "seconds": None})
+        rows[-1]["skipped"] = cli_failed
+    elif cli_runs:
+        rows.append(_cli_row(runner.engine_for(method), cli_runs, rows[-1]))
     return rows
+
+
+def cli_run(
+    runner: MethodRunner, method: Method, sample: QASample, folder: Path, position: int
+) -> tuple[dict[str, Any], float]:
+    """The sample's bank (the one the warm rows read) saved to a store in its resident dtype, then asked by
+    ``lychee ask --json`` in a fresh process: (its JSON, wall seconds)."""
+    engine = runner.engine_for(method)
+    bank, _ = runner.bank_for(engine, sample)
+    config = folder / "engine.json"
+    if not config.exists():
+        config.write_text(engine.config.model_dump_json())
+    dtype = str(bank.resident_dtype()).removeprefix("torch.")
+    store = MemoryStore(folder / "store", create=True, block_dtype=dtype)  # type: ignore[arg-type]
+    store.save_bank(bank, f"s{position}")
+    return cli_answer(store.location, f"s{position}", sample.question, config)
 
 
 def _cli_decodes(engine: LycheeMemory, data: dict[str, Any]) -> int:
@@ -287,27 +303,14 @@ def _cli_decodes(engine: LycheeMemory, data: dict[str, Any]) -> int:
 
 
 def _cli_row(
-    runner: MethodRunner, method: Method, samples: Sequence[QASample], ran: Sequence[TimedAnswer], warm: dict[str, Any]
+    engine: LycheeMemory, runs: Sequence[tuple[dict[str, Any], float, QASample]], warm: dict[str, Any]
 ) -> dict[str, Any]:
-    """The ``cli`` row: each sample's bank stored, then asked by ``lychee ask --json`` in a fresh process."""
-    engine = runner.engine_for(method)
-    by_id = {sample.sample_id: sample for sample in samples}
-    with tempfile.TemporaryDirectory(prefix="lychee-bench-") as folder:
-        store = MemoryStore(Path(folder) / "store", create=True)
-        config = Path(folder) / "engine.json"
-        config.write_text(engine.config.model_dump_json())
-        answers, seconds, loads, stored = [], [], [], []
-        for position, timed in enumerate(ran):
-            sample = by_id[timed.result.sample_id]
-            started = time.perf_counter()
-            engine.ingest([sample.context], store=store, bank=f"s{position}")
-            stored.append(time.perf_counter() - started)
-            data, wall = cli_answer(store.location, f"s{position}", sample.question, config)
-            answers.append((data, sample))
-            seconds.append(wall)
-            loads.append(data["timings"].get("load_model", 0.0))
+    """The ``cli`` row from each question's fresh ``lychee ask`` process; amortised with the in-process ingest."""
+    answers = [(data, sample) for data, _, sample in runs]
+    seconds = [wall for _, wall, _ in runs]
+    loads = [data["timings"].get("load_model", 0.0) for data, _, _ in runs]
     predictions = [data["answer"] for data, _ in answers]
-    ingest = sum(stored) / len(stored)
+    ingest = warm["ingest_seconds"]
     return {
         **{key: warm[key] for key in ("method", "kind", "family", "task", "model", "source", "target_tokens")},
         "context_tokens": warm["context_tokens"],
