@@ -24,9 +24,10 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..answer import Answer, phase_timings
+from ..choices import BLOCK_DTYPES
 from ..errors import ConfigurationError, ContextTooLongError
 from ..generation import DecodeStream, DecodingSettings
 from ..kv_prefix import PromptRow
@@ -38,6 +39,7 @@ from .runner import DEFAULT_METHODS, Method, MethodRunner, SampleResult, parse_m
 from .tasks import QASample, build_samples, source_name, task_source
 
 if TYPE_CHECKING:  # torch-loading modules: imported where a worker runs
+    from ..choices import BlockDtype
     from ..engine import LycheeMemory
     from .rag import RagBaseline, RagIndex
 
@@ -75,7 +77,7 @@ class TimedAnswer:
     decodes: int = 0  # generations run for the question: one per note (or MemAgent chunk) plus the answer
 
 
-def _streamed(pieces: Iterable[Any], started: float) -> tuple[float | None, float]:
+def _streamed(pieces: Iterable[Any], started: float) -> tuple[float, float]:
     """Drain a stream of answer pieces: (seconds to the first piece, seconds to the end), both from ``started``."""
     first = None
     for _ in pieces:
@@ -291,7 +293,9 @@ def cli_run(
     if not config.exists():
         config.write_text(engine.config.model_dump_json())
     dtype = str(bank.resident_dtype()).removeprefix("torch.")
-    store = MemoryStore(folder / "store", create=True, block_dtype=dtype)  # type: ignore[arg-type]
+    if dtype not in BLOCK_DTYPES:
+        raise RuntimeError(f"a bank held as {dtype} cannot be stored for the cli rows; choose from {BLOCK_DTYPES}")
+    store = MemoryStore(folder / "store", create=True, block_dtype=cast("BlockDtype", dtype))
     store.save_bank(bank, f"s{position}")
     return cli_answer(store.location, f"s{position}", sample.question, config)
 
