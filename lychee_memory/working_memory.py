@@ -46,9 +46,16 @@ class MemoryStrategy(ABC):
 
 @dataclass(frozen=True)
 class GeneratedNotes(MemoryStrategy):
-    """The reasoner reads the block (its KV, or its tokens in text mode) and rewrites the notes (the paper)."""
+    """The reasoner reads the block (its KV, or its tokens in text mode) and rewrites the notes (the paper).
+
+    With ``answer_with_note`` each note's batch also decodes the answer after that block over the notes before it,
+    kept as the question's answer while no later read changes the memory (the common case: one block read, then
+    one decode in all instead of the note and then the answer).
+    """
 
     name: ClassVar[str] = "notes"
+
+    answer_with_note: bool = False
 
     def update(
         self,
@@ -67,7 +74,15 @@ class GeneratedNotes(MemoryStrategy):
             )
             for state, index in reads
         ]
-        generations = reasoner.update(requests)
+        if self.answer_with_note:
+            pairs = reasoner.update_with_answers(requests)
+            generations = [note for note, _ in pairs]
+            for request, (note, answer) in zip(requests, pairs):
+                reasoner.prepare_answer(request.question, note.text, answer)
+        else:
+            for request in requests:
+                reasoner.forget_answer(request.question)
+            generations = reasoner.update(requests)
         for (state, index), request, generation in zip(reads, requests, generations):
             state.reasoner_prompt_tokens += generation.prompt_tokens
             state.memory_tokens += len(generation.token_ids)

@@ -57,8 +57,13 @@ def _command_bench(args: argparse.Namespace) -> int:
         out=args.out,
         json_path=args.json,
         show_progress=not args.no_progress,
+        cli=not (args.quick or args.no_cli),
     )
-    print("model loading excluded; peak memory is each run's process (RSS on CPU, allocated on CUDA)\n")
+    print(
+        "model loading excluded from cold/warm rows (cli rows: a fresh `lychee ask` process, load included); peak "
+        "memory is each run's process (RSS on CPU, allocated on CUDA); ttft: seconds to the first answer token; "
+        "amort10: ingest / 10 + warm query; L/rag, L/hyb: LycheeMemory seconds / RAG's (<= 1: not slower)\n"
+    )
     print(run.table)
     print(f"\nrows: {run.files['json']}\nplot: {run.files['plot']}")
     return 0
@@ -104,13 +109,22 @@ def add_bench_command(commands: Any) -> None:
     bench = commands.add_parser("bench", help="cost vs context length of every method, side by side")
     bench.add_argument("--quick", action="store_true", help="one short length, every method: minutes on a CPU")
     bench.add_argument("--lengths", default=None, help="context lengths (default 7k,14k,28k; --quick: 7k)")
-    bench.add_argument("--methods", default=None, help="as for eval (default lychee,memagent,full-context,rag)")
+    bench.add_argument(
+        "--methods", default=None, help="as for eval (default lychee,memagent,full-context,rag,hybrid-rag)"
+    )
     bench.add_argument("--task", choices=TASKS, default="needle")
-    bench.add_argument("--n", type=int, default=1, help="questions per length (default 1)")
+    bench.add_argument(
+        "--n", "--samples", dest="n", type=int, default=1, help="distinct questions per length, for p50/p95 (default 1)"
+    )
     bench.add_argument("--data", default=None, help="dataset dir, as for eval")
     bench.add_argument("--json", default=None, help="write the JSON rows here (default OUT/bench.json)")
     bench.add_argument("--out", default=None, help="output directory (default bench-results/TIME)")
     bench.add_argument("--sample-seed", type=int, default=0)
+    bench.add_argument(
+        "--no-cli",
+        action="store_true",
+        help="skip the cli rows (`lychee ask --json` in a fresh process over a stored bank; --quick skips them too)",
+    )
     add_engine_options(bench)
     bench.set_defaults(handler=_command_bench)
 

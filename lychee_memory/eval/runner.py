@@ -209,11 +209,16 @@ def run_method(
     except ContextTooLongError as error:
         result.skipped = str(error)
         return result
+    result.query_seconds = answer.timings.get("query", 0.0)
+    return score_answer(result, method, sample, answer)
+
+
+def score_answer(result: SampleResult, method: Method, sample: QASample, answer: Answer) -> SampleResult:
+    """Fill ``result`` from ``answer``: the prediction and its scores, what was read, and the token counts."""
     result.prediction = answer.text
     result.sub_em = sub_em(answer.text, sample.answers)
     result.exact_match = exact_match(answer.text, sample.answers)
     result.f1 = round(f1_score(answer.text, sample.answers), 4)
-    result.query_seconds = answer.timings.get("query", 0.0)
     read = [(block.char_start, block.char_end) for block in answer.blocks]
     result.blocks_read = len(read) if method.kind != "full-context" else 1
     if method.kind == "full-context":
