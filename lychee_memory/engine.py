@@ -435,6 +435,7 @@ class LycheeMemory:
         ``memory`` is the memory strategy of this scan (default: the engine's).
         """
         strategy = memory if memory is not None else self.memory_strategy
+        self.reasoner.forget_answers()  # answers prepared by an earlier scan read that scan's blocks
         states = [ScanState(question, self.config.prompts.initial_memory) for question in questions]
         gate = self.config.gate
         assert gate.boundary_tolerance is not None

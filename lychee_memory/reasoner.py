@@ -140,6 +140,11 @@ class Reasoner:
         """Drop a prepared answer (a later read is about to change the memory it was written for)."""
         self.prepared.pop(question, None)
 
+    def forget_answers(self) -> None:
+        """Drop every prepared answer: one prepared while scanning a bank read that bank's block, so a new scan
+        (perhaps of another bank, reaching the same notes) must not be answered with it."""
+        self.prepared.clear()
+
     def _prepared(self, question: str, memory: str) -> Generation | None:
         kept = self.prepared.pop(question, None)
         return kept[1] if kept is not None and kept[0] == memory else None

@@ -110,3 +110,18 @@ def test_reads_after_a_note_replace_its_answer(passes):
     row = _answer_row(engine, bank, batched.blocks[-1].index, today.memory_steps[-2])
     settings = DecodingSettings.for_reasoner(engine.config.reasoner, engine.config.reasoner.max_answer_tokens)
     assert batched.text == generate(engine.loaded, [row], settings)[0].text, "the last read's answer row"
+
+
+def test_an_answer_prepared_over_one_bank_never_answers_a_scan_of_another(passes):
+    """select() leaves the answer its scan prepared (it read that bank's block); the next scan, of another bank that
+    reads nothing, starts without it, so a later answer is decoded from that scan's own memory."""
+    engine = _engine(max_relevant_blocks=1)
+    engine.memory_strategy = GeneratedNotes(answer_with_note=True)
+    first = engine.ingest([TEXT])
+    engine.select(QUESTION, first)
+    assert QUESTION in engine.reasoner.prepared, "select's scan prepared an answer it never used"
+    other = engine.ingest(["Nothing here but the sound of the sea. " * 20])
+    engine.config.gate.fallback_blocks = 0
+    engine.threshold = float("inf")  # nothing passes: this scan reads no block
+    (state,), _ = engine.scan([QUESTION], other)
+    assert state.selected == [] and engine.reasoner.prepared == {}
