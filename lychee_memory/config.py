@@ -252,6 +252,12 @@ class ReasonerSettings(_Settings):
         description="excerpts: the most relevant excerpts up to this many tokens are stage-1 queries (its cost grows "
         "with them)",
     )
+    answer_with_note: bool = Field(
+        False,
+        description="notes: each note's batch also decodes the answer after that block, kept while no later read "
+        "changes the memory (one decode pass in the common case instead of two; the answer then reads the last "
+        "block too, so its text can differ; measured in BENCHMARKS)",
+    )
 
     @model_validator(mode="after")
     def _excerpt_budgets(self) -> ReasonerSettings:
@@ -455,6 +461,7 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "excerpt_read_tokens": ("reasoner", "excerpt_read_tokens"),
     "excerpt_total_tokens": ("reasoner", "excerpt_total_tokens"),
     "excerpt_query_tokens": ("reasoner", "excerpt_query_tokens"),
+    "answer_with_note": ("reasoner", "answer_with_note"),
     "max_memory_tokens": ("reasoner", "max_memory_tokens"),
     "max_answer_tokens": ("reasoner", "max_answer_tokens"),
     "temperature": ("reasoner", "temperature"),

@@ -57,6 +57,10 @@ class GeneratedNotes(MemoryStrategy):
 
     answer_with_note: bool = False
 
+    @classmethod
+    def from_settings(cls, settings: ReasonerSettings) -> GeneratedNotes:
+        return cls(answer_with_note=settings.answer_with_note)
+
     def update(
         self,
         reasoner: Reasoner,

@@ -125,3 +125,14 @@ def test_an_answer_prepared_over_one_bank_never_answers_a_scan_of_another(passes
     engine.threshold = float("inf")  # nothing passes: this scan reads no block
     (state,), _ = engine.scan([QUESTION], other)
     assert state.selected == [] and engine.reasoner.prepared == {}
+
+
+def test_the_setting_turns_it_on_from_a_config(passes):
+    """reasoner.answer_with_note (flat: answer_with_note) gives the engine that strategy: one decode pass per read."""
+    engine = _engine(max_relevant_blocks=1, answer_with_note=True)
+    assert engine.memory_strategy == GeneratedNotes(answer_with_note=True)
+    assert _engine().memory_strategy == GeneratedNotes()
+    bank = engine.ingest([TEXT])
+    passes.clear()
+    engine.ask(QUESTION, bank)
+    assert passes == [2]
