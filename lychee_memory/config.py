@@ -451,6 +451,7 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "threshold": ("gate", "threshold"),
     "gate_weights": ("gate", "weights"),
     "max_relevant_blocks": ("gate", "max_relevant_blocks"),
+    "fallback_blocks": ("gate", "fallback_blocks"),
     "gate_batch_size": ("gate", "batch_size"),
     "prefilter": ("gate", "prefilter"),
     "candidates": ("gate", "candidates"),

@@ -118,6 +118,12 @@ def test_flat_options_and_name_shortcuts():
     assert (config.compressor.kind, config.compressor.ratio) == ("key_norm", 8)
     assert (config.gate.rule, config.gate.threshold) == ("prompt", 0.7)
     assert config.chunking.chunk_tokens == 512
+    recipe = EngineConfig.from_kwargs(fallback_blocks=4, memory="excerpts", answer_with_note=True)
+    assert (recipe.gate.fallback_blocks, recipe.reasoner.memory, recipe.reasoner.answer_with_note) == (
+        4,
+        "excerpts",
+        True,
+    )
 
 
 @pytest.mark.parametrize(
