@@ -191,6 +191,12 @@ class GateSettings(_Settings):
         "its banks and callers, so a stored bank's index is read and checksummed once, not on every stage-1 pass; "
         "0 = keep none (a million-token bank of SmolLM2 needs about 770 MB)",
     )
+    index_dtype: Literal["float16", "int8"] = Field(
+        "float16",
+        description="how each block's gate index is stored: float16 keys, or int8 codes with one float32 scale per "
+        "(head, channel) over the block's tokens (half the bytes; stage-1 scores drift slightly). Part of the "
+        "index's identity: a bank's index is only read in the format it was written in",
+    )
     prefilter_heads: list[tuple[int, int]] | None = Field(
         None,
         description="(layer, query head) pairs whose keys form the gate index; None = the model's preset (measured "

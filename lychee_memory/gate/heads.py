@@ -81,4 +81,4 @@ def index_spec_for(
     skip = gate.prefilter_skip_tokens
     if skip is None:
         skip = 0 if opening is not None and opening.num_slots else 4
-    return IndexSpec(heads=heads, skip_tokens=skip, group=query_heads // kv_heads)
+    return IndexSpec(heads=heads, skip_tokens=skip, group=query_heads // kv_heads, dtype=gate.index_dtype)

@@ -4,6 +4,12 @@ Index (made at ingest, from the compressor's own forward, so it costs no extra f
 (layer, KV head) pair, the post-RoPE keys of the chunk's tokens after its first ``skip_tokens``, in float16:
 ``[pairs, tokens, head_dim]`` per block. Framed blocks begin after the shared opening, which is the attention
 sink, so no sink is in the index. A bank's manifest records :meth:`IndexSpec.describe`; the store keeps the keys.
+
+``dtype`` (``gate.index_dtype``) is how the keys are stored: ``float16`` as they are, or ``int8``: symmetric codes
+with one float32 scale per (pair, channel) over the block's tokens (keys carry outlier channels, so per channel, as
+KIVI quantises keys), half the bytes. Decoded indexes are float16 either way, so scoring costs the same; an int8
+spec's ``extract`` already returns the decoded keys, so a bank in memory scores exactly as it will once stored
+(encoding decoded keys again gives the same codes and scales).
 """
 
 from __future__ import annotations
@@ -14,7 +20,24 @@ from typing import Any
 
 import torch
 
-INDEX_DTYPE = torch.float16
+INDEX_DTYPE = torch.float16  # the dtype of decoded (and cached, and scored) index keys
+INDEX_DTYPES = ("float16", "int8")  # how an index may be stored (``IndexSpec.dtype``)
+INT8_PEAK = 127.0
+
+
+def quantize_index(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes [pairs, tokens, head_dim] and float32 scales [pairs, 1, head_dim] of an index (one scale per
+    (pair, channel): max |key| over the tokens / 127; each key is then off by at most half its scale)."""
+    values = keys.detach().to(device="cpu", dtype=torch.float32)
+    peak = values.abs().amax(dim=1, keepdim=True)
+    scales = torch.where(peak > 0, peak / INT8_PEAK, torch.ones_like(peak))
+    codes = torch.round(values / scales).clamp_(-INT8_PEAK, INT8_PEAK).to(torch.int8)
+    return codes.contiguous(), scales.contiguous()
+
+
+def dequantize_index(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The float16 index keys of ``quantize_index`` output."""
+    return (codes.to(torch.float32) * scales).to(INDEX_DTYPE)
 
 
 @dataclass(frozen=True)
@@ -28,10 +51,13 @@ class IndexSpec:
     heads: tuple[tuple[int, int], ...]
     skip_tokens: int
     group: int
+    dtype: str = "float16"
 
     def __post_init__(self) -> None:
         if not self.heads:
             raise ValueError("a gate index needs at least one head")
+        if self.dtype not in INDEX_DTYPES:
+            raise ValueError(f"unknown gate index dtype {self.dtype!r}; choose one of {', '.join(INDEX_DTYPES)}")
         if self.group < 1 or self.skip_tokens < 0:
             raise ValueError(f"bad index spec: group {self.group}, skip_tokens {self.skip_tokens}")
 
@@ -56,7 +82,7 @@ class IndexSpec:
             "heads": [list(head) for head in self.heads],
             "skip_tokens": self.skip_tokens,
             "group": self.group,
-            "dtype": str(INDEX_DTYPE).removeprefix("torch."),
+            "dtype": self.dtype,
         }
 
     @classmethod
@@ -65,13 +91,44 @@ class IndexSpec:
             heads=tuple((int(layer), int(head)) for layer, head in description["heads"]),
             skip_tokens=int(description["skip_tokens"]),
             group=int(description["group"]),
+            dtype=str(description.get("dtype", "float16")),
         )
 
     def extract(self, layer_keys: Sequence[torch.Tensor], row: int, start: int, length: int) -> torch.Tensor:
         """The index of one chunk from its forward's keys (per layer [B, H_kv, S, D]; the chunk at start..+length)."""
         skip = min(self.skip_tokens, max(0, length - 1))
         parts = [layer_keys[layer][row, kv_head, start + skip : start + length] for layer, kv_head in self.pairs]
-        return torch.stack(parts).to(device="cpu", dtype=INDEX_DTYPE).contiguous()
+        keys = torch.stack(parts).to(device="cpu", dtype=INDEX_DTYPE).contiguous()
+        return keys if self.dtype == "float16" else dequantize_index(*quantize_index(keys))
+
+    def encode(self, keys: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tensors a stored index holds: ``keys`` (float16), or int8 ``codes`` and float32 ``scales``."""
+        keys = keys.detach().to(device="cpu", dtype=INDEX_DTYPE).contiguous()
+        if self.dtype == "float16":
+            return {"keys": keys}
+        codes, scales = quantize_index(keys)
+        return {"codes": codes, "scales": scales}
+
+    def decode(self, tensors: dict[str, torch.Tensor], head_dim: int) -> torch.Tensor:
+        """The float16 keys of ``encode`` output; ValueError (saying what) when the tensors do not fit this spec."""
+        if self.dtype == "float16":
+            if "keys" not in tensors:
+                raise ValueError("its payload lacks the index keys")
+            keys = tensors["keys"]
+        else:
+            if "codes" not in tensors or "scales" not in tensors:
+                raise ValueError("its payload lacks the int8 index codes or scales")
+            codes, scales = tensors["codes"], tensors["scales"]
+            if codes.dtype != torch.int8 or scales.dtype != torch.float32 or not self.check(codes, head_dim):
+                raise ValueError(f"its codes {tuple(codes.shape)} ({codes.dtype}) do not match the bank's index spec")
+            if scales.shape != (codes.shape[0], 1, codes.shape[2]):
+                raise ValueError(f"its scales {tuple(scales.shape)} do not match its codes {tuple(codes.shape)}")
+            if not bool(torch.isfinite(scales).all()) or bool((scales <= 0).any()):
+                raise ValueError("its scales are not finite and positive")
+            keys = dequantize_index(codes, scales)
+        if keys.dtype != INDEX_DTYPE or not self.check(keys, head_dim):
+            raise ValueError(f"its shape {tuple(keys.shape)} ({keys.dtype}) does not match the bank's index spec")
+        return keys
 
     def check(self, keys: torch.Tensor, head_dim: int) -> bool:
         """Whether a stored index tensor has this spec's layout."""

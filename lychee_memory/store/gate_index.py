@@ -2,8 +2,9 @@
 
 One item per (block, index spec): key ``index:<sha256 of the block key, a zero byte and the spec's canonical
 JSON>``, value a framed record (magic ``LYCHEEI1``, SHA-256 of the payload) holding safetensors
-``{"keys": float16 [pairs, tokens, head_dim]}`` whose metadata names the block key, the spec and the head_dim of
-the block's KV. A manifest entry names its item (``index_key``, ``index_bytes``) and the manifest the spec
+``{"keys": float16 [pairs, tokens, head_dim]}`` (spec dtype float16) or ``{"codes": int8 [pairs, tokens,
+head_dim], "scales": float32 [pairs, 1, head_dim]}`` (int8), whose metadata names the block key, the spec and the
+head_dim of the block's KV. A manifest entry names its item (``index_key``, ``index_bytes``) and the manifest the spec
 (``gate_index``); a missing or damaged item never fails a query: the gate judges that block without it.
 """
 
@@ -45,8 +46,9 @@ def index_key(block_key: str, spec: Mapping[str, Any]) -> str:
 
 
 def encode_index(keys: torch.Tensor, block_key: str, spec: Mapping[str, Any], head_dim: int) -> bytes:
-    """A gate index as a framed safetensors record (float16 keys; metadata: block key, spec, head_dim)."""
-    from ..gate.index_format import INDEX_DTYPE
+    """A gate index as a framed safetensors record (tensors in the spec's dtype; metadata: block key, spec,
+    head_dim)."""
+    from ..gate.index_format import IndexSpec
 
     metadata = {
         "format": str(FORMAT_VERSION),
@@ -54,8 +56,8 @@ def encode_index(keys: torch.Tensor, block_key: str, spec: Mapping[str, Any], he
         "gate_index": canonical_spec(spec),
         "head_dim": str(int(head_dim)),
     }
-    tensor = keys.detach().to(device="cpu", dtype=INDEX_DTYPE).contiguous()
-    return frame(INDEX_MAGIC, canonical_safetensors(safetensors.torch.save({"keys": tensor}, metadata)))
+    tensors = IndexSpec.from_description(dict(spec)).encode(keys)
+    return frame(INDEX_MAGIC, canonical_safetensors(safetensors.torch.save(tensors, metadata)))
 
 
 @functools.lru_cache(maxsize=16)
@@ -71,8 +73,6 @@ def _parsed_spec(canonical: str):
 
 def decode_index(data: bytes, block_key: str, spec: Mapping[str, Any], tokens: int) -> torch.Tensor:
     """The float16 index keys of a stored item (on CPU), checked against its block and spec; Damaged if not."""
-    from ..gate.index_format import INDEX_DTYPE
-
     payload = unframe(INDEX_MAGIC, data)
     metadata = safetensors_header(payload).get("__metadata__") or {}
     if metadata.get("block") != block_key:
@@ -85,15 +85,17 @@ def decode_index(data: bytes, block_key: str, spec: Mapping[str, Any], tokens: i
     except (KeyError, TypeError, ValueError):
         raise Damaged("its metadata is incomplete") from None
     try:
-        keys = safetensors.torch.load(payload)["keys"]
-    except KeyError:
-        raise Damaged("its payload lacks the index keys") from None
+        tensors = safetensors.torch.load(payload)
     except Exception as error:  # safetensors raises its own error types for malformed payloads
         raise Damaged(f"its payload cannot be read ({error})") from None
     parsed = _parsed_spec(canonical)
     if parsed is None:
         raise Damaged("the bank's index spec cannot be read")
-    if keys.dtype != INDEX_DTYPE or not parsed.check(keys, head_dim) or keys.shape[1] > tokens:
+    try:
+        keys = parsed.decode(tensors, head_dim)
+    except ValueError as error:
+        raise Damaged(str(error)) from None
+    if keys.shape[1] > tokens:
         raise Damaged(f"its shape {tuple(keys.shape)} ({keys.dtype}) does not match the bank's index spec")
     return keys
 

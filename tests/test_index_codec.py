@@ -1,0 +1,146 @@
+"""The int8 gate index (``gate.index_dtype = int8``): its codec against an independent numpy reference, its place in
+the index's identity (item keys, manifest), a stored int8 bank scoring and ranking like the float16 one, the setting
+validated, damaged int8 items refused, and float16 indexes (old banks) stored and read exactly as before."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from lychee_memory.errors import ConfigurationError
+from lychee_memory.gate.index_format import INDEX_DTYPE, IndexSpec, dequantize_index, quantize_index
+from lychee_memory.store import MemoryStore
+from lychee_memory.store.codec import Damaged, canonical_safetensors, frame, safetensors_header
+from lychee_memory.store.gate_index import INDEX_MAGIC, decode_index, encode_index, index_key
+
+from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
+from .test_gate import QUESTION
+
+HEADS = [(0, 1), (1, 0), (1, 3)]
+SPEC = IndexSpec(heads=((0, 1), (1, 0)), skip_tokens=4, group=2)
+
+
+def _keys(seed: int = 0, pairs: int = 2, tokens: int = 40, head_dim: int = 16) -> torch.Tensor:
+    """Random float16 keys with a few outlier channels (as post-RoPE keys have)."""
+    generator = torch.Generator().manual_seed(seed)
+    keys = torch.randn(pairs, tokens, head_dim, generator=generator)
+    keys[:, :, 3] *= 20.0
+    keys[:, :, 7] += 5.0
+    keys[1, :, 5] = 0.0  # an all-zero channel
+    return keys.to(torch.float16)
+
+
+def _reference(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per (pair, channel) over tokens, in numpy: codes and float32 scales."""
+    values = keys.astype(np.float32)
+    peak = np.abs(values).max(axis=1, keepdims=True)
+    scales = np.where(peak > 0, peak / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    codes = np.clip(np.round(values / scales), -127, 127).astype(np.int8)
+    return codes, scales
+
+
+def _engine(family: str = "llama", dtype: str = "float16"):
+    gate = {"prefilter_heads": HEADS, "index_dtype": dtype}
+    return make_engine(family, compressor="none", chunk_tokens=32, gate=gate)
+
+
+def test_codec_matches_a_numpy_reference_within_half_a_scale():
+    keys = _keys()
+    codes, scales = quantize_index(keys)
+    expected_codes, expected_scales = _reference(keys.numpy())
+    assert codes.dtype == torch.int8 and scales.dtype == torch.float32 and scales.shape == (2, 1, 16)
+    np.testing.assert_array_equal(codes.numpy(), expected_codes)
+    np.testing.assert_allclose(scales.numpy(), expected_scales, rtol=0, atol=0)
+    decoded = dequantize_index(codes, scales)
+    assert decoded.dtype == INDEX_DTYPE and decoded.shape == keys.shape
+    error = (decoded.float() - keys.float()).abs().numpy()
+    bound = expected_scales / 2 + np.abs(keys.float().numpy()) * 2.0**-10  # half a step, plus float16 rounding
+    assert (error <= bound).all() and error.max() > 0
+    assert torch.equal(decoded[1, :, 5], torch.zeros(40, dtype=INDEX_DTYPE))  # a zero channel stays zero
+
+
+def test_encoding_decoded_keys_again_gives_the_same_codes_and_scales():
+    """An int8 engine's blocks carry decoded keys; storing them must not drift further (store, reopen, store)."""
+    spec = IndexSpec(heads=SPEC.heads, skip_tokens=4, group=2, dtype="int8")
+    for seed in range(5):
+        first = spec.encode(_keys(seed))
+        again = spec.encode(spec.decode(first, 16))
+        assert torch.equal(first["codes"], again["codes"]) and torch.equal(first["scales"], again["scales"])
+
+
+def test_index_dtype_is_part_of_the_spec_and_the_item_keys():
+    int8 = IndexSpec(heads=SPEC.heads, skip_tokens=4, group=2, dtype="int8")
+    assert SPEC.describe()["dtype"] == "float16" and int8.describe()["dtype"] == "int8"
+    assert index_key("block", SPEC.describe()) != index_key("block", int8.describe())
+    assert IndexSpec.from_description(int8.describe()) == int8
+    old = {key: value for key, value in SPEC.describe().items() if key != "dtype"}
+    assert IndexSpec.from_description(old) == SPEC  # a description without a dtype is float16
+
+
+def test_the_setting_is_validated():
+    with pytest.raises(ConfigurationError, match="index_dtype"):
+        _engine(dtype="int4")
+    with pytest.raises(ValueError, match="unknown gate index dtype 'int4'"):
+        IndexSpec(heads=SPEC.heads, skip_tokens=4, group=2, dtype="int4")
+    with pytest.raises(ValueError, match="unknown gate index dtype"):
+        IndexSpec.from_description({**SPEC.describe(), "dtype": "bfloat16"})
+
+
+def test_float16_items_are_stored_as_before():
+    keys = _keys()
+    data = encode_index(keys, "block", SPEC.describe(), 16)
+    payload = safetensors.torch.load(data[40:])
+    assert list(payload) == ["keys"] and torch.equal(payload["keys"], keys)
+    assert torch.equal(decode_index(data, "block", SPEC.describe(), 40), keys)
+
+
+def test_int8_items_are_half_the_size_and_damage_is_refused():
+    int8 = IndexSpec(heads=SPEC.heads, skip_tokens=4, group=2, dtype="int8").describe()
+    keys = _keys(tokens=200)
+    data = encode_index(keys, "block", int8, 16)
+    float16 = encode_index(keys, "block", SPEC.describe(), 16)
+    assert len(data) < 0.6 * len(float16)
+    assert torch.equal(decode_index(data, "block", int8, 200), dequantize_index(*quantize_index(keys)))
+    with pytest.raises(Damaged, match="another index spec"):  # never read with a format it was not written with
+        decode_index(float16, "block", int8, 200)
+    codes, scales = quantize_index(keys)
+    header = safetensors_header(data[40:])["__metadata__"]
+    for bad in (scales.clone().fill_(float("inf")), scales.clone().fill_(float("nan")), -scales):
+        forged = frame(INDEX_MAGIC, canonical_safetensors(safetensors.torch.save({"codes": codes, "scales": bad}, header)))
+        with pytest.raises(Damaged, match="scales are not finite and positive"):
+            decode_index(forged, "block", int8, 200)
+    forged = frame(INDEX_MAGIC, canonical_safetensors(safetensors.torch.save({"codes": codes}, header)))
+    with pytest.raises(Damaged, match="lacks the int8 index codes or scales"):
+        decode_index(forged, "block", int8, 200)
+
+
+def _stage_one(engine, bank):
+    prefilter = engine.prefilter_for(bank)
+    query = prefilter.query(QUESTION, engine.config.prompts.initial_memory)
+    scores, _ = prefilter.scores(query, bank.gate_keys, range(len(bank)))
+    return torch.tensor([scores[index] for index in range(len(bank))], dtype=torch.float32)
+
+
+def test_a_stored_int8_bank_scores_and_ranks_like_the_float16_one(tmp_path):
+    docs = [FACTS_DOCUMENT, SECOND_DOCUMENT]
+    half = _engine(dtype="float16")
+    full_bank = half.ingest(docs, store=MemoryStore(tmp_path / "f16"), bank="harbour")
+    compact = _engine(dtype="int8")
+    in_memory = compact.ingest(docs)
+    compact.ingest(docs, store=MemoryStore(tmp_path / "i8"), bank="harbour")
+    store = MemoryStore(tmp_path / "i8")
+    assert store.bank_manifest("harbour").gate_index["dtype"] == "int8"
+    stored = compact.open_bank("harbour", store)
+    assert len(stored) == len(full_bank) == len(in_memory) > 3
+    for index in range(len(stored)):  # a bank in memory already holds what the store gives back
+        assert torch.equal(stored.gate_keys(index), in_memory.block(index).gate_keys)
+        spec = IndexSpec.from_description(store.bank_manifest("harbour").gate_index)
+        expected = dequantize_index(*quantize_index(full_bank.gate_keys(index)))
+        assert torch.equal(stored.gate_keys(index), expected) and spec.dtype == "int8"
+    reference, scores = _stage_one(half, full_bank), _stage_one(compact, stored)
+    assert torch.allclose(scores, reference, atol=0.05 * float(reference.abs().max()), rtol=0)
+    assert int(scores.argmax()) == int(reference.argmax())
+    f16_bytes = MemoryStore(tmp_path / "f16").bank_info("harbour").index_bytes
+    assert store.bank_info("harbour").index_bytes < 0.75 * f16_bytes
