@@ -108,7 +108,9 @@ def test_int8_items_are_half_the_size_and_damage_is_refused():
     codes, scales = quantize_index(keys)
     header = safetensors_header(data[40:])["__metadata__"]
     for bad in (scales.clone().fill_(float("inf")), scales.clone().fill_(float("nan")), -scales):
-        forged = frame(INDEX_MAGIC, canonical_safetensors(safetensors.torch.save({"codes": codes, "scales": bad}, header)))
+        forged = frame(
+            INDEX_MAGIC, canonical_safetensors(safetensors.torch.save({"codes": codes, "scales": bad}, header))
+        )
         with pytest.raises(Damaged, match="scales are not finite and positive"):
             decode_index(forged, "block", int8, 200)
     forged = frame(INDEX_MAGIC, canonical_safetensors(safetensors.torch.save({"codes": codes}, header)))
