@@ -1,9 +1,9 @@
 """The compact gate index (``gate.index_dtype``): bytes per document token and stage-1 fidelity, float16 vs int8.
 
 Each needle haystack is ingested once (float16 index, in memory); the same bank's index is then scored as stored
-(float16) and through the int8 codec (``gate/index_format.py``: encode and decode in-process), and, for the choice
-of layout, through an asymmetric int8 variant (per (pair, channel) min and max over the tokens, 255 levels) that is
-not offered as a setting. Per sample: the largest and mean |drift| of the stage-1 score (z-scores across the bank's
+(float16) and through the int8 codec (``gate/index_format.py``: asymmetric, a scale and zero per (pair, channel)
+over the tokens; encode and decode in-process), and, for the choice of layout, through a symmetric int8 variant
+(one scale per (pair, channel): max |key| / 127) that is not offered as a setting. Per sample: the largest and mean |drift| of the stage-1 score (z-scores across the bank's
 blocks, so in units of their spread), whether the first block and the best C (``gate.candidates``) are the same,
 and the fact block's rank (its best block, 1 = first). Bytes are the framed index items as the store writes them.
 
@@ -24,14 +24,12 @@ from typing import Any
 import torch
 
 
-def asymmetric_int8(keys: torch.Tensor) -> torch.Tensor:
-    """Keys after an asymmetric int8 round trip: per (pair, channel) minimum and step over the tokens, codes 0..255."""
+def symmetric_int8(keys: torch.Tensor) -> torch.Tensor:
+    """Keys after a symmetric int8 round trip: per (pair, channel) scale max |key| / 127 over the tokens."""
     values = keys.float()
-    low = values.amin(dim=1, keepdim=True)
-    step = (values.amax(dim=1, keepdim=True) - low) / 255.0
-    step = torch.where(step > 0, step, torch.ones_like(step))
-    codes = torch.round((values - low) / step).clamp_(0, 255)
-    return (codes * step + low).to(torch.float16)
+    peak = values.abs().amax(dim=1, keepdim=True)
+    scale = torch.where(peak > 0, peak / 127.0, torch.ones_like(peak))
+    return (torch.round(values / scale).clamp_(-127, 127) * scale).to(torch.float16)
 
 
 def rank_of(order: list[int], wanted: set[int]) -> int:
@@ -57,7 +55,7 @@ def main() -> None:
     engine = LycheeMemory.from_pretrained(args.model, show_progress=False)
     candidates = engine.config.gate.candidates
     head_dim = model_geometry(engine.loaded.config)[3]
-    codecs = {"int8": lambda keys: dequantize_index(*quantize_index(keys)), "int8-asym": asymmetric_int8}
+    codecs = {"int8": lambda keys: dequantize_index(*quantize_index(keys)), "int8-sym": symmetric_int8}
     rows: list[dict[str, Any]] = []
     bytes_by = {"float16": 0, "int8": 0}
     tokens_indexed = tokens_total = 0

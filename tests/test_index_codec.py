@@ -32,13 +32,14 @@ def _keys(seed: int = 0, pairs: int = 2, tokens: int = 40, head_dim: int = 16) -
     return keys.to(torch.float16)
 
 
-def _reference(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per (pair, channel) over tokens, in numpy: codes and float32 scales."""
+def _reference(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric 8-bit per (pair, channel) over tokens, in numpy: codes, float32 scales and zeros (minimum)."""
     values = keys.astype(np.float32)
-    peak = np.abs(values).max(axis=1, keepdims=True)
-    scales = np.where(peak > 0, peak / np.float32(127.0), np.float32(1.0)).astype(np.float32)
-    codes = np.clip(np.round(values / scales), -127, 127).astype(np.int8)
-    return codes, scales
+    zeros = values.min(axis=1, keepdims=True)
+    spread = values.max(axis=1, keepdims=True) - zeros
+    scales = np.where(spread > 0, spread / np.float32(255.0), np.float32(1.0)).astype(np.float32)
+    codes = np.clip(np.round((values - zeros) / scales), 0, 255).astype(np.uint8)
+    return codes, scales, zeros
 
 
 def _engine(family: str = "llama", dtype: str = "float16"):
@@ -48,12 +49,14 @@ def _engine(family: str = "llama", dtype: str = "float16"):
 
 def test_codec_matches_a_numpy_reference_within_half_a_scale():
     keys = _keys()
-    codes, scales = quantize_index(keys)
-    expected_codes, expected_scales = _reference(keys.numpy())
-    assert codes.dtype == torch.int8 and scales.dtype == torch.float32 and scales.shape == (2, 1, 16)
-    np.testing.assert_array_equal(codes.numpy(), expected_codes)
-    np.testing.assert_allclose(scales.numpy(), expected_scales, rtol=0, atol=0)
-    decoded = dequantize_index(codes, scales)
+    codes, scales, zeros = quantize_index(keys)
+    expected_codes, expected_scales, expected_zeros = _reference(keys.numpy())
+    assert codes.dtype == torch.uint8 and scales.dtype == torch.float32 and scales.shape == (2, 1, 16)
+    np.testing.assert_array_equal(zeros.numpy(), expected_zeros)
+    np.testing.assert_allclose(scales.numpy(), expected_scales, rtol=1e-6, atol=0)
+    assert np.abs(codes.numpy().astype(int) - expected_codes.astype(int)).max() <= 1  # a tie may round either way
+    assert (codes.numpy() == expected_codes).mean() > 0.99
+    decoded = dequantize_index(codes, scales, zeros)
     assert decoded.dtype == INDEX_DTYPE and decoded.shape == keys.shape
     error = (decoded.float() - keys.float()).abs().numpy()
     bound = expected_scales / 2 + np.abs(keys.float().numpy()) * 2.0**-10  # half a step, plus float16 rounding
@@ -65,9 +68,10 @@ def test_encoding_decoded_keys_again_gives_the_same_codes_and_scales():
     """An int8 engine's blocks carry decoded keys; storing them must not drift further (store, reopen, store)."""
     spec = IndexSpec(heads=SPEC.heads, skip_tokens=4, group=2, dtype="int8")
     for seed in range(5):
-        first = spec.encode(_keys(seed))
-        again = spec.encode(spec.decode(first, 16))
-        assert torch.equal(first["codes"], again["codes"]) and torch.equal(first["scales"], again["scales"])
+        decoded = spec.decode(spec.encode(_keys(seed)), 16)
+        again = spec.encode(decoded)
+        assert torch.equal(spec.decode(again, 16), decoded)
+        assert torch.equal(again["zeros"], spec.encode(_keys(seed))["zeros"])
 
 
 def test_index_dtype_is_part_of_the_spec_and_the_item_keys():
@@ -105,17 +109,21 @@ def test_int8_items_are_half_the_size_and_damage_is_refused():
     assert torch.equal(decode_index(data, "block", int8, 200), dequantize_index(*quantize_index(keys)))
     with pytest.raises(Damaged, match="another index spec"):  # never read with a format it was not written with
         decode_index(float16, "block", int8, 200)
-    codes, scales = quantize_index(keys)
+    codes, scales, zeros = quantize_index(keys)
     header = safetensors_header(data[40:])["__metadata__"]
+
+    def forged(**tensors: torch.Tensor) -> bytes:
+        return frame(INDEX_MAGIC, canonical_safetensors(safetensors.torch.save(tensors, header)))
+
     for bad in (scales.clone().fill_(float("inf")), scales.clone().fill_(float("nan")), -scales):
-        forged = frame(
-            INDEX_MAGIC, canonical_safetensors(safetensors.torch.save({"codes": codes, "scales": bad}, header))
-        )
         with pytest.raises(Damaged, match="scales are not finite and positive"):
-            decode_index(forged, "block", int8, 200)
-    forged = frame(INDEX_MAGIC, canonical_safetensors(safetensors.torch.save({"codes": codes}, header)))
-    with pytest.raises(Damaged, match="lacks the int8 index codes or scales"):
-        decode_index(forged, "block", int8, 200)
+            decode_index(forged(codes=codes, scales=bad, zeros=zeros), "block", int8, 200)
+    with pytest.raises(Damaged, match="zeros are not finite"):
+        decode_index(forged(codes=codes, scales=scales, zeros=zeros.clone().fill_(float("nan"))), "block", int8, 200)
+    with pytest.raises(Damaged, match="lacks the int8 index codes, scales or zeros"):
+        decode_index(forged(codes=codes, scales=scales), "block", int8, 200)
+    with pytest.raises(Damaged, match="do not match the bank's index spec"):
+        decode_index(forged(codes=codes.to(torch.int8), scales=scales, zeros=zeros), "block", int8, 200)
 
 
 def _stage_one(engine, bank):

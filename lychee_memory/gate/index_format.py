@@ -5,11 +5,11 @@ Index (made at ingest, from the compressor's own forward, so it costs no extra f
 ``[pairs, tokens, head_dim]`` per block. Framed blocks begin after the shared opening, which is the attention
 sink, so no sink is in the index. A bank's manifest records :meth:`IndexSpec.describe`; the store keeps the keys.
 
-``dtype`` (``gate.index_dtype``) is how the keys are stored: ``float16`` as they are, or ``int8``: symmetric codes
-with one float32 scale per (pair, channel) over the block's tokens (keys carry outlier channels, so per channel, as
-KIVI quantises keys), half the bytes. Decoded indexes are float16 either way, so scoring costs the same; an int8
+``dtype`` (``gate.index_dtype``) is how the keys are stored: ``float16`` as they are, or ``int8``: 8-bit codes with
+a float32 scale and zero (minimum) per (pair, channel) over the block's tokens (keys carry outlier channels, so per
+channel, as KIVI quantises keys), half the bytes. Decoded indexes are float16 either way, so scoring costs the same; an int8
 spec's ``extract`` already returns the decoded keys, so a bank in memory scores exactly as it will once stored
-(encoding decoded keys again gives the same codes and scales).
+(encoding decoded keys again decodes to the same keys).
 """
 
 from __future__ import annotations
@@ -22,22 +22,24 @@ import torch
 
 INDEX_DTYPE = torch.float16  # the dtype of decoded (and cached, and scored) index keys
 INDEX_DTYPES = ("float16", "int8")  # how an index may be stored (``IndexSpec.dtype``)
-INT8_PEAK = 127.0
+INT8_LEVELS = 255.0
 
 
-def quantize_index(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 codes [pairs, tokens, head_dim] and float32 scales [pairs, 1, head_dim] of an index (one scale per
-    (pair, channel): max |key| over the tokens / 127; each key is then off by at most half its scale)."""
+def quantize_index(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """8-bit codes (uint8 [pairs, tokens, head_dim]), float32 scales and zeros ([pairs, 1, head_dim]) of an index:
+    per (pair, channel), zero = min over the tokens and scale = (max - min) / 255, so each key is off by at most
+    half its scale (asymmetric: measured to drift half as much as symmetric int8, benchmarks/index_codec.py)."""
     values = keys.detach().to(device="cpu", dtype=torch.float32)
-    peak = values.abs().amax(dim=1, keepdim=True)
-    scales = torch.where(peak > 0, peak / INT8_PEAK, torch.ones_like(peak))
-    codes = torch.round(values / scales).clamp_(-INT8_PEAK, INT8_PEAK).to(torch.int8)
-    return codes.contiguous(), scales.contiguous()
+    zeros = values.amin(dim=1, keepdim=True)
+    spread = values.amax(dim=1, keepdim=True) - zeros
+    scales = torch.where(spread > 0, spread / INT8_LEVELS, torch.ones_like(spread))
+    codes = torch.round((values - zeros) / scales).clamp_(0, INT8_LEVELS).to(torch.uint8)
+    return codes.contiguous(), scales.contiguous(), zeros.contiguous()
 
 
-def dequantize_index(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def dequantize_index(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
     """The float16 index keys of ``quantize_index`` output."""
-    return (codes.to(torch.float32) * scales).to(INDEX_DTYPE)
+    return (codes.to(torch.float32) * scales + zeros).to(INDEX_DTYPE)
 
 
 @dataclass(frozen=True)
@@ -102,12 +104,13 @@ class IndexSpec:
         return keys if self.dtype == "float16" else dequantize_index(*quantize_index(keys))
 
     def encode(self, keys: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The tensors a stored index holds: ``keys`` (float16), or int8 ``codes`` and float32 ``scales``."""
+        """The tensors a stored index holds: ``keys`` (float16), or 8-bit ``codes`` with float32 ``scales`` and
+        ``zeros``."""
         keys = keys.detach().to(device="cpu", dtype=INDEX_DTYPE).contiguous()
         if self.dtype == "float16":
             return {"keys": keys}
-        codes, scales = quantize_index(keys)
-        return {"codes": codes, "scales": scales}
+        codes, scales, zeros = quantize_index(keys)
+        return {"codes": codes, "scales": scales, "zeros": zeros}
 
     def decode(self, tensors: dict[str, torch.Tensor], head_dim: int) -> torch.Tensor:
         """The float16 keys of ``encode`` output; ValueError (saying what) when the tensors do not fit this spec."""
@@ -116,16 +119,19 @@ class IndexSpec:
                 raise ValueError("its payload lacks the index keys")
             keys = tensors["keys"]
         else:
-            if "codes" not in tensors or "scales" not in tensors:
-                raise ValueError("its payload lacks the int8 index codes or scales")
-            codes, scales = tensors["codes"], tensors["scales"]
-            if codes.dtype != torch.int8 or scales.dtype != torch.float32 or not self.check(codes, head_dim):
+            if any(name not in tensors for name in ("codes", "scales", "zeros")):
+                raise ValueError("its payload lacks the int8 index codes, scales or zeros")
+            codes, scales, zeros = tensors["codes"], tensors["scales"], tensors["zeros"]
+            if codes.dtype != torch.uint8 or not self.check(codes, head_dim):
                 raise ValueError(f"its codes {tuple(codes.shape)} ({codes.dtype}) do not match the bank's index spec")
-            if scales.shape != (codes.shape[0], 1, codes.shape[2]):
-                raise ValueError(f"its scales {tuple(scales.shape)} do not match its codes {tuple(codes.shape)}")
+            for name, tensor in (("scales", scales), ("zeros", zeros)):
+                if tensor.dtype != torch.float32 or tensor.shape != (codes.shape[0], 1, codes.shape[2]):
+                    raise ValueError(f"its {name} {tuple(tensor.shape)} ({tensor.dtype}) do not match its codes")
             if not bool(torch.isfinite(scales).all()) or bool((scales <= 0).any()):
                 raise ValueError("its scales are not finite and positive")
-            keys = dequantize_index(codes, scales)
+            if not bool(torch.isfinite(zeros).all()):
+                raise ValueError("its zeros are not finite")
+            keys = dequantize_index(codes, scales, zeros)
         if keys.dtype != INDEX_DTYPE or not self.check(keys, head_dim):
             raise ValueError(f"its shape {tuple(keys.shape)} ({keys.dtype}) does not match the bank's index spec")
         return keys

@@ -2,8 +2,8 @@
 
 One item per (block, index spec): key ``index:<sha256 of the block key, a zero byte and the spec's canonical
 JSON>``, value a framed record (magic ``LYCHEEI1``, SHA-256 of the payload) holding safetensors
-``{"keys": float16 [pairs, tokens, head_dim]}`` (spec dtype float16) or ``{"codes": int8 [pairs, tokens,
-head_dim], "scales": float32 [pairs, 1, head_dim]}`` (int8), whose metadata names the block key, the spec and the
+``{"keys": float16 [pairs, tokens, head_dim]}`` (spec dtype float16) or ``{"codes": uint8 [pairs, tokens,
+head_dim], "scales", "zeros": float32 [pairs, 1, head_dim]}`` (int8), whose metadata names the block key, the spec and the
 head_dim of the block's KV. A manifest entry names its item (``index_key``, ``index_bytes``) and the manifest the spec
 (``gate_index``); a missing or damaged item never fails a query: the gate judges that block without it.
 """
