@@ -47,10 +47,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from lychee_memory import LycheeMemory
+    from lychee_memory.eval.tasks import build_samples, parse_lengths
+    from lychee_memory.gate.heads import model_geometry
     from lychee_memory.gate.index_format import IndexSpec, dequantize_index, quantize_index
     from lychee_memory.store.gate_index import encode_index
-    from lychee_memory.gate.heads import model_geometry
-    from lychee_memory.eval.tasks import build_samples, parse_lengths
 
     engine = LycheeMemory.from_pretrained(args.model, show_progress=False)
     candidates = engine.config.gate.candidates
@@ -81,7 +81,7 @@ def main() -> None:
             query = prefilter.query(sample.question, engine.config.prompts.initial_memory)
             blocks = list(range(len(bank)))
 
-            def scored(index_keys) -> list[float]:
+            def scored(index_keys, prefilter=prefilter, query=query, blocks=blocks) -> list[float]:
                 scores, missing = prefilter.scores(query, index_keys, blocks)
                 assert not missing
                 return [scores[block] for block in blocks]
