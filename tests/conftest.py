@@ -102,3 +102,19 @@ async def loop_ticks() -> AsyncIterator[LoopTicks]:
     finally:
         running = False
         await task
+
+
+@pytest.fixture
+def decode_passes(monkeypatch) -> list[int]:
+    """Rows of every decode pass run in this process, one entry per generation pass (patched DecodeStream)."""
+    from lychee_memory import generation
+
+    passes: list[int] = []
+    original = generation.DecodeStream.__init__
+
+    def counting(self, loaded, rows, *args, **kwargs):
+        passes.append(len(rows))
+        original(self, loaded, rows, *args, **kwargs)
+
+    monkeypatch.setattr(generation.DecodeStream, "__init__", counting)
+    return passes
