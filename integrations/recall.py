@@ -32,7 +32,7 @@ from lychee_memory import LycheeMemory, MemoryBank, SelectedBlock
 from lychee_memory.answer import selected_block
 from lychee_memory.errors import ConfigurationError
 from lychee_memory.filters import DocumentFilter
-from lychee_memory.gate import SCORERS, GateScan, LexicalScorer, ScanState, StageOneScorer
+from lychee_memory.gate import GateScan, LexicalScorer, ScanState, StageOneScorer
 from lychee_memory.lexical import terms
 from lychee_memory.reasoner import Reasoner, UpdateObserver
 from lychee_memory.working_memory import MemoryStrategy
@@ -194,23 +194,19 @@ def _gate_scan(engine: LycheeMemory) -> GateScan:
     return GateScan(engine.loaded, engine.prompts, engine.rule, gate, engine.threshold, gate.boundary_tolerance)
 
 
-_scorers: weakref.WeakKeyDictionary[LycheeMemory, dict[tuple[str, str], StageOneScorer]] = weakref.WeakKeyDictionary()
 _priors_by_engine: weakref.WeakKeyDictionary[LycheeMemory, OrderedDict[tuple[str, str, int, str], float]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def _scorer(engine: LycheeMemory, name: str, bank: MemoryBank) -> StageOneScorer:
-    """The stage-1 scorer ``name`` for ``bank``, built once per engine and kind of bank; a bank without the gate
-    index the key scorer reads is ranked by its text (the lexical scorer)."""
-    kind = SCORERS[name]
-    key = kind.bank_key(bank)
-    if key is None:
-        kind, key = SCORERS["lexical"], ""
-    built = _scorers.setdefault(engine, {})
-    if (kind.name, key) not in built:
-        built[(kind.name, key)] = kind.for_bank(engine.stage_one.context, bank)
-    return built[(kind.name, key)]
+    """The engine's stage-1 scorer ``name`` for ``bank``; a bank without the gate index the key scorer reads is
+    ranked by its text (the lexical scorer)."""
+    scorer = engine.stage_one.scorer_named(name, bank)
+    if scorer is None:
+        scorer = engine.stage_one.scorer_named("lexical", bank)
+    assert scorer is not None  # every bank has text
+    return scorer
 
 
 def _priors(engine: LycheeMemory, scan: GateScan, bank: MemoryBank, indices: list[int], null: str) -> list[float]:

@@ -58,7 +58,7 @@ class StageOne:
         self.context = StageOneContext(
             loaded, prompts, opening, start_position, gate.memory_weight, questions, self.index_cache
         )
-        self._scorers: dict[str, StageOneScorer] = {}
+        self._scorers: dict[tuple[str, str], StageOneScorer] = {}
         self._unindexed_warned: set[str] = set()
 
     def for_bank(self, bank: MemoryBank) -> StageOneScorer | None:
@@ -68,11 +68,19 @@ class StageOne:
         key = self.scorer.bank_key(bank)
         if self.scorer.needs_key_index and self.builds_index and bank.gate_index is None:
             self._warn_unindexed(bank, "the gate judges every block" if key is None else "stage 1 ranks it by its text")
-        if key is None:
-            return None
-        if key not in self._scorers:
-            self._scorers[key] = self.scorer.for_bank(self.context, bank)
-        return self._scorers[key]
+        return None if key is None else self._built(self.scorer, key, bank)
+
+    def scorer_named(self, name: str, bank: MemoryBank) -> StageOneScorer | None:
+        """The scorer ``name`` (a key of ``SCORERS``) for ``bank``, whatever ``gate.prefilter`` says (an agent's
+        recall ranks by its own); None when the bank lacks what it reads. Built once per engine and kind of bank."""
+        kind = SCORERS[name]
+        key = kind.bank_key(bank)
+        return None if key is None else self._built(kind, key, bank)
+
+    def _built(self, kind: type[StageOneScorer], key: str, bank: MemoryBank) -> StageOneScorer:
+        if (kind.name, key) not in self._scorers:
+            self._scorers[(kind.name, key)] = kind.for_bank(self.context, bank)
+        return self._scorers[(kind.name, key)]
 
     def _warn_unindexed(self, bank: MemoryBank, instead: str) -> None:
         """Once per bank: a bank built without a gate index is judged block by block (or, by a fused scorer,
