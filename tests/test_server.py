@@ -323,7 +323,8 @@ class TestOpenServer:
         before = len(open_server.log(tail=10**9))
         open_server.process.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + 10
-        while "most recent call first" not in open_server.log(tail=10**9)[before:] and time.monotonic() < deadline:
+        # The dump is written thread by thread: wait for the main thread's (the server loop), not only the first one.
+        while "uvicorn" not in open_server.log(tail=10**9)[before:] and time.monotonic() < deadline:
             time.sleep(0.05)
         dumped = open_server.log(tail=10**9)[before:]
         assert "most recent call first" in dumped and "Thread 0x" in dumped, dumped[-2000:]
