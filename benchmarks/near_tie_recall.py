@@ -33,7 +33,7 @@ def main() -> None:
 
     from lychee_memory import LycheeMemory
     from lychee_memory.eval.haystack import generated_paragraphs
-    from lychee_memory.eval.needles import single_needle
+    from lychee_memory.eval.needles import distinct_needles
     from lychee_memory.eval.tasks import QASample, TokenCounter, haystack_with_facts, needle_samples, parse_lengths
     from lychee_memory.gate import choose_candidates
 
@@ -51,13 +51,10 @@ def main() -> None:
         found = []
         for index in range(n):
             rng = random.Random(f"needles-{args.seed}-{index}-{length}")
-            needles: dict[str, tuple[str, str, str]] = {}
-            while len(needles) < args.needles:
-                (fact,), question, answer = single_needle(rng)
-                needles.setdefault(question, (fact, question, answer))
-            facts = [fact for fact, _, _ in needles.values()]
+            needles = distinct_needles(rng, args.needles)
+            facts = [fact for fact, _, _ in needles]
             context, spans = haystack_with_facts(pool, TokenCounter(engine.loaded.tokenizer), length, facts, rng)
-            for (_fact, question, answer), span in zip(needles.values(), spans):
+            for (_fact, question, answer), span in zip(needles, spans):
                 found.append(QASample(question, [answer], context, f"needles-{index}-{length // 1000}k", [span]))
         return found
 

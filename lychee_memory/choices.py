@@ -12,6 +12,10 @@ from typing import Literal, get_args
 BlockDtype = Literal["float32", "bfloat16", "float16", "int8", "int4", "int2", "k4v2", "none"]
 BLOCK_DTYPES: tuple[str, ...] = get_args(BlockDtype)
 
+# How a bank's gate index is stored (``gate.index_dtype``, gate/index_format.py), narrowest last.
+IndexDtype = Literal["float16", "int8"]
+INDEX_DTYPES: tuple[str, ...] = get_args(IndexDtype)
+
 BASELINE_NAMES: tuple[str, ...] = ("memagent", "full_context")
 """The keys of ``baselines.BASELINES``: the comparison methods the CLI's ``--mode`` names (dashes for underscores)."""
 

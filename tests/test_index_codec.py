@@ -4,6 +4,8 @@ validated, damaged int8 items refused, and float16 indexes (old banks) stored an
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import safetensors.torch
@@ -154,3 +156,68 @@ def test_a_stored_int8_bank_scores_and_ranks_like_the_float16_one(tmp_path):
     assert int(scores.argmax()) == int(reference.argmax())
     f16_bytes = MemoryStore(tmp_path / "f16").bank_info("harbour").index_bytes
     assert store.bank_info("harbour").index_bytes < 0.75 * f16_bytes
+
+
+def _store_items(path) -> dict[str, bytes]:
+    """Every item and manifest of a store, to show a refused command changed nothing."""
+    store = MemoryStore(path)
+    items = {key: store.objects.items.get(key) for key in store.objects.items.keys("")}
+    items.update({"bank:" + name: store.bank_manifest(name).model_dump_json().encode() for name in store.bank_names()})
+    return items
+
+
+def test_recompress_converts_a_float16_index_to_int8_without_a_model_as_an_int8_ingest_would(tmp_path):
+    docs = [FACTS_DOCUMENT, SECOND_DOCUMENT]
+    half = _engine(dtype="float16")
+    half.ingest(docs, store=MemoryStore(tmp_path / "f16", block_dtype="bfloat16"), bank="harbour")
+    compact = _engine(dtype="int8")  # the independent reference: the same bank ingested with an int8 index
+    reference = compact.ingest(docs, store=MemoryStore(tmp_path / "i8", block_dtype="bfloat16"), bank="harbour")
+    store = MemoryStore(tmp_path / "f16")
+    before = store.bank_manifest("harbour")
+    report = store.recompress("harbour", index_dtype="int8")
+    after = store.bank_manifest("harbour")
+    assert report.changed and report.generation == before.generation + 1 and report.converted == report.blocks
+    assert after.gate_index == MemoryStore(tmp_path / "i8").bank_manifest("harbour").gate_index
+    assert [e.key for _, _, e in after.entries()] == [e.key for _, _, e in before.entries()]  # blocks untouched
+    assert sum(e.index_bytes for _, _, e in after.entries()) < 0.75 * sum(e.index_bytes for _, _, e in before.entries())
+    converted = half.open_bank("harbour", store)
+    assert len(converted) == len(reference) > 3
+    for index in range(len(converted)):
+        assert torch.equal(converted.gate_keys(index), reference.gate_keys(index))
+    assert torch.equal(_stage_one(half, converted), _stage_one(compact, reference))
+    assert store.verify().ok
+    assert store.gc().removed_indexes == len({e.key for _, _, e in before.entries()})  # the float16 items
+
+    snapshot = _store_items(tmp_path / "f16")
+    for dtype, message in [("float16", "no longer holds the bits"), ("int4", "unknown index dtype")]:
+        with pytest.raises(ConfigurationError, match=message) as refused:
+            store.recompress("harbour", index_dtype=dtype)
+        assert "'harbour'" in str(refused.value)
+        assert _store_items(tmp_path / "f16") == snapshot, dtype
+    with pytest.raises(ConfigurationError, match="name a codec, an index dtype"):
+        store.recompress("harbour")
+    same = store.recompress("harbour", index_dtype="int8")
+    assert not same.changed and _store_items(tmp_path / "f16") == snapshot
+
+
+def test_recompress_converts_blocks_and_index_in_one_command(tmp_path, capsys):
+    from lychee_memory.cli import main
+
+    docs = [FACTS_DOCUMENT, SECOND_DOCUMENT]
+    half = _engine(dtype="float16")
+    half.ingest(docs, store=MemoryStore(tmp_path, block_dtype="bfloat16"), bank="harbour")
+    keys = [half.open_bank("harbour", MemoryStore(tmp_path)).gate_keys(i) for i in range(3)]
+    assert main(["store", "recompress", "harbour", "--store", str(tmp_path), "--json"]) != 0
+    assert "name a codec, an index dtype" in capsys.readouterr().err
+    argv = ["store", "recompress", "harbour", "--codec", "int4", "--index-dtype", "int8", "--store", str(tmp_path)]
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["changed"]
+    store = MemoryStore(tmp_path)
+    assert store.bank_info("harbour").block_dtypes == ("int4",)
+    assert store.bank_manifest("harbour").gate_index["dtype"] == "int8"
+    bank = half.open_bank("harbour", store)
+    for index, expected in enumerate(keys):
+        assert torch.equal(bank.gate_keys(index), dequantize_index(*quantize_index(expected)))
+    assert half.ask(QUESTION, bank).text is not None
+    assert main([*argv[:3], "--index-dtype", "float16", "--store", str(tmp_path)]) != 0
+    assert "no longer holds the bits" in capsys.readouterr().err

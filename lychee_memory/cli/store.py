@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..choices import BLOCK_DTYPES
+from ..choices import BLOCK_DTYPES, INDEX_DTYPES
 from .options import open_store
 
 if TYPE_CHECKING:
@@ -96,14 +96,16 @@ def _command_store(args: argparse.Namespace) -> int:
             )
         return 0
     if action == "recompress":
-        converted = store.recompress(args.bank, args.codec)
+        converted = store.recompress(args.bank, args.codec, index_dtype=args.index_dtype)
         if args.json:
             print(json.dumps(converted.to_dict(), indent=2))
         elif not converted.changed:
             print(f"bank {converted.bank!r} is already stored as {converted.codec}: nothing changed")
         else:
+            index = f", gate index {args.index_dtype}" if args.index_dtype else ""
             print(
-                f"recompressed bank {converted.bank!r} from {', '.join(converted.from_codecs)} to {converted.codec}: "
+                f"recompressed bank {converted.bank!r} from {', '.join(converted.from_codecs)} to {converted.codec}"
+                f"{index}: "
                 f"{converted.converted} block(s), {converted.bytes_before / 2**20:.1f} MiB -> "
                 f"{converted.bytes_after / 2**20:.1f} MiB; run `lychee store gc` to free the old blocks"
             )
@@ -154,8 +156,14 @@ def add_store_command(commands: Any) -> None:
             sub.add_argument("bank", metavar="BANK")
             sub.add_argument(
                 "--codec",
-                required=True,
+                default=None,
                 choices=list(BLOCK_DTYPES),
                 help="the codec to store the bank's blocks with; one that needs bits already thrown away is refused",
+            )
+            sub.add_argument(
+                "--index-dtype",
+                default=None,
+                choices=list(INDEX_DTYPES),
+                help="how to store the bank's gate index (int8: half the bytes); int8 to float16 is refused",
             )
     store.set_defaults(handler=_command_store)

@@ -87,6 +87,21 @@ def twohop_needle(rng: random.Random) -> tuple[list[str], str, str]:
     return facts, f"In which city is the headquarters of the company where {person} works?", city
 
 
+def distinct_needles(rng: random.Random, count: int) -> list[tuple[str, str, str]]:
+    """``count`` single needles (fact, question, answer) with distinct places and distinct codes, so each question
+    has exactly one fact that answers it in a haystack holding them all."""
+    if count > len(PLACE_ADJECTIVES) * len(PLACE_NOUNS):
+        raise ValueError(f"at most {len(PLACE_ADJECTIVES) * len(PLACE_NOUNS)} distinct needles, asked for {count}")
+    needles: dict[str, tuple[str, str, str]] = {}
+    codes: set[str] = set()
+    while len(needles) < count:
+        (fact,), question, answer = single_needle(rng)
+        if question not in needles and answer not in codes:
+            needles[question] = (fact, question, answer)
+            codes.add(answer)
+    return list(needles.values())
+
+
 NEEDLE_FAMILIES: dict[str, Callable[[random.Random], tuple[list[str], str, str]]] = {
     "needle": single_needle,
     "needle-multikey": multikey_needle,

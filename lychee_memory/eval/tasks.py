@@ -22,7 +22,7 @@ from typing import Any
 from ..choices import TASKS
 from ..errors import ConfigurationError, DocumentError
 from .haystack import generated_paragraphs
-from .needles import NEEDLE_FAMILIES, Needle
+from .needles import NEEDLE_FAMILIES, Needle, distinct_needles
 
 HOTPOT_FILE = Path("hotpotqa") / "hotpot_dev_distractor_q0-59.json"
 SQUAD_FILE = Path("squad") / "squad_dev_v2_subset.json"
@@ -290,11 +290,17 @@ def haystack_with_facts(
     target_tokens: int,
     facts: Sequence[str],
     rng: random.Random,
+    *,
+    spread: bool = False,
 ) -> tuple[str, list[tuple[int, int]]]:
     """Shuffled numbered paragraphs of about ``target_tokens`` tokens, each fact appended to its own paragraph
-    at a random depth; returns the text and the facts' character spans."""
+    at a random depth (``spread``: at evenly spaced depths, so many facts land in different blocks); returns the
+    text and the facts' character spans."""
     chosen = draw_paragraphs(paragraphs, count, target_tokens, rng, at_least=len(facts))
-    positions = sorted(rng.sample(range(len(chosen)), len(facts)))
+    if spread:
+        positions = [int((i + 0.5) * len(chosen) / len(facts)) for i in range(len(facts))]
+    else:
+        positions = sorted(rng.sample(range(len(chosen)), len(facts)))
     shuffled_facts = list(facts)
     rng.shuffle(shuffled_facts)  # a chained fact may come before or after the one it depends on
     for position, fact in zip(positions, shuffled_facts):
@@ -322,6 +328,22 @@ def needle_samples(
         context, spans = haystack_with_facts(paragraphs, count, target_tokens, facts, rng)
         samples.append(QASample(question, [answer], context, f"{family}-{index}-{target_tokens // 1000}k", spans))
     return samples
+
+
+def many_needle_sample(
+    paragraphs: Sequence[tuple[str, str]], tokenizer: Tokenizer, target_tokens: int, needles: int, seed: int
+) -> list[QASample]:
+    """One haystack of about ``target_tokens`` holding ``needles`` distinct facts of the ``needle`` family at evenly
+    spread depths, one sample (question) per fact, all sharing the context: one ingest answers them all."""
+    rng = random.Random(f"needles-{seed}-{target_tokens}")
+    planted = distinct_needles(rng, needles)
+    context, spans = haystack_with_facts(
+        paragraphs, TokenCounter(tokenizer), target_tokens, [fact for fact, _, _ in planted], rng, spread=True
+    )
+    return [
+        QASample(question, [answer], context, f"needles{seed}-{number}-{target_tokens // 1000}k", [span])
+        for number, ((_, question, answer), span) in enumerate(zip(planted, spans))
+    ]
 
 
 def needle_document(

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
+from ..choices import INDEX_DTYPES as INDEX_DTYPES  # how an index may be stored (``IndexSpec.dtype``)
+
 INDEX_DTYPE = torch.float16  # the dtype of decoded (and cached, and scored) index keys
-INDEX_DTYPES = ("float16", "int8")  # how an index may be stored (``IndexSpec.dtype``)
 INT8_LEVELS = 255.0
 
 

@@ -13,11 +13,14 @@ the KV was never kept, so the bank must be ingested again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from typing import Any
 
 from ..blocks import MemoryBlock, SourceSpan
 from ..errors import BankNotFoundError, ConfigurationError, CorruptBlockError, NonFiniteScalesError, StoreError
+from ..gate.index_format import INDEX_DTYPES, IndexSpec
 from .block_objects import BlockObjects
 from .codec import INDEX_ONLY, BlockCodec, Damaged, DecodedBlock, block_key, codec_for
 from .manifest import BLOCK_DTYPES, BankManifest, StoredBlock, now
@@ -37,34 +40,74 @@ def keeps_bits_for(source: BlockCodec, target: BlockCodec) -> bool:
     return narrower and (target.widths != source.widths or target.name == source.name)
 
 
-def recompress_bank(objects: BlockObjects, manifests: Manifests, name: str, codec: str) -> RecompressReport:
-    """Convert every block of bank ``name`` to ``codec`` (see the module); the report says what changed."""
+def recompress_bank(
+    objects: BlockObjects, manifests: Manifests, name: str, codec: str | None, index_dtype: str | None = None
+) -> RecompressReport:
+    """Convert every block of bank ``name`` to ``codec`` and/or its gate index to ``index_dtype`` (see the module);
+    the report says what changed."""
     started = time.perf_counter()
-    if codec not in BLOCK_DTYPES:
+    if codec is None and index_dtype is None:
+        raise ConfigurationError(f"cannot recompress bank {name!r}: name a codec, an index dtype, or both")
+    if codec is not None and codec not in BLOCK_DTYPES:
         raise ConfigurationError(
             f"cannot recompress bank {name!r} to {codec!r}: unknown codec; choose one of {', '.join(BLOCK_DTYPES)}"
         )
-    target = codec_for(codec)
-    converted: dict[str, StoredBlock] = {}  # old block key -> its entry under the new codec
+    if index_dtype is not None and index_dtype not in INDEX_DTYPES:
+        raise ConfigurationError(
+            f"cannot recompress bank {name!r}'s gate index to {index_dtype!r}: unknown index dtype; choose one of "
+            f"{', '.join(INDEX_DTYPES)}"
+        )
+    target = codec_for(codec) if codec is not None else None
+    converted: dict[str, StoredBlock] = {}  # old block key -> its entry under the new codec and index spec
     for _ in range(RECOMPRESS_ROUNDS):
         current = manifests.require(name)
         entries = [entry for _, _, entry in current.entries()]
         sources = sorted({entry.storage for entry in entries})
-        _refuse_lost_bits(name, sources, target)
-        pending = {entry.key: entry for entry in entries if entry.storage != codec and entry.key not in converted}
-        if not any(entry.storage != codec for entry in entries):
-            logger.info("bank %r is already stored as %s: nothing to convert", name, codec)
-            return _report(current, current, codec, sources, 0, False, started)
+        if target is not None:
+            _refuse_lost_bits(name, sources, target)
+        spec = _index_spec(name, current.gate_index, index_dtype)
+        reindex = spec != current.gate_index
+        changing = {entry.key for entry in entries if reindex or (codec is not None and entry.storage != codec)}
+        pending = {entry.key: entry for entry in entries if entry.key in changing and entry.key not in converted}
+        label = codec or ", ".join(sources)
+        if not changing:
+            logger.info("bank %r is already stored as %s (index %s): nothing to convert", name, label, index_dtype)
+            return _report(current, current, label, sources, 0, False, started)
         with manifests.writing():  # gc waits until the manifest names the new blocks
-            for entry in pending.values():  # every block checked before the first is written
-                _checked(objects, current, entry)
+            recoded = {key: codec is not None and entry.storage != codec for key, entry in pending.items()}
+            for key, entry in pending.items():  # every block checked before the first is written
+                if recoded[key]:
+                    _checked(objects, current, entry)
             for key, entry in pending.items():
-                converted[key] = _convert(objects, current, entry, _checked(objects, current, entry), target)
-            written = manifests.update(name, _converted(name, converted, current.generation))
+                decoded = _checked(objects, current, entry) if recoded[key] else None
+                converted[key] = _convert(objects, current, entry, decoded, target, spec)
+            written = manifests.update(name, _converted(name, converted, current.generation, spec))
         if written is not None:
-            count = len({entry.key for entry in entries if entry.storage != codec})
-            return _report(current, written, codec, sources, count, True, started)
+            count = len(changing)
+            return _report(current, written, label, sources, count, True, started)
     raise StoreError(f"bank {name!r} kept changing while it was being recompressed; try again")
+
+
+def _index_spec(name: str, spec: dict[str, Any] | None, index_dtype: str | None) -> dict[str, Any] | None:
+    """The bank's gate index spec stored as ``index_dtype`` (unchanged when None); refuses a bank without an index
+    and a conversion to a wider format (int8 to float16: the float16 bits were thrown away)."""
+    if index_dtype is None:
+        return spec
+    if spec is None:
+        raise ConfigurationError(
+            f"cannot recompress bank {name!r}'s gate index to {index_dtype}: the bank has no gate index (its "
+            "compressor builds none)"
+        )
+    stored = IndexSpec.from_description(spec)
+    if stored.dtype == index_dtype:
+        return spec
+    if INDEX_DTYPES.index(index_dtype) < INDEX_DTYPES.index(stored.dtype):
+        raise ConfigurationError(
+            f"cannot recompress bank {name!r}'s gate index to {index_dtype}: it is stored as {stored.dtype}, which no "
+            f"longer holds the bits {index_dtype} keeps; rebuild the bank from its stored text instead "
+            f"(ingest --recompress with gate.index_dtype={index_dtype})"
+        )
+    return dataclasses.replace(stored, dtype=index_dtype).describe()
 
 
 def _refuse_lost_bits(name: str, sources: list[str], target: BlockCodec) -> None:
@@ -99,10 +142,51 @@ def _checked(objects: BlockObjects, manifest: BankManifest, entry: StoredBlock) 
 
 
 def _convert(
-    objects: BlockObjects, manifest: BankManifest, entry: StoredBlock, decoded: DecodedBlock, target: BlockCodec
+    objects: BlockObjects,
+    manifest: BankManifest,
+    entry: StoredBlock,
+    decoded: DecodedBlock | None,
+    target: BlockCodec | None,
+    spec: dict[str, Any] | None,
 ) -> StoredBlock:
-    """Write the decoded block with ``target`` (and its gate index item) under its new key; its new entry."""
-    key = block_key(manifest.model_fingerprint, manifest.compressor, target.name, decoded.token_ids, manifest.opening)
+    """Write the decoded block with ``target`` under its new key (None: the block stays as it is) and its gate index
+    item with ``spec``; its new entry."""
+    key, storage, nbytes = entry.key, entry.storage, entry.nbytes
+    if decoded is not None and target is not None:
+        key = block_key(
+            manifest.model_fingerprint, manifest.compressor, target.name, decoded.token_ids, manifest.opening
+        )
+        storage = target.name
+        nbytes = _write_block(objects, manifest, entry, decoded, key, target)
+    index: tuple[str, int] | None = None
+    if spec is not None:
+        index = objects.index_item(key, spec)
+        if index is None:
+            gate_keys, why = objects.read_index(entry, manifest)
+            if gate_keys is not None:
+                index = objects.write_index(key, spec, gate_keys, gate_keys.shape[-1])
+            elif why is not None:
+                logger.warning("bank %r block %s: its gate index is not carried over (%s)", manifest.name, key, why)
+    return entry.model_copy(
+        update={
+            "key": key,
+            "storage": storage,
+            "nbytes": nbytes,
+            "index_key": index[0] if index else None,
+            "index_bytes": index[1] if index else 0,
+        }
+    )
+
+
+def _write_block(
+    objects: BlockObjects,
+    manifest: BankManifest,
+    entry: StoredBlock,
+    decoded: DecodedBlock,
+    key: str,
+    target: BlockCodec,
+) -> int:
+    """Write the decoded block with ``target`` under ``key`` unless it is stored already; its stored bytes."""
     span = SourceSpan(
         document_id="",
         document_index=0,
@@ -122,35 +206,18 @@ def _convert(
         compressor=decoded.metadata["compressor_name"],
     )
     shape = objects.block_shape(key)
-    if shape is None:
-        try:
-            shape = (block.num_slots, objects.write_block(key, block, manifest.identity, target.name))
-        except NonFiniteScalesError as error:
-            raise NonFiniteScalesError(
-                f"cannot recompress bank {manifest.name!r} block {entry.key[:16]}: {error}"
-            ) from None
-    index: tuple[str, int] | None = None
-    if manifest.gate_index is not None:
-        index = objects.index_item(key, manifest.gate_index)
-        if index is None:
-            gate_keys, why = objects.read_index(entry, manifest)
-            if gate_keys is not None:
-                index = objects.write_index(key, manifest.gate_index, gate_keys, block.keys.shape[-1])
-            elif why is not None:
-                logger.warning("bank %r block %s: its gate index is not carried over (%s)", manifest.name, key, why)
-    return entry.model_copy(
-        update={
-            "key": key,
-            "storage": target.name,
-            "nbytes": shape[1],
-            "index_key": index[0] if index else None,
-            "index_bytes": index[1] if index else 0,
-        }
-    )
+    if shape is not None:
+        return shape[1]
+    try:
+        return objects.write_block(key, block, manifest.identity, target.name)
+    except NonFiniteScalesError as error:
+        raise NonFiniteScalesError(
+            f"cannot recompress bank {manifest.name!r} block {entry.key[:16]}: {error}"
+        ) from None
 
 
-def _converted(name: str, converted: dict[str, StoredBlock], generation: int):
-    """The change naming the converted blocks if the bank is still at ``generation`` (else nothing)."""
+def _converted(name: str, converted: dict[str, StoredBlock], generation: int, spec: dict[str, Any] | None):
+    """The change naming the converted blocks (and the index spec) if the bank is still at ``generation``."""
 
     def change(latest: BankManifest | None) -> BankManifest | None:
         if latest is None:
@@ -160,6 +227,7 @@ def _converted(name: str, converted: dict[str, StoredBlock], generation: int):
         manifest = latest.model_copy(deep=True)
         for document in manifest.documents:
             document.blocks = [converted.get(entry.key, entry) for entry in document.blocks]
+        manifest.gate_index = spec
         manifest.updated = now()
         return manifest
 

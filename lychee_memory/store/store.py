@@ -512,15 +512,17 @@ class MemoryStore:
         )
         return self.load_bank(name, dtype=recipe.dtype, device=recipe.device, recipe=recipe)
 
-    def recompress(self, name: str, codec: str) -> RecompressReport:
-        """Convert bank ``name``'s blocks in place to ``codec`` (a ``BLOCK_DTYPES`` name) from their stored payloads,
-        without a model; generation-checked like every rebuild, the old blocks left for ``gc``.
+    def recompress(self, name: str, codec: str | None = None, *, index_dtype: str | None = None) -> RecompressReport:
+        """Convert bank ``name``'s blocks in place to ``codec`` (a ``BLOCK_DTYPES`` name) and/or its gate index to
+        ``index_dtype`` (``float16 | int8``) from their stored payloads, without a model; generation-checked like
+        every rebuild, the old items left for ``gc``.
 
-        Refused (ConfigurationError naming the bank, nothing stored changed): an unknown codec, or one that would
-        need bits the stored codec threw away (int4 to int8, int8 to bfloat16). A bank already stored as ``codec``
-        is left as it is (``report.changed`` False).
+        Refused (ConfigurationError naming the bank, nothing stored changed): an unknown codec or index dtype, one
+        that would need bits already thrown away (int4 to int8, int8 to bfloat16; an int8 index to float16), an
+        index dtype for a bank without a gate index. A bank already stored so is left as it is (``report.changed``
+        False).
         """
-        return recompress_bank(self.objects, self.manifests, name, codec)
+        return recompress_bank(self.objects, self.manifests, name, codec, index_dtype)
 
     def save_bank(self, bank: MemoryBank, name: str | None = None) -> StoredBank:
         """Write any bank (built in memory, or read from another store) into this store, in this store's format.

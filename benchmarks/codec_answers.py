@@ -1,0 +1,285 @@
+"""The answer ladder per block codec (issue 27 items 2 and 4): the same stored haystacks read through every codec.
+
+Two generated 28K haystacks (seeds 0 and 1), each holding ``--needles`` distinct facts of the ``needle`` family at
+evenly spread depths, one question per fact (``eval.tasks.many_needle_sample``). Haystack A's questions CHOOSE,
+haystack B's CONFIRM. Each haystack is ingested ONCE in bfloat16 into a store (under ``--store``, reused across
+runs); every other row is a copy of that store converted by the store's own model-free ``lychee store recompress``
+(``--codec``, ``--index-dtype``) and ``lychee store gc``, its bytes from ``lychee store du --json``. Per question and
+row: the fact's block ranked first by stage 2, the fact's block among stage-1 candidates, the answer right
+(sub_em), a copying failure (the answer names a 5-digit code the document does not hold), blocks read, warm query
+seconds (one warm-up question per row first). Per row: all-in bytes/token, median warm query, per-block
+dequantisation ms (read, checksum and decode of every block), the questions whose outcome differs from bfloat16.
+
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/codec_answers.py --only A
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/codec_answers.py --only B
+    python benchmarks/codec_answers.py --report   # JSON + markdown + PNG from the records of both
+
+Records (one JSON line per question and row) go to ``--records``; the report to ``benchmarks/plots/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HAYSTACKS = {"A": 0, "B": 1}  # name -> seed; A chooses, B confirms
+ROLE = {"A": "choosing", "B": "confirming"}
+# row label -> (block codec, gate index dtype); bfloat16 with a float16 index is today's default
+ROWS = {
+    "bfloat16": ("bfloat16", "float16"),
+    "int8": ("int8", "float16"),
+    "int4": ("int4", "float16"),
+    "k4v2": ("k4v2", "float16"),
+    "k4v2+i8": ("k4v2", "int8"),
+    "int4+i8": ("int4", "int8"),
+    "int2+i8": ("int2", "int8"),
+    "none": ("none", "float16"),
+}
+BANK = "haystack"
+PLOTS = Path(__file__).resolve().parent / "plots"
+LYCHEE = [sys.executable, "-m", "lychee_memory.cli"]
+
+
+def lychee(*args: str) -> dict:
+    """Run a ``lychee`` CLI command in a fresh process and return its JSON output."""
+    done = subprocess.run([*LYCHEE, *args, "--json"], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"lychee {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def copying_failure(answer: str, context: str) -> bool:
+    """The answer names a 5-digit code that the document does not hold (copied wrongly or invented)."""
+    return any(code not in context for code in re.findall(r"(?<!\d)\d{5}(?!\d)", answer))
+
+
+def dequantisation_ms(store, name: str) -> float:
+    """Mean milliseconds to read, checksum and decode one stored block of the bank (its stored codec)."""
+    from lychee_memory.store.codec import INDEX_ONLY
+    from lychee_memory.store.reading import check_block
+
+    manifest = store.bank_manifest(name)
+    entries = [entry for _, _, entry in manifest.entries() if entry.storage != INDEX_ONLY]
+    if not entries:
+        return float("nan")
+    started = time.perf_counter()
+    for entry in entries:
+        check_block(store.objects.block(entry.key), entry, manifest, None)
+    return 1000 * (time.perf_counter() - started) / len(entries)
+
+
+def prepared_store(root: Path, haystack: str, row: str, engine, context: str) -> tuple[Path, float | None]:
+    """The row's store: the bfloat16 ingest (made once), or a copy of it converted by ``store recompress``."""
+    from lychee_memory.store import MemoryStore
+
+    base = root / haystack / "bfloat16"
+    ingest_seconds = None
+    if not (base / "ingested").exists():
+        shutil.rmtree(base, ignore_errors=True)
+        print(f"[{haystack}] ingesting {len(context)} chars in bfloat16 into {base}", flush=True)
+        started = time.perf_counter()
+        engine.ingest([context], store=MemoryStore(base, block_dtype="bfloat16"), bank=BANK, show_progress=True)
+        ingest_seconds = time.perf_counter() - started
+        (base / "ingested").write_text(json.dumps({"seconds": ingest_seconds}))
+        print(f"[{haystack}] ingested in {ingest_seconds:.0f} s", flush=True)
+    codec, index_dtype = ROWS[row]
+    if row == "bfloat16":
+        return base, ingest_seconds
+    target = root / haystack / row
+    if not (target / "converted").exists():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(base, target)
+        conversion = ["store", "recompress", BANK, "--store", str(target), "--codec", codec]
+        if index_dtype != "float16":
+            conversion += ["--index-dtype", index_dtype]
+        report = lychee(*conversion)
+        lychee("store", "gc", "--store", str(target))
+        (target / "converted").write_text(json.dumps(report))
+        print(f"[{haystack}] {row}: recompressed ({report['seconds']:.1f} s)", flush=True)
+    return target, None
+
+
+def run_haystack(args: argparse.Namespace, haystack: str, engine, pool) -> None:
+    from lychee_memory.eval.metrics import sub_em
+    from lychee_memory.eval.tasks import many_needle_sample
+    from lychee_memory.store import MemoryStore
+
+    samples = many_needle_sample(pool, engine.loaded.tokenizer, args.tokens, args.needles, HAYSTACKS[haystack])
+    context = samples[0].context
+    for row in args.rows:
+        where, ingest_seconds = prepared_store(args.store, haystack, row, engine, context)
+        usage = lychee("store", "du", "--store", str(where))
+        parts = usage["bank_parts"][BANK]
+        store = MemoryStore(where, create=False)
+        dequant = dequantisation_ms(store, BANK)
+        bank = engine.open_bank(BANK, store)
+        fact_blocks = [
+            [i for i, s in enumerate(bank.spans) if s.char_start < end and start < s.char_end]
+            for ((start, end),) in (sample.evidence for sample in samples)
+        ]
+        engine.ask(samples[0].question, bank)  # warm-up: model, caches, index
+        for sample, facts in zip(samples, fact_blocks):
+            started = time.perf_counter()
+            answer = engine.ask(sample.question, bank)
+            seconds = time.perf_counter() - started
+            first = [s for s in answer.gate_scores if s.memory_step == 0]
+            top = max(first, key=lambda s: (s.score, -s.index)).index if first else None
+            passed = set().union(*answer.candidates[:1]) if answer.candidates else set(range(len(bank)))
+            record = {
+                "haystack": haystack,
+                "role": ROLE[haystack],
+                "row": row,
+                "codec": ROWS[row][0],
+                "index_dtype": ROWS[row][1],
+                "sample": sample.sample_id,
+                "question": sample.question,
+                "gold": sample.answers[0],
+                "answer": answer.text,
+                "right": sub_em(answer.text, sample.answers),
+                "copying_failure": copying_failure(answer.text, context),
+                "fact_blocks": facts,
+                "stage2_first": top,
+                "fact_first": top in facts,
+                "fact_in_stage1": any(i in passed for i in facts),
+                "blocks_read": [b.index for b in answer.blocks],
+                "query_s": round(seconds, 3),
+                "blocks": len(bank),
+                "tokens": bank.num_tokens,
+                "bytes_per_token": parts["per_token"],
+                "dequant_ms_per_block": round(dequant, 3),
+                "ingest_s": ingest_seconds,
+            }
+            print(
+                f"[{haystack}] {row:9s} {sample.sample_id}: right={record['right']} first={record['fact_first']} "
+                f"stage1={record['fact_in_stage1']} read={record['blocks_read']} {seconds:.1f}s "
+                f"answer={answer.text[:60]!r}",
+                flush=True,
+            )
+            with args.records.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        del bank
+        store.close()
+
+
+def report(records: list[dict], out: Path) -> str:
+    """JSON summary, markdown table and PNG (bytes/token vs answers right) of the records."""
+    rows: dict[str, list[dict]] = {}
+    for record in records:
+        rows.setdefault(record["row"], []).append(record)
+    reference = {(r["haystack"], r["sample"]): r for r in rows.get("bfloat16", [])}
+    summary = []
+    for row, group in rows.items():
+        differs = []
+        for record in group:
+            ref = reference.get((record["haystack"], record["sample"]))
+            if ref is None:
+                continue
+            what = [
+                key for key in ("right", "fact_first", "fact_in_stage1") if record[key] != ref[key]
+            ]  # outcomes that changed vs bfloat16
+            if what:
+                differs.append(f"{record['sample']} ({', '.join(f'{k} {ref[k]}->{record[k]}' for k in what)})")
+        entry = {"row": row, "codec": group[0]["codec"], "index_dtype": group[0]["index_dtype"]}
+        for haystack in HAYSTACKS:
+            part = [r for r in group if r["haystack"] == haystack]
+            if part:
+                entry[haystack] = {
+                    "n": len(part),
+                    "right": sum(r["right"] for r in part),
+                    "fact_first": sum(r["fact_first"] for r in part),
+                    "fact_in_stage1": sum(r["fact_in_stage1"] for r in part),
+                    "copying_failures": sum(r["copying_failure"] for r in part),
+                    "blocks_read_mean": statistics.mean(len(r["blocks_read"]) for r in part),
+                    "median_query_s": statistics.median(r["query_s"] for r in part),
+                    "bytes_per_token": part[0]["bytes_per_token"],
+                    "dequant_ms_per_block": part[0]["dequant_ms_per_block"],
+                }
+        entry["differences_vs_bfloat16"] = differs
+        summary.append(entry)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "codec_answers.json").write_text(json.dumps({"rows": summary, "records": records}, indent=1) + "\n")
+
+    lines = [
+        "| row (blocks + index) | haystack | all-in B/token | right | fact first (stage 2) | fact in stage 1 | "
+        "copying failures | blocks read | median warm query s | dequant ms/block | differences vs bfloat16 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for entry in summary:
+        for haystack in HAYSTACKS:
+            if haystack not in entry:
+                continue
+            part = entry[haystack]
+            mine = [d for d in entry["differences_vs_bfloat16"] if d.startswith(f"needles{HAYSTACKS[haystack]}-")]
+            lines.append(
+                f"| {entry['row']} | {haystack} ({ROLE[haystack]}) | {part['bytes_per_token']['total']:,.0f} | "
+                f"{part['right']}/{part['n']} | {part['fact_first']}/{part['n']} | {part['fact_in_stage1']}/{part['n']} | "
+                f"{part['copying_failures']} | {part['blocks_read_mean']:.1f} | {part['median_query_s']:.2f} | "
+                f"{part['dequant_ms_per_block']:.1f} | {'; '.join(mine) or '-'} |"
+            )
+    table = "\n".join(lines) + "\n"
+    (out / "codec_answers.md").write_text(table)
+    _plot(summary, out / "codec_answers.png")
+    return table
+
+
+def _plot(summary: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for entry in summary:
+        for haystack, marker in (("A", "o"), ("B", "s")):
+            if haystack in entry:
+                part = entry[haystack]
+                x, y = part["bytes_per_token"]["total"], part["right"]
+                axis.scatter([x], [y], marker=marker, color="C0" if haystack == "A" else "C1")
+                axis.annotate(
+                    entry["row"], (x, y), textcoords="offset points", xytext=(4, 4 if haystack == "A" else -10)
+                )
+    axis.set_xscale("log")
+    axis.set_xlabel("all-in bytes per document token (log; lychee store du)")
+    axis.set_ylabel("answers right of 10")
+    axis.set_title("SmolLM2-135M, 28K needles x10 per haystack: A (o) chooses, B (s) confirms")
+    axis.axvline(6000, color="grey", linestyle=":", linewidth=1)
+    axis.axvline(3500, color="grey", linestyle=":", linewidth=1)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=list(HAYSTACKS), action="append", help="haystacks to run (default both)")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--tokens", type=int, default=28_000)
+    parser.add_argument("--needles", type=int, default=10)
+    parser.add_argument("--store", type=Path, default=Path("/tmp/codec_answers"), help="stores kept here across runs")
+    parser.add_argument("--records", type=Path, default=Path("/tmp/codec_answers/records.jsonl"))
+    parser.add_argument("--report", action="store_true", help="only write the report from --records")
+    parser.add_argument("--out", type=Path, default=PLOTS)
+    args = parser.parse_args()
+    args.store.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        from lychee_memory import LycheeMemory
+        from lychee_memory.eval.haystack import generated_paragraphs
+
+        engine = LycheeMemory.from_pretrained(show_progress=False)
+        print(f"engine: {engine.config.model.spec} read_mode={engine.config.reasoner.read_mode}", flush=True)
+        pool = generated_paragraphs(count=1500)
+        for haystack in args.only or list(HAYSTACKS):
+            run_haystack(args, haystack, engine, pool)
+    records = [json.loads(line) for line in args.records.read_text().splitlines() if line.strip()]
+    print(report(records, args.out))
+
+
+if __name__ == "__main__":
+    main()
