@@ -221,3 +221,21 @@ def test_recompress_converts_blocks_and_index_in_one_command(tmp_path, capsys):
     assert half.ask(QUESTION, bank).text is not None
     assert main([*argv[:3], "--index-dtype", "float16", "--store", str(tmp_path)]) != 0
     assert "no longer holds the bits" in capsys.readouterr().err
+
+
+def test_adding_to_a_float16_indexed_bank_with_an_int8_engine_converts_the_old_index_without_recompressing(tmp_path):
+    half = _engine(dtype="float16")
+    old = half.ingest([FACTS_DOCUMENT], store=MemoryStore(tmp_path, block_dtype="bfloat16"), bank="harbour")
+    old_keys = [old.gate_keys(index) for index in range(len(old))]
+    old_blocks = [entry.key for _, _, entry in MemoryStore(tmp_path).bank_manifest("harbour").entries()]
+    compact = _engine(dtype="int8")
+    store = MemoryStore(tmp_path, block_dtype="bfloat16")
+    bank = compact.ingest([SECOND_DOCUMENT], store=store, bank="harbour")
+    fresh = compact.ingest([SECOND_DOCUMENT])
+    assert store.last_ingest.compressed == len(fresh)  # only the new document's chunks went through the model
+    manifest = store.bank_manifest("harbour")
+    assert manifest.gate_index["dtype"] == "int8"
+    assert [entry.key for entry in manifest.documents[0].blocks] == old_blocks  # the old blocks are kept as they are
+    for index, keys in enumerate(old_keys):
+        assert torch.equal(bank.gate_keys(index), dequantize_index(*quantize_index(keys)))
+    assert store.verify().ok

@@ -117,6 +117,27 @@ def write_index(
     return key, len(data)
 
 
+def narrowed(items: Items, entry: StoredBlock, spec: Mapping[str, Any]) -> StoredBlock | None:
+    """The entry naming its index item for an int8 ``spec``, written without a model from its stored float16 item
+    of the same heads (a bank indexed before ``gate.index_dtype`` changed); None when it holds no usable one."""
+    if spec.get("dtype", "float16") == "float16":
+        return None
+    wider = {**spec, "dtype": "float16"}
+    for old in (wider, {key: value for key, value in wider.items() if key != "dtype"}):  # described with or without
+        if entry.index_key != index_key(entry.key, old):
+            continue
+        data = items.get(INDEX_PREFIX + entry.index_key)
+        if data is None:
+            return None
+        try:
+            keys = decode_index(data, entry.key, old, entry.token_end - entry.token_start)
+        except Damaged:
+            return None
+        key, size = write_index(items, entry.key, spec, keys, keys.shape[-1])
+        return entry.model_copy(update={"index_key": key, "index_bytes": size})
+    return None
+
+
 def conforms(entry: StoredBlock, spec: Mapping[str, Any] | None) -> bool:
     """Whether an entry names the index item a bank with gate index ``spec`` expects (none when spec is None)."""
     if spec is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -24,7 +25,7 @@ from ..errors import BankNotFoundError, CorruptDocumentError, StoreError
 from ..progress import progress_bar
 from .block_objects import BlockObjects
 from .codec import block_key
-from .gate_index import conforms, without_index
+from .gate_index import conforms, narrowed, without_index
 from .manifest import (
     BankManifest,
     StoredDocument,
@@ -259,6 +260,8 @@ def with_recipe_index(
             continue
         elif spec is None:
             result[position] = without_index(document, None)
+        elif (reindexed := _narrowed_document(objects, document, spec)) is not None:
+            result[position] = reindexed
         else:
             try:
                 text = objects.read_text(name, document)
@@ -273,6 +276,20 @@ def with_recipe_index(
         ready.update(by_id)
         result = [by_id.get(document.id, document) for document in result]
     return result
+
+
+def _narrowed_document(
+    objects: BlockObjects, document: StoredDocument, spec: Mapping[str, Any]
+) -> StoredDocument | None:
+    """The document with every block's float16 gate index converted to the int8 ``spec`` without a model (its blocks
+    kept as they are), or None when a block lacks a usable float16 item (then it is rewritten from its text)."""
+    blocks = []
+    for entry in document.blocks:
+        converted = entry if conforms(entry, spec) else narrowed(objects.items, entry, spec)
+        if converted is None:
+            return None
+        blocks.append(converted)
+    return document.model_copy(update={"blocks": blocks})
 
 
 def commit_documents(
