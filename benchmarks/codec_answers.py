@@ -272,7 +272,8 @@ def main() -> None:
         from lychee_memory import LycheeMemory
         from lychee_memory.eval.haystack import generated_paragraphs
 
-        engine = LycheeMemory.from_pretrained(show_progress=False)
+        # Today's engine, pinned (bfloat16 blocks are pinned at the ingest): the float16 index every row starts from.
+        engine = LycheeMemory.from_pretrained(show_progress=False, gate={"index_dtype": "float16"})
         print(f"engine: {engine.config.model.spec} read_mode={engine.config.reasoner.read_mode}", flush=True)
         pool = generated_paragraphs(count=1500)
         for haystack in args.only or list(HAYSTACKS):
