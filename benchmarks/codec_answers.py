@@ -56,8 +56,9 @@ def lychee(*args: str) -> dict:
 
 
 def copying_failure(answer: str, context: str) -> bool:
-    """The answer names a 5-digit code that the document does not hold (copied wrongly or invented)."""
-    return any(code not in context for code in re.findall(r"(?<!\d)\d{5}(?!\d)", answer))
+    """The answer names a code (4 to 6 digits: the family's codes have 5, a dropped or doubled digit counts) that
+    the document does not hold: copied wrongly or invented."""
+    return any(code not in context for code in re.findall(r"(?<!\d)\d{4,6}(?!\d)", answer))
 
 
 def dequantisation_ms(store, name: str) -> float:
@@ -113,6 +114,8 @@ def run_haystack(args: argparse.Namespace, haystack: str, engine, pool) -> None:
 
     samples = many_needle_sample(pool, engine.loaded.tokenizer, args.tokens, args.needles, HAYSTACKS[haystack])
     context = samples[0].context
+    (args.store / haystack).mkdir(parents=True, exist_ok=True)
+    (args.store / haystack / "context.txt").write_text(context, encoding="utf-8")  # for --report's copy check
     for row in args.rows:
         where, ingest_seconds = prepared_store(args.store, haystack, row, engine, context)
         usage = lychee("store", "du", "--store", str(where))
@@ -168,10 +171,13 @@ def run_haystack(args: argparse.Namespace, haystack: str, engine, pool) -> None:
         store.close()
 
 
-def report(records: list[dict], out: Path) -> str:
-    """JSON summary, markdown table and PNG (bytes/token vs answers right) of the records."""
+def report(records: list[dict], out: Path, contexts: dict[str, str]) -> str:
+    """JSON summary, markdown table and PNG (bytes/token vs answers right) of the records (copying failures checked
+    again against each haystack's text when ``contexts`` holds it)."""
     rows: dict[str, list[dict]] = {}
     for record in records:
+        if record["haystack"] in contexts:
+            record["copying_failure"] = copying_failure(record["answer"], contexts[record["haystack"]])
         rows.setdefault(record["row"], []).append(record)
     reference = {(r["haystack"], r["sample"]): r for r in rows.get("bfloat16", [])}
     summary = []
@@ -279,7 +285,12 @@ def main() -> None:
         for haystack in args.only or list(HAYSTACKS):
             run_haystack(args, haystack, engine, pool)
     records = [json.loads(line) for line in args.records.read_text().splitlines() if line.strip()]
-    print(report(records, args.out))
+    contexts = {
+        name: (args.store / name / "context.txt").read_text(encoding="utf-8")
+        for name in HAYSTACKS
+        if (args.store / name / "context.txt").exists()
+    }
+    print(report(records, args.out, contexts))
 
 
 if __name__ == "__main__":
