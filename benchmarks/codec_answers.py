@@ -225,7 +225,8 @@ def report(records: list[dict], out: Path, contexts: dict[str, str]) -> str:
             mine = [d for d in entry["differences_vs_bfloat16"] if d.startswith(f"needles{HAYSTACKS[haystack]}-")]
             lines.append(
                 f"| {entry['row']} | {haystack} ({ROLE[haystack]}) | {part['bytes_per_token']['total']:,.0f} | "
-                f"{part['right']}/{part['n']} | {part['fact_first']}/{part['n']} | {part['fact_in_stage1']}/{part['n']} | "
+                f"{part['right']}/{part['n']} | {part['fact_first']}/{part['n']} | "
+                f"{part['fact_in_stage1']}/{part['n']} | "
                 f"{part['copying_failures']} | {part['blocks_read_mean']:.1f} | {part['median_query_s']:.2f} | "
                 f"{part['dequant_ms_per_block']:.1f} | {'; '.join(mine) or '-'} |"
             )

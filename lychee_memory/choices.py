@@ -16,6 +16,13 @@ BLOCK_DTYPES: tuple[str, ...] = get_args(BlockDtype)
 IndexDtype = Literal["float16", "int8"]
 INDEX_DTYPES: tuple[str, ...] = get_args(IndexDtype)
 
+# What a new bank is written with when the user does not say (MemoryStore, ingest --block-dtype, gate.index_dtype).
+# Still bfloat16 blocks and a float16 index: the smallest candidate under 6 KB/token all-in, k4v2 blocks with an
+# int8 index (~5.4 KB), lost answers bfloat16 kept on 28K needles (copying failures from its 2-bit values;
+# BENCHMARKS.md, the answer ladder per codec, benchmarks/codec_answers.py), so it is not the default.
+DEFAULT_BLOCK_DTYPE: BlockDtype = "bfloat16"
+DEFAULT_INDEX_DTYPE: IndexDtype = "float16"
+
 BASELINE_NAMES: tuple[str, ...] = ("memagent", "full_context")
 """The keys of ``baselines.BASELINES``: the comparison methods the CLI's ``--mode`` names (dashes for underscores)."""
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .choices import DEFAULT_INDEX_DTYPE, IndexDtype
 from .errors import ConfigurationError
 
 CompressorKind = Literal["auto", "learned", "beacon", "attention", "key_norm", "none"]
@@ -191,11 +192,12 @@ class GateSettings(_Settings):
         "its banks and callers, so a stored bank's index is read and checksummed once, not on every stage-1 pass; "
         "0 = keep none (a million-token bank of SmolLM2 needs about 770 MB)",
     )
-    index_dtype: Literal["float16", "int8"] = Field(
-        "float16",
+    index_dtype: IndexDtype = Field(
+        DEFAULT_INDEX_DTYPE,
         description="how each block's gate index is stored: float16 keys, or int8 codes with one float32 scale per "
         "(head, channel) over the block's tokens (half the bytes; stage-1 scores drift slightly). Part of the "
-        "index's identity: a bank's index is only read in the format it was written in",
+        "index's identity: a bank's index is only read in the format it was written in "
+        "(`lychee store recompress --index-dtype int8` converts a float16 one without a model)",
     )
     prefilter_heads: list[tuple[int, int]] | None = Field(
         None,

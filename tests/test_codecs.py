@@ -16,6 +16,7 @@ import torch
 
 from lychee_memory import ConfigurationError, CorruptBlockError, Document, NonFiniteScalesError
 from lychee_memory.blocks import BankIdentity, MemoryBlock, SourceSpan
+from lychee_memory.choices import DEFAULT_BLOCK_DTYPE, DEFAULT_INDEX_DTYPE
 from lychee_memory.cli import main
 from lychee_memory.store import BLOCK_DTYPES, MemoryStore
 from lychee_memory.store.codec import (
@@ -413,3 +414,44 @@ def test_recompress_catches_up_with_a_writer_that_changed_the_bank_meanwhile(tmp
     assert [document.id for document in manifest.documents] == ["facts", "garden"]
     assert {entry.storage for _, _, entry in manifest.entries()} == {"int4"}
     assert report.generation == manifest.generation == 3 and store.verify().ok
+
+
+def test_a_store_created_without_a_dtype_writes_the_default_codec_and_index(tmp_path):
+    """What a user gets without naming a codec: ``DEFAULT_BLOCK_DTYPE`` blocks (bfloat16: k4v2 failed the answer bar,
+    benchmarks/codec_answers.py) and a ``DEFAULT_INDEX_DTYPE`` index, the same as naming them."""
+    assert (DEFAULT_BLOCK_DTYPE, DEFAULT_INDEX_DTYPE) == ("bfloat16", "float16")
+    docs = [Document.from_text(FACTS_DOCUMENT, id="facts"), Document.from_text(SECOND_DOCUMENT, id="garden")]
+    engine = make_engine(compressor="none")
+    default = engine.ingest(docs, store=MemoryStore(tmp_path / "default"), bank="harbour")
+    named = make_engine(compressor="none", gate={"index_dtype": "float16"})
+    explicit = named.ingest(docs, store=MemoryStore(tmp_path / "named", block_dtype="bfloat16"), bank="harbour")
+    store = MemoryStore(tmp_path / "default")
+    assert store.block_dtype == "bfloat16" and store.bank_info("harbour").block_dtypes == ("bfloat16",)
+    assert (
+        store.bank_manifest("harbour").gate_index == MemoryStore(tmp_path / "named").bank_manifest("harbour").gate_index
+    )
+    assert store.bank_manifest("harbour").gate_index["dtype"] == "float16"
+    for index in range(len(default)):
+        assert torch.equal(default.block(index).values, explicit.block(index).values)
+        assert torch.equal(default.gate_keys(index), explicit.gate_keys(index))
+    answer, reference = engine.ask(QUESTION, default), named.ask(QUESTION, explicit)
+    assert answer.text == reference.text and [b.index for b in answer.blocks] == [b.index for b in reference.blocks]
+
+
+def test_the_cli_names_the_default_codec(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["ingest", "--help"])
+    assert "default bfloat16" in " ".join(capsys.readouterr().out.split())
+    path = tmp_path / "facts.txt"
+    path.write_text(FACTS_DOCUMENT, encoding="utf-8")
+    store = str(tmp_path / "store")
+    tiny = ["--model", "tiny-random-llama", "--chunk-tokens", "64", "--no-progress"]
+    assert main(["ingest", str(path), "--store", store, "--bank", "harbour", "--block-dtype", "k4v2", *tiny]) == 0
+    capsys.readouterr()
+    assert main(["info", "--no-load", "--json", "--model", "tiny-random-llama", "--store", store]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["storage"] == {"block_dtype": "bfloat16", "index_dtype": "float16"}  # what a new bank gets
+    assert info["banks"]["harbour"]["block_dtypes"] == ["k4v2"]  # what this bank was written with
+    assert main(["info", "--json", "--model", "tiny-random-llama"]) == 0  # loaded: the engine's own index setting
+    loaded = json.loads(capsys.readouterr().out)
+    assert loaded["storage"]["index_dtype"] == loaded["engine"]["gate"]["index_dtype"] == "float16"

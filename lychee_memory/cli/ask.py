@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..choices import BASELINE_NAMES, BLOCK_DTYPES
+from ..choices import BASELINE_NAMES, BLOCK_DTYPES, DEFAULT_BLOCK_DTYPE
 from ..errors import LycheeError, UnconvertibleDocumentError
 from .options import add_engine_options, add_store_options, load_engine, open_store
 
@@ -190,8 +190,9 @@ def add_ingest_command(commands: Any) -> None:
     ingest.add_argument(
         "--block-dtype",
         choices=list(BLOCK_DTYPES),
-        default="bfloat16",
-        help="how new blocks are stored (default bfloat16; int8 with per-channel/per-slot scales)",
+        default=DEFAULT_BLOCK_DTYPE,
+        help=f"how new blocks are stored (default {DEFAULT_BLOCK_DTYPE}; int8 with per-channel/per-slot scales; int4, "
+        "k4v2 and int2 group-quantised; none keeps only the gate index)",
     )
     ingest.add_argument(
         "--recompress", action="store_true", help="rebuild the bank first if another model or compressor built it"

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from ..choices import DEFAULT_BLOCK_DTYPE, DEFAULT_INDEX_DTYPE
 from ..config import DEFAULT_MODEL
 from .options import add_engine_options, load_engine
 
@@ -56,8 +57,11 @@ def _command_info(args: argparse.Namespace) -> int:
     banks = _banks(args.store)
     if banks is not None:
         info["banks"] = banks
+    # What a new bank is written with unless told otherwise (ingest --block-dtype, gate.index_dtype).
+    info["storage"] = {"block_dtype": DEFAULT_BLOCK_DTYPE, "index_dtype": DEFAULT_INDEX_DTYPE}
     if not args.no_load:
         info["engine"] = load_engine(args).info()
+        info["storage"]["index_dtype"] = info["engine"]["gate"]["index_dtype"]
     if args.json:
         print(json.dumps(info, indent=2))
     else:

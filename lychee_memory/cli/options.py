@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic.fields import FieldInfo
 
+from ..choices import DEFAULT_BLOCK_DTYPE
 from ..config import FLAT_OPTIONS, NAME_SHORTCUTS, EngineConfig
 from ..errors import LycheeError
 from .fields import field_argument, field_help, flag_name
@@ -160,7 +161,7 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--bank", default=None, help="bank name in the store: reused, and created or extended")
 
 
-def open_store(args: argparse.Namespace, *, create: bool, block_dtype: str = "bfloat16") -> MemoryStore:
+def open_store(args: argparse.Namespace, *, create: bool, block_dtype: str = DEFAULT_BLOCK_DTYPE) -> MemoryStore:
     """The store named by --store (default store without it); commands that only read never create one."""
     from ..store import MemoryStore
 

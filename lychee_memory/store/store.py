@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from ..blocks import BankIdentity, MemoryBank, SourceSpan
+from ..choices import DEFAULT_BLOCK_DTYPE
 from ..config import cache_root
 from ..documents import Document
 from ..errors import ConfigurationError, DocumentNotFoundError, NonFiniteScalesError, StoreError
@@ -81,11 +82,11 @@ def default_store_path() -> Path:
 class MemoryStore:
     """A directory of memory banks on diskcache: content-addressed blocks, JSON manifests, checksums.
 
-    ``block_dtype`` is how new blocks are written (bfloat16 by default; int8 keeps per-channel key and
-    per-slot value scales; int4, int2 and k4v2 are group-quantised, ``codec.GroupCodec``; ``none`` keeps only the
-    gate index and the texts, its blocks encoded when read); blocks are converted back to the engine's dtype when
-    read. diskcache's eviction is off, so nothing is ever dropped silently; ``size_limit_bytes`` is enforced by the
-    store and a full store or disk raises StoreFullError without changing any bank. With ``create=False`` a
+    ``block_dtype`` is how new blocks are written (``choices.DEFAULT_BLOCK_DTYPE``: bfloat16; int8 keeps
+    per-channel key and per-slot value scales; int4, int2 and k4v2 are group-quantised, ``codec.GroupCodec``; ``none``
+    keeps only the gate index and the texts, its blocks encoded when read); blocks are converted back to the engine's
+    dtype when read. diskcache's eviction is off, so nothing is ever dropped silently; ``size_limit_bytes`` is enforced
+    by the store and a full store or disk raises StoreFullError without changing any bank. With ``create=False`` a
     missing store is a StoreError instead of a new empty directory (for commands that only read).
     """
 
@@ -93,7 +94,7 @@ class MemoryStore:
         self,
         path: str | os.PathLike[str] | None = None,
         *,
-        block_dtype: BlockDtype = "bfloat16",
+        block_dtype: BlockDtype = DEFAULT_BLOCK_DTYPE,
         size_limit_bytes: int | None = None,
         create: bool = True,
         storage_options: dict[str, Any] | None = None,
