@@ -64,7 +64,20 @@ def lychee(*args: str) -> dict:
 def copying_failure(answer: str, context: str) -> bool:
     """The answer names a code (4 to 6 digits: the family's codes have 5, a dropped or doubled digit counts) that
     the document does not hold: copied wrongly or invented."""
-    return any(code not in context for code in re.findall(r"(?<!\d)\d{4,6}(?!\d)", answer))
+    numbers = set(re.findall(r"\d+", context))  # whole numbers: 1221 inside 41221 is not the document's
+    return any(code not in numbers for code in re.findall(r"(?<!\d)\d{4,6}(?!\d)", answer))
+
+
+def why_wrong(record: dict) -> str:
+    """Why an answer is wrong: rank (stage 2 did not put the fact's block first), copy (it names a code the document
+    lacks), other number (it names a number the document holds elsewhere: a year, another code) or text."""
+    if record["right"]:
+        return "right"
+    if not record["fact_first"]:
+        return "rank"
+    if record["copying_failure"]:
+        return "copy"
+    return "other number" if re.search(r"\d{3,}", record["answer"]) else "text"
 
 
 def dequantisation_ms(store, name: str) -> float:
@@ -233,7 +246,8 @@ def report(records: list[dict], out: Path, contexts: dict[str, str]) -> str:
                 key for key in ("right", "fact_first", "fact_in_stage1") if record[key] != ref[key]
             ]  # outcomes that changed vs bfloat16
             if what:
-                differs.append(f"{record['sample']} ({', '.join(f'{k} {ref[k]}->{record[k]}' for k in what)})")
+                changes = ", ".join(f"{k} {ref[k]}->{record[k]}" for k in what)
+                differs.append(f"{record['sample']} ({changes}; {why_wrong(record)}: {record['answer'][-24:]!r})")
         entry = {"row": row, "codec": group[0]["codec"], "index_dtype": group[0]["index_dtype"]}
         for haystack in HAYSTACKS:
             part = [r for r in group if r["haystack"] == haystack]
