@@ -298,20 +298,21 @@ def _plot(summary: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for entry in summary:
-        for haystack, marker in (("A", "o"), ("B", "s")):
-            if haystack in entry:
-                part = entry[haystack]
-                x, y = part["bytes_per_token"]["total"], part["right"]
-                axis.scatter([x], [y], marker=marker, color="C0" if haystack == "A" else "C1")
-                axis.annotate(
-                    entry["row"], (x, y), textcoords="offset points", xytext=(4, 4 if haystack == "A" else -10)
-                )
+    figure, axis = plt.subplots(figsize=(8, 5))
+    ranked = sorted(
+        summary, key=lambda entry: next(entry[h] for h in HAYSTACKS if h in entry)["bytes_per_token"]["total"]
+    )
+    for number, entry in enumerate(ranked):
+        parts = [entry[h] for h in HAYSTACKS if h in entry]
+        x = parts[0]["bytes_per_token"]["total"]
+        y = sum(part["right"] for part in parts)
+        axis.scatter([x], [y], color="C3" if entry["differences_vs_bfloat16"] else "C0")
+        label = f"{entry['row']} ({len(entry['differences_vs_bfloat16'])} diff)"
+        axis.annotate(label, (x, y), textcoords="offset points", xytext=(5, -14 + 11 * (number % 3)), fontsize=8)
     axis.set_xscale("log")
     axis.set_xlabel("all-in bytes per document token (log; lychee store du)")
-    axis.set_ylabel("answers right of 10")
-    axis.set_title("SmolLM2-135M, 28K needles x10 per haystack: A (o) chooses, B (s) confirms")
+    axis.set_ylabel("answers right of 20 (haystack A chooses, B confirms)")
+    axis.set_title("SmolLM2-135M, 28K needles, 20 questions; red: differs from bfloat16")
     axis.axvline(6000, color="grey", linestyle=":", linewidth=1)
     axis.axvline(3500, color="grey", linestyle=":", linewidth=1)
     figure.tight_layout()
