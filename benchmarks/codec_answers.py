@@ -8,7 +8,9 @@ runs); every other row is a copy of that store converted by the store's own mode
 row: the fact's block ranked first by stage 2, the fact's block among stage-1 candidates, the answer right
 (sub_em), a copying failure (the answer names a 5-digit code the document does not hold), blocks read, warm query
 seconds (one warm-up question per row first). Per row: all-in bytes/token, median warm query, per-block
-dequantisation ms (read, checksum and decode of every block), the questions whose outcome differs from bfloat16.
+dequantisation ms (read, checksum and decode of every block), the questions whose outcome differs from bfloat16
+and why (rank, copy, another number of the document). ``SIMULATED`` rows (``--rows k4v3g128+i8``) measure a codec
+not built yet by quantising the bfloat16 bank in memory with the store's own group quantiser.
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/codec_answers.py --only A
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/codec_answers.py --only B
