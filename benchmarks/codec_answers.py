@@ -31,8 +31,9 @@ import sys
 import time
 from pathlib import Path
 
-HAYSTACKS = {"A": 0, "B": 1}  # name -> seed; A chooses, B confirms
-ROLE = {"A": "choosing", "B": "confirming"}
+# name -> seed; A chooses, B confirms; C (seed 2) is a fresh haystack for k4v3, chosen after A and B were seen
+HAYSTACKS = {"A": 0, "B": 1, "C": 2}
+ROLE = {"A": "choosing", "B": "confirming", "C": "confirming, fresh"}
 # row label -> (block codec, gate index dtype); bfloat16 with a float16 index is today's default
 ROWS = {
     "bfloat16": ("bfloat16", "float16"),
@@ -40,6 +41,7 @@ ROWS = {
     "int4": ("int4", "float16"),
     "k4v2": ("k4v2", "float16"),
     "k4v2+i8": ("k4v2", "int8"),
+    "k4v3+i8": ("k4v3", "int8"),
     "int4+i8": ("int4", "int8"),
     "int2+i8": ("int2", "int8"),
     "none": ("none", "float16"),
@@ -324,7 +326,7 @@ def _plot(summary: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=list(HAYSTACKS), action="append", help="haystacks to run (default both)")
+    parser.add_argument("--only", choices=list(HAYSTACKS), action="append", help="haystacks to run (default all)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=[*ROWS, *SIMULATED])
     parser.add_argument("--tokens", type=int, default=28_000)
     parser.add_argument("--needles", type=int, default=10)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 # "none": an index-only bank, its KV never stored but encoded from the stored text when read (codec.IndexOnlyCodec).
-BlockDtype = Literal["float32", "bfloat16", "float16", "int8", "int4", "int2", "k4v2", "none"]
+BlockDtype = Literal["float32", "bfloat16", "float16", "int8", "int4", "int2", "k4v2", "k4v3", "none"]
 BLOCK_DTYPES: tuple[str, ...] = get_args(BlockDtype)
 
 # How a bank's gate index is stored (``gate.index_dtype``, gate/index_format.py), narrowest last.

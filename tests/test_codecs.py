@@ -1,4 +1,4 @@
-"""The quantised block codecs (int4, int2, k4v2) and ``recompress``: error bounds against an independent per-group
+"""The quantised block codecs (int4, int2, k4v2, k4v3) and ``recompress``: error bounds against an independent per-group
 loop, exact bit packing, padding slots kept out of ranges, bytes per element as promised, identity (content keys,
 a block never read with another codec), non-finite scales, and converting banks in place without a model."""
 
@@ -37,7 +37,7 @@ from lychee_memory.store.recompress import keeps_bits_for
 
 from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
 
-QUANTISED = ["int4", "int2", "k4v2"]
+QUANTISED = ["int4", "int2", "k4v2", "k4v3"]
 SMOLLM2_ELEMENTS_PER_TOKEN = 30 * 3 * 64 * 2  # layers x KV heads x head_dim x (keys and values) = 11,520
 QUESTION = "What is the access code for the east pier storage shed?"
 
@@ -94,8 +94,8 @@ def test_round_trip_matches_an_independent_per_group_loop_within_half_a_step(nam
     assert isinstance(codec, GroupCodec)
     keys, values, valid = kv()
     decoded_keys, decoded_values = codec.decode(codec.encode(keys, values, valid), torch.float32)
-    expected_keys, key_step = reference_groups(keys, codec.key_bits, codec.group, True, valid)
-    expected_values, value_step = reference_groups(values, codec.value_bits, codec.group, False, valid)
+    expected_keys, key_step = reference_groups(keys, codec.key_bits, codec.key_group, True, valid)
+    expected_values, value_step = reference_groups(values, codec.value_bits, codec.value_group, False, valid)
     real = valid
     torch.testing.assert_close(decoded_keys[:, :, real], expected_keys[:, :, real], atol=1e-5, rtol=0)
     torch.testing.assert_close(decoded_values, expected_values, atol=1e-5, rtol=0)
@@ -108,14 +108,20 @@ def test_round_trip_matches_an_independent_per_group_loop_within_half_a_step(nam
 
 def test_packing_round_trips_random_codes_exactly_and_puts_the_first_code_in_the_low_bits():
     generator = torch.Generator().manual_seed(1)
-    for bits in (2, 4):
-        for size in (64, 7, 1):
+    for bits in (2, 3, 4):
+        for size in (64, 7, 1, 13):
             codes = torch.randint(0, 2**bits, (3, 5, size), generator=generator, dtype=torch.uint8)
             packed = pack_codes(codes, bits)
             assert packed.dtype == torch.uint8 and packed.shape == (3, 5, -(-size * bits // 8))
             assert torch.equal(unpack_codes(packed, bits, size), codes)
     assert pack_codes(torch.tensor([1, 2, 3, 0], dtype=torch.uint8), 2).tolist() == [1 | 2 << 2 | 3 << 4]
     assert pack_codes(torch.tensor([9, 4, 15], dtype=torch.uint8), 4).tolist() == [9 | 4 << 4, 15]
+    # 3 bits: eight codes make one little-endian 24-bit word, the first code in the low bits; a short tail is cut to
+    # ceil(size * 3 / 8) bytes.
+    codes = [5, 1, 7, 2, 0, 6, 3, 4, 7]
+    word = sum(code << (3 * i) for i, code in enumerate(codes[:8]))
+    expected = [word & 0xFF, word >> 8 & 0xFF, word >> 16 & 0xFF, 7]
+    assert pack_codes(torch.tensor(codes, dtype=torch.uint8), 3).tolist() == expected
     with pytest.raises(Damaged):
         unpack_codes(torch.zeros(3, dtype=torch.uint8), 4, 64)
 
@@ -136,8 +142,8 @@ def test_padding_slots_stay_out_of_the_key_ranges(name):
 def test_bytes_per_element_are_as_promised():
     """Codes plus a float16 scale and zero per group of 64: int4 0.5625, k4v2 0.4375, int2 0.3125 bytes per element,
     so per SmolLM2 token (11,520 elements): 6,480, 5,040 and 3,600 B of blocks (bfloat16: 23,040; int8: 11,520 plus
-    its per-block scales)."""
-    expected = {"int4": 6480, "k4v2": 5040, "int2": 3600}
+    its per-block scales). k4v3: keys (4 + 32/128) and values (3 + 32/64) bits, a mean of 0.484375 B: 5,580 B."""
+    expected = {"int4": 6480, "k4v2": 5040, "int2": 3600, "k4v3": 5580}
     slots, head_dim = 128, 64  # whole groups
     keys, values, valid = kv(slots, head_dim)
     valid[:] = True
@@ -229,7 +235,11 @@ def test_codecs_keep_bits_only_downwards():
     }
     for pair in [("float32", "int4"), ("bfloat16", "int8"), ("int8", "int4"), ("int4", "k4v2"), ("k4v2", "int2")]:
         assert pair in allowed, pair
+    for pair in [("int4", "k4v3"), ("k4v3", "k4v2"), ("k4v3", "int2")]:
+        assert pair in allowed, pair
     for pair in [("int4", "int8"), ("int8", "bfloat16"), ("int2", "k4v2"), ("k4v2", "int4"), ("bfloat16", "float16")]:
+        assert pair not in allowed, pair
+    for pair in [("k4v2", "k4v3"), ("k4v3", "int4")]:
         assert pair not in allowed, pair
     assert all((name, name) in allowed for name in CODECS)
 

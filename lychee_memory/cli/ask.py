@@ -192,7 +192,7 @@ def add_ingest_command(commands: Any) -> None:
         choices=list(BLOCK_DTYPES),
         default=DEFAULT_BLOCK_DTYPE,
         help=f"how new blocks are stored (default {DEFAULT_BLOCK_DTYPE}; int8 with per-channel/per-slot scales; int4, "
-        "k4v2 and int2 group-quantised; none keeps only the gate index)",
+        "k4v3, k4v2 and int2 group-quantised; none keeps only the gate index)",
     )
     ingest.add_argument(
         "--recompress", action="store_true", help="rebuild the bank first if another model or compressor built it"

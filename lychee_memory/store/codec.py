@@ -5,8 +5,8 @@ safetensors (never a pickle): keys, values, valid slots and token ids, with meta
 the dtype the block was computed in, the model fingerprint and the compressor settings.
 
 How keys and values are stored is a ``BlockCodec`` chosen by its name (the storage format, ``block_dtype``) from
-``CODECS``: one entry per format (float32, bfloat16, float16, int8, the group-quantised int4, int2 and k4v2, and
-``none``, the index-only tier that stores no payload at all).
+``CODECS``: one entry per format (float32, bfloat16, float16, int8, the group-quantised int4, int2, k4v2 and
+k4v3, and ``none``, the index-only tier that stores no payload at all).
 A new format is one more entry (and its name in ``manifest.BlockDtype``); the payload around the tensors, and so
 every content key, stays as it is.
 """
@@ -31,9 +31,11 @@ from .manifest import BLOCK_DTYPES, FORMAT_VERSION
 BLOCK_MAGIC = b"LYCHEEB1"
 MANIFEST_MAGIC = b"LYCHEEM1"
 DIGEST_BYTES = 32
-# Elements per group of the quantised codecs (int4, int2, k4v2), chosen by benchmarks/codec_fidelity.py (BENCHMARKS.md,
-# "Unreleased: quantised block codecs"). Part of what a codec's name means: a new group size is a new name.
+# Elements per group of the quantised codecs (int4, int2, k4v2; k4v3's keys use twice as many), chosen by
+# benchmarks/codec_fidelity.py (BENCHMARKS.md, "Unreleased: quantised block codecs"). Part of what a codec's name
+# means: a new group size is a new name.
 QUANTISATION_GROUP = 64
+CODE_WIDTHS = (2, 3, 4)  # bits per code the group codecs pack
 HEADER_BYTES = len(BLOCK_MAGIC) + DIGEST_BYTES + 8  # magic, digest, safetensors header length
 
 
@@ -283,22 +285,27 @@ def dequantize_int8(quantized: torch.Tensor, scale: torch.Tensor, dtype: torch.d
 class GroupCodec(BlockCodec):
     """Asymmetric group quantisation (KIVI): a float16 scale and zero (the group's minimum) per ``group`` elements,
     keys grouped per channel along slots (keys carry outlier channels), values per slot along channels; codes of
-    ``key_bits``/``value_bits`` (2 or 4) packed into uint8 along the channels. Padding slots stay out of key groups'
-    ranges. Each element is off by at most half its group's step, (max - min) / (2**bits - 1), plus float16 rounding
-    of the zero.
+    ``key_bits``/``value_bits`` (2, 3 or 4) packed into uint8 along the channels. Keys and values have their own
+    group sizes (``key_group`` slots, ``value_group`` channels). Padding slots stay out of key groups' ranges. Each
+    element is off by at most half its group's step, (max - min) / (2**bits - 1), plus float16 rounding of the zero.
 
     Stored tensors: ``keys``/``values`` uint8 [layers, heads, slots, ceil(head_dim * bits / 8)];
-    ``key_scales``/``key_zeros`` float16 [layers, heads, ceil(slots / group), head_dim];
-    ``value_scales``/``value_zeros`` float16 [layers, heads, slots, ceil(head_dim / group)].
+    ``key_scales``/``key_zeros`` float16 [layers, heads, ceil(slots / key_group), head_dim];
+    ``value_scales``/``value_zeros`` float16 [layers, heads, slots, ceil(head_dim / value_group)].
     """
 
     key_bits: int = 4
     value_bits: int = 4
-    group: int = 64
+    key_group: int = 64
+    value_group: int = 64
 
     def __post_init__(self) -> None:
-        if self.key_bits not in (2, 4) or self.value_bits not in (2, 4) or self.group < 1:
-            raise ConfigurationError(f"codec {self.name}: codes of 2 or 4 bits and a positive group, got {self}")
+        if (
+            self.key_bits not in CODE_WIDTHS
+            or self.value_bits not in CODE_WIDTHS
+            or min(self.key_group, self.value_group) < 1
+        ):
+            raise ConfigurationError(f"codec {self.name}: codes of 2, 3 or 4 bits and positive groups, got {self}")
         if self.bytes_per_element != (self.key_bits + self.value_bits) / 16:
             raise ConfigurationError(f"codec {self.name}: bytes_per_element must be the mean code width in bytes")
 
@@ -307,14 +314,15 @@ class GroupCodec(BlockCodec):
         return self.key_bits, self.value_bits
 
     def stored_bytes_per_element(self) -> float:
-        """Bytes per key or value element with full groups: the codes plus a float16 scale and zero per group."""
-        return self.bytes_per_element + 4 / self.group
+        """Bytes per key or value element with full groups: the codes plus a float16 scale and zero per group (the
+        mean of keys' and values')."""
+        return self.bytes_per_element + 2 / self.key_group + 2 / self.value_group
 
     def encode(self, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         if keys.shape != values.shape:
             raise ConfigurationError(f"codec {self.name}: keys {tuple(keys.shape)} and values differ in shape")
-        key_codes, key_scales, key_zeros = quantize_groups(keys, self.key_bits, self.group, dim=2, valid=valid)
-        value_codes, value_scales, value_zeros = quantize_groups(values, self.value_bits, self.group, dim=3)
+        key_codes, key_scales, key_zeros = quantize_groups(keys, self.key_bits, self.key_group, dim=2, valid=valid)
+        value_codes, value_scales, value_zeros = quantize_groups(values, self.value_bits, self.value_group, dim=3)
         return {
             "keys": pack_codes(key_codes, self.key_bits),
             "key_scales": key_scales,
@@ -338,8 +346,8 @@ class GroupCodec(BlockCodec):
         keys = unpack_codes(packed_keys, self.key_bits, head_dim)
         values = unpack_codes(packed_values, self.value_bits, head_dim)
         return (
-            dequantize_groups(keys, key_scales, key_zeros, self.group, dim=2, size=slots).to(dtype),
-            dequantize_groups(values, value_scales, value_zeros, self.group, dim=3, size=head_dim).to(dtype),
+            dequantize_groups(keys, key_scales, key_zeros, self.key_group, dim=2, size=slots).to(dtype),
+            dequantize_groups(values, value_scales, value_zeros, self.value_group, dim=3, size=head_dim).to(dtype),
         )
 
 
@@ -390,22 +398,23 @@ def dequantize_groups(
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """``bits``-wide codes (uint8) packed 8 // bits per byte along the last dimension, first code in the low bits
-    (the last byte padded with zero codes)."""
-    per_byte = 8 // bits
-    padded = torch.nn.functional.pad(codes.to(torch.int32), (0, -codes.shape[-1] % per_byte))
-    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
-    grouped = padded.reshape(*codes.shape[:-1], -1, per_byte) << shifts
-    return grouped.sum(dim=-1).to(torch.uint8).contiguous()
+    """``bits``-wide codes (uint8) packed along the last dimension: every 8 codes make one little-endian word of
+    ``bits`` bytes, the first code in the low bits (so 4-bit codes go two to a byte, low nibble first, and 2-bit codes
+    four to a byte); ceil(size * bits / 8) bytes, the last one padded with zero codes."""
+    size = codes.shape[-1]
+    padded = torch.nn.functional.pad(codes.to(torch.int64), (0, -size % 8))
+    words = (padded.reshape(*codes.shape[:-1], -1, 8) << (torch.arange(8, dtype=torch.int64) * bits)).sum(dim=-1)
+    octets = (words[..., None] >> (torch.arange(bits, dtype=torch.int64) * 8)) & 0xFF
+    return octets.reshape(*codes.shape[:-1], -1)[..., : -(-size * bits // 8)].to(torch.uint8).contiguous()
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, size: int) -> torch.Tensor:
     """The first ``size`` codes along the last dimension of ``pack_codes`` output (uint8)."""
-    per_byte = 8 // bits
-    if packed.dtype != torch.uint8 or packed.shape[-1] != -(-size // per_byte):
+    if packed.dtype != torch.uint8 or packed.shape[-1] != -(-size * bits // 8):
         raise Damaged(f"its packed {bits}-bit codes do not have the expected shape")
-    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
-    codes = (packed.to(torch.int32)[..., None] >> shifts) & (2**bits - 1)
+    octets = torch.nn.functional.pad(packed.to(torch.int64), (0, -packed.shape[-1] % bits))
+    words = (octets.reshape(*packed.shape[:-1], -1, bits) << (torch.arange(bits, dtype=torch.int64) * 8)).sum(dim=-1)
+    codes = (words[..., None] >> (torch.arange(8, dtype=torch.int64) * bits)) & (2**bits - 1)
     return codes.reshape(*packed.shape[:-1], -1)[..., :size].to(torch.uint8)
 
 
@@ -431,7 +440,10 @@ register_codec(FloatCodec("float32", 4.0, torch.float32))
 register_codec(FloatCodec("bfloat16", 2.0, torch.bfloat16))
 register_codec(FloatCodec("float16", 2.0, torch.float16))
 register_codec(Int8Codec())
-register_codec(GroupCodec("int4", 0.5, key_bits=4, value_bits=4, group=QUANTISATION_GROUP))
-register_codec(GroupCodec("int2", 0.25, key_bits=2, value_bits=2, group=QUANTISATION_GROUP))
-register_codec(GroupCodec("k4v2", 0.375, key_bits=4, value_bits=2, group=QUANTISATION_GROUP))
+register_codec(GroupCodec("int4", 0.5, 4, 4, QUANTISATION_GROUP, QUANTISATION_GROUP))
+register_codec(GroupCodec("int2", 0.25, 2, 2, QUANTISATION_GROUP, QUANTISATION_GROUP))
+register_codec(GroupCodec("k4v2", 0.375, 4, 2, QUANTISATION_GROUP, QUANTISATION_GROUP))
+# 4-bit keys in groups of 128 slots, 3-bit values in groups of 64 channels: the simulated row that kept every answer
+# of the 28K needle ladder at ~5.97 KB/token with an int8 index (benchmarks/codec_answers.py).
+register_codec(GroupCodec("k4v3", 0.4375, 4, 3, 2 * QUANTISATION_GROUP, QUANTISATION_GROUP))
 register_codec(IndexOnlyCodec())

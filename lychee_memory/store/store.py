@@ -83,10 +83,11 @@ class MemoryStore:
     """A directory of memory banks on diskcache: content-addressed blocks, JSON manifests, checksums.
 
     ``block_dtype`` is how new blocks are written (``choices.DEFAULT_BLOCK_DTYPE``: bfloat16; int8 keeps
-    per-channel key and per-slot value scales; int4, int2 and k4v2 are group-quantised, ``codec.GroupCodec``; ``none``
-    keeps only the gate index and the texts, its blocks encoded when read); blocks are converted back to the engine's
-    dtype when read. diskcache's eviction is off, so nothing is ever dropped silently; ``size_limit_bytes`` is enforced
-    by the store and a full store or disk raises StoreFullError without changing any bank. With ``create=False`` a
+    per-channel key and per-slot value scales; int4, int2, k4v2 and k4v3 are group-quantised,
+    ``codec.GroupCodec``; ``none`` keeps only the gate index and the texts, its blocks encoded when read); blocks
+    are converted back to the engine's dtype when read. diskcache's eviction is off, so nothing is ever dropped
+    silently; ``size_limit_bytes`` is enforced by the store and a full store or disk raises StoreFullError without
+    changing any bank. With ``create=False`` a
     missing store is a StoreError instead of a new empty directory (for commands that only read).
     """
 
