@@ -1,8 +1,10 @@
 """Batched decoding after (optional) memory-block prefixes: greedy by default, sampling on request.
 
-Each row stops at its own stop token or at ``max_new_tokens``; text can be streamed per row as it is
-decoded, holding back incomplete UTF-8 sequences. Model calls run under ``torch.inference_mode`` one step
-at a time, never across a ``yield``: the consumer's own code between pieces runs outside it.
+Each row stops at its own stop token or at ``max_new_tokens`` and leaves the batch when it does (its KV rows are
+sliced away), so a finished row costs no more forward passes. Text can be streamed per row as it is decoded,
+holding back only what a later stop may still cut: incomplete UTF-8 sequences, a possible start of a stop string,
+and the tokens a repetition cut could still remove. Model calls run under ``torch.inference_mode`` one step at a
+time, never across a ``yield``: the consumer's own code between pieces runs outside it.
 """
 
 from __future__ import annotations
@@ -57,7 +59,14 @@ class Generation:
 
 class _RowDecoder:
     """Incremental text of one row: emits complete characters, never any part of a stop string, and
-    notices stop strings and degenerate repetition loops."""
+    notices stop strings and degenerate repetition loops.
+
+    The loop rule: when the last ``repeat_ngram`` tokens repeat an n-gram that ended earlier, the text ends before
+    that repeat began. A cut at a later length M removes ``ids[M - n:]``, and needs ``ids[M - n:]`` to equal an
+    n-gram starting before ``M - n``; so of the tokens decoded so far it can only remove a suffix that already
+    occurred earlier (at most n - 1 tokens long). Everything before the longest such suffix is final and streams
+    now; the cut itself, and so every text, is the same as when the whole last n tokens were held back.
+    """
 
     def __init__(self, tokenizer, stop_strings: tuple[str, ...], repeat_ngram: int):
         self.tokenizer = tokenizer
@@ -66,7 +75,10 @@ class _RowDecoder:
         self.ids: list[int] = []
         self.emitted = 0
         self.final_text: str | None = None
-        self._seen_ngrams: set[tuple[int, ...]] = set()
+        # Every run of 1..repeat_ngram tokens that ended before the newest token (the n-grams the rule checks, and
+        # the shorter runs that tell which suffix a later cut could still remove).
+        self._seen_runs: set[tuple[int, ...]] = set()
+        self._open = 0  # length of the longest suffix of ids that occurred earlier: a later loop cut may remove it
 
     @property
     def done(self) -> bool:
@@ -75,15 +87,23 @@ class _RowDecoder:
     def _text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
 
+    def _track_runs(self) -> None:
+        """Update the longest suffix seen earlier (it grows by at most one token a step), then record this step's runs."""
+        ids, n = self.ids, self.repeat_ngram
+        longest = min(self._open + 1, n - 1, len(ids) - 1)
+        while longest > 0 and tuple(ids[-longest:]) not in self._seen_runs:
+            longest -= 1
+        self._open = longest
+        self._seen_runs.update(tuple(ids[-size:]) for size in range(1, min(n, len(ids)) + 1))
+
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        if self.repeat_ngram and len(self.ids) >= self.repeat_ngram:
-            ngram = tuple(self.ids[-self.repeat_ngram :])
-            if ngram in self._seen_ngrams:
+        if self.repeat_ngram:
+            if len(self.ids) >= self.repeat_ngram and tuple(self.ids[-self.repeat_ngram :]) in self._seen_runs:
                 # The model is looping: keep the text before the repeated span began.
                 self.final_text = self._text(self.ids[: -self.repeat_ngram])
                 return self._emit_final()
-            self._seen_ngrams.add(ngram)
+            self._track_runs()
         text = self._text(self.ids)
         for stop in self.stop_strings:
             found = text.find(stop)
@@ -93,8 +113,11 @@ class _RowDecoder:
         safe = len(text)
         if text.endswith("\ufffd"):
             return ""  # a multi-byte character is still incomplete
-        if self.repeat_ngram:  # the last n tokens may yet turn out to start a loop: hold them back
-            safe = len(self._text(self.ids[: -self.repeat_ngram])) if len(self.ids) > self.repeat_ngram else 0
+        if self._open:  # a later loop cut may still remove the last _open tokens: release only the text before them
+            kept = self._text(self.ids[: -self._open])
+            safe, end = 0, min(len(kept), len(text))
+            while safe < end and kept[safe] == text[safe]:  # never a half character that the fuller text completes
+                safe += 1
         for stop in self.stop_strings:  # hold back a tail that may be the start of a stop string
             for size in range(min(len(stop) - 1, len(text)), 0, -1):
                 if text.endswith(stop[:size]):
@@ -167,35 +190,38 @@ class DecodeStream:
         if settings.temperature > 0.0 and settings.seed is not None:
             generator = torch.Generator(device=loaded.device).manual_seed(settings.seed)
         size = len(self.rows)
-        finished = torch.zeros(size, dtype=torch.bool, device=loaded.device)
         stopped = [False] * size
         outputs: list[list[int]] = [[] for _ in range(size)]
         decoders = [_RowDecoder(loaded.tokenizer, settings.stop_strings, settings.repeat_ngram) for _ in range(size)]
         kv_valid, positions = batch.kv_valid, batch.next_positions.clone()
-        pad = torch.full((size,), loaded.tokenizer.pad_token_id, device=loaded.device)
+        active = list(range(size))  # the row each line of the batch tensors (and of the cache) belongs to
         for step in range(settings.max_new_tokens):
             pieces: list[tuple[int, str]] = []
             tokens = _choose_tokens(logits, settings, generator)
-            is_stop = torch.isin(tokens, stop_ids)
-            for row in (~finished).nonzero().flatten().tolist():
-                if bool(is_stop[row]):
+            keep: list[int] = []  # lines whose row goes on
+            for line, (row, token, is_stop) in enumerate(
+                zip(active, tokens.tolist(), torch.isin(tokens, stop_ids).tolist(), strict=True)
+            ):
+                if is_stop:
                     stopped[row] = True
                     continue
-                token = int(tokens[row])
                 outputs[row].append(token)
                 piece = decoders[row].push(token)
                 if piece:
                     pieces.append((row, piece))
                 if decoders[row].done:
                     stopped[row] = True
-                    is_stop[row] = True
-            finished |= is_stop
-            if bool(finished.all()) or step == settings.max_new_tokens - 1:
-                yield pieces
-                break
+                    continue
+                keep.append(line)
             yield pieces
-            tokens = torch.where(finished, pad, tokens)
-            kv_valid = torch.cat([kv_valid, torch.ones(size, 1, dtype=torch.bool, device=loaded.device)], dim=1)
+            if not keep or step == settings.max_new_tokens - 1:
+                break
+            if len(keep) < len(active):  # finished rows leave the batch: their lines of every tensor and KV layer
+                lines = torch.tensor(keep, device=loaded.device)
+                tokens, kv_valid, positions = tokens[lines], kv_valid[lines], positions[lines]
+                batch.cache.batch_select_indices(lines)
+                active = [active[line] for line in keep]
+            kv_valid = torch.cat([kv_valid, kv_valid.new_ones(len(active), 1)], dim=1)
             hidden = decoder_forward(loaded, tokens[:, None], positions[:, None], kv_valid, batch.cache)
             positions = positions + 1
             logits = logits_of(loaded, hidden[:, -1])
