@@ -392,9 +392,11 @@ def dequantize_groups(
     scale, zero = scale.to(torch.float32), zero.to(torch.float32)
     if not (torch.isfinite(scale).all() and torch.isfinite(zero).all()):
         raise Damaged("its quantisation scales are not finite")
-    scale = scale.repeat_interleave(group, dim=dim).narrow(dim, 0, size)
-    zero = zero.repeat_interleave(group, dim=dim).narrow(dim, 0, size)
-    return codes.to(torch.float32) * scale + zero
+    # Broadcast each group's scale and zero over its elements (no full-size copies of them: this runs per block read).
+    moved = codes.movedim(dim, -1)
+    grouped = torch.nn.functional.pad(moved, (0, -size % group)).reshape(*moved.shape[:-1], -1, group)
+    values = grouped.to(torch.float32) * scale.movedim(dim, -1)[..., None] + zero.movedim(dim, -1)[..., None]
+    return values.reshape(*moved.shape[:-1], -1)[..., :size].movedim(-1, dim).contiguous()
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -412,10 +414,14 @@ def unpack_codes(packed: torch.Tensor, bits: int, size: int) -> torch.Tensor:
     """The first ``size`` codes along the last dimension of ``pack_codes`` output (uint8)."""
     if packed.dtype != torch.uint8 or packed.shape[-1] != -(-size * bits // 8):
         raise Damaged(f"its packed {bits}-bit codes do not have the expected shape")
-    octets = torch.nn.functional.pad(packed.to(torch.int64), (0, -packed.shape[-1] % bits))
-    words = (octets.reshape(*packed.shape[:-1], -1, bits) << (torch.arange(bits, dtype=torch.int64) * 8)).sum(dim=-1)
-    codes = (words[..., None] >> (torch.arange(8, dtype=torch.int64) * bits)) & (2**bits - 1)
-    return codes.reshape(*packed.shape[:-1], -1)[..., :size].to(torch.uint8)
+    if 8 % bits == 0:  # whole codes per byte: shift the bytes themselves (the common, cheaper case)
+        codes = (packed[..., None] >> torch.arange(0, 8, bits, dtype=torch.uint8)) & (2**bits - 1)
+        return codes.reshape(*packed.shape[:-1], -1)[..., :size]
+    octets = torch.nn.functional.pad(packed, (0, -packed.shape[-1] % bits)).to(torch.int32)
+    shifts = torch.arange(bits, dtype=torch.int32) * 8
+    words = (octets.reshape(*packed.shape[:-1], -1, bits) << shifts).sum(dim=-1, dtype=torch.int32)
+    codes = (words[..., None] >> (torch.arange(8, dtype=torch.int32) * bits)) & (2**bits - 1)
+    return codes.to(torch.uint8).reshape(*packed.shape[:-1], -1)[..., :size]
 
 
 INDEX_ONLY = "none"
