@@ -153,7 +153,9 @@ class LexicalScorer:
     """BM25 of each candidate sentence for the question's terms, plus ``memory_weight`` times the memory's.
 
     Document frequencies come from the candidate sentences themselves (a block's, or the kept excerpts' when the
-    memory is re-scored), so a word every sentence shares weighs little and a rare name or code weighs most.
+    memory is re-scored), so a word every sentence shares weighs little and a rare name or code weighs most. A
+    heading-like line (fewer than two words that are not numbers: "Document 23:", "Chapter 4") scores through the
+    question's terms only: through the memory, one kept heading would make every other heading look relevant.
     """
 
     memory_weight: float = 0.5
@@ -167,9 +169,14 @@ class LexicalScorer:
         asked = set(terms(question))
         return [
             statistics.score(asked, sentence)
-            + self.memory_weight * statistics.score(set(terms(memory)) - asked, sentence)
+            + (self.memory_weight * statistics.score(set(terms(memory)) - asked, sentence) if worded(sentence) else 0.0)
             for sentence, memory in zip(counts, memories)
         ]
+
+
+def worded(sentence: TermCounts) -> bool:
+    """Whether a sentence has at least two distinct content words that are not numbers (not a heading or a label)."""
+    return sum(not term.isdigit() for term in sentence.counts) >= 2
 
 
 def keep_within(scores: Sequence[float], costs: Sequence[int], budget: int, at_least_one: bool = True) -> list[int]:

@@ -84,6 +84,20 @@ def test_the_answer_sentence_scores_best_and_the_memory_finds_the_second_hop():
     assert noted[2] > noted[0] and noted[2] > noted[3]
 
 
+def test_a_heading_scores_by_the_question_only_so_a_kept_heading_does_not_pull_in_the_others():
+    """Haystacks and real documents carry headings ("Document 23:", "Chapter 4"): once one is in the memory, its word
+    must not make every other heading an excerpt (the two-hop answers had become lists of "Document N:")."""
+    sentences = ["Document 23:", "Document 24:", "Solace Shipping has its headquarters in Harrowmere.", "Chapter 4"]
+    memory = "Document 16: Lucan Quell works for Solace Shipping."
+    scores = LexicalScorer().scores(
+        sentences, "In which city does Lucan Quell's employer have its office?", [memory] * 4
+    )
+    assert scores[0] == scores[1] == scores[3] == 0.0
+    assert scores[2] > 0
+    # Through the question a heading still counts: asked about chapter 4, the heading is what matches.
+    assert LexicalScorer().scores(sentences, "What does chapter 4 say?", [memory] * 4)[3] > 0
+
+
 def test_keep_within_takes_the_best_that_fit_and_at_least_one():
     assert keep_within([0.1, 3.0, 2.0, 0.0], [5, 5, 5, 5], 10) == [1, 2]
     assert keep_within([0.0, 0.0], [3, 3], 10) == [0]  # the gate judged the block relevant: keep its best
