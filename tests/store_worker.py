@@ -56,7 +56,8 @@ def main() -> None:
         return blocks
 
     engine.compressor.compress = compress_slowly
-    store = MemoryStore(args.store)
+    # bfloat16 blocks, as tests/test_store.py compares them bit for bit after bfloat16 rounding.
+    store = MemoryStore(args.store, block_dtype="bfloat16")
     if args.hold_until is not None:
         bank = engine.open_bank(args.bank, store)
         print("opened", flush=True)

@@ -208,7 +208,7 @@ def test_a_query_keeps_only_a_batch_of_blocks_in_memory(tmp_path):
 
 def test_ingest_compresses_only_chunks_not_stored_yet(tmp_path):
     engine = make_engine()
-    store = MemoryStore(tmp_path)
+    store = MemoryStore(tmp_path, block_dtype="bfloat16")
     compressed = count_compressed(engine)
     facts = Document.from_text(FACTS_DOCUMENT, id="facts")
     garden = Document.from_text(SECOND_DOCUMENT, id="garden")
@@ -247,7 +247,7 @@ def test_ingest_compresses_only_chunks_not_stored_yet(tmp_path):
 
 def test_remove_documents_from_stored_and_in_memory_banks(tmp_path):
     engine = make_engine()
-    store = MemoryStore(tmp_path)
+    store = MemoryStore(tmp_path, block_dtype="bfloat16")
     docs = documents()
     stored = engine.ingest(docs, store=store, bank="harbour")
     in_memory = engine.ingest(docs)
@@ -478,7 +478,7 @@ def test_gate_index_items_round_trip_and_are_read_without_the_kv(tmp_path):
 @pytest.mark.parametrize("damage", ["flipped byte", "missing", "unnamed"])
 def test_damaged_gate_index_is_reported_and_repaired(tmp_path, damage, caplog):
     engine = make_engine()
-    store = MemoryStore(tmp_path)
+    store = MemoryStore(tmp_path, block_dtype="bfloat16")
     docs = documents()
     bank = engine.ingest(docs, store=store, bank="harbour")
     expected = reference_blocks(engine, docs)
@@ -638,7 +638,7 @@ def test_ingesting_with_another_index_spec_reindexes_the_bank(tmp_path):
 
 def test_a_bank_from_before_framed_blocks_is_refused_and_upgraded_in_place(tmp_path):
     engine = make_engine()
-    store = MemoryStore(tmp_path)
+    store = MemoryStore(tmp_path, block_dtype="bfloat16")
     docs = documents()
     engine.ingest(docs, store=store, bank="harbour")
     # As 0.2 wrote it: no opening, no gate index, blocks under keys that name no opening.
@@ -852,7 +852,7 @@ def test_int8_blocks_stay_within_the_stated_tolerance(tmp_path, family):
     engine = make_engine(family, compressor="none")
     docs = [Document.from_text(FACTS_DOCUMENT, id="facts")]
     quantised = engine.ingest(docs, store=MemoryStore(tmp_path / "int8", block_dtype="int8"), bank="harbour")
-    bf16 = engine.ingest(docs, store=MemoryStore(tmp_path / "bf16"), bank="harbour")
+    bf16 = engine.ingest(docs, store=MemoryStore(tmp_path / "bf16", block_dtype="bfloat16"), bank="harbour")
     prompt = engine.prompts.encode_text("Question: " + QUESTION)
     for index, block in enumerate(reference_blocks(engine, docs)):
         stored = quantised.block(index)
@@ -950,7 +950,7 @@ def read_until(process: subprocess.Popen, wanted: str) -> None:
 
 def test_kill_9_during_ingest_leaves_every_bank_consistent(tmp_path):
     engine = make_engine()
-    store = MemoryStore(tmp_path / "store")
+    store = MemoryStore(tmp_path / "store", block_dtype="bfloat16")
     engine.ingest([FACTS_DOCUMENT], store=store, bank="harbour")
     engine.ingest([Document.from_text(SECOND_DOCUMENT, id="garden")], store=store, bank="grow")
     big = Document.from_text(numbered_document(80), id="tides")
@@ -966,7 +966,7 @@ def test_kill_9_during_ingest_leaves_every_bank_consistent(tmp_path):
         worker.kill()
     assert worker.returncode == -signal.SIGKILL
 
-    reopened = MemoryStore(tmp_path / "store")
+    reopened = MemoryStore(tmp_path / "store", block_dtype="bfloat16")
     assert reopened.bank_names() == ["grow", "harbour"]
     assert reopened.bank_info("grow").documents == ("garden",), "the interrupted ingest changed nothing"
     assert reopened.verify().ok
@@ -1054,7 +1054,7 @@ def test_gc_keeps_the_blocks_an_open_bank_of_another_process_still_reads(tmp_pat
 def test_a_rebuild_loses_no_document_a_concurrent_ingest_adds(tmp_path):
     """Rebuilding with another compressor while another process adds a document keeps both changes."""
     engine = make_engine()
-    store = MemoryStore(tmp_path / "store")
+    store = MemoryStore(tmp_path / "store", block_dtype="bfloat16")
     facts = Document.from_text(FACTS_DOCUMENT, id="facts")
     engine.ingest([facts], store=store, bank="harbour")
     tides = Document.from_text(numbered_document(8), id="tides")
