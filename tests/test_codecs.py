@@ -489,6 +489,11 @@ def test_the_cli_names_the_default_codec(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["ingest", "--help"])
     assert "default k4v3" in " ".join(capsys.readouterr().out.split())
+    for command, flag in (("ask", "--bank"), ("serve", "--store")):  # banks these create get the default too
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        words = " ".join(capsys.readouterr().out.split())
+        assert "k4v3" in words.split(f"{flag} {flag[2:].upper()} ", 1)[1] and "int8 gate index" in words, command
     path = tmp_path / "facts.txt"
     path.write_text(FACTS_DOCUMENT, encoding="utf-8")
     store = str(tmp_path / "store")
