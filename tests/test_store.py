@@ -930,6 +930,9 @@ def test_full_disk_is_a_clear_error_that_leaves_no_half_written_files(tmp_path, 
 # Crashes and concurrent writers (real processes) -------------------------------------------------------
 
 
+BF16_WORKER = ("--block-dtype", "bfloat16")  # workers whose blocks a test compares bit for bit after bfloat16 rounding
+
+
 def start_worker(store: Path, bank: str, document: Path, identifier: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.store_worker", str(store), bank, str(document), "--id", identifier, *extra],
@@ -957,7 +960,7 @@ def test_kill_9_during_ingest_leaves_every_bank_consistent(tmp_path):
     (tmp_path / "tides.txt").write_text(big.text, encoding="utf-8")
     total = chunk_count(engine, [big])
 
-    worker = start_worker(tmp_path / "store", "grow", tmp_path / "tides.txt", "tides", "--delay", "0.3")
+    worker = start_worker(tmp_path / "store", "grow", tmp_path / "tides.txt", "tides", "--delay", "0.3", *BF16_WORKER)
     try:
         read_until(worker, "compressed 6")
         worker.send_signal(signal.SIGKILL)
@@ -985,15 +988,19 @@ def test_kill_9_during_ingest_leaves_every_bank_consistent(tmp_path):
     assert reopened.verify().ok and reopened.usage().unreferenced_blocks == 0
 
 
-def ingest_together(where, documents: list[Document], directory: Path, timeout: float = 300) -> None:
+def ingest_together(
+    where, documents: list[Document], directory: Path, timeout: float = 300, extra: tuple[str, ...] = ()
+) -> None:
     """One worker process per document ingests it into bank ``together`` of store ``where``; all are released at the
-    same moment (``--start-when``) and must succeed."""
+    same moment (``--start-when``) and must succeed. ``extra``: more worker flags (``--block-dtype``)."""
     for document in documents:
         (directory / f"{document.id}.txt").write_text(document.text, encoding="utf-8")
     MemoryStore(where)
     go = directory / "go"
     workers = [
-        start_worker(where, "together", directory / f"{d.id}.txt", d.id, "--delay", "0.05", "--start-when", str(go))
+        start_worker(
+            where, "together", directory / f"{d.id}.txt", d.id, "--delay", "0.05", "--start-when", str(go), *extra
+        )
         for d in documents
     ]
     try:
@@ -1013,7 +1020,7 @@ def test_two_processes_ingesting_into_one_bank_corrupt_nothing(tmp_path):
     shared = numbered_document(12, "shared-")
     first = Document.from_text(shared + "\n\n" + numbered_document(30, "first-"), id="first")
     second = Document.from_text(shared + "\n\n" + numbered_document(30, "second-"), id="second")
-    ingest_together(tmp_path / "store", [first, second], tmp_path)
+    ingest_together(tmp_path / "store", [first, second], tmp_path, extra=BF16_WORKER)
 
     store = MemoryStore(tmp_path / "store")
     bank = engine.open_bank("together", store)
@@ -1060,9 +1067,11 @@ def test_a_rebuild_loses_no_document_a_concurrent_ingest_adds(tmp_path):
     tides = Document.from_text(numbered_document(8), id="tides")
     (tmp_path / "tides.txt").write_text(tides.text, encoding="utf-8")
     go = tmp_path / "go"
-    adder = start_worker(tmp_path / "store", "harbour", tmp_path / "tides.txt", "tides", "--start-when", str(go))
+    adder = start_worker(
+        tmp_path / "store", "harbour", tmp_path / "tides.txt", "tides", "--start-when", str(go), *BF16_WORKER
+    )
     rebuild = start_worker(
-        tmp_path / "store", "harbour", Path("-"), "-", "--rebuild-with", "key_norm", "--delay", "0.5"
+        tmp_path / "store", "harbour", Path("-"), "-", "--rebuild-with", "key_norm", "--delay", "0.5", *BF16_WORKER
     )
     try:
         read_until(adder, "ready")
