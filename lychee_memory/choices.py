@@ -21,7 +21,8 @@ INDEX_DTYPES: tuple[str, ...] = get_args(IndexDtype)
 # SmolLM2, against 23.8 KB for bfloat16 blocks with a float16 index. The answer ladder (BENCHMARKS.md,
 # benchmarks/codec_answers.py, benchmarks/plots/codec_answers.md): 20 needle questions at 28K, haystack A chooses and
 # B confirms; k4v2 blocks with an int8 index (~5.4 KB) lost 2 answers on A by copying a year from the read block
-# (its 2-bit values), k4v3 with an int8 index had 0 differences from bfloat16 in answers and stage-1 recall.
+# (its 2-bit values), k4v3 with an int8 index had 0 differences from bfloat16 in answers and stage-1 recall (that row
+# simulated k4v3's quantisation in the reader; store/codec.py's k4v3 is the real codec, run on haystack C).
 # Confirmed on a fresh haystack C: PENDING
 DEFAULT_BLOCK_DTYPE: BlockDtype = "k4v3"
 DEFAULT_INDEX_DTYPE: IndexDtype = "int8"
