@@ -17,11 +17,15 @@ IndexDtype = Literal["float16", "int8"]
 INDEX_DTYPES: tuple[str, ...] = get_args(IndexDtype)
 
 # What a new bank is written with when the user does not say (MemoryStore, ingest --block-dtype, gate.index_dtype).
-# Still bfloat16 blocks and a float16 index: the smallest candidate under 6 KB/token all-in, k4v2 blocks with an
-# int8 index (~5.4 KB), lost answers bfloat16 kept on 28K needles (copying failures from its 2-bit values;
-# BENCHMARKS.md, the answer ladder per codec, benchmarks/codec_answers.py), so it is not the default.
-DEFAULT_BLOCK_DTYPE: BlockDtype = "bfloat16"
-DEFAULT_INDEX_DTYPE: IndexDtype = "float16"
+# k4v3 blocks (4-bit keys in groups of 128 slots, 3-bit values) with an int8 index: ~5.97 KB/token all-in for
+# SmolLM2, against 23.8 KB for bfloat16 blocks with a float16 index. The answer ladder (BENCHMARKS.md,
+# benchmarks/codec_answers.py, benchmarks/plots/codec_answers.md): 20 needle questions at 28K, haystack A chooses and
+# B confirms; k4v2 blocks with an int8 index (~5.4 KB) lost 2 answers on A by copying a year from the read block
+# (its 2-bit values), k4v3 with an int8 index had 0 differences from bfloat16 in answers and stage-1 recall (that row
+# simulated k4v3's quantisation in the reader; store/codec.py's k4v3 is the real codec, run on haystack C).
+# Confirmed on a fresh haystack C: PENDING
+DEFAULT_BLOCK_DTYPE: BlockDtype = "k4v3"
+DEFAULT_INDEX_DTYPE: IndexDtype = "int8"
 
 BASELINE_NAMES: tuple[str, ...] = ("memagent", "full_context")
 """The keys of ``baselines.BASELINES``: the comparison methods the CLI's ``--mode`` names (dashes for underscores)."""

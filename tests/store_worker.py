@@ -1,6 +1,6 @@
 """A separate process for tests/test_store.py: ingest into, rebuild, or hold open a bank, with the tiny model.
 
-    python -m tests.store_worker STORE BANK FILE --id ID [--delay S] [--start-when PATH]
+    python -m tests.store_worker STORE BANK FILE --id ID [--delay S] [--start-when PATH] [--block-dtype DTYPE]
     python -m tests.store_worker STORE BANK - --rebuild-with COMPRESSOR [--delay S]
     python -m tests.store_worker STORE BANK - --hold-until PATH
 
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--start-when", type=Path, default=None)
     parser.add_argument("--rebuild-with", default=None)
     parser.add_argument("--hold-until", type=Path, default=None)
+    parser.add_argument("--block-dtype", default=None, help="how new blocks are stored; default: the store's")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -56,7 +57,7 @@ def main() -> None:
         return blocks
 
     engine.compressor.compress = compress_slowly
-    store = MemoryStore(args.store)
+    store = MemoryStore(args.store, block_dtype=args.block_dtype) if args.block_dtype else MemoryStore(args.store)
     if args.hold_until is not None:
         bank = engine.open_bank(args.bank, store)
         print("opened", flush=True)

@@ -104,7 +104,7 @@ OPTIONS = {
         (
             "--block-dtype",
             "block_dtype",
-            "bfloat16",
+            "k4v3",
             ("float32", "bfloat16", "float16", "int8", "int4", "int2", "k4v2", "k4v3", "none"),
             ["int8"],
             "int8",

@@ -295,7 +295,7 @@ def test_a_bank_is_read_with_the_codec_it_was_written_with(tmp_path):
 def test_recompress_converts_in_place_refuses_lost_bits_and_changes_nothing_when_refused(tmp_path):
     engine = make_engine()
     docs = [Document.from_text(FACTS_DOCUMENT, id="facts"), Document.from_text(SECOND_DOCUMENT, id="garden")]
-    store = MemoryStore(tmp_path)
+    store = MemoryStore(tmp_path, block_dtype="bfloat16")
     engine.ingest(docs, store=store, bank="harbour")
     before_answer = engine.ask(QUESTION, engine.open_bank("harbour", store))
     original = store.bank_info("harbour").stored_bytes
@@ -335,7 +335,7 @@ def test_recompress_converts_in_place_refuses_lost_bits_and_changes_nothing_when
 
 def test_recompress_refuses_a_damaged_bank_before_writing_anything(tmp_path):
     engine = make_engine()
-    store = MemoryStore(tmp_path)
+    store = MemoryStore(tmp_path, block_dtype="bfloat16")
     engine.ingest([Document.from_text(FACTS_DOCUMENT, id="facts")], store=store, bank="harbour")
     entries = [entry for _, _, entry in store.bank_manifest("harbour").entries()]
     last = entries[-1].key
@@ -354,7 +354,7 @@ def test_store_recompress_command_and_ingest_block_dtype_int4(tmp_path, capsys):
     store = str(tmp_path / "store")
     tiny = ["--model", "tiny-random-llama", "--chunk-tokens", "64", "--no-progress"]
     assert main(["ingest", str(path), "--store", store, "--bank", "quarter", "--block-dtype", "int4", *tiny]) == 0
-    assert main(["ingest", str(path), "--store", store, "--bank", "harbour", *tiny]) == 0
+    assert main(["ingest", str(path), "--store", store, "--bank", "harbour", "--block-dtype", "bfloat16", *tiny]) == 0
     capsys.readouterr()
     assert main(["store", "du", "--store", store, "--json"]) == 0
     usage = json.loads(capsys.readouterr().out)
@@ -399,11 +399,36 @@ def test_the_previous_release_bank_recompressed_to_int4_shrinks_and_still_answer
     assert _file_bytes(FIXTURE_STORE) == fixture, "the checked-in fixture was written"
 
 
+def test_a_default_engine_answers_the_previous_release_bank(tmp_path):
+    """An engine with today's default int8 index reads the float16 index an earlier release wrote (in the format
+    its manifest names) and answers and selects as that release recorded, scores within the compat tolerance."""
+    from lychee_memory import LycheeMemory
+
+    from .test_compat import EXPECTED, FIXTURE_STORE, SCORE_TOLERANCE, generator
+
+    copy = tmp_path / "store"
+    shutil.copytree(FIXTURE_STORE, copy)
+    engine = LycheeMemory.from_pretrained(generator.SPEC, **generator.ENGINE_OPTIONS)
+    assert engine.config.gate.index_dtype == DEFAULT_INDEX_DTYPE == "int8"
+    with MemoryStore(copy, create=False) as store:
+        assert store.bank_manifest("harbour").gate_index["dtype"] == "float16"
+        observed = generator.observe(engine, store)
+    for answer, expected in zip(observed["answers"], EXPECTED["answers"], strict=True):
+        for field in ("bank", "question", "text", "blocks", "fallback", "candidates", "memory_steps"):
+            assert answer[field] == expected[field], field
+        scores = [row["score"] for row in expected["gate_scores"]]
+        assert [row["score"] for row in answer["gate_scores"]] == pytest.approx(scores, abs=SCORE_TOLERANCE)
+    for selection, expected in zip(observed["selections"], EXPECTED["selections"], strict=True):
+        assert [b["index"] for b in selection["blocks"]] == [b["index"] for b in expected["blocks"]]
+        scores = [b["score"] for b in expected["blocks"]]
+        assert [b["score"] for b in selection["blocks"]] == pytest.approx(scores, abs=SCORE_TOLERANCE)
+
+
 def test_recompress_catches_up_with_a_writer_that_changed_the_bank_meanwhile(tmp_path, monkeypatch):
     from lychee_memory.store.block_objects import BlockObjects
 
     engine = make_engine()
-    store = MemoryStore(tmp_path)
+    store = MemoryStore(tmp_path, block_dtype="bfloat16")
     engine.ingest([Document.from_text(FACTS_DOCUMENT, id="facts")], store=store, bank="harbour")
     real = BlockObjects.write_block
     calls = []
@@ -413,7 +438,9 @@ def test_recompress_catches_up_with_a_writer_that_changed_the_bank_meanwhile(tmp
         if not calls:  # another writer adds a document while the conversion runs
             calls.append(1)
             engine.ingest(
-                [Document.from_text(SECOND_DOCUMENT, id="garden")], store=MemoryStore(tmp_path), bank="harbour"
+                [Document.from_text(SECOND_DOCUMENT, id="garden")],
+                store=MemoryStore(tmp_path, block_dtype="bfloat16"),
+                bank="harbour",
             )
         return written
 
@@ -427,41 +454,59 @@ def test_recompress_catches_up_with_a_writer_that_changed_the_bank_meanwhile(tmp
 
 
 def test_a_store_created_without_a_dtype_writes_the_default_codec_and_index(tmp_path):
-    """What a user gets without naming a codec: ``DEFAULT_BLOCK_DTYPE`` blocks (bfloat16: k4v2 failed the answer bar,
-    benchmarks/codec_answers.py) and a ``DEFAULT_INDEX_DTYPE`` index, the same as naming them."""
-    assert (DEFAULT_BLOCK_DTYPE, DEFAULT_INDEX_DTYPE) == ("bfloat16", "float16")
+    """What a user gets without naming a codec: ``DEFAULT_BLOCK_DTYPE`` blocks (k4v3: kept every answer bfloat16 kept
+    on the 28K needle ladder, benchmarks/codec_answers.py) and a ``DEFAULT_INDEX_DTYPE`` (int8) index, the same bytes
+    as naming them, and the planted fact answered as a bfloat16 bank with a float16 index answers it."""
+    assert (DEFAULT_BLOCK_DTYPE, DEFAULT_INDEX_DTYPE) == ("k4v3", "int8")
     docs = [Document.from_text(FACTS_DOCUMENT, id="facts"), Document.from_text(SECOND_DOCUMENT, id="garden")]
     engine = make_engine(compressor="none")
     default = engine.ingest(docs, store=MemoryStore(tmp_path / "default"), bank="harbour")
-    named = make_engine(compressor="none", gate={"index_dtype": "float16"})
-    explicit = named.ingest(docs, store=MemoryStore(tmp_path / "named", block_dtype="bfloat16"), bank="harbour")
+    named = make_engine(compressor="none", gate={"index_dtype": "int8"})
+    explicit = named.ingest(docs, store=MemoryStore(tmp_path / "named", block_dtype="k4v3"), bank="harbour")
+    before = make_engine(compressor="none", gate={"index_dtype": "float16"})
+    bf16 = before.ingest(docs, store=MemoryStore(tmp_path / "bf16", block_dtype="bfloat16"), bank="harbour")
     store = MemoryStore(tmp_path / "default")
-    assert store.block_dtype == "bfloat16" and store.bank_info("harbour").block_dtypes == ("bfloat16",)
+    assert store.block_dtype == "k4v3" and store.bank_info("harbour").block_dtypes == ("k4v3",)
+    manifest = store.bank_manifest("harbour")
+    assert {entry.storage for _, _, entry in manifest.entries()} == {"k4v3"}
+    assert manifest.gate_index == MemoryStore(tmp_path / "named").bank_manifest("harbour").gate_index
+    assert manifest.gate_index["dtype"] == "int8"
+    assert MemoryStore(tmp_path / "bf16").bank_manifest("harbour").gate_index["dtype"] == "float16"
     assert (
-        store.bank_manifest("harbour").gate_index == MemoryStore(tmp_path / "named").bank_manifest("harbour").gate_index
+        store.bank_info("harbour").stored_bytes < 0.5 * MemoryStore(tmp_path / "bf16").bank_info("harbour").stored_bytes
     )
-    assert store.bank_manifest("harbour").gate_index["dtype"] == "float16"
     for index in range(len(default)):
+        assert torch.equal(default.block(index).keys, explicit.block(index).keys)
         assert torch.equal(default.block(index).values, explicit.block(index).values)
         assert torch.equal(default.gate_keys(index), explicit.gate_keys(index))
-    answer, reference = engine.ask(QUESTION, default), named.ask(QUESTION, explicit)
-    assert answer.text == reference.text and [b.index for b in answer.blocks] == [b.index for b in reference.blocks]
+        assert not torch.equal(default.block(index).values, bf16.block(index).values), "really quantised"
+    answer, reference = engine.ask(QUESTION, default), before.ask(QUESTION, bf16)
+    assert answer.blocks and [b.index for b in answer.blocks] == [b.index for b in reference.blocks]
+    assert answer.text == reference.text
 
 
 def test_the_cli_names_the_default_codec(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["ingest", "--help"])
-    assert "default bfloat16" in " ".join(capsys.readouterr().out.split())
+    assert "default k4v3" in " ".join(capsys.readouterr().out.split())
+    for command, flag in (("ask", "--bank"), ("serve", "--store")):  # banks these create get the default too
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        words = " ".join(capsys.readouterr().out.split())
+        assert "k4v3" in words.split(f"{flag} {flag[2:].upper()} ", 1)[1] and "int8 gate index" in words, command
     path = tmp_path / "facts.txt"
     path.write_text(FACTS_DOCUMENT, encoding="utf-8")
     store = str(tmp_path / "store")
     tiny = ["--model", "tiny-random-llama", "--chunk-tokens", "64", "--no-progress"]
     assert main(["ingest", str(path), "--store", store, "--bank", "harbour", "--block-dtype", "k4v2", *tiny]) == 0
+    assert main(["ingest", str(path), "--store", store, "--bank", "plain", *tiny]) == 0
     capsys.readouterr()
     assert main(["info", "--no-load", "--json", "--model", "tiny-random-llama", "--store", store]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["storage"] == {"block_dtype": "bfloat16", "index_dtype": "float16"}  # what a new bank gets
+    assert info["storage"] == {"block_dtype": "k4v3", "index_dtype": "int8"}  # what a new bank gets
     assert info["banks"]["harbour"]["block_dtypes"] == ["k4v2"]  # what this bank was written with
+    assert info["banks"]["plain"]["block_dtypes"] == ["k4v3"]  # ingest without --block-dtype: the default
+    assert MemoryStore(store).bank_manifest("plain").gate_index["dtype"] == "int8"
     assert main(["info", "--json", "--model", "tiny-random-llama"]) == 0  # loaded: the engine's own index setting
     loaded = json.loads(capsys.readouterr().out)
-    assert loaded["storage"]["index_dtype"] == loaded["engine"]["gate"]["index_dtype"] == "float16"
+    assert loaded["storage"]["index_dtype"] == loaded["engine"]["gate"]["index_dtype"] == "int8"

@@ -35,7 +35,7 @@ def _plain_keys(engine, token_ids):
 
 
 def test_index_holds_the_chunk_keys_of_the_chosen_kv_heads(family):
-    engine = _engine(family)
+    engine = _engine(family, gate={"index_dtype": "float16"})  # the float16 index: the keys within float16 rounding
     bank = engine.ingest([FACTS_DOCUMENT])
     spec = engine.index_spec
     assert spec.pairs == ((0, 0), (1, 0), (1, 1)) and spec.head_pairs == [0, 1, 2]

@@ -16,7 +16,7 @@ from lychee_memory.integrations.langchain import LycheeServerRetriever as LangCh
 from lychee_memory.integrations.llama_index import LycheeServerRetriever as LlamaIndexServerRetriever
 from lychee_memory.integrations.remote import LycheeClient, ServerError
 
-from lychee_memory import Document
+from lychee_memory import Document, MemoryStore
 
 from .conftest import FACTS_DOCUMENT, SECOND_DOCUMENT, make_engine
 
@@ -65,11 +65,13 @@ def server(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def local_bank():
-    """The same documents in an in-process bank of the same tiny model and settings (the reference)."""
+def local_bank(tmp_path_factory):
+    """The same documents in an in-process bank of the same tiny model and settings (the reference), stored as the
+    server stores them (the default codec: its quantised blocks score as the server's do, bit for bit)."""
     engine = make_engine("llama", **ENGINE_OPTIONS)
     documents = [Document.from_text(d["text"], id=d["id"], metadata=d["metadata"]) for d in DOCUMENTS]
-    return engine, engine.ingest(documents)
+    store = MemoryStore(tmp_path_factory.mktemp("local") / "store")
+    return engine, engine.ingest(documents, store=store, bank="guide")
 
 
 def _spans(blocks) -> list[tuple[str, int, int, bool]]:

@@ -141,9 +141,10 @@ def stored_block_keys(store: MemoryStore) -> set[str]:
     return {name for _, _, names in os.walk(Path(root) / "block") for name in names}
 
 
-def reference_bank(engine, docs: list[Document], directory: Path):
+def reference_bank(engine, docs: list[Document], directory: Path, **options):
     """The same documents ingested into a plain local store (the default backend) in a directory of their own."""
-    return engine.ingest(docs, store=MemoryStore(directory / f"reference-{uuid.uuid4().hex[:8]}"), bank="reference")
+    store = MemoryStore(directory / f"reference-{uuid.uuid4().hex[:8]}", **options)
+    return engine.ingest(docs, store=store, bank="reference")
 
 
 def assert_same_banks(bank, reference) -> None:
@@ -527,14 +528,14 @@ def test_blocks_read_twice_come_from_the_local_cache(s3_location, tmp_path, monk
 
 def test_a_small_local_cache_stays_within_its_bound(s3_location, tmp_path, monkeypatch):
     engine = make_engine()
-    store = MemoryStore(s3_location)
+    store = MemoryStore(s3_location, block_dtype="bfloat16")  # blocks large enough that the bank overflows the bound
     bank = engine.ingest(documents(), store=store, bank="harbour")
     bound = 64_000  # the copy's own SQLite index takes about 32 KB of it
     assert sum(store.objects.items.size("block:" + key) for key in bank.block_keys) > bound, "the bank does not fit"
     reader = fresh_handle(with_options(s3_location, cache_bytes=bound), tmp_path)
     assert reader.objects.items.cache_limit_bytes == bound
     small = reader.load_bank("harbour")
-    reference = reference_bank(engine, documents(), tmp_path)
+    reference = reference_bank(engine, documents(), tmp_path, block_dtype="bfloat16")
     counts = count_reads(monkeypatch, reader)
     for _ in range(2):
         for index in range(len(small)):

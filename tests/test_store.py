@@ -208,7 +208,7 @@ def test_a_query_keeps_only_a_batch_of_blocks_in_memory(tmp_path):
 
 def test_ingest_compresses_only_chunks_not_stored_yet(tmp_path):
     engine = make_engine()
-    store = MemoryStore(tmp_path)
+    store = MemoryStore(tmp_path, block_dtype="bfloat16")
     compressed = count_compressed(engine)
     facts = Document.from_text(FACTS_DOCUMENT, id="facts")
     garden = Document.from_text(SECOND_DOCUMENT, id="garden")
@@ -247,7 +247,7 @@ def test_ingest_compresses_only_chunks_not_stored_yet(tmp_path):
 
 def test_remove_documents_from_stored_and_in_memory_banks(tmp_path):
     engine = make_engine()
-    store = MemoryStore(tmp_path)
+    store = MemoryStore(tmp_path, block_dtype="bfloat16")
     docs = documents()
     stored = engine.ingest(docs, store=store, bank="harbour")
     in_memory = engine.ingest(docs)
@@ -478,7 +478,7 @@ def test_gate_index_items_round_trip_and_are_read_without_the_kv(tmp_path):
 @pytest.mark.parametrize("damage", ["flipped byte", "missing", "unnamed"])
 def test_damaged_gate_index_is_reported_and_repaired(tmp_path, damage, caplog):
     engine = make_engine()
-    store = MemoryStore(tmp_path)
+    store = MemoryStore(tmp_path, block_dtype="bfloat16")
     docs = documents()
     bank = engine.ingest(docs, store=store, bank="harbour")
     expected = reference_blocks(engine, docs)
@@ -638,7 +638,7 @@ def test_ingesting_with_another_index_spec_reindexes_the_bank(tmp_path):
 
 def test_a_bank_from_before_framed_blocks_is_refused_and_upgraded_in_place(tmp_path):
     engine = make_engine()
-    store = MemoryStore(tmp_path)
+    store = MemoryStore(tmp_path, block_dtype="bfloat16")
     docs = documents()
     engine.ingest(docs, store=store, bank="harbour")
     # As 0.2 wrote it: no opening, no gate index, blocks under keys that name no opening.
@@ -852,7 +852,7 @@ def test_int8_blocks_stay_within_the_stated_tolerance(tmp_path, family):
     engine = make_engine(family, compressor="none")
     docs = [Document.from_text(FACTS_DOCUMENT, id="facts")]
     quantised = engine.ingest(docs, store=MemoryStore(tmp_path / "int8", block_dtype="int8"), bank="harbour")
-    bf16 = engine.ingest(docs, store=MemoryStore(tmp_path / "bf16"), bank="harbour")
+    bf16 = engine.ingest(docs, store=MemoryStore(tmp_path / "bf16", block_dtype="bfloat16"), bank="harbour")
     prompt = engine.prompts.encode_text("Question: " + QUESTION)
     for index, block in enumerate(reference_blocks(engine, docs)):
         stored = quantised.block(index)
@@ -930,6 +930,9 @@ def test_full_disk_is_a_clear_error_that_leaves_no_half_written_files(tmp_path, 
 # Crashes and concurrent writers (real processes) -------------------------------------------------------
 
 
+BF16_WORKER = ("--block-dtype", "bfloat16")  # workers whose blocks a test compares bit for bit after bfloat16 rounding
+
+
 def start_worker(store: Path, bank: str, document: Path, identifier: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.store_worker", str(store), bank, str(document), "--id", identifier, *extra],
@@ -950,14 +953,14 @@ def read_until(process: subprocess.Popen, wanted: str) -> None:
 
 def test_kill_9_during_ingest_leaves_every_bank_consistent(tmp_path):
     engine = make_engine()
-    store = MemoryStore(tmp_path / "store")
+    store = MemoryStore(tmp_path / "store", block_dtype="bfloat16")
     engine.ingest([FACTS_DOCUMENT], store=store, bank="harbour")
     engine.ingest([Document.from_text(SECOND_DOCUMENT, id="garden")], store=store, bank="grow")
     big = Document.from_text(numbered_document(80), id="tides")
     (tmp_path / "tides.txt").write_text(big.text, encoding="utf-8")
     total = chunk_count(engine, [big])
 
-    worker = start_worker(tmp_path / "store", "grow", tmp_path / "tides.txt", "tides", "--delay", "0.3")
+    worker = start_worker(tmp_path / "store", "grow", tmp_path / "tides.txt", "tides", "--delay", "0.3", *BF16_WORKER)
     try:
         read_until(worker, "compressed 6")
         worker.send_signal(signal.SIGKILL)
@@ -966,7 +969,7 @@ def test_kill_9_during_ingest_leaves_every_bank_consistent(tmp_path):
         worker.kill()
     assert worker.returncode == -signal.SIGKILL
 
-    reopened = MemoryStore(tmp_path / "store")
+    reopened = MemoryStore(tmp_path / "store", block_dtype="bfloat16")
     assert reopened.bank_names() == ["grow", "harbour"]
     assert reopened.bank_info("grow").documents == ("garden",), "the interrupted ingest changed nothing"
     assert reopened.verify().ok
@@ -985,15 +988,19 @@ def test_kill_9_during_ingest_leaves_every_bank_consistent(tmp_path):
     assert reopened.verify().ok and reopened.usage().unreferenced_blocks == 0
 
 
-def ingest_together(where, documents: list[Document], directory: Path, timeout: float = 300) -> None:
+def ingest_together(
+    where, documents: list[Document], directory: Path, timeout: float = 300, extra: tuple[str, ...] = ()
+) -> None:
     """One worker process per document ingests it into bank ``together`` of store ``where``; all are released at the
-    same moment (``--start-when``) and must succeed."""
+    same moment (``--start-when``) and must succeed. ``extra``: more worker flags (``--block-dtype``)."""
     for document in documents:
         (directory / f"{document.id}.txt").write_text(document.text, encoding="utf-8")
     MemoryStore(where)
     go = directory / "go"
     workers = [
-        start_worker(where, "together", directory / f"{d.id}.txt", d.id, "--delay", "0.05", "--start-when", str(go))
+        start_worker(
+            where, "together", directory / f"{d.id}.txt", d.id, "--delay", "0.05", "--start-when", str(go), *extra
+        )
         for d in documents
     ]
     try:
@@ -1013,7 +1020,7 @@ def test_two_processes_ingesting_into_one_bank_corrupt_nothing(tmp_path):
     shared = numbered_document(12, "shared-")
     first = Document.from_text(shared + "\n\n" + numbered_document(30, "first-"), id="first")
     second = Document.from_text(shared + "\n\n" + numbered_document(30, "second-"), id="second")
-    ingest_together(tmp_path / "store", [first, second], tmp_path)
+    ingest_together(tmp_path / "store", [first, second], tmp_path, extra=BF16_WORKER)
 
     store = MemoryStore(tmp_path / "store")
     bank = engine.open_bank("together", store)
@@ -1054,15 +1061,17 @@ def test_gc_keeps_the_blocks_an_open_bank_of_another_process_still_reads(tmp_pat
 def test_a_rebuild_loses_no_document_a_concurrent_ingest_adds(tmp_path):
     """Rebuilding with another compressor while another process adds a document keeps both changes."""
     engine = make_engine()
-    store = MemoryStore(tmp_path / "store")
+    store = MemoryStore(tmp_path / "store", block_dtype="bfloat16")
     facts = Document.from_text(FACTS_DOCUMENT, id="facts")
     engine.ingest([facts], store=store, bank="harbour")
     tides = Document.from_text(numbered_document(8), id="tides")
     (tmp_path / "tides.txt").write_text(tides.text, encoding="utf-8")
     go = tmp_path / "go"
-    adder = start_worker(tmp_path / "store", "harbour", tmp_path / "tides.txt", "tides", "--start-when", str(go))
+    adder = start_worker(
+        tmp_path / "store", "harbour", tmp_path / "tides.txt", "tides", "--start-when", str(go), *BF16_WORKER
+    )
     rebuild = start_worker(
-        tmp_path / "store", "harbour", Path("-"), "-", "--rebuild-with", "key_norm", "--delay", "0.5"
+        tmp_path / "store", "harbour", Path("-"), "-", "--rebuild-with", "key_norm", "--delay", "0.5", *BF16_WORKER
     )
     try:
         read_until(adder, "ready")

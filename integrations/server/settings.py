@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lychee_memory.choices import DEFAULT_BLOCK_DTYPE, DEFAULT_INDEX_DTYPE
 from lychee_memory.config import EngineConfig
 
 MiB = 1024 * 1024
@@ -24,7 +25,8 @@ class ServerSettings(BaseModel):
 
     store: str | None = Field(
         default=None,
-        description="store directory or URL (s3://bucket/prefix?manifests=postgresql://...); None = the default store",
+        description="store directory or URL (s3://bucket/prefix?manifests=postgresql://...); None = the default store. "
+        f"New banks are written with {DEFAULT_BLOCK_DTYPE} blocks and an {DEFAULT_INDEX_DTYPE} gate index",
     )
 
     @field_validator("store", mode="before")

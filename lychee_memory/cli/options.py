@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic.fields import FieldInfo
 
-from ..choices import DEFAULT_BLOCK_DTYPE
+from ..choices import DEFAULT_BLOCK_DTYPE, DEFAULT_INDEX_DTYPE
 from ..config import FLAT_OPTIONS, NAME_SHORTCUTS, EngineConfig
 from ..errors import LycheeError
 from .fields import field_argument, field_help, flag_name
@@ -158,7 +158,12 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
     """--store and --bank: a persistent bank to reuse, create or extend."""
     group = parser.add_argument_group("persistent bank")
     group.add_argument("--store", default=None, help="store directory or URL (default: the user cache's store)")
-    group.add_argument("--bank", default=None, help="bank name in the store: reused, and created or extended")
+    group.add_argument(
+        "--bank",
+        default=None,
+        help="bank name in the store: reused, and created or extended (new blocks stored as "
+        f"{DEFAULT_BLOCK_DTYPE} with an {DEFAULT_INDEX_DTYPE} gate index unless told otherwise)",
+    )
 
 
 def open_store(args: argparse.Namespace, *, create: bool, block_dtype: str = DEFAULT_BLOCK_DTYPE) -> MemoryStore:

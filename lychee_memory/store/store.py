@@ -82,7 +82,7 @@ def default_store_path() -> Path:
 class MemoryStore:
     """A directory of memory banks on diskcache: content-addressed blocks, JSON manifests, checksums.
 
-    ``block_dtype`` is how new blocks are written (``choices.DEFAULT_BLOCK_DTYPE``: bfloat16; int8 keeps
+    ``block_dtype`` is how new blocks are written (``choices.DEFAULT_BLOCK_DTYPE``: k4v3; int8 keeps
     per-channel key and per-slot value scales; int4, int2, k4v2 and k4v3 are group-quantised,
     ``codec.GroupCodec``; ``none`` keeps only the gate index and the texts, its blocks encoded when read); blocks
     are converted back to the engine's dtype when read. diskcache's eviction is off, so nothing is ever dropped
