@@ -17,13 +17,12 @@ IndexDtype = Literal["float16", "int8"]
 INDEX_DTYPES: tuple[str, ...] = get_args(IndexDtype)
 
 # What a new bank is written with when the user does not say (MemoryStore, ingest --block-dtype, gate.index_dtype).
-# k4v3 blocks (4-bit keys in groups of 128 slots, 3-bit values) with an int8 index: ~5.97 KB/token all-in for
-# SmolLM2, against 23.8 KB for bfloat16 blocks with a float16 index. The answer ladder (BENCHMARKS.md,
-# benchmarks/codec_answers.py, benchmarks/plots/codec_answers.md): 20 needle questions at 28K, haystack A chooses and
-# B confirms; k4v2 blocks with an int8 index (~5.4 KB) lost 2 answers on A by copying a year from the read block
-# (its 2-bit values), k4v3 with an int8 index had 0 differences from bfloat16 in answers and stage-1 recall (that row
-# simulated k4v3's quantisation in the reader; store/codec.py's k4v3 is the real codec, run on haystack C).
-# Confirmed on a fresh haystack C: PENDING
+# k4v3 blocks (4-bit keys in groups of 128 slots, 3-bit values) with an int8 index: 5,986 B/token all-in for
+# SmolLM2, against 23,818 B for bfloat16 blocks with a float16 index. The evidence (BENCHMARKS.md, "The answer ladder
+# per codec"; benchmarks/codec_answers.py, benchmarks/plots/codec_answers.md): 28K needle haystacks, 10 questions
+# each; A chose, B confirmed, C (seed 2) was a fresh haystack run after k4v3 was chosen. k4v2 blocks with an int8
+# index (~5.4 KB) lost 2 answers on A by copying a year from the read block (its 2-bit values); k4v3 with an int8
+# index answered, ranked and passed stage 1 exactly as bfloat16 did on all 30 (A, B and C, the real codec).
 DEFAULT_BLOCK_DTYPE: BlockDtype = "k4v3"
 DEFAULT_INDEX_DTYPE: IndexDtype = "int8"
 
