@@ -166,12 +166,12 @@ def _ranked(
     initial = engine.config.prompts.initial_memory
     scorer = _scorer(engine, settings.ranker, bank)
     if isinstance(scorer, LexicalScorer):  # raw BM25: the same order as its z-score, and 0 means no shared term
-        stage_one, missing = dict(zip(indices, scorer.bm25(bank, terms(question), indices))), []
+        stage_one = dict(zip(indices, scorer.bm25(bank, terms(question), indices)))
     else:
-        stage_one, missing = scorer.rank(bank, question, initial, indices)
+        stage_one, _ = scorer.rank(bank, question, initial, indices)
     floor = min(stage_one.values(), default=0.0) - 1.0
-    for index in missing:  # a block without the index the scorer reads ranks last, not never
-        stage_one[index] = floor
+    for index in indices:  # without the index the scorer reads, or pruned by its coarse pass: last, not never
+        stage_one.setdefault(index, floor)
     ranked = sorted(indices, key=lambda index: (-stage_one[index], index))
     if settings.judged == 0:
         return [selected_block(bank, index, stage_one[index], fallback=False) for index in ranked[:k]]

@@ -185,6 +185,18 @@ class GateSettings(_Settings):
         description="the most blocks candidate_margin adds beyond the candidates (the best of them), so the rows stage 2 "
         "judges per ranking stay bounded however large the bank; None = no cap",
     )
+    coarse_keep: int | None = Field(
+        None,
+        ge=1,
+        description="key stage 1 on a large bank: a first pass over `coarse_heads` alone ranks every block and only "
+        "this many of the best get the exact score, so a pass reads a fraction of the index (banks of up to this "
+        "plus 32 blocks are scored exactly); None = every block exactly. At least `candidates`; needs coarse_heads",
+    )
+    coarse_heads: list[tuple[int, int]] | None = Field(
+        None,
+        description="(layer, query head) pairs of the gate index that the coarse pass reads (a subset of "
+        "prefilter_heads); measured for SmolLM2 in BENCHMARKS: [[7, 7], [8, 0]]",
+    )
     index_cache_mb: float = Field(
         1024.0,
         ge=0,
@@ -207,6 +219,17 @@ class GateSettings(_Settings):
     prefilter_skip_tokens: int | None = Field(
         None, ge=0, description="leading chunk tokens left out of the index; None = 0 after an opening, else 4 (a sink)"
     )
+
+    @model_validator(mode="after")
+    def _coarse_pass(self) -> GateSettings:
+        if self.coarse_keep is not None and self.coarse_keep < self.candidates:
+            raise ValueError(
+                f"coarse_keep ({self.coarse_keep}) cannot be below candidates ({self.candidates}): stage 1 could "
+                "not pass on that many blocks"
+            )
+        if self.coarse_keep is not None and not self.coarse_heads:
+            raise ValueError("coarse_keep needs coarse_heads: the index heads its first pass reads")
+        return self
 
 
 class ReasonerSettings(_Settings):

@@ -58,7 +58,8 @@ class HybridScorer(StageOneScorer):
 
     @classmethod
     def for_bank(cls, context: StageOneContext, bank: MemoryBank) -> HybridScorer:
-        keys = KeyScorer.for_bank(context, bank) if bank.gate_index is not None else None
+        # every block gets a key score (no coarse pruning): the lexical ranking may favour any of them
+        keys = KeyScorer.for_bank(context, bank).unpruned() if bank.gate_index is not None else None
         return cls(keys, LexicalScorer.for_bank(context, bank))
 
     def rank(

@@ -10,12 +10,15 @@ Score of block b at head h for a group of query tokens: the mean over the group 
 ``logsumexp_t(q . k_t / sqrt(head_dim))`` over the block's index keys, minus the same for the null question (some
 blocks draw every query); z-scored across the bank's blocks per head; averaged over heads. Once the memory holds
 notes its tokens add ``memory_weight`` times their own z-score, so the block of hop 2 can enter once hop 1 is read.
+
+With ``gate.coarse_keep`` a large bank is first ranked by the same score over ``gate.coarse_heads`` alone, and only
+the blocks kept are scored exactly (``coarse.py``); the pruned blocks are left out of the scores.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -23,6 +26,8 @@ import torch
 from lychee_memory.kernels import key_logsumexp
 
 from ..blocks import MemoryBank
+from ..errors import ConfigurationError
+from .coarse import SAMPLE_BLOCKS, kept_and_sample, sample_weights, weighted_zscore
 from .heads import model_geometry
 from .hooks import capture_queries
 from .index_cache import BLOCKS_PER_BATCH, IndexBatch, batch_key, stack_indexes
@@ -61,6 +66,7 @@ class KeyScorer(StageOneScorer):
 
     context: StageOneContext
     spec: IndexSpec
+    prune: bool = True  # whether the coarse pass applies (a fused scorer needs every block's key score)
     _null: tuple[torch.Tensor, tuple[int, int]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
@@ -76,6 +82,22 @@ class KeyScorer(StageOneScorer):
     @property
     def scale(self) -> float:
         return model_geometry(self.context.loaded.model.config)[3] ** -0.5
+
+    def unpruned(self) -> KeyScorer:
+        """This scorer without the coarse pass: every block of a ranking gets its exact score."""
+        return replace(self, prune=False)
+
+    def coarse_positions(self) -> list[int]:
+        """Positions in the index's heads of ``gate.coarse_heads``; ConfigurationError naming the index's heads when
+        one is not among them (the coarse pass can only read keys the index holds)."""
+        wanted = [tuple(head) for head in self.context.coarse_heads or ()]
+        missing = [head for head in wanted if head not in self.spec.heads]
+        if missing or not wanted:
+            raise ConfigurationError(
+                f"gate.coarse_heads {[list(head) for head in missing or wanted]} are not heads of the bank's gate "
+                f"index; choose among {[list(head) for head in self.spec.heads]}"
+            )
+        return [self.spec.heads.index(head) for head in wanted]
 
     def rank(self, bank, question, memory, indices):
         return self.scores(self.query(question, memory), bank.gate_keys, indices, bank)
@@ -112,28 +134,37 @@ class KeyScorer(StageOneScorer):
         index_keys: Callable[[int], torch.Tensor | None],
         indices: Sequence[int],
         bank: MemoryBank | None = None,
+        heads: Sequence[int] | None = None,
     ) -> tuple[list[int], torch.Tensor, list[int]]:
         """(scored indices, their group means [n, heads, 3], indices without a usable index).
 
         With ``bank`` (whose ``gate_keys`` is ``index_keys``) and the engine's index cache, the bank's indexes are
         read in position-aligned batches kept in the cache (``index_cache.py``), so a later pass reads none again.
+        ``heads``: positions of the index's heads to score (the others are not read); None = all of them.
         """
         device = self.context.loaded.device
         used = query.weights.sum(dim=0) > 0  # template tokens ("Question:") carry no weight: not scored at all
         vectors = query.vectors[:, used].to(device)
         weights = query.weights[:, used].to(device)
         head_pairs = torch.tensor(self.spec.head_pairs, dtype=torch.long, device=device)
+        if heads is not None:
+            chosen = torch.tensor(list(heads), dtype=torch.long)
+            vectors, head_pairs = vectors[chosen.to(device)], head_pairs[chosen.to(device)]
         scored, missing, results = [], [], []
         for positions, batch in self.batches(index_keys, indices, bank):
             rows = [row for row, ok in enumerate(batch.usable) if ok and positions[row] is not None]
             missing.extend(at for at, ok in zip(positions, batch.usable) if at is not None and not ok)
             if not rows:
                 continue
-            lse = key_logsumexp(vectors, batch.keys, batch.valid, head_pairs, self.scale)
+            keys, valid = batch.keys, batch.valid
+            if 2 * len(rows) <= len(positions):  # a few rows of a cached batch: read only those
+                picked = torch.tensor(rows, dtype=torch.long, device=keys.device)
+                keys, valid = keys[picked], valid[picked]
+            lse = key_logsumexp(vectors, keys, valid, head_pairs, self.scale)
             means = torch.einsum("nhq,gq->nhg", lse, weights).cpu()
-            results.append(means if len(rows) == len(positions) else means[rows])
+            results.append(means if means.shape[0] == len(rows) else means[rows])
             scored.extend(positions[row] for row in rows)
-        means = torch.cat(results) if results else torch.zeros(0, len(self.spec.heads), 3)
+        means = torch.cat(results) if results else torch.zeros(0, int(vectors.shape[0]), 3)
         return scored, means, missing
 
     def batches(
@@ -181,14 +212,48 @@ class KeyScorer(StageOneScorer):
         bank: MemoryBank | None = None,
     ) -> tuple[dict[int, float], list[int]]:
         """Calibrated stage-1 score per block of ``indices`` (higher: more likely relevant), and those with no index
-        (``bank``: read through the index cache, see ``raw_scores``)."""
+        (``bank``: read through the index cache, see ``raw_scores``). With the coarse pass on and more blocks than
+        it keeps plus its sample, only the kept blocks are in the scores."""
+        keep = self.context.coarse_keep
+        if self.prune and keep is not None and len(indices) > keep + SAMPLE_BLOCKS:
+            return self.pruned_scores(query, index_keys, indices, bank, keep)
         scored, means, missing = self.raw_scores(query, index_keys, indices, bank)
         if not scored:
             return {}, missing
-        combined = zscore(means[:, :, 0] - means[:, :, 2]).mean(dim=1)
-        if query.has_memory:
-            combined = combined + self.context.memory_weight * zscore(means[:, :, 1] - means[:, :, 2]).mean(dim=1)
-        return dict(zip(scored, combined.tolist())), missing
+        return dict(zip(scored, self.combined(means, query.has_memory, zscore).tolist())), missing
+
+    def pruned_scores(
+        self,
+        query: StageOneQuery,
+        index_keys: Callable[[int], torch.Tensor | None],
+        indices: Sequence[int],
+        bank: MemoryBank | None,
+        keep: int,
+    ) -> tuple[dict[int, float], list[int]]:
+        """Exact scores of the ``keep`` blocks best by the coarse heads' score, z-scored with statistics from them
+        and an even sample of the others (``coarse.py``); the blocks without an index, as ``scores``."""
+        coarse_scored, coarse_means, missing = self.raw_scores(
+            query, index_keys, indices, bank, self.coarse_positions()
+        )
+        if not coarse_scored:
+            return {}, missing
+        coarse = dict(zip(coarse_scored, self.combined(coarse_means, query.has_memory, zscore).tolist()))
+        kept, sample = kept_and_sample(coarse, keep, SAMPLE_BLOCKS)
+        scored, means, _ = self.raw_scores(query, index_keys, sorted(kept + sample), bank)
+        weights = sample_weights(scored, kept, len(coarse_scored) - len(kept), len(sample))
+        combined = self.combined(means, query.has_memory, lambda values: weighted_zscore(values, weights))
+        kept_set = set(kept)
+        return {at: value for at, value in zip(scored, combined.tolist()) if at in kept_set}, missing
+
+    def combined(
+        self, means: torch.Tensor, has_memory: bool, standardise: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """The calibrated score per row of group means [n, heads, 3]: the question's standardised gain over the null
+        question averaged over heads, plus ``memory_weight`` times the memory's once it holds notes."""
+        combined = standardise(means[:, :, 0] - means[:, :, 2]).mean(dim=1)
+        if has_memory:
+            combined = combined + self.context.memory_weight * standardise(means[:, :, 1] - means[:, :, 2]).mean(dim=1)
+        return combined
 
 
 def zscore(values: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,15 @@ class StageOne:
         questions = QuestionTemplate.from_settings(config.prompts)
         self.index_cache = IndexCache(int(gate.index_cache_mb * 2**20))  # shared by the engine's banks and callers
         self.context = StageOneContext(
-            loaded, prompts, opening, start_position, gate.memory_weight, questions, self.index_cache
+            loaded,
+            prompts,
+            opening,
+            start_position,
+            gate.memory_weight,
+            questions,
+            self.index_cache,
+            gate.coarse_keep,
+            tuple(tuple(head) for head in gate.coarse_heads or ()),
         )
         self._scorers: dict[tuple[str, str], StageOneScorer] = {}
         self._unindexed_warned: set[str] = set()

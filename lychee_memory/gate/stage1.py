@@ -31,6 +31,8 @@ class StageOneContext:
     memory_weight: float  # how much the memory's notes count beside the question
     questions: QuestionTemplate
     index_cache: IndexCache | None = None  # decoded gate indexes, shared by the engine's banks (``index_cache.py``)
+    coarse_keep: int | None = None  # blocks a coarse pass keeps for exact key scores (``coarse.py``); None: all
+    coarse_heads: tuple[tuple[int, int], ...] = ()  # the index heads that pass reads
 
 
 class StageOneScorer(ABC):
@@ -53,7 +55,9 @@ class StageOneScorer(ABC):
     def rank(
         self, bank: MemoryBank, question: str, memory: str, indices: Sequence[int]
     ) -> tuple[dict[int, float], list[int]]:
-        """Score per block of ``indices``, and the blocks it could not score (the rule judges those anyway)."""
+        """Score per block of ``indices``, and the blocks it could not score (the rule judges those anyway).
+
+        A scorer with a coarse pass may leave out blocks it pruned as far from the best; callers rank those last."""
 
 
 def choose_candidates(scores: dict[int, float], count: int, margin: float, near_ties: int | None = None) -> list[int]:
