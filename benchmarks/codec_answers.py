@@ -407,19 +407,20 @@ def _plot(summary: list[dict], timings: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(1, 2 if timings else 1, figsize=(13 if timings else 8, 5), squeeze=False)
     answers = axes[0][0]
     haystacks = [h for h in HAYSTACKS if any(h in entry for entry in summary)]
+    named: set[str] = set()
     for shade, haystack in enumerate(haystacks):
         ranked = sorted(
             (entry for entry in summary if haystack in entry), key=lambda e: e[haystack]["bytes_per_token"]["total"]
         )
         xs = [entry[haystack]["bytes_per_token"]["total"] for entry in ranked]
         ys = [entry[haystack]["right"] for entry in ranked]
-        answers.plot(
-            xs, ys, marker="o", color=f"C{shade}", label=f"{haystack} ({ROLE[haystack]}), of {ranked[0][haystack]['n']}"
-        )
+        label = f"{haystack} ({ROLE[haystack]}), of {ranked[0][haystack]['n']}"
+        answers.plot(xs, ys, linestyle="none", marker="ox^s"[shade % 4], color=f"C{shade}", label=label)
         for number, (entry, x, y) in enumerate(zip(ranked, xs, ys)):
-            answers.annotate(
-                entry["row"], (x, y), textcoords="offset points", xytext=(4, -12 + 9 * (number % 3)), fontsize=7
-            )
+            if entry["row"] not in named:  # a row is named once: its bytes are the same on every haystack
+                named.add(entry["row"])
+                offset = (4, -12 + 9 * (number % 3))
+                answers.annotate(entry["row"], (x, y), textcoords="offset points", xytext=offset, fontsize=7)
     answers.set_xscale("log")
     answers.set_xlabel("all-in bytes per document token (log; lychee store du)")
     answers.set_ylabel("answers right")
@@ -439,10 +440,17 @@ def _plot(summary: list[dict], timings: list[dict], path: Path) -> None:
                 continue
             xs = [t["bytes_per_token"] for t in mine]
             ys = [t["median_ratio_to_bfloat16"] for t in mine]
-            ratios.plot(xs, ys, marker="s", color=f"C{shade}", label=f"{haystack}, n={mine[0]['n']} per row")
+            ratios.plot(
+                xs,
+                ys,
+                linestyle="none",
+                marker="ox^s"[shade % 4],
+                color=f"C{shade}",
+                label=f"{haystack}, n={mine[0]['n']} per row",
+            )
             for entry, x, y in zip(mine, xs, ys):
                 label = f"{entry['row']} {entry['median_query_s']:.1f} s"
-                ratios.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                ratios.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4 - 12 * shade), fontsize=7)
         ratios.axhline(1.0, color="grey", linewidth=1)
         ratios.set_xscale("log")
         ratios.set_xlabel("all-in bytes per document token (log)")
