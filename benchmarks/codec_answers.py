@@ -16,6 +16,14 @@ not built yet by quantising the bfloat16 bank in memory with the store's own gro
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/codec_answers.py --only B
     python benchmarks/codec_answers.py --report   # JSON + markdown + PNG from the records of both
 
+Haystack D is a fresh 112K one (seed 3, ~115 blocks). ``--interleave`` times rows fairly on a loaded machine: all
+banks open in one process, question q asked on every row (order rotated per question) before q + 1; the report then
+gives each row's median warm query and the median over questions of its time over bfloat16's (BENCHMARKS.md,
+``benchmarks/plots/codec112k.*``):
+
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/codec_answers.py --only D --interleave --store /tmp/codec112k \
+        --records /tmp/codec112k/records.jsonl --rows bfloat16 k4v3+i8 int4+i8 k4v2+i8 int2+i8 none
+
 Records (one JSON line per question and row) go to ``--records``; the report to ``benchmarks/plots/``.
 """
 
