@@ -16,6 +16,14 @@ not built yet by quantising the bfloat16 bank in memory with the store's own gro
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/codec_answers.py --only B
     python benchmarks/codec_answers.py --report   # JSON + markdown + PNG from the records of both
 
+Haystack D is a fresh 112K one (seed 3, ~115 blocks). ``--interleave`` times rows fairly on a loaded machine: all
+banks open in one process, question q asked on every row (order rotated per question) before q + 1; the report then
+gives each row's median warm query and the median over questions of its time over bfloat16's (BENCHMARKS.md,
+``benchmarks/plots/codec112k.*``):
+
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/codec_answers.py --only D --interleave --store /tmp/codec112k \
+        --records /tmp/codec112k/records.jsonl --rows bfloat16 k4v3+i8 int4+i8 k4v2+i8 int2+i8 none
+
 Records (one JSON line per question and row) go to ``--records``; the report to ``benchmarks/plots/``.
 """
 
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -31,9 +40,11 @@ import sys
 import time
 from pathlib import Path
 
-# name -> seed; A chooses, B confirms; C (seed 2) is a fresh haystack for k4v3, chosen after A and B were seen
-HAYSTACKS = {"A": 0, "B": 1, "C": 2}
-ROLE = {"A": "choosing", "B": "confirming", "C": "confirming, fresh"}
+# name -> seed; A chooses, B confirms; C (seed 2) is a fresh haystack for k4v3, chosen after A and B were seen; D
+# (seed 3) is a fresh 112K haystack (issue 27's long row), built after the default was chosen
+HAYSTACKS = {"A": 0, "B": 1, "C": 2, "D": 3}
+ROLE = {"A": "choosing", "B": "confirming", "C": "confirming, fresh", "D": "confirming, fresh, 112K"}
+TOKENS = {"D": 112_000}  # haystack -> its length in tokens when --tokens is not given (the others: 28,000)
 # row label -> (block codec, gate index dtype); bfloat16 with a float16 index is today's default
 ROWS = {
     "bfloat16": ("bfloat16", "float16"),
@@ -162,77 +173,157 @@ def prepared_store(root: Path, haystack: str, row: str, engine, context: str) ->
     return target, None
 
 
-def run_haystack(args: argparse.Namespace, haystack: str, engine, pool) -> None:
-    from lychee_memory.eval.metrics import sub_em
-    from lychee_memory.eval.tasks import many_needle_sample
+def open_row(args: argparse.Namespace, haystack: str, row: str, engine, context: str) -> dict:
+    """The row's bank opened from its store (prepared first), with its bytes and per-block dequantisation ms."""
     from lychee_memory.store import MemoryStore
 
-    samples = many_needle_sample(pool, engine.loaded.tokenizer, args.tokens, args.needles, HAYSTACKS[haystack])
+    where, ingest_seconds = prepared_store(args.store, haystack, row, engine, context)
+    usage = lychee("store", "du", "--store", str(where))
+    parts = usage["bank_parts"][BANK]
+    store = MemoryStore(where, create=False)
+    dequant = dequantisation_ms(store, BANK)
+    bank = engine.open_bank(BANK, store)
+    if row in SIMULATED:
+        bank = simulated_bank(bank, *SIMULATED[row])
+        parts = {**parts, "per_token": simulated_bytes(parts["per_token"], *SIMULATED[row])}
+        dequant = float("nan")
+    return {"bank": bank, "store": store, "parts": parts, "dequant": dequant, "ingest_s": ingest_seconds}
+
+
+def ask_one(haystack: str, row: str, opened: dict, sample, engine, context: str, position: int) -> dict:
+    """Ask one question of one row's bank, timed; the record of its outcome (see the module docstring)."""
+    from lychee_memory.eval.metrics import sub_em
+
+    bank = opened["bank"]
+    ((start, end),) = sample.evidence
+    facts = [i for i, s in enumerate(bank.spans) if s.char_start < end and start < s.char_end]
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    answer = engine.ask(sample.question, bank)
+    seconds = time.perf_counter() - started
+    first = [s for s in answer.gate_scores if s.memory_step == 0]
+    top = max(first, key=lambda s: (s.score, -s.index)).index if first else None
+    passed = set().union(*answer.candidates[:1]) if answer.candidates else set(range(len(bank)))
+    record = {
+        "haystack": haystack,
+        "role": ROLE[haystack],
+        "row": row,
+        "codec": ROWS[row][0] if row in ROWS else f"{row} (simulated)",
+        "index_dtype": ROWS[row][1] if row in ROWS else "int8",
+        "sample": sample.sample_id,
+        "question": sample.question,
+        "gold": sample.answers[0],
+        "answer": answer.text,
+        "right": sub_em(answer.text, sample.answers),
+        "copying_failure": copying_failure(answer.text, context),
+        "fact_blocks": facts,
+        "stage2_first": top,
+        "fact_first": top in facts,
+        "fact_in_stage1": any(i in passed for i in facts),
+        "blocks_read": [b.index for b in answer.blocks],
+        "query_s": round(seconds, 3),
+        "order_position": position,  # where in this question's row order it ran (interleaved runs), else -1
+        "load_1min": round(load, 2),
+        "blocks": len(bank),
+        "tokens": bank.num_tokens,
+        "bytes_per_token": opened["parts"]["per_token"],
+        "dequant_ms_per_block": round(opened["dequant"], 3),
+        "ingest_s": opened["ingest_s"],
+    }
+    print(
+        f"[{haystack}] {row:9s} {sample.sample_id}: right={record['right']} first={record['fact_first']} "
+        f"stage1={record['fact_in_stage1']} read={record['blocks_read']} {seconds:.1f}s load={load:.2f} "
+        f"answer={answer.text[:60]!r}",
+        flush=True,
+    )
+    return record
+
+
+def rotated(rows: list[str], turn: int) -> list[str]:
+    """``rows`` started at position ``turn`` (modulo their number), so each row runs first in turn."""
+    shift = turn % len(rows) if rows else 0
+    return rows[shift:] + rows[:shift]
+
+
+def run_haystack(args: argparse.Namespace, haystack: str, engine, pool) -> None:
+    """Every row of ``args.rows`` on the haystack's questions: row after row, or with ``--interleave`` every row
+    on question q (in an order rotated per question) before question q + 1, so load swings hit the rows alike."""
+    from lychee_memory.eval.tasks import many_needle_sample
+
+    tokens = args.tokens or TOKENS.get(haystack, 28_000)
+    if tokens > 28_000:  # a pool as long as the haystack, so no paragraph repeats (A, B and C keep their 1,500)
+        from lychee_memory.eval.haystack import generated_paragraphs
+
+        pool = generated_paragraphs(count=round(len(pool) * tokens / 28_000))
+    samples = many_needle_sample(pool, engine.loaded.tokenizer, tokens, args.needles, HAYSTACKS[haystack])
+    samples = samples[: args.questions] if args.questions else samples
     context = samples[0].context
     (args.store / haystack).mkdir(parents=True, exist_ok=True)
     (args.store / haystack / "context.txt").write_text(context, encoding="utf-8")  # for --report's copy check
-    for row in args.rows:
-        where, ingest_seconds = prepared_store(args.store, haystack, row, engine, context)
-        usage = lychee("store", "du", "--store", str(where))
-        parts = usage["bank_parts"][BANK]
-        store = MemoryStore(where, create=False)
-        dequant = dequantisation_ms(store, BANK)
-        bank = engine.open_bank(BANK, store)
-        if row in SIMULATED:
-            bank = simulated_bank(bank, *SIMULATED[row])
-            parts = {**parts, "per_token": simulated_bytes(parts["per_token"], *SIMULATED[row])}
-            dequant = float("nan")
-        fact_blocks = [
-            [i for i, s in enumerate(bank.spans) if s.char_start < end and start < s.char_end]
-            for ((start, end),) in (sample.evidence for sample in samples)
-        ]
-        engine.ask(samples[0].question, bank)  # warm-up: model, caches, index
-        for sample, facts in zip(samples, fact_blocks):
+
+    def write(record: dict) -> None:
+        record["interleaved"] = args.interleave
+        with args.records.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    print(f"[{haystack}] load average at start: {os.getloadavg()}", flush=True)
+    if not args.interleave:
+        for row in args.rows:
+            opened = open_row(args, haystack, row, engine, context)
+            engine.ask(samples[0].question, opened["bank"])  # warm-up: model, caches, index
+            for sample in samples:
+                write(ask_one(haystack, row, opened, sample, engine, context, -1))
+            del opened["bank"]
+            opened["store"].close()
+    else:
+        opened = {row: open_row(args, haystack, row, engine, context) for row in args.rows}
+        for row in args.rows:
             started = time.perf_counter()
-            answer = engine.ask(sample.question, bank)
-            seconds = time.perf_counter() - started
-            first = [s for s in answer.gate_scores if s.memory_step == 0]
-            top = max(first, key=lambda s: (s.score, -s.index)).index if first else None
-            passed = set().union(*answer.candidates[:1]) if answer.candidates else set(range(len(bank)))
-            record = {
+            engine.ask(samples[0].question, opened[row]["bank"])  # warm-up: model, caches, index
+            print(f"[{haystack}] {row}: warm-up {time.perf_counter() - started:.1f} s", flush=True)
+        for turn, sample in enumerate(samples):
+            for position, row in enumerate(rotated(list(args.rows), turn)):
+                write(ask_one(haystack, row, opened[row], sample, engine, context, position))
+        for entry in opened.values():
+            del entry["bank"]
+            entry["store"].close()
+    print(f"[{haystack}] load average at end: {os.getloadavg()}", flush=True)
+
+
+def latency(records: list[dict]) -> list[dict]:
+    """Warm query seconds per haystack and row from the interleaved records: the median, and the median over
+    questions of the row's time over bfloat16's on the same question (asked in the same turn, same process)."""
+    timed = [record for record in records if record.get("interleaved")]
+    base = {(r["haystack"], r["sample"]): r["query_s"] for r in timed if r["row"] == "bfloat16"}
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for record in timed:
+        groups.setdefault((record["haystack"], record["row"]), []).append(record)
+    found = []
+    for (haystack, row), group in groups.items():
+        seconds = [r["query_s"] for r in group]
+        ratios = [r["query_s"] / base[haystack, r["sample"]] for r in group if (haystack, r["sample"]) in base]
+        loads = [r["load_1min"] for r in group if "load_1min" in r]
+        found.append(
+            {
                 "haystack": haystack,
-                "role": ROLE[haystack],
                 "row": row,
-                "codec": ROWS[row][0] if row in ROWS else f"{row} (simulated)",
-                "index_dtype": ROWS[row][1] if row in ROWS else "int8",
-                "sample": sample.sample_id,
-                "question": sample.question,
-                "gold": sample.answers[0],
-                "answer": answer.text,
-                "right": sub_em(answer.text, sample.answers),
-                "copying_failure": copying_failure(answer.text, context),
-                "fact_blocks": facts,
-                "stage2_first": top,
-                "fact_first": top in facts,
-                "fact_in_stage1": any(i in passed for i in facts),
-                "blocks_read": [b.index for b in answer.blocks],
-                "query_s": round(seconds, 3),
-                "blocks": len(bank),
-                "tokens": bank.num_tokens,
-                "bytes_per_token": parts["per_token"],
-                "dequant_ms_per_block": round(dequant, 3),
-                "ingest_s": ingest_seconds,
+                "n": len(group),
+                "median_query_s": statistics.median(seconds),
+                "min_query_s": min(seconds),
+                "max_query_s": max(seconds),
+                "median_ratio_to_bfloat16": statistics.median(ratios) if ratios else None,
+                "ratios_n": len(ratios),
+                "load_1min": [min(loads), max(loads)] if loads else None,
+                "bytes_per_token": group[0]["bytes_per_token"]["total"],
             }
-            print(
-                f"[{haystack}] {row:9s} {sample.sample_id}: right={record['right']} first={record['fact_first']} "
-                f"stage1={record['fact_in_stage1']} read={record['blocks_read']} {seconds:.1f}s "
-                f"answer={answer.text[:60]!r}",
-                flush=True,
-            )
-            with args.records.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-        del bank
-        store.close()
+        )
+    return found
 
 
-def report(records: list[dict], out: Path, contexts: dict[str, str]) -> str:
-    """JSON summary, markdown table and PNG (bytes/token vs answers right) of the records (copying failures checked
-    again against each haystack's text when ``contexts`` holds it)."""
+def report(records: list[dict], out: Path, contexts: dict[str, str], name: str = "codec_answers") -> str:
+    """JSON summary, markdown tables (answers; interleaved warm latency) and PNG (answers right and latency ratio
+    vs bytes/token) of the records, written as ``out/name.*`` (copying failures checked again against each
+    haystack's text when ``contexts`` holds it)."""
     rows: dict[str, list[dict]] = {}
     for record in records:
         if record["haystack"] in contexts:
@@ -269,8 +360,11 @@ def report(records: list[dict], out: Path, contexts: dict[str, str]) -> str:
                 }
         entry["differences_vs_bfloat16"] = differs
         summary.append(entry)
+    timings = latency(records)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "codec_answers.json").write_text(json.dumps({"rows": summary, "records": records}, indent=1) + "\n")
+    (out / f"{name}.json").write_text(
+        json.dumps({"rows": summary, "latency": timings, "records": records}, indent=1) + "\n"
+    )
 
     lines = [
         "| row (blocks + index) | haystack | all-in B/token | right | fact first (stage 2) | fact in stage 1 | "
@@ -290,35 +384,87 @@ def report(records: list[dict], out: Path, contexts: dict[str, str]) -> str:
                 f"{part['copying_failures']} | {part['blocks_read_mean']:.1f} | {part['median_query_s']:.2f} | "
                 f"{part['dequant_ms_per_block']:.1f} | {'; '.join(mine) or '-'} |"
             )
+    if timings:
+        lines += [
+            "",
+            "| row | haystack | n | median warm query s | min-max s | median ratio to bfloat16 (same question) | "
+            "load (1 min) during |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
+        for entry in timings:
+            ratio = entry["median_ratio_to_bfloat16"]
+            load = entry["load_1min"]
+            lines.append(
+                f"| {entry['row']} | {entry['haystack']} | {entry['n']} | {entry['median_query_s']:.2f} | "
+                f"{entry['min_query_s']:.1f}-{entry['max_query_s']:.1f} | "
+                f"{'-' if ratio is None else f'{ratio:.2f}'} | {'-' if load is None else f'{load[0]:.1f}-{load[1]:.1f}'} |"
+            )
     table = "\n".join(lines) + "\n"
-    (out / "codec_answers.md").write_text(table)
-    _plot(summary, out / "codec_answers.png")
+    (out / f"{name}.md").write_text(table)
+    _plot(summary, timings, out / f"{name}.png")
     return table
 
 
-def _plot(summary: list[dict], path: Path) -> None:
+def _plot(summary: list[dict], timings: list[dict], path: Path) -> None:
+    """Answers right per haystack (left) and the interleaved latency ratio to bfloat16 (right) vs all-in bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(8, 5))
-    ranked = sorted(
-        summary, key=lambda entry: next(entry[h] for h in HAYSTACKS if h in entry)["bytes_per_token"]["total"]
-    )
-    for number, entry in enumerate(ranked):
-        parts = [entry[h] for h in HAYSTACKS if h in entry]
-        x = parts[0]["bytes_per_token"]["total"]
-        y = sum(part["right"] for part in parts)
-        axis.scatter([x], [y], color="C3" if entry["differences_vs_bfloat16"] else "C0")
-        label = f"{entry['row']} ({len(entry['differences_vs_bfloat16'])} diff)"
-        axis.annotate(label, (x, y), textcoords="offset points", xytext=(5, -14 + 11 * (number % 3)), fontsize=8)
-    axis.set_xscale("log")
-    axis.set_xlabel("all-in bytes per document token (log; lychee store du)")
-    axis.set_ylabel("answers right of 20 (haystack A chooses, B confirms)")
-    axis.set_title("SmolLM2-135M, 28K needles, 20 questions; red: differs from bfloat16")
-    axis.axvline(6000, color="grey", linestyle=":", linewidth=1)
-    axis.axvline(3500, color="grey", linestyle=":", linewidth=1)
+    figure, axes = plt.subplots(1, 2 if timings else 1, figsize=(13 if timings else 8, 5), squeeze=False)
+    answers = axes[0][0]
+    haystacks = [h for h in HAYSTACKS if any(h in entry for entry in summary)]
+    named: set[str] = set()
+    for shade, haystack in enumerate(haystacks):
+        ranked = sorted(
+            (entry for entry in summary if haystack in entry), key=lambda e: e[haystack]["bytes_per_token"]["total"]
+        )
+        xs = [entry[haystack]["bytes_per_token"]["total"] for entry in ranked]
+        ys = [entry[haystack]["right"] for entry in ranked]
+        label = f"{haystack} ({ROLE[haystack]}), of {ranked[0][haystack]['n']}"
+        answers.plot(xs, ys, linestyle="none", marker="ox^s"[shade % 4], color=f"C{shade}", label=label)
+        for number, (entry, x, y) in enumerate(zip(ranked, xs, ys)):
+            if entry["row"] not in named:  # a row is named once: its bytes are the same on every haystack
+                named.add(entry["row"])
+                offset = (4, -12 + 9 * (number % 3))
+                answers.annotate(entry["row"], (x, y), textcoords="offset points", xytext=offset, fontsize=7)
+    answers.set_xscale("log")
+    answers.set_xlabel("all-in bytes per document token (log; lychee store du)")
+    answers.set_ylabel("answers right")
+    answers.set_title("SmolLM2-135M needles: answers right per codec")
+    answers.legend(fontsize=8)
+    for axis in axes[0]:
+        axis.axvline(6000, color="grey", linestyle=":", linewidth=1)
+        axis.axvline(3500, color="grey", linestyle=":", linewidth=1)
+    if timings:
+        ratios = axes[0][1]
+        for shade, haystack in enumerate(haystacks):
+            mine = sorted(
+                (t for t in timings if t["haystack"] == haystack and t["median_ratio_to_bfloat16"] is not None),
+                key=lambda t: t["bytes_per_token"],
+            )
+            if not mine:
+                continue
+            xs = [t["bytes_per_token"] for t in mine]
+            ys = [t["median_ratio_to_bfloat16"] for t in mine]
+            ratios.plot(
+                xs,
+                ys,
+                linestyle="none",
+                marker="ox^s"[shade % 4],
+                color=f"C{shade}",
+                label=f"{haystack}, n={mine[0]['n']} per row",
+            )
+            for entry, x, y in zip(mine, xs, ys):
+                label = f"{entry['row']} {entry['median_query_s']:.1f} s"
+                ratios.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4 - 12 * shade), fontsize=7)
+        ratios.axhline(1.0, color="grey", linewidth=1)
+        ratios.set_xscale("log")
+        ratios.set_xlabel("all-in bytes per document token (log)")
+        ratios.set_ylabel("warm query time / bfloat16's, median over questions")
+        ratios.set_title("interleaved rows, one process, one thread")
+        ratios.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -328,12 +474,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=list(HAYSTACKS), action="append", help="haystacks to run (default all)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=[*ROWS, *SIMULATED])
-    parser.add_argument("--tokens", type=int, default=28_000)
+    parser.add_argument("--tokens", type=int, default=None, help="haystack length (default 28,000; D: 112,000)")
     parser.add_argument("--needles", type=int, default=10)
+    parser.add_argument("--questions", type=int, default=0, help="ask only the first N questions (0: all)")
+    parser.add_argument(
+        "--interleave", action="store_true", help="every row on question q (rotated order) before q + 1: fair timing"
+    )
     parser.add_argument("--store", type=Path, default=Path("/tmp/codec_answers"), help="stores kept here across runs")
     parser.add_argument("--records", type=Path, default=Path("/tmp/codec_answers/records.jsonl"))
     parser.add_argument("--report", action="store_true", help="only write the report from --records")
     parser.add_argument("--out", type=Path, default=PLOTS)
+    parser.add_argument("--name", default="codec_answers", help="report file stem under --out")
     args = parser.parse_args()
     args.store.mkdir(parents=True, exist_ok=True)
     if not args.report:
@@ -347,12 +498,13 @@ def main() -> None:
         for haystack in args.only or list(HAYSTACKS):
             run_haystack(args, haystack, engine, pool)
     records = [json.loads(line) for line in args.records.read_text().splitlines() if line.strip()]
+    records = [record for record in records if not args.only or record["haystack"] in args.only]
     contexts = {
         name: (args.store / name / "context.txt").read_text(encoding="utf-8")
         for name in HAYSTACKS
         if (args.store / name / "context.txt").exists()
     }
-    print(report(records, args.out, contexts))
+    print(report(records, args.out, contexts, args.name))
 
 
 if __name__ == "__main__":
