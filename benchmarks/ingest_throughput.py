@@ -17,6 +17,8 @@ the in-memory bank's blocks, best of ``--encode-repeats``. JSON and markdown go 
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/ingest_throughput.py --codecs bfloat16 int8 int4 k4v3 k4v2 int2 \\
         none --lengths 7000 28000 --rounds 1
+    OMP_NUM_THREADS=1 python benchmarks/ingest_throughput.py --codecs bfloat16 int8 int4 k4v3 k4v2 int2 \\
+        --lengths 2000 --encode-only     # wall and CPU ms per block, no store
 """
 
 from __future__ import annotations
@@ -57,9 +59,10 @@ def in_memory_runs(label: str) -> None:
     )
 
 
-def encode_ms(bank, codec: str, identity, repeats: int) -> float | None:
+def encode_ms(bank, codec: str, identity, repeats: int, clock=time.perf_counter) -> float | None:
     """Best-of-``repeats`` mean milliseconds to encode one of the bank's blocks as the store frames it (None for
-    the index-only tier, which encodes nothing)."""
+    the index-only tier, which encodes nothing); ``clock`` is wall time, or ``time.process_time`` for this
+    process's CPU time (one thread: what the encode costs, whatever else the machine runs)."""
     from lychee_memory.store.codec import INDEX_ONLY, encode_block
 
     if codec == INDEX_ONLY:
@@ -67,11 +70,33 @@ def encode_ms(bank, codec: str, identity, repeats: int) -> float | None:
     blocks = [bank.block(index) for index in range(len(bank))]
     best = float("inf")
     for _ in range(repeats):
-        started = time.perf_counter()
+        started = clock()
         for block in blocks:
             encode_block(block, codec, identity)
-        best = min(best, (time.perf_counter() - started) / len(blocks))
+        best = min(best, (clock() - started) / len(blocks))
     return 1000 * best
+
+
+def encode_only(args: argparse.Namespace) -> None:
+    """Encode-only wall and CPU milliseconds per block per codec, on the blocks of the first length's document
+    ingested in memory (no store, no per-codec forward); one JSON line per codec."""
+    from lychee_memory import LycheeMemory
+    from lychee_memory.eval.tasks import build_samples
+
+    engine = LycheeMemory.from_pretrained(show_progress=False)
+    bank = engine.ingest(
+        build_samples("needle", engine.loaded.tokenizer, args.lengths[0], 1, seed=args.seed)[0].context
+    )
+    for codec in args.codecs:
+        record = {
+            "length": args.lengths[0],
+            "blocks": len(bank),
+            "slots": [block.num_slots for block in (bank.block(index) for index in range(len(bank)))],
+            "row": codec,
+            "encode_wall_ms_per_block": encode_ms(bank, codec, engine.identity, args.encode_repeats),
+            "encode_cpu_ms_per_block": encode_ms(bank, codec, engine.identity, args.encode_repeats, time.process_time),
+        }
+        print(json.dumps(record), flush=True)
 
 
 def codec_runs(args: argparse.Namespace) -> None:
@@ -177,10 +202,13 @@ def main() -> None:
     parser.add_argument("--encode-repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--scratch", type=Path, default=None, help="where the temporary stores go")
+    parser.add_argument("--encode-only", action="store_true", help="only the encode ms per block of --codecs")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "plots" / "ingest_codecs")
     args = parser.parse_args()
     if args.codecs is None:
         in_memory_runs(args.label)
+    elif args.encode_only:
+        encode_only(args)
     else:
         codec_runs(args)
 
