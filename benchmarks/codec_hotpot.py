@@ -299,7 +299,8 @@ def plot(summary: list[dict], path: Path) -> None:
 
 
 def report(records: list[dict], out: Path) -> str:
-    """JSON summary, markdown table and PNG of the records."""
+    """JSON summary, markdown table and PNG of the records (a rerun's record of a question replaces the older)."""
+    records = list({(record["row"], record["sample"]): record for record in records}.values())
     summary = summarise(records)
     out.mkdir(parents=True, exist_ok=True)
     (out / "codec_hotpot.json").write_text(json.dumps({"rows": summary, "records": records}, indent=1) + "\n")
