@@ -7,17 +7,26 @@ attention-output error per layer on the question's tokens read after the block (
 output, relative), and the gate's score per block (the stage-2 rule's gain; the drift against bfloat16 and
 whether the needle's block still ranks first). Bytes per document token count the stored blocks alone (framed
 safetensors, as written) and, for the arithmetic, the codec's bytes per element times the model's elements per
-token. Group sizes other than the shipped one are measured as unregistered codecs of the same kind.
+token. ``--codecs`` names shipped codecs, measured at their shipped groups (k4v3: keys in groups of 128 slots,
+values of 64 channels). ``--groups K`` or ``K:V`` adds unregistered codecs of each group kind with K-slot key groups
+and V-channel value groups (V = K when left out), named ``KIND-gK`` or ``KIND-gK:V``.
 
-    python benchmarks/codec_fidelity.py --tokens 3000 --groups 32 64 128
+The index-only tier ``none`` stores no KV: its blocks are encoded from the stored text when read. Its row ingests
+the document into a ``none`` store and reads every block back through the engine (``engine.open_bank``), so its
+errors against the computed KV are measured, not assumed; they are 0 by construction (the same forward).
+
+    python benchmarks/codec_fidelity.py --tokens 3000 --codecs bfloat16 int8 int4 k4v3 k4v2 int2 none
+    python benchmarks/codec_fidelity.py --tokens 3000 --codecs bfloat16 --groups 32 64 128
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,6 +77,35 @@ def attention_outputs(engine, block, prompt_ids: list[int]) -> list:
     return captured
 
 
+SHIPPED = ("bfloat16", "int8", "int4", "k4v3", "k4v2", "int2", "none")
+GROUP_KINDS = ("int4", "k4v3", "k4v2", "int2")
+
+
+def group_sizes(text: str) -> tuple[int, int]:
+    """``"64"`` -> (64, 64); ``"128:64"`` -> (128, 64): key group (slots) and value group (channels)."""
+    parts = text.split(":")
+    if len(parts) > 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise argparse.ArgumentTypeError(f"a group is K or K:V with positive K and V, got {text!r}")
+    return int(parts[0]), int(parts[-1])
+
+
+def index_only_blocks(engine, text: str, expected: int) -> list:
+    """The document's blocks as an index-only (``none``) bank reads them: ingested into a ``none`` store in a
+    temporary folder, opened by the engine, every block encoded from the stored text."""
+    from lychee_memory import Document
+    from lychee_memory.store import MemoryStore
+
+    with tempfile.TemporaryDirectory(prefix="codec_fidelity_") as folder:
+        store = MemoryStore(Path(folder), block_dtype="none")
+        engine.ingest([Document.from_text(text, id="doc")], store=store, bank="doc")
+        bank = engine.open_bank("doc", store)
+        blocks = [bank.block(index) for index in range(len(bank.spans))]
+        store.close()
+    if len(blocks) != expected:
+        raise SystemExit(f"the none bank has {len(blocks)} blocks, the in-memory bank {expected}")
+    return blocks
+
+
 def relative(error, reference) -> float:
     return float((error - reference).norm() / reference.norm().clamp_min(1e-12))
 
@@ -76,7 +114,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--tokens", type=int, default=3000, help="document length in tokens")
-    parser.add_argument("--groups", nargs="+", type=int, default=[32, 64, 128], help="group sizes to compare")
+    parser.add_argument(
+        "--codecs", nargs="+", default=list(SHIPPED), help="shipped codecs, at their groups (bfloat16 always first)"
+    )
+    parser.add_argument(
+        "--groups", nargs="*", type=group_sizes, default=[], help="K or K:V: key/value groups of extra variants"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "codec_fidelity.json")
     args = parser.parse_args()
@@ -86,7 +129,7 @@ def main() -> None:
     from lychee_memory import Document, LycheeMemory
     from lychee_memory.blocks import MemoryBlock
     from lychee_memory.gate.rules import ScoreRequest
-    from lychee_memory.store.codec import CODECS, GroupCodec
+    from lychee_memory.store.codec import CODECS, INDEX_ONLY, GroupCodec
 
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -101,13 +144,18 @@ def main() -> None:
     prompt_ids = engine.prompts.encode_text("Question: " + question)
     memory = getattr(engine.rule, "initial_memory", "")
 
-    codecs = {name: CODECS[name] for name in ("bfloat16", "float16", "int8")}  # bfloat16 first: the reference
-    for group in args.groups:
-        for kind in ("int4", "k4v2", "int2"):
+    unknown = [name for name in args.codecs if name not in CODECS]
+    if unknown:
+        raise SystemExit(f"--codecs: unknown codec(s) {unknown}; known: {sorted(CODECS)}")
+    # bfloat16 first: the reference of the gains
+    codecs = {name: CODECS[name] for name in ["bfloat16", *(n for n in args.codecs if n != "bfloat16")]}
+    for key_group, value_group in args.groups:
+        for kind in GROUP_KINDS:
             shipped = CODECS[kind]
             assert isinstance(shipped, GroupCodec)
-            same_kind = GroupCodec(kind, shipped.bytes_per_element, shipped.key_bits, shipped.value_bits, group)
-            codecs[f"{kind}-g{group}"] = shipped if group == shipped.group else same_kind
+            label = f"{kind}-g{key_group}" if key_group == value_group else f"{kind}-g{key_group}:{value_group}"
+            codecs[label] = dataclasses.replace(shipped, key_group=key_group, value_group=value_group)
+    stored_blocks = index_only_blocks(engine, text, len(blocks)) if INDEX_ONLY in codecs else []
 
     def scores(candidates: list[MemoryBlock]) -> list[float]:
         requests = [ScoreRequest(question, memory, block) for block in candidates]
@@ -118,9 +166,12 @@ def main() -> None:
     reference_gains: list[float] | None = None
     for name, codec in codecs.items():
         decoded, key_errors, value_errors, stored = [], [], [], 0
-        for block in blocks:
-            tensors = codec.encode(block.keys, block.values, block.valid)
-            keys, values = codec.decode(tensors, block.keys.dtype)
+        for number, block in enumerate(blocks):
+            if name == INDEX_ONLY:  # nothing stored: the block as the engine encodes it from the stored text
+                keys, values, tensors = stored_blocks[number].keys, stored_blocks[number].values, {}
+            else:
+                tensors = codec.encode(block.keys, block.values, block.valid)
+                keys, values = codec.decode(tensors, block.keys.dtype)
             valid = block.valid
             key_errors.append(relative(keys[:, :, valid], block.keys[:, :, valid]))
             value_errors.append(relative(values[:, :, valid], block.values[:, :, valid]))
@@ -147,6 +198,8 @@ def main() -> None:
             {
                 "codec": name,
                 "bytes_per_token_tensors": stored / tokens,
+                "key_group": getattr(codec, "key_group", None),
+                "value_group": getattr(codec, "value_group", None),
                 "bytes_per_token_arithmetic": elements
                 * (codec.stored_bytes_per_element() if isinstance(codec, GroupCodec) else codec.bytes_per_element),
                 "key_error": statistics.fmean(key_errors),
