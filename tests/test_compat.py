@@ -175,3 +175,25 @@ def _keys(facts: dict[str, Any]) -> list[tuple[str, list[tuple[str, str | None]]
 
 def _without_scores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{key: value for key, value in row.items() if key != "score"} for row in rows]
+
+
+def test_an_old_bank_recompressed_to_int4_shrinks_and_still_answers(engine, tmp_path):
+    """The previous release's bfloat16 bank converts to int4 without a model: its blocks shrink (0.56x here: the tiny
+    model's blocks hold few slots, so per-group scales weigh more than on SmolLM2's, 0.28x), the store verifies after
+    gc, and each of its questions reads the blocks that release read and gets an answer."""
+    from lychee_memory.store import MemoryStore
+
+    shutil.copytree(FIXTURE_STORE, tmp_path / "store")
+    with MemoryStore(tmp_path / "store", create=False) as store:
+        report = store.recompress("harbour", "int4")
+        assert report.changed and report.from_codecs == ("bfloat16",) and report.converted > 0
+        assert report.bytes_after < 0.6 * report.bytes_before, (report.bytes_before, report.bytes_after)
+        store.gc()
+        assert store.verify().ok
+        bank = engine.open_bank("harbour", store)
+        for position, (bank_name, question) in enumerate(generator.QUESTIONS):
+            if bank_name != "harbour":
+                continue
+            answer = engine.ask(question, bank)
+            assert answer.text.strip()
+            assert [block.index for block in answer.blocks] == EXPECTED["answers"][position]["blocks"]
