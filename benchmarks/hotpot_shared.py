@@ -36,6 +36,24 @@ def block_sizes(text: str) -> list[int | None]:
     return sizes or [None]
 
 
+SPLIT_CHOICES = ("all", "tuning", "confirming")
+
+
+def asked_questions(questions: list, split: str = "all", skip: int = 0, n: int = 0) -> list:
+    """The questions a run asks: one split's in the haystack's order, or both alternating (so a small ``n`` samples
+    both), then ``skip`` left out and at most ``n`` kept (0 = all)."""
+    if split not in SPLIT_CHOICES:
+        raise SystemExit(f"--split: {split!r} is not one of {', '.join(SPLIT_CHOICES)}")
+    tuning = [q for q in questions if q.split == "tuning"]
+    confirming = [q for q in questions if q.split == "confirming"]
+    if split == "all":
+        order = [q for pair in zip(tuning, confirming) for q in pair]
+        order += tuning[len(confirming) :] + confirming[len(tuning) :]
+    else:
+        order = tuning if split == "tuning" else confirming
+    return order[skip : skip + n] if n else order[skip:]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="dataset directory holding hotpotqa/ (else $LYCHEE_DATA_DIR)")
@@ -51,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--n", type=int, default=0, help="questions asked per length, splits alternating (0 = all)")
     parser.add_argument("--skip", type=int, default=0, help="leave out the first SKIP questions of that order")
+    parser.add_argument(
+        "--split", choices=SPLIT_CHOICES, default="all", help="ask only this split (all: both, alternating)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gold-share", type=float, default=None, help="largest share of a length that is gold")
     parser.add_argument("--engine-option", action="append", default=[], help="key=value for every method's engine")
@@ -90,12 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.out / "records.jsonl", "w", encoding="utf-8") as log:
         for length in parse_lengths(args.lengths):
             haystack = build_shared_haystack(rows, count, length, args.seed, args.gold_share or DEFAULT_GOLD_SHARE)
-            # the splits alternate, so a small --n samples both
-            tuning = [q for q in haystack.questions if q.split == "tuning"]
-            confirming = [q for q in haystack.questions if q.split == "confirming"]
-            mixed = [q for pair in zip(tuning, confirming) for q in pair]
-            mixed += tuning[len(confirming) :] + confirming[len(tuning) :]
-            asked = mixed[args.skip : args.skip + args.n] if args.n else mixed[args.skip :]
+            asked = asked_questions(haystack.questions, args.split, args.skip, args.n)
             print(
                 f"{length} tokens: {haystack.paragraphs} paragraphs (~{haystack.tokens} tokens), "
                 f"{len(haystack.questions)} questions in it ({len(haystack.left_out)} left out), {len(asked)} asked",

@@ -202,6 +202,23 @@ def script():
     return hotpot_shared
 
 
+def test_the_script_asks_one_split_or_both_alternating():
+    from types import SimpleNamespace
+
+    names = {"t": "tuning", "c": "confirming"}
+    questions = [SimpleNamespace(id=i, split=names[letter]) for i, letter in enumerate("ttcttcc")]
+    ask = script().asked_questions
+
+    def ids(*args):
+        return [q.id for q in ask(questions, *args)]
+
+    assert ids() == [0, 2, 1, 5, 3, 6, 4]  # tuning and confirming alternate, the longer split's rest last
+    assert ids("tuning") == [0, 1, 3, 4] and ids("confirming") == [2, 5, 6]
+    assert ids("confirming", 1) == [5, 6] and ids("tuning", 1, 2) == [1, 3] and ids("all", 2, 3) == [1, 5, 3]
+    with pytest.raises(SystemExit, match="--split: 'held-out'"):
+        ask(questions, "held-out")
+
+
 def run_script(rows: list[dict], tmp_path: Path, rag: str) -> tuple[list[dict], Path]:
     """The script in this process on the tiny model: two questions, two block sizes, two methods."""
     data = tmp_path / "hotpot.json"
