@@ -332,7 +332,7 @@ def plot_shares(records: Sequence[dict[str, Any]], path: Path) -> None:
                 chosen = _in_split(rows, split)
                 hits = sum(bool(row[key]) for row in chosen)
                 share = hits / len(chosen) if chosen else 0.0
-                low, high = clopper_pearson(hits, len(chosen))
+                low, high = clopper_pearson(hits, len(chosen)) if chosen else (0.0, 0.0)  # no bar for an empty split
                 heights.append(100 * share)
                 errors[0].append(100 * (share - low))
                 errors[1].append(100 * (high - share))
