@@ -15,7 +15,15 @@ import pytest
 from lychee_memory.errors import ConfigurationError, DocumentError
 from lychee_memory.eval.evidence import answer_evidence, fact_recall, held, merge_spans, paragraphs_covered
 from lychee_memory.eval.paired import clopper_pearson, paired_comparison, sign_test_p
-from lychee_memory.eval.shared_bench import RAG_VARIANTS, method_engine, parse_method, parse_methods, rag_variants
+from lychee_memory.eval.shared_bench import (
+    RAG_VARIANTS,
+    bank_recipe,
+    method_engine,
+    parse_method,
+    parse_methods,
+    rag_variants,
+    run_shared,
+)
 from lychee_memory.eval.shared_haystack import build_shared_haystack, question_split_name
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -181,6 +189,21 @@ def test_methods_are_names_with_dotted_overrides(engine_factory):
     }
     with pytest.raises(ConfigurationError, match="unknown option"):
         method_engine(engine_factory(), parse_method("x:no_such_setting=1"), None)
+
+
+def test_a_lexical_and_a_hybrid_method_never_share_a_bank(rows, engine_factory):
+    """A lexical method's bank carries no key index; a hybrid method asked over it would rank by text alone."""
+    base = engine_factory()
+    haystack = build_shared_haystack(rows, _tiny_counter(), 600, 0)
+    methods = parse_methods(["lex:gate.prefilter=lexical", "lex2:gate.prefilter=lexical;gate.max_relevant_blocks=1"])
+    methods += parse_methods(["hyb:gate.prefilter=hybrid"])
+    engines = {method.name: method_engine(base, method, 48) for method in methods}
+    assert bank_recipe(engines["lex"]) == bank_recipe(engines["lex2"])  # same blocks: one ingest
+    assert bank_recipe(engines["lex"]) != bank_recipe(engines["hyb"])
+    banks: list[dict] = []
+    records = list(run_shared(base, haystack, methods, [48], [], show_progress=False, banks=banks))
+    assert sorted(tuple(bank["methods"]) for bank in banks) == [("hyb",), ("lex", "lex2")]
+    assert len(records) == len(haystack.questions) * 3
 
 
 # The script ------------------------------------------------------------------------------------------------

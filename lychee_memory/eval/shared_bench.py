@@ -112,6 +112,13 @@ def method_engine(base: LycheeMemory, method: NamedMethod, block_tokens: int | N
     return LycheeMemory(base.loaded, EngineConfig.from_kwargs(base.config, **options))
 
 
+def bank_recipe(engine: LycheeMemory) -> str:
+    """What a method's bank is built from: the engine's identity and the gate index its blocks carry. Methods with
+    the same recipe share one ingest; a lexical method (no key index) and a key or hybrid one never do, or the
+    second would silently rank by text alone."""
+    return repr((repr(engine.identity), json.dumps(engine.gate_index_description, sort_keys=True)))
+
+
 def _record(haystack: SharedHaystack, block_tokens: int, question: Any, method: str, answer: Any) -> dict[str, Any]:
     what, spans = answer_evidence(answer)
     covered = paragraphs_covered(spans, question.gold_facts)
@@ -159,7 +166,7 @@ def run_shared(
         built: dict[str, Any] = {}
         for method in methods:
             engine = engines[method.name]
-            recipe = repr(engine.identity)
+            recipe = bank_recipe(engine)
             if recipe not in built:
                 started = time.perf_counter()
                 bank = engine.ingest(haystack.context, show_progress=show_progress)
@@ -169,7 +176,7 @@ def run_shared(
                         {
                             "length": haystack.target_tokens,
                             "block_tokens": engine.chunk_tokens,
-                            "methods": [m.name for m in methods if repr(engines[m.name].identity) == recipe],
+                            "methods": [m.name for m in methods if bank_recipe(engines[m.name]) == recipe],
                             "blocks": len(bank),
                             "resident_bytes": bank.resident_nbytes(),
                             "ingest_seconds": round(time.perf_counter() - started, 2),
@@ -180,7 +187,7 @@ def run_shared(
             for question in asked:
                 for method in methods:
                     engine = engines[method.name]
-                    bank = built[repr(engine.identity)]
+                    bank = built[bank_recipe(engine)]
                     started = time.perf_counter()
                     answer = engine.ask(question.question, bank, show_progress=False)
                     seconds = time.perf_counter() - started
