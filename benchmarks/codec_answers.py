@@ -142,34 +142,38 @@ def simulated_bytes(parts: dict, key_bits: int, value_bits: int, key_group: int,
     return found
 
 
-def prepared_store(root: Path, haystack: str, row: str, engine, context: str) -> tuple[Path, float | None]:
-    """The row's store: the bfloat16 ingest (made once), or a copy of it converted by ``store recompress``."""
+def prepared_store(
+    root: Path, row: str, engine, context: str, bank: str = BANK, label: str = ""
+) -> tuple[Path, float | None]:
+    """The row's store under ``root`` (one haystack's directory): the bfloat16 ingest of ``context`` as ``bank``
+    (made once; its seconds, else None), or a copy of it converted by ``store recompress`` in a fresh process."""
     from lychee_memory.store import MemoryStore
 
-    base = root / haystack / "bfloat16"
+    base = root / "bfloat16"
     ingest_seconds = None
     if not (base / "ingested").exists():
         shutil.rmtree(base, ignore_errors=True)
-        print(f"[{haystack}] ingesting {len(context)} chars in bfloat16 into {base}", flush=True)
+        print(f"{label}ingesting {len(context)} chars in bfloat16 into {base}", flush=True)
         started = time.perf_counter()
-        engine.ingest([context], store=MemoryStore(base, block_dtype="bfloat16"), bank=BANK, show_progress=True)
+        with MemoryStore(base, block_dtype="bfloat16") as store:
+            engine.ingest([context], store=store, bank=bank, show_progress=True)
         ingest_seconds = time.perf_counter() - started
         (base / "ingested").write_text(json.dumps({"seconds": ingest_seconds}))
-        print(f"[{haystack}] ingested in {ingest_seconds:.0f} s", flush=True)
+        print(f"{label}ingested in {ingest_seconds:.0f} s", flush=True)
     if row == "bfloat16" or row in SIMULATED:
         return base, ingest_seconds
     codec, index_dtype = ROWS[row]
-    target = root / haystack / row
+    target = root / row
     if not (target / "converted").exists():
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(base, target)
-        conversion = ["store", "recompress", BANK, "--store", str(target), "--codec", codec]
+        conversion = ["store", "recompress", bank, "--store", str(target), "--codec", codec]
         if index_dtype != "float16":
             conversion += ["--index-dtype", index_dtype]
         report = lychee(*conversion)
         lychee("store", "gc", "--store", str(target))
         (target / "converted").write_text(json.dumps(report))
-        print(f"[{haystack}] {row}: recompressed ({report['seconds']:.1f} s)", flush=True)
+        print(f"{label}{row}: recompressed ({report['seconds']:.1f} s)", flush=True)
     return target, None
 
 
@@ -177,7 +181,7 @@ def open_row(args: argparse.Namespace, haystack: str, row: str, engine, context:
     """The row's bank opened from its store (prepared first), with its bytes and per-block dequantisation ms."""
     from lychee_memory.store import MemoryStore
 
-    where, ingest_seconds = prepared_store(args.store, haystack, row, engine, context)
+    where, ingest_seconds = prepared_store(args.store / haystack, row, engine, context, label=f"[{haystack}] ")
     usage = lychee("store", "du", "--store", str(where))
     parts = usage["bank_parts"][BANK]
     store = MemoryStore(where, create=False)

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from codec_answers import lychee, prepared_store  # the same ingest-once-then-recompress stores as the needle ladder
 
 # row label -> (block codec, gate index dtype); bfloat16 + float16 is the reference every row is converted from
 ROWS = {
@@ -40,46 +39,6 @@ ROWS = {
 TOP = (1, 2, 4)
 BANK = "hotpot"
 PLOTS = Path(__file__).resolve().parent / "plots"
-LYCHEE = [sys.executable, "-m", "lychee_memory.cli"]
-
-
-def lychee(*args: str) -> dict:
-    """Run a ``lychee`` CLI command in a fresh process and return its JSON output."""
-    done = subprocess.run([*LYCHEE, *args, "--json"], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"lychee {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return json.loads(done.stdout)
-
-
-def prepared_store(root: Path, row: str, engine, context: str) -> Path:
-    """The row's store: the bfloat16 ingest (made once), or a copy of it converted by ``store recompress``."""
-    from lychee_memory.store import MemoryStore
-
-    base = root / "bfloat16"
-    if not (base / "ingested").exists():
-        shutil.rmtree(base, ignore_errors=True)
-        print(f"ingesting {len(context)} chars in bfloat16 into {base}", flush=True)
-        started = time.perf_counter()
-        with MemoryStore(base, block_dtype="bfloat16") as store:
-            engine.ingest([context], store=store, bank=BANK, show_progress=True)
-        seconds = time.perf_counter() - started
-        (base / "ingested").write_text(json.dumps({"seconds": seconds}))
-        print(f"ingested in {seconds:.0f} s", flush=True)
-    if row == "bfloat16":
-        return base
-    codec, index_dtype = ROWS[row]
-    target = root / row
-    if not (target / "converted").exists():
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(base, target)
-        conversion = ["store", "recompress", BANK, "--store", str(target), "--codec", codec]
-        if index_dtype != "float16":
-            conversion += ["--index-dtype", index_dtype]
-        report = lychee(*conversion)
-        lychee("store", "gc", "--store", str(target))
-        (target / "converted").write_text(json.dumps(report))
-        print(f"{row}: recompressed ({report['seconds']:.1f} s)", flush=True)
-    return target
 
 
 def ranking(engine, bank, question: str) -> dict:
@@ -154,7 +113,7 @@ def run(args: argparse.Namespace) -> None:
     args.store.mkdir(parents=True, exist_ok=True)
     args.records.parent.mkdir(parents=True, exist_ok=True)
     for row in args.rows:
-        where = prepared_store(args.store, row, engine, haystack.context)
+        where, _ = prepared_store(args.store, row, engine, haystack.context, BANK)
         parts = lychee("store", "du", "--store", str(where))["bank_parts"][BANK]["per_token"]
         store = MemoryStore(where, create=False)
         bank = engine.open_bank(BANK, store)
