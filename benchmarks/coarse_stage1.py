@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from dataclasses import replace
@@ -114,33 +113,7 @@ def exact_means(scorer, query, bank, indices: list[int]) -> tuple[list[int], tor
     return scored, torch.cat(results)
 
 
-def calibrated(means: torch.Tensor, has_memory: bool, memory_weight: float, weights: torch.Tensor) -> torch.Tensor:
-    """The key scorer's score from group means: z-scored gains (rows counted ``weights`` times) averaged over heads."""
-
-    def zscore(values: torch.Tensor) -> torch.Tensor:
-        total = float(weights.sum())
-        w = weights[:, None].to(values.dtype)
-        mean = (w * values).sum(dim=0, keepdim=True) / total
-        std = ((w * (values - mean) ** 2).sum(dim=0, keepdim=True) / max(total - 1.0, 1.0)).sqrt()
-        return (values - mean) / torch.where(std > 0, std, torch.ones_like(std))
-
-    combined = zscore(means[:, :, 0] - means[:, :, 2]).mean(dim=1)
-    if has_memory:
-        combined = combined + memory_weight * zscore(means[:, :, 1] - means[:, :, 2]).mean(dim=1)
-    return combined
-
-
-def kept_and_sample(coarse: dict[int, float], keep: int, sample: int) -> tuple[list[int], list[int]]:
-    """The ``keep`` best blocks by coarse score (ties by position) and an even sample (by position) of the rest."""
-    ranked = sorted(coarse, key=lambda index: (-coarse[index], index))
-    kept, pruned = ranked[:keep], sorted(ranked[keep:])
-    if len(pruned) <= sample:
-        return kept, pruned
-    step = len(pruned) / sample
-    return kept, [pruned[math.floor(step * (at + 0.5))] for at in range(sample)]
-
-
-def pruned_scores(scorer, query, bank, everything, variant, keep, sample, memory_weight) -> dict[int, float]:
+def pruned_scores(scorer, query, bank, everything, variant, keep, sample) -> dict[int, float]:
     """Exact calibrated scores of the blocks the coarse pass keeps (statistics from them and the sample). ``heads``
     variants run the engine's own coarse pass (``gate.coarse_heads``); page variants are computed here."""
     kind, _, argument = variant.partition(":")
@@ -151,13 +124,15 @@ def pruned_scores(scorer, query, bank, everything, variant, keep, sample, memory
         chosen = tuple(scorer.spec.heads[int(value)] for value in argument.split(","))
         coarse = replace(scorer, prune=True, context=replace(scorer.context, coarse_keep=keep, coarse_heads=chosen))
         return coarse.scores(query, bank.gate_keys, everything, bank)[0]
+    from lychee_memory.gate.coarse import kept_and_sample, sample_weights, weighted_zscore
+    from lychee_memory.gate.key_scorer import zscore
+
     blocks, means = coarse_means(scorer, query, bank, everything, variant)
-    coarse = dict(zip(blocks, calibrated(means, query.has_memory, memory_weight, torch.ones(len(blocks))).tolist()))
+    coarse = dict(zip(blocks, scorer.combined(means, query.has_memory, zscore).tolist()))
     kept, sampled = kept_and_sample(coarse, keep, sample)
     scored, means = exact_means(scorer, query, bank, sorted(kept + sampled))
-    stands_for = (len(blocks) - len(kept)) / len(sampled) if sampled else 0.0
-    weights = torch.tensor([1.0 if at in set(kept) else stands_for for at in scored], dtype=torch.float64)
-    combined = calibrated(means.double(), query.has_memory, memory_weight, weights)
+    weights = sample_weights(scored, kept, len(blocks) - len(kept), len(sampled))
+    combined = scorer.combined(means.double(), query.has_memory, lambda values: weighted_zscore(values, weights))
     return {at: value for at, value in zip(scored, combined.tolist()) if at in set(kept)}
 
 
@@ -287,7 +262,7 @@ def main() -> None:
                         pruned, pruned_s = timed(
                             args.repeats,
                             pruned_scores,
-                            *(scorer, query, bank, everything, variant, keep, args.sample, gate.memory_weight),
+                            *(scorer, query, bank, everything, variant, keep, args.sample),
                         )
                         picked = candidates_of(pruned)
                         row["variants"][f"{variant} K={keep}"] = {
