@@ -34,6 +34,10 @@ SMALL_MODEL_WINDOW = 16384  # models with a shorter context window default to SM
 SMALL_MODEL_CHUNK_TOKENS = 1024
 DEFAULT_EXCERPT_READ_TOKENS = 96  # excerpt memory: tokens kept per block read, and in all (ReasonerSettings)
 DEFAULT_EXCERPT_TOTAL_TOKENS = 384
+# The gate's reading budget and stage 1 for models without a preset (GateSettings fields left at None).
+DEFAULT_MAX_RELEVANT_BLOCKS = 8
+DEFAULT_FALLBACK_BLOCKS = 1
+DEFAULT_PREFILTER: PrefilterName = "keys"
 INGEST_BATCH_SIZE = {"cpu": 1, "cuda": 4}  # chunks per forward by device type (others: the CPU value)
 # Scores this close to the gate threshold are scored again alone (see gate.py). Measured batch-vs-alone
 # differences of gate gains on SmolLM2-135M (12K-token needle bank, batches of 8 vs 1, CPU): at most 4.3e-6 nats
@@ -156,8 +160,18 @@ class GateSettings(_Settings):
         description="trained rule: the gate adapter file written by `lychee train gate` (None = the model's shipped one)",
     )
     memory_weight: float = Field(0.5, ge=0.0, description="query likelihood: weight of the working-memory tokens")
-    max_relevant_blocks: int = Field(8, ge=1, description="budget of blocks the reasoner reads per question")
-    fallback_blocks: int = Field(1, ge=0, description="top-scoring blocks read when none passes the threshold")
+    max_relevant_blocks: int | None = Field(
+        None,
+        ge=1,
+        description="budget of blocks the reasoner reads per question; None = the model's preset, else "
+        f"{DEFAULT_MAX_RELEVANT_BLOCKS}",
+    )
+    fallback_blocks: int | None = Field(
+        None,
+        ge=0,
+        description="top-scoring blocks read when none passes the threshold; None = the model's preset, else "
+        f"{DEFAULT_FALLBACK_BLOCKS}",
+    )
     batch_size: int = Field(8, ge=1, description="blocks scored in one batched forward")
     boundary_tolerance: float | None = Field(
         None,
@@ -166,12 +180,13 @@ class GateSettings(_Settings):
         f"decision; None = per dtype ({', '.join(f'{k} {v}' for k, v in BOUNDARY_TOLERANCE.items())}: far above the "
         "rounding batching causes)",
     )
-    prefilter: PrefilterName = Field(
-        "keys",
+    prefilter: PrefilterName | None = Field(
+        None,
         description="stage 1 before the rule: keys = rank blocks from an index of their own keys (made at ingest) "
         "and let the rule judge only the candidates; lexical = BM25 of the question and the memory's notes over the "
         "blocks' text (document frequencies of the bank at query time); hybrid = keys and lexical fused by "
-        "reciprocal rank; hybrid_sum = the mean of their z-scores; off = the rule judges every block",
+        "reciprocal rank; hybrid_sum = the mean of their z-scores; off = the rule judges every block; None = the model's "
+        f"preset, else {DEFAULT_PREFILTER}",
     )
     candidates: int = Field(
         4, ge=1, description="blocks stage 1 passes on to the rule (and again after each memory update)"

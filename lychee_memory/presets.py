@@ -29,7 +29,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, PlainSerializer, Strict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from .config import CompressorKind, GateRuleName, MemoryMode, PromptSettings, ReadMode
+from .config import CompressorKind, GateRuleName, MemoryMode, PrefilterName, PromptSettings, ReadMode
 from .errors import ConfigurationError
 
 PRESET_FORMAT = "lychee-preset/1"
@@ -48,6 +48,7 @@ _COMPRESSORS = tuple(kind for kind in typing.get_args(CompressorKind) if kind !=
 _RULES = tuple(rule for rule in typing.get_args(GateRuleName) if rule != "auto")
 _READ_MODES = tuple(mode for mode in typing.get_args(ReadMode) if mode != "auto")
 _MEMORY_MODES = tuple(mode for mode in typing.get_args(MemoryMode) if mode != "auto")
+_PREFILTERS = typing.get_args(PrefilterName)
 
 
 # What each preset field accepts (the messages end up after "field 'NAME'") -----------------------------------
@@ -171,6 +172,12 @@ class ModelPreset:
     chunk_tokens: Annotated[int, _whole(1, "a positive integer")] | None = None
     read_mode: Annotated[str, _one_of(_READ_MODES)] | None = None
     memory: Annotated[str, _one_of(_MEMORY_MODES)] | None = None  # the reasoner's memory strategy (notes, excerpts)
+    # The gate's stage 1 and reading budget, and the excerpt memory's budgets, measured together with ``memory``
+    prefilter: Annotated[str, _one_of(_PREFILTERS)] | None = None
+    max_relevant_blocks: Annotated[int, _whole(1, "a positive integer")] | None = None
+    fallback_blocks: Annotated[int, _whole(0, "an integer >= 0")] | None = None
+    excerpt_read_tokens: Annotated[int, _whole(1, "a positive integer")] | None = None
+    excerpt_total_tokens: Annotated[int, _whole(1, "a positive integer")] | None = None
     thresholds: _Thresholds = dataclasses.field(default_factory=dict)  # (compressor, gate rule) -> threshold
     # PromptSettings fields replacing untouched defaults
     prompts: Annotated[dict[str, _Text], AfterValidator(_prompts)] = dataclasses.field(default_factory=dict)
@@ -359,6 +366,11 @@ _OPTIONAL_FIELDS = (
     "chunk_tokens",
     "read_mode",
     "memory",
+    "prefilter",
+    "max_relevant_blocks",
+    "fallback_blocks",
+    "excerpt_read_tokens",
+    "excerpt_total_tokens",
     "thresholds",
     "prompts",
     "stop_strings",
@@ -377,6 +389,11 @@ _WRITTEN = (  # in the order a file has them
     "chunk_tokens",
     "read_mode",
     "memory",
+    "prefilter",
+    "max_relevant_blocks",
+    "fallback_blocks",
+    "excerpt_read_tokens",
+    "excerpt_total_tokens",
     "thresholds",
     "prompts",
     "stop_strings",

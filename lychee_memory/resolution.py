@@ -7,11 +7,16 @@ is made, so a wrong setting fails at load time with a sentence saying what to ch
 
 from __future__ import annotations
 
+from typing import Any
+
 from .compressors.beacon import BeaconSettings
 from .compressors.memory_weights import LearnedSettings, is_learned_layout
 from .config import (
     BOUNDARY_TOLERANCE,
     DEFAULT_CHUNK_TOKENS,
+    DEFAULT_FALLBACK_BLOCKS,
+    DEFAULT_MAX_RELEVANT_BLOCKS,
+    DEFAULT_PREFILTER,
     DEFAULT_RATIO,
     SMALL_MODEL_CHUNK_TOKENS,
     SMALL_MODEL_WINDOW,
@@ -22,7 +27,7 @@ from .errors import ConfigurationError, ContextTooLongError
 from .gate import RULES
 from .gate.adapter import read_gate_file
 from .model_loading import LoadedModel
-from .presets import preset_for, trained_file
+from .presets import ModelPreset, preset_for, trained_file
 
 
 def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
@@ -141,4 +146,30 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
             resolved.reasoner.read_mode = "kv" if trained else "text"
     if resolved.reasoner.memory == "auto":
         resolved.reasoner.memory = preset.memory if preset is not None and preset.memory is not None else "notes"
+    _resolve_reading(resolved, preset)
     return resolved
+
+
+def _resolve_reading(resolved: EngineConfig, preset: ModelPreset | None) -> None:
+    """Stage 1, the reading budget and the excerpt budgets: the user's value, else the preset's, else the generic
+    default. A preset's excerpt budgets are its measurement at its memory cap, so they shrink to fit a smaller
+    ``max_memory_tokens`` (and the per-read cap to the total), never making a user's setting invalid."""
+    gate, reasoner = resolved.gate, resolved.reasoner
+
+    def preset_value(name: str) -> Any:
+        return getattr(preset, name) if preset is not None else None
+
+    if gate.prefilter is None:
+        gate.prefilter = preset_value("prefilter") or DEFAULT_PREFILTER
+    if gate.max_relevant_blocks is None:
+        measured = preset_value("max_relevant_blocks")
+        gate.max_relevant_blocks = measured if measured is not None else DEFAULT_MAX_RELEVANT_BLOCKS
+    if gate.fallback_blocks is None:
+        measured = preset_value("fallback_blocks")
+        gate.fallback_blocks = measured if measured is not None else DEFAULT_FALLBACK_BLOCKS
+    total, per_read = preset_value("excerpt_total_tokens"), preset_value("excerpt_read_tokens")
+    if reasoner.excerpt_total_tokens is None and total is not None:
+        least = reasoner.excerpt_read_tokens or 1
+        reasoner.excerpt_total_tokens = min(max(total, least), reasoner.max_memory_tokens)
+    if reasoner.excerpt_read_tokens is None and per_read is not None:
+        reasoner.excerpt_read_tokens = min(per_read, reasoner.excerpt_budgets[1])

@@ -289,6 +289,43 @@ def test_presets_round_trip_and_apply_the_memory_mode(tmp_path, monkeypatch):
         ModelPreset(name="tiny", architecture=architecture, memory="summaries")
 
 
+def test_a_preset_sets_stage_one_the_reading_budget_and_the_excerpt_budgets_left_open(tmp_path, monkeypatch):
+    def build(**options):  # a memory cap the budgets fit (conftest's default is 12 tokens)
+        return make_engine("llama", **{"max_memory_tokens": 1024, **options})
+
+    engine = build()
+    config = engine.loaded.config
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+    architecture = {key: getattr(config, key) for key in (*keys, "vocab_size")}
+    # Without a preset: the generic defaults, written in config.py.
+    assert (engine.config.gate.prefilter, engine.config.gate.max_relevant_blocks) == ("keys", 8)
+    assert engine.config.gate.fallback_blocks == 1 and engine.config.reasoner.excerpt_budgets == (96, 384)
+    reading = {"prefilter": "lexical", "max_relevant_blocks": 3, "fallback_blocks": 2}
+    budgets = {"excerpt_read_tokens": 150, "excerpt_total_tokens": 600}
+    preset = ModelPreset(name="tiny", architecture=architecture, memory="excerpts", **reading, **budgets)
+    path = write_preset_file(preset, tmp_path / "tiny.json")
+    assert {key: getattr(read_preset_file(path), key) for key in {**reading, **budgets}} == {**reading, **budgets}
+    monkeypatch.setenv("LYCHEE_PRESETS", str(path))
+    gate, reasoner = (lambda c: (c.gate, c.reasoner))(build().config)
+    assert (gate.prefilter, gate.max_relevant_blocks, gate.fallback_blocks) == ("lexical", 3, 2)
+    assert reasoner.excerpt_budgets == (150, 600)
+    # A value the user sets wins, even when it is the generic default the preset replaces.
+    chosen = build(prefilter="keys", max_relevant_blocks=8, fallback_blocks=1, excerpt_read_tokens=40)
+    assert (chosen.config.gate.prefilter, chosen.config.gate.max_relevant_blocks) == ("keys", 8)
+    assert chosen.config.gate.fallback_blocks == 1 and chosen.config.reasoner.excerpt_budgets == (40, 600)
+    # The preset's budgets shrink to a smaller memory cap instead of making the user's setting invalid.
+    assert build(max_memory_tokens=200).config.reasoner.excerpt_budgets == (150, 200)
+    assert build(max_memory_tokens=100).config.reasoner.excerpt_budgets == (100, 100)
+    assert build(excerpt_total_tokens=64).config.reasoner.excerpt_budgets == (64, 64)
+    # A preset without these fields leaves the generic defaults.
+    write_preset_file(ModelPreset(name="tiny", architecture=architecture), path)
+    plain = build().config
+    assert (plain.gate.prefilter, plain.gate.max_relevant_blocks, plain.gate.fallback_blocks) == ("keys", 8, 1)
+    for field, bad in (("prefilter", "bm25"), ("max_relevant_blocks", 0), ("fallback_blocks", -1)):
+        with pytest.raises(ValidationError, match=field):
+            ModelPreset(name="tiny", architecture=architecture, **{field: bad})
+
+
 def test_the_memory_mode_is_a_flag():
     from lychee_memory.cli.options import ENGINE_FLAGS, flag_of
 
