@@ -1,0 +1,200 @@
+"""The embedded default's reading settings against the ones they replace, on stored many-needle haystacks.
+
+Each setting is a named set of engine options; ``before`` is the default until this change (notes memory, key
+stage 1, up to 8 blocks, 1 fallback block), ``recipe`` the multi-hop recipe (excerpt memory, lexical stage 1, up
+to 4 blocks, 4 fallback blocks). Both read the same stored bank: the ``k4v3+i8`` row (default storage) that
+``codec_answers.py`` prepared for haystacks A, B, C (28K, 10 facts each) and D (112K, 10 facts), so nothing is
+ingested again. Every question is asked with every setting in one process, the order rotated per question, so
+load swings hit the settings alike. Per question and setting: right (sub_em), copying failure (a code the document
+does not hold), the fact's block among stage 1's candidates and read, blocks read, decode passes, warm seconds.
+
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/default_reading.py --haystack D=/tmp/codec112k/D \\
+        --haystack B=/tmp/codec_answers/B --records /tmp/default_reading.jsonl
+    python benchmarks/default_reading.py --report /tmp/default_reading.jsonl   # the table per haystack and setting
+
+The haystack directories are ``codec_answers.py``'s (``--store``/HAYSTACK): they must hold ``context.txt`` and a
+``k4v3+i8`` store; run ``codec_answers.py --only H --rows k4v3+i8`` first to make one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from codec_answers import BANK, HAYSTACKS, TOKENS, copying_failure, rotated
+
+from lychee_memory.eval.rag import RagBaseline
+
+SETTINGS = {
+    "before": {"memory": "notes", "prefilter": "keys", "max_relevant_blocks": 8, "fallback_blocks": 1},
+    "recipe": {
+        "memory": "excerpts",
+        "prefilter": "lexical",
+        "max_relevant_blocks": 4,
+        "fallback_blocks": 4,
+        "excerpt_total_tokens": 768,
+        "excerpt_read_tokens": 192,
+    },
+}
+ROW = "k4v3+i8"
+RAGS = {"rag": "dense", "hybrid-rag": "hybrid"}  # MiniLM top 4 of 256-token chunks; BM25 + MiniLM fused by rank
+
+
+def engines(model: str) -> dict:
+    """One engine per setting, all on one loaded model."""
+    from lychee_memory.config import EngineConfig
+    from lychee_memory.engine import LycheeMemory
+
+    first = LycheeMemory.from_pretrained(model, show_progress=False, **SETTINGS["before"])
+    built = {"before": first}
+    for name, options in SETTINGS.items():
+        if name not in built:
+            built[name] = LycheeMemory(
+                first.loaded, EngineConfig.from_kwargs(spec=model, show_progress=False, **options)
+            )
+    return built
+
+
+def samples_for(haystack: str, directory: Path, tokenizer, tokens: int) -> list:
+    """The haystack's questions, rebuilt as ``codec_answers.py`` built them; checked against its stored text."""
+    from lychee_memory.eval.haystack import generated_paragraphs
+    from lychee_memory.eval.tasks import many_needle_sample
+
+    pool = generated_paragraphs(count=1500)  # codec_answers.py's pool
+    if tokens > 28_000:
+        pool = generated_paragraphs(count=round(len(pool) * tokens / 28_000))
+    samples = many_needle_sample(pool, tokenizer, tokens, 10, HAYSTACKS[haystack])
+    stored = (directory / "context.txt").read_text(encoding="utf-8")
+    if samples[0].context != stored:
+        raise SystemExit(
+            f"{directory}: context.txt is not haystack {haystack}'s text; rebuild it with codec_answers.py"
+        )
+    return samples
+
+
+def ask(engine, bank, sample, context: str) -> dict:
+    """One question through one engine setting (``bank``) or RAG (``engine`` a RagBaseline, ``bank`` its index)."""
+    from lychee_memory.eval.metrics import sub_em
+
+    ((start, end),) = sample.evidence
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    answer = engine.ask(sample.question, bank)
+    seconds = time.perf_counter() - started
+    if isinstance(engine, RagBaseline):  # what it retrieved is what reached the answer
+        hits = [b for b in answer.blocks if b.char_start < end and start < b.char_end]
+        fact_passed = fact_read = bool(hits)
+        read, passes = [b.index for b in answer.blocks], 1
+    else:
+        facts = {i for i, s in enumerate(bank.spans) if s.char_start < end and start < s.char_end}
+        passed = set().union(*answer.candidates[:1]) if answer.candidates else set(range(len(bank)))
+        read = [block.index for block in answer.blocks]
+        fact_passed, fact_read = bool(facts & passed), bool(facts & set(read))
+        # generations: a note per block read with notes memory (memory steps after the first), then the answer
+        passes = (len(answer.memory_steps) - 1 if engine.memory_strategy.name == "notes" else 0) + 1
+    return {
+        "sample": sample.sample_id,
+        "question": sample.question,
+        "gold": sample.answers[0],
+        "answer": answer.text,
+        "right": sub_em(answer.text, sample.answers),
+        "copying_failure": copying_failure(answer.text, context),
+        "fact_in_stage1": fact_passed,
+        "fact_read": fact_read,
+        "blocks_read": read,
+        "decode_passes": passes,
+        "tokens_decoded": answer.token_counts.get("memory_tokens", 0) + answer.token_counts.get("answer_tokens", 0),
+        "query_s": round(seconds, 3),
+        "load_1min": round(load, 2),
+    }
+
+
+def run(args: argparse.Namespace) -> None:
+    from lychee_memory.store import MemoryStore
+
+    built = engines(args.model)
+    rags = {name: RagBaseline(built["before"], retrieval=kind, show_progress=False) for name, kind in RAGS.items()}
+    names = list(SETTINGS) + [name for name in RAGS if not args.no_rag]
+    for spec in args.haystack:
+        haystack, _, where = spec.partition("=")
+        where, _, length = where.partition("@")
+        directory = Path(where)
+        tokens = int(length) if length else TOKENS.get(haystack, 28_000)
+        samples = samples_for(haystack, directory, built["before"].loaded.tokenizer, tokens)
+        context = samples[0].context
+        store = MemoryStore(directory / ROW, create=False)
+        banks = {name: engine.open_bank(BANK, store) for name, engine in built.items()}
+        for name in names[len(SETTINGS) :]:
+            banks[name] = rags[name].build([context])
+            print(f"[{haystack}] {name}: index built in {banks[name].build_seconds:.1f} s", flush=True)
+        built.update({name: rags[name] for name in names[len(SETTINGS) :]})
+        for name in names:  # warm-up: caches, term counts, index
+            built[name].ask(samples[0].question, banks[name])
+        for turn, sample in enumerate(samples):
+            for position, name in enumerate(rotated(names, turn)):
+                record = ask(built[name], banks[name], sample, context)
+                record.update(haystack=haystack, setting=name, position=position, tokens=banks[name].num_tokens)
+                with args.records.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                print(
+                    f"[{haystack}] {name:7s} {sample.sample_id}: right={record['right']} "
+                    f"stage1={record['fact_in_stage1']} read={record['blocks_read']} {record['query_s']:.1f}s "
+                    f"load={record['load_1min']} answer={record['answer'][:60]!r}",
+                    flush=True,
+                )
+        store.close()
+
+
+def report(path: Path) -> str:
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [
+        "| haystack | tokens | setting | n | right | copying failures | fact in stage 1 | fact read | blocks read (mean) "
+        "| decode passes (mean) | warm s (median) | / before | / rag | / hybrid-rag |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    by_key: dict[tuple[str, str], list[dict]] = {}
+    for record in records:
+        by_key.setdefault((record["haystack"], record["setting"]), []).append(record)
+    for (haystack, setting), rows in sorted(by_key.items()):
+        ratios = []
+        for other in ("before", "rag", "hybrid-rag"):  # median over questions of this row's time over the other's
+            theirs = {r["sample"]: r["query_s"] for r in by_key.get((haystack, other), [])}
+            mine = [r["query_s"] / theirs[r["sample"]] for r in rows if r["sample"] in theirs]
+            ratios.append(f"{statistics.median(mine):.2f}" if mine else "-")
+        lines.append(
+            f"| {haystack} | {rows[0]['tokens']:,} | {setting} | {len(rows)} | {sum(r['right'] for r in rows)} "
+            f"| {sum(r['copying_failure'] for r in rows)} | {sum(r['fact_in_stage1'] for r in rows)} "
+            f"| {sum(r['fact_read'] for r in rows)} | {statistics.mean(len(r['blocks_read']) for r in rows):.1f} "
+            f"| {statistics.mean(r['decode_passes'] for r in rows):.1f} "
+            f"| {statistics.median(r['query_s'] for r in rows):.2f} | {' | '.join(ratios)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--haystack",
+        action="append",
+        default=[],
+        help="NAME=DIRECTORY[@TOKENS] (codec_answers.py's; NAME sets the seed, TOKENS the length it was built at)",
+    )
+    parser.add_argument("--no-rag", action="store_true", help="only the engine settings, no RAG rows")
+    parser.add_argument("--records", type=Path, default=Path("default_reading.jsonl"))
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--report", type=Path, help="print the table of these records and stop")
+    args = parser.parse_args()
+    if args.report:
+        print(report(args.report))
+        return
+    if not args.haystack:
+        parser.error("give at least one --haystack NAME=DIRECTORY")
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
