@@ -157,9 +157,12 @@ def report(path: Path) -> str:
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by_key: dict[tuple[str, str], list[dict]] = {}
-    for record in records:
-        by_key.setdefault((record["haystack"], record["setting"]), []).append(record)
-    for (haystack, setting), rows in sorted(by_key.items()):
+    for record in records:  # a haystack is its seed's name and its length (the sample ids end in it: "-28k")
+        haystack = f"{record['haystack']} {record['sample'].rsplit('-', 1)[-1]}"
+        by_key.setdefault((haystack, record["setting"]), []).append(record)
+    for (haystack, setting), rows in sorted(
+        by_key.items(), key=lambda item: (int(item[0][0].split()[1][:-1]), item[0])
+    ):
         ratios = []
         for other in ("before", "rag", "hybrid-rag"):  # median over questions of this row's time over the other's
             theirs = {r["sample"]: r["query_s"] for r in by_key.get((haystack, other), [])}
