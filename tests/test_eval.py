@@ -214,6 +214,23 @@ def test_ruler_hqa_past_its_pool_keeps_one_copy_of_each_gold_paragraph(tmp_path)
     assert len(sample.evidence) == 2
 
 
+def test_two_hop_records_say_which_fact_comes_first_in_the_document(tmp_path):
+    from lychee_memory.eval.runner import fact_order
+
+    tokenizer = build_tiny_tokenizer()
+    data = _data(tmp_path)
+    samples = build_samples("needle-twohop", tokenizer, 1500, n=12, data=data, seed=3)
+    orders = []
+    for sample in samples:
+        person = sample.question.split("where ")[1].removesuffix(" works?")
+        hop_one = sample.context.index(f"Personnel record: {person} works")
+        hop_two = sample.context.index("Company register: ")
+        orders.append(fact_order(sample))
+        assert orders[-1] == ("forward" if hop_one < hop_two else "reversed")
+    assert set(orders) == {"forward", "reversed"}, "the family plants both orders"
+    assert fact_order(build_samples("needle", tokenizer, 1500, n=1, data=data, seed=3)[0]) is None
+
+
 @pytest.mark.parametrize("family,facts", [("needle", 1), ("needle-multikey", 4), ("needle-twohop", 2)])
 def test_needle_families_plant_their_facts_and_answer_from_them(tmp_path, family, facts):
     tokenizer = build_tiny_tokenizer()

@@ -171,6 +171,7 @@ class SampleResult:
     gate_recall: float | None = None
     gate_precision: float | None = None
     candidate_recall: float | None = None  # evidence inside the blocks stage 1 passed on (LycheeMemory only)
+    fact_order: str | None = None  # chained facts: "forward" (hop 1 first in the document) or "reversed"
     tokens: dict[str, int] = field(default_factory=dict)
     skipped: str | None = None  # why the method could not run on this sample (e.g. it does not fit)
 
@@ -213,8 +214,18 @@ def run_method(
     return score_answer(result, method, sample, answer)
 
 
+def fact_order(sample: QASample) -> str | None:
+    """Where a chained sample's facts sit: "forward" when they appear in the document in the order they chain
+    (hop 1 first), "reversed" otherwise; None for a single fact."""
+    if len(sample.evidence) < 2:
+        return None
+    starts = [start for start, _ in sample.evidence]
+    return "forward" if starts == sorted(starts) else "reversed"
+
+
 def score_answer(result: SampleResult, method: Method, sample: QASample, answer: Answer) -> SampleResult:
     """Fill ``result`` from ``answer``: the prediction and its scores, what was read, and the token counts."""
+    result.fact_order = fact_order(sample) if result.task == "needle-twohop" else None
     result.prediction = answer.text
     result.sub_em = sub_em(answer.text, sample.answers)
     result.exact_match = exact_match(answer.text, sample.answers)
