@@ -178,6 +178,45 @@ def report(path: Path) -> str:
     return "\n".join(lines)
 
 
+def plot(path: Path, out: Path) -> None:
+    """Answers right (left) and the median warm query (right) per haystack and setting, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    haystacks = sorted(
+        {f"{r['haystack']} {r['sample'].rsplit('-', 1)[-1]}" for r in records},
+        key=lambda h: (int(h.split()[1][:-1]), h),
+    )
+    settings = [name for name in (*SETTINGS, *RAGS) if any(r["setting"] == name for r in records)]
+    figure, (answers, seconds) = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / len(settings)
+    for shade, setting in enumerate(settings):
+        rows = [
+            [r for r in records if r["setting"] == setting and f"{r['haystack']} {r['sample'].rsplit('-', 1)[-1]}" == h]
+            for h in haystacks
+        ]
+        xs = [i + (shade - (len(settings) - 1) / 2) * width for i in range(len(haystacks))]
+        label = {"before": "before (notes, keys)", "recipe": "default now (excerpts, lexical)"}.get(setting, setting)
+        answers.bar(xs, [sum(r["right"] for r in group) for group in rows], width, label=label, color=f"C{shade}")
+        seconds.bar(
+            xs,
+            [statistics.median(r["query_s"] for r in group) if group else 0 for group in rows],
+            width,
+            color=f"C{shade}",
+        )
+    for axis, title in ((answers, "answers right (of 10 per haystack)"), (seconds, "median warm query (s)")):
+        axis.set_xticks(range(len(haystacks)), haystacks)
+        axis.set_title(title)
+    answers.legend(fontsize=8, loc="lower left")
+    figure.suptitle("SmolLM2-135M, stored many-needle haystacks, every setting on the same questions in one process")
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    print(f"plot: {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -190,9 +229,12 @@ def main() -> None:
     parser.add_argument("--records", type=Path, default=Path("default_reading.jsonl"))
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--report", type=Path, help="print the table of these records and stop")
+    parser.add_argument("--plot", type=Path, help="with --report: also draw it as this PNG")
     args = parser.parse_args()
     if args.report:
         print(report(args.report))
+        if args.plot:
+            plot(args.report, args.plot)
         return
     if not args.haystack:
         parser.error("give at least one --haystack NAME=DIRECTORY")
