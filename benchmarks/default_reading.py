@@ -128,15 +128,15 @@ def run(args: argparse.Namespace) -> None:
         context = samples[0].context
         store = MemoryStore(directory / ROW, create=False)
         banks = {name: engine.open_bank(BANK, store) for name, engine in built.items()}
+        askers = {**built, **rags}
         for name in names[len(SETTINGS) :]:
             banks[name] = rags[name].build([context])
             print(f"[{haystack}] {name}: index built in {banks[name].build_seconds:.1f} s", flush=True)
-        built.update({name: rags[name] for name in names[len(SETTINGS) :]})
         for name in names:  # warm-up: caches, term counts, index
-            built[name].ask(samples[0].question, banks[name])
+            askers[name].ask(samples[0].question, banks[name])
         for turn, sample in enumerate(samples):
             for position, name in enumerate(rotated(names, turn)):
-                record = ask(built[name], banks[name], sample, context)
+                record = ask(askers[name], banks[name], sample, context)
                 record.update(haystack=haystack, setting=name, position=position, tokens=banks[name].num_tokens)
                 with args.records.open("a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
