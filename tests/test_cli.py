@@ -44,6 +44,19 @@ def test_ask_streams_text_and_reports_sources(document):
     assert "Sources:" in result.stderr and "Timings:" in result.stderr
 
 
+def test_ask_lists_the_sentences_an_excerpt_memory_kept(document):
+    result = lychee(
+        "ask", str(document), "-q", "What is the code?", *TINY, "--memory", "excerpts", "--fallback-blocks", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.split("Evidence:\n")[1].split("Timings:")[0].strip().splitlines()
+    assert lines, result.stderr
+    for line in lines:  # each one is the document's own text at the span it names
+        where, text = line.strip().split(": ", 1)
+        start, end = map(int, where.rsplit(" chars ", 1)[1].split("-"))
+        assert where.startswith(str(document)) and " ".join(FACTS_DOCUMENT[start:end].split())[:157] == text[:157]
+
+
 def test_ingest_reports_the_bank(document):
     result = lychee("ingest", str(document), "--json", "--no-progress", *TINY)
     assert result.returncode == 0, result.stderr

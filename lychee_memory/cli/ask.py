@@ -13,6 +13,8 @@ from ..choices import BASELINE_NAMES, BLOCK_DTYPES, DEFAULT_BLOCK_DTYPE
 from ..errors import LycheeError, UnconvertibleDocumentError
 from .options import add_engine_options, add_store_options, load_engine, open_store
 
+EVIDENCE_SHOWN = 5  # excerpts the text output lists (the JSON output has every one)
+
 EXIT_SKIPPED = 3  # lychee ingest: the readable files were ingested, some others could not be converted
 
 
@@ -80,6 +82,14 @@ def _command_ask(args: argparse.Namespace) -> int:
             )
         if len(answer.blocks) > 10:
             print(f"  ... and {len(answer.blocks) - 10} more", file=sys.stderr)
+    if answer.evidence:  # the excerpt memory: the sentences the answer read, verbatim, most relevant first
+        print("\nEvidence:", file=sys.stderr)
+        for excerpt in sorted(answer.evidence, key=lambda e: -e.score)[:EVIDENCE_SHOWN]:
+            text = " ".join(excerpt.text.split())
+            text = text if len(text) <= 160 else text[:157] + "..."
+            print(f"  {excerpt.document_id} chars {excerpt.char_start}-{excerpt.char_end}: {text}", file=sys.stderr)
+        if len(answer.evidence) > EVIDENCE_SHOWN:
+            print(f"  ... and {len(answer.evidence) - EVIDENCE_SHOWN} more (--json lists them all)", file=sys.stderr)
     phases = " | ".join(f"{name} {seconds:.2f}s" for name, seconds in answer.timings.items())
     print(f"Timings: {phases}", file=sys.stderr)
     return 0

@@ -36,6 +36,7 @@ ENGINE_FLAGS = (
     "gate_weights",
     "threshold",
     "max_relevant_blocks",
+    "fallback_blocks",
     "prefilter",
     "candidates",
     "prefilter_heads",
