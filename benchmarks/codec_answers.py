@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from lychee_memory.eval.metrics import copying_failure
+
 # name -> seed; A chooses, B confirms; C (seed 2) is a fresh haystack for k4v3, chosen after A and B were seen; D
 # (seed 3) is a fresh 112K haystack (issue 27's long row), built after the default was chosen
 HAYSTACKS = {"A": 0, "B": 1, "C": 2, "D": 3}
@@ -74,13 +76,6 @@ def lychee(*args: str) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"lychee {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
     return json.loads(done.stdout)
-
-
-def copying_failure(answer: str, context: str) -> bool:
-    """The answer names a code (4 to 6 digits: the family's codes have 5, a dropped or doubled digit counts) that
-    the document does not hold: copied wrongly or invented."""
-    numbers = set(re.findall(r"\d+", context))  # whole numbers: 1221 inside 41221 is not the document's
-    return any(code not in numbers for code in re.findall(r"(?<!\d)\d{4,6}(?!\d)", answer))
 
 
 def why_wrong(record: dict) -> str:

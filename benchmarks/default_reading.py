@@ -25,8 +25,9 @@ import statistics
 import time
 from pathlib import Path
 
-from codec_answers import BANK, HAYSTACKS, TOKENS, copying_failure, rotated
+from codec_answers import BANK, HAYSTACKS, TOKENS, rotated
 
+from lychee_memory.eval.metrics import copying_failure
 from lychee_memory.eval.rag import RagBaseline
 
 SETTINGS = {

@@ -214,6 +214,45 @@ def test_ruler_hqa_past_its_pool_keeps_one_copy_of_each_gold_paragraph(tmp_path)
     assert len(sample.evidence) == 2
 
 
+@pytest.mark.parametrize(
+    "prediction,failed",
+    [
+        ("The access code is 58213.", False),
+        ("58213", False),
+        ("The code is 5821.", True),  # a dropped digit
+        ("The code is 582133.", True),  # a doubled digit
+        ("The code is 21776.", True),  # a code of another document
+        ("It was built in 1973.", False),  # a number the document holds
+        ("The code is 123.", False),  # too short to be a code
+        ("Tollan", False),
+    ],
+)
+def test_a_copying_failure_is_a_code_the_document_does_not_hold(prediction, failed):
+    from lychee_memory.eval.metrics import copying_failure
+
+    context = "Built in 1973. Security note: the access code for the east shed is 58213. Pier 41221 holds 12 boats."
+    assert copying_failure(prediction, context) is failed
+    assert copying_failure("The code is 1221.", context), "a number inside a longer one is not the document's"
+
+
+def test_eval_records_count_copying_failures_for_code_answers_only(tmp_path):
+    from lychee_memory.answer import Answer
+    from lychee_memory.eval.runner import Method, SampleResult, score_answer, summarize
+
+    tokenizer = build_tiny_tokenizer()
+    data = _data(tmp_path)
+    (needle,) = build_samples("needle", tokenizer, 1500, n=1, data=data, seed=4)
+    (twohop,) = build_samples("needle-twohop", tokenizer, 1500, n=1, data=data, seed=4)
+    method = Method("lychee", "lychee")
+    results = []
+    for sample, text in ((needle, f"It is {needle.answers[0]}."), (needle, "It is 99999."), (twohop, "It is 99999.")):
+        result = SampleResult("lychee", "needle", 1500, 1500, sample.sample_id, sample.question, sample.answers)
+        results.append(score_answer(result, method, sample, Answer(sample.question, text, "lychee")))
+    assert "99999" not in needle.context
+    assert [r.copying_failure for r in results] == [False, True, None]  # a city answer has no code to copy
+    assert summarize(results[:2])[0]["copying_failures"] == 1
+
+
 def test_two_hop_records_say_which_fact_comes_first_in_the_document(tmp_path):
     from lychee_memory.eval.runner import fact_order
 

@@ -66,3 +66,10 @@ def evidence_recall_precision(
     recall = sum(any(overlaps(e, r) for r in read) for e in evidence) / len(evidence) if evidence else None
     precision = sum(any(overlaps(r, e) for e in evidence) for r in read) / len(read) if read and evidence else None
     return recall, precision
+
+
+def copying_failure(prediction: str, context: str) -> bool:
+    """The answer names a code (a number of 4 to 6 digits: the needle codes have 5, so a dropped or doubled digit
+    counts) that the document does not hold as a whole number: copied wrongly or invented."""
+    numbers = set(re.findall(r"\d+", context))  # whole numbers: 1221 inside 41221 is not the document's
+    return any(code not in numbers for code in re.findall(r"(?<!\d)\d{4,6}(?!\d)", prediction))

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..answer import Answer
 from ..baselines import FullContext, MemAgent
 from ..errors import ConfigurationError, ContextTooLongError
-from .metrics import evidence_recall_precision, exact_match, f1_score, sub_em
+from .metrics import copying_failure, evidence_recall_precision, exact_match, f1_score, sub_em
 from .plots import plot_rows
 from .tasks import QASample, build_samples, source_name, task_source
 
@@ -172,6 +172,7 @@ class SampleResult:
     gate_precision: float | None = None
     candidate_recall: float | None = None  # evidence inside the blocks stage 1 passed on (LycheeMemory only)
     fact_order: str | None = None  # chained facts: "forward" (hop 1 first in the document) or "reversed"
+    copying_failure: bool | None = None  # code answers: the prediction names a code the document does not hold
     tokens: dict[str, int] = field(default_factory=dict)
     skipped: str | None = None  # why the method could not run on this sample (e.g. it does not fit)
 
@@ -226,6 +227,8 @@ def fact_order(sample: QASample) -> str | None:
 def score_answer(result: SampleResult, method: Method, sample: QASample, answer: Answer) -> SampleResult:
     """Fill ``result`` from ``answer``: the prediction and its scores, what was read, and the token counts."""
     result.fact_order = fact_order(sample) if result.task == "needle-twohop" else None
+    if sample.answers and all(answer.isdigit() and 4 <= len(answer) <= 6 for answer in sample.answers):
+        result.copying_failure = copying_failure(answer.text, sample.context)
     result.prediction = answer.text
     result.sub_em = sub_em(answer.text, sample.answers)
     result.exact_match = exact_match(answer.text, sample.answers)
@@ -245,6 +248,11 @@ def score_answer(result: SampleResult, method: Method, sample: QASample, answer:
 def _mean(values: Sequence[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return sum(present) / len(present) if present else None
+
+
+def _count(flags: Sequence[bool | None]) -> int | None:
+    present = [flag for flag in flags if flag is not None]
+    return sum(present) if present else None
 
 
 def summarize(results: Sequence[SampleResult]) -> list[dict[str, Any]]:
@@ -273,6 +281,7 @@ def summarize(results: Sequence[SampleResult]) -> list[dict[str, Any]]:
                 "gate_recall": _mean([r.gate_recall for r in ran]),
                 "gate_precision": _mean([r.gate_precision for r in ran]),
                 "candidate_recall": _mean([r.candidate_recall for r in ran]),
+                "copying_failures": _count([r.copying_failure for r in ran]),
                 "candidates": _mean([float(r.tokens["candidates"]) for r in ran if "candidates" in r.tokens]),
             }
         )
@@ -307,6 +316,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         ("gate recall %", "gate_recall", "pct"),
         ("gate precision %", "gate_precision", "pct"),
         ("stage-1 recall %", "candidate_recall", "pct"),
+        ("copying failures", "copying_failures", ""),
         ("candidates", "candidates", "f"),
     ]
     lines = [
