@@ -375,25 +375,6 @@ def where_preset_applies(preset: ModelPreset, path: Path) -> str:
 
 # The preset file format ---------------------------------------------------------------------------------
 
-_OPTIONAL_FIELDS = (
-    "compressor",
-    "chunk_tokens",
-    "read_mode",
-    "memory",
-    "prefilter",
-    "max_relevant_blocks",
-    "fallback_blocks",
-    "excerpt_read_tokens",
-    "excerpt_total_tokens",
-    "thresholds",
-    "prompts",
-    "stop_strings",
-    "prefilter_heads",
-    "evidence",
-    "fingerprint",
-    "created",
-)
-_FILE_FIELDS = ("format", "name", "architecture", *_OPTIONAL_FIELDS)  # the trained files' names are shipped-only
 _WRITTEN = (  # in the order a file has them
     "name",
     "architecture",
@@ -414,6 +395,7 @@ _WRITTEN = (  # in the order a file has them
     "prefilter_heads",
     "evidence",
 )
+_FILE_FIELDS = ("format", *_WRITTEN)  # the trained files' names are shipped-only
 
 
 def preset_to_json(preset: ModelPreset) -> dict[str, Any]:
