@@ -235,6 +235,16 @@ class GateSettings(_Settings):
         None, ge=0, description="leading chunk tokens left out of the index; None = 0 after an opening, else 4 (a sink)"
     )
 
+    def with_generic_defaults(self) -> GateSettings:
+        """A copy with the reading settings left at None (the model's preset) set to the generic defaults: for a
+        scan built without a model's resolution (an engine always resolves them first)."""
+        generic = {
+            "prefilter": DEFAULT_PREFILTER,
+            "max_relevant_blocks": DEFAULT_MAX_RELEVANT_BLOCKS,
+            "fallback_blocks": DEFAULT_FALLBACK_BLOCKS,
+        }
+        return self.model_copy(update={name: value for name, value in generic.items() if getattr(self, name) is None})
+
     @model_validator(mode="after")
     def _coarse_pass(self) -> GateSettings:
         if self.coarse_keep is not None and self.coarse_keep < self.candidates:

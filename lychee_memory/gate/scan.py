@@ -133,7 +133,7 @@ class GateScan:
         self.loaded = loaded
         self.prompts = prompts
         self.rule = rule
-        self.settings = settings
+        self.settings = settings.with_generic_defaults()
         self.threshold = threshold
         self.boundary_tolerance = boundary_tolerance
         self.progress = progress
