@@ -14,9 +14,6 @@ from .compressors.memory_weights import LearnedSettings, is_learned_layout
 from .config import (
     BOUNDARY_TOLERANCE,
     DEFAULT_CHUNK_TOKENS,
-    DEFAULT_FALLBACK_BLOCKS,
-    DEFAULT_MAX_RELEVANT_BLOCKS,
-    DEFAULT_PREFILTER,
     DEFAULT_RATIO,
     SMALL_MODEL_CHUNK_TOKENS,
     SMALL_MODEL_WINDOW,
@@ -154,19 +151,15 @@ def _resolve_reading(resolved: EngineConfig, preset: ModelPreset | None) -> None
     """Stage 1, the reading budget and the excerpt budgets: the user's value, else the preset's, else the generic
     default. A preset's excerpt budgets are its measurement at its memory cap, so they shrink to fit a smaller
     ``max_memory_tokens`` (and the per-read cap to the total), never making a user's setting invalid."""
-    gate, reasoner = resolved.gate, resolved.reasoner
+    reasoner = resolved.reasoner
 
     def preset_value(name: str) -> Any:
         return getattr(preset, name) if preset is not None else None
 
-    if gate.prefilter is None:
-        gate.prefilter = preset_value("prefilter") or DEFAULT_PREFILTER
-    if gate.max_relevant_blocks is None:
-        measured = preset_value("max_relevant_blocks")
-        gate.max_relevant_blocks = measured if measured is not None else DEFAULT_MAX_RELEVANT_BLOCKS
-    if gate.fallback_blocks is None:
-        measured = preset_value("fallback_blocks")
-        gate.fallback_blocks = measured if measured is not None else DEFAULT_FALLBACK_BLOCKS
+    for name in ("prefilter", "max_relevant_blocks", "fallback_blocks"):
+        if getattr(resolved.gate, name) is None:
+            setattr(resolved.gate, name, preset_value(name))
+    resolved.gate = resolved.gate.with_generic_defaults()  # what neither the user nor the preset set
     total, per_read = preset_value("excerpt_total_tokens"), preset_value("excerpt_read_tokens")
     if reasoner.excerpt_total_tokens is None and total is not None:
         least = reasoner.excerpt_read_tokens or 1
