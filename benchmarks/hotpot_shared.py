@@ -11,6 +11,8 @@ with exact 95 % intervals and paired wins/losses against each RAG (eval.paired).
     python benchmarks/hotpot_shared.py --data ../shared/data --lengths 28k --block-tokens 256,512,1024 --n 10
     python benchmarks/hotpot_shared.py --lengths 28k,56k --method default \\
         --method excerpts:reasoner.memory=excerpts --method hybrid:gate.prefilter=hybrid --rag rag
+    python benchmarks/hotpot_shared.py --lengths 56k --method recipe --method wide:reasoner.excerpt_total_tokens=1024 \\
+        --rag-for recipe --resume old/records.jsonl --out new   # go on from a stopped run; add a method
 
 Writes records.jsonl, summary.md (shares, paired table, banks) and shares.png to --out.
 """
@@ -72,6 +74,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--split", choices=SPLIT_CHOICES, default="all", help="ask only this split (all: both, alternating)"
     )
+    parser.add_argument(
+        "--rag-for", action="append", default=None, help="a method RAG is matched to (repeat; default: every method)"
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="records.jsonl of stopped runs with the same --data/--seed/--gold-share: their answers are kept, not "
+        "asked again, and their RAG answers serve methods reading as many tokens",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gold-share", type=float, default=None, help="largest share of a length that is gold")
     parser.add_argument("--engine-option", action="append", default=[], help="key=value for every method's engine")
@@ -107,8 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     base = LycheeMemory.from_pretrained(args.model, show_progress=not args.quiet, **common)
     count = TokenCounter(base.loaded.tokenizer)
     args.out.mkdir(parents=True, exist_ok=True)
-    records, banks = [], []
+    earlier, banks = read_runs(args.resume) if args.resume else ([], [])
+    records = list(earlier)
     with open(args.out / "records.jsonl", "w", encoding="utf-8") as log:
+        log.writelines(json.dumps(record) + "\n" for record in earlier)
         for length in parse_lengths(args.lengths):
             haystack = build_shared_haystack(rows, count, length, args.seed, args.gold_share or DEFAULT_GOLD_SHARE)
             asked = asked_questions(haystack.questions, args.split, args.skip, args.n)
@@ -117,7 +132,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"{len(haystack.questions)} questions in it ({len(haystack.left_out)} left out), {len(asked)} asked",
                 flush=True,
             )
-            for record in run_shared(base, haystack, methods, sizes, rags, asked, not args.quiet, banks):
+            kept = [record for record in earlier if record["length"] == length]
+            for record in run_shared(
+                base, haystack, methods, sizes, rags, asked, not args.quiet, banks, kept, args.rag_for
+            ):
                 records.append(record)
                 log.write(json.dumps(record) + "\n")
                 log.flush()

@@ -315,3 +315,75 @@ def _tiny_counter():
     from lychee_memory.model_loading import load_model
 
     return TokenCounter(load_model(ModelSettings(spec="tiny-random-llama")).tokenizer)
+
+
+def test_a_stopped_run_goes_on_without_asking_anything_twice(rows, tmp_path, monkeypatch):
+    """--resume keeps the earlier run's records verbatim, asks only the (question, method) pairs they lack, and
+    ingests nothing for a method every question of which is answered already."""
+    from lychee_memory.engine import LycheeMemory
+
+    data = tmp_path / "hotpot.json"
+    data.write_text(json.dumps(rows))
+    common = ["--hotpot-file", str(data), "--model", "tiny-random-llama", "--lengths", "600", "--block-tokens", "48"]
+    common += ["--engine-option", "max_memory_tokens=8", "--engine-option", "max_answer_tokens=4", "--quiet"]
+    common += ["--rag", "none"]
+    first = tmp_path / "first"
+    script().main([*common, "--method", "every:gate.rule=all", "--n", "1", "--out", str(first)])
+    earlier = [json.loads(line) for line in (first / "records.jsonl").read_text().splitlines()]
+    assert len(earlier) == 1
+    asked, ingested = [], []
+    real_ask, real_ingest = LycheeMemory.ask, LycheeMemory.ingest
+    monkeypatch.setattr(LycheeMemory, "ask", lambda self, q, *a, **k: asked.append(q) or real_ask(self, q, *a, **k))
+    monkeypatch.setattr(
+        LycheeMemory,
+        "ingest",
+        lambda self, *a, **k: ingested.append(self.config.gate.rule) or real_ingest(self, *a, **k),
+    )
+    second = tmp_path / "second"
+    methods = ["--method", "every:gate.rule=all", "--method", "one:gate.rule=all;gate.max_relevant_blocks=1"]
+    script().main([*common, *methods, "--resume", str(first / "records.jsonl"), "--out", str(second)])
+    records = [json.loads(line) for line in (second / "records.jsonl").read_text().splitlines()]
+    assert records[0] == earlier[0]  # kept as it was, timings included
+    keys = [(r["sample_id"], r["method"]) for r in records]
+    assert len(keys) == len(set(keys)) == 2 * 2  # every question x method once
+    assert len(asked) == 3 and ingested == ["all"]  # one bank, shared by both methods (same recipe)
+    # nothing left to ask: no bank built, no question asked, the records the same
+    asked.clear(), ingested.clear()
+    script().main([*common, *methods, "--resume", str(second / "records.jsonl"), "--out", str(tmp_path / "third")])
+    assert asked == [] and ingested == []
+    assert (tmp_path / "third" / "records.jsonl").read_text() == (second / "records.jsonl").read_text()
+
+
+@pytest.mark.slow  # LlamaIndex and MiniLM, as above
+def test_resumed_rag_answers_serve_a_method_reading_as_many_tokens(rows, tmp_path):
+    """An earlier RAG answer at the same question and chunk count is reused for a new method (no retrieval, same
+    answer); --rag-for leaves other methods without RAG rows."""
+    pytest.importorskip("llama_index.core")
+    records, out = run_script(rows, tmp_path, "rag")
+    data = tmp_path / "hotpot.json"
+    argv = ["--hotpot-file", str(data), "--model", "tiny-random-llama", "--lengths", "600", "--block-tokens", "96"]
+    argv += ["--engine-option", "max_memory_tokens=8", "--engine-option", "max_answer_tokens=4", "--quiet"]
+    argv += ["--method", "one:gate.rule=all;gate.max_relevant_blocks=1", "--method"]
+    argv += ["same:gate.rule=all;gate.max_relevant_blocks=1", "--method", "every:gate.rule=all", "--rag", "rag"]
+    argv += [
+        "--rag-for",
+        "same",
+        "--rag-for",
+        "one",
+        "--resume",
+        str(out / "records.jsonl"),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    script().main(argv)
+    resumed = [json.loads(line) for line in (tmp_path / "r" / "records.jsonl").read_text().splitlines()]
+    new = resumed[len(records) :]
+    assert {r["method"] for r in new} == {"same", "rag@same"}  # "every" at 96 is in the earlier run, RAG too
+    for row in (r for r in new if r["kind"] == "rag"):
+        before = next(
+            r
+            for r in records
+            if r["method"] == "rag@one" and r["sample_id"] == row["sample_id"] and r["block_tokens"] == 96
+        )
+        assert row["answer"] == before["answer"] and row["seconds"] == before["seconds"]  # reused, not re-asked
+        assert row["matched_to"] == "same"

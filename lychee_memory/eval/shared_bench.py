@@ -14,7 +14,7 @@ import json
 import re
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,11 @@ def bank_recipe(engine: LycheeMemory) -> str:
     return repr((repr(engine.identity), json.dumps(engine.gate_index_description, sort_keys=True)))
 
 
+def record_key(record: dict[str, Any]) -> tuple[int, int, str, str]:
+    """What a record answers: (length, block size, question, method); a rerun never asks it twice."""
+    return record["length"], record["block_tokens"], record["sample_id"], record["method"]
+
+
 def _record(haystack: SharedHaystack, block_tokens: int, question: Any, method: str, answer: Any) -> dict[str, Any]:
     what, spans = answer_evidence(answer)
     covered = paragraphs_covered(spans, question.gold_facts)
@@ -151,22 +156,38 @@ def run_shared(
     questions: Sequence[Any] | None = None,
     show_progress: bool = True,
     banks: list[dict[str, Any]] | None = None,
+    earlier: Sequence[dict[str, Any]] = (),
+    rag_for: Collection[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Records of every (block size, question, method), then of each RAG variant matched to that method.
 
-    ``banks``, when given, gains one dict per ingest (block size, recipe, blocks, bytes, seconds).
+    ``banks``, when given, gains one dict per ingest (block size, recipe, blocks, bytes, seconds). ``earlier``
+    holds records of a stopped run over the same haystack: what they already answer is not asked again (nor
+    yielded: the caller keeps them), and a bank no remaining question needs is not ingested; an earlier RAG
+    answer at the same question and chunk count serves any method that reads as many tokens. ``rag_for`` names
+    the methods RAG is matched to (None: all).
     """
     asked = list(haystack.questions if questions is None else questions)
+    done = {record_key(record): record for record in earlier}
+    earlier_rag = {(r["rag"], r["sample_id"], r["top_k"]): r for r in earlier if r.get("kind") == "rag"}
     rag_engines = {name: RAG_VARIANTS[name](base) for name in rags}
-    rag_indexes = {name: rag.build(haystack.context) for name, rag in rag_engines.items()}
+    rag_indexes: dict[str, Any] = {}
     rag_answers: dict[tuple[str, str, int], tuple[Any, float]] = {}
     window = base.loaded.context_window - base.config.reasoner.max_answer_tokens - PROMPT_ALLOWANCE
+
+    def missing(question: Any, name: str, block: int) -> list[str]:
+        """The rows of (question, method) still to make at a block size: the method's own and its RAG variants'."""
+        wanted = [name, *(f"{rag}@{name}" for rag in rags if rag_for is None or name in rag_for)]
+        return [row for row in wanted if (haystack.target_tokens, block, question.sample_id, row) not in done]
+
     for block_tokens in block_sizes:
         engines = {method.name: method_engine(base, method, block_tokens) for method in methods}
         built: dict[str, Any] = {}
         for method in methods:
             engine = engines[method.name]
             recipe = bank_recipe(engine)
+            if not any(method.name in missing(q, method.name, engine.chunk_tokens) for q in asked):
+                continue  # every question of this method is in the earlier records: no bank needed
             if recipe not in built:
                 started = time.perf_counter()
                 bank = engine.ingest(haystack.context, show_progress=show_progress)
@@ -187,18 +208,38 @@ def run_shared(
             for question in asked:
                 for method in methods:
                     engine = engines[method.name]
-                    bank = built[bank_recipe(engine)]
-                    started = time.perf_counter()
-                    answer = engine.ask(question.question, bank, show_progress=False)
-                    seconds = time.perf_counter() - started
-                    tokens = sum(bank.spans[b.index].token_end - bank.spans[b.index].token_start for b in answer.blocks)
-                    row = _record(haystack, engine.chunk_tokens, question, method.name, answer)
-                    row.update(kind="lychee", tokens_read=tokens, seconds=round(seconds, 3))
-                    row["evidence_chars"] = sum(end - start for start, end in answer_evidence(answer)[1])
-                    yield row
+                    to_make = missing(question, method.name, engine.chunk_tokens)
+                    if method.name in to_make:
+                        bank = built[bank_recipe(engine)]
+                        started = time.perf_counter()
+                        answer = engine.ask(question.question, bank, show_progress=False)
+                        seconds = time.perf_counter() - started
+                        spans = bank.spans
+                        tokens = sum(spans[b.index].token_end - spans[b.index].token_start for b in answer.blocks)
+                        row = _record(haystack, engine.chunk_tokens, question, method.name, answer)
+                        row.update(kind="lychee", tokens_read=tokens, seconds=round(seconds, 3))
+                        row["evidence_chars"] = sum(end - start for start, end in answer_evidence(answer)[1])
+                        yield row
+                    else:  # answered by the earlier run: its tokens read still set the RAG rows' budget
+                        key = (haystack.target_tokens, engine.chunk_tokens, question.sample_id, method.name)
+                        tokens = done[key]["tokens_read"]
                     for name, rag in rag_engines.items():
+                        if f"{name}@{method.name}" not in to_make:
+                            continue
                         wanted = max(1, round(tokens / RAG_CHUNK_TOKENS))
-                        top_k = min(wanted, max(1, window // RAG_CHUNK_TOKENS), len(rag_indexes[name]))
+                        top_k = min(wanted, max(1, window // RAG_CHUNK_TOKENS))
+                        key = (name, question.sample_id, top_k)
+                        if key in earlier_rag and key not in rag_answers:  # the same retrieval, answered before
+                            yield {
+                                **earlier_rag[key],
+                                "method": f"{name}@{method.name}",
+                                "matched_to": method.name,
+                                "capped": top_k < wanted,
+                            }
+                            continue
+                        if name not in rag_indexes:
+                            rag_indexes[name] = rag.build(haystack.context)
+                        top_k = min(top_k, len(rag_indexes[name]))
                         key = (name, question.sample_id, top_k)
                         if key not in rag_answers:
                             rag.top_k = top_k
