@@ -5,8 +5,9 @@ stage 1, up to 8 blocks, 1 fallback block), ``recipe`` the multi-hop recipe (exc
 to 4 blocks, 4 fallback blocks). Both read the same stored bank: the ``k4v3+i8`` row (default storage) that
 ``codec_answers.py`` prepared for haystacks A, B, C (28K, 10 facts each) and D (112K, 10 facts), so nothing is
 ingested again. Every question is asked with every setting in one process, the order rotated per question, so
-load swings hit the settings alike. Per question and setting: right (sub_em), copying failure (a code the document
-does not hold), the fact's block among stage 1's candidates and read, blocks read, decode passes, warm seconds.
+load swings hit the settings alike; with --memagent N, MemAgent then reads the raw text for the first N
+questions. Per question and setting: right (sub_em), copying failure (a code the document does not hold), the
+fact's block among stage 1's candidates and read, blocks read, decode passes, warm seconds.
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/default_reading.py --haystack D=/tmp/codec112k/D \\
         --haystack B=/tmp/codec_answers/B --records /tmp/default_reading.jsonl
@@ -114,7 +115,35 @@ def ask(engine, bank, sample, context: str) -> dict:
     }
 
 
+def ask_memagent(agent, sample, context: str) -> dict:
+    """One question through MemAgent over the haystack's raw text (every chunk rewrites its memory, then the
+    answer): what the settings replace wholesale, in the same process and on the same questions."""
+    from lychee_memory.eval.metrics import sub_em
+
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    answer = agent.ask(sample.question, [context])
+    seconds = time.perf_counter() - started
+    chunks = len(answer.blocks)
+    return {
+        "sample": sample.sample_id,
+        "question": sample.question,
+        "gold": sample.answers[0],
+        "answer": answer.text,
+        "right": sub_em(answer.text, sample.answers),
+        "copying_failure": copying_failure(answer.text, context),
+        "fact_in_stage1": True,  # it reads every chunk
+        "fact_read": True,
+        "blocks_read": list(range(chunks)),
+        "decode_passes": chunks + 1,  # a memory rewrite per chunk, then the answer
+        "tokens_decoded": answer.token_counts.get("memory_tokens", 0) + answer.token_counts.get("answer_tokens", 0),
+        "query_s": round(seconds, 3),
+        "load_1min": round(load, 2),
+    }
+
+
 def run(args: argparse.Namespace) -> None:
+    from lychee_memory.baselines import MemAgent
     from lychee_memory.store import MemoryStore
 
     built = engines(args.model)
@@ -148,14 +177,24 @@ def run(args: argparse.Namespace) -> None:
                     flush=True,
                 )
         store.close()
+        for sample in samples[: args.memagent]:  # last: it takes longer than everything above together
+            record = ask_memagent(MemAgent(built["before"]), sample, context)
+            record.update(haystack=haystack, setting="memagent", position=0, tokens=banks["recipe"].num_tokens)
+            with args.records.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            print(
+                f"[{haystack}] memagent {sample.sample_id}: right={record['right']} {record['query_s']:.1f}s "
+                f"answer={record['answer'][:60]!r}",
+                flush=True,
+            )
 
 
 def report(path: Path) -> str:
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     lines = [
         "| haystack | tokens | setting | n | right | copying failures | fact in stage 1 | fact read | blocks read (mean) "
-        "| decode passes (mean) | warm s (median) | / before | / rag | / hybrid-rag |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| decode passes (mean) | warm s (median) | / before | / rag | / hybrid-rag | MemAgent / this |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by_key: dict[tuple[str, str], list[dict]] = {}
     for record in records:  # a haystack is its seed's name and its length (the sample ids end in it: "-28k")
@@ -169,6 +208,9 @@ def report(path: Path) -> str:
             theirs = {r["sample"]: r["query_s"] for r in by_key.get((haystack, other), [])}
             mine = [r["query_s"] / theirs[r["sample"]] for r in rows if r["sample"] in theirs]
             ratios.append(f"{statistics.median(mine):.2f}" if mine else "-")
+        memagent = {r["sample"]: r["query_s"] for r in by_key.get((haystack, "memagent"), [])}
+        speedup = [memagent[r["sample"]] / r["query_s"] for r in rows if r["sample"] in memagent]
+        ratios.append(f"{statistics.median(speedup):.0f}x" if speedup else "-")  # on the questions MemAgent asked
         lines.append(
             f"| {haystack} | {rows[0]['tokens']:,} | {setting} | {len(rows)} | {sum(r['right'] for r in rows)} "
             f"| {sum(r['copying_failure'] for r in rows)} | {sum(r['fact_in_stage1'] for r in rows)} "
@@ -191,7 +233,7 @@ def plot(path: Path, out: Path) -> None:
         {f"{r['haystack']} {r['sample'].rsplit('-', 1)[-1]}" for r in records},
         key=lambda h: (int(h.split()[1][:-1]), h),
     )
-    settings = [name for name in (*SETTINGS, *RAGS) if any(r["setting"] == name for r in records)]
+    settings = [name for name in (*SETTINGS, *RAGS, "memagent") if any(r["setting"] == name for r in records)]
     figure, (answers, seconds) = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / len(settings)
     for shade, setting in enumerate(settings):
@@ -201,14 +243,17 @@ def plot(path: Path, out: Path) -> None:
         ]
         xs = [i + (shade - (len(settings) - 1) / 2) * width for i in range(len(haystacks))]
         label = {"before": "before (notes, keys)", "recipe": "default now (excerpts, lexical)"}.get(setting, setting)
-        answers.bar(xs, [sum(r["right"] for r in group) for group in rows], width, label=label, color=f"C{shade}")
+        shares = [sum(r["right"] for r in group) / len(group) if group else 0 for group in rows]
+        answers.bar(xs, shares, width, label=label, color=f"C{shade}")
         seconds.bar(
             xs,
             [statistics.median(r["query_s"] for r in group) if group else 0 for group in rows],
             width,
             color=f"C{shade}",
         )
-    for axis, title in ((answers, "answers right (of 10 per haystack)"), (seconds, "median warm query (s)")):
+    if "memagent" in settings:  # minutes against seconds: only a log axis shows both
+        seconds.set_yscale("log")
+    for axis, title in ((answers, "share of answers right"), (seconds, "median warm query (s)")):
         axis.set_xticks(range(len(haystacks)), haystacks)
         axis.set_title(title)
     answers.legend(fontsize=8, loc="lower left")
@@ -227,6 +272,9 @@ def main() -> None:
         help="NAME=DIRECTORY[@TOKENS] (codec_answers.py's; NAME sets the seed, TOKENS the length it was built at)",
     )
     parser.add_argument("--no-rag", action="store_true", help="only the engine settings, no RAG rows")
+    parser.add_argument(
+        "--memagent", type=int, default=0, help="MemAgent also asks the first N questions of each haystack, last"
+    )
     parser.add_argument("--records", type=Path, default=Path("default_reading.jsonl"))
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--report", type=Path, help="print the table of these records and stop")

@@ -1,0 +1,51 @@
+"""benchmarks/default_reading.py's table: counts, and the time ratios computed per question then medianed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "default_reading.py"
+
+
+def script():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import default_reading
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return default_reading
+
+
+def record(setting: str, sample: str, seconds: float, right: bool = True) -> dict:
+    return {
+        "haystack": "D",
+        "sample": f"{sample}-224k",
+        "setting": setting,
+        "right": right,
+        "copying_failure": False,
+        "fact_in_stage1": True,
+        "fact_read": right,
+        "blocks_read": [1, 2],
+        "decode_passes": 1,
+        "query_s": seconds,
+        "tokens": 224_000,
+    }
+
+
+def test_the_table_gives_per_question_ratios_and_the_memagent_speedup(tmp_path):
+    rows = [record("before", "q1", 20.0), record("before", "q2", 30.0)]
+    rows += [record("recipe", "q1", 10.0), record("recipe", "q2", 20.0, right=False)]
+    rows += [record("rag", "q1", 40.0), record("rag", "q2", 10.0)]
+    rows += [record("memagent", "q1", 3000.0)]  # MemAgent asked only the first question
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = {line.split("|")[3].strip(): line for line in script().report(path).splitlines()[2:]}
+    recipe = [cell.strip() for cell in table["recipe"].split("|")[1:-1]]
+    # right 1 of 2; median warm 15 s; / before: median(10/20, 20/30) = 0.58; / rag: median(0.25, 2.0) = 1.12
+    assert recipe[3:5] == ["2", "1"] and recipe[10] == "15.00"
+    assert recipe[11:15] == ["0.58", "1.12", "-", "300x"]  # no hybrid-rag rows; MemAgent 3000 s / 10 s on q1
+    assert [cell.strip() for cell in table["memagent"].split("|")[1:-1]][14] == "1x"
+    script().plot(path, tmp_path / "plot.png")  # a log axis when MemAgent is in it
+    assert (tmp_path / "plot.png").stat().st_size > 1000
