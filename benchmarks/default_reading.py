@@ -28,6 +28,7 @@ from pathlib import Path
 
 from codec_answers import BANK, HAYSTACKS, TOKENS, rotated
 
+from lychee_memory.eval.bench import stream_rag
 from lychee_memory.eval.metrics import copying_failure
 from lychee_memory.eval.rag import RagBaseline
 
@@ -84,9 +85,15 @@ def ask(engine, bank, sample, context: str) -> dict:
 
     ((start, end),) = sample.evidence
     load = os.getloadavg()[0]
-    started = time.perf_counter()
-    answer = engine.ask(sample.question, bank)
-    seconds = time.perf_counter() - started
+    if isinstance(engine, RagBaseline):  # both streamed, so the time to the first answer token is measured alike
+        answer, first, seconds = stream_rag(engine, sample.question, bank)
+    else:
+        started, first = time.perf_counter(), None
+        stream = engine.stream(sample.question, bank)
+        for _ in stream:
+            first = first if first is not None else time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        answer = stream.answer
     if isinstance(engine, RagBaseline):  # what it retrieved is what reached the answer
         hits = [b for b in answer.blocks if b.char_start < end and start < b.char_end]
         fact_passed = fact_read = bool(hits)
@@ -111,6 +118,7 @@ def ask(engine, bank, sample, context: str) -> dict:
         "decode_passes": passes,
         "tokens_decoded": answer.token_counts.get("memory_tokens", 0) + answer.token_counts.get("answer_tokens", 0),
         "query_s": round(seconds, 3),
+        "first_token_s": round(first if first is not None else seconds, 3),
         "load_1min": round(load, 2),
     }
 
@@ -138,6 +146,7 @@ def ask_memagent(agent, sample, context: str) -> dict:
         "decode_passes": chunks + 1,  # a memory rewrite per chunk, then the answer
         "tokens_decoded": answer.token_counts.get("memory_tokens", 0) + answer.token_counts.get("answer_tokens", 0),
         "query_s": round(seconds, 3),
+        "first_token_s": None,  # not streamed
         "load_1min": round(load, 2),
     }
 
@@ -164,6 +173,7 @@ def run(args: argparse.Namespace) -> None:
             print(f"[{haystack}] {name}: index built in {banks[name].build_seconds:.1f} s", flush=True)
         for name in names:  # warm-up: caches, term counts, index
             askers[name].ask(samples[0].question, banks[name])
+        samples = samples[: args.questions or None]
         for turn, sample in enumerate(samples):
             for position, name in enumerate(rotated(names, turn)):
                 record = ask(askers[name], banks[name], sample, context)
@@ -177,7 +187,8 @@ def run(args: argparse.Namespace) -> None:
                     flush=True,
                 )
         store.close()
-        for sample in samples[: args.memagent]:  # last: it takes longer than everything above together
+        asks_memagent = not args.memagent_lengths or tokens in args.memagent_lengths
+        for sample in samples[: args.memagent if asks_memagent else 0]:  # last: longer than all of the above
             record = ask_memagent(MemAgent(built["before"]), sample, context)
             record.update(haystack=haystack, setting="memagent", position=0, tokens=banks["recipe"].num_tokens)
             with args.records.open("a", encoding="utf-8") as handle:
@@ -189,12 +200,27 @@ def run(args: argparse.Namespace) -> None:
             )
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile, linearly interpolated between order statistics (numpy's default)."""
+    ordered = sorted(values)
+    at = (len(ordered) - 1) * q / 100
+    low = int(at)
+    return ordered[low] + (ordered[min(low + 1, len(ordered) - 1)] - ordered[low]) * (at - low)
+
+
+def first_token(rows: list[dict]) -> str:
+    """Median seconds to the first answer token, where it was measured (streamed settings)."""
+    seconds = [r["first_token_s"] for r in rows if r.get("first_token_s") is not None]
+    return f"{statistics.median(seconds):.2f}" if seconds else "-"
+
+
 def report(path: Path) -> str:
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     lines = [
         "| haystack | tokens | setting | n | right | copying failures | fact in stage 1 | fact read | blocks read (mean) "
-        "| decode passes (mean) | warm s (median) | / before | / rag | / hybrid-rag | MemAgent / this |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| decode passes (mean) | warm s (median) | warm s p95 | first token s (median) | / before | / rag "
+        "| / hybrid-rag | MemAgent / this |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by_key: dict[tuple[str, str], list[dict]] = {}
     for record in records:  # a haystack is its seed's name and its length (the sample ids end in it: "-28k")
@@ -216,7 +242,8 @@ def report(path: Path) -> str:
             f"| {sum(r['copying_failure'] for r in rows)} | {sum(r['fact_in_stage1'] for r in rows)} "
             f"| {sum(r['fact_read'] for r in rows)} | {statistics.mean(len(r['blocks_read']) for r in rows):.1f} "
             f"| {statistics.mean(r['decode_passes'] for r in rows):.1f} "
-            f"| {statistics.median(r['query_s'] for r in rows):.2f} | {' | '.join(ratios)} |"
+            f"| {statistics.median(r['query_s'] for r in rows):.2f} | {percentile([r['query_s'] for r in rows], 95):.2f} "
+            f"| {first_token(rows)} | {' | '.join(ratios)} |"
         )
     return "\n".join(lines)
 
@@ -275,6 +302,13 @@ def main() -> None:
     parser.add_argument(
         "--memagent", type=int, default=0, help="MemAgent also asks the first N questions of each haystack, last"
     )
+    parser.add_argument(
+        "--memagent-lengths",
+        type=lambda text: {int(item) for item in text.split(",")},
+        default=None,
+        help="comma-separated haystack lengths (TOKENS) MemAgent asks at (default: every haystack)",
+    )
+    parser.add_argument("--questions", type=int, default=0, help="ask only each haystack's first N questions")
     parser.add_argument("--records", type=Path, default=Path("default_reading.jsonl"))
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--report", type=Path, help="print the table of these records and stop")
