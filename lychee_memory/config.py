@@ -172,6 +172,13 @@ class GateSettings(_Settings):
         description="top-scoring blocks read when none passes the threshold; None = the model's preset, else "
         f"{DEFAULT_FALLBACK_BLOCKS}",
     )
+    min_blocks: int = Field(
+        0,
+        ge=0,
+        description="the fewest blocks a question reads: when the scan ends with fewer (one passed where two "
+        "paragraphs are needed), the best-scoring judged blocks not read are read too, as fallback_blocks are when "
+        "none passes; 0 = no floor",
+    )
     batch_size: int = Field(8, ge=1, description="blocks scored in one batched forward")
     boundary_tolerance: float | None = Field(
         None,
@@ -508,6 +515,7 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "gate_weights": ("gate", "weights"),
     "max_relevant_blocks": ("gate", "max_relevant_blocks"),
     "fallback_blocks": ("gate", "fallback_blocks"),
+    "min_blocks": ("gate", "min_blocks"),
     "gate_batch_size": ("gate", "batch_size"),
     "prefilter": ("gate", "prefilter"),
     "candidates": ("gate", "candidates"),

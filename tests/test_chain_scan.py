@@ -154,3 +154,37 @@ def test_progress_counts_each_block_once_per_question():
     states = [ScanState("q", INITIAL), ScanState("r", INITIAL)]
     gate.run(ScriptedBank(10), states, note_writer({7: "note-1"}))
     assert sum(ticks) == 20 and all(tick >= 0 for tick in ticks)
+
+
+class RankedRule(GateRule):
+    """Fixed gains per block, the same under every memory: block 4 alone passes; the rest rank by the table."""
+
+    name = "ranked"
+    default_threshold = 0.5
+    gains = {0: 0.1, 1: 0.3, 2: 0.45, 3: 0.2, 4: 0.9, 5: 0.4}
+
+    def score(self, loaded, prompts, requests):
+        return [self.gains.get(r.block, 0.0) for r in requests]
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+@pytest.mark.parametrize(("min_blocks", "expected"), [(0, [4]), (1, [4]), (2, [4, 2]), (3, [4, 2, 5]), (9, [4, 2, 5])])
+def test_min_blocks_tops_up_a_scan_that_passed_fewer_with_the_best_scoring_unread_blocks(
+    min_blocks, expected, batch_size
+):
+    """One block passes; min_blocks reads the next best by gain (0.45, then 0.4), within max_relevant_blocks (3)."""
+    (state,), _ = scan(
+        RankedRule(), 6, update=note_writer(), min_blocks=min_blocks, max_relevant_blocks=3, batch_size=batch_size
+    )
+    assert state.selected == expected
+    assert {d.index for d in state.decisions if d.fallback} == set(expected[1:])  # 4 passed; the rest topped up
+
+
+def test_min_blocks_raises_the_fallback_when_nothing_passes_and_never_reads_twice():
+    """Nothing passes: max(fallback_blocks, min_blocks) best blocks are read once each, in document order."""
+    rule = RankedRule()
+    rule.default_threshold = 2.0  # nothing passes
+    (state,), _ = scan(rule, 6, update=note_writer(), min_blocks=3, fallback_blocks=1)
+    assert state.selected == [2, 4, 5]  # the three best gains (0.9, 0.45, 0.4) read in document order
+    (state,), _ = scan(rule, 6, update=note_writer(), min_blocks=0, fallback_blocks=2)
+    assert state.selected == [2, 4]  # the floor off: the fallback as before

@@ -37,6 +37,7 @@ ENGINE_FLAGS = (
     "threshold",
     "max_relevant_blocks",
     "fallback_blocks",
+    "min_blocks",
     "prefilter",
     "candidates",
     "prefilter_heads",

@@ -113,7 +113,8 @@ class GateScan:
     Each question's scan judges its pending blocks (see ``ScanState``) in document order from its cursor,
     wrapping to the start, and reads the first relevant one; after the memory changes the blocks judged
     against the older memory are pending again. When every block was judged and none passed, the best
-    ``fallback_blocks`` are read in document order and the scan goes on against the new memory. It ends when
+    ``fallback_blocks`` are read in document order and the scan goes on against the new memory (likewise up to
+    ``min_blocks`` when some passed but fewer than that). It ends when
     nothing is pending or the block budget is read: every memory version judges a block at most once, and
     there are at most ``max_relevant_blocks`` versions, so it always terminates.
     """
@@ -160,7 +161,7 @@ class GateScan:
                 state = states[i]
                 if indices := state.upcoming(self.settings.batch_size, total):
                     plan[i] = indices
-                elif not state.selected and not state.fallback_done and self.settings.fallback_blocks > 0:
+                elif not state.fallback_done and self._short_by(state) > 0:
                     falling_back.append(state)
                 else:
                     self._finish(state)
@@ -321,17 +322,26 @@ class GateScan:
             if rerank and state.candidates is not None and changed and more:
                 self._rank(state)  # stage 1 again, with the new notes as queries too
 
-    def _fallback(self, bank: MemoryBank, states: list[ScanState], update: MemoryUpdater) -> None:
-        """Questions where no block passed read their top-scoring block(s), in document order, then scan on.
+    def _short_by(self, state: ScanState) -> int:
+        """Blocks a finished sweep still owes: ``fallback_blocks`` when none passed, else up to ``min_blocks``,
+        within the budget."""
+        floor = self.settings.min_blocks
+        if not state.selected:
+            floor = max(floor, self.settings.fallback_blocks)
+        return min(floor, self.settings.max_relevant_blocks) - len(state.selected)
 
-        Gains within ``boundary_tolerance`` of the last one taken are scored alone first, so near-ties are
-        broken as a block-by-block scan breaks them.
+    def _fallback(self, bank: MemoryBank, states: list[ScanState], update: MemoryUpdater) -> None:
+        """Questions that read fewer blocks than they owe (none passed, or fewer than ``min_blocks``) read their
+        top-scoring unread block(s), in document order, then scan on.
+
+        A block's gain is its latest verdict's. Gains within ``boundary_tolerance`` of the last one taken are
+        scored alone first, so near-ties are broken as a block-by-block scan breaks them.
         """
-        wanted = self.settings.fallback_blocks
         chosen: list[list[int]] = []
         for state in states:
+            wanted = self._short_by(state)
             state.fallback_done = True
-            gains = {decision.index: decision.score for decision in state.decisions}  # all against the first memory
+            gains = {d.index: d.score for d in state.decisions if d.index not in state.selected}
             ranked = sorted(gains, key=lambda index: (-gains[index], index))
             if self._batched and len(ranked) > wanted:
                 cut = gains[ranked[wanted - 1]]
@@ -339,14 +349,14 @@ class GateScan:
                     if abs(gains[index] - cut) <= self.boundary_tolerance:
                         gains[index] = self._gain_alone(bank, state, index)
                 ranked = sorted(gains, key=lambda index: (-gains[index], index))
-            best = sorted(ranked[:wanted][: self.settings.max_relevant_blocks])
+            best = sorted(ranked[:wanted])
             for decision in state.decisions:
                 if decision.index in best:
                     decision.fallback = True
                     decision.score = gains[decision.index]
             chosen.append(best)
         # One round per fallback rank, so a question's memory is updated in document order.
-        for rank in range(wanted):
+        for rank in range(max(map(len, chosen), default=0)):
             round_ = [(state, picks[rank]) for state, picks in zip(states, chosen) if len(picks) > rank]
             if round_:
                 self._apply(round_, update, rerank=False)
