@@ -189,9 +189,23 @@ def open_row(args: argparse.Namespace, haystack: str, row: str, engine, context:
     return {"bank": bank, "store": store, "parts": parts, "dequant": dequant, "ingest_s": ingest_seconds}
 
 
+def answer_outcome(sample, text: str, context: str) -> dict:
+    """What every per-question record says of an answer: the question, gold, answer, right (sub_em) and whether
+    it names a code the document does not hold."""
+    from lychee_memory.eval.metrics import sub_em
+
+    return {
+        "sample": sample.sample_id,
+        "question": sample.question,
+        "gold": sample.answers[0],
+        "answer": text,
+        "right": sub_em(text, sample.answers),
+        "copying_failure": copying_failure(text, context),
+    }
+
+
 def ask_one(haystack: str, row: str, opened: dict, sample, engine, context: str, position: int) -> dict:
     """Ask one question of one row's bank, timed; the record of its outcome (see the module docstring)."""
-    from lychee_memory.eval.metrics import sub_em
 
     bank = opened["bank"]
     ((start, end),) = sample.evidence
@@ -209,12 +223,7 @@ def ask_one(haystack: str, row: str, opened: dict, sample, engine, context: str,
         "row": row,
         "codec": ROWS[row][0] if row in ROWS else f"{row} (simulated)",
         "index_dtype": ROWS[row][1] if row in ROWS else "int8",
-        "sample": sample.sample_id,
-        "question": sample.question,
-        "gold": sample.answers[0],
-        "answer": answer.text,
-        "right": sub_em(answer.text, sample.answers),
-        "copying_failure": copying_failure(answer.text, context),
+        **answer_outcome(sample, answer.text, context),
         "fact_blocks": facts,
         "stage2_first": top,
         "fact_first": top in facts,

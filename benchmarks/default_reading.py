@@ -26,10 +26,9 @@ import statistics
 import time
 from pathlib import Path
 
-from codec_answers import BANK, HAYSTACKS, TOKENS, rotated
+from codec_answers import BANK, HAYSTACKS, TOKENS, answer_outcome, rotated
 
 from lychee_memory.eval.bench import stream_rag
-from lychee_memory.eval.metrics import copying_failure
 from lychee_memory.eval.rag import RagBaseline
 
 SETTINGS = {
@@ -81,7 +80,6 @@ def samples_for(haystack: str, directory: Path, tokenizer, tokens: int) -> list:
 
 def ask(engine, bank, sample, context: str) -> dict:
     """One question through one engine setting (``bank``) or RAG (``engine`` a RagBaseline, ``bank`` its index)."""
-    from lychee_memory.eval.metrics import sub_em
 
     ((start, end),) = sample.evidence
     load = os.getloadavg()[0]
@@ -106,12 +104,7 @@ def ask(engine, bank, sample, context: str) -> dict:
         # generations: a note per block read with notes memory (memory steps after the first), then the answer
         passes = (len(answer.memory_steps) - 1 if engine.memory_strategy.name == "notes" else 0) + 1
     return {
-        "sample": sample.sample_id,
-        "question": sample.question,
-        "gold": sample.answers[0],
-        "answer": answer.text,
-        "right": sub_em(answer.text, sample.answers),
-        "copying_failure": copying_failure(answer.text, context),
+        **answer_outcome(sample, answer.text, context),
         "fact_in_stage1": fact_passed,
         "fact_read": fact_read,
         "blocks_read": read,
@@ -126,7 +119,6 @@ def ask(engine, bank, sample, context: str) -> dict:
 def ask_memagent(agent, sample, context: str) -> dict:
     """One question through MemAgent over the haystack's raw text (every chunk rewrites its memory, then the
     answer): what the settings replace wholesale, in the same process and on the same questions."""
-    from lychee_memory.eval.metrics import sub_em
 
     load = os.getloadavg()[0]
     started = time.perf_counter()
@@ -134,12 +126,7 @@ def ask_memagent(agent, sample, context: str) -> dict:
     seconds = time.perf_counter() - started
     chunks = len(answer.blocks)
     return {
-        "sample": sample.sample_id,
-        "question": sample.question,
-        "gold": sample.answers[0],
-        "answer": answer.text,
-        "right": sub_em(answer.text, sample.answers),
-        "copying_failure": copying_failure(answer.text, context),
+        **answer_outcome(sample, answer.text, context),
         "fact_in_stage1": True,  # it reads every chunk
         "fact_read": True,
         "blocks_read": list(range(chunks)),
