@@ -155,14 +155,18 @@ def run(args: argparse.Namespace) -> None:
         store = MemoryStore(directory / ROW, create=False)
         banks = {name: engine.open_bank(BANK, store) for name, engine in built.items()}
         askers = {**built, **rags}
-        for name in names[len(SETTINGS) :]:
+        asked = list(names)
+        if SETTINGS["before"]["prefilter"] == "keys" and banks["before"].gate_index_key(0) is None:
+            asked.remove("before")  # without the key index its stage 1 would judge every block: not "before"
+            print(f"[{haystack}] before: skipped, the bank has no key index (built by the lexical default)")
+        for name in [name for name in asked if name in RAGS]:
             banks[name] = rags[name].build([context])
             print(f"[{haystack}] {name}: index built in {banks[name].build_seconds:.1f} s", flush=True)
-        for name in names:  # warm-up: caches, term counts, index
+        for name in asked:  # warm-up: caches, term counts, index
             askers[name].ask(samples[0].question, banks[name])
         samples = samples[: args.questions or None]
         for turn, sample in enumerate(samples):
-            for position, name in enumerate(rotated(names, turn)):
+            for position, name in enumerate(rotated(asked, turn)):
                 record = ask(askers[name], banks[name], sample, context)
                 record.update(haystack=haystack, setting=name, position=position, tokens=banks[name].num_tokens)
                 with args.records.open("a", encoding="utf-8") as handle:
