@@ -500,7 +500,9 @@ def main() -> None:
         from lychee_memory.eval.haystack import generated_paragraphs
 
         # Today's engine, pinned (bfloat16 blocks are pinned at the ingest): the float16 index every row starts from.
-        engine = LycheeMemory.from_pretrained(show_progress=False, gate={"index_dtype": "float16"})
+        # key stage 1, as every recorded row was measured: its float16 key index is what the +i8 rows convert (the
+        # embedded default now ranks by BM25 and builds no key index)
+        engine = LycheeMemory.from_pretrained(show_progress=False, gate={"index_dtype": "float16", "prefilter": "keys"})
         print(f"engine: {engine.config.model.spec} read_mode={engine.config.reasoner.read_mode}", flush=True)
         pool = generated_paragraphs(count=1500)
         for haystack in args.only or list(HAYSTACKS):
