@@ -46,14 +46,30 @@ ROW = "k4v3+i8"
 RAGS = {"rag": "dense", "hybrid-rag": "hybrid"}  # MiniLM top 4 of 256-token chunks; BM25 + MiniLM fused by rank
 
 
-def engines(model: str) -> dict:
+def variant(text: str) -> tuple[str, dict]:
+    """``--also NAME:option=value;...``: the recipe with those flat engine options changed (``min2:min_blocks=2``)."""
+    from lychee_memory.eval.shared_bench import setting_value
+
+    name, _, overrides = text.partition(":")
+    options = dict(SETTINGS["recipe"])
+    for pair in filter(None, overrides.split(";")):
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise SystemExit(f"--also {text!r}: write NAME:option=value;option=value")
+        options[key.strip()] = setting_value(value.strip())
+    if not name or name in SETTINGS or name in RAGS or name == "memagent":
+        raise SystemExit(f"--also {text!r}: give it a new name")
+    return name, options
+
+
+def engines(model: str, settings: dict[str, dict]) -> dict:
     """One engine per setting, all on one loaded model."""
     from lychee_memory.config import EngineConfig
     from lychee_memory.engine import LycheeMemory
 
     first = LycheeMemory.from_pretrained(model, show_progress=False, **SETTINGS["before"])
     built = {"before": first}
-    for name, options in SETTINGS.items():
+    for name, options in settings.items():
         if name not in built:
             built[name] = LycheeMemory(
                 first.loaded, EngineConfig.from_kwargs(spec=model, show_progress=False, **options)
@@ -142,9 +158,15 @@ def run(args: argparse.Namespace) -> None:
     from lychee_memory.baselines import MemAgent
     from lychee_memory.store import MemoryStore
 
-    built = engines(args.model)
+    settings = {**SETTINGS, **dict(variant(text) for text in args.also)}
+    built = engines(args.model, settings)
     rags = {name: RagBaseline(built["before"], retrieval=kind, show_progress=False) for name, kind in RAGS.items()}
-    names = list(SETTINGS) + [name for name in RAGS if not args.no_rag]
+    names = list(settings) + [name for name in RAGS if not args.no_rag]
+    if args.settings:
+        unknown = set(args.settings) - set(names)
+        if unknown:
+            raise SystemExit(f"--settings: {sorted(unknown)} unknown; known: {', '.join(names)}")
+        names = [name for name in names if name in args.settings]
     for spec in args.haystack:
         haystack, _, where = spec.partition("=")
         where, _, length = where.partition("@")
@@ -156,7 +178,7 @@ def run(args: argparse.Namespace) -> None:
         banks = {name: engine.open_bank(BANK, store) for name, engine in built.items()}
         askers = {**built, **rags}
         asked = list(names)
-        if SETTINGS["before"]["prefilter"] == "keys" and banks["before"].gate_index_key(0) is None:
+        if "before" in asked and banks["before"].gate_index_key(0) is None:
             asked.remove("before")  # without the key index its stage 1 would judge every block: not "before"
             print(f"[{haystack}] before: skipped, the bank has no key index (built by the lexical default)")
         for name in [name for name in asked if name in RAGS]:
@@ -251,7 +273,7 @@ def plot(path: Path, out: Path) -> None:
         {f"{r['haystack']} {r['sample'].rsplit('-', 1)[-1]}" for r in records},
         key=lambda h: (int(h.split()[1][:-1]), h),
     )
-    settings = [name for name in (*SETTINGS, *RAGS, "memagent") if any(r["setting"] == name for r in records)]
+    settings = list(dict.fromkeys(r["setting"] for r in records))
     figure, (answers, seconds) = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / len(settings)
     for shade, setting in enumerate(settings):
@@ -300,6 +322,12 @@ def main() -> None:
         help="comma-separated haystack lengths (TOKENS) MemAgent asks at (default: every haystack)",
     )
     parser.add_argument("--questions", type=int, default=0, help="ask only each haystack's first N questions")
+    parser.add_argument(
+        "--also", action="append", default=[], help="NAME:option=value;... the recipe with options changed (repeat)"
+    )
+    parser.add_argument(
+        "--settings", type=lambda text: text.split(","), default=None, help="ask only these settings and RAGs"
+    )
     parser.add_argument("--records", type=Path, default=Path("default_reading.jsonl"))
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--report", type=Path, help="print the table of these records and stop")

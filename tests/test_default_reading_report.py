@@ -53,3 +53,14 @@ def test_the_table_gives_per_question_ratios_and_the_memagent_speedup(tmp_path):
     assert memagent[12] == "-" and memagent[16] == "1x"  # MemAgent is not streamed
     script().plot(path, tmp_path / "plot.png")  # a log axis when MemAgent is in it
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_a_variant_is_the_recipe_with_options_changed():
+    import pytest
+
+    module = script()
+    name, options = module.variant("min2:min_blocks=2;excerpt_total_tokens=512")
+    assert name == "min2" and options == {**module.SETTINGS["recipe"], "min_blocks": 2, "excerpt_total_tokens": 512}
+    for bad in ("recipe:min_blocks=2", "x:min_blocks", ":min_blocks=2"):
+        with pytest.raises(SystemExit):
+            module.variant(bad)
