@@ -37,6 +37,7 @@ DEFAULT_EXCERPT_TOTAL_TOKENS = 384
 # The gate's reading budget and stage 1 for models without a preset (GateSettings fields left at None).
 DEFAULT_MAX_RELEVANT_BLOCKS = 8
 DEFAULT_FALLBACK_BLOCKS = 1
+DEFAULT_MIN_BLOCKS = 0
 DEFAULT_PREFILTER: PrefilterName = "keys"
 INGEST_BATCH_SIZE = {"cpu": 1, "cuda": 4}  # chunks per forward by device type (others: the CPU value)
 # Scores this close to the gate threshold are scored again alone (see gate.py). Measured batch-vs-alone
@@ -172,12 +173,12 @@ class GateSettings(_Settings):
         description="top-scoring blocks read when none passes the threshold; None = the model's preset, else "
         f"{DEFAULT_FALLBACK_BLOCKS}",
     )
-    min_blocks: int = Field(
-        0,
+    min_blocks: int | None = Field(
+        None,
         ge=0,
         description="the fewest blocks a question reads: when the scan ends with fewer (one passed where two "
         "paragraphs are needed), the best-scoring judged blocks not read are read too, as fallback_blocks are when "
-        "none passes; 0 = no floor",
+        f"none passes; None = the model's preset, else {DEFAULT_MIN_BLOCKS} (no floor)",
     )
     batch_size: int = Field(8, ge=1, description="blocks scored in one batched forward")
     boundary_tolerance: float | None = Field(
@@ -249,6 +250,7 @@ class GateSettings(_Settings):
             "prefilter": DEFAULT_PREFILTER,
             "max_relevant_blocks": DEFAULT_MAX_RELEVANT_BLOCKS,
             "fallback_blocks": DEFAULT_FALLBACK_BLOCKS,
+            "min_blocks": DEFAULT_MIN_BLOCKS,
         }
         return self.model_copy(update={name: value for name, value in generic.items() if getattr(self, name) is None})
 

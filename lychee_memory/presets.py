@@ -176,6 +176,7 @@ class ModelPreset:
     prefilter: Annotated[str, _one_of(_PREFILTERS)] | None = None
     max_relevant_blocks: Annotated[int, _whole(1, "a positive integer")] | None = None
     fallback_blocks: Annotated[int, _whole(0, "an integer >= 0")] | None = None
+    min_blocks: Annotated[int, _whole(0, "an integer >= 0")] | None = None
     excerpt_read_tokens: Annotated[int, _whole(1, "a positive integer")] | None = None
     excerpt_total_tokens: Annotated[int, _whole(1, "a positive integer")] | None = None
     thresholds: _Thresholds = dataclasses.field(default_factory=dict)  # (compressor, gate rule) -> threshold
@@ -387,6 +388,7 @@ _WRITTEN = (  # in the order a file has them
     "prefilter",
     "max_relevant_blocks",
     "fallback_blocks",
+    "min_blocks",
     "excerpt_read_tokens",
     "excerpt_total_tokens",
     "thresholds",

@@ -156,7 +156,7 @@ def _resolve_reading(resolved: EngineConfig, preset: ModelPreset | None) -> None
     def preset_value(name: str) -> Any:
         return getattr(preset, name) if preset is not None else None
 
-    for name in ("prefilter", "max_relevant_blocks", "fallback_blocks"):
+    for name in ("prefilter", "max_relevant_blocks", "fallback_blocks", "min_blocks"):
         if getattr(resolved.gate, name) is None:
             setattr(resolved.gate, name, preset_value(name))
     resolved.gate = resolved.gate.with_generic_defaults()  # what neither the user nor the preset set

@@ -300,18 +300,20 @@ def test_a_preset_sets_stage_one_the_reading_budget_and_the_excerpt_budgets_left
     # Without a preset: the generic defaults, written in config.py.
     assert (engine.config.gate.prefilter, engine.config.gate.max_relevant_blocks) == ("keys", 8)
     assert engine.config.gate.fallback_blocks == 1 and engine.config.reasoner.excerpt_budgets == (96, 384)
-    reading = {"prefilter": "lexical", "max_relevant_blocks": 3, "fallback_blocks": 2}
+    assert engine.config.gate.min_blocks == 0
+    reading = {"prefilter": "lexical", "max_relevant_blocks": 3, "fallback_blocks": 2, "min_blocks": 2}
     budgets = {"excerpt_read_tokens": 150, "excerpt_total_tokens": 600}
     preset = ModelPreset(name="tiny", architecture=architecture, memory="excerpts", **reading, **budgets)
     path = write_preset_file(preset, tmp_path / "tiny.json")
     assert {key: getattr(read_preset_file(path), key) for key in {**reading, **budgets}} == {**reading, **budgets}
     monkeypatch.setenv("LYCHEE_PRESETS", str(path))
     gate, reasoner = (lambda c: (c.gate, c.reasoner))(build().config)
-    assert (gate.prefilter, gate.max_relevant_blocks, gate.fallback_blocks) == ("lexical", 3, 2)
+    assert (gate.prefilter, gate.max_relevant_blocks, gate.fallback_blocks, gate.min_blocks) == ("lexical", 3, 2, 2)
     assert reasoner.excerpt_budgets == (150, 600)
     # A value the user sets wins, even when it is the generic default the preset replaces.
-    chosen = build(prefilter="keys", max_relevant_blocks=8, fallback_blocks=1, excerpt_read_tokens=40)
+    chosen = build(prefilter="keys", max_relevant_blocks=8, fallback_blocks=1, min_blocks=0, excerpt_read_tokens=40)
     assert (chosen.config.gate.prefilter, chosen.config.gate.max_relevant_blocks) == ("keys", 8)
+    assert chosen.config.gate.min_blocks == 0
     assert chosen.config.gate.fallback_blocks == 1 and chosen.config.reasoner.excerpt_budgets == (40, 600)
     # The preset's budgets shrink to a smaller memory cap instead of making the user's setting invalid.
     assert build(max_memory_tokens=200).config.reasoner.excerpt_budgets == (150, 200)
@@ -321,7 +323,8 @@ def test_a_preset_sets_stage_one_the_reading_budget_and_the_excerpt_budgets_left
     write_preset_file(ModelPreset(name="tiny", architecture=architecture), path)
     plain = build().config
     assert (plain.gate.prefilter, plain.gate.max_relevant_blocks, plain.gate.fallback_blocks) == ("keys", 8, 1)
-    for field, bad in (("prefilter", "bm25"), ("max_relevant_blocks", 0), ("fallback_blocks", -1)):
+    assert plain.gate.min_blocks == 0
+    for field, bad in (("prefilter", "bm25"), ("max_relevant_blocks", 0), ("fallback_blocks", -1), ("min_blocks", -1)):
         with pytest.raises(ValidationError, match=field):
             ModelPreset(name="tiny", architecture=architecture, **{field: bad})
 
