@@ -282,6 +282,13 @@ def test_the_script_runs_end_to_end_on_a_tiny_model(rows, tmp_path):
         f"| {split} | 600 | 48 | one |" in summary and f"| {split} | 600 | 96 | every |" in summary for split in splits
     )
     assert "| all | 600 | 48 | one | 2 |" in summary
+    # the second method against the first, paired by question: wins and losses counted here by hand
+    for size in (48, 96):
+        outcome = {(r["method"], r["sample_id"]): r["both_gold"] for r in records if r["block_tokens"] == size}
+        ids = {r["sample_id"] for r in records}
+        wins = sum(outcome[("one", i)] and not outcome[("every", i)] for i in ids)
+        losses = sum(outcome[("every", i)] and not outcome[("one", i)] for i in ids)
+        assert f"| all | 600 | {size} | one | every | +{wins}/-{losses} (={len(ids) - wins - losses})" in summary
     assert (out / "shares.png").stat().st_size > 1000
     # a run's records are enough to write its summary again (runs stopped early, runs merged)
     script().main(["--from-records", str(out / "records.jsonl"), "--out", str(tmp_path / "again")])

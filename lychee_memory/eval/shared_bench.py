@@ -329,18 +329,46 @@ def paired_table(records: Sequence[dict[str, Any]]) -> str:
             for (other_length, other_block, other), others in groups.items():
                 if (other_length, other_block) != (length, block) or others[0].get("matched_to") != method:
                     continue
-                theirs = {row["sample_id"]: row for row in _in_split(others, split)}
-                shared = [sample for sample in mine if sample in theirs]
-                if not shared:
-                    continue
-                cells = []
-                for key in ("both_gold", "sub_em"):
-                    comparison = paired_comparison(
-                        [bool(mine[s][key]) for s in shared], [bool(theirs[s][key]) for s in shared]
-                    )
-                    cells.append(comparison.describe())
-                lines.append(f"| {split} | {length} | {block} | {method} | {other} | {cells[0]} | {cells[1]} |")
+                cells = _paired_cells(mine, {row["sample_id"]: row for row in _in_split(others, split)})
+                if cells:
+                    lines.append(f"| {split} | {length} | {block} | {method} | {other} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
+
+
+def _paired_cells(mine: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]]) -> list[str]:
+    """Both-gold and sub_em of ``mine`` against ``theirs`` on the questions both answered (none: empty)."""
+    shared = [sample for sample in mine if sample in theirs]
+    return [
+        paired_comparison([bool(mine[s][key]) for s in shared], [bool(theirs[s][key]) for s in shared]).describe()
+        for key in ("both_gold", "sub_em")
+        if shared
+    ]
+
+
+def against_first_table(records: Sequence[dict[str, Any]]) -> str:
+    """Markdown: each LycheeMemory method against the first one run at its length and block size (the setting
+    the others would replace), per split, paired by question as ``paired_table`` is; empty with one method."""
+    lines = []
+    groups = _groups(records)
+    for split in SPLITS:
+        first: dict[tuple[int, int], str] = {}
+        for (length, block, method), rows in groups.items():
+            if rows[0]["kind"] != "lychee":
+                continue
+            reference = first.setdefault((length, block), method)
+            if reference == method:
+                continue
+            mine = {row["sample_id"]: row for row in _in_split(rows, split)}
+            theirs = {row["sample_id"]: row for row in _in_split(groups[(length, block, reference)], split)}
+            cells = _paired_cells(mine, theirs)
+            if cells:
+                lines.append(f"| {split} | {length} | {block} | {method} | {reference} | {cells[0]} | {cells[1]} |")
+    if not lines:
+        return ""
+    header = (
+        "| split | length | block | method | vs | both gold: +wins/-losses (=ties), diff [95% CI], p | sub_em: same |"
+    )
+    return "\n".join([header, "|---|---|---|---|---|---|---|", *lines])
 
 
 def bank_table(banks: Sequence[dict[str, Any]]) -> str:
@@ -355,9 +383,12 @@ def bank_table(banks: Sequence[dict[str, Any]]) -> str:
 
 
 def summary_markdown(records: Sequence[dict[str, Any]], banks: Sequence[dict[str, Any]] = ()) -> str:
-    """The share table, the paired table and (when given) the ingests, as one markdown text."""
+    """The share table, the paired tables (against RAG; against the first method, when there are several) and
+    (when given) the ingests, as one markdown text."""
     parts = ["## Shares per split", share_table(records), "", "## Paired against RAG at matched tokens"]
     parts += [paired_table(records), ""]
+    if against := against_first_table(records):
+        parts += ["## Paired against the first method", against, ""]
     if banks:
         parts += ["## Banks", bank_table(banks), ""]
     return "\n".join(parts)
