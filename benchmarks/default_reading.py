@@ -296,9 +296,9 @@ def plot(path: Path, out: Path) -> None:
     for axis, title in ((answers, "share of answers right"), (seconds, "median warm query (s)")):
         axis.set_xticks(range(len(haystacks)), haystacks)
         axis.set_title(title)
-    answers.legend(fontsize=8, loc="lower left")
+    figure.legend(*answers.get_legend_handles_labels(), loc="lower center", ncol=len(settings), fontsize=8)
     figure.suptitle("SmolLM2-135M, stored many-needle haystacks, every setting on the same questions in one process")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend under both panels
     figure.savefig(out, dpi=120)
     print(f"plot: {out}")
 
