@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import importlib.metadata
 import os
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,3 +121,13 @@ def decode_passes(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(generation.DecodeStream, "__init__", counting)
     return passes
+
+
+def benchmark_script(name: str):
+    """A script of benchmarks/ imported as a module (its folder on sys.path while it imports, for its own imports)."""
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)

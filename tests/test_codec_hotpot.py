@@ -3,24 +3,18 @@ same stage-2 gains as the scan's first judgements), and its coverage counts at k
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import make_engine
+from .conftest import benchmark_script, make_engine
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "codec_hotpot.py"
 
 
 def script():
     """The benchmark script as a module."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import codec_hotpot
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return codec_hotpot
+    return benchmark_script("codec_hotpot")
 
 
 TEXT = " ".join(

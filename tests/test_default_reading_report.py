@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
+
+from .conftest import benchmark_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "default_reading.py"
 
 
 def script():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import default_reading
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return default_reading
+    """The benchmark script as a module."""
+    return benchmark_script("default_reading")
 
 
 def record(setting: str, sample: str, seconds: float, right: bool = True) -> dict:

@@ -26,6 +26,8 @@ from lychee_memory.eval.shared_bench import (
 )
 from lychee_memory.eval.shared_haystack import build_shared_haystack, question_split_name
 
+from .conftest import benchmark_script
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 SCRIPT = REPOSITORY / "benchmarks" / "hotpot_shared.py"
 
@@ -217,12 +219,7 @@ def test_the_script_explains_itself():
 
 def script():
     """The benchmark script as a module."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import hotpot_shared
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return hotpot_shared
+    return benchmark_script("hotpot_shared")
 
 
 def test_the_script_asks_one_split_or_both_alternating():
