@@ -95,12 +95,15 @@ def samples_for(haystack: str, directory: Path, tokenizer, tokens: int) -> list:
 
 
 def ask(engine, bank, sample, context: str) -> dict:
-    """One question through one engine setting (``bank``) or RAG (``engine`` a RagBaseline, ``bank`` its index)."""
-
+    """One question through one engine setting (``bank``) or RAG (``engine`` a RagBaseline, ``bank`` its index),
+    both streamed, so the time to the first answer token is measured alike."""
     ((start, end),) = sample.evidence
     load = os.getloadavg()[0]
-    if isinstance(engine, RagBaseline):  # both streamed, so the time to the first answer token is measured alike
+    if isinstance(engine, RagBaseline):  # what it retrieved is what reached the answer
         answer, first, seconds = stream_rag(engine, sample.question, bank)
+        hits = [b for b in answer.blocks if b.char_start < end and start < b.char_end]
+        fact_passed = fact_read = bool(hits)
+        read, passes = [b.index for b in answer.blocks], 1
     else:
         started, first = time.perf_counter(), None
         stream = engine.stream(sample.question, bank)
@@ -108,11 +111,6 @@ def ask(engine, bank, sample, context: str) -> dict:
             first = first if first is not None else time.perf_counter() - started
         seconds = time.perf_counter() - started
         answer = stream.answer
-    if isinstance(engine, RagBaseline):  # what it retrieved is what reached the answer
-        hits = [b for b in answer.blocks if b.char_start < end and start < b.char_end]
-        fact_passed = fact_read = bool(hits)
-        read, passes = [b.index for b in answer.blocks], 1
-    else:
         facts = {i for i, s in enumerate(bank.spans) if s.char_start < end and start < s.char_end}
         passed = set().union(*answer.candidates[:1]) if answer.candidates else set(range(len(bank)))
         read = [block.index for block in answer.blocks]
