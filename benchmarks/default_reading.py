@@ -104,6 +104,7 @@ def ask(engine, bank, sample, context: str) -> dict:
         hits = [b for b in answer.blocks if b.char_start < end and start < b.char_end]
         fact_passed = fact_read = bool(hits)
         read, passes = [b.index for b in answer.blocks], 1
+        phases = {"stage2_rows": 0}
     else:
         started, first = time.perf_counter(), None
         stream = engine.stream(sample.question, bank)
@@ -117,6 +118,8 @@ def ask(engine, bank, sample, context: str) -> dict:
         fact_passed, fact_read = bool(facts & passed), bool(facts & set(read))
         # generations: a note per block read with notes memory (memory steps after the first), then the answer
         passes = (len(answer.memory_steps) - 1 if engine.memory_strategy.name == "notes" else 0) + 1
+        phases = {k: round(v, 3) for k, v in answer.timings.items() if k not in ("load_model", "ingest")}
+        phases["stage2_rows"] = answer.token_counts.get("gate_rows", 0)  # where a slow question's time went
     return {
         **answer_outcome(sample, answer.text, context),
         "fact_in_stage1": fact_passed,
@@ -127,6 +130,7 @@ def ask(engine, bank, sample, context: str) -> dict:
         "query_s": round(seconds, 3),
         "first_token_s": round(first if first is not None else seconds, 3),
         "load_1min": round(load, 2),
+        "phases": phases,
     }
 
 
@@ -152,9 +156,61 @@ def ask_memagent(agent, sample, context: str) -> dict:
     }
 
 
+def prepare(spec: str, args: argparse.Namespace, built: dict, rags: dict, names: list[str]) -> dict:
+    """One ``--haystack NAME=DIRECTORY[@TOKENS]``: its questions, text, opened banks, RAG indexes and the settings
+    asked of it, every asker warmed up on its first question (caches, term counts, index)."""
+    from lychee_memory.store import MemoryStore
+
+    haystack, _, where = spec.partition("=")
+    where, _, length = where.partition("@")
+    directory = Path(where)
+    tokens = int(length) if length else TOKENS.get(haystack, 28_000)
+    samples = samples_for(haystack, directory, built["before"].loaded.tokenizer, tokens)
+    context = samples[0].context
+    store = MemoryStore(directory / ROW, create=False)
+    banks = {name: engine.open_bank(BANK, store) for name, engine in built.items()}
+    askers = {**built, **rags}
+    asked = list(names)
+    if "before" in asked and banks["before"].gate_index_key(0) is None:
+        asked.remove("before")  # without the key index its stage 1 would judge every block: not "before"
+        print(f"[{haystack}] before: skipped, the bank has no key index (built by the lexical default)")
+    for name in [name for name in asked if name in RAGS]:
+        banks[name] = rags[name].build([context])
+        print(f"[{haystack}] {name}: index built in {banks[name].build_seconds:.1f} s", flush=True)
+    for name in asked:
+        askers[name].ask(samples[0].question, banks[name])
+    return {
+        "haystack": haystack,
+        "tokens": tokens,
+        "samples": samples[: args.questions or None],
+        "context": context,
+        "store": store,
+        "banks": banks,
+        "bank_tokens": banks["recipe"].num_tokens,
+        "askers": askers,
+        "asked": asked,
+    }
+
+
+def ask_turn(prepared: dict, turn: int, records: Path) -> None:
+    """Question ``turn`` of a prepared haystack, asked of each of its settings, the order rotated per turn."""
+    haystack, sample, context = prepared["haystack"], prepared["samples"][turn], prepared["context"]
+    banks, askers = prepared["banks"], prepared["askers"]
+    for position, name in enumerate(rotated(prepared["asked"], turn)):
+        record = ask(askers[name], banks[name], sample, context)
+        record.update(haystack=haystack, setting=name, position=position, tokens=banks[name].num_tokens)
+        with records.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(
+            f"[{haystack}] {name:7s} {sample.sample_id}: right={record['right']} "
+            f"stage1={record['fact_in_stage1']} read={record['blocks_read']} {record['query_s']:.1f}s "
+            f"load={record['load_1min']} answer={record['answer'][:60]!r}",
+            flush=True,
+        )
+
+
 def run(args: argparse.Namespace) -> None:
     from lychee_memory.baselines import MemAgent
-    from lychee_memory.store import MemoryStore
 
     settings = {**SETTINGS, **dict(variant(text) for text in args.also)}
     built = engines(args.model, settings)
@@ -165,47 +221,31 @@ def run(args: argparse.Namespace) -> None:
         if unknown:
             raise SystemExit(f"--settings: {sorted(unknown)} unknown; known: {', '.join(names)}")
         names = [name for name in names if name in args.settings]
-    for spec in args.haystack:
-        haystack, _, where = spec.partition("=")
-        where, _, length = where.partition("@")
-        directory = Path(where)
-        tokens = int(length) if length else TOKENS.get(haystack, 28_000)
-        samples = samples_for(haystack, directory, built["before"].loaded.tokenizer, tokens)
-        context = samples[0].context
-        store = MemoryStore(directory / ROW, create=False)
-        banks = {name: engine.open_bank(BANK, store) for name, engine in built.items()}
-        askers = {**built, **rags}
-        asked = list(names)
-        if "before" in asked and banks["before"].gate_index_key(0) is None:
-            asked.remove("before")  # without the key index its stage 1 would judge every block: not "before"
-            print(f"[{haystack}] before: skipped, the bank has no key index (built by the lexical default)")
-        for name in [name for name in asked if name in RAGS]:
-            banks[name] = rags[name].build([context])
-            print(f"[{haystack}] {name}: index built in {banks[name].build_seconds:.1f} s", flush=True)
-        for name in asked:  # warm-up: caches, term counts, index
-            askers[name].ask(samples[0].question, banks[name])
-        samples = samples[: args.questions or None]
-        for turn, sample in enumerate(samples):
-            for position, name in enumerate(rotated(asked, turn)):
-                record = ask(askers[name], banks[name], sample, context)
-                record.update(haystack=haystack, setting=name, position=position, tokens=banks[name].num_tokens)
-                with args.records.open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                print(
-                    f"[{haystack}] {name:7s} {sample.sample_id}: right={record['right']} "
-                    f"stage1={record['fact_in_stage1']} read={record['blocks_read']} {record['query_s']:.1f}s "
-                    f"load={record['load_1min']} answer={record['answer'][:60]!r}",
-                    flush=True,
-                )
-        store.close()
-        asks_memagent = not args.memagent_lengths or tokens in args.memagent_lengths
-        for sample in samples[: args.memagent if asks_memagent else 0]:  # last: longer than all of the above
-            record = ask_memagent(MemAgent(built["before"]), sample, context)
-            record.update(haystack=haystack, setting="memagent", position=0, tokens=banks["recipe"].num_tokens)
+    if args.interleave:  # every haystack open at once; question i of each, in turn, so load hits each length alike
+        prepared = [prepare(spec, args, built, rags, names) for spec in args.haystack]
+        for turn in range(max(len(p["samples"]) for p in prepared)):
+            for part in rotated(prepared, turn):
+                if turn < len(part["samples"]):
+                    ask_turn(part, turn, args.records)
+    else:  # one haystack at a time (only one bank and index in memory)
+        prepared = []
+        for spec in args.haystack:
+            part = prepare(spec, args, built, rags, names)
+            for turn in range(len(part["samples"])):
+                ask_turn(part, turn, args.records)
+            part["store"].close()
+            prepared.append({key: part[key] for key in ("haystack", "tokens", "samples", "context", "bank_tokens")})
+    for part in prepared:
+        if "store" in part:
+            part["store"].close()
+        asks_memagent = not args.memagent_lengths or part["tokens"] in args.memagent_lengths
+        for sample in part["samples"][: args.memagent if asks_memagent else 0]:  # last: longer than all of the above
+            record = ask_memagent(MemAgent(built["before"]), sample, part["context"])
+            record.update(haystack=part["haystack"], setting="memagent", position=0, tokens=part["bank_tokens"])
             with args.records.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             print(
-                f"[{haystack}] memagent {sample.sample_id}: right={record['right']} {record['query_s']:.1f}s "
+                f"[{part['haystack']}] memagent {sample.sample_id}: right={record['right']} {record['query_s']:.1f}s "
                 f"answer={record['answer'][:60]!r}",
                 flush=True,
             )
@@ -320,6 +360,11 @@ def main() -> None:
         help="comma-separated haystack lengths (TOKENS) MemAgent asks at (default: every haystack)",
     )
     parser.add_argument("--questions", type=int, default=0, help="ask only each haystack's first N questions")
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="open every haystack at once and ask question i of each in turn (a growth ratio under one load)",
+    )
     parser.add_argument(
         "--also", action="append", default=[], help="NAME:option=value;... the recipe with options changed (repeat)"
     )
