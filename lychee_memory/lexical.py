@@ -54,11 +54,15 @@ def terms(text: str) -> list[str]:
     """The lexical terms of ``text`` in order: each lowercase word or number, and each joined code whole then its
     parts; stopwords are dropped (a code is never a stopword)."""
     found: list[str] = []
-    for match in _SPAN.finditer(text.lower()):
-        span = match.group()
+    append = found.append
+    for span in _SPAN.findall(text.lower()):
+        if span.isalnum():  # no joiner: the span is its only part (most spans; 3x faster than splitting each)
+            if span not in STOPWORDS:
+                append(span)
+            continue
         parts = _PART.findall(span)
         if len(parts) > 1:
-            found.append(span)
+            append(span)
         found.extend(part for part in parts if part not in STOPWORDS)
     return found
 
@@ -73,7 +77,7 @@ class TermCounts:
     @classmethod
     def of(cls, text: str) -> TermCounts:
         found = terms(text)
-        return cls(Counter(sys.intern(term) for term in found), len(found))  # interned: blocks share term strings
+        return cls(Counter(map(sys.intern, found)), len(found))  # interned: blocks share term strings
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,42 @@ def test_terms_are_lowercase_words_and_numbers_without_stopwords_and_codes_whole
     assert {"the", "is", "what", "of", "s"} <= STOPWORDS
 
 
+def reference_terms(text: str) -> list[str]:
+    """The definition, spelled out character by character: a span is a run of letters and digits (``str.isalnum``)
+    joined by single ``-_./:+``; a joined span is kept whole, then each part; stopwords go."""
+    found: list[str] = []
+    lowered, at = text.lower(), 0
+    while at < len(lowered):
+        if not lowered[at].isalnum():
+            at += 1
+            continue
+        parts, end = [], at
+        while True:
+            start = end
+            while end < len(lowered) and lowered[end].isalnum():
+                end += 1
+            parts.append(lowered[start:end])
+            if end + 1 < len(lowered) and lowered[end] in "-_./:+" and lowered[end + 1].isalnum():
+                end += 1
+                continue
+            break
+        if len(parts) > 1:
+            found.append(lowered[at:end])
+        found.extend(part for part in parts if part not in STOPWORDS)
+        at = end
+    return found
+
+
+def test_terms_match_the_definition_on_random_text_with_codes_and_unicode():
+    import random
+
+    rng = random.Random(3)
+    alphabet = list("abcXYZ0189 ") + list("-_./:+,;'") + ["é", "Ü", "²", "½", "東", "\u0663", " the ", " of ", "\n"]
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        assert terms(text) == reference_terms(text), text
+
+
 def test_bm25_equals_a_hand_computed_score():
     texts = [
         "The lighthouse keeper painted the tower white.",
