@@ -101,3 +101,23 @@ def test_default_pool_holds_250k_smollm2_tokens(pool):
     tokenizer = AutoTokenizer.from_pretrained(spec.path, gguf_file=spec.gguf_file)  # the tokenizer only: seconds
     total = sum(len(ids) + 2 for ids in tokenizer(_pieces(pool), add_special_tokens=False).input_ids)
     assert total >= 250_000  # measured 444K, about 1.6 tokens a word (the invented names split finely)
+
+
+def test_a_shared_twohop_haystack_asks_both_fact_orders_with_one_chain_per_answer(pool):
+    samples = tasks.many_twohop_sample(pool, build_tiny_tokenizer(), 12000, chains=6, seed=2)
+    assert len(samples) == 6 and len({s.context for s in samples}) == 1
+    context = samples[0].context
+    assert len({s.answers[0] for s in samples}) == 6  # distinct cities: no question is answered by another's chain
+    orders = []
+    for sample in samples:
+        (person_start, person_end), (company_start, company_end) = sample.evidence
+        person, company = context[person_start:person_end], context[company_start:company_end]
+        assert person.startswith("Personnel record: ") and company.startswith("Company register: ")
+        assert person.split(" works as an engineer at ")[1].rstrip(".") == company.split(": ")[1].split(" has its")[0]
+        assert company.endswith(f"the city of {sample.answers[0]}.") and person.split(": ")[1].split(" works")[0] in (
+            sample.question
+        )
+        assert context.count(person) == context.count(company) == 1
+        orders.append("person-first" if person_start < company_start else "company-first")
+        assert sample.sample_id.endswith(f"{orders[-1]}-12k")
+    assert orders.count("person-first") == orders.count("company-first") == 3

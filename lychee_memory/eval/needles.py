@@ -102,6 +102,27 @@ def distinct_needles(rng: random.Random, count: int) -> list[tuple[str, str, str
     return list(needles.values())
 
 
+def distinct_twohop_chains(rng: random.Random, count: int) -> list[tuple[list[str], str, str]]:
+    """``count`` two-hop chains (facts, question, answer) with distinct people, companies and cities, so each question
+    has exactly one chain that answers it in a haystack holding them all."""
+    if count > len(CITIES):
+        raise ValueError(f"at most {len(CITIES)} chains with distinct answers, asked for {count}")
+    chains: list[tuple[list[str], str, str]] = []
+    people: set[str] = set()
+    companies: set[str] = set()
+    cities: set[str] = set()
+    while len(chains) < count:
+        facts, question, city = twohop_needle(rng)
+        person = question.rsplit(" where ", 1)[1].removesuffix(" works?")
+        company = facts[1].split(": ", 1)[1].split(" has its headquarters")[0]
+        if person not in people and company not in companies and city not in cities:
+            chains.append((facts, question, city))
+            people.add(person)
+            companies.add(company)
+            cities.add(city)
+    return chains
+
+
 NEEDLE_FAMILIES: dict[str, Callable[[random.Random], tuple[list[str], str, str]]] = {
     "needle": single_needle,
     "needle-multikey": multikey_needle,

@@ -22,7 +22,7 @@ from typing import Any
 from ..choices import TASKS
 from ..errors import ConfigurationError, DocumentError
 from .haystack import generated_paragraphs
-from .needles import NEEDLE_FAMILIES, Needle, distinct_needles
+from .needles import NEEDLE_FAMILIES, Needle, distinct_needles, distinct_twohop_chains
 
 HOTPOT_FILE = Path("hotpotqa") / "hotpot_dev_distractor_q0-59.json"
 SQUAD_FILE = Path("squad") / "squad_dev_v2_subset.json"
@@ -344,6 +344,33 @@ def many_needle_sample(
         QASample(question, [answer], context, f"needles{seed}-{number}-{target_tokens // 1000}k", [span])
         for number, ((_, question, answer), span) in enumerate(zip(planted, spans))
     ]
+
+
+def many_twohop_sample(
+    paragraphs: Sequence[tuple[str, str]], tokenizer: Tokenizer, target_tokens: int, chains: int, seed: int
+) -> list[QASample]:
+    """One haystack of about ``target_tokens`` holding ``chains`` distinct two-hop chains (a person's employer, that
+    employer's city), one sample per chain, all sharing the context. The 2 x ``chains`` facts sit at evenly spread
+    depths in random pairs; chain i states the person first when i is even and the company first when it is odd,
+    so both fact orders are asked equally. A sample's evidence is its two facts' spans, in chain order."""
+    rng = random.Random(f"twohop-chains-{seed}-{target_tokens}")
+    planted = distinct_twohop_chains(rng, chains)
+    chosen = draw_paragraphs(paragraphs, TokenCounter(tokenizer), target_tokens, rng, at_least=2 * chains)
+    slots = [int((i + 0.5) * len(chosen) / (2 * chains)) for i in range(2 * chains)]
+    rng.shuffle(slots)
+    for number, (facts, _, _) in enumerate(planted):
+        early, late = sorted(slots[2 * number : 2 * number + 2])
+        first, second = (facts[0], facts[1]) if number % 2 == 0 else (facts[1], facts[0])
+        for position, fact in ((early, first), (late, second)):
+            title, text = chosen[position]
+            chosen[position] = (title, f"{text} {fact}")
+    context, _ = join_paragraphs(chosen, set())
+    samples = []
+    for number, (facts, question, answer) in enumerate(planted):
+        spans = [(context.index(fact), context.index(fact) + len(fact)) for fact in facts]
+        sample_id = f"twohop{seed}-{number}-{'person-first' if number % 2 == 0 else 'company-first'}"
+        samples.append(QASample(question, [answer], context, f"{sample_id}-{target_tokens // 1000}k", spans))
+    return samples
 
 
 def needle_document(
