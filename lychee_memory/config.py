@@ -39,6 +39,7 @@ DEFAULT_MAX_RELEVANT_BLOCKS = 8
 DEFAULT_FALLBACK_BLOCKS = 1
 DEFAULT_MIN_BLOCKS = 0
 DEFAULT_PREFILTER: PrefilterName = "keys"
+DEFAULT_MAX_NEAR_TIES = 4  # rows per stage-1 ranking stay at most 2 x candidates, whatever the bank
 INGEST_BATCH_SIZE = {"cpu": 1, "cuda": 4}  # chunks per forward by device type (others: the CPU value)
 # Scores this close to the gate threshold are scored again alone (see gate.py). Measured batch-vs-alone
 # differences of gate gains on SmolLM2-135M (12K-token needle bank, batches of 8 vs 1, CPU): at most 4.3e-6 nats
@@ -203,10 +204,11 @@ class GateSettings(_Settings):
         0.5, ge=0.0, description="blocks whose stage-1 score is within this of the best also go on (near-ties)"
     )
     max_near_ties: int | None = Field(
-        None,
+        DEFAULT_MAX_NEAR_TIES,
         ge=0,
         description="the most blocks candidate_margin adds beyond the candidates (the best of them), so the rows stage 2 "
-        "judges per ranking stay bounded however large the bank; None = no cap",
+        "judges per ranking stay bounded however large the bank (when no unread block matches a term, every one "
+        "ties: uncapped, a 1M-token bank judged all 1,035); None = no cap",
     )
     coarse_keep: int | None = Field(
         None,

@@ -207,3 +207,32 @@ def test_banks_holding_the_same_blocks_share_the_cached_batches(tmp_path):
     scores, _ = engine.prefilter_for(second).rank(second, QUESTION, initial, everything)
     assert engine.stage_one.index_cache.stats().misses == made, "the second bank read no index item"
     _assert_close(scores, _reference_scores(engine, second, QUESTION, initial, everything))
+
+
+def test_by_default_a_ranking_where_every_unread_block_ties_passes_on_at_most_candidates_plus_four():
+    """Lexical stage 1 on a bank where no block but the fact's shares a term with the question: once it is read, the
+    unread blocks tie, so the margin holds every one of them. The default cap keeps each ranking at candidates + 4 (uncapped,
+    a 1M-token bank judged all 1,035 blocks), the fact's block still first."""
+    filler = " ".join(f"Paragraph {i}: rivers bend past orchards and mills in the valley." for i in range(60))
+    document = f"{filler} Security note: the access code for the quiet pavilion is 58213. {filler}"
+    question = "What is the access code for the quiet pavilion?"
+    capped = make_engine("llama", chunk_tokens=32, compressor="none", gate={"prefilter": "lexical"})
+    assert capped.config.gate.max_near_ties == 4
+    bank = capped.ingest([document])
+    assert len(bank) > 20
+    fact = next(i for i, span in enumerate(bank.spans) if "58213" in span.text)
+    initial = capped.config.prompts.initial_memory
+    scorer = capped.prefilter_for(bank)
+    first, _ = scorer.rank(bank, question, initial, list(range(len(bank))))
+    best = max(first, key=first.get)
+    assert best in (fact, fact - 1)  # the fact's sentence may straddle two blocks
+    unmatched = [i for i in first if first[i] == min(first.values())]  # blocks sharing no term with the question
+    assert len(unmatched) > 20
+    scores, _ = scorer.rank(bank, question, initial, unmatched)  # a later ranking once the matching ones are read
+    assert len(set(scores.values())) == 1  # every one ties with the best: all within the margin
+    g = capped.config.gate
+    assert len(choose_candidates(scores, g.candidates, g.candidate_margin, g.max_near_ties)) == g.candidates + 4
+    assert len(choose_candidates(scores, g.candidates, g.candidate_margin, None)) == len(unmatched)
+    answer = capped.ask(question, bank)
+    assert all(len(picked) <= g.candidates + 4 for picked in answer.candidates)
+    assert best in answer.candidates[0]
