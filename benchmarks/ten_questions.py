@@ -53,6 +53,17 @@ def timed(method: str, step: str, seconds: float, **extra) -> dict:
     }
 
 
+def ask_batched(method: str, ask_many, samples: list, context: str, records: Path) -> None:
+    """All the questions in one batched call, timed; each question's record gets an equal share of the time."""
+    started = time.perf_counter()
+    answers = ask_many([sample.question for sample in samples])
+    seconds = time.perf_counter() - started
+    for sample, answer in zip(samples, answers):
+        outcome = answer_outcome(sample, answer.text, context)
+        record_line(records, timed(method, "question", seconds / len(samples), batch=len(samples), **outcome))
+    print(f"{method} (batched): {len(samples)} questions in {seconds:.1f} s", flush=True)
+
+
 def run(args: argparse.Namespace) -> None:
     from lychee_memory.baselines import MemAgent
     from lychee_memory.engine import LycheeMemory
@@ -97,39 +108,11 @@ def run(args: argparse.Namespace) -> None:
                 print(
                     f"{name:10s} {sample.sample_id}: right={outcome['right']} {seconds:.1f}s {text[:50]!r}", flush=True
                 )
-        started = time.perf_counter()
-        answers = engine.ask_many([s.question for s in samples], bank)
-        seconds = time.perf_counter() - started
-        for sample, answer in zip(samples, answers):
-            record_line(
-                records,
-                timed(
-                    "lychee-batched",
-                    "question",
-                    seconds / len(samples),
-                    batch=len(samples),
-                    **answer_outcome(sample, answer.text, context),
-                ),
-            )
-        print(f"lychee-batched: {len(samples)} questions in {seconds:.1f} s", flush=True)
+        ask_batched("lychee-batched", lambda questions: engine.ask_many(questions, bank), samples, context, records)
         store.close()
     agent = MemAgent(engine)
     if args.memagent == "batched":
-        started = time.perf_counter()
-        answers = agent.ask_many([s.question for s in samples], [context])
-        seconds = time.perf_counter() - started
-        for sample, answer in zip(samples, answers):
-            record_line(
-                records,
-                timed(
-                    "memagent",
-                    "question",
-                    seconds / len(samples),
-                    batch=len(samples),
-                    **answer_outcome(sample, answer.text, context),
-                ),
-            )
-        print(f"memagent (batched): {len(samples)} questions in {seconds:.1f} s", flush=True)
+        ask_batched("memagent", lambda questions: agent.ask_many(questions, [context]), samples, context, records)
     elif args.memagent == "one-by-one":
         for sample in samples:
             started = time.perf_counter()
