@@ -75,16 +75,24 @@ def multikey_needle(rng: random.Random, keys: int = 4) -> tuple[list[str], str, 
     return facts, f"What is the access code for the {adjectives[asked]} {noun}?", codes[asked]
 
 
-def twohop_needle(rng: random.Random) -> tuple[list[str], str, str]:
-    """Two chained facts: a person's employer, then where that employer is based."""
+def _twohop_names(rng: random.Random) -> tuple[str, str, str]:
+    """A chain's person, company and city."""
     person = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
     company = f"{rng.choice(COMPANIES)} {rng.choice(['Shipping', 'Instruments', 'Textiles', 'Foundry'])}"
-    city = rng.choice(CITIES)
+    return person, company, rng.choice(CITIES)
+
+
+def _twohop_chain(person: str, company: str, city: str) -> tuple[list[str], str, str]:
     facts = [
         f"Personnel record: {person} works as an engineer at {company}.",
         f"Company register: {company} has its headquarters in the city of {city}.",
     ]
     return facts, f"In which city is the headquarters of the company where {person} works?", city
+
+
+def twohop_needle(rng: random.Random) -> tuple[list[str], str, str]:
+    """Two chained facts: a person's employer, then where that employer is based."""
+    return _twohop_chain(*_twohop_names(rng))
 
 
 def distinct_needles(rng: random.Random, count: int) -> list[tuple[str, str, str]]:
@@ -112,11 +120,9 @@ def distinct_twohop_chains(rng: random.Random, count: int) -> list[tuple[list[st
     companies: set[str] = set()
     cities: set[str] = set()
     while len(chains) < count:
-        facts, question, city = twohop_needle(rng)
-        person = question.rsplit(" where ", 1)[1].removesuffix(" works?")
-        company = facts[1].split(": ", 1)[1].split(" has its headquarters")[0]
+        person, company, city = _twohop_names(rng)
         if person not in people and company not in companies and city not in cities:
-            chains.append((facts, question, city))
+            chains.append(_twohop_chain(person, company, city))
             people.add(person)
             companies.add(company)
             cities.add(city)
