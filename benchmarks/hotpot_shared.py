@@ -4,7 +4,8 @@ For each length one haystack holds the gold paragraphs of the shared file's ques
 --gold-share of it) among all the questions' other paragraphs (eval.shared_haystack); it is ingested once per
 block size and every question is asked with every method. Methods are named engine-setting overrides
 (``NAME`` or ``NAME:section.field=value;...``); each RAG variant (eval.shared_bench.RAG_VARIANTS, MiniLM over
-256-token chunks) retrieves, per question, as many tokens as that method's run read. Questions are split as the
+256-token chunks) retrieves, per question, as many tokens as that method's run read (``--rag-match evidence``: as
+many as the evidence that reached its answer, its excerpts). Questions are split as the
 gate trainer split them: its held-out ~40 % confirm what the others tuned; every measure is given per split,
 with exact 95 % intervals and paired wins/losses against each RAG (eval.paired).
 
@@ -78,6 +79,13 @@ def main(argv: list[str] | None = None) -> None:
         "--rag-for", action="append", default=None, help="a method RAG is matched to (repeat; default: every method)"
     )
     parser.add_argument(
+        "--rag-match",
+        action="append",
+        default=None,
+        help="what RAG's tokens are matched on (repeat): read = the blocks the method read (default), evidence = "
+        "the evidence that reached its answer (its excerpts); evidence rows are named rag@method/evidence",
+    )
+    parser.add_argument(
         "--resume",
         type=Path,
         nargs="+",
@@ -106,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     from lychee_memory.eval.shared_bench import (
         parse_method,
         parse_methods,
+        rag_matches,
         rag_variants,
         run_shared,
     )
@@ -114,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
 
     methods = parse_methods(args.method or ["default"])
     rags = rag_variants([name for name in args.rag or ["rag"] if name != "none"])
+    matches = rag_matches(args.rag_match or ["read"])
     sizes = block_sizes(args.block_tokens)
     rows = json.loads(args.hotpot_file.read_text()) if args.hotpot_file else load_hotpot(data_dir(args.data))
     common = parse_method("all:" + ";".join(args.engine_option)).options
@@ -134,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             kept = [record for record in earlier if record["length"] == length]
             for record in run_shared(
-                base, haystack, methods, sizes, rags, asked, not args.quiet, banks, kept, args.rag_for
+                base, haystack, methods, sizes, rags, asked, not args.quiet, banks, kept, args.rag_for, matches
             ):
                 records.append(record)
                 log.write(json.dumps(record) + "\n")

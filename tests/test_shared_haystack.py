@@ -21,6 +21,7 @@ from lychee_memory.eval.shared_bench import (
     method_engine,
     parse_method,
     parse_methods,
+    rag_matches,
     rag_variants,
     run_shared,
 )
@@ -239,7 +240,7 @@ def test_the_script_asks_one_split_or_both_alternating():
         ask(questions, "held-out")
 
 
-def run_script(rows: list[dict], tmp_path: Path, rag: str) -> tuple[list[dict], Path]:
+def run_script(rows: list[dict], tmp_path: Path, rag: str, *extra: str) -> tuple[list[dict], Path]:
     """The script in this process on the tiny model: two questions, two block sizes, two methods."""
     data = tmp_path / "hotpot.json"
     data.write_text(json.dumps(rows))
@@ -248,7 +249,7 @@ def run_script(rows: list[dict], tmp_path: Path, rag: str) -> tuple[list[dict], 
     argv += ["48,96", "--method", "every:gate.rule=all", "--method", "one:gate.rule=all;gate.max_relevant_blocks=1"]
     argv += ["--out", str(out)]
     argv += ["--engine-option", "max_memory_tokens=8", "--engine-option", "max_answer_tokens=4", "--quiet"]
-    script().main([*argv, "--rag", rag])
+    script().main([*argv, "--rag", rag, *extra])
     return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()], out
 
 
@@ -295,22 +296,55 @@ def test_the_script_runs_end_to_end_on_a_tiny_model(rows, tmp_path):
 
 @pytest.mark.slow  # loading LlamaIndex and MiniLM takes 10-60 s on the shared 2-core machine
 def test_the_script_matches_rag_tokens_to_each_method(rows, tmp_path):
+    """RAG rows get as many 256-token chunks as the method read, and (``/evidence`` rows) as the tokens of the
+    evidence that reached its answer, counted here with the tokenizer over the record's evidence spans."""
     pytest.importorskip("llama_index.core")
-    records, out = run_script(rows, tmp_path, "rag")
-    assert len(records) == 2 * 2 * 4  # questions x block sizes x (2 methods + RAG matched to each)
+    records, out = run_script(rows, tmp_path, "rag", "--rag-match", "read", "--rag-match", "evidence")
+    assert len(records) == 2 * 2 * 6  # questions x block sizes x (2 methods + RAG matched to each, two ways)
     check_evidence_measures(rows, records)
+    context = build_shared_haystack(rows, _tiny_counter(), 600, 0).context
+    tokenizer = _tiny_counter().tokenizer
     for record in records:
-        if record["kind"] == "rag":
-            matched = next(
-                r
-                for r in records
-                if r["method"] == record["matched_to"]
-                and r["sample_id"] == record["sample_id"]
-                and r["block_tokens"] == record["block_tokens"]
-            )
-            assert record["top_k"] == max(1, round(matched["tokens_read"] / 256))
-            assert record["evidence"] == "chunks" and record["blocks_read"] == record["top_k"]
-    assert "| all | 600 | 96 | one | rag@one |" in (out / "summary.md").read_text()
+        if record["kind"] == "lychee":
+            counted = sum(len(tokenizer(context[s:e], add_special_tokens=False).input_ids) for s, e in record["spans"])
+            assert record["evidence_tokens"] == counted
+            continue
+        matched = next(
+            r
+            for r in records
+            if r["method"] == record["matched_to"]
+            and r["sample_id"] == record["sample_id"]
+            and r["block_tokens"] == record["block_tokens"]
+        )
+        on_evidence = record["method"].endswith("/evidence")
+        assert record["matched_on"] == ("evidence_tokens" if on_evidence else "tokens_read")
+        budget = matched["evidence_tokens"] if on_evidence else matched["tokens_read"]
+        assert record["top_k"] == max(1, round(budget / 256))
+        assert record["evidence"] == "chunks" and record["blocks_read"] == record["top_k"]
+    summary = (out / "summary.md").read_text()
+    assert (
+        "| all | 600 | 96 | one | rag@one |" in summary and "| all | 600 | 96 | every | rag@every/evidence |" in summary
+    )
+    with pytest.raises(ConfigurationError, match="unknown RAG match"):
+        rag_matches(["chunks"])
+    # records written before evidence matching (no evidence_tokens) still set the budget, counted from their spans
+    old = [
+        {key: value for key, value in r.items() if key != "evidence_tokens"}
+        for r in records
+        if r["kind"] == "lychee" and r["block_tokens"] == 96
+    ]
+    (tmp_path / "old.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    data = tmp_path / "hotpot.json"
+    argv = ["--hotpot-file", str(data), "--model", "tiny-random-llama", "--lengths", "600", "--block-tokens", "96"]
+    argv += ["--engine-option", "max_memory_tokens=8", "--engine-option", "max_answer_tokens=4", "--quiet"]
+    argv += ["--method", "every:gate.rule=all", "--method", "one:gate.rule=all;gate.max_relevant_blocks=1"]
+    argv += ["--rag", "rag", "--rag-match", "evidence", "--resume", str(tmp_path / "old.jsonl")]
+    script().main([*argv, "--out", str(tmp_path / "later")])
+    later = [json.loads(line) for line in (tmp_path / "later" / "records.jsonl").read_text().splitlines()]
+    first = {(r["method"], r["sample_id"]): r["top_k"] for r in records if r["block_tokens"] == 96 and "top_k" in r}
+    added = [r for r in later if r["kind"] == "rag"]
+    assert len(added) == 2 * 2 and all(r["method"].endswith("/evidence") for r in added)
+    assert all(r["top_k"] == first[(r["method"], r["sample_id"])] for r in added)
 
 
 def _tiny_counter():

@@ -40,6 +40,10 @@ RAG_VARIANTS: dict[str, Callable[[LycheeMemory], Any]] = {
     ),
 }
 PROMPT_ALLOWANCE = 512  # tokens of a RAG prompt besides its chunks (template, question): room kept for them
+# What a RAG row's token budget is matched on, by name: the tokens the method read (its blocks), or the tokens of
+# the evidence that reached its answer (its excerpts; its blocks when it answers from them). RAG's evidence is its
+# chunks either way. Rows matched on evidence are named ``rag@method/evidence``.
+RAG_MATCHES = {"read": "tokens_read", "evidence": "evidence_tokens"}
 SPLITS = (*SPLIT_NAMES.values(), "all")
 
 
@@ -119,6 +123,24 @@ def bank_recipe(engine: LycheeMemory) -> str:
     return repr((repr(engine.identity), json.dumps(engine.gate_index_description, sort_keys=True)))
 
 
+def rag_matches(names: Sequence[str]) -> list[str]:
+    """The named token matches for RAG rows, checked against ``RAG_MATCHES``."""
+    unknown = [name for name in names if name not in RAG_MATCHES]
+    if unknown or not names:
+        raise ConfigurationError(f"unknown RAG match(es) {unknown or names}; known: {', '.join(RAG_MATCHES)}")
+    return list(dict.fromkeys(names))
+
+
+def rag_row_name(rag: str, method: str, match: str) -> str:
+    """A RAG row's method name: ``rag@method`` matched on tokens read, ``rag@method/evidence`` on evidence."""
+    return f"{rag}@{method}" + ("" if match == "read" else f"/{match}")
+
+
+def evidence_tokens(context: str, spans: Sequence[Sequence[int]], count: Callable[[str], int]) -> int:
+    """Tokens of the evidence that reached an answer: each of its spans of ``context`` counted on its own."""
+    return sum(count(context[start:end]) for start, end in spans)
+
+
 def record_key(record: dict[str, Any]) -> tuple[int, int, str, str]:
     """What a record answers: (length, block size, question, method); a rerun never asks it twice."""
     return record["length"], record["block_tokens"], record["sample_id"], record["method"]
@@ -158,6 +180,7 @@ def run_shared(
     banks: list[dict[str, Any]] | None = None,
     earlier: Sequence[dict[str, Any]] = (),
     rag_for: Collection[str] | None = None,
+    rag_match: Sequence[str] = ("read",),
 ) -> Iterator[dict[str, Any]]:
     """Records of every (block size, question, method), then of each RAG variant matched to that method.
 
@@ -165,7 +188,8 @@ def run_shared(
     holds records of a stopped run over the same haystack: what they already answer is not asked again (nor
     yielded: the caller keeps them), and a bank no remaining question needs is not ingested; an earlier RAG
     answer at the same question and chunk count serves any method that reads as many tokens. ``rag_for`` names
-    the methods RAG is matched to (None: all).
+    the methods RAG is matched to (None: all); ``rag_match`` what their tokens are matched on (``RAG_MATCHES``:
+    the tokens the method read, the tokens of the evidence that reached its answer, or both).
     """
     asked = list(haystack.questions if questions is None else questions)
     done = {record_key(record): record for record in earlier}
@@ -174,11 +198,53 @@ def run_shared(
     rag_indexes: dict[str, Any] = {}
     rag_answers: dict[tuple[str, str, int], tuple[Any, float]] = {}
     window = base.loaded.context_window - base.config.reasoner.max_answer_tokens - PROMPT_ALLOWANCE
+    matches = rag_matches(rag_match)
+    tokenizer = base.loaded.tokenizer
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
 
     def missing(question: Any, name: str, block: int) -> list[str]:
         """The rows of (question, method) still to make at a block size: the method's own and its RAG variants'."""
-        wanted = [name, *(f"{rag}@{name}" for rag in rags if rag_for is None or name in rag_for)]
+        rows = [rag_row_name(rag, name, match) for rag in rags for match in matches]
+        wanted = [name, *(rows if rag_for is None or name in rag_for else [])]
         return [row for row in wanted if (haystack.target_tokens, block, question.sample_id, row) not in done]
+
+    def rag_row(
+        name: str, rag: Any, question: Any, engine: LycheeMemory, method: str, row: dict[str, Any], match: str
+    ) -> Iterator[dict[str, Any]]:
+        """RAG variant ``name``'s record for a question, given as many tokens as the method's ``row`` had in the
+        measure ``match`` names (an earlier run's answer at the same chunk count is reused)."""
+        row_name = rag_row_name(name, method, match)
+        budget = row[RAG_MATCHES[match]]
+        wanted = max(1, round(budget / RAG_CHUNK_TOKENS))
+        top_k = min(wanted, max(1, window // RAG_CHUNK_TOKENS))
+        key = (name, question.sample_id, top_k)
+        matched = {"method": row_name, "matched_to": method, "matched_on": RAG_MATCHES[match]}
+        matched["capped"] = top_k < wanted
+        if key in earlier_rag and key not in rag_answers:  # the same retrieval, answered before
+            yield {**earlier_rag[key], **matched}
+            return
+        if name not in rag_indexes:
+            rag_indexes[name] = rag.build(haystack.context)
+        top_k = min(top_k, len(rag_indexes[name]))
+        key = (name, question.sample_id, top_k)
+        if key not in rag_answers:
+            rag.top_k = top_k
+            began = time.perf_counter()
+            rag_answers[key] = (rag.ask(question.question, rag_indexes[name]), time.perf_counter() - began)
+        rag_answer, rag_seconds = rag_answers[key]
+        record = _record(haystack, engine.chunk_tokens, question, row_name, rag_answer)
+        record.update(
+            kind="rag",
+            rag=name,
+            top_k=top_k,
+            tokens_read=int(rag_answer.token_counts.get("retrieved_tokens", 0)),
+            seconds=round(rag_seconds, 3),
+            evidence_chars=sum(end - start for start, end in spans_of(rag_answer.blocks)),
+            **matched,
+        )
+        yield record
 
     for block_tokens in block_sizes:
         engines = {method.name: method_engine(base, method, block_tokens) for method in methods}
@@ -219,48 +285,18 @@ def run_shared(
                         row = _record(haystack, engine.chunk_tokens, question, method.name, answer)
                         row.update(kind="lychee", tokens_read=tokens, seconds=round(seconds, 3))
                         row["evidence_chars"] = sum(end - start for start, end in answer_evidence(answer)[1])
+                        row["evidence_tokens"] = evidence_tokens(haystack.context, row["spans"], count)
                         yield row
-                    else:  # answered by the earlier run: its tokens read still set the RAG rows' budget
-                        key = (haystack.target_tokens, engine.chunk_tokens, question.sample_id, method.name)
-                        tokens = done[key]["tokens_read"]
+                    else:  # answered by the earlier run: its tokens still set the RAG rows' budgets
+                        row = done[(haystack.target_tokens, engine.chunk_tokens, question.sample_id, method.name)]
+                        if "evidence_tokens" not in row:  # records from before evidence matching: counted now
+                            row = {**row, "evidence_tokens": evidence_tokens(haystack.context, row["spans"], count)}
                     for name, rag in rag_engines.items():
-                        if f"{name}@{method.name}" not in to_make:
-                            continue
-                        wanted = max(1, round(tokens / RAG_CHUNK_TOKENS))
-                        top_k = min(wanted, max(1, window // RAG_CHUNK_TOKENS))
-                        key = (name, question.sample_id, top_k)
-                        if key in earlier_rag and key not in rag_answers:  # the same retrieval, answered before
-                            yield {
-                                **earlier_rag[key],
-                                "method": f"{name}@{method.name}",
-                                "matched_to": method.name,
-                                "capped": top_k < wanted,
-                            }
-                            continue
-                        if name not in rag_indexes:
-                            rag_indexes[name] = rag.build(haystack.context)
-                        top_k = min(top_k, len(rag_indexes[name]))
-                        key = (name, question.sample_id, top_k)
-                        if key not in rag_answers:
-                            rag.top_k = top_k
-                            began = time.perf_counter()
-                            rag_answers[key] = (
-                                rag.ask(question.question, rag_indexes[name]),
-                                time.perf_counter() - began,
-                            )
-                        rag_answer, rag_seconds = rag_answers[key]
-                        rag_row = _record(haystack, engine.chunk_tokens, question, f"{name}@{method.name}", rag_answer)
-                        rag_row.update(
-                            kind="rag",
-                            rag=name,
-                            matched_to=method.name,
-                            top_k=top_k,
-                            capped=top_k < wanted,
-                            tokens_read=int(rag_answer.token_counts.get("retrieved_tokens", 0)),
-                            seconds=round(rag_seconds, 3),
-                            evidence_chars=sum(end - start for start, end in spans_of(rag_answer.blocks)),
-                        )
-                        yield rag_row
+                        for match in matches:
+                            row_name = rag_row_name(name, method.name, match)
+                            if row_name not in to_make:
+                                continue
+                            yield from rag_row(name, rag, question, engine, method.name, row, match)
                     bar.update(1)
 
 
