@@ -274,6 +274,9 @@ def test_the_script_runs_end_to_end_on_a_tiny_model(rows, tmp_path):
     assert all(r["blocks_read"] <= 1 for r in records if r["method"] == "one")
     assert all(r["blocks_read"] > 1 for r in records if r["method"] == "every")  # each override reached its engine
     check_evidence_measures(rows, records)
+    for record in records:  # these engines answer from the blocks they read: what was read is what reached
+        assert record["evidence"] == "blocks" and record["gold_read"] == record["gold_covered"]
+        assert len(record["read"]) == record["blocks_read"]
     summary = (out / "summary.md").read_text()
     splits = {r["split"] for r in records}
     assert all(

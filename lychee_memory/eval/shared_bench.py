@@ -286,6 +286,9 @@ def run_shared(
                         row.update(kind="lychee", tokens_read=tokens, seconds=round(seconds, 3))
                         row["evidence_chars"] = sum(end - start for start, end in answer_evidence(answer)[1])
                         row["evidence_tokens"] = evidence_tokens(haystack.context, row["spans"], count)
+                        # what was read, beside what reached the answer: a miss is then a read or a keep
+                        row["gold_read"] = paragraphs_covered(spans_of(answer.blocks), question.gold_facts)
+                        row["read"] = [[b.index, round(b.score, 3), b.fallback] for b in answer.blocks]
                         yield row
                     else:  # answered by the earlier run: its tokens still set the RAG rows' budgets
                         row = done[(haystack.target_tokens, engine.chunk_tokens, question.sample_id, method.name)]
