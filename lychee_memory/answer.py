@@ -74,7 +74,8 @@ class Answer:
 
     @property
     def memory(self) -> str:
-        """The working memory the answer was written from."""
+        """The working memory the answer was written from (an excerpt memory's lines as read; the answer reads them
+        in the order ``reasoner.excerpt_answer_order`` sets)."""
         return self.memory_steps[-1] if self.memory_steps else ""
 
     def __str__(self) -> str:

@@ -23,6 +23,7 @@ GateRuleName = Literal["auto", "query_likelihood", "prompt", "trained", "all"]
 PrefilterName = Literal["keys", "lexical", "hybrid", "hybrid_sum", "off"]
 ReadMode = Literal["auto", "kv", "text"]
 MemoryMode = Literal["auto", "notes", "excerpts"]  # "auto" -> the model's preset, else "notes" (working_memory.py)
+ExcerptOrder = Literal["relevance", "reading"]  # the order the final answer reads an excerpt memory in
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 AttentionName = Literal["auto", "sdpa", "eager", "flash_attention_2", "triton"]
 
@@ -319,6 +320,12 @@ class ReasonerSettings(_Settings):
         description="excerpts: the most relevant excerpts up to this many tokens are stage-1 queries (its cost grows "
         "with them)",
     )
+    excerpt_answer_order: ExcerptOrder = Field(
+        "reading",
+        description="excerpts: the order the final answer reads them in: relevance = most relevant first (a small "
+        "reader copies the first line that fits: with look-alike facts in memory it takes the right one more "
+        "often), reading = as they were read; the gate always judges against reading order",
+    )
     answer_with_note: bool = Field(
         False,
         description="notes: each note's batch also decodes the answer after that block, kept while no later read "
@@ -530,6 +537,7 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "excerpt_read_tokens": ("reasoner", "excerpt_read_tokens"),
     "excerpt_total_tokens": ("reasoner", "excerpt_total_tokens"),
     "excerpt_query_tokens": ("reasoner", "excerpt_query_tokens"),
+    "excerpt_answer_order": ("reasoner", "excerpt_answer_order"),
     "answer_with_note": ("reasoner", "answer_with_note"),
     "max_memory_tokens": ("reasoner", "max_memory_tokens"),
     "max_answer_tokens": ("reasoner", "max_answer_tokens"),

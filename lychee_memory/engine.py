@@ -315,7 +315,7 @@ class LycheeMemory:
         bank, ingest_seconds = self._bank_of(source, show_progress, filters)
         states, scan = self.scan(questions, bank, show_progress)
         started = time.perf_counter()
-        generations = self.reasoner.answer(questions, [s.memory for s in states])
+        generations = self.reasoner.answer(questions, [self.memory_strategy.answer_memory(s) for s in states])
         answer_seconds = time.perf_counter() - started
         return [
             answer_from_scan(
@@ -397,7 +397,7 @@ class LycheeMemory:
         def pieces() -> Iterator[str]:
             scan_once()
             started = time.perf_counter()
-            decode = self.reasoner.answer_stream(question, scanned["state"].memory)
+            decode = self.reasoner.answer_stream(question, self.memory_strategy.answer_memory(scanned["state"]))
             steps = iter(decode)
             while True:
                 with self.lock:

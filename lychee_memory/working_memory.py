@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from .blocks import MemoryBank
-from .config import DEFAULT_EXCERPT_READ_TOKENS, DEFAULT_EXCERPT_TOTAL_TOKENS, ReasonerSettings
+from .config import DEFAULT_EXCERPT_READ_TOKENS, DEFAULT_EXCERPT_TOTAL_TOKENS, ExcerptOrder, ReasonerSettings
 from .errors import ConfigurationError
 from .excerpts import Excerpt, LexicalScorer, block_sentences, fit_pieces, keep_within
 from .gate import ScanState
@@ -32,6 +32,10 @@ class MemoryStrategy(ABC):
     def from_settings(cls, settings: ReasonerSettings) -> MemoryStrategy:
         """The strategy with the reasoner settings that concern it."""
         return cls()
+
+    def answer_memory(self, state: ScanState) -> str:
+        """The memory text the final answer reads: the memory as the scan left it."""
+        return state.memory
 
     @abstractmethod
     def update(
@@ -104,7 +108,8 @@ class ExcerptMemory(MemoryStrategy):
     scored lexically against the question and the current excerpts, and the best are kept within ``read_tokens`` (at least the best one: the gate judged the block relevant). Past ``total_tokens``
     every kept excerpt is scored again against the question and the others, and the least relevant is dropped
     whole until the memory fits. The memory is the excerpts' text, one per line in reading order; stage 1 takes
-    the best ones up to ``query_tokens`` as queries. Nothing is decoded, so no observer hears an update.
+    the best ones up to ``query_tokens`` as queries. The final answer reads them most relevant first when
+    ``answer_order`` is ``relevance``. Nothing is decoded, so no observer hears an update.
     """
 
     name: ClassVar[str] = "excerpts"
@@ -112,17 +117,31 @@ class ExcerptMemory(MemoryStrategy):
     read_tokens: int = DEFAULT_EXCERPT_READ_TOKENS
     total_tokens: int = DEFAULT_EXCERPT_TOTAL_TOKENS
     query_tokens: int = 128
+    answer_order: ExcerptOrder = "reading"
     scorer: LexicalScorer = field(default_factory=LexicalScorer)
     separator: str = "\n"
 
     @classmethod
     def from_settings(cls, settings: ReasonerSettings) -> ExcerptMemory:
         read, total = settings.excerpt_budgets
-        return cls(read_tokens=read, total_tokens=total, query_tokens=settings.excerpt_query_tokens)
+        return cls(
+            read_tokens=read,
+            total_tokens=total,
+            query_tokens=settings.excerpt_query_tokens,
+            answer_order=settings.excerpt_answer_order,
+        )
 
     def render(self, excerpts: Sequence[Excerpt]) -> str:
         """The memory text of these excerpts: their sentences, one per line, in the given order."""
         return self.separator.join(excerpt.text for excerpt in excerpts)
+
+    def answer_memory(self, state: ScanState) -> str:
+        """The excerpts as the final answer reads them: most relevant first (ties in reading order) with
+        ``answer_order = "relevance"``, else the memory as read."""
+        if self.answer_order == "reading" or not state.excerpts:
+            return state.memory
+        order = sorted(range(len(state.excerpts)), key=lambda position: (-state.excerpts[position].score, position))
+        return self.render([state.excerpts[position] for position in order])
 
     def read(
         self, bank: MemoryBank, index: int, question: str, kept: Sequence[Excerpt], count: Callable[[str], int]

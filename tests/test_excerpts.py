@@ -383,3 +383,42 @@ def test_the_calibration_table_and_evidence_name_the_memory():
     memory = MemoryResult({"notes": 1, "excerpts": 3}, {"notes": 400, "excerpts": 20}, 4, "excerpts")
     table = format_table(Calibration(preset, None, [], None, None, 4, 0, memory))
     assert "| memory | excerpts | - | notes 1/4 (400 tokens decoded), excerpts 3/4 (20 tokens decoded) |" in table
+
+
+def test_the_answer_reads_the_excerpts_most_relevant_first_when_asked():
+    """``excerpt_answer_order = relevance``: the final answer's memory is the excerpts by score, best first (ties
+    in reading order); ``reading`` (or notes) hands it the memory as read. The order is written out by hand here."""
+    relevance = memory_strategy("excerpts", ReasonerSettings(excerpt_answer_order="relevance"))
+    reading = memory_strategy("excerpts", ReasonerSettings())
+    state = ScanState(CODE_QUESTION, "as read")
+    state.excerpts = [
+        Excerpt("first read", "d", 0, 10, 0, 0.5),
+        Excerpt("the fact", "d", 20, 28, 1, 2.0),
+        Excerpt("a tie", "d", 30, 35, 2, 0.5),
+        Excerpt("weak", "d", 40, 44, 3, 0.1),
+    ]
+    assert relevance.answer_memory(state) == "the fact\nfirst read\na tie\nweak"
+    assert reading.answer_memory(state) == "as read"
+    assert GeneratedNotes().answer_memory(state) == "as read"
+    assert relevance.answer_memory(ScanState(CODE_QUESTION, "no excerpts yet")) == "no excerpts yet"
+
+
+@pytest.mark.parametrize("order", ["relevance", "reading"])
+def test_the_engine_answers_from_the_memory_in_the_order_set(order, monkeypatch):
+    """ask, ask_many and stream all pass the answer the excerpts in the configured order; the gate's memory (and
+    ``Answer.memory``) stays in reading order."""
+    engine = excerpt_engine(excerpt_answer_order=order, max_relevant_blocks=3)
+    seen: list[str] = []
+    real_answer, real_stream = engine.reasoner.answer, engine.reasoner.answer_stream
+    monkeypatch.setattr(engine.reasoner, "answer", lambda qs, ms, *a, **k: seen.extend(ms) or real_answer(qs, ms))
+    monkeypatch.setattr(engine.reasoner, "answer_stream", lambda q, m: seen.append(m) or real_stream(q, m))
+    answer = engine.ask(CODE_QUESTION, FACTS_DOCUMENT)
+    streamed = engine.stream(CODE_QUESTION, FACTS_DOCUMENT)
+    "".join(streamed)
+    assert len(answer.evidence) > 1 and streamed.answer.evidence == answer.evidence
+    ranked = sorted(answer.evidence, key=lambda excerpt: -excerpt.score)  # stable: ties stay in reading order
+    expected = "\n".join(e.text for e in (ranked if order == "relevance" else answer.evidence))
+    assert seen == [expected, expected]
+    assert answer.memory == "\n".join(e.text for e in answer.evidence)  # what was read, in reading order
+    if order == "relevance":
+        assert expected != answer.memory  # this document's excerpts are not read best first: the test can tell

@@ -136,7 +136,7 @@ def rollout_group(
 
     with engine.lock, policy_of(engine, adapter, temperature=temperature, top_p=top_p, seed=seed):
         states, _ = engine.scan([question] * group, bank, False, observe=record)
-        memories = [state.memory for state in states]
+        memories = [engine.memory_strategy.answer_memory(state) for state in states]
         rows = [PromptRow(engine.prompts.final_prompt(question, memory)) for memory in memories]
         answers = reasoner.answer([question] * group, memories)
     result = []
