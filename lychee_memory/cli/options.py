@@ -46,6 +46,7 @@ ENGINE_FLAGS = (
     "memory",
     "excerpt_read_tokens",
     "excerpt_total_tokens",
+    "excerpt_answer_order",
     "max_memory_tokens",
     "max_answer_tokens",
     "temperature",
