@@ -321,7 +321,7 @@ class ReasonerSettings(_Settings):
         "with them)",
     )
     excerpt_answer_order: ExcerptOrder = Field(
-        "reading",
+        "relevance",
         description="excerpts: the order the final answer reads them in: relevance = most relevant first (a small "
         "reader copies the first line that fits: with look-alike facts in memory it takes the right one more "
         "often), reading = as they were read; the gate always judges against reading order",
