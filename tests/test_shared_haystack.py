@@ -428,3 +428,53 @@ def test_resumed_rag_answers_serve_a_method_reading_as_many_tokens(rows, tmp_pat
         )
         assert row["answer"] == before["answer"] and row["seconds"] == before["seconds"]  # reused, not re-asked
         assert row["matched_to"] == "same"
+
+
+def test_recorded_answers_replay_from_their_excerpts_in_either_order(rows, tmp_path):
+    """answer_order_replay.py rebuilds each recorded excerpt memory from its spans: replayed in reading order it
+    reproduces every recorded answer word for word (so the order is the only change it measures), and best first it
+    hands the answer the excerpts sorted by the memory's own scores."""
+    data = tmp_path / "hotpot.json"
+    data.write_text(json.dumps(rows))
+    common = ["--hotpot-file", str(data), "--model", "tiny-random-llama", "--lengths", "600"]
+    options = ["--engine-option", "max_memory_tokens=64", "--engine-option", "max_answer_tokens=4"]
+    method = (
+        "ex:gate.rule=all;gate.max_relevant_blocks=3;reasoner.memory=excerpts;reasoner.excerpt_answer_order=reading"
+    )
+    out = tmp_path / "out"
+    script().main(
+        [*common, *options, "--block-tokens", "48", "--method", method, "--rag", "none", "--quiet", "--out", str(out)]
+    )
+    replayer = benchmark_script("answer_order_replay")
+    replay_out = tmp_path / "replay.jsonl"
+    replayer.main(
+        [*common, *options, "--records", str(out / "records.jsonl"), "--method", "ex", "--out", str(replay_out)]
+    )
+    replayed = [json.loads(line) for line in replay_out.read_text().splitlines()]
+    assert len(replayed) == len(rows) and all(row["reading"] == row["recorded"] for row in replayed)
+    # best first: the recorded excerpts sorted by their score against the question and the others (ties as read)
+    from lychee_memory.excerpts import LexicalScorer
+
+    haystack = build_shared_haystack(rows, _tiny_counter(), 600, 0)
+    questions = {q.sample_id: q.question for q in haystack.questions}
+    records = {r["sample_id"]: r for r in map(json.loads, (out / "records.jsonl").read_text().splitlines())}
+    reordered = 0
+    for row in replayed:
+        texts = [haystack.context[s:e] for s, e in records[row["sample_id"]]["spans"]]
+        others = ["\n".join(texts[:i] + texts[i + 1 :]) for i in range(len(texts))]
+        scores = LexicalScorer().scores(texts, questions[row["sample_id"]], others)
+        ranked = [texts[i] for i in sorted(range(len(texts)), key=lambda i: (-scores[i], i))]
+        assert row["memory_relevance"] == "\n".join(ranked) and row["memory_reading"] == "\n".join(texts)
+        reordered += ranked != texts
+    assert reordered  # some memory was not read best first: the two orders differ
+    # the engine asked again best first (same reads) answers as the replay's best-first memory does
+    best_first = tmp_path / "best_first"
+    argv = [*common, *options, "--block-tokens", "48", "--rag", "none", "--quiet", "--out", str(best_first)]
+    script().main([*argv, "--method", method.replace("order=reading", "order=relevance")])
+    engine_answers = {
+        record["sample_id"]: record["answer"]
+        for record in map(json.loads, (best_first / "records.jsonl").read_text().splitlines())
+    }
+    assert {row["sample_id"]: row["relevance"] for row in replayed} == engine_answers
+    with pytest.raises(SystemExit, match="no answer of method"):
+        replayer.main([*common, "--records", str(out / "records.jsonl"), "--method", "other", "--out", str(replay_out)])

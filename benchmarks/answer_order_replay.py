@@ -1,0 +1,124 @@
+"""Replay recorded HotpotQA answers from their excerpts in reading order and most relevant first.
+
+``hotpot_shared.py`` records the spans of the excerpts that reached each answer. This script rebuilds the same shared
+haystack, turns the spans back into the excerpt memory (scored as the memory scores them when it fits its budget)
+and asks the final answer again with both ``reasoner.excerpt_answer_order`` values, through the memory strategy's own
+``answer_memory``. Nothing is read again, so the order is the only change; the reading-order replay must reproduce
+the recorded answers (the count is printed), which checks the replay itself.
+
+    python benchmarks/answer_order_replay.py --data ../shared/data --lengths 56k \\
+        --records benchmarks/plots/default_reading/hotpot56k/records.jsonl --method recipe --out replay.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+ORDERS = ("reading", "relevance")
+
+
+def replay(engine: Any, haystack: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per record: the answer replayed in each order, its sub_em, and the recorded answer and sub_em."""
+    from lychee_memory.config import ReasonerSettings
+    from lychee_memory.eval.metrics import sub_em
+    from lychee_memory.excerpts import Excerpt
+    from lychee_memory.gate import ScanState
+    from lychee_memory.working_memory import memory_strategy
+
+    questions = {question.sample_id: question for question in haystack.questions}
+    strategies = {order: memory_strategy("excerpts", ReasonerSettings(excerpt_answer_order=order)) for order in ORDERS}
+    states = []
+    for record in records:
+        question = questions[record["sample_id"]].question
+        texts = [haystack.context[start:end] for start, end in record["spans"]]
+        others = ["\n".join(texts[:i] + texts[i + 1 :]) for i in range(len(texts))]
+        scores = strategies["relevance"].scorer.scores(texts, question, others)  # as the memory's fit scores them
+        state = ScanState(question, "")
+        state.excerpts = [
+            Excerpt(text, "haystack", start, end, 0, score)
+            for text, (start, end), score in zip(texts, record["spans"], scores)
+        ]
+        state.memory = strategies["reading"].render(state.excerpts)
+        states.append(state)
+    memories = {order: [strategy.answer_memory(state) for state in states] for order, strategy in strategies.items()}
+    answers = {order: engine.reasoner.answer([s.question for s in states], memories[order]) for order in ORDERS}
+    rows = []
+    for position, record in enumerate(records):
+        row = {
+            "sample_id": record["sample_id"],
+            "split": record["split"],
+            "method": record["method"],
+            "recorded": record["answer"],
+            "sub_em_recorded": record["sub_em"],
+        }
+        for order in ORDERS:
+            text = answers[order][position].text
+            row[order] = text
+            row[f"sub_em_{order}"] = sub_em(text, list(record["answers"]))
+            row[f"memory_{order}"] = memories[order][position]
+        rows.append(row)
+    return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """Per split: how many replays in reading order reproduced the recorded answer, sub_em per order, and the
+    relevance order's wins and losses against reading order, paired by question."""
+    lines = [
+        "| split | n | reproduced | sub_em as read | sub_em best first | best first vs as read |",
+        "|---|---|---|---|---|---|",
+    ]
+    for split in ("tuning", "confirming", "all"):
+        chosen = [row for row in rows if split == "all" or row["split"] == split]
+        if not chosen:
+            continue
+        same = sum(row["reading"].strip() == row["recorded"].strip() for row in chosen)
+        wins = sum(row["sub_em_relevance"] and not row["sub_em_reading"] for row in chosen)
+        losses = sum(row["sub_em_reading"] and not row["sub_em_relevance"] for row in chosen)
+        reading = sum(row["sub_em_reading"] for row in chosen)
+        relevance = sum(row["sub_em_relevance"] for row in chosen)
+        lines.append(f"| {split} | {len(chosen)} | {same} | {reading} | {relevance} | +{wins} / -{losses} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=None, help="dataset directory holding hotpotqa/ (else $LYCHEE_DATA_DIR)")
+    parser.add_argument("--hotpot-file", type=Path, default=None, help="a HotpotQA JSON file instead of --data's")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--lengths", required=True, help="the length the records were made at (one)")
+    parser.add_argument("--records", type=Path, required=True, help="hotpot_shared.py records.jsonl")
+    parser.add_argument("--method", required=True, help="the recorded method to replay (its evidence: excerpts)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("answer_order_replay.jsonl"))
+    parser.add_argument("--engine-option", action="append", default=[], help="key=value for the engine")
+    args = parser.parse_args(argv)
+
+    from lychee_memory import LycheeMemory
+    from lychee_memory.eval.shared_bench import parse_method
+    from lychee_memory.eval.shared_haystack import DEFAULT_GOLD_SHARE, build_shared_haystack
+    from lychee_memory.eval.tasks import TokenCounter, data_dir, load_hotpot, parse_lengths
+
+    (length,) = parse_lengths(args.lengths)
+    records = [json.loads(line) for line in args.records.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [r for r in records if r["method"] == args.method and r["length"] == length]
+    if not records:
+        raise SystemExit(f"--records holds no answer of method {args.method!r} at {length} tokens")
+    if any(record["evidence"] != "excerpts" for record in records):
+        raise SystemExit(f"method {args.method!r} answered from blocks, not excerpts: there is no order to replay")
+    rows_in = json.loads(args.hotpot_file.read_text()) if args.hotpot_file else load_hotpot(data_dir(args.data))
+    options = parse_method("all:" + ";".join(args.engine_option)).options
+    engine = LycheeMemory.from_pretrained(args.model, show_progress=False, **options)
+    haystack = build_shared_haystack(
+        rows_in, TokenCounter(engine.loaded.tokenizer), length, args.seed, DEFAULT_GOLD_SHARE
+    )
+    rows = replay(engine, haystack, records)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    print(summary(rows))
+
+
+if __name__ == "__main__":
+    main()
