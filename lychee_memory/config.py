@@ -321,10 +321,10 @@ class ReasonerSettings(_Settings):
         "with them)",
     )
     excerpt_answer_order: ExcerptOrder = Field(
-        "relevance",
-        description="excerpts: the order the final answer reads them in: relevance = most relevant first (a small "
-        "reader copies the first line that fits: with look-alike facts in memory it takes the right one more "
-        "often), reading = as they were read; the gate always judges against reading order",
+        "reading",
+        description="excerpts: the order the final answer reads them in: reading = as they were read; relevance = "
+        "most relevant first (with min_blocks, where several look-alike facts share the memory, the small reader "
+        "then copies the right one more often; measured in BENCHMARKS); the gate always judges in reading order",
     )
     answer_with_note: bool = Field(
         False,

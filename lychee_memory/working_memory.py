@@ -117,7 +117,7 @@ class ExcerptMemory(MemoryStrategy):
     read_tokens: int = DEFAULT_EXCERPT_READ_TOKENS
     total_tokens: int = DEFAULT_EXCERPT_TOTAL_TOKENS
     query_tokens: int = 128
-    answer_order: ExcerptOrder = "relevance"
+    answer_order: ExcerptOrder = "reading"
     scorer: LexicalScorer = field(default_factory=LexicalScorer)
     separator: str = "\n"
 

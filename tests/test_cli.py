@@ -132,8 +132,10 @@ def test_ask_json_splits_prefilter_from_gate_and_info_shows_the_index(document):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     timings = data["timings"]
+    # "query" is the sum of the four phases before rounding; each of the five is rounded to 4 decimals, so they can
+    # differ by up to 5 x 5e-5
     assert timings["query"] == pytest.approx(
-        timings["prefilter"] + timings["gate"] + timings["reason"] + timings["answer"], abs=2e-4
+        timings["prefilter"] + timings["gate"] + timings["reason"] + timings["answer"], abs=2.5e-4 + 1e-9
     )
     assert "candidates" in data and "candidates" in data["tokens"]
     info = json.loads(lychee("info", "--json", *TINY).stdout)["engine"]["gate"]

@@ -388,8 +388,8 @@ def test_the_calibration_table_and_evidence_name_the_memory():
 def test_the_answer_reads_the_excerpts_most_relevant_first_when_asked():
     """``excerpt_answer_order = relevance``: the final answer's memory is the excerpts by score, best first (ties
     in reading order); ``reading`` (or notes) hands it the memory as read. The order is written out by hand here."""
-    relevance = memory_strategy("excerpts", ReasonerSettings())  # the default
-    reading = memory_strategy("excerpts", ReasonerSettings(excerpt_answer_order="reading"))
+    relevance = memory_strategy("excerpts", ReasonerSettings(excerpt_answer_order="relevance"))
+    reading = memory_strategy("excerpts", ReasonerSettings())  # the default
     state = ScanState(CODE_QUESTION, "as read")
     state.excerpts = [
         Excerpt("first read", "d", 0, 10, 0, 0.5),
