@@ -199,10 +199,9 @@ def run_shared(
     rag_answers: dict[tuple[str, str, int], tuple[Any, float]] = {}
     window = base.loaded.context_window - base.config.reasoner.max_answer_tokens - PROMPT_ALLOWANCE
     matches = rag_matches(rag_match)
-    tokenizer = base.loaded.tokenizer
 
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
+    def count(text: str) -> int:  # as the excerpt memory counts its budgets
+        return len(base.prompts.encode_text(text))
 
     def missing(question: Any, name: str, block: int) -> list[str]:
         """The rows of (question, method) still to make at a block size: the method's own and its RAG variants'."""
@@ -212,19 +211,20 @@ def run_shared(
 
     def rag_row(
         name: str, rag: Any, question: Any, engine: LycheeMemory, method: str, row: dict[str, Any], match: str
-    ) -> Iterator[dict[str, Any]]:
+    ) -> dict[str, Any]:
         """RAG variant ``name``'s record for a question, given as many tokens as the method's ``row`` had in the
         measure ``match`` names (an earlier run's answer at the same chunk count is reused)."""
-        row_name = rag_row_name(name, method, match)
-        budget = row[RAG_MATCHES[match]]
-        wanted = max(1, round(budget / RAG_CHUNK_TOKENS))
+        wanted = max(1, round(row[RAG_MATCHES[match]] / RAG_CHUNK_TOKENS))
         top_k = min(wanted, max(1, window // RAG_CHUNK_TOKENS))
+        matched = {
+            "method": rag_row_name(name, method, match),
+            "matched_to": method,
+            "matched_on": RAG_MATCHES[match],
+            "capped": top_k < wanted,
+        }
         key = (name, question.sample_id, top_k)
-        matched = {"method": row_name, "matched_to": method, "matched_on": RAG_MATCHES[match]}
-        matched["capped"] = top_k < wanted
         if key in earlier_rag and key not in rag_answers:  # the same retrieval, answered before
-            yield {**earlier_rag[key], **matched}
-            return
+            return {**earlier_rag[key], **matched}
         if name not in rag_indexes:
             rag_indexes[name] = rag.build(haystack.context)
         top_k = min(top_k, len(rag_indexes[name]))
@@ -234,7 +234,7 @@ def run_shared(
             began = time.perf_counter()
             rag_answers[key] = (rag.ask(question.question, rag_indexes[name]), time.perf_counter() - began)
         rag_answer, rag_seconds = rag_answers[key]
-        record = _record(haystack, engine.chunk_tokens, question, row_name, rag_answer)
+        record = _record(haystack, engine.chunk_tokens, question, matched["method"], rag_answer)
         record.update(
             kind="rag",
             rag=name,
@@ -244,7 +244,7 @@ def run_shared(
             evidence_chars=sum(end - start for start, end in spans_of(rag_answer.blocks)),
             **matched,
         )
-        yield record
+        return record
 
     for block_tokens in block_sizes:
         engines = {method.name: method_engine(base, method, block_tokens) for method in methods}
@@ -296,10 +296,8 @@ def run_shared(
                             row = {**row, "evidence_tokens": evidence_tokens(haystack.context, row["spans"], count)}
                     for name, rag in rag_engines.items():
                         for match in matches:
-                            row_name = rag_row_name(name, method.name, match)
-                            if row_name not in to_make:
-                                continue
-                            yield from rag_row(name, rag, question, engine, method.name, row, match)
+                            if rag_row_name(name, method.name, match) in to_make:
+                                yield rag_row(name, rag, question, engine, method.name, row, match)
                     bar.update(1)
 
 
