@@ -1,7 +1,7 @@
 """Replay recorded HotpotQA answers from their excerpts in reading order and most relevant first.
 
 ``hotpot_shared.py`` records the spans of the excerpts that reached each answer. This script rebuilds the same shared
-haystack, turns the spans back into the excerpt memory (scored as the memory scores them when it fits its budget)
+haystack, turns the spans back into the excerpt memory (scored by the memory's own ``fit``, with no budget to meet)
 and asks the final answer again with both ``reasoner.excerpt_answer_order`` values, through the memory strategy's own
 ``answer_memory``. Nothing is read again, so the order is the only change; the reading-order replay must reproduce
 the recorded answers (the count is printed), which checks the replay itself.
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +32,18 @@ def replay(engine: Any, haystack: Any, records: list[dict[str, Any]]) -> list[di
 
     questions = {question.sample_id: question for question in haystack.questions}
     strategies = {order: memory_strategy("excerpts", ReasonerSettings(excerpt_answer_order=order)) for order in ORDERS}
+    # the memory's own fit scores the recorded excerpts; with no budget to meet it drops none
+    unbounded = replace(strategies["reading"], total_tokens=sys.maxsize)
+
+    def count(text: str) -> int:
+        return len(engine.prompts.encode_text(text))
+
     states = []
     for record in records:
         question = questions[record["sample_id"]].question
-        texts = [haystack.context[start:end] for start, end in record["spans"]]
-        others = ["\n".join(texts[:i] + texts[i + 1 :]) for i in range(len(texts))]
-        scores = strategies["relevance"].scorer.scores(texts, question, others)  # as the memory's fit scores them
+        kept = [Excerpt(haystack.context[start:end], "haystack", start, end, 0, 0.0) for start, end in record["spans"]]
         state = ScanState(question, "")
-        state.excerpts = [
-            Excerpt(text, "haystack", start, end, 0, score)
-            for text, (start, end), score in zip(texts, record["spans"], scores)
-        ]
+        state.excerpts = unbounded.fit(question, kept, count)
         state.memory = strategies["reading"].render(state.excerpts)
         states.append(state)
     memories = {order: [strategy.answer_memory(state) for state in states] for order, strategy in strategies.items()}
