@@ -4,6 +4,8 @@ Three measurements, each on needle samples whose planted facts say which blocks 
 
 - the gate threshold of each rule: every block of every sample is scored (minus the block-free baseline where the
   rule uses one), and the threshold is the one with the best recall of fact blocks within a budget of false reads;
+  with ``end_to_end`` questions, the thresholds that recall rule picks at several read budgets are each answered
+  end to end (the scan as it runs, memory updates included) and the one answering most, then reading least, wins;
 - the prefilter heads: ``eval.head_probe.probe_heads`` on a raw-KV engine;
 - the read mode: the same questions answered reading blocks as KV and as text; KV unless text answers more;
 - the memory strategy: the same questions answered with each of ``MEMORY_STRATEGIES`` (generated notes, verbatim
@@ -145,6 +147,64 @@ def choose_threshold(
     return max(tied, key=lambda outcome: (pooled.margin(outcome.threshold), outcome.threshold))
 
 
+# Choosing a threshold by answers ------------------------------------------------------------------------
+
+# Read budgets (false reads per question) whose best-recall thresholds are answered end to end.
+END_TO_END_BUDGETS = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass(frozen=True)
+class AnsweredThreshold:
+    """One threshold asked end to end: questions answered right (sub_em) and blocks read per question."""
+
+    threshold: float
+    right: int
+    questions: int
+    blocks_read: float  # mean blocks the reasoner read per question, fallback reads included
+
+
+def answer_candidates(
+    scores: Sequence[QuestionScores], read_budgets: Sequence[float] = END_TO_END_BUDGETS, also: Sequence[float] = ()
+) -> list[float]:
+    """The thresholds worth answering with: the best-recall one within each read budget, and ``also``; distinct,
+    highest first."""
+    return sorted({*(choose_threshold(scores, budget).threshold for budget in read_budgets), *also}, reverse=True)
+
+
+def choose_by_answers(rows: Sequence[AnsweredThreshold]) -> AnsweredThreshold:
+    """The threshold answering most questions; among those the one reading fewest blocks, then the higher one."""
+    if not rows:
+        raise ConfigurationError("no thresholds were answered")
+    return max(rows, key=lambda row: (row.right, -round(row.blocks_read, 9), row.threshold))
+
+
+def answer_at_thresholds(
+    engine: LycheeMemory,
+    rule: str,
+    thresholds: Sequence[float],
+    samples: Sequence[QASample],
+    options: dict[str, Any],
+    show_progress: bool,
+) -> list[AnsweredThreshold]:
+    """Ask every sample with the rule at each threshold (one bank per sample, shared by all thresholds)."""
+    if not samples:
+        raise ConfigurationError("no questions to answer end to end")
+    readers = {threshold: engine_variant(engine, gate=rule, threshold=threshold, **options) for threshold in thresholds}
+    right = dict.fromkeys(readers, 0)
+    read = dict.fromkeys(readers, 0)
+    with progress_bar(
+        len(samples), f"answering at {len(readers)} {rule} thresholds", show_progress, unit="question"
+    ) as bar:
+        for sample in samples:
+            bank = engine.ingest(sample.context, show_progress=False)
+            for threshold, reader in readers.items():
+                answer = reader.ask(sample.question, bank, show_progress=False)
+                right[threshold] += int(sub_em(answer.text, sample.answers))
+                read[threshold] += sum(block.selected for block in answer.blocks)
+            bar.update(1)
+    return [AnsweredThreshold(t, right[t], len(samples), read[t] / len(samples)) for t in readers]
+
+
 # Settings and results -----------------------------------------------------------------------------------
 
 
@@ -166,12 +226,13 @@ class CalibrationSettings:
     skip_read_mode: bool = False
     skip_memory: bool = False
     read_questions: int = 4  # probe questions answered in each read mode and each memory strategy
+    end_to_end: int = 0  # probe questions answered at each candidate threshold; 0 = choose by block recall alone
     show_progress: bool = True
 
     def __post_init__(self) -> None:
         if not self.lengths or any(length < 1 for length in self.lengths):
             raise ConfigurationError(f"lengths must be positive token counts, got {list(self.lengths)}")
-        for name, least in (("n", 1), ("heldout_n", 0), ("head_count", 1), ("read_questions", 1)):
+        for name, least in (("n", 1), ("heldout_n", 0), ("head_count", 1), ("read_questions", 1), ("end_to_end", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigurationError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {value!r}")
@@ -179,6 +240,10 @@ class CalibrationSettings:
             raise ConfigurationError(f"--read-budget must be a number of blocks >= 0, got {self.read_budget}")
         if self.target_recall is not None and not 0 < self.target_recall <= 1:
             raise ConfigurationError(f"--target-recall must be in (0, 1], got {self.target_recall}")
+        if self.end_to_end and self.target_recall is not None:
+            raise ConfigurationError(
+                "--end-to-end chooses among read budgets; it does not combine with --target-recall"
+            )
         unknown = [family for family in self.families if family not in NEEDLE_FAMILIES]
         if not self.families or unknown:
             raise ConfigurationError(
@@ -200,6 +265,11 @@ class RuleCalibration:
     compressor: str
     chosen: ThresholdOutcome
     heldout: ThresholdOutcome | None
+    # With end_to_end: each candidate answered on probe questions, and on held-out ones the chosen threshold and the
+    # one block recall alone picked (so a choice that does not carry over shows).
+    answered: tuple[AnsweredThreshold, ...] = ()
+    heldout_answered: tuple[AnsweredThreshold, ...] = ()
+    by_recall: float | None = None  # the threshold block recall alone picked, when answers were measured
 
 
 @dataclass(frozen=True)
@@ -371,6 +441,38 @@ def measure_memory(
     return MemoryResult(correct, decoded, len(samples), chosen)
 
 
+def choose_end_to_end(
+    engine: LycheeMemory,
+    result: RuleCalibration,
+    scores: tuple[Sequence[QuestionScores], Sequence[QuestionScores]],
+    probe: Sequence[QASample],
+    heldout: Sequence[QASample],
+    options: dict[str, Any],
+    settings: CalibrationSettings,
+) -> RuleCalibration:
+    """``result`` with its threshold chosen by answers: the candidates asked on the first ``end_to_end`` probe
+    questions, then the chosen one and the recall choice asked on as many held-out questions."""
+    count = settings.end_to_end
+    probe_scores, heldout_scores = scores
+    candidates = answer_candidates(probe_scores, also=[result.chosen.threshold])
+    answered = answer_at_thresholds(engine, result.rule, candidates, probe[:count], options, settings.show_progress)
+    best = choose_by_answers(answered)
+    heldout_answered: list[AnsweredThreshold] = []
+    if heldout:
+        checked = sorted({best.threshold, result.chosen.threshold}, reverse=True)
+        heldout_answered = answer_at_thresholds(
+            engine, result.rule, checked, heldout[:count], options, settings.show_progress
+        )
+    return dataclasses.replace(
+        result,
+        chosen=evaluate_threshold(probe_scores, best.threshold),
+        heldout=evaluate_threshold(heldout_scores, best.threshold) if heldout_scores else None,
+        answered=tuple(answered),
+        heldout_answered=tuple(heldout_answered),
+        by_recall=result.chosen.threshold,
+    )
+
+
 def calibrate(engine: LycheeMemory, settings: CalibrationSettings, command: str = "") -> Calibration:
     """Measure thresholds, heads and read mode for the engine's model and compressor; return them as a preset."""
     rules = _rules(engine, settings.rules)
@@ -392,6 +494,20 @@ def calibrate(engine: LycheeMemory, settings: CalibrationSettings, command: str 
     if not settings.skip_heads:
         raw = engine if compressor == "none" else engine_variant(engine, compressor="none")
         heads = probe_heads(raw, probe, heldout, count=settings.head_count, show_progress=settings.show_progress)
+    if settings.end_to_end:
+        options = {"prefilter_heads": heads.chosen} if heads is not None else {}
+        results = [
+            choose_end_to_end(
+                engine,
+                result,
+                (probe_scores[result.rule], heldout_scores[result.rule]),
+                probe,
+                heldout,
+                options,
+                settings,
+            )
+            for result in results
+        ]
     read_mode = None
     if not settings.skip_read_mode:
         options = _answering_options(results, heads, engine)
@@ -433,9 +549,18 @@ def _outcome_text(outcome: ThresholdOutcome, label: str = "") -> str:
     )
 
 
+def _answered_text(rows: Sequence[AnsweredThreshold]) -> str:
+    return ", ".join(
+        f"{row.threshold:.4f} {row.right}/{row.questions} right, {row.blocks_read:.2f} blocks read" for row in rows
+    )
+
+
 def _rule_text(result: RuleCalibration) -> str:
     held = f"; {_outcome_text(result.heldout, 'held out: ')}" if result.heldout is not None else ""
-    return _outcome_text(result.chosen) + held
+    answered = f"; answered, probe: {_answered_text(result.answered)}" if result.answered else ""
+    if result.heldout_answered:
+        answered += f"; held out: {_answered_text(result.heldout_answered)}"
+    return _outcome_text(result.chosen) + held + answered
 
 
 def _heads_text(heads: ProbeResult) -> str:
@@ -475,9 +600,17 @@ def _evidence(calibration: Calibration, settings: CalibrationSettings, engine: L
         else f"the best recall within {settings.read_budget} false reads per question"
     )
     for result in calibration.rules:
+        how = choice
+        if result.answered:
+            budgets = ", ".join(f"{budget:g}" for budget in END_TO_END_BUDGETS)
+            how = (
+                f"of the best-recall thresholds within {budgets} false reads per question, the one answering most of "
+                f"{result.answered[0].questions} probe questions end to end, then reading fewest blocks; block recall "
+                f"alone chose {result.by_recall:.4f}"
+            )
         parts.append(
             f"Gate {threshold_key(result.compressor, result.rule)}: threshold {result.chosen.threshold:.4f} "
-            f"({choice}): {_rule_text(result)}."
+            f"({how}): {_rule_text(result)}."
         )
     if calibration.heads is not None:
         heads = [list(head) for head in calibration.heads.chosen]

@@ -12,10 +12,15 @@ import pytest
 
 from lychee_memory import presets
 from lychee_memory.calibration import (
+    AnsweredThreshold,
     CalibrationSettings,
     QuestionScores,
+    answer_at_thresholds,
+    answer_candidates,
     calibrate,
+    calibration_samples,
     candidate_thresholds,
+    choose_by_answers,
     choose_threshold,
     focus_on_answer,
 )
@@ -97,6 +102,41 @@ def test_the_chosen_threshold_is_never_beaten_within_the_budget():
         for t in values + [(a + b) / 2 for a, b in zip(values, values[1:])]:
             other_hits, other_false = counted(scores, t)
             assert other_false > budget or other_hits <= hits
+
+
+def test_the_thresholds_answered_end_to_end_are_each_budgets_best_recall_one():
+    # The scores of the first test: budget 0 picks 2.75; budgets 0.5, 1, 2 and 4 all pick 1.5 (worked out there).
+    scores = [QuestionScores((3.0,), (1.0, 0.0)), QuestionScores((2.0,), (2.5, -1.0))]
+    assert answer_candidates(scores) == [2.75, 1.5]
+    assert answer_candidates(scores, also=[0.5, 1.5]) == [2.75, 1.5, 0.5]
+
+
+def test_answers_choose_the_threshold_then_fewer_reads_then_the_higher_one():
+    def row(threshold, right, read):
+        return AnsweredThreshold(threshold, right, 10, read)
+
+    assert choose_by_answers([row(3.0, 6, 1.0), row(1.0, 7, 3.5), row(0.5, 5, 4.0)]).threshold == 1.0
+    assert choose_by_answers([row(3.0, 7, 1.2), row(1.0, 7, 3.5)]).threshold == 3.0, "as many right: fewer reads"
+    assert choose_by_answers([row(1.0, 7, 2.0), row(3.0, 7, 2.0)]).threshold == 3.0, "then the higher threshold"
+    with pytest.raises(ConfigurationError, match="no thresholds"):
+        choose_by_answers([])
+
+
+def test_answers_at_each_threshold_are_those_of_an_engine_built_with_it():
+    engine = make_engine()
+    samples = calibration_samples(CalibrationSettings(lengths=(1000,), n=1), engine.loaded.tokenizer, 1, 0)
+    high, low = 1e9, -1e9  # nothing passes (the fallback reads), everything passes (the reading budget caps it)
+    rows = answer_at_thresholds(engine, "query_likelihood", [high, low], samples, {}, show_progress=False)
+    assert [row.threshold for row in rows] == [high, low]
+    for row in rows:
+        reference = make_engine(threshold=row.threshold)  # built directly, not through the calibration's variant
+        right, read = 0, 0
+        for sample in samples:
+            answer = reference.ask(sample.question, reference.ingest(sample.context))
+            right += sample.answers[0].lower() in answer.text.lower()
+            read += len([block for block in answer.blocks if block.selected])
+        assert (row.right, row.questions, row.blocks_read) == (right, len(samples), read / len(samples))
+    assert rows[0].blocks_read < rows[1].blocks_read, "the thresholds were applied"
 
 
 def test_only_the_fact_that_states_the_answer_counts_in_a_multikey_sample():
@@ -282,6 +322,30 @@ def test_calibrate_writes_a_preset_the_engine_then_uses(tmp_path, monkeypatch):
     assert make_engine().threshold == 1.0, "a preset measured on another checkpoint does not apply"
 
 
+def test_calibrating_end_to_end_picks_the_threshold_answering_most(tmp_path):
+    engine = make_engine()
+    settings = CalibrationSettings(
+        lengths=(1000,),
+        n=2,
+        heldout_n=1,
+        end_to_end=2,
+        skip_heads=True,
+        skip_read_mode=True,
+        skip_memory=True,
+        show_progress=False,
+    )
+    calibration = calibrate(engine, settings, command="lychee calibrate (test)")
+    (result,) = calibration.rules
+    answered = {row.threshold: row for row in result.answered}
+    assert result.by_recall in answered and all(row.questions == 2 for row in answered.values())
+    best = max(answered.values(), key=lambda row: (row.right, -row.blocks_read, row.threshold))
+    assert result.chosen.threshold == best.threshold == calibration.preset.thresholds[("attention", "query_likelihood")]
+    assert {row.threshold for row in result.heldout_answered} == {best.threshold, result.by_recall}
+    assert all(row.questions == 2 for row in result.heldout_answered)  # two families, one held-out sample each
+    assert result.heldout is not None and result.heldout.threshold == best.threshold
+    assert "end to end" in calibration.preset.evidence and f"{result.by_recall:.4f}" in calibration.preset.evidence
+
+
 def test_the_cli_calibrates_prints_the_table_and_writes_the_file(tmp_path, capsys):
     out = tmp_path / "tiny.json"
     command = ["calibrate", *TINY, "--lengths", "1k", "--n", "1", "--heldout-n", "1", "--no-progress"]
@@ -307,6 +371,12 @@ def test_the_cli_calibrates_prints_the_table_and_writes_the_file(tmp_path, capsy
         (["--rules", "likelihood"], "unknown gate rule"),
         (["--out", "{tmp}/file.txt/preset.json"], "cannot write the preset file"),
         (["--out", "{tmp}/preset.yaml"], "must end in .json"),
+        (["--end-to-end", "-1"], "--end-to-end must be an integer >= 0"),
+        (["--end-to-end", "2", "--target-recall", "0.9"], "does not combine with --target-recall"),
+        (["--gate-out", "{tmp}/gate.bin"], "must end in .safetensors"),
+        (["--rules", "prompt", "--gate-out", "{tmp}/gate.safetensors"], "add trained to --rules"),
+        (["--gate", "prompt", "--gate-out", "{tmp}/gate.safetensors"], "but the gate is prompt"),
+        (["--gate-out", "{tmp}/gate.safetensors"], "the trained gate is not among the rules calibrated"),
     ],
 )
 def test_the_cli_refuses_bad_input_before_measuring(tmp_path, capsys, arguments, message):
@@ -314,4 +384,4 @@ def test_the_cli_refuses_bad_input_before_measuring(tmp_path, capsys, arguments,
     arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
     assert main(["calibrate", *TINY, "--no-progress", *arguments]) == 2
     assert message in capsys.readouterr().err
-    assert not list(tmp_path.rglob("*.json")), "nothing written"
+    assert not list(tmp_path.rglob("*.json")) and not list(tmp_path.rglob("*.safetensors")), "nothing written"

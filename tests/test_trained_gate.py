@@ -243,3 +243,31 @@ def test_a_preset_that_ships_a_gate_makes_it_the_default_rule(trained, tmp_path,
     engine = make_engine("llama", compressor="none")
     assert engine.rule.name == "trained" and engine.config.gate.weights == str(tmp_path / "tiny-gate.safetensors")
     assert make_engine("llama", compressor="none", gate="query_likelihood").rule.name == "query_likelihood"
+
+
+def test_calibrating_the_trained_gate_end_to_end_writes_a_new_file_and_keeps_the_old(trained, tmp_path, capsys):
+    from lychee_memory.cli import main
+
+    out, _ = trained
+    source = out / "gate.safetensors"
+    source_tensors, source_settings, source_digest = read_gate_file(source)
+    model = ["--model", "tiny-random-llama", "--chunk-tokens", "64", "--max-memory-tokens", "8"]
+    command = [
+        "calibrate", *model, "--max-answer-tokens", "6", "--compressor", "none", "--gate", "trained",
+        "--gate-weights", str(source), "--lengths", "1k", "--n", "1", "--heldout-n", "0", "--skip-heads",
+        "--skip-read-mode", "--skip-memory", "--end-to-end", "1", "--no-progress", "--out", str(tmp_path / "p.json"),
+    ]  # fmt: skip
+    assert main([*command, "--gate-out", str(source)]) == 2, "the source file is never overwritten"
+    assert "is the gate file being calibrated" in capsys.readouterr().err
+    written = tmp_path / "gate-e2e.safetensors"
+    assert main([*command, "--gate-out", str(written)]) == 0
+    printed = capsys.readouterr().out
+    tensors, settings, digest = read_gate_file(written)
+    assert f"threshold {settings.threshold:.4f} written to {written}" in printed
+    assert (
+        "answered, probe:" in printed and "end to end" in settings.evidence and source_digest[:12] in settings.evidence
+    )
+    assert tensors.keys() == source_tensors.keys() and all(torch.equal(tensors[k], source_tensors[k]) for k in tensors)
+    assert read_gate_file(source)[2] == source_digest and read_gate_file(source)[1] == source_settings, "source kept"
+    engine = make_engine("llama", compressor="none", gate="trained", gate_weights=str(written))
+    assert engine.threshold == settings.threshold, "the threshold travels with the new file"

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigurationError
 from .options import add_engine_options, command_line, evaluation_options
 
 # Flags that change where results go or how they show, not what is measured: left out of the recorded command.
-_NOT_RECORDED = ("out", "no_progress", "config")
+_NOT_RECORDED = ("out", "gate_out", "no_progress", "config")
 
 
 def _command_probe(args: argparse.Namespace) -> int:
@@ -51,6 +52,7 @@ def _command_calibrate(args: argparse.Namespace, actions: list[argparse.Action])
     from ..calibration import CalibrationSettings, calibrate, format_table, merge_earlier
     from ..engine import LycheeMemory
     from ..eval.tasks import parse_lengths
+    from ..gate.adapter import rethresholded_gate_file
     from ..presets import check_preset_path, default_preset_path, where_preset_applies, write_preset_file
 
     model, options = evaluation_options(args)
@@ -70,10 +72,14 @@ def _command_calibrate(args: argparse.Namespace, actions: list[argparse.Action])
         skip_read_mode=args.skip_read_mode,
         skip_memory=args.skip_memory,
         read_questions=args.read_questions,
+        end_to_end=args.end_to_end,
         show_progress=not args.no_progress,
     )
     out = check_preset_path(args.out) if args.out else None  # before the model loads and anything is measured
+    gate_out = _check_gate_out(args)
     engine = LycheeMemory.from_pretrained(model, **options)
+    if gate_out is not None and "trained" not in (settings.rules or (engine.rule.name,)):
+        raise ConfigurationError(f"--gate-out: the trained gate is not among the rules calibrated ({engine.rule.name})")
     target = out or check_preset_path(default_preset_path(engine.loaded.resolved.spec, engine.loaded.fingerprint()))
     calibration = calibrate(
         engine, settings, command=command_line(["lychee", "calibrate"], args, actions, skip=_NOT_RECORDED)
@@ -83,7 +89,29 @@ def _command_calibrate(args: argparse.Namespace, actions: list[argparse.Action])
     print(format_table(calibration))
     print(f"\npreset written to {written}" + (f" (kept its earlier {', '.join(kept)})" if kept else ""))
     print(where_preset_applies(preset, written))
+    if gate_out is not None:
+        (trained,) = (result for result in calibration.rules if result.rule == "trained")
+        gate_file = rethresholded_gate_file(
+            engine.config.gate.weights, gate_out, trained.chosen.threshold, calibration.preset.evidence
+        )
+        print(f"trained gate with threshold {trained.chosen.threshold:.4f} written to {gate_file} (use --gate-weights)")
     return 0
+
+
+def _check_gate_out(args: argparse.Namespace) -> Path | None:
+    """``--gate-out``, refused before anything loads when it cannot be written or cannot apply."""
+    if args.gate_out is None:
+        return None
+    path = Path(args.gate_out).expanduser()
+    if path.suffix != ".safetensors":
+        raise ConfigurationError(f"--gate-out {path} must end in .safetensors")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigurationError(f"--gate-out {path}: {path.parent} is not a directory")
+    if args.rules and "trained" not in args.rules:
+        raise ConfigurationError("--gate-out writes the trained gate's file: add trained to --rules")
+    if not args.rules and args.gate not in (None, "auto", "trained"):
+        raise ConfigurationError(f"--gate-out writes the trained gate's file, but the gate is {args.gate}")
+    return path
 
 
 def add_probe_command(commands: Any) -> None:
@@ -140,7 +168,19 @@ def add_calibrate_command(commands: Any) -> None:
         default=4,
         help="questions answered in each read mode and each memory strategy (default 4)",
     )
+    add(
+        "--end-to-end",
+        type=int,
+        default=0,
+        help="probe questions answered at each candidate threshold, the threshold then chosen by answers and blocks "
+        "read (default 0: by block recall alone)",
+    )
     add("--out", default=None, help="preset file to write (default: the user presets dir, which the engine reads)")
+    add(
+        "--gate-out",
+        default=None,
+        help="with the trained gate: write its file again here with the calibrated threshold (the source is kept)",
+    )
     add("--data", default=None, help="dataset dir for a SQuAD haystack (default: the generated one)")
     add("--sample-seed", type=int, default=0, help="seed of the probe samples (held out: +1)")
     actions += add_engine_options(calibrate)

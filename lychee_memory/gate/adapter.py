@@ -14,7 +14,7 @@ any backbone it was not trained on.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,17 @@ def read_gate_file(path: str | Path) -> tuple[dict[str, torch.Tensor], GateAdapt
 def save_gate_file(path: str | Path, tensors: dict[str, torch.Tensor], settings: GateAdapterSettings) -> Path:
     """Write atomically (temporary file, then rename), so an interrupted save never leaves half a file."""
     return write_weight_file(path, tensors, settings.to_metadata())
+
+
+def rethresholded_gate_file(source: str | Path, out: str | Path, threshold: float, evidence: str) -> Path:
+    """Write the gate file ``source`` again at ``out`` with another threshold and its evidence, so the threshold stays
+    tied to the file (and digest) carrying it; ``source`` itself is never changed."""
+    source, out = Path(source).expanduser(), Path(out).expanduser()
+    if out.resolve() == source.resolve():
+        raise ConfigurationError(f"--gate-out {out} is the gate file being calibrated: write the new file elsewhere")
+    tensors, settings, digest = read_gate_file(source)
+    note = f"{evidence} Recalibrated from {source.name} (sha256 {digest[:12]}, threshold {settings.threshold:.4f})."
+    return save_gate_file(out, tensors, replace(settings, threshold=float(threshold), evidence=note))
 
 
 class GateAdapter(LoraAdapter):
