@@ -550,8 +550,8 @@ def _outcome_text(outcome: ThresholdOutcome, label: str = "") -> str:
 
 
 def _answered_text(rows: Sequence[AnsweredThreshold]) -> str:
-    return ", ".join(
-        f"{row.threshold:.4f} {row.right}/{row.questions} right, {row.blocks_read:.2f} blocks read" for row in rows
+    return "; ".join(
+        f"at {row.threshold:.4f} {row.right}/{row.questions} right, {row.blocks_read:.2f} blocks read" for row in rows
     )
 
 
