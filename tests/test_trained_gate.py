@@ -259,6 +259,7 @@ def test_calibrating_the_trained_gate_end_to_end_writes_a_new_file_and_keeps_the
     ]  # fmt: skip
     assert main([*command, "--gate-out", str(source)]) == 2, "the source file is never overwritten"
     assert "is the gate file being calibrated" in capsys.readouterr().err
+    assert not (tmp_path / "p.json").exists(), "refused before anything was measured or written"
     written = tmp_path / "gate-e2e.safetensors"
     assert main([*command, "--gate-out", str(written)]) == 0
     printed = capsys.readouterr().out
