@@ -111,9 +111,10 @@ def _check_gate_out(args: argparse.Namespace) -> Path | None:
         raise ConfigurationError("--gate-out writes the trained gate's file: add trained to --rules")
     if not args.rules and args.gate not in (None, "auto", "trained"):
         raise ConfigurationError(f"--gate-out writes the trained gate's file, but the gate is {args.gate}")
-    source = getattr(args, "gate_weights", None)
-    if source is not None and path.resolve() == Path(source).expanduser().resolve():
-        raise ConfigurationError(f"--gate-out {path} is the gate file being calibrated: write the new file elsewhere")
+    if getattr(args, "gate_weights", None) is not None:
+        from ..gate.adapter import refuse_overwriting
+
+        refuse_overwriting(args.gate_weights, path)
     return path
 
 

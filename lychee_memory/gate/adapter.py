@@ -78,12 +78,17 @@ def save_gate_file(path: str | Path, tensors: dict[str, torch.Tensor], settings:
     return write_weight_file(path, tensors, settings.to_metadata())
 
 
+def refuse_overwriting(source: str | Path, out: str | Path) -> None:
+    """Refuse ``out`` when it is the gate file ``source`` itself: a recalibrated file never replaces its source."""
+    if Path(out).expanduser().resolve() == Path(source).expanduser().resolve():
+        raise ConfigurationError(f"--gate-out {out} is the gate file being calibrated: write the new file elsewhere")
+
+
 def rethresholded_gate_file(source: str | Path, out: str | Path, threshold: float, evidence: str) -> Path:
     """Write the gate file ``source`` again at ``out`` with another threshold and its evidence, so the threshold stays
     tied to the file (and digest) carrying it; ``source`` itself is never changed."""
     source, out = Path(source).expanduser(), Path(out).expanduser()
-    if out.resolve() == source.resolve():
-        raise ConfigurationError(f"--gate-out {out} is the gate file being calibrated: write the new file elsewhere")
+    refuse_overwriting(source, out)
     tensors, settings, digest = read_gate_file(source)
     note = f"{evidence} Recalibrated from {source.name} (sha256 {digest[:12]}, threshold {settings.threshold:.4f})."
     return save_gate_file(out, tensors, replace(settings, threshold=float(threshold), evidence=note))
