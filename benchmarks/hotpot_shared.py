@@ -1,4 +1,5 @@
-"""HotpotQA in one shared haystack: both-gold coverage, sub_em and supporting-fact recall per method and block size.
+"""HotpotQA in one shared haystack: both-gold coverage, sub_em, whether the evidence holds the answer, and
+supporting-fact recall per method and block size.
 
 For each length one haystack holds the gold paragraphs of the shared file's questions (as many as fit in
 --gold-share of it) among all the questions' other paragraphs (eval.shared_haystack); it is ingested once per
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         return write_outputs(read_runs(args.from_records), args.out, argv)
 
     from lychee_memory import LycheeMemory
+    from lychee_memory.eval.evidence import answer_in_evidence
     from lychee_memory.eval.shared_bench import (
         parse_method,
         parse_methods,
@@ -131,11 +133,18 @@ def main(argv: list[str] | None = None) -> None:
     count = TokenCounter(base.loaded.tokenizer)
     args.out.mkdir(parents=True, exist_ok=True)
     earlier, banks = read_runs(args.resume) if args.resume else ([], [])
+    haystacks = {
+        length: build_shared_haystack(rows, count, length, args.seed, args.gold_share or DEFAULT_GOLD_SHARE)
+        for length in parse_lengths(args.lengths)
+    }
+    for record in earlier:  # records from before the measure existed gain it from their spans
+        if "answer_in_evidence" not in record and record["length"] in haystacks:
+            context = haystacks[record["length"]].context
+            record["answer_in_evidence"] = answer_in_evidence(context, record["spans"], record["answers"])
     records = list(earlier)
     with open(args.out / "records.jsonl", "w", encoding="utf-8") as log:
         log.writelines(json.dumps(record) + "\n" for record in earlier)
-        for length in parse_lengths(args.lengths):
-            haystack = build_shared_haystack(rows, count, length, args.seed, args.gold_share or DEFAULT_GOLD_SHARE)
+        for length, haystack in haystacks.items():
             asked = asked_questions(haystack.questions, args.split, args.skip, args.n)
             print(
                 f"{length} tokens: {haystack.paragraphs} paragraphs (~{haystack.tokens} tokens), "

@@ -13,7 +13,14 @@ from types import SimpleNamespace
 import pytest
 
 from lychee_memory.errors import ConfigurationError, DocumentError
-from lychee_memory.eval.evidence import answer_evidence, fact_recall, held, merge_spans, paragraphs_covered
+from lychee_memory.eval.evidence import (
+    answer_evidence,
+    answer_in_evidence,
+    fact_recall,
+    held,
+    merge_spans,
+    paragraphs_covered,
+)
 from lychee_memory.eval.paired import clopper_pearson, paired_comparison, sign_test_p
 from lychee_memory.eval.shared_bench import (
     RAG_VARIANTS,
@@ -130,6 +137,21 @@ def test_coverage_and_fact_recall_against_hand_computed_values():
     assert answer_evidence(SimpleNamespace(blocks=[block])) == ("blocks", [(0, 100)])
     assert answer_evidence(SimpleNamespace(blocks=[block], evidence=[])) == ("blocks", [(0, 100)])
     assert answer_evidence(SimpleNamespace(blocks=[block], evidence=[excerpt])) == ("excerpts", [(10, 20)])
+
+
+def test_answer_in_evidence_against_hand_worked_cases():
+    context = "The Hour of Bewilderbeast is by Badly Drawn Boy. It sold 19,990 copies in 1999."
+    boy = (context.index("Badly"), context.index(". It"))
+    sold = (context.index("It sold"), len(context))
+    assert answer_in_evidence(context, [boy], ["badly drawn boy!"])  # case and punctuation do not count
+    assert not answer_in_evidence(context, [sold], ["Badly Drawn Boy"])  # the answer is outside the evidence
+    assert answer_in_evidence(context, [sold], ["1999"]) and answer_in_evidence(context, [sold], ["19990"])
+    assert not answer_in_evidence(context, [sold], ["199"])  # whole words: 199 is only part of 1999
+    assert answer_in_evidence(context, [(0, 10), (10, 25)], ["Hour of Bewilderbeast"])  # across touching spans
+    assert answer_in_evidence(context, [boy], ["Wolf Alice", "Drawn Boy"])  # any gold answer
+    assert not answer_in_evidence(context, [], ["Badly Drawn Boy"])
+    assert answer_in_evidence(context, [boy], ["yes"]) is None  # a yes/no answer is in no evidence's words
+    assert answer_in_evidence(context, [boy], ["No", ""]) is None
 
 
 # Exact intervals -------------------------------------------------------------------------------------------
@@ -263,6 +285,8 @@ def check_evidence_measures(rows: list[dict], records: list[dict]) -> None:
         found = [any(context[s:e] in piece for piece in pieces) for s, e in by_id[record["sample_id"]].facts]
         assert record["fact_recall"] == pytest.approx(sum(found) / len(found))
         assert record["both_gold"] == all(found)  # one fact per gold paragraph in these records
+        answer = by_id[record["sample_id"]].answers[0]  # a name, written as-is in the paragraphs
+        assert record["answer_in_evidence"] == any(answer in piece for piece in pieces)
 
 
 def test_the_script_runs_end_to_end_on_a_tiny_model(rows, tmp_path):
@@ -372,6 +396,10 @@ def test_a_stopped_run_goes_on_without_asking_anything_twice(rows, tmp_path, mon
     script().main([*common, "--method", "every:gate.rule=all", "--n", "1", "--out", str(first)])
     earlier = [json.loads(line) for line in (first / "records.jsonl").read_text().splitlines()]
     assert len(earlier) == 1
+    # a record from before answer_in_evidence was measured gains it from its spans when resumed
+    (first / "records.jsonl").write_text(
+        json.dumps({key: value for key, value in earlier[0].items() if key != "answer_in_evidence"}) + "\n"
+    )
     asked, ingested = [], []
     real_ask, real_ingest = LycheeMemory.ask, LycheeMemory.ingest
     monkeypatch.setattr(LycheeMemory, "ask", lambda self, q, *a, **k: asked.append(q) or real_ask(self, q, *a, **k))

@@ -4,13 +4,16 @@ The evidence reaching an answer is what the final prompt is built from: the exce
 the answer reports them, else the blocks read (for RAG, the chunks retrieved). A span of the gold (a supporting
 sentence) counts as held when the union of the evidence spans contains all of it, so a sentence cut by a block
 boundary counts when both neighbouring blocks were read, and a paragraph is covered when all of its supporting
-sentences are held: the same test for blocks, chunks and excerpts.
+sentences are held: the same test for blocks, chunks and excerpts. Whether the gold answer's words appear in that
+evidence at all separates what retrieval handed the reader from what the reader made of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from .metrics import normalize_answer
 
 Span = tuple[int, int]
 
@@ -60,3 +63,17 @@ def answer_evidence(answer: Any) -> tuple[str, list[Span]]:
     if excerpts:
         return "excerpts", spans_of(excerpts)
     return "blocks", spans_of(answer.blocks)
+
+
+YES_NO = frozenset({"yes", "no"})
+
+
+def answer_in_evidence(context: str, evidence: Sequence[Span], answers: Sequence[str]) -> bool | None:
+    """Whether a gold answer appears, whole words after SQuAD normalisation, in the evidence's text (its spans of
+    ``context``); None when every gold answer is yes or no, which no evidence spells out."""
+    golds = [normalize_answer(answer) for answer in answers]
+    golds = [gold for gold in golds if gold and gold not in YES_NO]
+    if not golds:
+        return None
+    text = f" {normalize_answer(' '.join(context[start:end] for start, end in merge_spans(evidence)))} "
+    return any(f" {gold} " in text for gold in golds)

@@ -23,7 +23,7 @@ from ..config import EngineConfig
 from ..engine import LycheeMemory
 from ..errors import ConfigurationError
 from ..progress import progress_bar
-from .evidence import answer_evidence, fact_recall, paragraphs_covered, spans_of
+from .evidence import answer_evidence, answer_in_evidence, fact_recall, paragraphs_covered, spans_of
 from .metrics import sub_em
 from .paired import clopper_pearson, paired_comparison
 from .plots import pyplot
@@ -164,6 +164,7 @@ def _record(haystack: SharedHaystack, block_tokens: int, question: Any, method: 
         "gold_covered": covered,
         "both_gold": covered == len(question.gold),
         "fact_recall": fact_recall(spans, question.facts),
+        "answer_in_evidence": answer_in_evidence(haystack.context, spans, question.answers),
         "blocks_read": len(answer.blocks),
         "spans": [list(span) for span in spans],  # the evidence's character spans in the haystack
     }
@@ -317,6 +318,8 @@ def _groups(records: Sequence[dict[str, Any]]) -> dict[tuple[int, int, str], lis
 
 
 def _share(rows: Sequence[dict[str, Any]], key: str) -> str:
+    """hits/n with a 95 % interval over the rows where ``key`` is known (a record without it, or None, is left out)."""
+    rows = [row for row in rows if row.get(key) is not None]
     hits = sum(bool(row[key]) for row in rows)
     low, high = clopper_pearson(hits, len(rows))
     return f"{hits}/{len(rows)} = {hits / len(rows):.0%} [{low:.0%}, {high:.0%}]" if rows else "-"
@@ -329,11 +332,12 @@ def _mean(values: Sequence[float | None]) -> str:
 
 def share_table(records: Sequence[dict[str, Any]]) -> str:
     """Markdown: per split and (length, block size, method), both-gold and sub_em shares with 95 % Clopper-Pearson
-    intervals, mean supporting-fact recall, blocks and tokens read, median seconds per question."""
+    intervals, the share whose evidence holds the gold answer (questions not answered yes or no), mean
+    supporting-fact recall, blocks and tokens read, median seconds per question."""
     lines = [
-        "| split | length | block | method | n | both gold [95% CI] | sub_em [95% CI] | fact recall | blocks read | "
-        "tokens read | s/question (median) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| split | length | block | method | n | both gold [95% CI] | sub_em [95% CI] | answer in evidence [95% CI] | "
+        "fact recall | blocks read | tokens read | s/question (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for split in SPLITS:
         for (length, block, method), rows in _groups(records).items():
@@ -343,7 +347,8 @@ def share_table(records: Sequence[dict[str, Any]]) -> str:
             seconds = statistics.median(row["seconds"] for row in chosen)
             lines.append(
                 f"| {split} | {length} | {block} | {method} | {len(chosen)} | {_share(chosen, 'both_gold')} | "
-                f"{_share(chosen, 'sub_em')} | {_mean([row['fact_recall'] for row in chosen])} | "
+                f"{_share(chosen, 'sub_em')} | {_share(chosen, 'answer_in_evidence')} | "
+                f"{_mean([row['fact_recall'] for row in chosen])} | "
                 f"{_mean([row['blocks_read'] for row in chosen])} | {_mean([row['tokens_read'] for row in chosen])} | "
                 f"{seconds:.1f} |"
             )
