@@ -21,13 +21,14 @@ import dataclasses
 import math
 import time
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from .answer import Answer
 from .blocks import MemoryBank
 from .config import EngineConfig, MemoryMode
 from .engine import LycheeMemory
@@ -40,6 +41,8 @@ from .gate import RULES, GateRule, ScoreRequest
 from .presets import ARCHITECTURE_KEYS, ModelPreset, read_preset_file, shipped_preset_for, threshold_key
 from .progress import progress_bar
 from .working_memory import MEMORY_STRATEGIES
+
+K = TypeVar("K", bound=Hashable)  # what names a reader: a threshold, a read mode, a memory strategy
 
 DEFAULT_FAMILIES = ("needle", "needle-multikey")
 # Compressors a preset may name as the model's default: the ones that need no trained weights.
@@ -190,19 +193,40 @@ def answer_at_thresholds(
     if not samples:
         raise ConfigurationError("no questions to answer end to end")
     readers = {threshold: engine_variant(engine, gate=rule, threshold=threshold, **options) for threshold in thresholds}
-    right = dict.fromkeys(readers, 0)
-    read = dict.fromkeys(readers, 0)
-    with progress_bar(
-        len(samples), f"answering at {len(readers)} {rule} thresholds", show_progress, unit="question"
-    ) as bar:
+    answers = answers_of(readers, engine, samples, f"answering at {len(readers)} {rule} thresholds", show_progress)
+    return [
+        AnsweredThreshold(
+            threshold,
+            right_count(answers[threshold], samples),
+            len(samples),
+            sum(block.selected for answer in answers[threshold] for block in answer.blocks) / len(samples),
+        )
+        for threshold in readers
+    ]
+
+
+def answers_of(
+    readers: Mapping[K, LycheeMemory],
+    bank_maker: LycheeMemory,
+    samples: Sequence[QASample],
+    description: str,
+    show_progress: bool,
+) -> dict[K, list[Answer]]:
+    """Every reader's answer to every sample, in sample order: each sample is ingested once (by ``bank_maker``)
+    and its bank is read by all readers, so they differ only in how they read."""
+    answers: dict[K, list[Answer]] = {key: [] for key in readers}
+    with progress_bar(len(samples), description, show_progress, unit="question") as bar:
         for sample in samples:
-            bank = engine.ingest(sample.context, show_progress=False)
-            for threshold, reader in readers.items():
-                answer = reader.ask(sample.question, bank, show_progress=False)
-                right[threshold] += int(sub_em(answer.text, sample.answers))
-                read[threshold] += sum(block.selected for block in answer.blocks)
+            bank = bank_maker.ingest(sample.context, show_progress=False)
+            for key, reader in readers.items():
+                answers[key].append(reader.ask(sample.question, bank, show_progress=False))
             bar.update(1)
-    return [AnsweredThreshold(t, right[t], len(samples), read[t] / len(samples)) for t in readers]
+    return answers
+
+
+def right_count(answers: Sequence[Answer], samples: Sequence[QASample]) -> int:
+    """How many answers are right (sub_em against their sample's answers)."""
+    return sum(sub_em(answer.text, sample.answers) for answer, sample in zip(answers, samples, strict=True))
 
 
 # Settings and results -----------------------------------------------------------------------------------
@@ -393,18 +417,12 @@ def measure_read_mode(
             readers[mode] = engine_variant(engine, read_mode=mode, **options)
         except ContextTooLongError:  # e.g. a text read of a whole chunk does not fit the window
             readers[mode] = None
-    correct: dict[str, int | None] = {mode: 0 if reader is not None else None for mode, reader in readers.items()}
     bank_maker = readers["kv"] or readers["text"]
     if bank_maker is None:
         raise ConfigurationError("neither read mode fits the model's window with these settings")
-    with progress_bar(len(samples), "answering in both read modes", show_progress, unit="question") as bar:
-        for sample in samples:
-            bank = bank_maker.ingest(sample.context, show_progress=False)
-            for mode, reader in readers.items():
-                if reader is not None:
-                    answer = reader.ask(sample.question, bank, show_progress=False)
-                    correct[mode] = (correct[mode] or 0) + int(sub_em(answer.text, sample.answers))
-            bar.update(1)
+    available = {mode: reader for mode, reader in readers.items() if reader is not None}
+    answers = answers_of(available, bank_maker, samples, "answering in both read modes", show_progress)
+    correct = {mode: right_count(answers[mode], samples) if mode in answers else None for mode in readers}
     kv, text = correct["kv"], correct["text"]
     chosen = "text" if kv is None or (text is not None and text > kv) else "kv"
     return ReadModeResult(correct, len(samples), chosen)
@@ -427,16 +445,12 @@ def measure_memory(
     """Answer ``samples`` with every memory strategy; the most answered wins, a tie the fewest decoded tokens."""
     names = [name for name in typing.get_args(MemoryMode) if name in MEMORY_STRATEGIES]  # those a setting can name
     readers = {name: engine_variant(engine, memory=name, **options) for name in names}
-    correct = dict.fromkeys(readers, 0)
-    decoded = dict.fromkeys(readers, 0)
-    with progress_bar(len(samples), "answering with each memory", show_progress, unit="question") as bar:
-        for sample in samples:
-            bank = engine.ingest(sample.context, show_progress=False)
-            for name, reader in readers.items():
-                answer = reader.ask(sample.question, bank, show_progress=False)
-                correct[name] += int(sub_em(answer.text, sample.answers))
-                decoded[name] += answer.token_counts["memory_tokens"] + answer.token_counts["answer_tokens"]
-            bar.update(1)
+    answers = answers_of(readers, engine, samples, "answering with each memory", show_progress)
+    correct = {name: right_count(answers[name], samples) for name in readers}
+    decoded = {
+        name: sum(a.token_counts["memory_tokens"] + a.token_counts["answer_tokens"] for a in answers[name])
+        for name in readers
+    }
     chosen = min(readers, key=lambda name: (-correct[name], decoded[name], name != "notes"))
     return MemoryResult(correct, decoded, len(samples), chosen)
 
