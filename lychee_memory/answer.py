@@ -4,7 +4,7 @@ gives the CLI's JSON. ``answer_from_scan`` assembles one from a finished scan.""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +69,8 @@ class Answer:
     # The blocks stage 1 of the gate passed on to the rule, one list per ranking (at the start, then after each
     # memory update); empty when stage 1 did not run (prefilter off, or a bank no larger than gate.candidates).
     candidates: list[list[int]] = field(default_factory=list)
-    # The sentences the answer was written from, verbatim with their spans (excerpt memory); empty with notes.
+    # The sentences the answer was written from, verbatim with their spans, in reading order (excerpt memory: those
+    # within reasoner.excerpt_answer_share of the best); empty with notes.
     evidence: list[Excerpt] = field(default_factory=list)
 
     @property
@@ -222,8 +223,10 @@ def answer_from_scan(
     ingest_seconds: float,
     answer_seconds: float,
     answer_tokens: int,
+    evidence: Sequence[Excerpt] | None = None,
 ) -> Answer:
-    """The Answer of one question's finished scan: its blocks, memory steps, gate verdicts, timings and counts."""
+    """The Answer of one question's finished scan: its blocks, memory steps, gate verdicts, timings and counts;
+    ``evidence`` is the excerpts the final answer read (None: every excerpt the scan kept)."""
     counts = {
         "reasoner_prompt_tokens": state.reasoner_prompt_tokens,
         "memory_tokens": state.memory_tokens,
@@ -256,5 +259,5 @@ def answer_from_scan(
             answer=answer_seconds,
         ),
         token_counts=counts,
-        evidence=list(state.excerpts),
+        evidence=list(state.excerpts if evidence is None else evidence),
     )

@@ -320,6 +320,15 @@ class ReasonerSettings(_Settings):
         description="excerpts: the most relevant excerpts up to this many tokens are stage-1 queries (its cost grows "
         "with them)",
     )
+    excerpt_answer_share: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="excerpts: the final answer reads only the excerpts scoring at least this share of the best "
+        "one's score (0 = all of them): sentences kept because they share a word with the question stay out of a "
+        "small reader's way; the memory, the scan and stage 1 still use every excerpt; None = the model's preset, "
+        "else 0",
+    )
     excerpt_answer_order: ExcerptOrder = Field(
         "reading",
         description="excerpts: the order the final answer reads them in: reading = as they were read; relevance = "
@@ -538,6 +547,7 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "excerpt_total_tokens": ("reasoner", "excerpt_total_tokens"),
     "excerpt_query_tokens": ("reasoner", "excerpt_query_tokens"),
     "excerpt_answer_order": ("reasoner", "excerpt_answer_order"),
+    "excerpt_answer_share": ("reasoner", "excerpt_answer_share"),
     "answer_with_note": ("reasoner", "answer_with_note"),
     "max_memory_tokens": ("reasoner", "max_memory_tokens"),
     "max_answer_tokens": ("reasoner", "max_answer_tokens"),

@@ -327,6 +327,7 @@ class LycheeMemory:
                 ingest_seconds=ingest_seconds,
                 answer_seconds=answer_seconds,
                 answer_tokens=len(generation.token_ids),
+                evidence=self.memory_strategy.answer_excerpts(state),
             )
             for state, generation in zip(states, generations)
         ]
@@ -416,6 +417,7 @@ class LycheeMemory:
                 ingest_seconds=scanned["ingest_seconds"],
                 answer_seconds=time.perf_counter() - started,
                 answer_tokens=len(generation.token_ids),
+                evidence=self.memory_strategy.answer_excerpts(scanned["state"]),
             )
 
         return AnswerStream(pieces(), lambda: scanned["answer"], scan_once)

@@ -26,7 +26,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, PlainSerializer, Strict, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic.dataclasses import dataclass
 
 from .config import CompressorKind, GateRuleName, MemoryMode, PrefilterName, PromptSettings, ReadMode
@@ -179,6 +188,7 @@ class ModelPreset:
     min_blocks: Annotated[int, _whole(0, "an integer >= 0")] | None = None
     excerpt_read_tokens: Annotated[int, _whole(1, "a positive integer")] | None = None
     excerpt_total_tokens: Annotated[int, _whole(1, "a positive integer")] | None = None
+    excerpt_answer_share: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     thresholds: _Thresholds = dataclasses.field(default_factory=dict)  # (compressor, gate rule) -> threshold
     # PromptSettings fields replacing untouched defaults
     prompts: Annotated[dict[str, _Text], AfterValidator(_prompts)] = dataclasses.field(default_factory=dict)
@@ -391,6 +401,7 @@ _WRITTEN = (  # in the order a file has them
     "min_blocks",
     "excerpt_read_tokens",
     "excerpt_total_tokens",
+    "excerpt_answer_share",
     "thresholds",
     "prompts",
     "stop_strings",

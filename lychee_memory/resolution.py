@@ -166,3 +166,5 @@ def _resolve_reading(resolved: EngineConfig, preset: ModelPreset | None) -> None
         reasoner.excerpt_total_tokens = min(max(total, least), reasoner.max_memory_tokens)
     if reasoner.excerpt_read_tokens is None and per_read is not None:
         reasoner.excerpt_read_tokens = min(per_read, reasoner.excerpt_budgets[1])
+    if reasoner.excerpt_answer_share is None:
+        reasoner.excerpt_answer_share = preset_value("excerpt_answer_share") or 0.0

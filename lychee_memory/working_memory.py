@@ -37,6 +37,10 @@ class MemoryStrategy(ABC):
         """The memory text the final answer reads: the memory as the scan left it."""
         return state.memory
 
+    def answer_excerpts(self, state: ScanState) -> list[Excerpt]:
+        """The excerpts the final answer reads, as its ``Answer.evidence`` reports them (none with notes)."""
+        return list(state.excerpts)
+
     @abstractmethod
     def update(
         self,
@@ -108,8 +112,9 @@ class ExcerptMemory(MemoryStrategy):
     scored lexically against the question and the current excerpts, and the best are kept within ``read_tokens`` (at least the best one: the gate judged the block relevant). Past ``total_tokens``
     every kept excerpt is scored again against the question and the others, and the least relevant is dropped
     whole until the memory fits. The memory is the excerpts' text, one per line in reading order; stage 1 takes
-    the best ones up to ``query_tokens`` as queries. The final answer reads them most relevant first when
-    ``answer_order`` is ``relevance``. Nothing is decoded, so no observer hears an update.
+    the best ones up to ``query_tokens`` as queries. The final answer reads those scoring at least
+    ``answer_share`` of the best one's score, most relevant first when ``answer_order`` is ``relevance``. Nothing is
+    decoded, so no observer hears an update.
     """
 
     name: ClassVar[str] = "excerpts"
@@ -118,6 +123,7 @@ class ExcerptMemory(MemoryStrategy):
     total_tokens: int = DEFAULT_EXCERPT_TOTAL_TOKENS
     query_tokens: int = 128
     answer_order: ExcerptOrder = "reading"
+    answer_share: float = 0.0
     scorer: LexicalScorer = field(default_factory=LexicalScorer)
     separator: str = "\n"
 
@@ -129,19 +135,29 @@ class ExcerptMemory(MemoryStrategy):
             total_tokens=total,
             query_tokens=settings.excerpt_query_tokens,
             answer_order=settings.excerpt_answer_order,
+            answer_share=settings.excerpt_answer_share or 0.0,
         )
 
     def render(self, excerpts: Sequence[Excerpt]) -> str:
         """The memory text of these excerpts: their sentences, one per line, in the given order."""
         return self.separator.join(excerpt.text for excerpt in excerpts)
 
+    def answer_excerpts(self, state: ScanState) -> list[Excerpt]:
+        """The excerpts the final answer reads, in reading order: those scoring at least ``answer_share`` of the
+        best score (all of them when no score is positive)."""
+        best = max((excerpt.score for excerpt in state.excerpts), default=0.0)
+        floor = self.answer_share * best if self.answer_share > 0 and best > 0 else float("-inf")
+        return [excerpt for excerpt in state.excerpts if excerpt.score >= floor]
+
     def answer_memory(self, state: ScanState) -> str:
-        """The excerpts as the final answer reads them: most relevant first (ties in reading order) with
-        ``answer_order = "relevance"``, else the memory as read."""
-        if self.answer_order == "reading" or not state.excerpts:
+        """The text of ``answer_excerpts`` as the final answer reads it: most relevant first (ties in reading order)
+        with ``answer_order = "relevance"``; the memory as the scan left it when that is every excerpt as read."""
+        excerpts = self.answer_excerpts(state)
+        if self.answer_order == "relevance":
+            excerpts = [excerpts[p] for p in sorted(range(len(excerpts)), key=lambda p: (-excerpts[p].score, p))]
+        if not state.excerpts or excerpts == state.excerpts:
             return state.memory
-        order = sorted(range(len(state.excerpts)), key=lambda position: (-state.excerpts[position].score, position))
-        return self.render([state.excerpts[position] for position in order])
+        return self.render(excerpts)
 
     def read(
         self, bank: MemoryBank, index: int, question: str, kept: Sequence[Excerpt], count: Callable[[str], int]

@@ -245,6 +245,8 @@ def test_the_query_memory_fits_its_cap():
         {"excerpt_query_tokens": 0},
         {"excerpt_read_tokens": 200, "excerpt_total_tokens": 100},
         {"excerpt_total_tokens": 600, "max_memory_tokens": 512},
+        {"excerpt_answer_share": -0.1},
+        {"excerpt_answer_share": 1.5},
         {"memory": "summaries"},
     ],
 )
@@ -302,14 +304,15 @@ def test_a_preset_sets_stage_one_the_reading_budget_and_the_excerpt_budgets_left
     assert engine.config.gate.fallback_blocks == 1 and engine.config.reasoner.excerpt_budgets == (96, 384)
     assert engine.config.gate.min_blocks == 0
     reading = {"prefilter": "lexical", "max_relevant_blocks": 3, "fallback_blocks": 2, "min_blocks": 2}
-    budgets = {"excerpt_read_tokens": 150, "excerpt_total_tokens": 600}
+    budgets = {"excerpt_read_tokens": 150, "excerpt_total_tokens": 600, "excerpt_answer_share": 0.5}
     preset = ModelPreset(name="tiny", architecture=architecture, memory="excerpts", **reading, **budgets)
     path = write_preset_file(preset, tmp_path / "tiny.json")
     assert {key: getattr(read_preset_file(path), key) for key in {**reading, **budgets}} == {**reading, **budgets}
     monkeypatch.setenv("LYCHEE_PRESETS", str(path))
     gate, reasoner = (lambda c: (c.gate, c.reasoner))(build().config)
     assert (gate.prefilter, gate.max_relevant_blocks, gate.fallback_blocks, gate.min_blocks) == ("lexical", 3, 2, 2)
-    assert reasoner.excerpt_budgets == (150, 600)
+    assert reasoner.excerpt_budgets == (150, 600) and reasoner.excerpt_answer_share == 0.5
+    assert build(excerpt_answer_share=0.0).config.reasoner.excerpt_answer_share == 0.0  # the user's 0 wins
     # A value the user sets wins, even when it is the generic default the preset replaces.
     chosen = build(prefilter="keys", max_relevant_blocks=8, fallback_blocks=1, min_blocks=0, excerpt_read_tokens=40)
     assert (chosen.config.gate.prefilter, chosen.config.gate.max_relevant_blocks) == ("keys", 8)
@@ -323,8 +326,9 @@ def test_a_preset_sets_stage_one_the_reading_budget_and_the_excerpt_budgets_left
     write_preset_file(ModelPreset(name="tiny", architecture=architecture), path)
     plain = build().config
     assert (plain.gate.prefilter, plain.gate.max_relevant_blocks, plain.gate.fallback_blocks) == ("keys", 8, 1)
-    assert plain.gate.min_blocks == 0
-    for field, bad in (("prefilter", "bm25"), ("max_relevant_blocks", 0), ("fallback_blocks", -1), ("min_blocks", -1)):
+    assert plain.gate.min_blocks == 0 and plain.reasoner.excerpt_answer_share == 0.0
+    bad_values = (("prefilter", "bm25"), ("max_relevant_blocks", 0), ("fallback_blocks", -1), ("min_blocks", -1))
+    for field, bad in (*bad_values, ("excerpt_answer_share", 1.5), ("excerpt_answer_share", -1)):
         with pytest.raises(ValidationError, match=field):
             ModelPreset(name="tiny", architecture=architecture, **{field: bad})
 
@@ -422,3 +426,53 @@ def test_the_engine_answers_from_the_memory_in_the_order_set(order, monkeypatch)
     assert answer.memory == "\n".join(e.text for e in answer.evidence)  # what was read, in reading order
     if order == "relevance":
         assert expected != answer.memory  # this document's excerpts are not read best first: the test can tell
+
+
+def test_the_answer_reads_only_the_excerpts_within_its_share_of_the_best():
+    """``excerpt_answer_share``: the final answer reads the excerpts scoring at least that share of the best one,
+    in the order set; the sets below are worked out by hand from the scores."""
+    state = ScanState(CODE_QUESTION, "as read")
+    state.excerpts = [
+        Excerpt("first read", "d", 0, 10, 0, 0.5),
+        Excerpt("the fact", "d", 20, 28, 1, 2.0),
+        Excerpt("a tie", "d", 30, 35, 2, 0.5),
+        Excerpt("weak", "d", 40, 44, 3, 0.1),
+    ]
+
+    def strategy(share: float, order: str = "reading") -> ExcerptMemory:
+        settings = ReasonerSettings(excerpt_answer_share=share, excerpt_answer_order=order)
+        return memory_strategy("excerpts", settings)
+
+    assert strategy(0.25).answer_memory(state) == "first read\nthe fact\na tie"  # 0.5 >= 0.25 * 2.0 > 0.1
+    assert strategy(0.25, "relevance").answer_memory(state) == "the fact\nfirst read\na tie"
+    assert [e.text for e in strategy(0.26).answer_excerpts(state)] == ["the fact"]
+    assert strategy(1.0).answer_memory(state) == "the fact"
+    assert strategy(0.0).answer_memory(state) == "as read"  # every excerpt as read: the memory itself
+    assert strategy(0.0).answer_excerpts(state) == state.excerpts
+    unscored = ScanState(CODE_QUESTION, "as read")  # no positive score: nothing to measure a share of, all kept
+    unscored.excerpts = [Excerpt("a", "d", 0, 1, 0, 0.0), Excerpt("b", "d", 2, 3, 1, -1.0)]
+    assert strategy(0.9).answer_memory(unscored) == "as read"
+    assert GeneratedNotes().answer_excerpts(state) == state.excerpts  # notes keep no excerpts of their own
+
+
+def test_the_engine_answers_from_the_share_and_reports_it_as_evidence(monkeypatch):
+    """ask and stream hand the answer the excerpts within the share (computed here from the same scan with every
+    excerpt kept) and report exactly those as ``Answer.evidence``; the scan and its memory do not change."""
+    from lychee_memory.engine import LycheeMemory
+
+    full = excerpt_engine(max_relevant_blocks=3)
+    focused = LycheeMemory(full.loaded, EngineConfig.from_kwargs(full.config, excerpt_answer_share=0.6))
+    everything = full.ask(CODE_QUESTION, FACTS_DOCUMENT)
+    best = max(excerpt.score for excerpt in everything.evidence)
+    expected = [excerpt for excerpt in everything.evidence if excerpt.score >= 0.6 * best]
+    assert 0 < len(expected) < len(everything.evidence)  # the share drops some here: the test can tell
+    seen: list[str] = []
+    real_answer, real_stream = focused.reasoner.answer, focused.reasoner.answer_stream
+    monkeypatch.setattr(focused.reasoner, "answer", lambda qs, ms, *a, **k: seen.extend(ms) or real_answer(qs, ms))
+    monkeypatch.setattr(focused.reasoner, "answer_stream", lambda q, m: seen.append(m) or real_stream(q, m))
+    answer = focused.ask(CODE_QUESTION, FACTS_DOCUMENT)
+    streamed = focused.stream(CODE_QUESTION, FACTS_DOCUMENT)
+    "".join(streamed)
+    assert answer.evidence == expected and streamed.answer.evidence == expected
+    assert seen == ["\n".join(excerpt.text for excerpt in expected)] * 2
+    assert answer.memory == everything.memory and answer.blocks == everything.blocks

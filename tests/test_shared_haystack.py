@@ -506,3 +506,36 @@ def test_recorded_answers_replay_from_their_excerpts_in_either_order(rows, tmp_p
     assert {row["sample_id"]: row["relevance"] for row in replayed} == engine_answers
     with pytest.raises(SystemExit, match="no answer of method"):
         replayer.main([*common, "--records", str(out / "records.jsonl"), "--method", "other", "--out", str(replay_out)])
+
+
+def test_recorded_answers_replay_with_the_reader_changed(rows, tmp_path):
+    """answer_reader_replay.py answers each recorded question again from its recorded evidence: as read it
+    reproduces every recorded answer, and the copy reader's answers are spans of that evidence (checked here on the
+    text the spans point at, whitespace and case aside)."""
+    data = tmp_path / "hotpot.json"
+    data.write_text(json.dumps(rows))
+    common = ["--hotpot-file", str(data), "--model", "tiny-random-llama", "--lengths", "600"]
+    options = ["--engine-option", "max_memory_tokens=64", "--engine-option", "max_answer_tokens=6"]
+    options += ["--engine-option", "memory=excerpts"]
+    method = "ex:gate.rule=all;gate.max_relevant_blocks=3;reasoner.memory=excerpts"
+    out = tmp_path / "out"
+    script().main(
+        [*common, *options, "--block-tokens", "48", "--method", method, "--rag", "none", "--quiet", "--out", str(out)]
+    )
+    replayer = benchmark_script("answer_reader_replay")
+    replay_out = tmp_path / "replay.jsonl"
+    replayer.main(
+        [*common, *options, "--records", str(out / "records.jsonl"), "--method", "ex", "--out", str(replay_out)]
+    )
+    replayed = [json.loads(line) for line in replay_out.read_text().splitlines()]
+    assert len(replayed) == len(rows) and all(row["as-read"] == row["answer"] for row in replayed)
+    haystack = build_shared_haystack(rows, _tiny_counter(), 600, 0)
+    records = {r["sample_id"]: r for r in map(json.loads, (out / "records.jsonl").read_text().splitlines())}
+    for row in replayed:
+        evidence = " ".join(haystack.context[s:e] for s, e in records[row["sample_id"]]["spans"])
+        copied = " ".join(row["copy"].split()).lower()
+        assert copied in " ".join(evidence.split()).lower()
+        assert {"paragraphs", "rag-prompt", "sub_em_copy"} <= set(row)
+    assert any(row["copy"] for row in replayed)  # something was copied: the check above is not vacuous
+    with pytest.raises(SystemExit, match="no answer of method"):
+        replayer.main([*common, "--records", str(out / "records.jsonl"), "--method", "other", "--out", str(replay_out)])

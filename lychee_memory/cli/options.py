@@ -47,6 +47,7 @@ ENGINE_FLAGS = (
     "excerpt_read_tokens",
     "excerpt_total_tokens",
     "excerpt_answer_order",
+    "excerpt_answer_share",
     "max_memory_tokens",
     "max_answer_tokens",
     "temperature",
