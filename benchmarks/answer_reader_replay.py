@@ -30,6 +30,7 @@ AUXILIARIES = frozenset(
     "is are was were do does did can could has have had will would should shall may might must".split()
 )
 CANDIDATES = 64  # tokens looked at per step by the copy reader
+COPY_TOKENS = 48  # the copy reader's longest answer: longer than any recorded answer it is compared with
 
 
 def normalised(text: str) -> str:
@@ -153,7 +154,7 @@ def replay(engine: Any, haystack: Any, records: list[dict[str, Any]]) -> list[di
         yes_no = question.split()[0].lower() in AUXILIARIES
         for variant, prompt_ids in variants.items():
             if variant == "copy":
-                text = copy_decode(loaded, prompt_ids, evidence, yes_no, settings.max_answer_tokens)
+                text = copy_decode(loaded, prompt_ids, evidence, yes_no, min(COPY_TOKENS, settings.max_answer_tokens))
             else:
                 text = generate(loaded, [PromptRow(prompt_ids)], decoding)[0].text
             row[variant] = text
