@@ -3,7 +3,7 @@ HotpotQA's both-gold share, answer-in-evidence share and sub_em.
 
     python benchmarks/answer_share_plot.py --eval benchmarks/plots/answer_limits/twohop7k_squad_share \\
         --eval benchmarks/plots/answer_limits/twohop28k_share --eval benchmarks/plots/answer_limits/multikey7k_share \\
-        --hotpot benchmarks/plots/answer_limits/hotpot28k_records.jsonl --out answer_share.png
+        --hotpot benchmarks/plots/answer_limits/hotpot28k_records.jsonl --out benchmarks/plots/answer_share.png
 """
 
 from __future__ import annotations
