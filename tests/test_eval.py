@@ -19,6 +19,7 @@ from lychee_memory.eval import (
     run_eval,
     sub_em,
 )
+from lychee_memory.eval.metrics import stated_polarity, sub_em_stated
 from lychee_memory.eval.needles import NEEDLES
 from lychee_memory.eval.tasks import (
     PoolRepeatWarning,
@@ -49,6 +50,34 @@ from lychee_memory.testing import build_tiny_tokenizer
 )
 def test_sub_em(prediction, gold, hit):
     assert sub_em(prediction, gold) is hit
+
+
+@pytest.mark.parametrize(
+    "prediction,gold,plain,stated",
+    [
+        # plain sub_em finds "no" inside "not": the stated variant needs the word itself
+        ("Both airports are not in the same state.", "no", True, False),
+        ('No, the answer is not "yes."', "yes", True, False),
+        ('No, the answer is not "yes."', "no", True, True),
+        ("The answer is yes.", "yes", True, True),
+        ("Yes, both are genera of plants; neither is not one.", "yes", True, True),
+        ("Yes.", ["no"], False, False),
+        ("They know Norway well.", "no", True, False),  # "no" inside "know" and "norway"
+        ("", "no", False, False),
+        # golds other than yes or no are judged as plain sub_em does
+        ("The population is 35,124.", "35,124", True, True),
+        ("Secretary of State", "Chief of Protocol", False, False),
+    ],
+)
+def test_sub_em_stated_judges_yes_no_by_the_word_stated(prediction, gold, plain, stated):
+    assert sub_em(prediction, gold) is plain
+    assert sub_em_stated(prediction, gold) is stated
+
+
+def test_stated_polarity_is_the_first_yes_or_no_word():
+    assert stated_polarity("No, the answer is not yes.") == "no"
+    assert stated_polarity("The answer is: YES!") == "yes"
+    assert stated_polarity("Nobody knows; yesterday it was not.") is None
 
 
 def test_normalisation_drops_articles_punctuation_and_case():

@@ -21,16 +21,19 @@ from lychee_memory.eval.evidence import (
     merge_spans,
     paragraphs_covered,
 )
+from lychee_memory.eval.metrics import sub_em
 from lychee_memory.eval.paired import clopper_pearson, paired_comparison, sign_test_p
 from lychee_memory.eval.shared_bench import (
     RAG_VARIANTS,
     bank_recipe,
     method_engine,
+    paired_table,
     parse_method,
     parse_methods,
     rag_matches,
     rag_variants,
     run_shared,
+    share_table,
 )
 from lychee_memory.eval.shared_haystack import build_shared_haystack, question_split_name
 
@@ -152,6 +155,35 @@ def test_answer_in_evidence_against_hand_worked_cases():
     assert not answer_in_evidence(context, [], ["Badly Drawn Boy"])
     assert answer_in_evidence(context, [boy], ["yes"]) is None  # a yes/no answer is in no evidence's words
     assert answer_in_evidence(context, [boy], ["No", ""]) is None
+
+
+def test_summary_tables_judge_yes_no_answers_by_the_word_stated():
+    def record(method, sample, answer, gold, **extra):
+        return {
+            "length": 600, "block_tokens": 48, "sample_id": sample, "split": "confirming", "method": method,
+            "answer": answer, "answers": [gold], "sub_em": None, "both_gold": True, "answer_in_evidence": None,
+            "fact_recall": 1.0, "blocks_read": 1, "tokens_read": 10, "seconds": 1.0, **extra,
+        }  # fmt: skip
+
+    answers = {  # question: (gold, ours, RAG's)
+        "q1": ("no", "Both airports are not in Michigan.", "No, they are not."),
+        "q2": ("yes", "The answer is yes.", "No, the answer is not yes."),
+        "q3": ("Paris", "It is Paris.", "London"),
+    }
+    records = []
+    for sample, (gold, ours, theirs) in answers.items():
+        records.append(record("mine", sample, ours, gold, kind="lychee"))
+        records.append(record("rag@mine", sample, theirs, gold, kind="rag", matched_to="mine"))
+    for row in records:
+        row["sub_em"] = sub_em(row["answer"], row["answers"])
+    shares = share_table(records)
+    # plain sub_em: ours 3 of 3 ("no" is inside "not"), RAG's 2 of 3; stated: ours 2 (q2, q3), RAG's 1 (q1)
+    assert "| confirming | 600 | 48 | mine | 3 | 3/3 = 100% [29%, 100%] | 3/3 = 100% [29%, 100%] | 2/3 = 67%" in shares
+    assert "| confirming | 600 | 48 | rag@mine | 3 |" in shares and "| 2/3 = 67% [9%, 99%] | 1/3 = 33%" in shares
+    paired = paired_table(records)
+    row = next(line for line in paired.splitlines() if line.startswith("| confirming | 600 | 48 | mine | rag@mine"))
+    assert row.split(" | ")[-2].startswith("+1/-0 (=2)")  # sub_em: q3 won
+    assert row.split(" | ")[-1].startswith("+2/-1 (=0)")  # as stated: q2, q3 won, q1 lost
 
 
 # Exact intervals -------------------------------------------------------------------------------------------

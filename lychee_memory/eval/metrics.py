@@ -1,5 +1,6 @@
-"""Answer metrics: SQuAD normalisation, MemAgent's sub_em, exact match, token F1, and the gate's evidence
-recall and precision (which blocks read overlap the planted facts or gold paragraphs)."""
+"""Answer metrics: SQuAD normalisation, MemAgent's sub_em (and a variant judging yes/no answers by the word the
+answer states), exact match, token F1, and the gate's evidence recall and precision (which blocks read overlap the
+planted facts or gold paragraphs)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,26 @@ def sub_em(prediction: str, gold: str | Sequence[str]) -> bool:
         if expected and (expected in predicted or predicted in expected):
             return True
     return False
+
+
+POLAR_ANSWERS = ("yes", "no")
+
+
+def stated_polarity(prediction: str) -> str | None:
+    """The first word "yes" or "no" the answer states (normalised words), None when it states neither."""
+    return next((word for word in normalize_answer(prediction).split() if word in POLAR_ANSWERS), None)
+
+
+def sub_em_stated(prediction: str, gold: str | Sequence[str]) -> bool:
+    """sub_em, except that a yes or no gold answer needs the answer to state that word first.
+
+    Plain sub_em is substring containment, so the gold "no" is inside "not", "know" and "Norway": an answer that
+    hedges with "not" scores on every "no" question, and "No, the answer is not yes" scores on "yes" ones."""
+    golds = [gold] if isinstance(gold, str) else list(gold)
+    polar = [normalize_answer(answer) for answer in golds if normalize_answer(answer) in POLAR_ANSWERS]
+    if polar:
+        return stated_polarity(prediction) in polar
+    return sub_em(prediction, golds)
 
 
 def exact_match(prediction: str, gold: str | Sequence[str]) -> bool:

@@ -24,7 +24,7 @@ from ..engine import LycheeMemory
 from ..errors import ConfigurationError
 from ..progress import progress_bar
 from .evidence import answer_evidence, answer_in_evidence, fact_recall, paragraphs_covered, spans_of
-from .metrics import sub_em
+from .metrics import sub_em, sub_em_stated
 from .paired import clopper_pearson, paired_comparison
 from .plots import pyplot
 from .rag import RagBaseline
@@ -310,10 +310,12 @@ def _in_split(rows: Sequence[dict[str, Any]], split: str) -> list[dict[str, Any]
 
 
 def _groups(records: Sequence[dict[str, Any]]) -> dict[tuple[int, int, str], list[dict[str, Any]]]:
-    """Records by (length, block size, method), in first-seen order."""
+    """Records by (length, block size, method), in first-seen order, each with ``sub_em_stated`` scored from its
+    answer (so records from before that measure gain it)."""
     groups: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
     for row in records:
-        groups.setdefault((row["length"], row["block_tokens"], row["method"]), []).append(row)
+        scored = {**row, "sub_em_stated": sub_em_stated(row["answer"], row["answers"])}
+        groups.setdefault((row["length"], row["block_tokens"], row["method"]), []).append(scored)
     return groups
 
 
@@ -331,13 +333,14 @@ def _mean(values: Sequence[float | None]) -> str:
 
 
 def share_table(records: Sequence[dict[str, Any]]) -> str:
-    """Markdown: per split and (length, block size, method), both-gold and sub_em shares with 95 % Clopper-Pearson
-    intervals, the share whose evidence holds the gold answer (questions not answered yes or no), mean
+    """Markdown: per split and (length, block size, method), both-gold and sub_em shares (and sub_em judging yes/no
+    answers by the word stated) with 95 % Clopper-Pearson intervals, the share whose evidence holds the gold answer (questions not answered yes or no), mean
     supporting-fact recall, blocks and tokens read, median seconds per question."""
     lines = [
-        "| split | length | block | method | n | both gold [95% CI] | sub_em [95% CI] | answer in evidence [95% CI] | "
+        "| split | length | block | method | n | both gold [95% CI] | sub_em [95% CI] | "
+        "sub_em, yes/no as stated [95% CI] | answer in evidence [95% CI] | "
         "fact recall | blocks read | tokens read | s/question (median) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for split in SPLITS:
         for (length, block, method), rows in _groups(records).items():
@@ -347,7 +350,7 @@ def share_table(records: Sequence[dict[str, Any]]) -> str:
             seconds = statistics.median(row["seconds"] for row in chosen)
             lines.append(
                 f"| {split} | {length} | {block} | {method} | {len(chosen)} | {_share(chosen, 'both_gold')} | "
-                f"{_share(chosen, 'sub_em')} | {_share(chosen, 'answer_in_evidence')} | "
+                f"{_share(chosen, 'sub_em')} | {_share(chosen, 'sub_em_stated')} | {_share(chosen, 'answer_in_evidence')} | "
                 f"{_mean([row['fact_recall'] for row in chosen])} | "
                 f"{_mean([row['blocks_read'] for row in chosen])} | {_mean([row['tokens_read'] for row in chosen])} | "
                 f"{seconds:.1f} |"
@@ -359,8 +362,9 @@ def paired_table(records: Sequence[dict[str, Any]]) -> str:
     """Markdown: each LycheeMemory method against each RAG variant at its matched tokens, per split, paired by
     question: wins/losses/ties, the difference of shares with its exact 95 % interval, and the sign-test p."""
     lines = [
-        "| split | length | block | method | vs | both gold: +wins/-losses (=ties), diff [95% CI], p | sub_em: same |",
-        "|---|---|---|---|---|---|---|",
+        "| split | length | block | method | vs | both gold: +wins/-losses (=ties), diff [95% CI], p | sub_em: same | "
+        "sub_em, yes/no as stated: same |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     groups = _groups(records)
     for split in SPLITS:
@@ -373,16 +377,17 @@ def paired_table(records: Sequence[dict[str, Any]]) -> str:
                     continue
                 cells = _paired_cells(mine, {row["sample_id"]: row for row in _in_split(others, split)})
                 if cells:
-                    lines.append(f"| {split} | {length} | {block} | {method} | {other} | {cells[0]} | {cells[1]} |")
+                    lines.append(f"| {split} | {length} | {block} | {method} | {other} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
 def _paired_cells(mine: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]]) -> list[str]:
-    """Both-gold and sub_em of ``mine`` against ``theirs`` on the questions both answered (none: empty)."""
+    """Both-gold, sub_em and sub_em with yes/no as stated, of ``mine`` against ``theirs`` on the questions both
+    answered (none: empty)."""
     shared = [sample for sample in mine if sample in theirs]
     return [
         paired_comparison([bool(mine[s][key]) for s in shared], [bool(theirs[s][key]) for s in shared]).describe()
-        for key in ("both_gold", "sub_em")
+        for key in ("both_gold", "sub_em", "sub_em_stated")
         if shared
     ]
 
@@ -404,13 +409,14 @@ def against_first_table(records: Sequence[dict[str, Any]]) -> str:
             theirs = {row["sample_id"]: row for row in _in_split(groups[(length, block, reference)], split)}
             cells = _paired_cells(mine, theirs)
             if cells:
-                lines.append(f"| {split} | {length} | {block} | {method} | {reference} | {cells[0]} | {cells[1]} |")
+                lines.append(f"| {split} | {length} | {block} | {method} | {reference} | {' | '.join(cells)} |")
     if not lines:
         return ""
     header = (
-        "| split | length | block | method | vs | both gold: +wins/-losses (=ties), diff [95% CI], p | sub_em: same |"
+        "| split | length | block | method | vs | both gold: +wins/-losses (=ties), diff [95% CI], p | sub_em: same | "
+        "sub_em, yes/no as stated: same |"
     )
-    return "\n".join([header, "|---|---|---|---|---|---|---|", *lines])
+    return "\n".join([header, "|---|---|---|---|---|---|---|---|", *lines])
 
 
 def bank_table(banks: Sequence[dict[str, Any]]) -> str:
