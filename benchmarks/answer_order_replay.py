@@ -87,37 +87,21 @@ def summary(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from lychee_memory.errors import ConfigurationError
+    from lychee_memory.eval.replay import add_replay_arguments, replay_inputs
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=None, help="dataset directory holding hotpotqa/ (else $LYCHEE_DATA_DIR)")
-    parser.add_argument("--hotpot-file", type=Path, default=None, help="a HotpotQA JSON file instead of --data's")
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--lengths", required=True, help="the length the records were made at (one)")
-    parser.add_argument("--records", type=Path, required=True, help="hotpot_shared.py records.jsonl")
+    add_replay_arguments(parser)
     parser.add_argument("--method", required=True, help="the recorded method to replay (its evidence: excerpts)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("answer_order_replay.jsonl"))
-    parser.add_argument("--engine-option", action="append", default=[], help="key=value for the engine")
     args = parser.parse_args(argv)
-
-    from lychee_memory import LycheeMemory
-    from lychee_memory.eval.shared_bench import parse_method
-    from lychee_memory.eval.shared_haystack import DEFAULT_GOLD_SHARE, build_shared_haystack
-    from lychee_memory.eval.tasks import TokenCounter, data_dir, load_hotpot, parse_lengths
-
-    (length,) = parse_lengths(args.lengths)
-    records = [json.loads(line) for line in args.records.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = [r for r in records if r["method"] == args.method and r["length"] == length]
-    if not records:
-        raise SystemExit(f"--records holds no answer of method {args.method!r} at {length} tokens")
-    if any(record["evidence"] != "excerpts" for record in records):
+    try:
+        inputs = replay_inputs(args, [args.method])
+    except ConfigurationError as error:
+        raise SystemExit(str(error)) from None
+    if any(record["evidence"] != "excerpts" for record in inputs.records):
         raise SystemExit(f"method {args.method!r} answered from blocks, not excerpts: there is no order to replay")
-    rows_in = json.loads(args.hotpot_file.read_text()) if args.hotpot_file else load_hotpot(data_dir(args.data))
-    options = parse_method("all:" + ";".join(args.engine_option)).options
-    engine = LycheeMemory.from_pretrained(args.model, show_progress=False, **options)
-    haystack = build_shared_haystack(
-        rows_in, TokenCounter(engine.loaded.tokenizer), length, args.seed, DEFAULT_GOLD_SHARE
-    )
-    rows = replay(engine, haystack, records)
+    rows = replay(inputs.engine, inputs.haystack, inputs.records)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     print(summary(rows))

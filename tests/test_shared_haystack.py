@@ -540,6 +540,25 @@ def test_recorded_answers_replay_from_their_excerpts_in_either_order(rows, tmp_p
         replayer.main([*common, "--records", str(out / "records.jsonl"), "--method", "other", "--out", str(replay_out)])
 
 
+def test_a_replay_takes_the_chosen_methods_records_at_one_length(tmp_path):
+    from lychee_memory.eval.replay import recorded_answers
+
+    path = tmp_path / "records.jsonl"
+    made = [
+        {"method": m, "length": n, "sample_id": f"{m}-{n}-{i}"} for m in "abc" for n in (600, 900) for i in range(3)
+    ]
+    path.write_text("".join(json.dumps(record) + "\n" for record in made) + "\n")
+    chosen = recorded_answers(path, ["c", "a"], 900)
+    assert [r["sample_id"] for r in chosen] == [f"{m}-900-{i}" for m in "ac" for i in range(3)]  # file order
+    assert [r["sample_id"] for r in recorded_answers(path, ["c", "a"], 900, first=2)] == [
+        "c-900-0", "c-900-1", "a-900-0", "a-900-1"
+    ]  # fmt: skip
+    with pytest.raises(ConfigurationError, match=r"no answer of method\(s\) \['d'\] at 900 tokens"):
+        recorded_answers(path, ["a", "d"], 900)
+    with pytest.raises(ConfigurationError, match="no answer"):
+        recorded_answers(path, ["a"], 1200)
+
+
 def test_recorded_answers_replay_with_the_reader_changed(rows, tmp_path):
     """answer_reader_replay.py answers each recorded question again from its recorded evidence: as read it
     reproduces every recorded answer, and the copy reader's answers are spans of that evidence (checked here on the
