@@ -13,6 +13,8 @@ from that evidence, once per reader variant, on the same model; nothing is read 
   stays within the excerpt memory's total budget;
 - ``rag-prompt`` (excerpts only): the RAG baseline's prompt (the evidence as the document, then the question).
 
+With ``--engine-option reasoner_weights=FILE`` every variant, RAG's rows included, answers with that trained reasoner.
+
     python benchmarks/answer_reader_replay.py --data ../shared/data --lengths 28k \\
         --records benchmarks/plots/hotpot26_28k_all60/records.jsonl --method recipe \\
         --method "rag-hybrid@recipe/evidence" --out replay.jsonl
@@ -21,6 +23,7 @@ from that evidence, once per reader variant, on the same model; nothing is read 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -129,6 +132,11 @@ def replay(engine: Any, haystack: Any, records: list[dict[str, Any]]) -> list[di
     def count(text: str) -> int:
         return len(prompts.encode_text(text))
 
+    def reader() -> Any:
+        """The engine's trained reasoner adapter on, for every variant and for RAG's evidence too (none: a no-op)."""
+        adapter = engine.reasoner.adapter
+        return adapter.active() if adapter is not None else contextlib.nullcontext()
+
     rows = []
     for record in records:
         question = questions[record["sample_id"]].question
@@ -153,10 +161,12 @@ def replay(engine: Any, haystack: Any, records: list[dict[str, Any]]) -> list[di
         row = {key: record[key] for key in ("sample_id", "split", "type", "method", "answers", "answer", "sub_em")}
         yes_no = question.split()[0].lower() in AUXILIARIES
         for variant, prompt_ids in variants.items():
-            if variant == "copy":
-                text = copy_decode(loaded, prompt_ids, evidence, yes_no, min(COPY_TOKENS, settings.max_answer_tokens))
-            else:
-                text = generate(loaded, [PromptRow(prompt_ids)], decoding)[0].text
+            with reader():
+                if variant == "copy":
+                    limit = min(COPY_TOKENS, settings.max_answer_tokens)
+                    text = copy_decode(loaded, prompt_ids, evidence, yes_no, limit)
+                else:
+                    text = generate(loaded, [PromptRow(prompt_ids)], decoding)[0].text
             row[variant] = text
             row[f"sub_em_{variant}"] = sub_em(text, list(record["answers"]))
         rows.append(row)

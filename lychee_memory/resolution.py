@@ -130,8 +130,6 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
                 setattr(resolved.prompts, field_name, template)
         if not resolved.reasoner.stop_strings and preset.stop_strings:
             resolved.reasoner.stop_strings = list(preset.stop_strings)
-    if resolved.reasoner.weights is None and preset is not None and preset.reasoner_weights:
-        resolved.reasoner.weights = str(trained_file(preset.reasoner_weights))
     if resolved.reasoner.read_mode == "auto":
         trained = compressor.kind == "learned" or (compressor.kind == "beacon" and loaded.has_trained_memory)
         if preset is not None and preset.read_mode is not None and compressor.kind == preset.compressor:
@@ -143,6 +141,10 @@ def resolve_config(config: EngineConfig, loaded: LoadedModel) -> EngineConfig:
             resolved.reasoner.read_mode = "kv" if trained else "text"
     if resolved.reasoner.memory == "auto":
         resolved.reasoner.memory = preset.memory if preset is not None and preset.memory is not None else "notes"
+    if resolved.reasoner.weights is None and preset is not None and preset.reasoner_weights:
+        # The shipped reasoner was trained answering from the preset's memory; another memory keeps the backbone.
+        if preset.memory is None or resolved.reasoner.memory == preset.memory:
+            resolved.reasoner.weights = str(trained_file(preset.reasoner_weights))
     _resolve_reading(resolved, preset)
     return resolved
 

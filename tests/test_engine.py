@@ -185,9 +185,11 @@ def test_measured_presets_fill_open_settings_unless_turned_off(monkeypatch):
 
     from lychee_memory import presets
 
-    # The tiny model stands in for SmolLM2; its heads and gate are not SmolLM2's, so those are left out.
+    # The tiny model stands in for SmolLM2; its heads, gate and reasoner are not SmolLM2's, so those are left out.
     tiny = {"model_type": "llama", "hidden_size": make_engine().loaded.config.hidden_size}
-    smollm2 = dataclasses.replace(presets.PRESETS[0], architecture=tiny, prefilter_heads=(), gate_weights=None)
+    smollm2 = dataclasses.replace(
+        presets.PRESETS[0], architecture=tiny, prefilter_heads=(), gate_weights=None, reasoner_weights=None
+    )
     monkeypatch.setattr(presets, "PRESETS", [smollm2])  # wherever the engine asks for its preset
     with_preset = make_engine(chunk_tokens=None)
     assert with_preset.config.compressor.kind == smollm2.compressor

@@ -225,6 +225,36 @@ def test_a_saved_adapter_loads_into_an_engine_as_its_reasoner_and_never_touches_
     assert reference != backbone or len(reference) == 0
 
 
+def test_a_preset_ships_its_reasoner_for_its_own_memory_and_a_user_can_turn_it_off(tmp_path, monkeypatch):
+    """A shipped preset's reasoner weights (a file in the package's trained/ directory) load with the preset's
+    memory, and only with it: the adapter was trained answering from that memory. "none" keeps the backbone."""
+    import dataclasses
+
+    from lychee_memory import presets
+
+    engine = fresh_engine()
+    adapter = new_reasoner_adapter(engine.loaded)
+    path = save_reasoner_file(tmp_path / "tiny-reasoner.safetensors", adapter, RLSettings().shape,
+                              engine.loaded.fingerprint())  # fmt: skip
+    tiny = {"model_type": "llama", "hidden_size": engine.loaded.config.hidden_size}
+    shipped = dataclasses.replace(
+        presets.PRESETS[0], architecture=tiny, prefilter_heads=(), gate_weights=None, reasoner_weights=path.name
+    )
+    monkeypatch.setattr(presets, "PRESETS", [shipped])
+    monkeypatch.setattr(presets, "TRAINED_DIR", tmp_path)
+    assert shipped.memory == "excerpts"
+    with_preset = fresh_engine(chunk_tokens=None, memory="auto")
+    assert with_preset.config.reasoner.weights == str(path)
+    assert with_preset.reasoner.adapter is not None
+    assert with_preset.info()["reasoner"]["weights_sha256"] == read_reasoner_file(path).digest
+    notes = fresh_engine(chunk_tokens=None, memory="notes")  # another memory: the backbone answers
+    assert notes.config.reasoner.weights is None and notes.reasoner.adapter is None
+    off = fresh_engine(chunk_tokens=None, memory="auto", reasoner_weights="none")
+    assert off.reasoner.adapter is None
+    generic = fresh_engine(chunk_tokens=None, memory="auto", use_presets=False)
+    assert generic.reasoner.adapter is None
+
+
 def test_bad_reasoner_files_get_specific_errors(tmp_path):
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         fresh_engine(reasoner_weights=str(tmp_path / "missing.safetensors"))
