@@ -64,3 +64,22 @@ def test_cli_main_job_on_the_embedded_default():
     data = json.loads(result.stdout)
     assert "58213" in data["answer"]
     assert data["timings"]["load_model"] > 0 and data["timings"]["query"] > 0
+
+
+@requires_model
+def test_embedded_default_answers_with_its_shipped_reasoner(engine):
+    """The preset's trained reasoner ships in the package and is the one answering (its digest is the file's);
+    with another memory, or told "none", the backbone answers."""
+    from lychee_memory import presets
+    from lychee_memory.reasoner_weights import read_reasoner_file
+
+    shipped = presets.trained_file(presets.PRESETS[0].reasoner_weights)
+    assert shipped.is_file() and shipped.stat().st_size < 6_000_000, "small: a rank-8 LoRA in bfloat16"
+    read = read_reasoner_file(shipped)
+    assert "lychee train rl" in read.metadata["evidence"]
+    assert engine.info()["reasoner"]["weights_sha256"] == read.digest
+    assert engine.reasoner.adapter is not None and engine.config.reasoner.memory == "excerpts"
+    from lychee_memory import LycheeMemory
+
+    plain = LycheeMemory.from_pretrained("smollm2-135m", show_progress=False, reasoner_weights="none")
+    assert plain.reasoner.adapter is None
