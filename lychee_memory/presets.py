@@ -243,11 +243,12 @@ PRESETS = [
         prefilter_heads=((2, 2), (2, 4), (7, 7), (8, 0), (17, 3), (18, 6), (18, 7), (18, 8)),
         reasoner_weights="smollm2-135m-reasoner-v1.safetensors",
         evidence=(
-            "Reasoner: the RL-trained adapter answers from the excerpt memory (`lychee train rl`, 40 GRPO steps on "
-            "2 CPU cores, sub_em reward, rank-8 LoRA, 4.9 MB bfloat16; trained on HotpotQA tuning questions and "
+            "Reasoner: the RL-trained adapter answers from the excerpt memory (`lychee train rl`, 40 GRPO steps on one "
+            "CPU thread, sub_em reward, rank-8 LoRA, 4.9 MB bfloat16; trained on HotpotQA tuning questions and "
             "SQuAD). On samples that did not choose it: HotpotQA 28K held-out questions, the default's excerpts "
             "answered again, sub_em 7/28 vs 4/28 (+4/-1); single needles at 28K 28/30 = 28/30, no copying failure; "
-            "two-hop needles at 7K 8/10 vs 7/10; answers are longer and the warm query 14-29 % slower (BENCHMARKS.md, "
+            "multi-key needles at 7K 7/10 = 7/10; two-hop needles 8/10 vs 7/10 at 7K, 9/10 vs 6/10 at 28K; answers are "
+            "longer and the warm query 12-41 % slower (BENCHMARKS.md, "
             "the reasoner trained on excerpt memories). "
             "Reading (memory excerpts, lexical stage 1, up to 4 blocks, 4 read when none passes; excerpts of 192 "
             "tokens per read, 768 in all): chosen on 32 HotpotQA tuning questions and 7K needle families (n = 6), "
