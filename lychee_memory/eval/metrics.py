@@ -48,7 +48,7 @@ def sub_em_stated(prediction: str, gold: str | Sequence[str]) -> bool:
     Plain sub_em is substring containment, so the gold "no" is inside "not", "know" and "Norway": an answer that
     hedges with "not" scores on every "no" question, and "No, the answer is not yes" scores on "yes" ones."""
     golds = [gold] if isinstance(gold, str) else list(gold)
-    polar = [normalize_answer(answer) for answer in golds if normalize_answer(answer) in POLAR_ANSWERS]
+    polar = [normalised for normalised in map(normalize_answer, golds) if normalised in POLAR_ANSWERS]
     if polar:
         return stated_polarity(prediction) in polar
     return sub_em(prediction, golds)

@@ -334,8 +334,9 @@ def _mean(values: Sequence[float | None]) -> str:
 
 def share_table(records: Sequence[dict[str, Any]]) -> str:
     """Markdown: per split and (length, block size, method), both-gold and sub_em shares (and sub_em judging yes/no
-    answers by the word stated) with 95 % Clopper-Pearson intervals, the share whose evidence holds the gold answer (questions not answered yes or no), mean
-    supporting-fact recall, blocks and tokens read, median seconds per question."""
+    answers by the word stated) with 95 % Clopper-Pearson intervals, the share whose evidence holds the gold answer
+    (questions not answered yes or no), mean supporting-fact recall, blocks and tokens read, median seconds per
+    question."""
     lines = [
         "| split | length | block | method | n | both gold [95% CI] | sub_em [95% CI] | "
         "sub_em, yes/no as stated [95% CI] | answer in evidence [95% CI] | "
@@ -350,7 +351,8 @@ def share_table(records: Sequence[dict[str, Any]]) -> str:
             seconds = statistics.median(row["seconds"] for row in chosen)
             lines.append(
                 f"| {split} | {length} | {block} | {method} | {len(chosen)} | {_share(chosen, 'both_gold')} | "
-                f"{_share(chosen, 'sub_em')} | {_share(chosen, 'sub_em_stated')} | {_share(chosen, 'answer_in_evidence')} | "
+                f"{_share(chosen, 'sub_em')} | {_share(chosen, 'sub_em_stated')} | "
+                f"{_share(chosen, 'answer_in_evidence')} | "
                 f"{_mean([row['fact_recall'] for row in chosen])} | "
                 f"{_mean([row['blocks_read'] for row in chosen])} | {_mean([row['tokens_read'] for row in chosen])} | "
                 f"{seconds:.1f} |"
@@ -358,14 +360,18 @@ def share_table(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# The paired tables' header: a method, what it is paired with, then one cell per measure of ``_paired_cells``.
+PAIRED_HEADER = (
+    "| split | length | block | method | vs | both gold: +wins/-losses (=ties), diff [95% CI], p | sub_em: same | "
+    "sub_em, yes/no as stated: same |",
+    "|---|---|---|---|---|---|---|---|",
+)
+
+
 def paired_table(records: Sequence[dict[str, Any]]) -> str:
     """Markdown: each LycheeMemory method against each RAG variant at its matched tokens, per split, paired by
     question: wins/losses/ties, the difference of shares with its exact 95 % interval, and the sign-test p."""
-    lines = [
-        "| split | length | block | method | vs | both gold: +wins/-losses (=ties), diff [95% CI], p | sub_em: same | "
-        "sub_em, yes/no as stated: same |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    lines = list(PAIRED_HEADER)
     groups = _groups(records)
     for split in SPLITS:
         for (length, block, method), rows in groups.items():
@@ -412,11 +418,7 @@ def against_first_table(records: Sequence[dict[str, Any]]) -> str:
                 lines.append(f"| {split} | {length} | {block} | {method} | {reference} | {' | '.join(cells)} |")
     if not lines:
         return ""
-    header = (
-        "| split | length | block | method | vs | both gold: +wins/-losses (=ties), diff [95% CI], p | sub_em: same | "
-        "sub_em, yes/no as stated: same |"
-    )
-    return "\n".join([header, "|---|---|---|---|---|---|---|---|", *lines])
+    return "\n".join([*PAIRED_HEADER, *lines])
 
 
 def bank_table(banks: Sequence[dict[str, Any]]) -> str:
