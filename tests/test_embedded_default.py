@@ -69,7 +69,7 @@ def test_cli_main_job_on_the_embedded_default():
 @requires_model
 def test_embedded_default_answers_with_its_shipped_reasoner(engine):
     """The preset's trained reasoner ships in the package and is the one answering (its digest is the file's);
-    with another memory, or told "none", the backbone answers."""
+    told "none", the backbone answers (another memory keeping the backbone: tests/test_rl.py)."""
     from lychee_memory import presets
     from lychee_memory.reasoner_weights import read_reasoner_file
 
