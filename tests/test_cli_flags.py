@@ -238,6 +238,8 @@ OPTIONS = {
         ("--data", "data", None, None, ["text"], "text"),
         ("--per-family", "per_family", None, None, ["text"], "text"),
         ("--document-tokens", "document_tokens", 1500, None, ["3"], 3),
+        ("--max-memory-tokens", "max_memory_tokens", 160, None, ["3"], 3),
+        ("--max-answer-tokens", "max_answer_tokens", 48, None, ["3"], 3),
         ("--steps", "steps", 120, None, ["3"], 3),
         ("--group", "group", 8, None, ["3"], 3),
         ("--learning-rate", "learning_rate", 3e-05, None, ["0.5"], 0.5),

@@ -77,6 +77,8 @@ _RL_FLAGS = (
     "data",
     "per_family",
     "document_tokens",
+    "max_memory_tokens",
+    "max_answer_tokens",
     "steps",
     "group",
     "learning_rate",

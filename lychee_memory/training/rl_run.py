@@ -64,7 +64,12 @@ class RLTrainingConfig(BaseModel):
     targets: list[str] = Field(
         list(REASONER_TARGETS), min_length=1, description="projections the reasoner's LoRA adapts"
     )
-    max_memory_tokens: int = Field(160, ge=8, description="cap on each memory update while training and evaluating")
+    max_memory_tokens: int = Field(
+        160,
+        ge=8,
+        description="cap on the working memory while training and evaluating: each note, or all the excerpts (the "
+        "preset's excerpt budgets shrink to it; the engine's default is 1024)",
+    )
     max_answer_tokens: int = Field(48, ge=4, description="cap on each final answer while training and evaluating")
     eval_every: int = Field(20, ge=1, description="steps between evaluations and checkpoints")
     eval_questions: int = Field(24, ge=1, description="held-out questions answered at each evaluation")
