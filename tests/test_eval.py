@@ -164,6 +164,10 @@ def test_lengths_and_methods_parse_or_fail_clearly():
     assert parse_methods("lychee:compressor=key_norm,ratio=4,rag")[0].options == {"compressor": "key_norm", "ratio": 4}
     assert len(parse_methods("lychee-variants")) == 4
     assert parse_methods("memagent:use_presets=false")[0].options == {"use_presets": False}
+    # "none" is a setting's own word (raw KV, the backbone reasoner), never "unset": only null is None
+    assert parse_methods("lychee:compressor=none;reasoner_weights=none;threshold=null")[0].options == {
+        "compressor": "none", "reasoner_weights": "none", "threshold": None
+    }  # fmt: skip
     for bad, message in (
         ("vector", "unknown method"),
         ("lychee:ratio", "KEY=VALUE"),

@@ -253,6 +253,12 @@ def test_a_preset_ships_its_reasoner_for_its_own_memory_and_a_user_can_turn_it_o
     assert off.reasoner.adapter is None
     generic = fresh_engine(chunk_tokens=None, memory="auto", use_presets=False)
     assert generic.reasoner.adapter is None
+    # the eval's methods say the same: `lychee eval --methods "lychee,lychee:reasoner_weights=none"` compares the two
+    from lychee_memory.eval.runner import MethodRunner, parse_methods
+
+    runner = MethodRunner("tiny-random-llama", {"max_memory_tokens": 8, "max_answer_tokens": 4, "gate": "all"})
+    plain, trained = (runner.engine_for(m) for m in parse_methods("lychee:reasoner_weights=none,lychee"))
+    assert plain.reasoner.adapter is None and trained.reasoner.adapter is not None
 
 
 def test_bad_reasoner_files_get_specific_errors(tmp_path):

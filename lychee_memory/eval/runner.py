@@ -44,10 +44,13 @@ class Method:
 
 
 def _option_value(text: str) -> Any:
+    """A method option's value: a boolean, ``null`` (Python None), a number, else the text itself. "none" stays
+    text: it is a setting's own word (``compressor=none`` is raw KV, ``reasoner_weights=none`` the backbone), and
+    as None it would mean "the preset's", silently the opposite."""
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    if lowered in ("none", "null"):
+    if lowered == "null":
         return None
     for convert in (int, float):
         try:
