@@ -392,6 +392,23 @@ def test_eval_runs_every_method_and_writes_reports(tmp_path):
         assert (out / name).stat().st_size > 0
 
 
+def test_eval_warns_when_two_methods_resolve_to_one_engine(tmp_path):
+    """Two labels, one engine (here an option naming the default): the run says so before measuring twice."""
+    with pytest.warns(UserWarning, match="'lychee' and 'lychee:threshold=null' resolve to the same settings"):
+        run = run_eval(
+            "needle",
+            [600],
+            n=1,
+            methods="lychee,lychee:threshold=null",
+            model="tiny-random-llama",
+            data=_data(tmp_path / "data"),
+            out=tmp_path / "out",
+            engine_options={"chunk_tokens": 128, "max_memory_tokens": 12, "max_answer_tokens": 6},
+            show_progress=False,
+        )
+    assert [r.prediction for r in run.results[:1]] == [r.prediction for r in run.results[1:]]
+
+
 def test_bench_measures_each_method_in_its_own_process_and_reports_ratios(tmp_path):
     from lychee_memory.eval.bench import ratio_table, run_bench
 
@@ -497,6 +514,11 @@ def test_methods_that_differ_only_in_gate_share_one_bank_per_sample(monkeypatch)
 
     monkeypatch.setattr(LycheeMemory, "ingest", counting)
     methods = parse_methods("lychee,lychee:gate=prompt,lychee:compressor=key_norm;ratio=2")
+    # a method that names the base's own values resolves to the same engine: flagged, the others are not
+    assert runner.same_settings([*methods, *parse_methods("lychee:max_answer_tokens=4;threshold=null")]) == [
+        ("lychee", "lychee:max_answer_tokens=4;threshold=null")
+    ]
+    assert runner.same_settings(methods) == []
     for context in (FACTS_DOCUMENT, FACTS_DOCUMENT + " One more line."):
         sample = QASample("What is the access code?", ["58213"], context, "s", [(0, 10)])
         results = [run_method(runner, method, sample, "needle", 100, 100) for method in methods]

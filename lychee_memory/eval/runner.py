@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,6 +133,21 @@ class MethodRunner:
             config = EngineConfig.from_kwargs(None, **({"spec": self._model} if self._model else {}), **options)
             self._engines[method.label] = LycheeMemory(self.loaded, config)
         return self._engines[method.label]
+
+    def same_settings(self, methods: Sequence[Method]) -> list[tuple[str, str]]:
+        """Pairs of LycheeMemory methods whose settings resolve to the same engine (a preset value named again, an
+        option the engine does not take as written): their rows would measure one thing under two names."""
+        first_with: dict[str, str] = {}
+        pairs: list[tuple[str, str]] = []
+        for method in methods:
+            if method.kind != "lychee":
+                continue
+            settings = self.engine_for(method).config.model_dump_json()
+            if settings in first_with:
+                pairs.append((first_with[settings], method.label))
+            else:
+                first_with[settings] = method.label
+        return pairs
 
     def bank_for(self, engine, sample: QASample) -> tuple[Any, float]:
         """The sample's bank and its ingest seconds: compressed once per block recipe, so methods that differ only
@@ -370,6 +386,11 @@ def run_eval(
         raise ConfigurationError("no context lengths given")
     source = task_source(task, data)
     runner = MethodRunner(model, engine_options)
+    for first, second in runner.same_settings(chosen):
+        warnings.warn(
+            f"methods {first!r} and {second!r} resolve to the same settings: their rows will measure one thing twice",
+            stacklevel=2,
+        )
     tokenizer = runner.loaded.tokenizer
     directory = Path(out) if out is not None else Path("eval-results") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     directory.mkdir(parents=True, exist_ok=True)
